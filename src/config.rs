@@ -1,0 +1,495 @@
+//! Turns the command line and the environment into a validated [`Config`], in one place.
+//!
+//! Everything that can be wrong with a setup is found here, before stdin is read, and reported as
+//! one [`ConfigError`] sentence that names the cause and the fix (exit status 2). Nothing after
+//! `Config` reads the environment or sees clap types. The API key is read from the variable named
+//! by `--api-key-env` (or the preset) straight into a [`SecretString`]; no message here ever
+//! contains it.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use reqwest::header::{AUTHORIZATION, HeaderMap, HeaderName, HeaderValue};
+use secrecy::{ExposeSecret, SecretString};
+use url::{Host, Url};
+
+use crate::cli::{Cli, LogFormat, LogLevel, Preset, Transport};
+
+/// Header name used with `--auth-header x-api-key`.
+static X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
+
+/// What a preset fills in, from the vendor's published docs.
+#[derive(Debug, Clone)]
+pub struct PresetSpec {
+    /// The name users know the service by.
+    pub label: &'static str,
+    /// The endpoint, or `None` when the docs give no host (then `--url` is required).
+    pub url: Option<&'static str>,
+    /// The path of the API-key endpoint on a user-given host.
+    pub path: &'static str,
+    /// The variable that holds the key.
+    pub key_env: &'static str,
+    /// How the key is sent.
+    pub auth: AuthStyle,
+    /// Prefixes a valid key starts with.
+    pub key_prefixes: &'static [&'static str],
+}
+
+impl Preset {
+    /// The settings this preset stands for.
+    pub fn spec(self) -> PresetSpec {
+        match self {
+            // vendor-investra-auth.txt: "Authorization: Bearer inv_…", "https://www.investraapp.com/api/mcp".
+            Preset::Investra => PresetSpec {
+                label: "Investra",
+                url: Some("https://www.investraapp.com/api/mcp"),
+                path: "/api/mcp",
+                key_env: "INVESTRA_API_KEY",
+                auth: AuthStyle::Bearer,
+                key_prefixes: &["inv_"],
+            },
+            // vendor-ai2fin-auth.md: API keys go to /mcp/inspector as X-API-Key, prefix mcp_; no host.
+            Preset::Ai2fin => PresetSpec {
+                label: "AI2Fin",
+                url: None,
+                path: "/mcp/inspector",
+                key_env: "AI2FIN_API_KEY",
+                auth: AuthStyle::XApiKey,
+                key_prefixes: &["mcp_"],
+            },
+            // vendor-converra-auth.txt: Bearer sk_live_/sk_test_, "https://converra.ai/api/mcp".
+            Preset::Converra => PresetSpec {
+                label: "Converra",
+                url: Some("https://converra.ai/api/mcp"),
+                path: "/api/mcp",
+                key_env: "CONVERRA_API_KEY",
+                auth: AuthStyle::Bearer,
+                key_prefixes: &["sk_live_", "sk_test_"],
+            },
+        }
+    }
+}
+
+/// How the API key travels.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AuthStyle {
+    /// `Authorization: Bearer KEY`.
+    Bearer,
+    /// `X-API-Key: KEY`.
+    XApiKey,
+    /// `<Name>: KEY`.
+    Header(HeaderName),
+}
+
+impl AuthStyle {
+    fn parse(s: &str) -> Result<Self, ConfigError> {
+        match s.to_ascii_lowercase().as_str() {
+            "bearer" | "authorization" => Ok(AuthStyle::Bearer),
+            "x-api-key" => Ok(AuthStyle::XApiKey),
+            _ => HeaderName::from_bytes(s.as_bytes()).map(AuthStyle::Header).map_err(|_| {
+                ConfigError(format!(
+                    "--auth-header {s:?} is not a header name: use bearer, x-api-key, or a name like X-Auth-Token"
+                ))
+            }),
+        }
+    }
+}
+
+/// The API key and how to send it.
+#[derive(Debug, Clone)]
+pub struct ApiKey {
+    /// The variable it came from, for messages ("the key in INVESTRA_API_KEY was rejected").
+    pub env_name: String,
+    /// The key.
+    pub secret: SecretString,
+    /// The header it goes in.
+    pub header: HeaderName,
+    /// The header value, marked sensitive.
+    pub value: HeaderValue,
+}
+
+/// A configuration problem, as one sentence for people.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(pub String);
+
+/// The validated settings of a run.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The MCP endpoint.
+    pub url: Url,
+    /// The API key, when one is configured.
+    pub api_key: Option<ApiKey>,
+    /// Extra headers, `${VAR}` already expanded; values marked sensitive.
+    pub headers: HeaderMap,
+    /// `--transport`.
+    pub transport: Transport,
+    /// `--state-dir` or the XDG state dir; not created until needed.
+    pub state_dir: Option<PathBuf>,
+    /// `--connect-timeout`.
+    pub connect_timeout: Duration,
+    /// `--request-timeout`.
+    pub request_timeout: Duration,
+    /// `--max-message-bytes`.
+    pub max_message_bytes: usize,
+    /// `--log-level`.
+    pub log_level: LogLevel,
+    /// `--log-format`.
+    pub log_format: LogFormat,
+    /// Warnings found while resolving (a key without the expected prefix …), logged once at start.
+    pub warnings: Vec<String>,
+}
+
+impl Config {
+    /// Resolves `cli` against the environment (`env` looks a variable up; tests pass a map).
+    pub fn from_cli(cli: Cli, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
+        let spec = cli.preset.map(Preset::spec);
+        let preset = spec.as_ref();
+        let mut warnings = Vec::new();
+
+        let url = resolve_url(cli.url.or(cli.url_flag).as_deref(), preset)?;
+        check_scheme(&url, cli.allow_http)?;
+
+        let key_env = cli.api_key_env.clone().or_else(|| preset.map(|p| p.key_env.to_owned()));
+        let style = match (&cli.auth_header, preset) {
+            (Some(s), _) => AuthStyle::parse(s)?,
+            (None, Some(p)) => p.auth.clone(),
+            (None, None) => AuthStyle::Bearer,
+        };
+        let api_key = match key_env {
+            Some(name) => {
+                let key = read_key(&name, env, cli.preset)?;
+                if let Some(p) = preset {
+                    if !p.key_prefixes.iter().any(|pre| key.expose_secret().starts_with(pre)) {
+                        warnings.push(format!(
+                            "the key in {name} does not start with {}, as {} keys do: check that it is the right key",
+                            p.key_prefixes.join(" or "),
+                            p.label
+                        ));
+                    }
+                }
+                Some(api_key(name, key, style)?)
+            }
+            None if cli.auth_header.is_some() => {
+                return Err(ConfigError(
+                    "--auth-header needs a key: name the variable that holds it with --api-key-env".into(),
+                ));
+            }
+            None => None,
+        };
+
+        let headers = parse_headers(&cli.headers, env)?;
+        if let Some(key) = &api_key {
+            if headers.contains_key(&key.header) {
+                return Err(ConfigError(format!(
+                    "--header sets {} as well as the key in {}: drop one of them",
+                    key.header, key.env_name
+                )));
+            }
+        }
+
+        if cli.transport == Transport::Sse {
+            return Err(ConfigError(
+                "--transport sse (the 2024-11-05 HTTP+SSE transport) is not supported by this version yet: use --transport streamable-http".into(),
+            ));
+        }
+
+        Ok(Config {
+            url,
+            api_key,
+            headers,
+            transport: cli.transport,
+            state_dir: cli.state_dir.or_else(default_state_dir),
+            connect_timeout: seconds("--connect-timeout", cli.connect_timeout)?,
+            request_timeout: seconds("--request-timeout", cli.request_timeout)?,
+            max_message_bytes: cli.max_message_bytes.max(1024),
+            log_level: cli.log_level,
+            log_format: cli.log_format,
+            warnings,
+        })
+    }
+}
+
+fn resolve_url(given: Option<&str>, preset: Option<&PresetSpec>) -> Result<Url, ConfigError> {
+    let text = match (given, preset) {
+        (Some(u), _) => u,
+        (None, Some(p)) => p.url.ok_or_else(|| {
+            ConfigError(format!(
+                "--preset {} needs --url: {}'s docs give no host, so pass the server's address, e.g. --url https://<host>{}",
+                p.label.to_ascii_lowercase(),
+                p.label,
+                p.path
+            ))
+        })?,
+        (None, None) => {
+            return Err(ConfigError(
+                "no server URL: pass it as an argument (mcp-sidecar https://host/mcp) or use --preset".into(),
+            ));
+        }
+    };
+    let mut url = Url::parse(text).map_err(|e| {
+        ConfigError(format!("{text:?} is not a valid URL ({e}): give the full address, e.g. https://host/mcp"))
+    })?;
+    if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
+        return Err(ConfigError(format!(
+            "{} is not an http(s) URL: give the full address, e.g. https://host/mcp",
+            redact_url(&url)
+        )));
+    }
+    // A preset with a user-given host and no path: the preset knows the path.
+    if let Some(p) = preset {
+        if url.path() == "/" || url.path().is_empty() {
+            url.set_path(p.path);
+        }
+    }
+    Ok(url)
+}
+
+/// Plain http is refused for anything but loopback unless `--allow-http` says otherwise.
+fn check_scheme(url: &Url, allow_http: bool) -> Result<(), ConfigError> {
+    if url.scheme() == "http" && !allow_http && !is_loopback(url) {
+        return Err(ConfigError(format!(
+            "refusing plain http to {}: credentials would travel unencrypted. Use https, or pass --allow-http if you mean it",
+            url.host_str().unwrap_or("?")
+        )));
+    }
+    Ok(())
+}
+
+/// Whether the URL's host is this machine.
+pub fn is_loopback(url: &Url) -> bool {
+    match url.host() {
+        Some(Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(Host::Ipv6(ip)) => ip.is_loopback(),
+        Some(Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+        None => false,
+    }
+}
+
+fn read_key(
+    name: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+    preset: Option<Preset>,
+) -> Result<SecretString, ConfigError> {
+    let example = preset.map_or("your-key", |p| p.spec().key_prefixes[0]);
+    let suffix = if preset.is_some() { "..." } else { "" };
+    match env(name) {
+        None => Err(ConfigError(format!(
+            "{name} is not set: export it (export {name}={example}{suffix}) or put it in the \"env\" block of your MCP client's config, or name another variable with --api-key-env"
+        ))),
+        Some(v) if v.trim().is_empty() => Err(ConfigError(format!(
+            "{name} is empty: set it to your API key, or name another variable with --api-key-env"
+        ))),
+        // Keys never have surrounding whitespace; a pasted newline or space would only get a 401.
+        Some(v) => Ok(SecretString::from(v.trim().to_owned())),
+    }
+}
+
+fn api_key(env_name: String, secret: SecretString, style: AuthStyle) -> Result<ApiKey, ConfigError> {
+    let (header, text) = match style {
+        AuthStyle::Bearer => (AUTHORIZATION, format!("Bearer {}", secret.expose_secret())),
+        AuthStyle::XApiKey => (X_API_KEY.clone(), secret.expose_secret().to_owned()),
+        AuthStyle::Header(name) => (name, secret.expose_secret().to_owned()),
+    };
+    let mut value = HeaderValue::from_str(&text).map_err(|_| {
+        ConfigError(format!(
+            "the key in {env_name} contains characters that cannot go in an HTTP header (a line break or non-ASCII text?): set it to the key alone"
+        ))
+    })?;
+    value.set_sensitive(true);
+    Ok(ApiKey { env_name, secret, header, value })
+}
+
+/// Parses `Name: value` headers, expanding `${VAR}` from the environment.
+fn parse_headers(raw: &[String], env: &dyn Fn(&str) -> Option<String>) -> Result<HeaderMap, ConfigError> {
+    let mut map = HeaderMap::new();
+    for h in raw.iter().filter(|h| !h.trim().is_empty()) {
+        let (name, value) = h.split_once(':').ok_or_else(|| {
+            ConfigError(format!("--header {h:?} has no colon: write it as 'Name: value'"))
+        })?;
+        let name = HeaderName::from_bytes(name.trim().as_bytes()).map_err(|_| {
+            ConfigError(format!("--header {:?}: {:?} is not a valid header name", h, name.trim()))
+        })?;
+        let expanded = expand_vars(value.trim(), env)
+            .map_err(|var| ConfigError(format!(
+                "--header {name}: the variable {var} is not set: export it, or remove the header"
+            )))?;
+        let mut value = HeaderValue::from_str(&expanded).map_err(|_| {
+            ConfigError(format!(
+                "--header {name}: the value contains characters that cannot go in an HTTP header"
+            ))
+        })?;
+        // Expanded values are often secrets; never print them.
+        value.set_sensitive(true);
+        map.append(name, value);
+    }
+    Ok(map)
+}
+
+/// Replaces every `${VAR}` with its value; `$$` stands for `$`. Returns the name of an unset variable.
+fn expand_vars(s: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<String, String> {
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(i) = rest.find('$') {
+        out.push_str(&rest[..i]);
+        rest = &rest[i..];
+        if let Some(after) = rest.strip_prefix("$$") {
+            out.push('$');
+            rest = after;
+        } else if let Some(end) = rest.strip_prefix("${").and_then(|r| r.find('}')) {
+            let name = &rest[2..2 + end];
+            out.push_str(&env(name).ok_or_else(|| name.to_owned())?);
+            rest = &rest[3 + end..];
+        } else {
+            out.push('$');
+            rest = &rest[1..];
+        }
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+fn seconds(flag: &str, secs: f64) -> Result<Duration, ConfigError> {
+    Duration::try_from_secs_f64(secs)
+        .ok()
+        .filter(|d| !d.is_zero())
+        .ok_or_else(|| ConfigError(format!("{flag} {secs} is not a positive number of seconds")))
+}
+
+/// `$XDG_STATE_HOME/mcp-sidecar` (or `~/.local/state/mcp-sidecar`; Windows: the local app data).
+fn default_state_dir() -> Option<PathBuf> {
+    use etcetera::BaseStrategy;
+    etcetera::choose_base_strategy().ok().map(|s| {
+        s.state_dir().unwrap_or_else(|| s.data_dir()).join("mcp-sidecar")
+    })
+}
+
+/// A URL fit for logs and messages: no user info, no query, no fragment.
+pub fn redact_url(url: &Url) -> String {
+    let mut u = url.clone();
+    let _ = u.set_username("");
+    let _ = u.set_password(None);
+    u.set_query(None);
+    u.set_fragment(None);
+    u.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+    use std::collections::HashMap;
+
+    fn config(args: &[&str], vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let vars: HashMap<String, String> =
+            vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let cli = Cli::try_parse_from(std::iter::once("mcp-sidecar").chain(args.iter().copied()))
+            .unwrap();
+        Config::from_cli(cli, &|k| vars.get(k).cloned())
+    }
+
+    fn err(args: &[&str], vars: &[(&str, &str)]) -> String {
+        config(args, vars).unwrap_err().0
+    }
+
+    #[test]
+    fn investra_preset_fills_everything() {
+        let c = config(&["--preset", "investra"], &[("INVESTRA_API_KEY", "inv_abc")]).unwrap();
+        assert_eq!(c.url.as_str(), "https://www.investraapp.com/api/mcp");
+        let key = c.api_key.unwrap();
+        assert_eq!(key.header, AUTHORIZATION);
+        assert_eq!(key.value, "Bearer inv_abc");
+        assert!(key.value.is_sensitive());
+        assert!(c.warnings.is_empty());
+    }
+
+    #[test]
+    fn ai2fin_preset_requires_url_and_adds_the_inspector_path() {
+        let e = err(&["--preset", "ai2fin"], &[("AI2FIN_API_KEY", "mcp_x")]);
+        assert!(e.contains("--url") && e.contains("/mcp/inspector"), "{e}");
+        let c = config(&["--preset", "ai2fin", "https://fin.example"], &[("AI2FIN_API_KEY", "mcp_x")])
+            .unwrap();
+        assert_eq!(c.url.as_str(), "https://fin.example/mcp/inspector");
+        assert_eq!(c.api_key.unwrap().header, "x-api-key");
+    }
+
+    #[test]
+    fn explicit_options_override_the_preset() {
+        let c = config(
+            &["--preset", "converra", "--api-key-env", "K", "--auth-header", "x-api-key", "https://h/x"],
+            &[("K", "sk_test_1")],
+        )
+        .unwrap();
+        assert_eq!(c.url.as_str(), "https://h/x");
+        let key = c.api_key.unwrap();
+        assert_eq!((key.env_name.as_str(), key.header.as_str()), ("K", "x-api-key"));
+    }
+
+    #[test]
+    fn missing_and_empty_key_name_the_variable_and_the_fix() {
+        let e = err(&["--preset", "investra"], &[]);
+        assert!(e.starts_with("INVESTRA_API_KEY is not set"), "{e}");
+        assert!(e.contains("--api-key-env"), "{e}");
+        let e = err(&["--preset", "investra"], &[("INVESTRA_API_KEY", "  ")]);
+        assert!(e.starts_with("INVESTRA_API_KEY is empty"), "{e}");
+    }
+
+    #[test]
+    fn wrong_prefix_warns_without_the_key() {
+        let c = config(&["--preset", "investra"], &[("INVESTRA_API_KEY", "sk_live_SECRETVALUE")]).unwrap();
+        assert_eq!(c.warnings.len(), 1);
+        assert!(c.warnings[0].contains("inv_"));
+        assert!(!c.warnings[0].contains("SECRETVALUE"));
+    }
+
+    #[test]
+    fn key_is_trimmed_and_bad_characters_are_refused_without_echo() {
+        let c = config(&["http://127.0.0.1:1/mcp", "--api-key-env", "K"], &[("K", " abc \n")]).unwrap();
+        assert_eq!(c.api_key.unwrap().value, "Bearer abc");
+        let e = err(&["http://127.0.0.1:1/mcp", "--api-key-env", "K"], &[("K", "ab\ncd-SECRET")]);
+        assert!(e.contains("cannot go in an HTTP header") && !e.contains("SECRET"), "{e}");
+    }
+
+    #[test]
+    fn plain_http_is_refused_off_loopback() {
+        let e = err(&["http://example.com/mcp"], &[]);
+        assert!(e.contains("--allow-http"), "{e}");
+        assert!(config(&["http://example.com/mcp", "--allow-http"], &[]).is_ok());
+        assert!(config(&["http://localhost:9/mcp"], &[]).is_ok());
+        assert!(config(&["http://[::1]:9/mcp"], &[]).is_ok());
+    }
+
+    #[test]
+    fn headers_expand_variables_and_name_unset_ones() {
+        let c = config(
+            &["http://127.0.0.1:1/mcp", "-H", "X-Tenant: t-${TENANT}", "-H", "X-Cost: $$5"],
+            &[("TENANT", "42")],
+        )
+        .unwrap();
+        assert_eq!(c.headers["x-tenant"], "t-42");
+        assert_eq!(c.headers["x-cost"], "$5");
+        let e = err(&["http://127.0.0.1:1/mcp", "-H", "X-Token: ${NOPE}"], &[]);
+        assert!(e.contains("NOPE is not set"), "{e}");
+        let e = err(&["http://127.0.0.1:1/mcp", "-H", "no colon"], &[]);
+        assert!(e.contains("no colon"), "{e}");
+    }
+
+    #[test]
+    fn no_url_says_how_to_give_one() {
+        assert!(err(&[], &[]).contains("no server URL"));
+        assert!(err(&["ftp://x/y"], &[]).contains("not an http(s) URL"));
+    }
+
+    #[test]
+    fn timeouts_must_be_positive() {
+        assert!(err(&["http://127.0.0.1:1/mcp", "--request-timeout", "0"], &[]).contains("--request-timeout"));
+        let c = config(&["http://127.0.0.1:1/mcp", "--request-timeout", "1.5"], &[]).unwrap();
+        assert_eq!(c.request_timeout, Duration::from_millis(1500));
+    }
+
+    #[test]
+    fn redacted_urls_lose_credentials_and_query() {
+        let u = Url::parse("https://user:pw@h/mcp?token=abc#x").unwrap();
+        assert_eq!(redact_url(&u), "https://h/mcp");
+    }
+}

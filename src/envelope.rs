@@ -1,0 +1,432 @@
+//! The JSON-RPC envelope: what the proxy reads of a message, and the errors it makes itself.
+//!
+//! A message is parsed once into a borrowed [`Envelope`] (id, method, params as raw JSON) so that
+//! the original bytes can be forwarded untouched (J-01, J-11): ids keep their type and digits,
+//! unknown members survive, escapes are not rewritten. This module never re-serializes a message
+//! it did not create; the only messages it builds are the proxy's own error responses, and those
+//! carry the request's id byte for byte and `data.source = "mcp-sidecar"` so that they cannot be
+//! mistaken for the server's (T-41).
+
+use std::borrow::Cow;
+
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+/// JSON-RPC parse error (J-05).
+pub const PARSE_ERROR: i64 = -32700;
+/// JSON-RPC invalid request (J-05).
+pub const INVALID_REQUEST: i64 = -32600;
+/// Local error codes live in the implementation-defined range -32000..=-32019 (T-41).
+/// The server could not be reached, or answered with an HTTP error we could not pass on.
+pub const UPSTREAM_ERROR: i64 = -32000;
+/// The request got no answer within `--request-timeout` (the TS SDK uses the same code).
+pub const REQUEST_TIMEOUT: i64 = -32001;
+/// The server rejected the credentials (401) or their scope (403).
+pub const AUTH_ERROR: i64 = -32003;
+/// The proxy is shutting down and the request could not finish.
+pub const SHUTTING_DOWN: i64 = -32005;
+
+/// The members of a JSON-RPC message the proxy needs, borrowed from the message's bytes.
+#[derive(Debug, Deserialize)]
+pub struct Envelope<'a> {
+    /// `jsonrpc`, which must be "2.0".
+    #[serde(default, borrow)]
+    pub jsonrpc: Option<Cow<'a, str>>,
+    /// The id exactly as written, `null` included (`Some("null")`).
+    #[serde(default, borrow, deserialize_with = "raw_present")]
+    pub id: Option<&'a RawValue>,
+    /// The method of a request or notification.
+    #[serde(default, borrow)]
+    pub method: Option<Cow<'a, str>>,
+    /// The params, unparsed.
+    #[serde(default, borrow)]
+    pub params: Option<&'a RawValue>,
+    /// The result of a success response, unparsed.
+    #[serde(default, borrow, deserialize_with = "raw_present")]
+    pub result: Option<&'a RawValue>,
+    /// The error of an error response, unparsed.
+    #[serde(default, borrow, deserialize_with = "raw_present")]
+    pub error: Option<&'a RawValue>,
+}
+
+/// Keeps a member that is present but `null` as `Some("null")`, unlike `Option`'s default.
+fn raw_present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
+    <&RawValue>::deserialize(d).map(Some)
+}
+
+/// What kind of message an envelope is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// Has a method and an id: expects exactly one response.
+    Request,
+    /// Has a method and no id: expects nothing.
+    Notification,
+    /// Has an id and a result or an error, no method.
+    Response,
+}
+
+/// Why a parsed JSON value is not a JSON-RPC message.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InvalidMessage {
+    #[error("\"jsonrpc\" must be \"2.0\"")]
+    Version,
+    #[error("the id must be a string or an integer")]
+    IdType,
+    #[error("a message needs a \"method\", or an \"id\" with a \"result\" or an \"error\"")]
+    Shape,
+}
+
+impl<'a> Envelope<'a> {
+    /// Parses the envelope of one JSON object. Fails on invalid JSON or a non-object.
+    pub fn parse(bytes: &'a [u8]) -> Result<Self, serde_json::Error> {
+        serde_json::from_slice(bytes)
+    }
+
+    /// Classifies the message, checking the JSON-RPC 2.0 and MCP rules the proxy relies on.
+    pub fn kind(&self) -> Result<Kind, InvalidMessage> {
+        if self.jsonrpc.as_deref() != Some("2.0") {
+            return Err(InvalidMessage::Version);
+        }
+        match (&self.method, self.id) {
+            (Some(_), None) => Ok(Kind::Notification),
+            (Some(_), Some(id)) if is_request_id(id) => Ok(Kind::Request),
+            (Some(_), Some(_)) => Err(InvalidMessage::IdType),
+            (None, Some(_)) if self.result.is_some() != self.error.is_some() => Ok(Kind::Response),
+            (None, _) => Err(InvalidMessage::Shape),
+        }
+    }
+
+    /// The key that matches this message's id with the id of its request or response.
+    pub fn id_key(&self) -> Option<IdKey> {
+        self.id.and_then(IdKey::new)
+    }
+
+    /// Parses the params members the proxy looks at (name, uri, `_meta`). Cheap: the rest is skipped.
+    pub fn params(&self) -> Params<'a> {
+        self.params
+            .and_then(|p| serde_json::from_str(p.get()).ok())
+            .unwrap_or_default()
+    }
+}
+
+/// MCP request ids are strings or integers, never null (J-01).
+fn is_request_id(id: &RawValue) -> bool {
+    let s = id.get();
+    match s.as_bytes().first() {
+        Some(b'"') => true,
+        Some(b'-' | b'0'..=b'9') => !s.contains(['.', 'e', 'E']),
+        _ => false,
+    }
+}
+
+/// The params members that decide HTTP headers and timeouts.
+#[derive(Debug, Default, Deserialize)]
+pub struct Params<'a> {
+    /// `params.name` (tools/call, prompts/get).
+    #[serde(default, borrow)]
+    pub name: Option<Cow<'a, str>>,
+    /// `params.uri` (resources/read).
+    #[serde(default, borrow)]
+    pub uri: Option<Cow<'a, str>>,
+    /// `params._meta`.
+    #[serde(default, borrow, rename = "_meta")]
+    pub meta: Option<Meta<'a>>,
+    /// `params.requestId` of `notifications/cancelled`.
+    #[serde(default, borrow, rename = "requestId")]
+    pub request_id: Option<&'a RawValue>,
+    /// `params.protocolVersion` of `initialize` requests and results.
+    #[serde(default, borrow, rename = "protocolVersion")]
+    pub protocol_version: Option<Cow<'a, str>>,
+}
+
+/// The `_meta` members the proxy reads.
+#[derive(Debug, Default, Deserialize)]
+pub struct Meta<'a> {
+    /// The per-request protocol version of the 2026-07-28 era (T-13, J-11).
+    #[serde(default, borrow, rename = "io.modelcontextprotocol/protocolVersion")]
+    pub protocol_version: Option<Cow<'a, str>>,
+    /// The progress token of a request that opted into progress (J-09).
+    #[serde(default, borrow, rename = "progressToken")]
+    pub progress_token: Option<&'a RawValue>,
+}
+
+/// A request id normalized for matching: `"a"` and `"\u0061"` are the same id, `1` and `"1"` are not.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum IdKey {
+    /// A string id, unescaped.
+    Str(String),
+    /// An integer id, as its digits.
+    Num(String),
+}
+
+impl IdKey {
+    /// The key of a raw id, or `None` for ids that are neither strings nor integers.
+    pub fn new(id: &RawValue) -> Option<Self> {
+        let s = id.get();
+        match s.as_bytes().first()? {
+            b'"' => serde_json::from_str::<String>(s).ok().map(IdKey::Str),
+            _ if is_request_id(id) => Some(IdKey::Num(s.to_owned())),
+            _ => None,
+        }
+    }
+}
+
+/// Where a locally made error came from, for `data.kind` (stable, for scripts).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    Parse,
+    InvalidRequest,
+    MessageTooLarge,
+    AuthRejected,
+    Forbidden,
+    WrongEndpoint,
+    Redirect,
+    ServerError,
+    HttpError,
+    Unreachable,
+    Timeout,
+    BadResponse,
+    StreamEnded,
+    ShuttingDown,
+}
+
+impl ErrorKind {
+    fn as_str(self) -> &'static str {
+        match self {
+            ErrorKind::Parse => "parse_error",
+            ErrorKind::InvalidRequest => "invalid_request",
+            ErrorKind::MessageTooLarge => "message_too_large",
+            ErrorKind::AuthRejected => "auth_rejected",
+            ErrorKind::Forbidden => "forbidden",
+            ErrorKind::WrongEndpoint => "wrong_endpoint",
+            ErrorKind::Redirect => "redirect",
+            ErrorKind::ServerError => "server_error",
+            ErrorKind::HttpError => "http_error",
+            ErrorKind::Unreachable => "unreachable",
+            ErrorKind::Timeout => "timeout",
+            ErrorKind::BadResponse => "bad_response",
+            ErrorKind::StreamEnded => "stream_ended",
+            ErrorKind::ShuttingDown => "shutting_down",
+        }
+    }
+}
+
+/// An error response made by the proxy.
+#[derive(Debug, Clone)]
+pub struct LocalError {
+    /// JSON-RPC error code.
+    pub code: i64,
+    /// What happened and what to do, in one or two sentences.
+    pub message: String,
+    /// `data.kind`.
+    pub kind: ErrorKind,
+    /// `data.httpStatus`, when the server answered with one.
+    pub http_status: Option<u16>,
+    /// `data.requestSent`: false when the request provably never reached the server.
+    pub request_sent: Option<bool>,
+    /// `data.serverBody`: the server's error body, when it had one (JSON, or text cut short).
+    pub server_body: Option<serde_json::Value>,
+}
+
+impl LocalError {
+    /// An error with just a code, kind and message.
+    pub fn new(code: i64, kind: ErrorKind, message: impl Into<String>) -> Self {
+        LocalError {
+            code,
+            message: message.into(),
+            kind,
+            http_status: None,
+            request_sent: None,
+            server_body: None,
+        }
+    }
+
+    /// The complete error response for `id` (raw JSON, `null` when unknown), without a newline.
+    pub fn to_response(&self, id: Option<&RawValue>) -> Vec<u8> {
+        let mut data = serde_json::Map::new();
+        data.insert("source".into(), "mcp-sidecar".into());
+        data.insert("kind".into(), self.kind.as_str().into());
+        if let Some(status) = self.http_status {
+            data.insert("httpStatus".into(), status.into());
+        }
+        if let Some(sent) = self.request_sent {
+            data.insert("requestSent".into(), sent.into());
+        }
+        if let Some(body) = &self.server_body {
+            data.insert("serverBody".into(), body.clone());
+        }
+        let error = serde_json::json!({
+            "code": self.code,
+            "message": self.message,
+            "data": data,
+        });
+        let id = id.map_or("null", RawValue::get);
+        let mut out = Vec::with_capacity(64 + self.message.len());
+        out.extend_from_slice(b"{\"jsonrpc\":\"2.0\",\"id\":");
+        out.extend_from_slice(id.as_bytes());
+        out.extend_from_slice(b",\"error\":");
+        // Serializing a Value we built cannot fail.
+        out.extend_from_slice(serde_json::to_string(&error).unwrap_or_default().as_bytes());
+        out.push(b'}');
+        out
+    }
+}
+
+/// Builds `{"jsonrpc":"2.0","id":<id>,"error":<error>}` from raw parts, for the server's id-less
+/// JSON-RPC errors that must reach the client with the request's id (T-40).
+pub fn error_with_id(id: &RawValue, error: &RawValue) -> Vec<u8> {
+    let mut out = Vec::with_capacity(40 + id.get().len() + error.get().len());
+    out.extend_from_slice(b"{\"jsonrpc\":\"2.0\",\"id\":");
+    out.extend_from_slice(id.get().as_bytes());
+    out.extend_from_slice(b",\"error\":");
+    out.extend_from_slice(error.get().as_bytes());
+    out.push(b'}');
+    out
+}
+
+/// Makes a JSON text fit on one stdout line without changing its meaning: a raw CR or LF can only
+/// be insignificant whitespace in valid JSON (inside strings they must be escaped), so each
+/// becomes a space. SSE joins multi-line `data` with LF, and servers may pretty-print (S-02).
+pub fn flatten_lines(bytes: &mut [u8]) {
+    let mut start = 0;
+    while let Some(i) = memchr::memchr2(b'\n', b'\r', &bytes[start..]) {
+        bytes[start + i] = b' ';
+        start += i + 1;
+    }
+}
+
+/// Scans the start of an over-long line for a top-level `"id"` so that even a message the proxy
+/// refuses to read whole gets its error with the right id. Returns the id's raw text.
+///
+/// Only members before the id need to be complete in `prefix`; serializers usually put
+/// `jsonrpc` and `id` first.
+pub fn sniff_id(prefix: &[u8]) -> Option<String> {
+    let text = match std::str::from_utf8(prefix) {
+        Ok(text) => text,
+        // The prefix may end inside a multi-byte character.
+        Err(e) => std::str::from_utf8(&prefix[..e.valid_up_to()]).ok()?,
+    };
+    let mut pos = skip_ws(text, 0);
+    text[pos..].starts_with('{').then_some(())?;
+    pos += 1;
+    loop {
+        pos = skip_ws(text, pos);
+        let (key, end) = next_value::<String>(text, pos)?;
+        pos = skip_ws(text, end);
+        text[pos..].starts_with(':').then_some(())?;
+        pos = skip_ws(text, pos + 1);
+        let (value, end) = next_value::<&RawValue>(text, pos)?;
+        if end >= text.len() {
+            // A number at the very end of the prefix may have been cut short.
+            return None;
+        }
+        if key == "id" {
+            return is_request_id(value).then(|| value.get().to_owned());
+        }
+        pos = skip_ws(text, end);
+        text[pos..].starts_with(',').then_some(())?;
+        pos += 1;
+    }
+}
+
+fn skip_ws(text: &str, pos: usize) -> usize {
+    pos + (text[pos..].len() - text[pos..].trim_start().len())
+}
+
+/// Parses one JSON value starting at `pos`; returns it and the offset just past it.
+fn next_value<'a, T: Deserialize<'a>>(text: &'a str, pos: usize) -> Option<(T, usize)> {
+    let mut values = serde_json::Deserializer::from_str(&text[pos..]).into_iter::<T>();
+    let value = values.next()?.ok()?;
+    Some((value, pos + values.byte_offset()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn kind(s: &str) -> Result<Kind, InvalidMessage> {
+        Envelope::parse(s.as_bytes()).unwrap().kind()
+    }
+
+    #[test]
+    fn j01_classifies_requests_notifications_and_responses() {
+        assert_eq!(kind(r#"{"jsonrpc":"2.0","id":1,"method":"ping"}"#), Ok(Kind::Request));
+        assert_eq!(kind(r#"{"jsonrpc":"2.0","id":"a","method":"ping"}"#), Ok(Kind::Request));
+        assert_eq!(kind(r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#), Ok(Kind::Notification));
+        assert_eq!(kind(r#"{"jsonrpc":"2.0","id":1,"result":{}}"#), Ok(Kind::Response));
+        assert_eq!(kind(r#"{"jsonrpc":"2.0","id":null,"error":{"code":1,"message":""}}"#), Ok(Kind::Response));
+    }
+
+    #[test]
+    fn j05_rejects_what_is_not_json_rpc() {
+        assert_eq!(kind(r#"{"id":1,"method":"ping"}"#), Err(InvalidMessage::Version));
+        assert_eq!(kind(r#"{"jsonrpc":"1.0","id":1,"method":"ping"}"#), Err(InvalidMessage::Version));
+        assert_eq!(kind(r#"{"jsonrpc":"2.0","id":null,"method":"ping"}"#), Err(InvalidMessage::IdType));
+        assert_eq!(kind(r#"{"jsonrpc":"2.0","id":1.5,"method":"ping"}"#), Err(InvalidMessage::IdType));
+        assert_eq!(kind(r#"{"jsonrpc":"2.0","id":{},"method":"ping"}"#), Err(InvalidMessage::IdType));
+        assert_eq!(kind(r#"{"jsonrpc":"2.0","id":1}"#), Err(InvalidMessage::Shape));
+        assert_eq!(kind(r#"{"jsonrpc":"2.0","id":1,"result":1,"error":{}}"#), Err(InvalidMessage::Shape));
+        assert!(Envelope::parse(b"[1]").is_err());
+        assert!(Envelope::parse(b"{nope").is_err());
+    }
+
+    #[test]
+    fn j01_ids_match_by_value_and_type() {
+        let key = |s: &str| IdKey::new(&RawValue::from_string(s.to_owned()).unwrap());
+        assert_eq!(key(r#""a""#), key(r#""\u0061""#));
+        assert_ne!(key("1"), key(r#""1""#));
+        assert_eq!(key("9007199254740993"), Some(IdKey::Num("9007199254740993".into())));
+        assert_eq!(key("null"), None);
+    }
+
+    #[test]
+    fn t41_local_errors_keep_the_id_bytes_and_say_where_they_came_from() {
+        let id = RawValue::from_string("12345678901234567890".into()).unwrap();
+        let mut e = LocalError::new(UPSTREAM_ERROR, ErrorKind::ServerError, "boom \"quoted\"");
+        e.http_status = Some(502);
+        e.request_sent = Some(true);
+        let out = String::from_utf8(e.to_response(Some(&id))).unwrap();
+        assert!(out.starts_with(r#"{"jsonrpc":"2.0","id":12345678901234567890,"error":"#), "{out}");
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(v["error"]["code"], -32000);
+        assert_eq!(v["error"]["message"], "boom \"quoted\"");
+        assert_eq!(v["error"]["data"]["source"], "mcp-sidecar");
+        assert_eq!(v["error"]["data"]["kind"], "server_error");
+        assert_eq!(v["error"]["data"]["httpStatus"], 502);
+        assert_eq!(v["error"]["data"]["requestSent"], true);
+        let none = String::from_utf8(e.to_response(None)).unwrap();
+        assert!(none.contains(r#""id":null"#));
+    }
+
+    #[test]
+    fn t40_error_with_id_wraps_raw_parts() {
+        let id = RawValue::from_string(r#""x-1""#.into()).unwrap();
+        let err = RawValue::from_string(r#"{"code":-32022,"message":"unsupported","data":{"supported":["2025-11-25"]}}"#.into()).unwrap();
+        assert_eq!(
+            String::from_utf8(error_with_id(&id, &err)).unwrap(),
+            r#"{"jsonrpc":"2.0","id":"x-1","error":{"code":-32022,"message":"unsupported","data":{"supported":["2025-11-25"]}}}"#
+        );
+    }
+
+    #[test]
+    fn s02_flatten_lines_keeps_json_meaning() {
+        let mut b = b"{\r\n  \"a\": \"x\\ny\",\n  \"b\": 1\n}".to_vec();
+        flatten_lines(&mut b);
+        assert!(!b.contains(&b'\n') && !b.contains(&b'\r'));
+        let v: serde_json::Value = serde_json::from_slice(&b).unwrap();
+        assert_eq!(v["a"], "x\ny");
+    }
+
+    #[test]
+    fn sniff_id_finds_early_ids_and_refuses_guesses() {
+        let big = format!(r#"{{"jsonrpc":"2.0","id":"req-7","method":"tools/call","params":{{"x":"{}"#, "a".repeat(100));
+        assert_eq!(sniff_id(big.as_bytes()).as_deref(), Some(r#""req-7""#));
+        assert_eq!(sniff_id(br#" { "id" : 42 , "jsonrpc":"2.0""#).as_deref(), Some("42"));
+        // The number may continue past the prefix.
+        assert_eq!(sniff_id(br#"{"id":42"#), None);
+        // The id comes after an incomplete member.
+        assert_eq!(sniff_id(br#"{"params":{"x":"aaaa"#), None);
+        assert_eq!(sniff_id(br#"{"jsonrpc":"2.0","id":null,"#), None);
+        assert_eq!(sniff_id(b"not json"), None);
+    }
+}

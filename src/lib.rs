@@ -1,0 +1,100 @@
+//! mcp-sidecar: a stdio MCP server that forwards every message to a remote MCP server over HTTP.
+//!
+//! # Layout
+//!
+//! One message travels left to right once:
+//!
+//! ```text
+//! stdin ─► stdio::LineReader ─► envelope::Envelope ─► proxy::Proxy ─► upstream::Upstream ─► HTTP
+//!                                                          │
+//! stdout ◄─ stdio::write_lines ◄─ stdio::Outbox ◄──────────┘ (answers, server messages, local errors)
+//! ```
+//!
+//! - [`cli`] and [`config`]: flags, then one validated [`config::Config`] (keys from the environment).
+//! - [`stdio`]: bounded line framing on stdin; the single task that owns stdout.
+//! - [`envelope`]: the borrowed JSON-RPC envelope; the proxy's own error responses.
+//! - [`proxy`]: the pending-request table, one task per request, exactly one answer each.
+//! - [`upstream`]: the HTTP client (Streamable HTTP), SSE decoding, MCP header derivation.
+//!
+//! [`run`] ties them together; `main.rs` only parses flags, sets up logging and calls it.
+
+#![deny(clippy::print_stdout)]
+
+pub mod cli;
+pub mod config;
+pub mod envelope;
+pub mod proxy;
+pub mod stdio;
+pub mod upstream;
+
+use std::future::Future;
+
+use tokio::io::{AsyncRead, AsyncWrite};
+use tracing::{debug, error};
+
+use config::Config;
+use proxy::Proxy;
+use stdio::{LineReader, Outbox};
+use upstream::Upstream;
+
+/// Why a run ended badly.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// The HTTP client could not be set up.
+    #[error("could not set up the HTTP client: {0}")]
+    Client(#[source] reqwest::Error),
+    /// Reading stdin failed.
+    #[error("reading stdin failed: {0}")]
+    Stdin(#[source] std::io::Error),
+}
+
+/// Why the read loop stopped.
+#[derive(Debug)]
+enum Stop {
+    Eof,
+    Signal,
+    StdoutClosed,
+    ReadError(std::io::Error),
+}
+
+/// Runs the proxy: reads messages from `input`, forwards them, writes answers to `output`, until
+/// `input` ends, `shutdown` resolves, or `output` closes. Shuts down in order either way.
+pub async fn run<R, W, F>(config: Config, input: R, output: W, shutdown: F) -> Result<(), RunError>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin + Send + 'static,
+    F: Future<Output = ()>,
+{
+    let up = Upstream::new(&config).map_err(RunError::Client)?;
+    let (outbox, rx) = Outbox::new();
+    let (finish, finished) = tokio::sync::oneshot::channel();
+    let writer = tokio::spawn(stdio::write_lines(rx, output, finished));
+    let proxy = Proxy::new(up, outbox.clone(), config.request_timeout, config.max_message_bytes);
+    let mut reader = LineReader::new(input, config.max_message_bytes);
+
+    tokio::pin!(shutdown);
+    let stop = loop {
+        tokio::select! {
+            biased;
+            _ = &mut shutdown => break Stop::Signal,
+            _ = outbox.closed() => break Stop::StdoutClosed,
+            frame = reader.next_frame() => match frame {
+                Ok(Some(frame)) => proxy.dispatch(frame).await,
+                Ok(None) => break Stop::Eof,
+                Err(e) => break Stop::ReadError(e),
+            },
+        }
+    };
+    debug!(?stop, "no more input");
+    proxy.shutdown(!matches!(stop, Stop::StdoutClosed)).await;
+    drop(outbox);
+    let _ = finish.send(());
+    match writer.await {
+        Ok(Err(e)) if e.kind() != std::io::ErrorKind::BrokenPipe => error!("writing stdout failed: {e}"),
+        _ => {}
+    }
+    match stop {
+        Stop::ReadError(e) => Err(RunError::Stdin(e)),
+        _ => Ok(()),
+    }
+}

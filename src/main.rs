@@ -1,0 +1,80 @@
+//! The `mcp-sidecar` binary: flags → config → logging → `mcp_sidecar::run`.
+//!
+//! Exit status: 0 after a clean shutdown, 2 for a configuration error (reported before stdin is
+//! read), 1 for any other failure. Errors are printed once, on stderr, as one sentence.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use mcp_sidecar::cli::{Cli, LogFormat, LogLevel};
+use mcp_sidecar::config::Config;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let config = match Config::from_cli(cli, &|name| std::env::var(name).ok()) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("mcp-sidecar: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    init_logging(config.log_level, config.log_format);
+    for warning in &config.warnings {
+        tracing::warn!("{warning}");
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("mcp-sidecar: could not start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let result = runtime.block_on(mcp_sidecar::run(config, tokio::io::stdin(), tokio::io::stdout(), signal()));
+    // A blocking read on stdin may still be parked; do not wait for it.
+    runtime.shutdown_background();
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("mcp-sidecar: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// Logs go to stderr only: stdout is the protocol (S-04, S-05). Dependencies log at most warnings
+/// unless trace is asked for.
+fn init_logging(level: LogLevel, format: LogFormat) {
+    use tracing_subscriber::filter::{LevelFilter, Targets};
+    use tracing_subscriber::prelude::*;
+    let level = match level {
+        LogLevel::Error => LevelFilter::ERROR,
+        LogLevel::Warn => LevelFilter::WARN,
+        LogLevel::Info => LevelFilter::INFO,
+        LogLevel::Debug => LevelFilter::DEBUG,
+        LogLevel::Trace => LevelFilter::TRACE,
+    };
+    let deps = if level == LevelFilter::TRACE { LevelFilter::DEBUG } else { LevelFilter::WARN };
+    let filter = Targets::new().with_default(deps).with_target("mcp_sidecar", level);
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_target(false);
+    let registry = tracing_subscriber::registry().with(filter);
+    match format {
+        LogFormat::Text => registry.with(fmt.with_ansi(false)).init(),
+        LogFormat::Json => registry.with(fmt.json()).init(),
+    }
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            return;
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
+}

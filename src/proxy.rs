@@ -1,0 +1,736 @@
+//! The router between stdin and the server: one task per request, exactly one answer each.
+//!
+//! Every request read on stdin is entered in the pending table before it is sent; it leaves the
+//! table exactly once, either when the server's response for its id passes through
+//! [`Proxy::deliver`] or when the proxy gives up on it and writes a [`LocalError`] with its id
+//! ([`Proxy::fail`]). Removal from the table is the single point that decides who answers, so a
+//! response can be neither lost nor duplicated, whatever the server sends. Requests run
+//! concurrently (no head-of-line blocking); only `notifications/initialized` is sent in line,
+//! so that the server sees it before the requests that follow it.
+//!
+//! This module decides what happens to a message; [`crate::upstream`] knows how to talk HTTP and
+//! [`crate::stdio`] owns the bytes on stdout.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use reqwest::StatusCode;
+use reqwest::header::CONTENT_TYPE;
+use serde_json::value::RawValue;
+use tokio::sync::oneshot;
+use tokio::task::AbortHandle;
+use tokio::time::{Instant, timeout, timeout_at};
+use tokio_util::task::TaskTracker;
+use tracing::{debug, info, trace, warn};
+
+use crate::envelope::{
+    self, Envelope, ErrorKind, IdKey, INVALID_REQUEST, Kind, LocalError, PARSE_ERROR, SHUTTING_DOWN, UPSTREAM_ERROR,
+};
+use crate::stdio::{Frame, Outbox};
+use crate::upstream::headers::{MessageHeaders, SESSION_ID};
+use crate::upstream::{MAX_ERROR_BODY_BYTES, Upstream, jsonrpc_error, sse};
+
+/// `server/discover` probes must be answered soon, whatever the server does (S-09).
+const DISCOVER_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long shutdown waits for requests in flight before answering them with an error.
+pub const DRAIN_TIMEOUT: Duration = Duration::from_millis(1500);
+/// How long the closing DELETE may take (T-22); shutdown must finish within 2 s.
+const DELETE_TIMEOUT: Duration = Duration::from_millis(400);
+/// Consecutive failures after which the GET stream is given up.
+const MAX_GET_STREAM_FAILURES: u32 = 3;
+
+/// A request waiting for its answer.
+struct Pending {
+    /// The id exactly as the client wrote it.
+    id: Box<RawValue>,
+    /// Whether this is `initialize` (its result sets the negotiated version).
+    initialize: bool,
+    /// Whether it belongs to the 2026-07-28 era (cancelling it means closing its stream, T-25).
+    modern: bool,
+    /// Wakes the request's task when the answer came by another way (the GET stream).
+    done: Option<oneshot::Sender<()>>,
+    /// Aborts the request's task when the client cancels it.
+    abort: Option<AbortHandle>,
+}
+
+/// What [`Proxy::deliver`] did with a server message.
+#[derive(Debug, PartialEq, Eq)]
+enum Delivered {
+    /// A response that answered a pending request.
+    Answer,
+    /// A progress notification (restarts request timeouts, T-32).
+    Progress,
+    /// Any other message written to stdout.
+    Other,
+    /// Not written: not JSON-RPC, or a response nobody waits for.
+    Dropped,
+}
+
+/// Counters reported at exit.
+#[derive(Default)]
+struct Stats {
+    requests: AtomicU64,
+    local_errors: AtomicU64,
+}
+
+/// The shared state of one proxy run.
+pub struct Proxy {
+    up: Upstream,
+    out: Outbox,
+    pending: Mutex<HashMap<IdKey, Pending>>,
+    tasks: TaskTracker,
+    request_timeout: Duration,
+    max_message: usize,
+    get_stream: Mutex<Option<AbortHandle>>,
+    stats: Stats,
+    /// Error kinds already logged at warn level: one line per problem, not per message.
+    warned: Mutex<Vec<ErrorKind>>,
+    shutting_down: AtomicBool,
+}
+
+impl Proxy {
+    /// A proxy that forwards to `up` and writes to `out`.
+    pub fn new(up: Upstream, out: Outbox, request_timeout: Duration, max_message: usize) -> Arc<Self> {
+        Arc::new(Proxy {
+            up,
+            out,
+            pending: Mutex::new(HashMap::new()),
+            tasks: TaskTracker::new(),
+            request_timeout,
+            max_message,
+            get_stream: Mutex::new(None),
+            stats: Stats::default(),
+            warned: Mutex::new(Vec::new()),
+            shutting_down: AtomicBool::new(false),
+        })
+    }
+
+    /// Handles one frame read from stdin.
+    pub async fn dispatch(self: &Arc<Self>, frame: Frame) {
+        match frame {
+            Frame::Line(line) => self.dispatch_line(line).await,
+            Frame::TooLong { len, prefix } => {
+                let id = envelope::sniff_id(&prefix).and_then(|id| RawValue::from_string(id).ok());
+                let err = LocalError::new(
+                    INVALID_REQUEST,
+                    ErrorKind::MessageTooLarge,
+                    format!(
+                        "the message is {len} bytes, more than --max-message-bytes ({}) allows: raise the limit or send less",
+                        self.max_message
+                    ),
+                );
+                self.report(&err);
+                self.write(err.to_response(id.as_deref()).into()).await;
+            }
+        }
+    }
+
+    async fn dispatch_line(self: &Arc<Self>, line: Bytes) {
+        trace!(body = %String::from_utf8_lossy(&line), "stdin");
+        if line.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[') {
+            return self.dispatch_batch(line).await;
+        }
+        let env = match Envelope::parse(&line) {
+            Ok(env) => env,
+            Err(e) => return self.reject_unparsable(&e).await,
+        };
+        match env.kind() {
+            Ok(Kind::Request) => {
+                let method = env.method.as_deref().unwrap_or_default();
+                let params = env.params();
+                let headers = MessageHeaders::derive(method, &params);
+                let init = method == "initialize";
+                let limit = if method == "server/discover" {
+                    self.request_timeout.min(DISCOVER_TIMEOUT)
+                } else {
+                    self.request_timeout
+                };
+                let Some((key, id)) = self.register(&env, init, headers.is_modern()) else { return };
+                let ids = vec![(key.clone(), id)];
+                let handle = self.tasks.spawn(self.clone().run_request(line, headers, ids, init, limit));
+                if let Some(p) = self.pending.lock().unwrap().get_mut(&key) {
+                    p.abort = Some(handle.abort_handle());
+                }
+            }
+            Ok(Kind::Notification) => {
+                let method = env.method.as_deref().unwrap_or_default().to_owned();
+                let params = env.params();
+                if method == "notifications/cancelled" {
+                    let modern = params.request_id.and_then(IdKey::new).and_then(|k| self.cancel(&k));
+                    // In the 2026-07-28 era, closing the request's stream is the cancellation (T-25).
+                    if modern == Some(true) {
+                        return;
+                    }
+                }
+                let headers = MessageHeaders::derive(&method, &params);
+                if method == "notifications/initialized" {
+                    // In line: the server must see it before the requests that follow (S-11).
+                    if self.clone().send_one_way(line, headers, method).await {
+                        self.open_get_stream();
+                    }
+                } else {
+                    self.tasks.spawn(self.clone().send_one_way(line, headers, method));
+                }
+            }
+            Ok(Kind::Response) => {
+                // The client's answer to a server request (T-30).
+                self.tasks.spawn(self.clone().send_one_way(line, MessageHeaders::default(), "response".into()));
+            }
+            Err(invalid) => {
+                let id = env.id.filter(|id| IdKey::new(id).is_some());
+                let err = LocalError::new(INVALID_REQUEST, ErrorKind::InvalidRequest, format!("invalid JSON-RPC message: {invalid}"));
+                self.report(&err);
+                self.write(err.to_response(id).into()).await;
+            }
+        }
+    }
+
+    /// A 2025-03-26 batch (J-07): valid members go out in one POST, invalid ones are answered here.
+    async fn dispatch_batch(self: &Arc<Self>, line: Bytes) {
+        let members: Vec<&RawValue> = match serde_json::from_slice(&line) {
+            Ok(m) => m,
+            Err(e) => return self.reject_unparsable(&e).await,
+        };
+        if members.is_empty() {
+            let err = LocalError::new(INVALID_REQUEST, ErrorKind::InvalidRequest, "invalid JSON-RPC message: empty batch");
+            return self.write(err.to_response(None).into()).await;
+        }
+        let mut valid: Vec<&str> = Vec::new();
+        let mut ids = Vec::new();
+        for member in &members {
+            let env = Envelope::parse(member.get().as_bytes());
+            match env.as_ref().map(|e| (e.kind(), e)) {
+                Ok((Ok(kind), env)) => {
+                    if kind == Kind::Request {
+                        match self.register(env, false, false) {
+                            Some(entry) => ids.push(entry),
+                            None => continue,
+                        }
+                    }
+                    valid.push(member.get());
+                }
+                Ok((Err(invalid), env)) => {
+                    let id = env.id.filter(|id| IdKey::new(id).is_some());
+                    let err = LocalError::new(INVALID_REQUEST, ErrorKind::InvalidRequest, format!("invalid JSON-RPC message: {invalid}"));
+                    self.write(err.to_response(id).into()).await;
+                }
+                Err(_) => {
+                    let err = LocalError::new(INVALID_REQUEST, ErrorKind::InvalidRequest, "invalid JSON-RPC message in batch");
+                    self.write(err.to_response(None).into()).await;
+                }
+            }
+        }
+        if valid.is_empty() {
+            return;
+        }
+        let body: Bytes = if valid.len() == members.len() {
+            line
+        } else {
+            format!("[{}]", valid.join(",")).into()
+        };
+        if ids.is_empty() {
+            self.tasks.spawn(self.clone().send_one_way(body, MessageHeaders::default(), "batch".into()));
+        } else {
+            let limit = self.request_timeout;
+            self.tasks.spawn(self.clone().run_request(body, MessageHeaders::default(), ids, false, limit));
+        }
+    }
+
+    /// Answers a line that is not JSON (-32700) or not an object (-32600), with id null (J-05).
+    async fn reject_unparsable(&self, e: &serde_json::Error) {
+        let err = if e.is_data() {
+            LocalError::new(INVALID_REQUEST, ErrorKind::InvalidRequest, "invalid JSON-RPC message: expected a JSON object")
+        } else {
+            LocalError::new(PARSE_ERROR, ErrorKind::Parse, format!("parse error: the line is not valid JSON ({e})"))
+        };
+        self.report(&err);
+        self.write(err.to_response(None).into()).await;
+    }
+
+    /// Enters a request in the pending table. Returns its key and the receiver that wakes its task,
+    /// or `None` (after answering it) when its id is already in flight (J-02).
+    fn register(&self, env: &Envelope<'_>, initialize: bool, modern: bool) -> Option<(IdKey, oneshot::Receiver<()>)> {
+        let (raw, key) = env.id.zip(env.id_key())?;
+        let (tx, rx) = oneshot::channel();
+        let mut pending = self.pending.lock().unwrap();
+        if pending.contains_key(&key) {
+            drop(pending);
+            let err = LocalError::new(
+                INVALID_REQUEST,
+                ErrorKind::InvalidRequest,
+                format!("request id {} is already in use by a request in flight: use a new id", raw.get()),
+            );
+            self.report(&err);
+            let out = self.out.clone();
+            let bytes: Bytes = err.to_response(Some(raw)).into();
+            tokio::spawn(async move { out.send(bytes).await });
+            return None;
+        }
+        pending.insert(key.clone(), Pending { id: raw.to_owned(), initialize, modern, done: Some(tx), abort: None });
+        self.stats.requests.fetch_add(1, Ordering::Relaxed);
+        Some((key, rx))
+    }
+
+    /// Drops a request the client cancelled (J-08): no answer will be written for it. Returns
+    /// whether it was a 2026-07-28 request, or `None` if it was not pending.
+    fn cancel(&self, key: &IdKey) -> Option<bool> {
+        let entry = self.pending.lock().unwrap().remove(key)?;
+        if let Some(abort) = entry.abort {
+            abort.abort();
+        }
+        debug!(id = %entry.id, "request cancelled by the client");
+        Some(entry.modern)
+    }
+
+    /// Sends one request (or batch) and sees that each of its ids is answered.
+    async fn run_request(
+        self: Arc<Self>,
+        body: Bytes,
+        headers: MessageHeaders,
+        ids: Vec<(IdKey, oneshot::Receiver<()>)>,
+        initialize: bool,
+        limit: Duration,
+    ) {
+        let keys: Vec<IdKey> = ids.iter().map(|(k, _)| k.clone()).collect();
+        if let Err(err) = self.exchange(body, &headers, ids, initialize, limit).await {
+            for key in &keys {
+                self.fail(key, &err).await;
+            }
+        }
+    }
+
+    /// The HTTP exchange of a request. Returns once every id is answered, or with the error that
+    /// answers the ids still pending.
+    async fn exchange(
+        &self,
+        body: Bytes,
+        headers: &MessageHeaders,
+        ids: Vec<(IdKey, oneshot::Receiver<()>)>,
+        initialize: bool,
+        limit: Duration,
+    ) -> Result<(), LocalError> {
+        let mut deadline = Instant::now() + limit;
+        let session = if initialize {
+            self.up.reset_session();
+            None
+        } else {
+            Some(self.up.session())
+        };
+        let (request, sent_session) = self.up.post(body, headers, session.as_ref());
+        let response = match timeout_at(deadline, request.send()).await {
+            Err(_) => return Err(self.up.timeout_error(limit)),
+            Ok(Err(e)) => return Err(self.up.send_error(&e)),
+            Ok(Ok(r)) => r,
+        };
+        let status = response.status();
+        debug!(status = status.as_u16(), "POST answered");
+        if !status.is_success() {
+            let resp_headers = response.headers().clone();
+            let body = read_body(response, MAX_ERROR_BODY_BYTES, deadline).await.unwrap_or_default();
+            return self.answer_http_error(status, &resp_headers, &body, sent_session, &ids).await;
+        }
+        if initialize {
+            self.up.set_session_id(response.headers().get(&SESSION_ID).cloned());
+        }
+        let content_type = response
+            .headers()
+            .get(CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_ascii_lowercase();
+        if content_type.starts_with("text/event-stream") {
+            let mut events = sse::decode(response.bytes_stream(), self.max_message);
+            loop {
+                let event = match timeout_at(deadline, events.next()).await {
+                    Err(_) => return Err(self.up.timeout_error(limit)),
+                    Ok(None) => break,
+                    Ok(Some(Err(e))) => return Err(self.stream_error(&e)),
+                    Ok(Some(Ok(event))) => event,
+                };
+                if !sse::is_message(&event) {
+                    continue;
+                }
+                let data = Bytes::from(event.data.unwrap_or_default());
+                if self.deliver(data).await == Delivered::Progress {
+                    deadline = Instant::now() + limit;
+                }
+                if !self.any_pending(&ids) {
+                    return Ok(());
+                }
+            }
+        } else {
+            let body = match read_body(response, self.max_message, deadline).await {
+                Ok(body) => body,
+                Err(BodyError::Timeout) => return Err(self.up.timeout_error(limit)),
+                Err(BodyError::TooLarge) => return Err(self.too_large()),
+                Err(BodyError::Http(e)) => return Err(self.up.send_error(&e)),
+            };
+            if body.iter().any(|b| !b.is_ascii_whitespace()) {
+                if !content_type.is_empty() && !content_type.contains("json") {
+                    return Err(bad_response(format!(
+                        "the server answered with {content_type}, not JSON or an event stream: check that the URL is the MCP endpoint"
+                    )));
+                }
+                self.deliver_body(body).await;
+            }
+        }
+        if !self.any_pending(&ids) {
+            return Ok(());
+        }
+        if status == StatusCode::ACCEPTED || status == StatusCode::NO_CONTENT {
+            // Accepted without an answer: it will come on the GET stream (T-20).
+            for (key, done) in ids {
+                if self.is_pending(&key) && timeout_at(deadline, done).await.is_err() {
+                    return Err(self.up.timeout_error(limit));
+                }
+            }
+            return Ok(());
+        }
+        Err(bad_response(
+            "the server ended its reply without answering this request; it may or may not have been processed".into(),
+        ))
+    }
+
+    /// Answers the pending ids of a request that got an HTTP error status: the server's own
+    /// JSON-RPC error where it sent one (T-40), else an error that explains the status.
+    async fn answer_http_error(
+        &self,
+        status: StatusCode,
+        headers: &reqwest::header::HeaderMap,
+        body: &[u8],
+        sent_session: bool,
+        ids: &[(IdKey, oneshot::Receiver<()>)],
+    ) -> Result<(), LocalError> {
+        let own_message = matches!(status.as_u16(), 401 | 403) || (status == StatusCode::NOT_FOUND && sent_session);
+        if !own_message && ids.len() == 1 {
+            if let Some((error, server_id)) = jsonrpc_error(body) {
+                let (key, _) = &ids[0];
+                let same_id = server_id.and_then(IdKey::new).as_ref() == Some(key);
+                let message = if same_id {
+                    body.to_vec()
+                } else {
+                    match self.pending.lock().unwrap().get(key) {
+                        Some(p) => envelope::error_with_id(&p.id, error),
+                        None => return Ok(()),
+                    }
+                };
+                let mut message = message;
+                envelope::flatten_lines(&mut message);
+                self.deliver(message.into()).await;
+                return Ok(());
+            }
+        }
+        Err(self.up.status_error(status, headers, body, sent_session))
+    }
+
+    /// Sends a notification or a client response; nothing comes back to the client. Returns
+    /// whether the server accepted it.
+    async fn send_one_way(self: Arc<Self>, body: Bytes, headers: MessageHeaders, what: String) -> bool {
+        let session = self.up.session();
+        let (request, sent_session) = self.up.post(body, &headers, Some(&session));
+        match timeout(self.request_timeout, request.send()).await {
+            Err(_) => {
+                self.report(&self.up.timeout_error(self.request_timeout));
+                false
+            }
+            Ok(Err(e)) => {
+                self.report(&self.up.send_error(&e));
+                false
+            }
+            Ok(Ok(response)) if response.status().is_success() => {
+                // Any body on a 2xx to a message without a request is ignored (T-04).
+                debug!(status = response.status().as_u16(), what, "one-way message accepted");
+                true
+            }
+            Ok(Ok(response)) => {
+                let status = response.status();
+                let resp_headers = response.headers().clone();
+                let deadline = Instant::now() + Duration::from_secs(5);
+                let body = read_body(response, MAX_ERROR_BODY_BYTES, deadline).await.unwrap_or_default();
+                let err = self.up.status_error(status, &resp_headers, &body, sent_session);
+                self.report_with(&err, &format!("the server did not accept a {what}"));
+                false
+            }
+        }
+    }
+
+    /// Starts listening on the GET stream for server-initiated messages (T-20), once.
+    fn open_get_stream(self: &Arc<Self>) {
+        let mut slot = self.get_stream.lock().unwrap();
+        if slot.is_some() || self.shutting_down.load(Ordering::Relaxed) {
+            return;
+        }
+        *slot = Some(tokio::spawn(self.clone().listen()).abort_handle());
+    }
+
+    /// Reads the GET stream, reopening it after drops with `Last-Event-ID` (T-23), until the
+    /// server says it has none (405/404) or it fails repeatedly.
+    async fn listen(self: Arc<Self>) {
+        let mut last_event_id: Option<String> = None;
+        let mut retry: Option<Duration> = None;
+        let mut failures = 0u32;
+        loop {
+            match self.up.get_stream(last_event_id.as_deref()).send().await {
+                Ok(r) if matches!(r.status().as_u16(), 404 | 405) => {
+                    debug!(status = r.status().as_u16(), "the server offers no GET stream");
+                    return;
+                }
+                Ok(r) if r.status().is_success() => {
+                    let mut events = sse::decode(r.bytes_stream(), self.max_message);
+                    while let Some(Ok(event)) = events.next().await {
+                        failures = 0;
+                        if let Some(id) = &event.id {
+                            last_event_id = Some(id.clone());
+                        }
+                        if let Some(ms) = event.retry {
+                            retry = Some(Duration::from_millis(ms));
+                        }
+                        if sse::is_message(&event) {
+                            self.deliver(Bytes::from(event.data.unwrap_or_default())).await;
+                        }
+                    }
+                }
+                Ok(r) => {
+                    let status = r.status();
+                    let headers = r.headers().clone();
+                    let body = read_body(r, MAX_ERROR_BODY_BYTES, Instant::now() + Duration::from_secs(5))
+                        .await
+                        .unwrap_or_default();
+                    let err = self.up.status_error(status, &headers, &body, true);
+                    self.report_with(&err, "the stream for server messages could not be opened");
+                    return;
+                }
+                Err(e) => {
+                    debug!(error = %self.up.send_error(&e).message, "GET stream failed");
+                }
+            }
+            failures += 1;
+            if failures >= MAX_GET_STREAM_FAILURES || self.shutting_down.load(Ordering::Relaxed) {
+                warn!("the stream for server-initiated messages was lost; requests still work");
+                return;
+            }
+            tokio::time::sleep(retry.unwrap_or(Duration::from_millis(500) * 2u32.pow(failures))).await;
+        }
+    }
+
+    /// Writes one message from the server to stdout if it is JSON-RPC and, for a response, if
+    /// its request is still pending. The single place where pending requests are answered.
+    async fn deliver(&self, mut bytes: Bytes) -> Delivered {
+        if memchr::memchr2(b'\n', b'\r', &bytes).is_some() {
+            let mut owned = bytes.to_vec();
+            envelope::flatten_lines(&mut owned);
+            bytes = owned.into();
+        }
+        trace!(body = %String::from_utf8_lossy(&bytes), "from server");
+        let env = match Envelope::parse(&bytes) {
+            Ok(env) => env,
+            Err(_) => {
+                self.report(&bad_response("the server sent a message that is not a JSON-RPC object; it was dropped".into()));
+                return Delivered::Dropped;
+            }
+        };
+        let delivered = match env.kind() {
+            Ok(Kind::Response) => {
+                let Some(key) = env.id_key() else { return Delivered::Dropped };
+                let Some(mut entry) = self.pending.lock().unwrap().remove(&key) else {
+                    debug!(id = %env.id.map_or("", RawValue::get), "response for no pending request dropped (cancelled, answered or unknown)");
+                    return Delivered::Dropped;
+                };
+                if entry.initialize {
+                    if let Some(version) = env.result.and_then(|r| {
+                        serde_json::from_str::<envelope::Params>(r.get()).ok()?.protocol_version.map(|v| v.into_owned())
+                    }) {
+                        debug!(version, "protocol version negotiated");
+                        self.up.set_protocol_version(&version);
+                    }
+                }
+                if let Some(done) = entry.done.take() {
+                    let _ = done.send(());
+                }
+                Delivered::Answer
+            }
+            Ok(Kind::Notification) if env.method.as_deref() == Some("notifications/progress") => Delivered::Progress,
+            Ok(_) => Delivered::Other,
+            Err(e) => {
+                self.report(&bad_response(format!("the server sent an invalid JSON-RPC message ({e}); it was dropped")));
+                return Delivered::Dropped;
+            }
+        };
+        drop(env);
+        self.write(bytes).await;
+        delivered
+    }
+
+    /// Delivers a JSON body: one message, or a 2025-03-26 batch of them (J-07).
+    async fn deliver_body(&self, body: Bytes) {
+        if body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[') {
+            match serde_json::from_slice::<Vec<&RawValue>>(&body) {
+                Ok(members) => {
+                    for m in members {
+                        self.deliver(Bytes::copy_from_slice(m.get().as_bytes())).await;
+                    }
+                }
+                Err(_) => self.report(&bad_response("the server's reply is not valid JSON; it was dropped".into())),
+            }
+        } else {
+            self.deliver(body).await;
+        }
+    }
+
+    /// Answers a pending request with a local error, unless it was answered already.
+    async fn fail(&self, key: &IdKey, err: &LocalError) {
+        let Some(entry) = self.pending.lock().unwrap().remove(key) else { return };
+        self.stats.local_errors.fetch_add(1, Ordering::Relaxed);
+        self.report(err);
+        self.write(err.to_response(Some(&entry.id)).into()).await;
+    }
+
+    fn is_pending(&self, key: &IdKey) -> bool {
+        self.pending.lock().unwrap().contains_key(key)
+    }
+
+    fn any_pending(&self, ids: &[(IdKey, oneshot::Receiver<()>)]) -> bool {
+        let pending = self.pending.lock().unwrap();
+        ids.iter().any(|(k, _)| pending.contains_key(k))
+    }
+
+    async fn write(&self, bytes: Bytes) {
+        if !self.out.send(bytes).await {
+            debug!("stdout is closed; message dropped");
+        }
+    }
+
+    fn stream_error<E: std::fmt::Display>(&self, e: &E) -> LocalError {
+        let text = e.to_string();
+        if text.contains("larger than") {
+            return self.too_large();
+        }
+        let mut err = LocalError::new(
+            UPSTREAM_ERROR,
+            ErrorKind::StreamEnded,
+            format!("the connection broke while the server was answering ({text}); the request may have been processed, so it was not retried"),
+        );
+        err.request_sent = Some(true);
+        err
+    }
+
+    fn too_large(&self) -> LocalError {
+        let mut err = bad_response(format!(
+            "the server's answer is larger than --max-message-bytes ({}): raise the limit",
+            self.max_message
+        ));
+        err.kind = ErrorKind::MessageTooLarge;
+        err
+    }
+
+    /// Logs a problem: the first time of its kind at warn level, later ones at debug.
+    fn report(&self, err: &LocalError) {
+        self.report_with(err, "");
+    }
+
+    fn report_with(&self, err: &LocalError, context: &str) {
+        let first = {
+            let mut warned = self.warned.lock().unwrap();
+            let first = !warned.contains(&err.kind);
+            if first {
+                warned.push(err.kind);
+            }
+            first
+        };
+        let sep = if context.is_empty() { "" } else { ": " };
+        if first {
+            warn!("{context}{sep}{}", err.message);
+        } else {
+            debug!("{context}{sep}{}", err.message);
+        }
+    }
+
+    /// Stops everything in order (S-06, T-22): waits up to [`DRAIN_TIMEOUT`] for requests in
+    /// flight, answers the rest with an error, ends the session with DELETE.
+    pub async fn shutdown(self: &Arc<Self>, drain: bool) {
+        self.shutting_down.store(true, Ordering::Relaxed);
+        if let Some(get) = self.get_stream.lock().unwrap().take() {
+            get.abort();
+        }
+        self.tasks.close();
+        if drain && timeout(DRAIN_TIMEOUT, self.tasks.wait()).await.is_err() {
+            info!("shutting down with requests still in flight; answering them with an error");
+        }
+        let left: Vec<Pending> = self.pending.lock().unwrap().drain().map(|(_, p)| p).collect();
+        for entry in left {
+            if let Some(abort) = &entry.abort {
+                abort.abort();
+            }
+            let err = LocalError::new(
+                SHUTTING_DOWN,
+                ErrorKind::ShuttingDown,
+                "mcp-sidecar is shutting down and the server had not answered yet; the request may have been processed",
+            );
+            self.write(err.to_response(Some(&entry.id)).into()).await;
+        }
+        if let Some(delete) = self.up.delete_session() {
+            match timeout(DELETE_TIMEOUT, delete.send()).await {
+                Ok(Ok(r)) => debug!(status = r.status().as_u16(), "session closed"),
+                Ok(Err(e)) => debug!(error = %e.without_url(), "closing the session failed"),
+                Err(_) => debug!("closing the session timed out"),
+            }
+        }
+        let requests = self.stats.requests.load(Ordering::Relaxed);
+        let errors = self.stats.local_errors.load(Ordering::Relaxed);
+        debug!(requests, errors, "proxy stopped");
+        if errors > 0 {
+            info!(
+                "{requests} requests forwarded to {}, {errors} answered with an error by mcp-sidecar",
+                self.up.shown_url()
+            );
+        }
+    }
+}
+
+fn bad_response(message: String) -> LocalError {
+    let mut err = LocalError::new(UPSTREAM_ERROR, ErrorKind::BadResponse, message);
+    err.request_sent = Some(true);
+    err
+}
+
+/// Why reading a body failed.
+enum BodyError {
+    Timeout,
+    TooLarge,
+    Http(reqwest::Error),
+}
+
+/// Reads a whole body of at most `max` bytes before `deadline`.
+async fn read_body(mut response: reqwest::Response, max: usize, deadline: Instant) -> Result<Bytes, BodyError> {
+    if response.content_length().is_some_and(|n| n > max as u64) {
+        return Err(BodyError::TooLarge);
+    }
+    let mut first: Option<Bytes> = None;
+    let mut rest: Vec<u8> = Vec::new();
+    loop {
+        match timeout_at(deadline, response.chunk()).await {
+            Err(_) => return Err(BodyError::Timeout),
+            Ok(Err(e)) => return Err(BodyError::Http(e)),
+            Ok(Ok(None)) => break,
+            Ok(Ok(Some(chunk))) => match &first {
+                None => first = Some(chunk),
+                Some(f) => {
+                    if rest.is_empty() {
+                        rest.reserve(response.content_length().map_or(f.len() * 2, |n| n as usize));
+                        rest.extend_from_slice(f);
+                    }
+                    rest.extend_from_slice(&chunk);
+                }
+            },
+        }
+        let len = if rest.is_empty() { first.as_ref().map_or(0, Bytes::len) } else { rest.len() };
+        if len > max {
+            return Err(BodyError::TooLarge);
+        }
+    }
+    Ok(if rest.is_empty() { first.unwrap_or_default() } else { rest.into() })
+}

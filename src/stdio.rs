@@ -1,0 +1,284 @@
+//! stdio framing: the bounded line decoder for stdin and the single writer that owns stdout.
+//!
+//! Messages are newline-delimited (S-02); a trailing CR is tolerated; blank lines are skipped. A
+//! line longer than the configured maximum is discarded up to its newline and reported as
+//! [`Frame::TooLong`] with its first bytes, so the proxy can answer it and keep running. This
+//! module never parses JSON, and nothing else in the crate writes to stdout: every outgoing line
+//! goes through [`Outbox`] to the one task running [`write_lines`] (S-04).
+
+use std::io;
+
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufWriter};
+use tokio::sync::{mpsc, oneshot};
+
+/// The default maximum size of one message, on stdin and from the server (`--max-message-bytes`).
+pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
+/// How much of an over-long line is kept to recover its id.
+const TOO_LONG_PREFIX_BYTES: usize = 4096;
+/// How much stdin is asked for at once.
+const READ_CHUNK_BYTES: usize = 64 * 1024;
+/// How many outgoing lines may wait for stdout before senders wait (backpressure).
+const OUTBOX_CAPACITY: usize = 1024;
+
+/// One unit read from stdin.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Frame {
+    /// A complete line, without its line ending.
+    Line(Bytes),
+    /// A line over the limit, discarded; `len` bytes long, starting with `prefix`.
+    TooLong { len: usize, prefix: Vec<u8> },
+}
+
+/// Splits a byte stream into lines of at most `max` bytes.
+pub struct LineReader<R> {
+    inner: R,
+    buf: BytesMut,
+    /// How far `buf` is known to hold no newline.
+    scanned: usize,
+    max: usize,
+    /// While discarding an over-long line: its length so far and its first bytes.
+    discarding: Option<(usize, Vec<u8>)>,
+    eof: bool,
+}
+
+impl<R: AsyncRead + Unpin> LineReader<R> {
+    /// A reader that accepts lines of up to `max` bytes.
+    pub fn new(inner: R, max: usize) -> Self {
+        LineReader {
+            inner,
+            buf: BytesMut::with_capacity(READ_CHUNK_BYTES),
+            scanned: 0,
+            max,
+            discarding: None,
+            eof: false,
+        }
+    }
+
+    /// The next frame, or `None` at end of input. A final line without a newline still counts.
+    pub async fn next_frame(&mut self) -> io::Result<Option<Frame>> {
+        loop {
+            if let Some(i) = memchr::memchr(b'\n', &self.buf[self.scanned..]) {
+                let end = self.scanned + i;
+                let line = self.buf.split_to(end + 1);
+                self.scanned = 0;
+                if let Some(frame) = self.finish_line(line.freeze(), end) {
+                    return Ok(Some(frame));
+                }
+                continue;
+            }
+            self.scanned = self.buf.len();
+            if self.buf.len() > self.max || self.discarding.is_some() {
+                self.discard_buffered();
+            }
+            if self.eof {
+                if self.buf.is_empty() && self.discarding.is_none() {
+                    return Ok(None);
+                }
+                let len = self.buf.len();
+                let line = self.buf.split().freeze();
+                self.scanned = 0;
+                match self.finish_line(line, len) {
+                    Some(frame) => return Ok(Some(frame)),
+                    None => return Ok(None),
+                }
+            }
+            self.buf.reserve(READ_CHUNK_BYTES);
+            if self.inner.read_buf(&mut self.buf).await? == 0 {
+                self.eof = true;
+            }
+        }
+    }
+
+    /// Moves buffered bytes of an over-long line into the discard count.
+    fn discard_buffered(&mut self) {
+        let (len, prefix) = self.discarding.get_or_insert_with(|| (0, Vec::new()));
+        let keep = TOO_LONG_PREFIX_BYTES.saturating_sub(prefix.len()).min(self.buf.len());
+        prefix.extend_from_slice(&self.buf[..keep]);
+        *len += self.buf.len();
+        self.buf.clear();
+        self.scanned = 0;
+    }
+
+    /// Turns the bytes of one line (`content_len` bytes before the newline) into a frame.
+    fn finish_line(&mut self, mut line: Bytes, content_len: usize) -> Option<Frame> {
+        line.truncate(content_len);
+        if let Some((len, mut prefix)) = self.discarding.take() {
+            let keep = TOO_LONG_PREFIX_BYTES.saturating_sub(prefix.len()).min(line.len());
+            prefix.extend_from_slice(&line[..keep]);
+            return Some(Frame::TooLong { len: len + line.len(), prefix });
+        }
+        if line.last() == Some(&b'\r') {
+            line.truncate(line.len() - 1);
+        }
+        if line.len() > self.max {
+            let prefix = line[..TOO_LONG_PREFIX_BYTES.min(line.len())].to_vec();
+            return Some(Frame::TooLong { len: line.len(), prefix });
+        }
+        if line.iter().all(u8::is_ascii_whitespace) {
+            return None;
+        }
+        Some(Frame::Line(line))
+    }
+}
+
+/// The sending side of stdout: cheap to clone, one complete message per item.
+#[derive(Clone)]
+pub struct Outbox {
+    tx: mpsc::Sender<Bytes>,
+}
+
+impl Outbox {
+    /// An outbox and the receiver to hand to [`write_lines`].
+    pub fn new() -> (Self, mpsc::Receiver<Bytes>) {
+        let (tx, rx) = mpsc::channel(OUTBOX_CAPACITY);
+        (Outbox { tx }, rx)
+    }
+
+    /// Queues one message (a complete JSON text without newline). Returns false once stdout is gone.
+    pub async fn send(&self, message: Bytes) -> bool {
+        self.tx.send(message).await.is_ok()
+    }
+
+    /// Whether stdout has gone away (the writer ended).
+    pub fn is_closed(&self) -> bool {
+        self.tx.is_closed()
+    }
+
+    /// Resolves when the writer has ended (stdout closed or failed).
+    pub async fn closed(&self) {
+        self.tx.closed().await
+    }
+}
+
+/// Writes queued messages to `out`, one per line, until every [`Outbox`] is dropped or `finish`
+/// fires (then what is queued is still written). Flushes whenever the queue runs empty, so lines
+/// go out promptly but bursts share a write.
+pub async fn write_lines<W: AsyncWrite + Unpin>(
+    mut rx: mpsc::Receiver<Bytes>,
+    out: W,
+    mut finish: oneshot::Receiver<()>,
+) -> io::Result<()> {
+    let mut out = BufWriter::with_capacity(64 * 1024, out);
+    loop {
+        let message = tokio::select! {
+            message = rx.recv() => message,
+            _ = &mut finish => {
+                rx.close();
+                rx.recv().await
+            }
+        };
+        let Some(message) = message else { break };
+        write_line(&mut out, &message).await?;
+        while let Ok(message) = rx.try_recv() {
+            write_line(&mut out, &message).await?;
+        }
+        out.flush().await?;
+    }
+    out.flush().await?;
+    out.shutdown().await.or_else(ignore_broken_pipe)
+}
+
+async fn write_line<W: AsyncWrite + Unpin>(out: &mut BufWriter<W>, message: &[u8]) -> io::Result<()> {
+    out.write_all(message).await?;
+    out.write_all(b"\n").await
+}
+
+fn ignore_broken_pipe(e: io::Error) -> io::Result<()> {
+    if e.kind() == io::ErrorKind::BrokenPipe { Ok(()) } else { Err(e) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Feeds `chunks` through a reader with a small chunk pattern and collects every frame.
+    async fn frames(chunks: &[&[u8]], max: usize) -> Vec<Frame> {
+        let (mut tx, rx) = tokio::io::duplex(16);
+        let owned: Vec<Vec<u8>> = chunks.iter().map(|c| c.to_vec()).collect();
+        let writer = tokio::spawn(async move {
+            for chunk in owned {
+                tx.write_all(&chunk).await.unwrap();
+            }
+        });
+        let mut reader = LineReader::new(rx, max);
+        let mut out = Vec::new();
+        while let Some(frame) = reader.next_frame().await.unwrap() {
+            out.push(frame);
+        }
+        writer.await.unwrap();
+        out
+    }
+
+    fn line(s: &str) -> Frame {
+        Frame::Line(Bytes::copy_from_slice(s.as_bytes()))
+    }
+
+    #[tokio::test]
+    async fn s02_splits_on_newline_and_strips_one_cr() {
+        let got = frames(&[b"{\"a\":1}\r\n{\"b\":2}\n", b"{\"c\":", b"3}\n"], 100).await;
+        assert_eq!(got, vec![line("{\"a\":1}"), line("{\"b\":2}"), line("{\"c\":3}")]);
+    }
+
+    #[tokio::test]
+    async fn s02_final_line_without_newline_counts() {
+        assert_eq!(frames(&[b"{}\n{\"x\":1}"], 100).await, vec![line("{}"), line("{\"x\":1}")]);
+    }
+
+    #[tokio::test]
+    async fn s02_blank_lines_are_skipped() {
+        assert_eq!(frames(&[b"\n\r\n  \n{}\n"], 100).await, vec![line("{}")]);
+    }
+
+    #[tokio::test]
+    async fn limit_exact_size_passes() {
+        let msg = "x".repeat(10);
+        assert_eq!(frames(&[format!("{msg}\n").as_bytes()], 10).await, vec![line(&msg)]);
+    }
+
+    #[tokio::test]
+    async fn limit_one_over_is_reported_and_reader_recovers() {
+        let long = "y".repeat(11);
+        let got = frames(&[format!("{long}\n{{}}\n").as_bytes()], 10).await;
+        assert_eq!(
+            got,
+            vec![Frame::TooLong { len: 11, prefix: long.into_bytes() }, line("{}")]
+        );
+    }
+
+    #[tokio::test]
+    async fn limit_split_across_many_chunks_keeps_prefix_and_length() {
+        let big = vec![b'z'; 200_000];
+        let got = frames(&[&big[..70_000], &big[70_000..], b"\n{}\n"], 1000).await;
+        assert_eq!(got.len(), 2);
+        match &got[0] {
+            Frame::TooLong { len, prefix } => {
+                assert_eq!(*len, 200_000);
+                assert_eq!(prefix.len(), TOO_LONG_PREFIX_BYTES);
+            }
+            other => panic!("expected TooLong, got {other:?}"),
+        }
+        assert_eq!(got[1], line("{}"));
+    }
+
+    #[tokio::test]
+    async fn limit_over_long_final_line_at_eof() {
+        let got = frames(&[&[b'q'; 50]], 10).await;
+        assert!(matches!(got.as_slice(), [Frame::TooLong { len: 50, .. }]));
+    }
+
+    #[tokio::test]
+    async fn writer_puts_one_message_per_line() {
+        let (outbox, rx) = Outbox::new();
+        let (w, mut r) = tokio::io::duplex(1024);
+        let (_finish, finished) = oneshot::channel();
+        let task = tokio::spawn(write_lines(rx, w, finished));
+        assert!(outbox.send(Bytes::from_static(b"{\"a\":1}")).await);
+        assert!(outbox.send(Bytes::from_static(b"{\"b\":2}")).await);
+        drop(outbox);
+        task.await.unwrap().unwrap();
+        let mut s = String::new();
+        r.read_to_string(&mut s).await.unwrap();
+        assert_eq!(s, "{\"a\":1}\n{\"b\":2}\n");
+    }
+}

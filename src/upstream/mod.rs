@@ -1,0 +1,490 @@
+//! The remote side: one HTTP client, the session state it carries, and what its failures mean.
+//!
+//! [`Upstream`] builds every HTTP request the proxy sends (POST per message, the GET stream, the
+//! closing DELETE) with the credential, the extra headers and the session headers, and turns
+//! transport failures and HTTP error statuses into [`LocalError`]s that say what happened and
+//! what to do. It never writes to stdout and never decides what to do with a message; that is
+//! [`crate::proxy`]'s job. Credentials stay on the origin: redirects are followed only when they
+//! are 307/308 to the same scheme, host and port (T-52; reqwest's own policy would carry a custom
+//! `X-API-Key` to another host).
+
+pub mod headers;
+pub mod sse;
+
+use std::error::Error as _;
+use std::sync::RwLock;
+use std::time::Duration;
+
+use bytes::Bytes;
+use reqwest::header::{ACCEPT, CONTENT_TYPE, HeaderMap, HeaderValue, LOCATION, RETRY_AFTER};
+use reqwest::{Method, RequestBuilder, StatusCode};
+use secrecy::ExposeSecret;
+use serde_json::value::RawValue;
+use url::Url;
+
+use crate::config::{ApiKey, Config, redact_url};
+use crate::envelope::{AUTH_ERROR, ErrorKind, LocalError, REQUEST_TIMEOUT, UPSTREAM_ERROR};
+use headers::MessageHeaders;
+
+/// How many same-origin 307/308 redirects are followed.
+const MAX_REDIRECTS: usize = 5;
+/// How much of an error body is read to explain an HTTP error.
+pub const MAX_ERROR_BODY_BYTES: usize = 64 * 1024;
+/// How much server-provided text goes into one error message.
+const MAX_SERVER_TEXT: usize = 300;
+
+static ACCEPT_BOTH: HeaderValue = HeaderValue::from_static("application/json, text/event-stream");
+static ACCEPT_SSE: HeaderValue = HeaderValue::from_static("text/event-stream");
+static JSON: HeaderValue = HeaderValue::from_static("application/json");
+static LAST_EVENT_ID: reqwest::header::HeaderName =
+    reqwest::header::HeaderName::from_static("last-event-id");
+
+/// Session state learned from the server: the session id (T-10) and the negotiated version (T-13).
+#[derive(Debug, Default, Clone)]
+pub struct Session {
+    /// `Mcp-Session-Id`, echoed on every request after `initialize`.
+    pub id: Option<HeaderValue>,
+    /// `result.protocolVersion` of `initialize`, sent as `MCP-Protocol-Version`.
+    pub version: Option<HeaderValue>,
+}
+
+/// The HTTP client for one MCP endpoint.
+pub struct Upstream {
+    client: reqwest::Client,
+    url: Url,
+    /// The URL as it may appear in logs and messages.
+    shown_url: String,
+    api_key: Option<ApiKey>,
+    extra: HeaderMap,
+    session: RwLock<Session>,
+}
+
+impl Upstream {
+    /// Builds the client. Fails only if the TLS backend cannot be initialized.
+    pub fn new(config: &Config) -> Result<Self, reqwest::Error> {
+        let policy = reqwest::redirect::Policy::custom(|attempt| {
+            let same_origin =
+                attempt.previous().first().is_some_and(|first| first.origin() == attempt.url().origin());
+            let status = attempt.status();
+            if attempt.previous().len() > MAX_REDIRECTS {
+                attempt.stop()
+            } else if same_origin
+                && matches!(status, StatusCode::TEMPORARY_REDIRECT | StatusCode::PERMANENT_REDIRECT)
+            {
+                attempt.follow()
+            } else {
+                // Surface the 3xx: the user decides whether to trust the new location.
+                attempt.stop()
+            }
+        });
+        let client = reqwest::Client::builder()
+            .redirect(policy)
+            .connect_timeout(config.connect_timeout)
+            .tcp_keepalive(Duration::from_secs(30))
+            .tcp_nodelay(true)
+            .pool_idle_timeout(Duration::from_secs(90))
+            .user_agent(concat!("mcp-sidecar/", env!("CARGO_PKG_VERSION")))
+            .build()?;
+        Ok(Upstream {
+            client,
+            shown_url: redact_url(&config.url),
+            url: config.url.clone(),
+            api_key: config.api_key.clone(),
+            extra: config.headers.clone(),
+            session: RwLock::new(Session::default()),
+        })
+    }
+
+    /// The endpoint, fit for messages.
+    pub fn shown_url(&self) -> &str {
+        &self.shown_url
+    }
+
+    /// A copy of the session state.
+    pub fn session(&self) -> Session {
+        self.session.read().map(|s| s.clone()).unwrap_or_default()
+    }
+
+    /// Forgets the session: a new `initialize` starts a new one, without a session id (T-12).
+    pub fn reset_session(&self) {
+        if let Ok(mut s) = self.session.write() {
+            *s = Session::default();
+        }
+    }
+
+    /// Records the session id from the `initialize` response (T-10).
+    pub fn set_session_id(&self, id: Option<HeaderValue>) {
+        if let Ok(mut s) = self.session.write() {
+            s.id = id.map(|mut v| {
+                v.set_sensitive(true);
+                v
+            });
+        }
+    }
+
+    /// Records the negotiated protocol version (T-13).
+    pub fn set_protocol_version(&self, version: &str) {
+        if let Ok(mut s) = self.session.write() {
+            s.version = HeaderValue::from_str(version).ok();
+        }
+    }
+
+    /// A request with the credential and extra headers.
+    fn request(&self, method: Method) -> RequestBuilder {
+        let mut req = self.client.request(method, self.url.clone()).headers(self.extra.clone());
+        if let Some(key) = &self.api_key {
+            req = req.header(key.header.clone(), key.value.clone());
+        }
+        req
+    }
+
+    /// The session headers every request after `initialize` carries (T-11, T-13).
+    fn with_session(&self, mut req: RequestBuilder, session: &Session, version: bool) -> RequestBuilder {
+        if let Some(id) = &session.id {
+            req = req.header(&headers::SESSION_ID, id.clone());
+        }
+        if version {
+            if let Some(v) = &session.version {
+                req = req.header(&headers::PROTOCOL_VERSION, v.clone());
+            }
+        }
+        req
+    }
+
+    /// The POST for one message (T-01, T-02). `session` is `None` for `initialize`, which must
+    /// not carry the old session's id; returns whether a session id was sent.
+    pub fn post(&self, body: Bytes, derived: &MessageHeaders, session: Option<&Session>) -> (RequestBuilder, bool) {
+        let mut req = self
+            .request(Method::POST)
+            .header(ACCEPT, ACCEPT_BOTH.clone())
+            .header(CONTENT_TYPE, JSON.clone())
+            .body(body);
+        let mut sent_session = false;
+        if let Some(session) = session {
+            // A 2026-07-28 request names its own version; legacy ones use the negotiated one.
+            req = self.with_session(req, session, derived.protocol_version.is_none());
+            sent_session = session.id.is_some();
+        }
+        if let Some(v) = &derived.protocol_version {
+            req = req.header(&headers::PROTOCOL_VERSION, v.clone());
+        }
+        if let Some(v) = &derived.method {
+            req = req.header(&headers::METHOD, v.clone());
+        }
+        if let Some(v) = &derived.name {
+            req = req.header(&headers::NAME, v.clone());
+        }
+        (req, sent_session)
+    }
+
+    /// The GET that opens the stream for server-initiated messages (T-20), resuming after
+    /// `last_event_id` when given (T-23).
+    pub fn get_stream(&self, last_event_id: Option<&str>) -> RequestBuilder {
+        let session = self.session();
+        let mut req = self.with_session(self.request(Method::GET), &session, true).header(ACCEPT, ACCEPT_SSE.clone());
+        if let Some(id) = last_event_id.and_then(|id| HeaderValue::from_str(id).ok()) {
+            req = req.header(&LAST_EVENT_ID, id);
+        }
+        req
+    }
+
+    /// The DELETE that ends the session (T-22), if there is one.
+    pub fn delete_session(&self) -> Option<RequestBuilder> {
+        let session = self.session();
+        session.id.as_ref()?;
+        Some(self.with_session(self.request(Method::DELETE), &session, true))
+    }
+
+    /// Replaces the key wherever a server echoed it back, so no message of ours ever carries it.
+    pub fn redact(&self, text: &str) -> String {
+        match &self.api_key {
+            Some(key) if !key.secret.expose_secret().is_empty() => {
+                text.replace(key.secret.expose_secret(), "[redacted]")
+            }
+            _ => text.to_owned(),
+        }
+    }
+
+    /// What a failed send means: unreachable (nothing sent), or broken after sending.
+    pub fn send_error(&self, e: &reqwest::Error) -> LocalError {
+        let host = self.url.host_str().unwrap_or("the server");
+        let port = self.url.port_or_known_default().unwrap_or(0);
+        let chain = error_chain(e);
+        let lower = chain.to_ascii_lowercase();
+        let (message, sent) = if e.is_connect() || lower.contains("dns error") {
+            let m = if lower.contains("dns error") || lower.contains("lookup") || lower.contains("name or service") {
+                format!("could not resolve the host {host}: check the URL's spelling and your network or DNS")
+            } else if lower.contains("certificate") || lower.contains("tls") || lower.contains("handshake") {
+                format!(
+                    "the TLS connection to {host} failed ({chain}): check the URL, the system clock, and that the server's certificate is valid for {host}"
+                )
+            } else if lower.contains("refused") {
+                format!("could not connect to {host}:{port}: connection refused. Is the server running, and is the URL right?")
+            } else if e.is_timeout() {
+                format!("could not connect to {host}:{port} within --connect-timeout: the server or the network is down or slow")
+            } else {
+                format!("could not connect to {host}:{port} ({chain}): check the URL and your network")
+            };
+            (m, false)
+        } else if e.is_timeout() {
+            (format!("{host} stopped responding ({chain}); the request may have been processed, so it was not retried"), true)
+        } else {
+            (
+                format!("the connection to {host} failed ({chain}); the request may have been processed, so it was not retried"),
+                true,
+            )
+        };
+        let mut err = LocalError::new(UPSTREAM_ERROR, ErrorKind::Unreachable, message);
+        err.request_sent = Some(sent);
+        err
+    }
+
+    /// The error for a request that got no answer within `timeout`.
+    pub fn timeout_error(&self, timeout: Duration) -> LocalError {
+        let mut err = LocalError::new(
+            REQUEST_TIMEOUT,
+            ErrorKind::Timeout,
+            format!(
+                "no answer from {} within {} s (--request-timeout); the request may still be running on the server",
+                self.url.host_str().unwrap_or("the server"),
+                fmt_secs(timeout)
+            ),
+        );
+        err.request_sent = Some(true);
+        err
+    }
+
+    /// What an HTTP error status means for a request, given the start of its body.
+    /// `sent_session`: whether the request carried `Mcp-Session-Id` (a 404 then means expiry, T-12).
+    pub fn status_error(&self, status: StatusCode, headers: &HeaderMap, body: &[u8], sent_session: bool) -> LocalError {
+        let code = status.as_u16();
+        let reason = status.canonical_reason().unwrap_or("");
+        let server_text = server_message(body).map(|t| self.redact(&t));
+        let said = server_text.as_deref().map(|t| format!(": {t}")).unwrap_or_default();
+        let host = self.url.host_str().unwrap_or("the server");
+        let (code_rpc, kind, message) = match code {
+            401 => {
+                let m = match &self.api_key {
+                    Some(key) => format!(
+                        "the server rejected the API key in {} (HTTP 401{said}): check that it is current and complete, or create a new key, then restart the client",
+                        key.env_name
+                    ),
+                    None => format!(
+                        "the server requires authentication (HTTP 401{said}): set the variable that holds your key with --api-key-env NAME (or use --preset), or pass the credential with --header"
+                    ),
+                };
+                (AUTH_ERROR, ErrorKind::AuthRejected, m)
+            }
+            403 => (
+                AUTH_ERROR,
+                ErrorKind::Forbidden,
+                format!(
+                    "the server refused this request (HTTP 403{said}): the credential lacks the permission or scope for it; use a key with the needed scope"
+                ),
+            ),
+            404 if sent_session => (
+                UPSTREAM_ERROR,
+                ErrorKind::WrongEndpoint,
+                format!("the server ended the MCP session (HTTP 404 for session id{said}): restart the client to start a new session"),
+            ),
+            404 | 405 | 410 => (
+                UPSTREAM_ERROR,
+                ErrorKind::WrongEndpoint,
+                format!(
+                    "{} is not an MCP endpoint (HTTP {code} {reason}{said}): check the URL; MCP endpoints usually end in /mcp",
+                    self.shown_url
+                ),
+            ),
+            300..=399 => {
+                let to = headers
+                    .get(LOCATION)
+                    .and_then(|l| l.to_str().ok())
+                    .and_then(|l| self.url.join(l).ok())
+                    .map(|u| redact_url(&u))
+                    .unwrap_or_else(|| "another address".into());
+                (
+                    UPSTREAM_ERROR,
+                    ErrorKind::Redirect,
+                    format!(
+                        "the server redirected to {to} (HTTP {code}); redirects that could carry your credentials elsewhere are not followed: if you trust that address, use it as the URL"
+                    ),
+                )
+            }
+            429 => {
+                let after = headers
+                    .get(RETRY_AFTER)
+                    .and_then(|v| v.to_str().ok())
+                    .map(|v| format!("; the server asks to wait {v} s"))
+                    .unwrap_or_default();
+                (UPSTREAM_ERROR, ErrorKind::HttpError, format!("rate limited by {host} (HTTP 429{said}){after}: wait and try again"))
+            }
+            500..=599 => (
+                UPSTREAM_ERROR,
+                ErrorKind::ServerError,
+                format!(
+                    "the server failed (HTTP {code} {reason}{said}); the request may have been processed, so it was not retried"
+                ),
+            ),
+            _ => (
+                UPSTREAM_ERROR,
+                ErrorKind::HttpError,
+                format!("the server answered HTTP {code} {reason}{said}"),
+            ),
+        };
+        let mut err = LocalError::new(code_rpc, kind, message);
+        err.http_status = Some(code);
+        err.request_sent = Some(code != 429 && !(300..400).contains(&code));
+        err.server_body = server_body(body).map(|v| redact_value(v, self));
+        err
+    }
+}
+
+/// The JSON-RPC error object of an HTTP error body, if it is one (T-40): `{"error":{"code":int,…}}`.
+pub fn jsonrpc_error(body: &[u8]) -> Option<(&RawValue, Option<&RawValue>)> {
+    #[derive(serde::Deserialize)]
+    struct Body<'a> {
+        #[serde(borrow)]
+        jsonrpc: Option<&'a str>,
+        #[serde(borrow)]
+        error: &'a RawValue,
+        #[serde(default, borrow)]
+        id: Option<&'a RawValue>,
+    }
+    #[derive(serde::Deserialize)]
+    struct ErrorObj {
+        #[allow(dead_code)]
+        code: i64,
+    }
+    let parsed: Body = serde_json::from_slice(body).ok()?;
+    parsed.jsonrpc.filter(|v| *v == "2.0")?;
+    serde_json::from_str::<ErrorObj>(parsed.error.get()).ok()?;
+    Some((parsed.error, parsed.id))
+}
+
+/// The human part of an error body: JSON `error.message` (+ `error.data.message`), `message`,
+/// `error` (string), or the first line of a text body; cut short.
+fn server_message(body: &[u8]) -> Option<String> {
+    if body.is_empty() {
+        return None;
+    }
+    let text = match serde_json::from_slice::<serde_json::Value>(body) {
+        Ok(v) => {
+            let err = v.get("error");
+            let msg = err
+                .and_then(|e| e.get("message"))
+                .or_else(|| v.get("message"))
+                .or(err.filter(|e| e.is_string()))
+                .and_then(|m| m.as_str());
+            let detail = err.and_then(|e| e.get("data")).and_then(|d| d.get("message")).and_then(|m| m.as_str());
+            match (msg, detail) {
+                (Some(m), Some(d)) if m != d => format!("{m} ({d})"),
+                (Some(m), _) => m.to_owned(),
+                (None, Some(d)) => d.to_owned(),
+                (None, None) => return None,
+            }
+        }
+        Err(_) => {
+            let text = String::from_utf8_lossy(body);
+            let line = text.lines().map(str::trim).find(|l| !l.is_empty())?.to_owned();
+            if line.starts_with('<') {
+                // An HTML error page says nothing useful in one line.
+                return None;
+            }
+            line
+        }
+    };
+    Some(cut(&text, MAX_SERVER_TEXT))
+}
+
+/// The error body for `data.serverBody`: JSON as is, other text cut short.
+fn server_body(body: &[u8]) -> Option<serde_json::Value> {
+    if body.is_empty() {
+        return None;
+    }
+    serde_json::from_slice(body)
+        .ok()
+        .or_else(|| Some(serde_json::Value::String(cut(&String::from_utf8_lossy(body), 1000))))
+}
+
+fn redact_value(v: serde_json::Value, up: &Upstream) -> serde_json::Value {
+    match &up.api_key {
+        Some(_) => {
+            let text = v.to_string();
+            let clean = up.redact(&text);
+            if clean == text { v } else { serde_json::from_str(&clean).unwrap_or(serde_json::Value::Null) }
+        }
+        None => v,
+    }
+}
+
+/// Cuts `text` to at most `max` characters, marking the cut.
+fn cut(text: &str, max: usize) -> String {
+    match text.char_indices().nth(max) {
+        Some((i, _)) => format!("{}…", &text[..i]),
+        None => text.to_owned(),
+    }
+}
+
+/// The causes of an error, innermost last, without the URL reqwest likes to include.
+fn error_chain(e: &reqwest::Error) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !parts.iter().any(|p| p.contains(&text)) {
+            parts.push(text);
+        }
+        source = s.source();
+    }
+    if parts.is_empty() {
+        parts.push(e.to_string());
+    }
+    // Keep the most specific causes; the outer ones repeat them.
+    let n = parts.len();
+    parts[n.saturating_sub(2)..].join(": ")
+}
+
+/// Formats seconds without noise: 300, 1.5.
+pub fn fmt_secs(d: Duration) -> String {
+    let s = d.as_secs_f64();
+    if s.fract() == 0.0 { format!("{s:.0}") } else { format!("{s}") }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn t40_recognizes_jsonrpc_error_bodies() {
+        let (err, id) = jsonrpc_error(br#"{"jsonrpc":"2.0","id":null,"error":{"code":-32000,"message":"x"}}"#).unwrap();
+        assert_eq!(err.get(), r#"{"code":-32000,"message":"x"}"#);
+        assert!(id.is_none(), "a null id matches no request");
+        // Converra's 401 body has a string code: not JSON-RPC.
+        assert!(jsonrpc_error(br#"{"error":{"code":"UNAUTHORIZED","message":"Invalid API key"}}"#).is_none());
+        assert!(jsonrpc_error(b"Bad Request").is_none());
+    }
+
+    #[test]
+    fn server_messages_from_each_vendor_shape() {
+        assert_eq!(
+            server_message(br#"{"error":{"code":"UNAUTHORIZED","message":"Invalid API key"}}"#).unwrap(),
+            "Invalid API key"
+        );
+        assert_eq!(
+            server_message(
+                br#"{"jsonrpc":"2.0","id":1,"error":{"code":401,"message":"Unauthorized","data":{"errorType":"INVALID_API_KEY","message":"API key not found or has been revoked"}}}"#
+            )
+            .unwrap(),
+            "Unauthorized (API key not found or has been revoked)"
+        );
+        assert_eq!(server_message(b"\n  upstream timed out\nmore").unwrap(), "upstream timed out");
+        assert_eq!(server_message(b"<html><body>502</body></html>"), None);
+        assert_eq!(server_message(b""), None);
+    }
+
+    #[test]
+    fn cut_marks_long_text() {
+        assert_eq!(cut("abcdef", 3), "abc…");
+        assert_eq!(cut("abc", 3), "abc");
+    }
+}
