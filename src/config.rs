@@ -159,14 +159,14 @@ impl Config {
         let api_key = match key_env {
             Some(name) => {
                 let key = read_key(&name, env, cli.preset)?;
-                if let Some(p) = preset {
-                    if !p.key_prefixes.iter().any(|pre| key.expose_secret().starts_with(pre)) {
-                        warnings.push(format!(
-                            "the key in {name} does not start with {}, as {} keys do: check that it is the right key",
-                            p.key_prefixes.join(" or "),
-                            p.label
-                        ));
-                    }
+                if let Some(p) = preset
+                    && !p.key_prefixes.iter().any(|pre| key.expose_secret().starts_with(pre))
+                {
+                    warnings.push(format!(
+                        "the key in {name} does not start with {}, as {} keys do: check that it is the right key",
+                        p.key_prefixes.join(" or "),
+                        p.label
+                    ));
                 }
                 Some(api_key(name, key, style)?)
             }
@@ -179,13 +179,13 @@ impl Config {
         };
 
         let headers = parse_headers(&cli.headers, env)?;
-        if let Some(key) = &api_key {
-            if headers.contains_key(&key.header) {
-                return Err(ConfigError(format!(
-                    "--header sets {} as well as the key in {}: drop one of them",
-                    key.header, key.env_name
-                )));
-            }
+        if let Some(key) = &api_key
+            && headers.contains_key(&key.header)
+        {
+            return Err(ConfigError(format!(
+                "--header sets {} as well as the key in {}: drop one of them",
+                key.header, key.env_name
+            )));
         }
 
         if cli.transport == Transport::Sse {
@@ -228,7 +228,9 @@ fn resolve_url(given: Option<&str>, preset: Option<&PresetSpec>) -> Result<Url, 
         }
     };
     let mut url = Url::parse(text).map_err(|e| {
-        ConfigError(format!("{text:?} is not a valid URL ({e}): give the full address, e.g. https://host/mcp"))
+        ConfigError(format!(
+            "{text:?} is not a valid URL ({e}): give the full address, e.g. https://host/mcp"
+        ))
     })?;
     if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
         return Err(ConfigError(format!(
@@ -237,10 +239,10 @@ fn resolve_url(given: Option<&str>, preset: Option<&PresetSpec>) -> Result<Url, 
         )));
     }
     // A preset with a user-given host and no path: the preset knows the path.
-    if let Some(p) = preset {
-        if url.path() == "/" || url.path().is_empty() {
-            url.set_path(p.path);
-        }
+    if let Some(p) = preset
+        && (url.path() == "/" || url.path().is_empty())
+    {
+        url.set_path(p.path);
     }
     Ok(url)
 }
@@ -304,16 +306,17 @@ fn api_key(env_name: String, secret: SecretString, style: AuthStyle) -> Result<A
 fn parse_headers(raw: &[String], env: &dyn Fn(&str) -> Option<String>) -> Result<HeaderMap, ConfigError> {
     let mut map = HeaderMap::new();
     for h in raw.iter().filter(|h| !h.trim().is_empty()) {
-        let (name, value) = h.split_once(':').ok_or_else(|| {
-            ConfigError(format!("--header {h:?} has no colon: write it as 'Name: value'"))
-        })?;
+        let (name, value) = h
+            .split_once(':')
+            .ok_or_else(|| ConfigError(format!("--header {h:?} has no colon: write it as 'Name: value'")))?;
         let name = HeaderName::from_bytes(name.trim().as_bytes()).map_err(|_| {
             ConfigError(format!("--header {:?}: {:?} is not a valid header name", h, name.trim()))
         })?;
-        let expanded = expand_vars(value.trim(), env)
-            .map_err(|var| ConfigError(format!(
+        let expanded = expand_vars(value.trim(), env).map_err(|var| {
+            ConfigError(format!(
                 "--header {name}: the variable {var} is not set: export it, or remove the header"
-            )))?;
+            ))
+        })?;
         let mut value = HeaderValue::from_str(&expanded).map_err(|_| {
             ConfigError(format!(
                 "--header {name}: the value contains characters that cannot go in an HTTP header"
@@ -359,9 +362,9 @@ fn seconds(flag: &str, secs: f64) -> Result<Duration, ConfigError> {
 /// `$XDG_STATE_HOME/mcp-sidecar` (or `~/.local/state/mcp-sidecar`; Windows: the local app data).
 fn default_state_dir() -> Option<PathBuf> {
     use etcetera::BaseStrategy;
-    etcetera::choose_base_strategy().ok().map(|s| {
-        s.state_dir().unwrap_or_else(|| s.data_dir()).join("mcp-sidecar")
-    })
+    etcetera::choose_base_strategy()
+        .ok()
+        .map(|s| s.state_dir().unwrap_or_else(|| s.data_dir()).join("mcp-sidecar"))
 }
 
 /// A URL fit for logs and messages: no user info, no query, no fragment.
@@ -383,8 +386,7 @@ mod tests {
     fn config(args: &[&str], vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
         let vars: HashMap<String, String> =
             vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-        let cli = Cli::try_parse_from(std::iter::once("mcp-sidecar").chain(args.iter().copied()))
-            .unwrap();
+        let cli = Cli::try_parse_from(std::iter::once("mcp-sidecar").chain(args.iter().copied())).unwrap();
         Config::from_cli(cli, &|k| vars.get(k).cloned())
     }
 
@@ -407,8 +409,8 @@ mod tests {
     fn ai2fin_preset_requires_url_and_adds_the_inspector_path() {
         let e = err(&["--preset", "ai2fin"], &[("AI2FIN_API_KEY", "mcp_x")]);
         assert!(e.contains("--url") && e.contains("/mcp/inspector"), "{e}");
-        let c = config(&["--preset", "ai2fin", "https://fin.example"], &[("AI2FIN_API_KEY", "mcp_x")])
-            .unwrap();
+        let c =
+            config(&["--preset", "ai2fin", "https://fin.example"], &[("AI2FIN_API_KEY", "mcp_x")]).unwrap();
         assert_eq!(c.url.as_str(), "https://fin.example/mcp/inspector");
         assert_eq!(c.api_key.unwrap().header, "x-api-key");
     }
@@ -482,7 +484,9 @@ mod tests {
 
     #[test]
     fn timeouts_must_be_positive() {
-        assert!(err(&["http://127.0.0.1:1/mcp", "--request-timeout", "0"], &[]).contains("--request-timeout"));
+        assert!(
+            err(&["http://127.0.0.1:1/mcp", "--request-timeout", "0"], &[]).contains("--request-timeout")
+        );
         let c = config(&["http://127.0.0.1:1/mcp", "--request-timeout", "1.5"], &[]).unwrap();
         assert_eq!(c.request_timeout, Duration::from_millis(1500));
     }

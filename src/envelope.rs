@@ -103,9 +103,7 @@ impl<'a> Envelope<'a> {
 
     /// Parses the params members the proxy looks at (name, uri, `_meta`). Cheap: the rest is skipped.
     pub fn params(&self) -> Params<'a> {
-        self.params
-            .and_then(|p| serde_json::from_str(p.get()).ok())
-            .unwrap_or_default()
+        self.params.and_then(|p| serde_json::from_str(p.get()).ok()).unwrap_or_default()
     }
 }
 
@@ -354,7 +352,10 @@ mod tests {
         assert_eq!(kind(r#"{"jsonrpc":"2.0","id":"a","method":"ping"}"#), Ok(Kind::Request));
         assert_eq!(kind(r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#), Ok(Kind::Notification));
         assert_eq!(kind(r#"{"jsonrpc":"2.0","id":1,"result":{}}"#), Ok(Kind::Response));
-        assert_eq!(kind(r#"{"jsonrpc":"2.0","id":null,"error":{"code":1,"message":""}}"#), Ok(Kind::Response));
+        assert_eq!(
+            kind(r#"{"jsonrpc":"2.0","id":null,"error":{"code":1,"message":""}}"#),
+            Ok(Kind::Response)
+        );
     }
 
     #[test]
@@ -401,7 +402,10 @@ mod tests {
     #[test]
     fn t40_error_with_id_wraps_raw_parts() {
         let id = RawValue::from_string(r#""x-1""#.into()).unwrap();
-        let err = RawValue::from_string(r#"{"code":-32022,"message":"unsupported","data":{"supported":["2025-11-25"]}}"#.into()).unwrap();
+        let err = RawValue::from_string(
+            r#"{"code":-32022,"message":"unsupported","data":{"supported":["2025-11-25"]}}"#.into(),
+        )
+        .unwrap();
         assert_eq!(
             String::from_utf8(error_with_id(&id, &err)).unwrap(),
             r#"{"jsonrpc":"2.0","id":"x-1","error":{"code":-32022,"message":"unsupported","data":{"supported":["2025-11-25"]}}}"#
@@ -419,7 +423,10 @@ mod tests {
 
     #[test]
     fn sniff_id_finds_early_ids_and_refuses_guesses() {
-        let big = format!(r#"{{"jsonrpc":"2.0","id":"req-7","method":"tools/call","params":{{"x":"{}"#, "a".repeat(100));
+        let big = format!(
+            r#"{{"jsonrpc":"2.0","id":"req-7","method":"tools/call","params":{{"x":"{}"#,
+            "a".repeat(100)
+        );
         assert_eq!(sniff_id(big.as_bytes()).as_deref(), Some(r#""req-7""#));
         assert_eq!(sniff_id(br#" { "id" : 42 , "jsonrpc":"2.0""#).as_deref(), Some("42"));
         // The number may continue past the prefix.

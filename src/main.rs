@@ -29,7 +29,8 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let result = runtime.block_on(mcp_sidecar::run(config, tokio::io::stdin(), tokio::io::stdout(), signal()));
+    let result =
+        runtime.block_on(mcp_sidecar::run(config, tokio::io::stdin(), tokio::io::stdout(), signal()));
     // A blocking read on stdin may still be parked; do not wait for it.
     runtime.shutdown_background();
     match result {

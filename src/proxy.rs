@@ -5,8 +5,8 @@
 //! [`Proxy::deliver`] or when the proxy gives up on it and writes a [`LocalError`] with its id
 //! ([`Proxy::fail`]). Removal from the table is the single point that decides who answers, so a
 //! response can be neither lost nor duplicated, whatever the server sends. Requests run
-//! concurrently (no head-of-line blocking); only `notifications/initialized` is sent in line,
-//! so that the server sees it before the requests that follow it.
+//! concurrently (no head-of-line blocking); only `initialize` and `notifications/initialized`
+//! are sent in line, so that the server sees the handshake before the requests that follow it.
 //!
 //! This module decides what happens to a message; [`crate::upstream`] knows how to talk HTTP and
 //! [`crate::stdio`] owns the bytes on stdout.
@@ -28,7 +28,8 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, info, trace, warn};
 
 use crate::envelope::{
-    self, Envelope, ErrorKind, IdKey, INVALID_REQUEST, Kind, LocalError, PARSE_ERROR, SHUTTING_DOWN, UPSTREAM_ERROR,
+    self, Envelope, ErrorKind, INVALID_REQUEST, IdKey, Kind, LocalError, PARSE_ERROR, SHUTTING_DOWN,
+    UPSTREAM_ERROR,
 };
 use crate::stdio::{Frame, Outbox};
 use crate::upstream::headers::{MessageHeaders, SESSION_ID};
@@ -152,7 +153,11 @@ impl Proxy {
                 let Some((key, id)) = self.register(&env, init, headers.is_modern()) else { return };
                 let ids = vec![(key.clone(), id)];
                 let handle = self.tasks.spawn(self.clone().run_request(line, headers, ids, init, limit));
-                if let Some(p) = self.pending.lock().unwrap().get_mut(&key) {
+                if init {
+                    // In line: whatever the client sends next needs the session this creates
+                    // (a client must wait for the answer anyway, S-11; scripts may not).
+                    let _ = handle.await;
+                } else if let Some(p) = self.pending.lock().unwrap().get_mut(&key) {
                     p.abort = Some(handle.abort_handle());
                 }
             }
@@ -178,11 +183,19 @@ impl Proxy {
             }
             Ok(Kind::Response) => {
                 // The client's answer to a server request (T-30).
-                self.tasks.spawn(self.clone().send_one_way(line, MessageHeaders::default(), "response".into()));
+                self.tasks.spawn(self.clone().send_one_way(
+                    line,
+                    MessageHeaders::default(),
+                    "response".into(),
+                ));
             }
             Err(invalid) => {
                 let id = env.id.filter(|id| IdKey::new(id).is_some());
-                let err = LocalError::new(INVALID_REQUEST, ErrorKind::InvalidRequest, format!("invalid JSON-RPC message: {invalid}"));
+                let err = LocalError::new(
+                    INVALID_REQUEST,
+                    ErrorKind::InvalidRequest,
+                    format!("invalid JSON-RPC message: {invalid}"),
+                );
                 self.report(&err);
                 self.write(err.to_response(id).into()).await;
             }
@@ -196,7 +209,11 @@ impl Proxy {
             Err(e) => return self.reject_unparsable(&e).await,
         };
         if members.is_empty() {
-            let err = LocalError::new(INVALID_REQUEST, ErrorKind::InvalidRequest, "invalid JSON-RPC message: empty batch");
+            let err = LocalError::new(
+                INVALID_REQUEST,
+                ErrorKind::InvalidRequest,
+                "invalid JSON-RPC message: empty batch",
+            );
             return self.write(err.to_response(None).into()).await;
         }
         let mut valid: Vec<&str> = Vec::new();
@@ -215,11 +232,19 @@ impl Proxy {
                 }
                 Ok((Err(invalid), env)) => {
                     let id = env.id.filter(|id| IdKey::new(id).is_some());
-                    let err = LocalError::new(INVALID_REQUEST, ErrorKind::InvalidRequest, format!("invalid JSON-RPC message: {invalid}"));
+                    let err = LocalError::new(
+                        INVALID_REQUEST,
+                        ErrorKind::InvalidRequest,
+                        format!("invalid JSON-RPC message: {invalid}"),
+                    );
                     self.write(err.to_response(id).into()).await;
                 }
                 Err(_) => {
-                    let err = LocalError::new(INVALID_REQUEST, ErrorKind::InvalidRequest, "invalid JSON-RPC message in batch");
+                    let err = LocalError::new(
+                        INVALID_REQUEST,
+                        ErrorKind::InvalidRequest,
+                        "invalid JSON-RPC message in batch",
+                    );
                     self.write(err.to_response(None).into()).await;
                 }
             }
@@ -227,11 +252,8 @@ impl Proxy {
         if valid.is_empty() {
             return;
         }
-        let body: Bytes = if valid.len() == members.len() {
-            line
-        } else {
-            format!("[{}]", valid.join(",")).into()
-        };
+        let body: Bytes =
+            if valid.len() == members.len() { line } else { format!("[{}]", valid.join(",")).into() };
         if ids.is_empty() {
             self.tasks.spawn(self.clone().send_one_way(body, MessageHeaders::default(), "batch".into()));
         } else {
@@ -243,9 +265,17 @@ impl Proxy {
     /// Answers a line that is not JSON (-32700) or not an object (-32600), with id null (J-05).
     async fn reject_unparsable(&self, e: &serde_json::Error) {
         let err = if e.is_data() {
-            LocalError::new(INVALID_REQUEST, ErrorKind::InvalidRequest, "invalid JSON-RPC message: expected a JSON object")
+            LocalError::new(
+                INVALID_REQUEST,
+                ErrorKind::InvalidRequest,
+                "invalid JSON-RPC message: expected a JSON object",
+            )
         } else {
-            LocalError::new(PARSE_ERROR, ErrorKind::Parse, format!("parse error: the line is not valid JSON ({e})"))
+            LocalError::new(
+                PARSE_ERROR,
+                ErrorKind::Parse,
+                format!("parse error: the line is not valid JSON ({e})"),
+            )
         };
         self.report(&err);
         self.write(err.to_response(None).into()).await;
@@ -253,7 +283,12 @@ impl Proxy {
 
     /// Enters a request in the pending table. Returns its key and the receiver that wakes its task,
     /// or `None` (after answering it) when its id is already in flight (J-02).
-    fn register(&self, env: &Envelope<'_>, initialize: bool, modern: bool) -> Option<(IdKey, oneshot::Receiver<()>)> {
+    fn register(
+        &self,
+        env: &Envelope<'_>,
+        initialize: bool,
+        modern: bool,
+    ) -> Option<(IdKey, oneshot::Receiver<()>)> {
         let (raw, key) = env.id.zip(env.id_key())?;
         let (tx, rx) = oneshot::channel();
         let mut pending = self.pending.lock().unwrap();
@@ -270,7 +305,10 @@ impl Proxy {
             tokio::spawn(async move { out.send(bytes).await });
             return None;
         }
-        pending.insert(key.clone(), Pending { id: raw.to_owned(), initialize, modern, done: Some(tx), abort: None });
+        pending.insert(
+            key.clone(),
+            Pending { id: raw.to_owned(), initialize, modern, done: Some(tx), abort: None },
+        );
         self.stats.requests.fetch_add(1, Ordering::Relaxed);
         Some((key, rx))
     }
@@ -405,24 +443,24 @@ impl Proxy {
         sent_session: bool,
         ids: &[(IdKey, oneshot::Receiver<()>)],
     ) -> Result<(), LocalError> {
-        let own_message = matches!(status.as_u16(), 401 | 403) || (status == StatusCode::NOT_FOUND && sent_session);
-        if !own_message && ids.len() == 1 {
-            if let Some((error, server_id)) = jsonrpc_error(body) {
-                let (key, _) = &ids[0];
-                let same_id = server_id.and_then(IdKey::new).as_ref() == Some(key);
-                let message = if same_id {
-                    body.to_vec()
-                } else {
-                    match self.pending.lock().unwrap().get(key) {
-                        Some(p) => envelope::error_with_id(&p.id, error),
-                        None => return Ok(()),
-                    }
-                };
-                let mut message = message;
-                envelope::flatten_lines(&mut message);
-                self.deliver(message.into()).await;
-                return Ok(());
-            }
+        let own_message =
+            matches!(status.as_u16(), 401 | 403) || (status == StatusCode::NOT_FOUND && sent_session);
+        if !own_message
+            && let [(key, _)] = ids
+            && let Some((error, server_id)) = jsonrpc_error(body)
+        {
+            let same_id = server_id.and_then(IdKey::new).as_ref() == Some(key);
+            let mut message = if same_id {
+                body.to_vec()
+            } else {
+                match self.pending.lock().unwrap().get(key) {
+                    Some(p) => envelope::error_with_id(&p.id, error),
+                    None => return Ok(()),
+                }
+            };
+            envelope::flatten_lines(&mut message);
+            self.deliver(message.into()).await;
+            return Ok(());
         }
         Err(self.up.status_error(status, headers, body, sent_session))
     }
@@ -529,7 +567,9 @@ impl Proxy {
         let env = match Envelope::parse(&bytes) {
             Ok(env) => env,
             Err(_) => {
-                self.report(&bad_response("the server sent a message that is not a JSON-RPC object; it was dropped".into()));
+                self.report(&bad_response(
+                    "the server sent a message that is not a JSON-RPC object; it was dropped".into(),
+                ));
                 return Delivered::Dropped;
             }
         };
@@ -540,23 +580,30 @@ impl Proxy {
                     debug!(id = %env.id.map_or("", RawValue::get), "response for no pending request dropped (cancelled, answered or unknown)");
                     return Delivered::Dropped;
                 };
-                if entry.initialize {
-                    if let Some(version) = env.result.and_then(|r| {
-                        serde_json::from_str::<envelope::Params>(r.get()).ok()?.protocol_version.map(|v| v.into_owned())
-                    }) {
-                        debug!(version, "protocol version negotiated");
-                        self.up.set_protocol_version(&version);
-                    }
+                if entry.initialize
+                    && let Some(version) = env.result.and_then(|r| {
+                        serde_json::from_str::<envelope::Params>(r.get())
+                            .ok()?
+                            .protocol_version
+                            .map(|v| v.into_owned())
+                    })
+                {
+                    debug!(version, "protocol version negotiated");
+                    self.up.set_protocol_version(&version);
                 }
                 if let Some(done) = entry.done.take() {
                     let _ = done.send(());
                 }
                 Delivered::Answer
             }
-            Ok(Kind::Notification) if env.method.as_deref() == Some("notifications/progress") => Delivered::Progress,
+            Ok(Kind::Notification) if env.method.as_deref() == Some("notifications/progress") => {
+                Delivered::Progress
+            }
             Ok(_) => Delivered::Other,
             Err(e) => {
-                self.report(&bad_response(format!("the server sent an invalid JSON-RPC message ({e}); it was dropped")));
+                self.report(&bad_response(format!(
+                    "the server sent an invalid JSON-RPC message ({e}); it was dropped"
+                )));
                 return Delivered::Dropped;
             }
         };
@@ -574,7 +621,9 @@ impl Proxy {
                         self.deliver(Bytes::copy_from_slice(m.get().as_bytes())).await;
                     }
                 }
-                Err(_) => self.report(&bad_response("the server's reply is not valid JSON; it was dropped".into())),
+                Err(_) => {
+                    self.report(&bad_response("the server's reply is not valid JSON; it was dropped".into()))
+                }
             }
         } else {
             self.deliver(body).await;
@@ -612,7 +661,9 @@ impl Proxy {
         let mut err = LocalError::new(
             UPSTREAM_ERROR,
             ErrorKind::StreamEnded,
-            format!("the connection broke while the server was answering ({text}); the request may have been processed, so it was not retried"),
+            format!(
+                "the connection broke while the server was answering ({text}); the request may have been processed, so it was not retried"
+            ),
         );
         err.request_sent = Some(true);
         err
@@ -705,7 +756,11 @@ enum BodyError {
 }
 
 /// Reads a whole body of at most `max` bytes before `deadline`.
-async fn read_body(mut response: reqwest::Response, max: usize, deadline: Instant) -> Result<Bytes, BodyError> {
+async fn read_body(
+    mut response: reqwest::Response,
+    max: usize,
+    deadline: Instant,
+) -> Result<Bytes, BodyError> {
     if response.content_length().is_some_and(|n| n > max as u64) {
         return Err(BodyError::TooLarge);
     }

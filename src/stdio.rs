@@ -240,10 +240,7 @@ mod tests {
     async fn limit_one_over_is_reported_and_reader_recovers() {
         let long = "y".repeat(11);
         let got = frames(&[format!("{long}\n{{}}\n").as_bytes()], 10).await;
-        assert_eq!(
-            got,
-            vec![Frame::TooLong { len: 11, prefix: long.into_bytes() }, line("{}")]
-        );
+        assert_eq!(got, vec![Frame::TooLong { len: 11, prefix: long.into_bytes() }, line("{}")]);
     }
 
     #[tokio::test]

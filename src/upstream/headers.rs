@@ -64,11 +64,11 @@ impl MessageHeaders {
 /// header-safe ASCII: non-ASCII, control characters, leading or trailing whitespace, or text that
 /// itself looks like the sentinel (T-14 "Value Encoding").
 pub fn encode_value(value: &str) -> HeaderValue {
-    let plain = !value.is_empty()
-        && value.bytes().all(|b| (0x20..0x7f).contains(&b))
+    let looks_like_sentinel = value.starts_with("=?base64?") && value.ends_with("?=");
+    let plain = value.bytes().all(|b| (0x20..0x7f).contains(&b))
         && !value.starts_with([' ', '\t'])
         && !value.ends_with([' ', '\t'])
-        && !(value.starts_with("=?base64?") && value.ends_with("?="));
+        && !looks_like_sentinel;
     let text = if plain || value.is_empty() {
         value.to_owned()
     } else {
@@ -113,9 +113,7 @@ mod tests {
             r#"{{"jsonrpc":"2.0","id":"r","method":"resources/read","params":{{"uri":"file:///a b",{meta}}}}}"#
         ));
         assert_eq!(h.name.unwrap(), "file:///a b");
-        let h = derive(&format!(
-            r#"{{"jsonrpc":"2.0","id":2,"method":"tools/list","params":{{{meta}}}}}"#
-        ));
+        let h = derive(&format!(r#"{{"jsonrpc":"2.0","id":2,"method":"tools/list","params":{{{meta}}}}}"#));
         assert_eq!(h.method.unwrap(), "tools/list");
         assert!(h.name.is_none());
     }

@@ -36,8 +36,7 @@ const MAX_SERVER_TEXT: usize = 300;
 static ACCEPT_BOTH: HeaderValue = HeaderValue::from_static("application/json, text/event-stream");
 static ACCEPT_SSE: HeaderValue = HeaderValue::from_static("text/event-stream");
 static JSON: HeaderValue = HeaderValue::from_static("application/json");
-static LAST_EVENT_ID: reqwest::header::HeaderName =
-    reqwest::header::HeaderName::from_static("last-event-id");
+static LAST_EVENT_ID: reqwest::header::HeaderName = reqwest::header::HeaderName::from_static("last-event-id");
 
 /// Session state learned from the server: the session id (T-10) and the negotiated version (T-13).
 #[derive(Debug, Default, Clone)]
@@ -143,17 +142,20 @@ impl Upstream {
         if let Some(id) = &session.id {
             req = req.header(&headers::SESSION_ID, id.clone());
         }
-        if version {
-            if let Some(v) = &session.version {
-                req = req.header(&headers::PROTOCOL_VERSION, v.clone());
-            }
+        if version && let Some(v) = &session.version {
+            req = req.header(&headers::PROTOCOL_VERSION, v.clone());
         }
         req
     }
 
     /// The POST for one message (T-01, T-02). `session` is `None` for `initialize`, which must
     /// not carry the old session's id; returns whether a session id was sent.
-    pub fn post(&self, body: Bytes, derived: &MessageHeaders, session: Option<&Session>) -> (RequestBuilder, bool) {
+    pub fn post(
+        &self,
+        body: Bytes,
+        derived: &MessageHeaders,
+        session: Option<&Session>,
+    ) -> (RequestBuilder, bool) {
         let mut req = self
             .request(Method::POST)
             .header(ACCEPT, ACCEPT_BOTH.clone())
@@ -181,7 +183,8 @@ impl Upstream {
     /// `last_event_id` when given (T-23).
     pub fn get_stream(&self, last_event_id: Option<&str>) -> RequestBuilder {
         let session = self.session();
-        let mut req = self.with_session(self.request(Method::GET), &session, true).header(ACCEPT, ACCEPT_SSE.clone());
+        let mut req =
+            self.with_session(self.request(Method::GET), &session, true).header(ACCEPT, ACCEPT_SSE.clone());
         if let Some(id) = last_event_id.and_then(|id| HeaderValue::from_str(id).ok()) {
             req = req.header(&LAST_EVENT_ID, id);
         }
@@ -212,25 +215,39 @@ impl Upstream {
         let chain = error_chain(e);
         let lower = chain.to_ascii_lowercase();
         let (message, sent) = if e.is_connect() || lower.contains("dns error") {
-            let m = if lower.contains("dns error") || lower.contains("lookup") || lower.contains("name or service") {
+            let m = if lower.contains("dns error")
+                || lower.contains("lookup")
+                || lower.contains("name or service")
+            {
                 format!("could not resolve the host {host}: check the URL's spelling and your network or DNS")
             } else if lower.contains("certificate") || lower.contains("tls") || lower.contains("handshake") {
                 format!(
                     "the TLS connection to {host} failed ({chain}): check the URL, the system clock, and that the server's certificate is valid for {host}"
                 )
             } else if lower.contains("refused") {
-                format!("could not connect to {host}:{port}: connection refused. Is the server running, and is the URL right?")
+                format!(
+                    "could not connect to {host}:{port}: connection refused. Is the server running, and is the URL right?"
+                )
             } else if e.is_timeout() {
-                format!("could not connect to {host}:{port} within --connect-timeout: the server or the network is down or slow")
+                format!(
+                    "could not connect to {host}:{port} within --connect-timeout: the server or the network is down or slow"
+                )
             } else {
                 format!("could not connect to {host}:{port} ({chain}): check the URL and your network")
             };
             (m, false)
         } else if e.is_timeout() {
-            (format!("{host} stopped responding ({chain}); the request may have been processed, so it was not retried"), true)
+            (
+                format!(
+                    "{host} stopped responding ({chain}); the request may have been processed, so it was not retried"
+                ),
+                true,
+            )
         } else {
             (
-                format!("the connection to {host} failed ({chain}); the request may have been processed, so it was not retried"),
+                format!(
+                    "the connection to {host} failed ({chain}); the request may have been processed, so it was not retried"
+                ),
                 true,
             )
         };
@@ -256,7 +273,13 @@ impl Upstream {
 
     /// What an HTTP error status means for a request, given the start of its body.
     /// `sent_session`: whether the request carried `Mcp-Session-Id` (a 404 then means expiry, T-12).
-    pub fn status_error(&self, status: StatusCode, headers: &HeaderMap, body: &[u8], sent_session: bool) -> LocalError {
+    pub fn status_error(
+        &self,
+        status: StatusCode,
+        headers: &HeaderMap,
+        body: &[u8],
+        sent_session: bool,
+    ) -> LocalError {
         let code = status.as_u16();
         let reason = status.canonical_reason().unwrap_or("");
         let server_text = server_message(body).map(|t| self.redact(&t));
@@ -285,7 +308,9 @@ impl Upstream {
             404 if sent_session => (
                 UPSTREAM_ERROR,
                 ErrorKind::WrongEndpoint,
-                format!("the server ended the MCP session (HTTP 404 for session id{said}): restart the client to start a new session"),
+                format!(
+                    "the server ended the MCP session (HTTP 404 for session id{said}): restart the client to start a new session"
+                ),
             ),
             404 | 405 | 410 => (
                 UPSTREAM_ERROR,
@@ -316,7 +341,11 @@ impl Upstream {
                     .and_then(|v| v.to_str().ok())
                     .map(|v| format!("; the server asks to wait {v} s"))
                     .unwrap_or_default();
-                (UPSTREAM_ERROR, ErrorKind::HttpError, format!("rate limited by {host} (HTTP 429{said}){after}: wait and try again"))
+                (
+                    UPSTREAM_ERROR,
+                    ErrorKind::HttpError,
+                    format!("rate limited by {host} (HTTP 429{said}){after}: wait and try again"),
+                )
             }
             500..=599 => (
                 UPSTREAM_ERROR,
@@ -375,7 +404,8 @@ fn server_message(body: &[u8]) -> Option<String> {
                 .or_else(|| v.get("message"))
                 .or(err.filter(|e| e.is_string()))
                 .and_then(|m| m.as_str());
-            let detail = err.and_then(|e| e.get("data")).and_then(|d| d.get("message")).and_then(|m| m.as_str());
+            let detail =
+                err.and_then(|e| e.get("data")).and_then(|d| d.get("message")).and_then(|m| m.as_str());
             match (msg, detail) {
                 (Some(m), Some(d)) if m != d => format!("{m} ({d})"),
                 (Some(m), _) => m.to_owned(),
@@ -456,7 +486,8 @@ mod tests {
 
     #[test]
     fn t40_recognizes_jsonrpc_error_bodies() {
-        let (err, id) = jsonrpc_error(br#"{"jsonrpc":"2.0","id":null,"error":{"code":-32000,"message":"x"}}"#).unwrap();
+        let (err, id) =
+            jsonrpc_error(br#"{"jsonrpc":"2.0","id":null,"error":{"code":-32000,"message":"x"}}"#).unwrap();
         assert_eq!(err.get(), r#"{"code":-32000,"message":"x"}"#);
         assert!(id.is_none(), "a null id matches no request");
         // Converra's 401 body has a string code: not JSON-RPC.

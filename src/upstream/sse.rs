@@ -172,8 +172,7 @@ mod tests {
     #[tokio::test]
     async fn limit_exceeded_across_chunks_and_crlf_fails_the_stream() {
         let (_, failed) =
-            events(&["data: 0123456789\r\n", "data: 0123456789\r", "\ndata: 0123456789\r\n\r\n"], 30)
-                .await;
+            events(&["data: 0123456789\r\n", "data: 0123456789\r", "\ndata: 0123456789\r\n\r\n"], 30).await;
         assert!(failed);
         let (ev, failed) = events(&["data: 0123456789\r\n", "\r\n", "data: 0123456789\r\n\r\n"], 30).await;
         assert!(!failed);

@@ -1,0 +1,69 @@
+//! `cargo run --example example_server -- --vendor investra`: an MCP server on 127.0.0.1 that
+//! behaves like the vendors in the docs mcp-sidecar is built from (see `server.rs`).
+//!
+//! It accepts the key held in the vendor's variable (INVESTRA_API_KEY, AI2FIN_API_KEY,
+//! CONVERRA_API_KEY, or EXAMPLE_API_KEY for `generic`; `--key-env` names another), so the same
+//! exported key works for the server and for `mcp-sidecar --preset …`. It prints its URL on the
+//! first line of stdout.
+
+mod server;
+
+use std::io::Write;
+
+use clap::Parser;
+use tokio_util::sync::CancellationToken;
+
+/// An example remote MCP server for trying mcp-sidecar offline.
+#[derive(Debug, Parser)]
+struct Args {
+    /// generic, investra, ai2fin or converra.
+    #[arg(long, default_value = "generic")]
+    vendor: String,
+    /// Port on 127.0.0.1 (0: any free port).
+    #[arg(long, default_value_t = 0)]
+    port: u16,
+    /// The variable holding the accepted key [default: the vendor's].
+    #[arg(long, value_name = "NAME")]
+    key_env: Option<String>,
+    /// Treat the key as read-only (AI2Fin: write tools answer 403).
+    #[arg(long)]
+    read_only: bool,
+    /// Requests per minute per key before answering 429.
+    #[arg(long, value_name = "N")]
+    per_minute: Option<u32>,
+    /// Answer with plain JSON and no sessions (default: sessions and SSE).
+    #[arg(long)]
+    json: bool,
+}
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let args = Args::parse();
+    let vendor = server::Vendor::parse(&args.vendor)
+        .ok_or("--vendor must be generic, investra, ai2fin or converra")?;
+    let key_env = args.key_env.unwrap_or_else(|| vendor.key_env().to_owned());
+    let keys: Vec<String> = std::env::var(&key_env).ok().filter(|k| !k.is_empty()).into_iter().collect();
+    if keys.is_empty() && vendor != server::Vendor::Generic {
+        return Err(format!("{key_env} is not set: export the key this server should accept").into());
+    }
+    let opts = server::Options {
+        vendor,
+        read_only_keys: if args.read_only { keys.clone() } else { Vec::new() },
+        keys,
+        per_minute: args.per_minute,
+        json: args.json,
+    };
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", args.port)).await?;
+    let url = format!("http://{}{}", listener.local_addr()?, vendor.path());
+    println!("{url}");
+    std::io::stdout().flush()?;
+    eprintln!("example MCP server ({}) listening on {url}; Ctrl-C stops it", args.vendor);
+    let ct = CancellationToken::new();
+    let stop = ct.clone();
+    tokio::spawn(async move {
+        let _ = tokio::signal::ctrl_c().await;
+        stop.cancel();
+    });
+    server::serve(listener, server::router(opts, ct.clone()), ct).await;
+    Ok(())
+}

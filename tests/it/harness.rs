@@ -1,0 +1,423 @@
+//! Shared test parts: the example MCP server (rmcp) on 127.0.0.1 behind a layer that records
+//! every request and can inject faults, and the real `mcp-sidecar` binary driven over its stdio,
+//! either line by line or by a real rmcp client.
+//!
+//! Every run's stdout and stderr are captured whole; [`Outcome::check`] (called by every
+//! `finish`) asserts the invariants that hold for all tests: stdout carries only complete
+//! JSON-RPC lines, and no secret appears on stdout or stderr.
+
+#![allow(dead_code)]
+
+#[path = "../../examples/example_server/server.rs"]
+pub mod example;
+
+use std::net::SocketAddr;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, Method};
+use axum::middleware::Next;
+use axum::response::Response;
+use serde_json::Value;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::process::{Child, ChildStdin, Command};
+use tokio::sync::{Notify, mpsc};
+use tokio_util::sync::CancellationToken;
+
+pub use example::{Options, Vendor};
+
+/// The key every test uses; it must never show up in any output.
+pub const KEY: &str = "inv_test_SECRET_d41d8cd98f00b204";
+/// Generous bound for things that should happen at once; only guards against hangs.
+pub const PATIENCE: Duration = Duration::from_secs(20);
+
+/// A request as the server saw it.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub method: Method,
+    pub path: String,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+    pub json: Value,
+}
+
+impl Seen {
+    /// The JSON-RPC method of a POST.
+    pub fn rpc_method(&self) -> Option<&str> {
+        self.json.get("method").and_then(Value::as_str)
+    }
+
+    /// A header as text.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+}
+
+/// What the fault hook does with a request.
+pub enum Action {
+    /// Hand it to the server.
+    Pass,
+    /// Answer it with this instead.
+    Respond(Response),
+    /// Wait until notified, then hand it to the server.
+    Hold(Arc<Notify>),
+}
+
+/// Decides, per request, whether to inject a fault.
+pub type Hook = Arc<dyn Fn(&Seen) -> Action + Send + Sync>;
+
+#[derive(Clone)]
+struct Recorder {
+    seen: Arc<Mutex<Vec<Seen>>>,
+    hook: Option<Hook>,
+}
+
+/// A running example server.
+pub struct Server {
+    pub url: String,
+    pub addr: SocketAddr,
+    seen: Arc<Mutex<Vec<Seen>>>,
+    ct: CancellationToken,
+}
+
+impl Server {
+    /// Starts the example server with `opts`, behind the recorder and `hook`.
+    pub async fn start(opts: Options, hook: Option<Hook>) -> Server {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Server::start_on(listener, opts, hook)
+    }
+
+    /// Starts it on a given listener (to restart on the same port).
+    pub fn start_on(listener: tokio::net::TcpListener, opts: Options, hook: Option<Hook>) -> Server {
+        let addr = listener.local_addr().unwrap();
+        let url = format!("http://{addr}{}", opts.vendor.path());
+        let ct = CancellationToken::new();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let recorder = Recorder { seen: seen.clone(), hook };
+        let router =
+            example::router(opts, ct.clone()).layer(axum::middleware::from_fn_with_state(recorder, record));
+        tokio::spawn(example::serve(listener, router, ct.clone()));
+        Server { url, addr, seen, ct }
+    }
+
+    /// Every request so far.
+    pub fn seen(&self) -> Vec<Seen> {
+        self.seen.lock().unwrap().clone()
+    }
+
+    /// The POSTs carrying JSON-RPC `method`.
+    pub fn posts(&self, method: &str) -> Vec<Seen> {
+        self.seen()
+            .into_iter()
+            .filter(|s| s.method == Method::POST && s.rpc_method() == Some(method))
+            .collect()
+    }
+
+    /// Stops serving.
+    pub fn stop(&self) {
+        self.ct.cancel();
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.ct.cancel();
+    }
+}
+
+async fn record(State(rec): State<Recorder>, request: Request, next: Next) -> Response {
+    let (parts, body) = request.into_parts();
+    let body = axum::body::to_bytes(body, usize::MAX).await.unwrap_or_default();
+    let seen = Seen {
+        method: parts.method.clone(),
+        path: parts.uri.path().to_owned(),
+        headers: parts.headers.clone(),
+        json: serde_json::from_slice(&body).unwrap_or(Value::Null),
+        body: body.clone(),
+    };
+    rec.seen.lock().unwrap().push(seen.clone());
+    if let Some(hook) = &rec.hook {
+        match hook(&seen) {
+            Action::Pass => {}
+            Action::Respond(r) => return r,
+            Action::Hold(n) => n.notified().await,
+        }
+    }
+    next.run(Request::from_parts(parts, Body::from(body))).await
+}
+
+/// A response with a status, a content type and a body.
+pub fn respond(status: u16, content_type: &str, body: impl Into<String>) -> Response {
+    Response::builder()
+        .status(status)
+        .header("content-type", content_type)
+        .body(Body::from(body.into()))
+        .unwrap()
+}
+
+/// Builds the sidecar command with an isolated environment: no inherited variables (no proxies,
+/// no user config), state under a temp dir, and the given variables.
+pub fn command(args: &[&str], env: &[(&str, &str)]) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_mcp-sidecar"));
+    let state = std::env::temp_dir().join(format!("mcp-sidecar-test-{}", std::process::id()));
+    cmd.args(args)
+        .env_clear()
+        .env("HOME", &state)
+        .env("XDG_STATE_HOME", &state)
+        .env("NO_PROXY", "127.0.0.1,localhost")
+        .env("RUST_BACKTRACE", "0")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd
+}
+
+/// What a finished run left behind.
+#[derive(Debug)]
+pub struct Outcome {
+    pub status: std::process::ExitStatus,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Outcome {
+    /// The invariants of every run: only complete JSON-RPC lines on stdout, no secret anywhere.
+    pub fn check(&self, secrets: &[&str]) {
+        for secret in secrets.iter().chain([&KEY]) {
+            assert!(!self.stdout.contains(secret), "secret on stdout:\n{}", self.stdout);
+            assert!(!self.stderr.contains(secret), "secret on stderr:\n{}", self.stderr);
+        }
+        assert!(
+            self.stdout.is_empty() || self.stdout.ends_with('\n'),
+            "incomplete last line: {:?}",
+            self.stdout
+        );
+        for line in self.stdout.lines() {
+            assert_jsonrpc_line(line);
+        }
+    }
+
+    /// The stdout lines as JSON.
+    pub fn messages(&self) -> Vec<Value> {
+        self.stdout.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+    }
+}
+
+/// Asserts that `line` is one JSON-RPC message (or a batch of them).
+pub fn assert_jsonrpc_line(line: &str) {
+    let v: Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON on stdout ({e}): {line}"));
+    let members = match &v {
+        Value::Array(a) => a.clone(),
+        other => vec![other.clone()],
+    };
+    for m in members {
+        assert_eq!(m.get("jsonrpc"), Some(&Value::from("2.0")), "not JSON-RPC on stdout: {line}");
+        let ok = m.get("method").is_some() || m.get("result").is_some() || m.get("error").is_some();
+        assert!(ok, "not a JSON-RPC message on stdout: {line}");
+    }
+}
+
+/// A sidecar driven line by line.
+pub struct Sidecar {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    lines: mpsc::UnboundedReceiver<String>,
+    stdout: Arc<Mutex<String>>,
+    stderr: Arc<Mutex<String>>,
+    readers: Vec<tokio::task::JoinHandle<()>>,
+    /// Raw stdout bytes for an rmcp client, when one is attached.
+    secrets: Vec<String>,
+}
+
+impl Sidecar {
+    /// Spawns the sidecar with `args` and `env`.
+    pub fn spawn(args: &[&str], env: &[(&str, &str)]) -> Sidecar {
+        Sidecar::spawn_with(command(args, env), None)
+    }
+
+    /// Spawns `cmd`; when `tee` is given, stdout bytes are also copied there (for rmcp).
+    pub fn spawn_with(mut cmd: Command, tee: Option<tokio::io::DuplexStream>) -> Sidecar {
+        let mut child = cmd.spawn().expect("spawn mcp-sidecar");
+        let stdin = child.stdin.take();
+        let mut out = child.stdout.take().unwrap();
+        let mut err = child.stderr.take().unwrap();
+        let stdout = Arc::new(Mutex::new(String::new()));
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let (tx, lines) = mpsc::unbounded_channel();
+        let out_log = stdout.clone();
+        let out_task = tokio::spawn(async move {
+            let mut tee = tee;
+            let mut buf = vec![0u8; 64 * 1024];
+            let mut partial = String::new();
+            loop {
+                let n = match out.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => n,
+                };
+                let chunk = String::from_utf8_lossy(&buf[..n]).into_owned();
+                out_log.lock().unwrap().push_str(&chunk);
+                if let Some(t) = tee.as_mut()
+                    && t.write_all(&buf[..n]).await.is_err()
+                {
+                    tee = None;
+                }
+                partial.push_str(&chunk);
+                while let Some(i) = partial.find('\n') {
+                    let line: String = partial.drain(..=i).collect();
+                    let _ = tx.send(line.trim_end().to_owned());
+                }
+            }
+        });
+        let err_log = stderr.clone();
+        let err_task = tokio::spawn(async move {
+            let mut reader = BufReader::new(&mut err);
+            let mut line = String::new();
+            while reader.read_line(&mut line).await.unwrap_or(0) > 0 {
+                eprint!("  [sidecar] {line}");
+                err_log.lock().unwrap().push_str(&line);
+                line.clear();
+            }
+        });
+        Sidecar {
+            child,
+            stdin,
+            lines,
+            stdout,
+            stderr,
+            readers: vec![out_task, err_task],
+            secrets: Vec::new(),
+        }
+    }
+
+    /// Adds a string that must never appear in any output.
+    pub fn secret(mut self, s: &str) -> Self {
+        self.secrets.push(s.to_owned());
+        self
+    }
+
+    /// Takes stdin (for an rmcp client).
+    pub fn take_stdin(&mut self) -> ChildStdin {
+        self.stdin.take().unwrap()
+    }
+
+    /// Writes one line to stdin.
+    pub async fn send(&mut self, line: &str) {
+        let stdin = self.stdin.as_mut().expect("stdin open");
+        stdin.write_all(line.as_bytes()).await.unwrap();
+        stdin.write_all(b"\n").await.unwrap();
+        stdin.flush().await.unwrap();
+    }
+
+    /// Writes a JSON value as one line.
+    pub async fn send_json(&mut self, v: &Value) {
+        self.send(&v.to_string()).await;
+    }
+
+    /// The next stdout line, parsed.
+    pub async fn recv(&mut self) -> Value {
+        let line = tokio::time::timeout(PATIENCE, self.lines.recv())
+            .await
+            .expect("no answer from the sidecar in time")
+            .expect("sidecar stdout closed");
+        assert_jsonrpc_line(&line);
+        serde_json::from_str(&line).unwrap()
+    }
+
+    /// The next stdout line, raw.
+    pub async fn recv_raw(&mut self) -> String {
+        tokio::time::timeout(PATIENCE, self.lines.recv())
+            .await
+            .expect("no answer in time")
+            .expect("stdout closed")
+    }
+
+    /// Sends `initialize` (2025-11-25) and `notifications/initialized`; returns the result.
+    pub async fn handshake(&mut self) -> Value {
+        self.send_json(&serde_json::json!({"jsonrpc":"2.0","id":0,"method":"initialize","params":{
+            "protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"it","version":"1"}}}))
+            .await;
+        let init = self.recv().await;
+        assert!(init.get("result").is_some(), "initialize failed: {init}");
+        self.send(r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#).await;
+        init
+    }
+
+    /// Sends a signal to the process.
+    pub fn signal(&self, sig: &str) {
+        let pid = self.child.id().unwrap().to_string();
+        std::process::Command::new("kill").args(["-s", sig, &pid]).status().unwrap();
+    }
+
+    /// Closes stdin, waits for the exit, checks the invariants, returns what was left.
+    pub async fn finish(mut self) -> Outcome {
+        drop(self.stdin.take());
+        self.wait().await
+    }
+
+    /// Waits for the exit without closing stdin.
+    pub async fn wait(mut self) -> Outcome {
+        let status =
+            tokio::time::timeout(PATIENCE, self.child.wait()).await.expect("sidecar did not exit").unwrap();
+        for r in self.readers.drain(..) {
+            let _ = tokio::time::timeout(PATIENCE, r).await;
+        }
+        let outcome = Outcome {
+            status,
+            stdout: self.stdout.lock().unwrap().clone(),
+            stderr: self.stderr.lock().unwrap().clone(),
+        };
+        let secrets: Vec<&str> = self.secrets.iter().map(String::as_str).collect();
+        outcome.check(&secrets);
+        outcome
+    }
+}
+
+/// The usual arguments: the server's URL, the key variable, short timeouts.
+pub fn args_for(server: &Server) -> Vec<String> {
+    vec![server.url.clone(), "--api-key-env".into(), "TEST_KEY".into()]
+}
+
+/// The usual environment: the key in `TEST_KEY`.
+pub const ENV: &[(&str, &str)] = &[("TEST_KEY", KEY)];
+
+/// Example-server options that accept [`KEY`] as a Bearer token on `/mcp`.
+pub fn generic() -> Options {
+    Options { keys: vec![KEY.to_owned()], ..Options::default() }
+}
+
+/// A request line.
+pub fn request(id: impl Into<Value>, method: &str, params: Value) -> Value {
+    serde_json::json!({"jsonrpc":"2.0","id":id.into(),"method":method,"params":params})
+}
+
+/// A `tools/call` line.
+pub fn call(id: impl Into<Value>, tool: &str, args: Value) -> Value {
+    request(id, "tools/call", serde_json::json!({"name":tool,"arguments":args}))
+}
+
+/// Spawns the sidecar and connects a real rmcp client with `handler` to it.
+pub async fn rmcp_client<H: rmcp::ClientHandler>(
+    args: &[&str],
+    env: &[(&str, &str)],
+    handler: H,
+    lifecycle: Option<rmcp::ClientLifecycleMode>,
+) -> (Result<rmcp::service::RunningService<rmcp::RoleClient, H>, rmcp::service::ClientInitializeError>, Sidecar)
+{
+    use rmcp::ClientServiceExt;
+    use rmcp::ServiceExt;
+    let (tee, rmcp_read) = tokio::io::duplex(1024 * 1024);
+    let mut sidecar = Sidecar::spawn_with(command(args, env), Some(tee));
+    let stdin = sidecar.take_stdin();
+    let client = match lifecycle {
+        None => handler.serve((rmcp_read, stdin)).await,
+        Some(mode) => handler.serve_with_lifecycle((rmcp_read, stdin), mode).await,
+    };
+    (client, sidecar)
+}

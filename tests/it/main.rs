@@ -1,0 +1,15 @@
+//! Integration tests: the real `mcp-sidecar` binary between a real MCP client and a real MCP
+//! server (rmcp, over HTTP on 127.0.0.1). One test binary, one link step.
+//!
+//! - `harness`: the example server behind a recording/fault layer; the sidecar process; the
+//!   invariant checks every test runs on its captured stdout and stderr.
+//! - `streamable`: the Streamable HTTP happy paths with a real rmcp client (T-01…T-33).
+//! - `bytes`: messages forwarded byte for byte in both directions (J-01, J-11).
+//! - `errors`: HTTP and network failures become one clear JSON-RPC error with the request's id.
+//! - `stdio`: framing, invalid input, shutdown and exit codes (S-01…S-06).
+
+mod bytes;
+mod errors;
+mod harness;
+mod stdio;
+mod streamable;

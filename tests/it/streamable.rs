@@ -1,0 +1,295 @@
+//! Streamable HTTP with a real rmcp client on stdio and a real rmcp server over HTTP.
+
+// Roots are deprecated by SEP-2577 but servers still send roots/list; the proxy must carry it.
+#![allow(deprecated)]
+
+use std::sync::Arc;
+
+use rmcp::model::{
+    CallToolRequestParams, ClientCapabilities, ClientConfig, Implementation, ListRootsResult, Root,
+};
+use rmcp::service::RequestContext;
+use rmcp::{ClientHandler, ErrorData, RoleClient};
+use serde_json::json;
+use tokio::sync::Notify;
+
+use crate::harness::*;
+
+/// A client that has one root, to answer the server's `roots/list` (T-30).
+#[derive(Clone, Default)]
+struct RootsClient;
+
+impl ClientHandler for RootsClient {
+    fn get_info(&self) -> ClientConfig {
+        #[allow(deprecated)]
+        let caps = ClientCapabilities::builder().enable_roots().build();
+        ClientConfig::new(caps, Implementation::new("roots-client", "1.0"))
+    }
+
+    async fn list_roots(&self, _: RequestContext<RoleClient>) -> Result<ListRootsResult, ErrorData> {
+        Ok(ListRootsResult::new(vec![Root::new("file:///work/project")]))
+    }
+}
+
+fn text_of(result: &rmcp::model::CallToolResult) -> String {
+    serde_json::to_value(result).unwrap()["content"][0]["text"].as_str().unwrap_or_default().to_owned()
+}
+
+#[tokio::test]
+async fn t01_rmcp_client_lists_and_calls_tools_through_the_sidecar_sse_sessions() {
+    let server = Server::start(generic(), None).await;
+    let args = args_for(&server);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (client, sidecar) = rmcp_client(&args, ENV, (), None).await;
+    let client = client.expect("initialize through the sidecar");
+    let tools = client.list_all_tools().await.unwrap();
+    assert!(tools.iter().any(|t| t.name == "sum"));
+    let result = client
+        .call_tool(CallToolRequestParams::new("sum").with_arguments(rmcp::object!({"a": 2, "b": 40})))
+        .await
+        .unwrap();
+    assert_eq!(text_of(&result), "42");
+    client.cancel().await.unwrap();
+    let outcome = sidecar.wait().await;
+    assert!(outcome.status.success(), "{outcome:?}");
+
+    // T-16: the key on every request; T-10/T-11: the session id captured and echoed;
+    // T-13: the negotiated version after initialize, none on initialize itself.
+    let seen = server.seen();
+    assert!(seen.iter().all(|s| s.header("authorization") == Some(&format!("Bearer {KEY}"))));
+    let init = &server.posts("initialize")[0];
+    assert!(init.header("mcp-session-id").is_none() && init.header("mcp-protocol-version").is_none());
+    assert!(init.header("accept").unwrap().contains("application/json"));
+    assert!(init.header("accept").unwrap().contains("text/event-stream"));
+    let call = &server.posts("tools/call")[0];
+    assert!(call.header("mcp-session-id").is_some());
+    assert_eq!(call.header("mcp-protocol-version"), Some("2025-11-25"));
+    // T-20: the GET stream was opened after notifications/initialized; T-22: DELETE at the end.
+    assert!(seen.iter().any(|s| s.method == "GET" && s.header("accept") == Some("text/event-stream")));
+    assert!(seen.iter().any(|s| s.method == "DELETE" && s.header("mcp-session-id").is_some()));
+}
+
+#[tokio::test]
+async fn t05_json_replies_from_a_stateless_server() {
+    let server = Server::start(Options { json: true, ..generic() }, None).await;
+    let args = args_for(&server);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (client, sidecar) = rmcp_client(&args, ENV, (), None).await;
+    let client = client.expect("initialize");
+    let result = client
+        .call_tool(CallToolRequestParams::new("echo").with_arguments(rmcp::object!({"text": "héllo ✓"})))
+        .await
+        .unwrap();
+    assert_eq!(text_of(&result), "héllo ✓");
+    client.cancel().await.unwrap();
+    assert!(sidecar.wait().await.status.success());
+    assert!(server.posts("tools/call")[0].header("mcp-session-id").is_none());
+}
+
+#[tokio::test]
+async fn t30_server_to_client_requests_reach_the_client_and_its_answer_goes_back() {
+    let server = Server::start(generic(), None).await;
+    let args = args_for(&server);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (client, sidecar) = rmcp_client(&args, ENV, RootsClient, None).await;
+    let client = client.expect("initialize");
+    let result = client.call_tool(CallToolRequestParams::new("roots")).await.unwrap();
+    assert_eq!(text_of(&result), "file:///work/project");
+    client.cancel().await.unwrap();
+    assert!(sidecar.wait().await.status.success());
+    // The client's response was POSTed back with the session id.
+    let answers: Vec<_> =
+        server.seen().into_iter().filter(|s| s.method == "POST" && s.json.get("result").is_some()).collect();
+    assert_eq!(answers.len(), 1);
+    assert!(answers[0].header("mcp-session-id").is_some());
+}
+
+#[tokio::test]
+async fn t14_2026_07_28_client_gets_version_method_and_name_headers() {
+    // rmcp's server rejects a 2026-07-28 request whose headers do not match its body (-32020).
+    let server = Server::start(Options { json: true, ..generic() }, None).await;
+    let args = args_for(&server);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mode = rmcp::ClientLifecycleMode::Discover {
+        preferred_versions: vec![rmcp::model::ProtocolVersion::V_2026_07_28],
+    };
+    let (client, sidecar) = rmcp_client(&args, ENV, (), Some(mode)).await;
+    let client = client.expect("server/discover through the sidecar");
+    let result = client
+        .call_tool(CallToolRequestParams::new("sum").with_arguments(rmcp::object!({"a": 1, "b": 1})))
+        .await
+        .unwrap();
+    assert_eq!(text_of(&result), "2");
+    client.cancel().await.unwrap();
+    assert!(sidecar.wait().await.status.success());
+    let call = &server.posts("tools/call")[0];
+    assert_eq!(call.header("mcp-protocol-version"), Some("2026-07-28"));
+    assert_eq!(call.header("mcp-method"), Some("tools/call"));
+    assert_eq!(call.header("mcp-name"), Some("sum"));
+    assert!(server.posts("server/discover")[0].header("mcp-method") == Some("server/discover"));
+}
+
+#[tokio::test]
+async fn s09_discover_probe_is_answered_even_when_the_server_does_not_know_it() {
+    // A legacy server answering the probe with a bare 400: the client must get an error with
+    // the probe's id (and then fall back to initialize).
+    let hook: Hook = Arc::new(|s: &Seen| match s.rpc_method() {
+        Some("server/discover") => Action::Respond(respond(400, "text/plain", "Bad Request: unknown method")),
+        _ => Action::Pass,
+    });
+    let server = Server::start(generic(), Some(hook)).await;
+    let args = args_for(&server);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut sidecar = Sidecar::spawn(&args, ENV);
+    sidecar
+        .send_json(&request(
+            "probe-1",
+            "server/discover",
+            json!({"_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28"}}),
+        ))
+        .await;
+    let answer = sidecar.recv().await;
+    assert_eq!(answer["id"], "probe-1");
+    assert_eq!(answer["error"]["data"]["httpStatus"], 400);
+    assert_ne!(answer["error"]["code"], -32022, "must not look like a modern-era error");
+    sidecar.handshake().await;
+    sidecar.finish().await;
+}
+
+#[tokio::test]
+async fn no_head_of_line_blocking_between_requests() {
+    let release = Arc::new(Notify::new());
+    let held = release.clone();
+    let hook: Hook = Arc::new(move |s: &Seen| {
+        if s.json.pointer("/params/arguments/text") == Some(&json!("slow")) {
+            Action::Hold(held.clone())
+        } else {
+            Action::Pass
+        }
+    });
+    let server = Server::start(generic(), Some(hook)).await;
+    let args = args_for(&server);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut sidecar = Sidecar::spawn(&args, ENV);
+    sidecar.handshake().await;
+    sidecar.send_json(&call(1, "echo", json!({"text":"slow"}))).await;
+    sidecar.send_json(&call(2, "echo", json!({"text":"fast"}))).await;
+    let first = sidecar.recv().await;
+    assert_eq!(first["id"], 2, "the fast request must not wait for the slow one: {first}");
+    release.notify_one();
+    let second = sidecar.recv().await;
+    assert_eq!(second["id"], 1);
+    sidecar.finish().await;
+}
+
+#[tokio::test]
+async fn t32_progress_notifications_restart_the_request_timeout() {
+    let server = Server::start(generic(), None).await;
+    let mut args = args_for(&server);
+    args.extend(["--request-timeout".into(), "0.6".into()]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut sidecar = Sidecar::spawn(&args, ENV);
+    sidecar.handshake().await;
+    // 1.5 s of work in 6 steps: never 0.6 s without progress.
+    sidecar
+        .send_json(&request(
+            7,
+            "tools/call",
+            json!({"name":"slow","arguments":{"ms":1500,"steps":6},"_meta":{"progressToken":"p7"}}),
+        ))
+        .await;
+    let mut progress = 0;
+    let answer = loop {
+        let msg = sidecar.recv().await;
+        if msg["method"] == "notifications/progress" {
+            progress += 1;
+            continue;
+        }
+        break msg;
+    };
+    assert_eq!(answer["id"], 7);
+    assert!(answer["result"].is_object(), "{answer}");
+    assert!(progress >= 5, "progress notifications must reach the client in order ({progress})");
+    sidecar.finish().await;
+}
+
+#[tokio::test]
+async fn t32_request_timeout_answers_with_an_error_and_the_proxy_lives_on() {
+    let stall = Arc::new(Notify::new());
+    let held = stall.clone();
+    let hook: Hook = Arc::new(move |s: &Seen| match s.json.pointer("/params/arguments/text") {
+        Some(t) if t == "stall" => Action::Hold(held.clone()),
+        _ => Action::Pass,
+    });
+    let server = Server::start(generic(), Some(hook)).await;
+    let mut args = args_for(&server);
+    args.extend(["--request-timeout".into(), "0.3".into()]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut sidecar = Sidecar::spawn(&args, ENV);
+    sidecar.handshake().await;
+    sidecar.send_json(&call("t", "echo", json!({"text":"stall"}))).await;
+    let answer = sidecar.recv().await;
+    assert_eq!(answer["id"], "t");
+    assert_eq!(answer["error"]["code"], -32001);
+    assert!(answer["error"]["message"].as_str().unwrap().contains("--request-timeout"));
+    sidecar.send_json(&call("after", "echo", json!({"text":"ok"}))).await;
+    assert_eq!(sidecar.recv().await["result"]["content"][0]["text"], "ok");
+    sidecar.finish().await;
+    stall.notify_waiters();
+}
+
+#[tokio::test]
+async fn t20_messages_on_the_get_stream_reach_the_client_and_405_means_no_stream() {
+    let gets = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let reconnected = Arc::new(Notify::new());
+    let (count, signal) = (gets.clone(), reconnected.clone());
+    let hook: Hook = Arc::new(move |s: &Seen| {
+        if s.method == "GET" {
+            if count.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0 {
+                let body =
+                    "id: e1\ndata: {\"jsonrpc\":\"2.0\",\"method\":\"notifications/tools/list_changed\"}\n\n";
+                return Action::Respond(respond(200, "text/event-stream", body));
+            }
+            signal.notify_one();
+            return Action::Respond(respond(405, "text/plain", ""));
+        }
+        Action::Pass
+    });
+    let server = Server::start(generic(), Some(hook)).await;
+    let args = args_for(&server);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut sidecar = Sidecar::spawn(&args, ENV);
+    sidecar.handshake().await;
+    let note = sidecar.recv().await;
+    assert_eq!(note["method"], "notifications/tools/list_changed");
+    sidecar.send_json(&call(1, "sum", json!({"a":1,"b":2}))).await;
+    assert_eq!(sidecar.recv().await["id"], 1);
+    // The stream ended; the sidecar reopens it with Last-Event-ID (T-23) and gets 405.
+    tokio::time::timeout(PATIENCE, reconnected.notified()).await.expect("the GET stream was reopened");
+    let outcome = sidecar.finish().await;
+    let get2 = server.seen().into_iter().filter(|s| s.method == "GET").nth(1).unwrap();
+    assert_eq!(get2.header("last-event-id"), Some("e1"));
+    assert!(!outcome.stderr.contains("WARN"), "405 means no stream, not a problem: {}", outcome.stderr);
+}
+
+#[tokio::test]
+async fn j07_batches_go_out_in_one_post_and_every_request_is_answered() {
+    let server = Server::start(Options { json: true, ..generic() }, None).await;
+    let args = args_for(&server);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let hook_server = server;
+    let mut sidecar = Sidecar::spawn(&args, ENV);
+    sidecar.handshake().await;
+    // rmcp's server does not take batches; whatever it answers, each id gets exactly one answer.
+    sidecar.send(r#"[{"jsonrpc":"2.0","id":"b1","method":"ping"},{"jsonrpc":"2.0","id":"b2","method":"ping"},{"bad":true}]"#).await;
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        ids.push(sidecar.recv().await["id"].clone());
+    }
+    ids.sort_by_key(|v| v.to_string());
+    assert_eq!(ids, vec![json!("b1"), json!("b2"), json!(null)]);
+    sidecar.finish().await;
+    let batch: Vec<_> = hook_server.seen().into_iter().filter(|s| s.json.is_array()).collect();
+    assert_eq!(batch.len(), 1);
+    assert_eq!(batch[0].json.as_array().unwrap().len(), 2, "the invalid member is answered locally");
+}
