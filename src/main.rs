@@ -22,15 +22,21 @@ fn main() -> ExitCode {
     for warning in &config.warnings {
         tracing::warn!("{warning}");
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+    // One thread: a proxy's work per message is a few syscalls, and every hand-off between
+    // threads costs a wake-up. Measured with shared/bench: current-thread beats two workers at
+    // C=1 (0.55x vs 0.34x of direct HTTP) and at C=32 (0.86x vs 0.76x), with less memory.
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("mcp-sidecar: could not start the async runtime: {e}");
             return ExitCode::from(1);
         }
     };
-    let result =
-        runtime.block_on(mcp_sidecar::run(config, tokio::io::stdin(), tokio::io::stdout(), signal()));
+    let result = runtime.block_on(async {
+        // Inside the runtime: pipes register with its reactor.
+        let (input, output) = (mcp_sidecar::stdio::stdin(), mcp_sidecar::stdio::stdout());
+        mcp_sidecar::run(config, input, output, signal()).await
+    });
     // A blocking read on stdin may still be parked; do not wait for it.
     runtime.shutdown_background();
     match result {
