@@ -188,6 +188,36 @@ fn ignore_broken_pipe(e: io::Error) -> io::Result<()> {
     if e.kind() == io::ErrorKind::BrokenPipe { Ok(()) } else { Err(e) }
 }
 
+/// stdin as an async reader. A pipe (how MCP clients launch servers) is read directly through
+/// the reactor; anything else (a file, a terminal) through tokio's blocking-pool wrapper. The
+/// direct path saves two thread hand-offs per message.
+pub fn stdin() -> Box<dyn tokio::io::AsyncRead + Unpin + Send> {
+    #[cfg(unix)]
+    {
+        use std::os::fd::AsFd;
+        if let Ok(fd) = std::io::stdin().as_fd().try_clone_to_owned()
+            && let Ok(pipe) = tokio::net::unix::pipe::Receiver::from_owned_fd(fd)
+        {
+            return Box::new(pipe);
+        }
+    }
+    Box::new(tokio::io::stdin())
+}
+
+/// stdout as an async writer, like [`stdin`]: a pipe directly, anything else through tokio.
+pub fn stdout() -> Box<dyn tokio::io::AsyncWrite + Unpin + Send> {
+    #[cfg(unix)]
+    {
+        use std::os::fd::AsFd;
+        if let Ok(fd) = std::io::stdout().as_fd().try_clone_to_owned()
+            && let Ok(pipe) = tokio::net::unix::pipe::Sender::from_owned_fd(fd)
+        {
+            return Box::new(pipe);
+        }
+    }
+    Box::new(tokio::io::stdout())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -278,34 +308,4 @@ mod tests {
         r.read_to_string(&mut s).await.unwrap();
         assert_eq!(s, "{\"a\":1}\n{\"b\":2}\n");
     }
-}
-
-/// stdin as an async reader. A pipe (how MCP clients launch servers) is read directly through
-/// the reactor; anything else (a file, a terminal) through tokio's blocking-pool wrapper. The
-/// direct path saves two thread hand-offs per message.
-pub fn stdin() -> Box<dyn tokio::io::AsyncRead + Unpin + Send> {
-    #[cfg(unix)]
-    {
-        use std::os::fd::AsFd;
-        if let Ok(fd) = std::io::stdin().as_fd().try_clone_to_owned()
-            && let Ok(pipe) = tokio::net::unix::pipe::Receiver::from_owned_fd(fd)
-        {
-            return Box::new(pipe);
-        }
-    }
-    Box::new(tokio::io::stdin())
-}
-
-/// stdout as an async writer, like [`stdin`]: a pipe directly, anything else through tokio.
-pub fn stdout() -> Box<dyn tokio::io::AsyncWrite + Unpin + Send> {
-    #[cfg(unix)]
-    {
-        use std::os::fd::AsFd;
-        if let Ok(fd) = std::io::stdout().as_fd().try_clone_to_owned()
-            && let Ok(pipe) = tokio::net::unix::pipe::Sender::from_owned_fd(fd)
-        {
-            return Box::new(pipe);
-        }
-    }
-    Box::new(tokio::io::stdout())
 }
