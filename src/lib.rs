@@ -79,7 +79,14 @@ where
             _ = &mut shutdown => break Stop::Signal,
             _ = outbox.closed() => break Stop::StdoutClosed,
             frame = reader.next_frame() => match frame {
-                Ok(Some(frame)) => proxy.dispatch(frame).await,
+                // Dispatch may wait (initialize is sent in line, stdout may be full): a signal
+                // or a vanished client must still end the run at once.
+                Ok(Some(frame)) => tokio::select! {
+                    biased;
+                    _ = &mut shutdown => break Stop::Signal,
+                    _ = outbox.closed() => break Stop::StdoutClosed,
+                    _ = proxy.dispatch(frame) => {}
+                },
                 Ok(None) => break Stop::Eof,
                 Err(e) => break Stop::ReadError(e),
             },

@@ -735,7 +735,7 @@ impl Proxy {
         debug!(requests, errors, "proxy stopped");
         if errors > 0 {
             info!(
-                "{requests} requests forwarded to {}, {errors} answered with an error by mcp-sidecar",
+                "{errors} of {requests} requests to {} were answered with an error by mcp-sidecar",
                 self.up.shown_url()
             );
         }

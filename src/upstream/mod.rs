@@ -214,7 +214,9 @@ impl Upstream {
         let port = self.url.port_or_known_default().unwrap_or(0);
         let chain = error_chain(e);
         let lower = chain.to_ascii_lowercase();
-        let (message, sent) = if e.is_connect() || lower.contains("dns error") {
+        let (message, sent) = if let Some(tls) = tls_error(e) {
+            (tls_message(tls, host, port), false)
+        } else if e.is_connect() || lower.contains("dns error") {
             let m = if lower.contains("dns error")
                 || lower.contains("lookup")
                 || lower.contains("name or service")
@@ -452,6 +454,56 @@ fn cut(text: &str, max: usize) -> String {
     match text.char_indices().nth(max) {
         Some((i, _)) => format!("{}…", &text[..i]),
         None => text.to_owned(),
+    }
+}
+
+/// The TLS error behind a failed request, if that is what it was. rustls errors arrive as a
+/// source, or wrapped in an `io::Error` by the TLS stream.
+fn tls_error(e: &reqwest::Error) -> Option<&rustls::Error> {
+    let mut source = e.source();
+    while let Some(s) = source {
+        // io::Error::source() skips the error it wraps; get_ref() reaches it.
+        let mut inner: Option<&(dyn std::error::Error + 'static)> = Some(s);
+        while let Some(i) = inner {
+            if let Some(tls) = i.downcast_ref::<rustls::Error>() {
+                return Some(tls);
+            }
+            inner = i.downcast_ref::<std::io::Error>().and_then(|io| io.get_ref()).map(|e| e as _);
+        }
+        source = s.source();
+    }
+    None
+}
+
+/// One sentence per TLS failure users meet: not TLS at all, untrusted, expired, wrong host.
+fn tls_message(e: &rustls::Error, host: &str, port: u16) -> String {
+    use rustls::{CertificateError, Error};
+    match e {
+        Error::InvalidCertificate(CertificateError::UnknownIssuer | CertificateError::BadSignature) => {
+            format!(
+                "the TLS certificate of {host} is not signed by an authority this machine trusts (self-signed, or a private CA): add that CA to the system's trust store"
+            )
+        }
+        Error::InvalidCertificate(CertificateError::Expired | CertificateError::ExpiredContext { .. }) => {
+            format!(
+                "the TLS certificate of {host} has expired (or this machine's clock is wrong): the server must renew it"
+            )
+        }
+        Error::InvalidCertificate(
+            CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
+        ) => {
+            format!("the TLS certificate presented by {host} is for another host name: check the URL's host")
+        }
+        Error::InvalidMessage(_)
+        | Error::InappropriateMessage { .. }
+        | Error::InappropriateHandshakeMessage { .. } => {
+            format!(
+                "{host}:{port} did not answer with TLS: if it serves plain HTTP, use an http:// URL (with --allow-http for remote hosts)"
+            )
+        }
+        other => format!(
+            "the TLS handshake with {host} failed ({other}): check the URL and the server's certificate"
+        ),
     }
 }
 

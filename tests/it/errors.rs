@@ -215,3 +215,16 @@ async fn garbage_and_answers_for_other_ids_still_get_the_request_answered() {
     assert!(s.recv().await["result"].is_object());
     s.finish().await;
 }
+
+#[tokio::test]
+async fn tls_failures_are_explained() {
+    // https to a server that speaks plain HTTP: the handshake cannot succeed.
+    let server = Server::start(generic(), None).await;
+    let url = server.url.replace("http://", "https://");
+    let mut s = Sidecar::spawn(&[&url, "--api-key-env", "TEST_KEY"], ENV);
+    let e = init_error(&mut s, 1).await;
+    assert_eq!(e["data"]["kind"], "unreachable", "{e}");
+    assert_eq!(e["data"]["requestSent"], false);
+    assert!(e["message"].as_str().unwrap().contains("TLS"), "{e}");
+    s.finish().await;
+}

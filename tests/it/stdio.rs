@@ -145,3 +145,30 @@ async fn closed_stdout_ends_the_process_cleanly() {
     let status = tokio::time::timeout(PATIENCE, child.wait()).await.expect("exits").unwrap();
     assert!(status.success(), "{status:?}");
 }
+
+#[tokio::test]
+async fn a_signal_ends_the_run_even_while_initialize_hangs() {
+    let never = Arc::new(Notify::new());
+    let held = never.clone();
+    let hook: Hook = Arc::new(move |_: &Seen| Action::Hold(held.clone()));
+    let server = Server::start(generic(), Some(hook)).await;
+    let args = args_for(&server);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut s = Sidecar::spawn(&args, ENV);
+    s.send_json(&request(
+        0,
+        "initialize",
+        json!({"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"t","version":"1"}}),
+    ))
+    .await;
+    while server.posts("initialize").is_empty() {
+        tokio::task::yield_now().await;
+    }
+    s.signal("INT");
+    let outcome = s.wait().await;
+    assert!(outcome.status.success());
+    let answer = &outcome.messages()[0];
+    assert_eq!(answer["id"], 0);
+    assert_eq!(answer["error"]["data"]["kind"], "shutting_down");
+    never.notify_waiters();
+}
