@@ -85,6 +85,29 @@ pub struct Cli {
     #[arg(long, value_name = "SECS", env = "MCP_SIDECAR_REQUEST_TIMEOUT", default_value = "300")]
     pub request_timeout: f64,
 
+    /// How many times one message is sent again after a 429 (or a 503 with Retry-After), or
+    /// after a connection that failed before the request went out. Never after a reply that may
+    /// mean the server processed it.
+    #[arg(
+        long,
+        value_name = "N",
+        env = "MCP_SIDECAR_MAX_RETRIES",
+        default_value_t = crate::retry::DEFAULT_MAX_RETRIES
+    )]
+    pub max_retries: u32,
+
+    /// The longest single wait for a rate limit, in seconds. A longer one is answered at once
+    /// with an error that says when the limit resets. The default stays under the 60 s request
+    /// timeout of common clients; raise it if yours waits longer.
+    #[arg(long, value_name = "SECS", env = "MCP_SIDECAR_MAX_WAIT", default_value = "45")]
+    pub max_wait: f64,
+
+    /// A client-side limit such as 10/min or 1000/day (repeatable, or comma-separated), shared
+    /// by every mcp-sidecar on this machine that uses the same key, so the server's limit is
+    /// never hit.
+    #[arg(long, value_name = "N/UNIT", env = "MCP_SIDECAR_RATE_LIMIT", value_delimiter = ',')]
+    pub rate_limit: Vec<String>,
+
     /// The largest message accepted, in bytes, on stdin and from the server.
     #[arg(
         long,

@@ -14,6 +14,8 @@ use secrecy::{ExposeSecret, SecretString};
 use url::{Host, Url};
 
 use crate::cli::{Cli, LogFormat, LogLevel, Preset, Transport};
+use crate::ratelimit::Limit;
+use crate::retry::RetryPolicy;
 
 /// Header name used with `--auth-header x-api-key`.
 static X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
@@ -132,6 +134,10 @@ pub struct Config {
     pub request_timeout: Duration,
     /// `--max-message-bytes`.
     pub max_message_bytes: usize,
+    /// `--max-retries` and `--max-wait`.
+    pub retry: RetryPolicy,
+    /// `--rate-limit`.
+    pub rate_limits: Vec<Limit>,
     /// `--log-level`.
     pub log_level: LogLevel,
     /// `--log-format`.
@@ -203,6 +209,18 @@ impl Config {
             connect_timeout: seconds("--connect-timeout", cli.connect_timeout)?,
             request_timeout: seconds("--request-timeout", cli.request_timeout)?,
             max_message_bytes: cli.max_message_bytes.max(1024),
+            retry: RetryPolicy {
+                max_retries: cli.max_retries,
+                max_wait: Duration::try_from_secs_f64(cli.max_wait).map_err(|_| {
+                    ConfigError(format!("--max-wait {} is not a number of seconds (0 or more)", cli.max_wait))
+                })?,
+            },
+            rate_limits: cli
+                .rate_limit
+                .iter()
+                .filter(|l| !l.trim().is_empty())
+                .map(|l| Limit::parse(l).map_err(|e| ConfigError(format!("--rate-limit {e}"))))
+                .collect::<Result<_, _>>()?,
             log_level: cli.log_level,
             log_format: cli.log_format,
             warnings,
@@ -489,6 +507,18 @@ mod tests {
         );
         let c = config(&["http://127.0.0.1:1/mcp", "--request-timeout", "1.5"], &[]).unwrap();
         assert_eq!(c.request_timeout, Duration::from_millis(1500));
+    }
+
+    #[test]
+    fn retry_and_rate_limit_options() {
+        let c = config(&["http://127.0.0.1:1/mcp", "--max-wait", "0", "--rate-limit", "10/min,100/day"], &[])
+            .unwrap();
+        assert_eq!(c.retry.max_wait, Duration::ZERO);
+        assert_eq!(c.retry.max_retries, 3);
+        assert_eq!(c.rate_limits.len(), 2);
+        let e = err(&["http://127.0.0.1:1/mcp", "--rate-limit", "10/fortnight"], &[]);
+        assert!(e.starts_with("--rate-limit") && e.contains("unit"), "{e}");
+        assert!(err(&["http://127.0.0.1:1/mcp", "--max-wait=-1"], &[]).contains("--max-wait"));
     }
 
     #[test]

@@ -23,6 +23,8 @@ pub const UPSTREAM_ERROR: i64 = -32000;
 pub const REQUEST_TIMEOUT: i64 = -32001;
 /// The server rejected the credentials (401) or their scope (403).
 pub const AUTH_ERROR: i64 = -32003;
+/// The rate limit keeps the request from going through within `--max-wait` or `--max-retries`.
+pub const RATE_LIMITED: i64 = -32004;
 /// The proxy is shutting down and the request could not finish.
 pub const SHUTTING_DOWN: i64 = -32005;
 
@@ -186,6 +188,7 @@ pub enum ErrorKind {
     BadResponse,
     StreamEnded,
     ShuttingDown,
+    RateLimited,
 }
 
 impl ErrorKind {
@@ -205,6 +208,7 @@ impl ErrorKind {
             ErrorKind::BadResponse => "bad_response",
             ErrorKind::StreamEnded => "stream_ended",
             ErrorKind::ShuttingDown => "shutting_down",
+            ErrorKind::RateLimited => "rate_limited",
         }
     }
 }
@@ -224,6 +228,10 @@ pub struct LocalError {
     pub request_sent: Option<bool>,
     /// `data.serverBody`: the server's error body, when it had one (JSON, or text cut short).
     pub server_body: Option<serde_json::Value>,
+    /// `data.retryAfterSeconds`: when the rate limit resets, if known.
+    pub retry_after: Option<std::time::Duration>,
+    /// `data.rateLimitHeaders`: the rate-limit headers seen.
+    pub rate_limit_headers: Vec<(String, String)>,
 }
 
 impl LocalError {
@@ -236,6 +244,8 @@ impl LocalError {
             http_status: None,
             request_sent: None,
             server_body: None,
+            retry_after: None,
+            rate_limit_headers: Vec::new(),
         }
     }
 
@@ -252,6 +262,14 @@ impl LocalError {
         }
         if let Some(body) = &self.server_body {
             data.insert("serverBody".into(), body.clone());
+        }
+        if let Some(wait) = self.retry_after {
+            data.insert("retryAfterSeconds".into(), wait.as_secs_f64().ceil().min(u64::MAX as f64).into());
+        }
+        if !self.rate_limit_headers.is_empty() {
+            let headers: serde_json::Map<_, _> =
+                self.rate_limit_headers.iter().map(|(k, v)| (k.clone(), v.clone().into())).collect();
+            data.insert("rateLimitHeaders".into(), headers.into());
         }
         let error = serde_json::json!({
             "code": self.code,

@@ -15,6 +15,8 @@
 //! - [`envelope`]: the borrowed JSON-RPC envelope; the proxy's own error responses.
 //! - [`proxy`]: the pending-request table, one task per request, exactly one answer each.
 //! - [`upstream`]: the HTTP client (Streamable HTTP), SSE decoding, MCP header derivation.
+//! - [`retry`] and [`ratelimit`]: how long the server asks us to wait; the per-origin gate that
+//!   makes every request (and every sidecar with the same key) wait for it.
 //!
 //! [`run`] ties them together; `main.rs` only parses flags, sets up logging and calls it.
 
@@ -24,11 +26,14 @@ pub mod cli;
 pub mod config;
 pub mod envelope;
 pub mod proxy;
+pub mod ratelimit;
+pub mod retry;
 pub mod stdio;
 pub mod upstream;
 
 use std::future::Future;
 
+use secrecy::ExposeSecret;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tracing::{debug, error};
 
@@ -69,7 +74,22 @@ where
     let (outbox, rx) = Outbox::new();
     let (finish, finished) = tokio::sync::oneshot::channel();
     let writer = tokio::spawn(stdio::write_lines(rx, output, finished));
-    let proxy = Proxy::new(up, outbox.clone(), config.request_timeout, config.max_message_bytes);
+    let key_id = config.api_key.as_ref().map(|k| k.secret.expose_secret().to_owned()).unwrap_or_default();
+    let gate = ratelimit::Gate::new(
+        &config.url.origin().ascii_serialization(),
+        &key_id,
+        config.state_dir.as_deref(),
+        config.rate_limits.clone(),
+    );
+    drop(key_id);
+    let proxy = Proxy::new(
+        up,
+        outbox.clone(),
+        config.request_timeout,
+        config.max_message_bytes,
+        gate,
+        config.retry.clone(),
+    );
     let mut reader = LineReader::new(input, config.max_message_bytes);
 
     tokio::pin!(shutdown);

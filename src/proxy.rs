@@ -14,12 +14,12 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use futures_util::StreamExt;
 use reqwest::StatusCode;
-use reqwest::header::CONTENT_TYPE;
+use reqwest::header::{CONTENT_TYPE, RETRY_AFTER};
 use serde_json::value::RawValue;
 use tokio::sync::oneshot;
 use tokio::task::AbortHandle;
@@ -28,9 +28,11 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, info, trace, warn};
 
 use crate::envelope::{
-    self, Envelope, ErrorKind, INVALID_REQUEST, IdKey, Kind, LocalError, PARSE_ERROR, SHUTTING_DOWN,
-    UPSTREAM_ERROR,
+    self, Envelope, ErrorKind, INVALID_REQUEST, IdKey, Kind, LocalError, PARSE_ERROR, RATE_LIMITED,
+    SHUTTING_DOWN, UPSTREAM_ERROR,
 };
+use crate::ratelimit::Gate;
+use crate::retry::{self, RetryPolicy};
 use crate::stdio::{Frame, Outbox};
 use crate::upstream::headers::{MessageHeaders, SESSION_ID};
 use crate::upstream::{MAX_ERROR_BODY_BYTES, Upstream, jsonrpc_error, sse};
@@ -91,12 +93,28 @@ pub struct Proxy {
     /// Error kinds already logged at warn level: one line per problem, not per message.
     warned: Mutex<Vec<ErrorKind>>,
     shutting_down: AtomicBool,
+    /// The rate-limit gate of this origin and key.
+    gate: Gate,
+    /// `--max-retries`, `--max-wait`.
+    policy: RetryPolicy,
+    /// The rate-limit headers of the last 429, for errors made while holding requests.
+    last_limit_headers: Mutex<Vec<(String, String)>>,
 }
 
 impl Proxy {
     /// A proxy that forwards to `up` and writes to `out`.
-    pub fn new(up: Upstream, out: Outbox, request_timeout: Duration, max_message: usize) -> Arc<Self> {
+    pub fn new(
+        up: Upstream,
+        out: Outbox,
+        request_timeout: Duration,
+        max_message: usize,
+        gate: Gate,
+        policy: RetryPolicy,
+    ) -> Arc<Self> {
         Arc::new(Proxy {
+            gate,
+            policy,
+            last_limit_headers: Mutex::new(Vec::new()),
             up,
             out,
             pending: Mutex::new(HashMap::new()),
@@ -151,8 +169,10 @@ impl Proxy {
                     self.request_timeout
                 };
                 let Some((key, id)) = self.register(&env, init, headers.is_modern()) else { return };
+                let what = format!("{method} (id {})", env.id.map_or("?", RawValue::get));
                 let ids = vec![(key.clone(), id)];
-                let handle = self.tasks.spawn(self.clone().run_request(line, headers, ids, init, limit));
+                let handle =
+                    self.tasks.spawn(self.clone().run_request(line, headers, ids, init, limit, what));
                 if init {
                     // In line: whatever the client sends next needs the session this creates
                     // (a client must wait for the answer anyway, S-11; scripts may not).
@@ -253,12 +273,20 @@ impl Proxy {
             return;
         }
         let body: Bytes =
-            if valid.len() == members.len() { line } else { format!("[{}]", valid.join(",")).into() };
+            if valid.len() == members.len() { line.clone() } else { format!("[{}]", valid.join(",")).into() };
         if ids.is_empty() {
             self.tasks.spawn(self.clone().send_one_way(body, MessageHeaders::default(), "batch".into()));
         } else {
             let limit = self.request_timeout;
-            self.tasks.spawn(self.clone().run_request(body, MessageHeaders::default(), ids, false, limit));
+            let what = format!("a batch of {}", valid.len());
+            self.tasks.spawn(self.clone().run_request(
+                body,
+                MessageHeaders::default(),
+                ids,
+                false,
+                limit,
+                what,
+            ));
         }
     }
 
@@ -332,9 +360,10 @@ impl Proxy {
         ids: Vec<(IdKey, oneshot::Receiver<()>)>,
         initialize: bool,
         limit: Duration,
+        what: String,
     ) {
         let keys: Vec<IdKey> = ids.iter().map(|(k, _)| k.clone()).collect();
-        if let Err(err) = self.exchange(body, &headers, ids, initialize, limit).await {
+        if let Err(err) = self.exchange(body, &headers, ids, initialize, limit, &what).await {
             for key in &keys {
                 self.fail(key, &err).await;
             }
@@ -350,20 +379,13 @@ impl Proxy {
         ids: Vec<(IdKey, oneshot::Receiver<()>)>,
         initialize: bool,
         limit: Duration,
+        what: &str,
     ) -> Result<(), LocalError> {
-        let mut deadline = Instant::now() + limit;
-        let session = if initialize {
+        if initialize {
             self.up.reset_session();
-            None
-        } else {
-            Some(self.up.session())
-        };
-        let (request, sent_session) = self.up.post(body, headers, session.as_ref());
-        let response = match timeout_at(deadline, request.send()).await {
-            Err(_) => return Err(self.up.timeout_error(limit)),
-            Ok(Err(e)) => return Err(self.up.send_error(&e)),
-            Ok(Ok(r)) => r,
-        };
+        }
+        let (response, sent_session, mut deadline) =
+            self.send(&body, headers, initialize, limit, what).await?;
         let status = response.status();
         debug!(status = status.as_u16(), "POST answered");
         if !status.is_success() {
@@ -433,6 +455,170 @@ impl Proxy {
         ))
     }
 
+    /// Sends one POST: through the rate-limit gate, waiting out 429s (and 503s with Retry-After)
+    /// as the server asks, and sending again only what provably was not processed (a refused
+    /// connection, a 429; RFC 9110 §9.2.2, R-05). Returns the response, whether it carried the
+    /// session id, and the deadline for reading it.
+    async fn send(
+        &self,
+        body: &Bytes,
+        headers: &MessageHeaders,
+        initialize: bool,
+        limit: Duration,
+        what: &str,
+    ) -> Result<(reqwest::Response, bool, Instant), LocalError> {
+        let mut retries = 0u32;
+        loop {
+            self.admit(what).await?;
+            let session = if initialize { None } else { Some(self.up.session()) };
+            let (request, sent_session) = self.up.post(body.clone(), headers, session.as_ref());
+            // The timeout measures the server, not the time spent waiting for the gate.
+            let deadline = Instant::now() + limit;
+            let response = match timeout_at(deadline, request.send()).await {
+                Err(_) => return Err(self.up.timeout_error(limit)),
+                Ok(Err(e)) => {
+                    let err = self.up.send_error(&e);
+                    if err.request_sent == Some(false) && retries < self.policy.max_retries {
+                        let wait = self.policy.backoff(retries);
+                        retries += 1;
+                        self.gate.stats.retries.fetch_add(1, Ordering::Relaxed);
+                        info!(
+                            "{what}: {}; trying again in {} ({retries} of {})",
+                            err.message,
+                            retry::human(wait),
+                            self.policy.max_retries
+                        );
+                        tokio::time::sleep(wait).await;
+                        continue;
+                    }
+                    return Err(err);
+                }
+                Ok(Ok(r)) => r,
+            };
+            let status = response.status();
+            let limited = status == StatusCode::TOO_MANY_REQUESTS
+                || (status == StatusCode::SERVICE_UNAVAILABLE
+                    && response.headers().contains_key(RETRY_AFTER));
+            if !limited {
+                if status.is_success()
+                    && let Some(w) = retry::quota_spent(response.headers(), SystemTime::now())
+                {
+                    debug!(
+                        "the server says the quota is spent; holding requests for {}",
+                        retry::human(w.delay)
+                    );
+                    self.gate.block_for(w.delay, w.source.as_str());
+                }
+                return Ok((response, sent_session, deadline));
+            }
+            self.gate.stats.limited.fetch_add(1, Ordering::Relaxed);
+            let resp_headers = response.headers().clone();
+            *self.last_limit_headers.lock().unwrap() = retry::rate_limit_headers(&resp_headers);
+            let asked = retry::server_wait(&resp_headers, SystemTime::now());
+            let wait = match asked {
+                Some(w) => self.policy.with_jitter(w.delay),
+                None => self.policy.backoff(retries),
+            };
+            let source = asked.map_or(retry::Source::Backoff, |w| w.source);
+            if let Some(w) = asked {
+                // Whatever happens to this request, the others wait for the same deadline.
+                self.gate.block_for(w.delay, source.as_str());
+            }
+            if wait > self.policy.max_wait || retries >= self.policy.max_retries {
+                let body = read_body(response, MAX_ERROR_BODY_BYTES, deadline).await.unwrap_or_default();
+                let over_cap = wait > self.policy.max_wait;
+                return Err(self.rate_limited(
+                    Some((status, &body)),
+                    wait,
+                    source.as_str(),
+                    over_cap,
+                    retries,
+                    false,
+                ));
+            }
+            if asked.is_none() {
+                self.gate.block_for(wait, source.as_str());
+            }
+            drop(response);
+            retries += 1;
+            self.gate.stats.retries.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Waits at the gate, logging each wait; a wait longer than `--max-wait` is an error.
+    async fn admit(&self, what: &str) -> Result<(), LocalError> {
+        let max = self.policy.max_wait;
+        self.gate
+            .admit(max, |wait, why| info!("{what}: waiting {} for the rate limit ({why})", retry::human(wait)))
+            .await
+            .map_err(|b| {
+                if b.client_side {
+                    let mut err = LocalError::new(
+                        RATE_LIMITED,
+                        ErrorKind::RateLimited,
+                        format!(
+                            "the client-side limit {} is used up; a slot frees in {}, longer than --max-wait {}: try again then, or raise the limit",
+                            b.reason.trim_start_matches("--rate-limit "),
+                            retry::human(b.wait),
+                            retry::human(max)
+                        ),
+                    );
+                    err.request_sent = Some(false);
+                    err.retry_after = Some(b.wait);
+                    err
+                } else {
+                    self.rate_limited(None, b.wait, &b.reason, true, 0, true)
+                }
+            })
+    }
+
+    /// The error for a request the rate limit keeps from going through: when it resets, which
+    /// limit (a guess at a daily quota for long waits), and the headers seen.
+    fn rate_limited(
+        &self,
+        response: Option<(StatusCode, &[u8])>,
+        wait: Duration,
+        source: &str,
+        over_cap: bool,
+        retries: u32,
+        held: bool,
+    ) -> LocalError {
+        let host = self.up.host();
+        let resets = if source == retry::Source::Backoff.as_str() {
+            "the server did not say when it resets".to_owned()
+        } else {
+            let daily = if wait >= Duration::from_secs(3600) { " (a daily quota?)" } else { "" };
+            format!("it resets in {}{daily}", retry::human(wait))
+        };
+        let status = response.map_or(String::new(), |(s, body)| {
+            let said = crate::upstream::server_message(body)
+                .map(|t| format!(": {}", self.up.redact(&t)))
+                .unwrap_or_default();
+            format!(" (HTTP {}{said})", s.as_u16())
+        });
+        let message = if held {
+            format!(
+                "rate limit reached at {host} ({source}); {resets}, longer than --max-wait {}: try again then",
+                retry::human(self.policy.max_wait)
+            )
+        } else if over_cap {
+            format!(
+                "rate limit reached at {host}{status}; {resets}, longer than --max-wait {}, so the request was not sent again: try again then",
+                retry::human(self.policy.max_wait)
+            )
+        } else {
+            format!(
+                "still rate limited by {host}{status} after {retries} retries (--max-retries); {resets}: try again then"
+            )
+        };
+        let mut err = LocalError::new(RATE_LIMITED, ErrorKind::RateLimited, message);
+        err.http_status = response.map(|(s, _)| s.as_u16());
+        err.request_sent = Some(false);
+        err.retry_after = (source != retry::Source::Backoff.as_str()).then_some(wait);
+        err.rate_limit_headers = self.last_limit_headers.lock().unwrap().clone();
+        err
+    }
+
     /// Answers the pending ids of a request that got an HTTP error status: the server's own
     /// JSON-RPC error where it sent one (T-40), else an error that explains the status.
     async fn answer_http_error(
@@ -468,23 +654,17 @@ impl Proxy {
     /// Sends a notification or a client response; nothing comes back to the client. Returns
     /// whether the server accepted it.
     async fn send_one_way(self: Arc<Self>, body: Bytes, headers: MessageHeaders, what: String) -> bool {
-        let session = self.up.session();
-        let (request, sent_session) = self.up.post(body, &headers, Some(&session));
-        match timeout(self.request_timeout, request.send()).await {
-            Err(_) => {
-                self.report(&self.up.timeout_error(self.request_timeout));
+        match self.send(&body, &headers, false, self.request_timeout, &what).await {
+            Err(err) => {
+                self.report_with(&err, &format!("{what} was not delivered"));
                 false
             }
-            Ok(Err(e)) => {
-                self.report(&self.up.send_error(&e));
-                false
-            }
-            Ok(Ok(response)) if response.status().is_success() => {
+            Ok((response, _, _)) if response.status().is_success() => {
                 // Any body on a 2xx to a message without a request is ignored (T-04).
                 debug!(status = response.status().as_u16(), what, "one-way message accepted");
                 true
             }
-            Ok(Ok(response)) => {
+            Ok((response, sent_session, _)) => {
                 let status = response.status();
                 let resp_headers = response.headers().clone();
                 let deadline = Instant::now() + Duration::from_secs(5);
@@ -512,7 +692,26 @@ impl Proxy {
         let mut retry: Option<Duration> = None;
         let mut failures = 0u32;
         loop {
+            // The GET stream waits at the gate like everything else; nobody waits on it, so it
+            // sits out even waits longer than --max-wait.
+            if let Err(b) = self.gate.admit(self.policy.max_wait, |_, _| {}).await {
+                tokio::time::sleep(b.wait).await;
+                continue;
+            }
             match self.up.get_stream(last_event_id.as_deref()).send().await {
+                Ok(r) if r.status() == StatusCode::TOO_MANY_REQUESTS => {
+                    self.gate.stats.limited.fetch_add(1, Ordering::Relaxed);
+                    let asked = retry::server_wait(r.headers(), SystemTime::now());
+                    let wait =
+                        asked.map_or(self.policy.backoff(failures), |w| self.policy.with_jitter(w.delay));
+                    let source = asked.map_or(retry::Source::Backoff, |w| w.source).as_str();
+                    info!(
+                        "the stream for server messages is rate limited; reopening it in {} ({source})",
+                        retry::human(wait)
+                    );
+                    self.gate.block_for(wait, source);
+                    continue;
+                }
                 Ok(r) if matches!(r.status().as_u16(), 404 | 405) => {
                     debug!(status = r.status().as_u16(), "the server offers no GET stream");
                     return;
@@ -724,11 +923,25 @@ impl Proxy {
             self.write(err.to_response(Some(&entry.id)).into()).await;
         }
         if let Some(delete) = self.up.delete_session() {
-            match timeout(DELETE_TIMEOUT, delete.send()).await {
-                Ok(Ok(r)) => debug!(status = r.status().as_u16(), "session closed"),
-                Ok(Err(e)) => debug!(error = %e.without_url(), "closing the session failed"),
-                Err(_) => debug!("closing the session timed out"),
+            // Same rate-limit rules, within the shutdown budget.
+            if self.gate.admit(DELETE_TIMEOUT, |_, _| {}).await.is_err() {
+                debug!("not closing the session: the rate limit holds requests past the shutdown budget");
+            } else {
+                match timeout(DELETE_TIMEOUT, delete.send()).await {
+                    Ok(Ok(r)) => debug!(status = r.status().as_u16(), "session closed"),
+                    Ok(Err(e)) => debug!(error = %e.without_url(), "closing the session failed"),
+                    Err(_) => debug!("closing the session timed out"),
+                }
             }
+        }
+        let limited = self.gate.stats.limited.load(Ordering::Relaxed);
+        let waits = self.gate.stats.waits.load(Ordering::Relaxed);
+        if limited > 0 || waits > 0 {
+            info!(
+                "rate limits: {limited} answers with HTTP 429, {waits} waits totalling {}, {} requests sent again",
+                retry::human(Duration::from_millis(self.gate.stats.waited_ms.load(Ordering::Relaxed))),
+                self.gate.stats.retries.load(Ordering::Relaxed)
+            );
         }
         let requests = self.stats.requests.load(Ordering::Relaxed);
         let errors = self.stats.local_errors.load(Ordering::Relaxed);

@@ -94,6 +94,11 @@ impl Upstream {
         })
     }
 
+    /// The server's host, for messages.
+    pub fn host(&self) -> &str {
+        self.url.host_str().unwrap_or("the server")
+    }
+
     /// The endpoint, fit for messages.
     pub fn shown_url(&self) -> &str {
         &self.shown_url
@@ -394,7 +399,7 @@ pub fn jsonrpc_error(body: &[u8]) -> Option<(&RawValue, Option<&RawValue>)> {
 
 /// The human part of an error body: JSON `error.message` (+ `error.data.message`), `message`,
 /// `error` (string), or the first line of a text body; cut short.
-fn server_message(body: &[u8]) -> Option<String> {
+pub fn server_message(body: &[u8]) -> Option<String> {
     if body.is_empty() {
         return None;
     }

@@ -1,0 +1,495 @@
+//! How long to wait before sending again: the server's rate-limit headers, else backoff.
+//!
+//! [`server_wait`] reads every header form a server may use to say "not before" (§4.4 of the
+//! requirements): `Retry-After` as delay-seconds or any of the three HTTP-date forms, computed
+//! against the response's own `Date` so that clock skew cancels (R-02…R-04); the IETF `RateLimit`
+//! field's `t` for an exhausted policy (R-11); `X-RateLimit-Reset-After`; and
+//! `X-RateLimit-Reset`/`RateLimit-Reset` as epoch seconds, epoch milliseconds or delta seconds by
+//! magnitude, or an HTTP-date, RFC 3339 time or Go duration. Names are case-insensitive; invalid
+//! values are ignored, never fatal. [`RetryPolicy`] supplies the budget and, when no header
+//! helps, exponential backoff with full jitter. This is the only module that uses `backon`.
+//! Nothing here sleeps or sends: the caller waits, through the gate in [`crate::ratelimit`].
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use backon::BackoffBuilder;
+use reqwest::header::{DATE, HeaderMap, RETRY_AFTER};
+
+/// The longest header value parsed (rmcp keeps 128 bytes of Retry-After too).
+const MAX_HEADER_BYTES: usize = 128;
+/// Default `--max-retries`.
+pub const DEFAULT_MAX_RETRIES: u32 = 3;
+/// Default `--max-wait`: the longest single wait worth sitting through. Below the 60 s request
+/// timeout of the reference SDKs (TypeScript `DEFAULT_REQUEST_TIMEOUT_MSEC`), with room for the
+/// call itself.
+pub const DEFAULT_MAX_WAIT: Duration = Duration::from_secs(45);
+/// The first backoff step when no header says how long to wait.
+const BACKOFF_BASE: Duration = Duration::from_secs(1);
+/// Jitter added after a server-given wait: at most this, and at most a tenth of the wait (R-13).
+const MAX_JITTER: Duration = Duration::from_millis(500);
+
+/// Which header a wait came from (for logs and errors).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    RetryAfter,
+    RateLimit,
+    ResetAfter,
+    Reset,
+    Backoff,
+}
+
+impl Source {
+    /// The header's name as users see it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::RetryAfter => "Retry-After",
+            Source::RateLimit => "RateLimit",
+            Source::ResetAfter => "X-RateLimit-Reset-After",
+            Source::Reset => "X-RateLimit-Reset",
+            Source::Backoff => "backoff",
+        }
+    }
+}
+
+/// A wait the server asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Wait {
+    /// How long, from when the response arrived.
+    pub delay: Duration,
+    /// Where it came from.
+    pub source: Source,
+}
+
+/// The first valid value of a header, trimmed, if it is short enough to be sane.
+fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    let v = headers.get(name)?.to_str().ok()?.trim();
+    (!v.is_empty() && v.len() <= MAX_HEADER_BYTES).then_some(v)
+}
+
+/// The server's clock at the response: its `Date` header, else ours (R-04).
+fn server_now(headers: &HeaderMap, local_now: SystemTime) -> SystemTime {
+    headers
+        .get(DATE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| httpdate::parse_http_date(v.trim()).ok())
+        .unwrap_or(local_now)
+}
+
+/// How long after `now` the instant `at` is (zero if past).
+fn until(at: SystemTime, now: SystemTime) -> Duration {
+    at.duration_since(now).unwrap_or(Duration::ZERO)
+}
+
+/// Seconds as written by a server: non-negative, fractions allowed where `fractional`.
+fn parse_secs(v: &str, fractional: bool) -> Option<Duration> {
+    if v.bytes().all(|b| b.is_ascii_digit()) {
+        // Saturate absurd values instead of failing: they are "longer than anyone waits".
+        return Some(v.parse::<u64>().map(Duration::from_secs).unwrap_or(Duration::MAX));
+    }
+    if !fractional || v.starts_with(['-', '+']) {
+        return None;
+    }
+    let f: f64 = v.parse().ok()?;
+    Duration::try_from_secs_f64(f).ok()
+}
+
+/// A wait from `Retry-After` (R-02): delay-seconds, or an HTTP-date against the server's `Date`.
+fn retry_after(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
+    let v = headers.get(RETRY_AFTER)?.to_str().ok()?.trim();
+    if v.is_empty() || v.len() > MAX_HEADER_BYTES {
+        return None;
+    }
+    if let Some(d) = parse_secs(v, false) {
+        return Some(d);
+    }
+    let at = httpdate::parse_http_date(v).ok()?;
+    Some(until(at, server_now(headers, now)))
+}
+
+/// A wait from the IETF `RateLimit` field (R-11): the largest `t` among exhausted (`r=0`) items.
+/// Also the pre-07 drafts' separate `RateLimit-Remaining: 0` with `RateLimit-Reset` (delta).
+fn ratelimit_field(headers: &HeaderMap) -> Option<Duration> {
+    if let Some(v) = headers.get("ratelimit").and_then(|v| v.to_str().ok()) {
+        let mut wait: Option<u64> = None;
+        for item in split_outside_quotes(v, ',') {
+            let params = parse_params(item);
+            let get = |k: &str| params.iter().find(|(n, _)| *n == k).map(|(_, v)| *v);
+            if get("r") == Some(0)
+                && let Some(t) = get("t")
+            {
+                wait = Some(wait.map_or(t, |w| w.max(t)));
+            }
+        }
+        if let Some(t) = wait {
+            return Some(Duration::from_secs(t));
+        }
+    }
+    None
+}
+
+/// Splits a structured-field list on `sep`, ignoring separators inside quoted strings.
+fn split_outside_quotes(s: &str, sep: char) -> Vec<&str> {
+    let mut parts = Vec::new();
+    let (mut start, mut quoted, mut escaped) = (0, false, false);
+    for (i, c) in s.char_indices() {
+        match c {
+            _ if escaped => escaped = false,
+            '\\' if quoted => escaped = true,
+            '"' => quoted = !quoted,
+            c if c == sep && !quoted => {
+                parts.push(s[start..i].trim());
+                start = i + c.len_utf8();
+            }
+            _ => {}
+        }
+    }
+    parts.push(s[start..].trim());
+    parts
+}
+
+/// The integer parameters of one structured-field item (`"name";r=0;t=30` → r, t); others skipped.
+fn parse_params(item: &str) -> Vec<(&str, u64)> {
+    split_outside_quotes(item, ';')
+        .into_iter()
+        .skip(1)
+        .filter_map(|p| {
+            let (k, v) = p.split_once('=')?;
+            let v = v.trim();
+            if v.is_empty() || !v.bytes().all(|b| b.is_ascii_digit()) {
+                return None;
+            }
+            Some((k.trim(), v.parse().ok()?))
+        })
+        .collect()
+}
+
+/// A reset value of unknown convention (§4.4 step 5): epoch ms, epoch s or delta s by magnitude;
+/// else an HTTP-date, an RFC 3339 time or a duration like `6m0s`.
+fn reset_value(v: &str, server_now: SystemTime) -> Option<Duration> {
+    if let Some(d) = parse_secs(v, true) {
+        let secs = d.as_secs_f64();
+        let epoch = |at: Duration| until(UNIX_EPOCH + at, server_now);
+        return Some(if secs >= 1e12 {
+            epoch(Duration::from_secs_f64(secs / 1000.0))
+        } else if secs >= 1e9 {
+            epoch(d)
+        } else {
+            d
+        });
+    }
+    if let Ok(at) = httpdate::parse_http_date(v) {
+        return Some(until(at, server_now));
+    }
+    if let Ok(at) = humantime::parse_rfc3339_weak(v) {
+        return Some(until(at, server_now));
+    }
+    humantime::parse_duration(v).ok()
+}
+
+/// Whether `X-RateLimit-Remaining` (or a variant) says the quota is spent, or is absent.
+fn remaining(headers: &HeaderMap) -> Option<u64> {
+    ["x-ratelimit-remaining", "x-rate-limit-remaining", "ratelimit-remaining"]
+        .iter()
+        .find_map(|n| header(headers, n))
+        .and_then(|v| v.parse().ok())
+}
+
+/// The wait a 429 (or 503) response asks for, if any header says (§4.4 steps 2–6).
+pub fn server_wait(headers: &HeaderMap, local_now: SystemTime) -> Option<Wait> {
+    let now = server_now(headers, local_now);
+    let found = retry_after(headers, local_now)
+        .map(|d| (d, Source::RetryAfter))
+        .or_else(|| ratelimit_field(headers).map(|d| (d, Source::RateLimit)))
+        .or_else(|| {
+            ["x-ratelimit-reset-after", "x-rate-limit-reset-after"]
+                .iter()
+                .find_map(|n| header(headers, n))
+                .and_then(|v| parse_secs(v, true))
+                .map(|d| (d, Source::ResetAfter))
+        })
+        .or_else(|| {
+            // Only a spent quota's reset is a wait (GitHub's guidance, §4.3).
+            if remaining(headers).is_some_and(|r| r > 0) {
+                return None;
+            }
+            ["x-ratelimit-reset", "x-rate-limit-reset", "ratelimit-reset"]
+                .iter()
+                .find_map(|n| header(headers, n))
+                .and_then(|v| reset_value(v, now))
+                .map(|d| (d, Source::Reset))
+        });
+    found.map(|(delay, source)| Wait { delay, source })
+}
+
+/// After a success: the wait until the quota refills, when the response says it is spent
+/// (`X-RateLimit-Remaining: 0` with a reset, or a `RateLimit` item with `r=0`).
+pub fn quota_spent(headers: &HeaderMap, local_now: SystemTime) -> Option<Wait> {
+    if let Some(d) = ratelimit_field(headers) {
+        return Some(Wait { delay: d, source: Source::RateLimit });
+    }
+    if remaining(headers) != Some(0) {
+        return None;
+    }
+    server_wait(headers, local_now).filter(|w| w.source != Source::RetryAfter)
+}
+
+/// The rate-limit headers of a response, for `data.rateLimitHeaders` and logs.
+pub fn rate_limit_headers(headers: &HeaderMap) -> Vec<(String, String)> {
+    headers
+        .iter()
+        .filter(|(n, _)| {
+            let n = n.as_str();
+            n == "retry-after" || n.contains("ratelimit") || n.contains("rate-limit")
+        })
+        .filter_map(|(n, v)| {
+            Some((n.as_str().to_owned(), v.to_str().ok()?.chars().take(MAX_HEADER_BYTES).collect()))
+        })
+        .collect()
+}
+
+/// The retry budget and the fallback backoff.
+#[derive(Debug, Clone)]
+pub struct RetryPolicy {
+    /// `--max-retries`: automatic re-sends of one message.
+    pub max_retries: u32,
+    /// `--max-wait`: the longest single wait sat through; longer ones fail at once.
+    pub max_wait: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy { max_retries: DEFAULT_MAX_RETRIES, max_wait: DEFAULT_MAX_WAIT }
+    }
+}
+
+impl RetryPolicy {
+    /// The backoff before retry number `attempt` (0-based) when no header helps: exponential
+    /// from 1 s, capped at `max_wait`, with full jitter (uniform between zero and the step).
+    pub fn backoff(&self, attempt: u32) -> Duration {
+        let step = backon::ExponentialBuilder::default()
+            .with_min_delay(BACKOFF_BASE)
+            .with_factor(2.0)
+            .with_max_delay(self.max_wait)
+            .with_max_times(attempt as usize + 1)
+            .build()
+            .nth(attempt as usize)
+            .unwrap_or(self.max_wait);
+        step.mul_f64(fastrand::f64())
+    }
+
+    /// A server-given wait plus a little jitter, never less than asked (R-02, R-13).
+    pub fn with_jitter(&self, delay: Duration) -> Duration {
+        let cap = MAX_JITTER.min(delay / 10);
+        delay.saturating_add(cap.mul_f64(fastrand::f64()))
+    }
+}
+
+/// "3 h 12 min", "45 s", "1.5 s": a wait for people.
+pub fn human(d: Duration) -> String {
+    let s = d.as_secs();
+    if d == Duration::MAX || s >= 100 * 86400 {
+        "a very long time".into()
+    } else if s >= 86400 {
+        format!("{} d {} h", s / 86400, s % 86400 / 3600)
+    } else if s >= 3600 {
+        format!("{} h {} min", s / 3600, s % 3600 / 60)
+    } else if s >= 120 {
+        format!("{} min {} s", s / 60, s % 60)
+    } else if d.subsec_millis() == 0 || s >= 10 {
+        format!("{s} s")
+    } else {
+        format!("{:.1} s", d.as_secs_f64())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use reqwest::header::HeaderValue;
+
+    /// A fixed "now": 2026-11-22T12:00:00Z.
+    fn now() -> SystemTime {
+        UNIX_EPOCH + Duration::from_secs(1_795_348_800)
+    }
+
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(
+                reqwest::header::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        h
+    }
+
+    /// Milliseconds and source of a wait, as the tables below expect them.
+    type Expected = Option<(u64, Source)>;
+
+    fn wait(pairs: &[(&str, &str)]) -> Expected {
+        server_wait(&headers(pairs), now()).map(|w| (w.delay.as_millis() as u64, w.source))
+    }
+
+    #[test]
+    fn r02_retry_after_delay_seconds() {
+        use Source::*;
+        let table: &[(&[(&str, &str)], Expected)] = &[
+            (&[("Retry-After", "120")], Some((120_000, RetryAfter))),
+            (&[("retry-after", " 7 ")], Some((7_000, RetryAfter))),
+            (&[("RETRY-AFTER", "0")], Some((0, RetryAfter))),
+            // Invalid delay-seconds are ignored (R-02): fractions, signs, junk, empty.
+            (&[("Retry-After", "1.5")], None),
+            (&[("Retry-After", "-3")], None),
+            (&[("Retry-After", "soon")], None),
+            (&[("Retry-After", "")], None),
+        ];
+        for (h, expected) in table {
+            assert_eq!(wait(h), *expected, "{h:?}");
+        }
+    }
+
+    #[test]
+    fn r02_huge_values_saturate_instead_of_failing() {
+        let w = server_wait(&headers(&[("Retry-After", "99999999999999999999999")]), now()).unwrap();
+        assert_eq!(w.delay, Duration::MAX);
+    }
+
+    #[test]
+    fn r03_all_three_http_date_forms_against_the_servers_date() {
+        // The server's clock is 10 s behind ours; its Retry-After is 30 s after its Date.
+        let date = "Sun, 22 Nov 2026 11:59:50 GMT";
+        for at in
+            ["Sun, 22 Nov 2026 12:00:20 GMT", "Sunday, 22-Nov-26 12:00:20 GMT", "Sun Nov 22 12:00:20 2026"]
+        {
+            assert_eq!(
+                wait(&[("Retry-After", at), ("Date", date)]),
+                Some((30_000, Source::RetryAfter)),
+                "{at}"
+            );
+        }
+        // Without Date, our clock.
+        assert_eq!(
+            wait(&[("Retry-After", "Sun, 22 Nov 2026 12:00:20 GMT")]),
+            Some((20_000, Source::RetryAfter))
+        );
+        // A past date means "now".
+        assert_eq!(wait(&[("Retry-After", "Sun, 22 Nov 2026 11:00:00 GMT")]), Some((0, Source::RetryAfter)));
+    }
+
+    #[test]
+    fn r11_ratelimit_field_takes_the_longest_exhausted_policy() {
+        use Source::*;
+        assert_eq!(wait(&[("RateLimit", r#""default";r=0;t=30"#)]), Some((30_000, RateLimit)));
+        assert_eq!(
+            wait(&[("RateLimit", r#""burst";r=0;t=5, "daily";r=0;t=3600"#)]),
+            Some((3_600_000, RateLimit))
+        );
+        assert_eq!(wait(&[("ratelimit", r#""burst";r=3;t=5, "daily";r=0;t=60"#)]), Some((60_000, RateLimit)));
+        // Not exhausted, or malformed: ignored (R-12).
+        assert_eq!(wait(&[("RateLimit", r#""default";r=5;t=30"#)]), None);
+        assert_eq!(wait(&[("RateLimit", r#""default";r=0;t=-1"#)]), None);
+        assert_eq!(wait(&[("RateLimit", "garbage;;;")]), None);
+        // A quoted name with separators inside does not confuse the split.
+        assert_eq!(wait(&[("RateLimit", r#""a,b;c";r=0;t=9"#)]), Some((9_000, RateLimit)));
+    }
+
+    #[test]
+    fn r12_retry_after_takes_precedence() {
+        assert_eq!(
+            wait(&[("RateLimit", r#""d";r=0;t=30"#), ("Retry-After", "5")]),
+            Some((5_000, Source::RetryAfter))
+        );
+    }
+
+    #[test]
+    fn reset_after_and_reset_by_magnitude() {
+        use Source::*;
+        let epoch = 1_795_348_800u64;
+        let table: Vec<(Vec<(&str, String)>, Expected)> = vec![
+            (vec![("X-RateLimit-Reset-After", "2.5".into())], Some((2_500, ResetAfter))),
+            (vec![("x-rate-limit-reset-after", "3".into())], Some((3_000, ResetAfter))),
+            // Epoch seconds, epoch milliseconds, delta seconds.
+            (vec![("X-RateLimit-Reset", (epoch + 42).to_string())], Some((42_000, Reset))),
+            (vec![("X-RateLimit-Reset", ((epoch + 42) * 1000).to_string())], Some((42_000, Reset))),
+            (vec![("X-RateLimit-Reset", "42".into())], Some((42_000, Reset))),
+            (vec![("RateLimit-Reset", "17".into())], Some((17_000, Reset))),
+            (vec![("X-Rate-Limit-Reset", "1.5".into())], Some((1_500, Reset))),
+            // Past epoch: zero; a remaining quota means the reset is no wait.
+            (vec![("X-RateLimit-Reset", (epoch - 100).to_string())], Some((0, Reset))),
+            (vec![("X-RateLimit-Reset", "42".into()), ("X-RateLimit-Remaining", "5".into())], None),
+            (
+                vec![("X-RateLimit-Reset", "42".into()), ("X-RateLimit-Remaining", "0".into())],
+                Some((42_000, Reset)),
+            ),
+            // Dates and durations.
+            (vec![("X-RateLimit-Reset", "Sun, 22 Nov 2026 12:01:00 GMT".into())], Some((60_000, Reset))),
+            (vec![("X-RateLimit-Reset", "2026-11-22T12:02:00Z".into())], Some((120_000, Reset))),
+            (vec![("X-RateLimit-Reset", "6m0s".into())], Some((360_000, Reset))),
+            (vec![("X-RateLimit-Reset", "12ms".into())], Some((12, Reset))),
+            (vec![("X-RateLimit-Reset", "whenever".into())], None),
+            (vec![("X-RateLimit-Reset", "-5".into())], None),
+        ];
+        for (h, expected) in table {
+            let pairs: Vec<(&str, &str)> = h.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            assert_eq!(wait(&pairs), expected, "{h:?}");
+        }
+    }
+
+    #[test]
+    fn epoch_reset_uses_the_servers_date() {
+        let epoch = 1_795_348_800u64;
+        // Server clock 100 s ahead of ours: reset 30 s after its now.
+        let date = httpdate::fmt_http_date(UNIX_EPOCH + Duration::from_secs(epoch + 100));
+        let reset = (epoch + 130).to_string();
+        assert_eq!(wait(&[("X-RateLimit-Reset", &reset), ("Date", &date)]), Some((30_000, Source::Reset)));
+    }
+
+    #[test]
+    fn duplicate_and_oversized_fields() {
+        // The first of duplicate fields wins; a value over the length bound is ignored.
+        assert_eq!(wait(&[("Retry-After", "3"), ("Retry-After", "9")]), Some((3_000, Source::RetryAfter)));
+        let long = "9".repeat(200);
+        assert_eq!(wait(&[("Retry-After", &long)]), None);
+        assert_eq!(wait(&[]), None);
+    }
+
+    #[test]
+    fn quota_spent_after_success() {
+        let h = headers(&[("X-RateLimit-Remaining", "0"), ("X-RateLimit-Reset", "20")]);
+        assert_eq!(quota_spent(&h, now()).map(|w| w.delay), Some(Duration::from_secs(20)));
+        let h = headers(&[("X-RateLimit-Remaining", "3"), ("X-RateLimit-Reset", "20")]);
+        assert_eq!(quota_spent(&h, now()), None);
+        let h = headers(&[("RateLimit", r#""m";r=0;t=8"#)]);
+        assert_eq!(quota_spent(&h, now()).map(|w| w.delay), Some(Duration::from_secs(8)));
+        assert_eq!(quota_spent(&headers(&[]), now()), None);
+    }
+
+    #[test]
+    fn backoff_grows_with_full_jitter_and_is_capped() {
+        let p = RetryPolicy { max_retries: 5, max_wait: Duration::from_secs(5) };
+        for attempt in 0..6u32 {
+            let cap = Duration::from_secs(1 << attempt).min(p.max_wait);
+            for _ in 0..50 {
+                assert!(p.backoff(attempt) <= cap, "attempt {attempt}");
+            }
+        }
+    }
+
+    #[test]
+    fn jitter_never_shortens_a_server_wait() {
+        let p = RetryPolicy::default();
+        for _ in 0..100 {
+            let d = p.with_jitter(Duration::from_secs(2));
+            assert!(d >= Duration::from_secs(2) && d <= Duration::from_millis(2200), "{d:?}");
+        }
+    }
+
+    #[test]
+    fn human_waits() {
+        assert_eq!(human(Duration::from_secs(11_520)), "3 h 12 min");
+        assert_eq!(human(Duration::from_secs(45)), "45 s");
+        assert_eq!(human(Duration::from_millis(1500)), "1.5 s");
+        assert_eq!(human(Duration::from_secs(300)), "5 min 0 s");
+        assert_eq!(human(Duration::MAX), "a very long time");
+    }
+}
