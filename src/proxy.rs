@@ -507,6 +507,7 @@ impl Proxy {
                         "the server says the quota is spent; holding requests for {}",
                         retry::human(w.delay)
                     );
+                    *self.last_limit_headers.lock().unwrap() = retry::rate_limit_headers(response.headers());
                     self.gate.block_for(w.delay, w.source.as_str());
                 }
                 return Ok((response, sent_session, deadline));

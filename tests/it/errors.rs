@@ -128,7 +128,8 @@ async fn connection_refused_says_nothing_was_sent() {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!("http://{}/mcp", listener.local_addr().unwrap());
     drop(listener);
-    let mut s = Sidecar::spawn(&[&url, "--api-key-env", "TEST_KEY"], ENV);
+    // No retries: a refused connection is retried with backoff otherwise (nothing was sent).
+    let mut s = Sidecar::spawn(&[&url, "--api-key-env", "TEST_KEY", "--max-retries", "0"], ENV);
     let e = init_error(&mut s, 3).await;
     assert!(e["message"].as_str().unwrap().contains("connection refused"), "{e}");
     assert_eq!(e["data"]["requestSent"], false);

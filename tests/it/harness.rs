@@ -42,6 +42,8 @@ pub struct Seen {
     pub headers: HeaderMap,
     pub body: Bytes,
     pub json: Value,
+    /// When it arrived.
+    pub at: std::time::Instant,
 }
 
 impl Seen {
@@ -137,6 +139,7 @@ async fn record(State(rec): State<Recorder>, request: Request, next: Next) -> Re
         headers: parts.headers.clone(),
         json: serde_json::from_slice(&body).unwrap_or(Value::Null),
         body: body.clone(),
+        at: std::time::Instant::now(),
     };
     rec.seen.lock().unwrap().push(seen.clone());
     if let Some(hook) = &rec.hook {
@@ -347,6 +350,17 @@ impl Sidecar {
         assert!(init.get("result").is_some(), "initialize failed: {init}");
         self.send(r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#).await;
         init
+    }
+
+    /// Waits until stderr contains `needle` (a log line marks a state the test depends on).
+    pub async fn stderr_shows(&self, needle: &str) {
+        tokio::time::timeout(PATIENCE, async {
+            while !self.stderr.lock().unwrap().contains(needle) {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("stderr never showed {needle:?}:\n{}", self.stderr.lock().unwrap()));
     }
 
     /// Sends a signal to the process.

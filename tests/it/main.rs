@@ -6,10 +6,12 @@
 //! - `streamable`: the Streamable HTTP happy paths with a real rmcp client (T-01…T-33).
 //! - `bytes`: messages forwarded byte for byte in both directions (J-01, J-11).
 //! - `errors`: HTTP and network failures become one clear JSON-RPC error with the request's id.
+//! - `ratelimit`: 429s waited out as the server says, one gate per origin shared by processes (R-xx).
 //! - `stdio`: framing, invalid input, shutdown and exit codes (S-01…S-06).
 
 mod bytes;
 mod errors;
 mod harness;
+mod ratelimit;
 mod stdio;
 mod streamable;

@@ -1,0 +1,343 @@
+//! Rate limits (R-01…R-13): every call eventually answered, never earlier than the server said,
+//! over-long waits answered at once, one gate per origin and key, shared by processes.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use axum::response::Response;
+use serde_json::json;
+
+use crate::harness::*;
+
+/// A 429 with these headers.
+fn too_many(headers: &[(&str, String)]) -> Response {
+    let mut r = respond(429, "application/json", r#"{"error":"rate_limited","message":"Too many requests"}"#);
+    for (k, v) in headers {
+        r.headers_mut().insert(axum::http::HeaderName::from_bytes(k.as_bytes()).unwrap(), v.parse().unwrap());
+    }
+    r
+}
+
+/// A hook that answers the first `n` tools/call POSTs with `make()`.
+fn first_calls(n: usize, make: impl Fn() -> Response + Send + Sync + 'static) -> Hook {
+    let count = AtomicUsize::new(0);
+    Arc::new(move |s: &Seen| {
+        if s.rpc_method() == Some("tools/call") && count.fetch_add(1, Ordering::SeqCst) < n {
+            return Action::Respond(make());
+        }
+        Action::Pass
+    })
+}
+
+fn epoch_now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
+}
+
+fn spawn(server: &Server, extra: &[&str]) -> Sidecar {
+    let mut args = args_for(server);
+    args.extend(extra.iter().map(|s| s.to_string()));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    Sidecar::spawn(&args, ENV)
+}
+
+/// Gap between the first refused call and the call that got through.
+fn retry_gap(server: &Server) -> Duration {
+    let calls = server.posts("tools/call");
+    assert!(calls.len() >= 2, "expected a retry, saw {} calls", calls.len());
+    calls.last().unwrap().at - calls[0].at
+}
+
+#[tokio::test]
+async fn r02_each_header_form_is_waited_out_and_never_cut_short() {
+    // (name, headers of the 429, the wait it means, at least)
+    type Form = (&'static str, Box<dyn Fn() -> Vec<(&'static str, String)> + Send + Sync>, Duration);
+    let forms: Vec<Form> = vec![
+        ("retry-after seconds", Box::new(|| vec![("retry-after", "1".into())]), Duration::from_secs(1)),
+        (
+            "retry-after http-date",
+            Box::new(|| {
+                let now = SystemTime::now();
+                vec![
+                    ("date", httpdate::fmt_http_date(now)),
+                    ("retry-after", httpdate::fmt_http_date(now + Duration::from_secs(2))),
+                ]
+            }),
+            // HTTP-dates have whole seconds: at least 1 s after the truncated Date.
+            Duration::from_secs(1),
+        ),
+        (
+            "ratelimit field",
+            Box::new(|| vec![("ratelimit", r#""minute";r=0;t=1"#.into())]),
+            Duration::from_secs(1),
+        ),
+        (
+            "reset-after",
+            Box::new(|| vec![("x-ratelimit-reset-after", "1.2".into())]),
+            Duration::from_millis(1200),
+        ),
+        ("reset delta", Box::new(|| vec![("x-ratelimit-reset", "1".into())]), Duration::from_secs(1)),
+        (
+            "reset epoch seconds",
+            Box::new(|| {
+                vec![
+                    ("x-ratelimit-remaining", "0".into()),
+                    ("x-ratelimit-reset", (epoch_now() + 2).to_string()),
+                ]
+            }),
+            Duration::from_secs(1),
+        ),
+        (
+            "reset epoch ms",
+            Box::new(|| {
+                let ms = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as u64 + 1500;
+                vec![("x-ratelimit-reset", ms.to_string())]
+            }),
+            Duration::from_millis(1400),
+        ),
+    ];
+    let mut runs = Vec::new();
+    for (name, headers, at_least) in forms {
+        runs.push(tokio::spawn(async move {
+            let headers = Arc::new(headers);
+            let h = headers.clone();
+            let server = Server::start(generic(), Some(first_calls(1, move || too_many(&h())))).await;
+            let mut s = spawn(&server, &[]);
+            s.handshake().await;
+            s.send_json(&call(1, "sum", json!({"a":1,"b":2}))).await;
+            let answer = s.recv().await;
+            assert_eq!(answer["result"]["content"][0]["text"], "3", "{name}: {answer}");
+            let gap = retry_gap(&server);
+            assert!(gap >= at_least, "{name}: retried after {gap:?}, before {at_least:?}");
+            assert!(
+                gap <= at_least + Duration::from_millis(2500),
+                "{name}: waited {gap:?}, far beyond {at_least:?}"
+            );
+            let outcome = s.finish().await;
+            assert!(
+                outcome.stderr.contains("waiting"),
+                "{name}: one info line per wait:\n{}",
+                outcome.stderr
+            );
+            assert!(
+                outcome.stderr.contains("rate limits: 1 answers with HTTP 429"),
+                "{name}: summary:\n{}",
+                outcome.stderr
+            );
+        }));
+    }
+    for r in runs {
+        r.await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn r01_503_with_retry_after_is_retried_without_it_is_not() {
+    let count = AtomicUsize::new(0);
+    let hook: Hook = Arc::new(move |s: &Seen| {
+        if s.rpc_method() != Some("tools/call") {
+            return Action::Pass;
+        }
+        match count.fetch_add(1, Ordering::SeqCst) {
+            0 => {
+                let mut r = respond(503, "text/plain", "maintenance");
+                r.headers_mut().insert("retry-after", "1".parse().unwrap());
+                Action::Respond(r)
+            }
+            2 => Action::Respond(respond(503, "text/plain", "overloaded")),
+            _ => Action::Pass,
+        }
+    });
+    let server = Server::start(generic(), Some(hook)).await;
+    let mut s = spawn(&server, &[]);
+    s.handshake().await;
+    s.send_json(&call(1, "sum", json!({"a":2,"b":2}))).await;
+    assert_eq!(s.recv().await["result"]["content"][0]["text"], "4");
+    assert!(retry_gap(&server) >= Duration::from_secs(1));
+    // A plain 503 may mean the server processed it: answered, not replayed (R-05).
+    s.send_json(&call(2, "sum", json!({"a":2,"b":2}))).await;
+    let e = s.recv().await;
+    assert_eq!(e["error"]["data"]["kind"], "server_error", "{e}");
+    s.finish().await;
+    assert_eq!(server.posts("tools/call").len(), 3);
+}
+
+#[tokio::test]
+async fn over_max_wait_is_answered_at_once_and_holds_the_origin() {
+    let server =
+        Server::start(generic(), Some(first_calls(99, || too_many(&[("retry-after", "11520".into())]))))
+            .await;
+    let mut s = spawn(&server, &[]);
+    s.handshake().await;
+    s.send_json(&call("a", "sum", json!({"a":1,"b":1}))).await;
+    let e = s.recv().await;
+    assert_eq!(e["id"], "a");
+    assert_eq!(e["error"]["code"], -32004);
+    let msg = e["error"]["message"].as_str().unwrap();
+    assert!(msg.contains("resets in 3 h 12 min (a daily quota?)") && msg.contains("--max-wait"), "{msg}");
+    assert!(e["error"]["data"]["retryAfterSeconds"].as_f64().unwrap() >= 11520.0);
+    assert_eq!(e["error"]["data"]["rateLimitHeaders"]["retry-after"], "11520");
+    assert_eq!(e["error"]["data"]["requestSent"], false);
+    // The next call does not even reach the server: the gate holds the origin.
+    s.send_json(&call("b", "sum", json!({"a":1,"b":1}))).await;
+    let e = s.recv().await;
+    assert_eq!((e["id"].clone(), e["error"]["code"].clone()), (json!("b"), json!(-32004)));
+    s.finish().await;
+    assert_eq!(server.posts("tools/call").len(), 1);
+}
+
+#[tokio::test]
+async fn retry_budget_is_respected() {
+    let server =
+        Server::start(generic(), Some(first_calls(99, || too_many(&[("retry-after", "0".into())])))).await;
+    let mut s = spawn(&server, &["--max-retries", "2"]);
+    s.handshake().await;
+    s.send_json(&call(1, "sum", json!({"a":1,"b":1}))).await;
+    let e = s.recv().await;
+    assert!(e["error"]["message"].as_str().unwrap().contains("after 2 retries (--max-retries)"), "{e}");
+    s.finish().await;
+    assert_eq!(server.posts("tools/call").len(), 3, "one send and two retries");
+}
+
+#[tokio::test]
+async fn r10_one_429_holds_the_other_requests_to_the_same_deadline() {
+    let server =
+        Server::start(generic(), Some(first_calls(1, || too_many(&[("retry-after", "1".into())])))).await;
+    let mut s = spawn(&server, &[]);
+    s.handshake().await;
+    s.send_json(&call(1, "sum", json!({"a":1,"b":1}))).await;
+    // Once the 429 is being waited out, send more: they must wait too, not collect 429s.
+    s.stderr_shows("waiting").await;
+    for id in 2..5 {
+        s.send_json(&call(id, "sum", json!({"a":1,"b":1}))).await;
+    }
+    for _ in 1..5 {
+        assert!(s.recv().await["result"].is_object());
+    }
+    s.finish().await;
+    let calls = server.posts("tools/call");
+    assert_eq!(calls.len(), 5, "one 429, then four calls that went through");
+    for c in &calls[1..] {
+        assert!(c.at - calls[0].at >= Duration::from_secs(1), "a request went out before the deadline");
+    }
+}
+
+#[tokio::test]
+async fn a_spent_quota_holds_new_requests_instead_of_provoking_a_429() {
+    let first = Arc::new(AtomicUsize::new(0));
+    let count = first.clone();
+    let hook: Hook = Arc::new(move |s: &Seen| {
+        if s.rpc_method() == Some("tools/call") && count.fetch_add(1, Ordering::SeqCst) == 0 {
+            // A success that says the quota is spent for 1 s.
+            let mut r = respond(
+                200,
+                "application/json",
+                format!(r#"{{"jsonrpc":"2.0","id":{},"result":{{"content":[]}}}}"#, s.json["id"]),
+            );
+            r.headers_mut().insert("x-ratelimit-remaining", "0".parse().unwrap());
+            r.headers_mut().insert("x-ratelimit-reset", "1".parse().unwrap());
+            return Action::Respond(r);
+        }
+        Action::Pass
+    });
+    let server = Server::start(generic(), Some(hook)).await;
+    let mut s = spawn(&server, &[]);
+    s.handshake().await;
+    s.send_json(&call(1, "sum", json!({"a":1,"b":1}))).await;
+    assert!(s.recv().await["result"].is_object());
+    s.send_json(&call(2, "sum", json!({"a":1,"b":1}))).await;
+    assert!(s.recv().await["result"].is_object());
+    s.finish().await;
+    assert!(retry_gap(&server) >= Duration::from_secs(1), "held until the reset");
+}
+
+#[tokio::test]
+async fn a_client_side_limit_spaces_requests_so_no_429_is_seen() {
+    let server = Server::start(generic(), None).await;
+    let mut s = spawn(&server, &["--rate-limit", "3/s"]);
+    s.handshake().await;
+    for id in 0..7 {
+        s.send_json(&call(id, "sum", json!({"a":id,"b":0}))).await;
+    }
+    for _ in 0..7 {
+        assert!(s.recv().await["result"].is_object());
+    }
+    s.finish().await;
+    // Every POST (initialize and the notification count too) fits 3 per second.
+    let posts: Vec<_> = server.seen().into_iter().filter(|r| r.method == "POST").collect();
+    for w in posts.windows(4) {
+        assert!(w[3].at - w[0].at >= Duration::from_millis(990), "4 requests within a second");
+    }
+}
+
+#[tokio::test]
+async fn j08_a_request_cancelled_while_waiting_is_dropped() {
+    let server =
+        Server::start(generic(), Some(first_calls(1, || too_many(&[("retry-after", "1".into())])))).await;
+    let mut s = spawn(&server, &[]);
+    s.handshake().await;
+    s.send_json(&call("c", "sum", json!({"a":1,"b":1}))).await;
+    s.stderr_shows("waiting").await;
+    s.send(
+        r#"{"jsonrpc":"2.0","method":"notifications/cancelled","params":{"requestId":"c","reason":"user"}}"#,
+    )
+    .await;
+    // Once the gate has opened, a new call goes through; the cancelled one must not follow.
+    s.send_json(&call("after", "sum", json!({"a":2,"b":2}))).await;
+    let answer = s.recv().await;
+    assert_eq!(answer["id"], "after");
+    let outcome = s.finish().await;
+    assert!(outcome.messages().iter().all(|m| m["id"] != "c"), "a cancelled request gets no answer");
+    let calls = server.posts("tools/call");
+    assert_eq!(calls.iter().filter(|c| c.json["id"] == "c").count(), 1, "never sent again");
+}
+
+#[tokio::test]
+async fn two_processes_share_one_gate() {
+    let server =
+        Server::start(generic(), Some(first_calls(1, || too_many(&[("retry-after", "2".into())])))).await;
+    let mut a = spawn(&server, &[]);
+    a.handshake().await;
+    a.send_json(&call(1, "sum", json!({"a":1,"b":1}))).await;
+    a.stderr_shows("waiting").await;
+    let limited_at = server.posts("tools/call")[0].at;
+    // A second sidecar with the same key and origin starts now: its first request must wait.
+    let mut b = spawn(&server, &[]);
+    b.handshake().await;
+    let b_init = server.posts("initialize").last().unwrap().at;
+    assert!(b_init - limited_at >= Duration::from_secs(2), "the second process sent before the deadline");
+    assert!(a.recv().await["result"].is_object());
+    a.finish().await;
+    b.finish().await;
+    assert_eq!(
+        server
+            .seen()
+            .iter()
+            .filter(|s| s.json.get("id").is_some() && s.rpc_method() == Some("tools/call"))
+            .count(),
+        2
+    );
+}
+
+#[tokio::test]
+async fn vendor_rate_limits_are_reported_with_their_headers() {
+    for (vendor, header) in [
+        (Vendor::Investra, "retry-after"),
+        (Vendor::Ai2fin, "x-ratelimit-reset"),
+        (Vendor::Converra, "x-ratelimit-reset"),
+    ] {
+        let opts = Options { vendor, keys: vec![KEY.to_owned()], per_minute: Some(2), ..Options::default() };
+        let server = Server::start(opts, None).await;
+        let style = if vendor == Vendor::Ai2fin { "x-api-key" } else { "bearer" };
+        let mut s = spawn(&server, &["--auth-header", style, "--max-wait", "0"]);
+        // initialize and initialized use the 2 requests of this minute.
+        s.handshake().await;
+        s.send_json(&call(1, "sum", json!({"a":1,"b":1}))).await;
+        let e = s.recv().await;
+        assert_eq!(e["error"]["code"], -32004, "{vendor:?}: {e}");
+        assert!(e["error"]["data"]["retryAfterSeconds"].as_f64().unwrap() <= 61.0, "{vendor:?}: {e}");
+        assert!(e["error"]["data"]["rateLimitHeaders"][header].is_string(), "{vendor:?}: {e}");
+        assert!(e["error"]["message"].as_str().unwrap().contains("resets in"), "{vendor:?}: {e}");
+        s.finish().await;
+    }
+}
