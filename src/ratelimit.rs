@@ -159,10 +159,12 @@ impl Gate {
             if b.wait > max_wait {
                 return Err(b);
             }
-            on_wait(b.wait, &b.reason);
+            // Each waiting request adds its own jitter: a held queue does not return all at once.
+            let wait = if b.client_side { b.wait } else { crate::retry::with_jitter(b.wait) };
+            on_wait(wait, &b.reason);
             self.stats.waits.fetch_add(1, Ordering::Relaxed);
-            self.stats.waited_ms.fetch_add(b.wait.as_millis() as u64, Ordering::Relaxed);
-            tokio::time::sleep_until(Instant::now() + b.wait).await;
+            self.stats.waited_ms.fetch_add(wait.as_millis() as u64, Ordering::Relaxed);
+            tokio::time::sleep_until(Instant::now() + wait).await;
         }
     }
 
@@ -338,7 +340,9 @@ mod tests {
         gate.admit(Duration::from_secs(10), |w, why| waits.push((w.as_secs_f64().round(), why.to_owned())))
             .await
             .unwrap();
-        assert_eq!(waits, vec![(3.0, "Retry-After".to_owned())]);
+        // 3 s and a jitter of at most 0.3 s.
+        assert_eq!(waits.len(), 1);
+        assert!(waits[0].0 == 3.0 && waits[0].1 == "Retry-After", "{waits:?}");
     }
 
     #[tokio::test(start_paused = true)]

@@ -279,9 +279,15 @@ impl RetryPolicy {
 
     /// A server-given wait plus a little jitter, never less than asked.
     pub fn with_jitter(&self, delay: Duration) -> Duration {
-        let cap = MAX_JITTER.min(delay / 10);
-        delay.saturating_add(cap.mul_f64(fastrand::f64()))
+        with_jitter(delay)
     }
+}
+
+/// `delay` plus up to a tenth of it (at most 0.5 s), so that clients held to one deadline do not
+/// all return at the same instant. Never shorter than `delay`.
+pub fn with_jitter(delay: Duration) -> Duration {
+    let cap = MAX_JITTER.min(delay / 10);
+    delay.saturating_add(cap.mul_f64(fastrand::f64()))
 }
 
 /// "3 h 12 min", "45 s", "1.5 s": a wait for people.

@@ -31,6 +31,9 @@ struct Args {
     /// Requests per minute per key before answering 429.
     #[arg(long, value_name = "N")]
     per_minute: Option<u32>,
+    /// The length of the rate-limit window in seconds (the vendors use 60).
+    #[arg(long, value_name = "SECS", default_value_t = 60)]
+    window_secs: u64,
     /// Answer with plain JSON and no sessions (default: sessions and SSE).
     #[arg(long)]
     json: bool,
@@ -51,6 +54,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         read_only_keys: if args.read_only { keys.clone() } else { Vec::new() },
         keys,
         per_minute: args.per_minute,
+        window_secs: args.window_secs,
         json: args.json,
     };
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", args.port)).await?;

@@ -79,8 +79,10 @@ pub struct Options {
     pub keys: Vec<String>,
     /// Keys that may only read (AI2Fin's default `mcp:read` scope): `place_order` answers 403.
     pub read_only_keys: Vec<String>,
-    /// Requests per minute per key before 429.
+    /// Requests per window per key before 429 (the vendors' limits are per minute).
     pub per_minute: Option<u32>,
+    /// The rate-limit window in seconds (60 for the vendors; tests use shorter ones).
+    pub window_secs: u64,
     /// Plain JSON answers, no sessions (else sessions and SSE answers).
     pub json: bool,
 }
@@ -92,6 +94,7 @@ impl Default for Options {
             keys: Vec::new(),
             read_only_keys: Vec::new(),
             per_minute: None,
+            window_secs: 60,
             json: false,
         }
     }
@@ -293,8 +296,9 @@ async fn gate_layer(State(gate): State<Arc<Gate>>, request: Request, next: Next)
     let mut limit_headers = Vec::new();
     if let (Some(limit), true) = (gate.opts.per_minute, parts.method == axum::http::Method::POST) {
         let now = now_secs();
-        let window = now / 60;
-        let reset = (window + 1) * 60;
+        let size = gate.opts.window_secs.max(1);
+        let window = now / size;
+        let reset = (window + 1) * size;
         let used = {
             let mut limiter = gate.limiter.lock().unwrap();
             let entry = limiter.windows.entry(key.clone()).or_insert((window, 0));

@@ -341,3 +341,66 @@ async fn vendor_rate_limits_are_reported_with_their_headers() {
         s.finish().await;
     }
 }
+
+#[tokio::test]
+async fn every_call_gets_through_each_vendors_rate_limit() {
+    // 2 requests per 2-second window: 8 POSTs need several windows; none may be lost.
+    let mut runs = Vec::new();
+    for vendor in [Vendor::Investra, Vendor::Ai2fin, Vendor::Converra] {
+        runs.push(tokio::spawn(async move {
+            let opts = Options {
+                vendor,
+                keys: vec![KEY.to_owned()],
+                per_minute: Some(2),
+                window_secs: 2,
+                ..Options::default()
+            };
+            let server = Server::start(opts, None).await;
+            let style = if vendor == Vendor::Ai2fin { "x-api-key" } else { "bearer" };
+            let mut s = spawn(&server, &["--auth-header", style, "--max-retries", "10"]);
+            s.handshake().await;
+            for id in 0..6 {
+                s.send_json(&call(id, "sum", json!({"a":id,"b":1}))).await;
+            }
+            let mut ids: Vec<i64> = Vec::new();
+            for _ in 0..6 {
+                let answer = s.recv().await;
+                assert!(answer["result"].is_object(), "{vendor:?}: {answer}");
+                ids.push(answer["id"].as_i64().unwrap());
+            }
+            ids.sort();
+            assert_eq!(ids, (0..6).collect::<Vec<_>>(), "{vendor:?}: exactly one answer each");
+            s.finish().await;
+        }));
+    }
+    for r in runs {
+        r.await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn the_get_stream_waits_out_a_429_too() {
+    let gets = Arc::new(AtomicUsize::new(0));
+    let count = gets.clone();
+    let hook: Hook = Arc::new(move |s: &Seen| {
+        if s.method != "GET" {
+            return Action::Pass;
+        }
+        match count.fetch_add(1, Ordering::SeqCst) {
+            0 => Action::Respond(too_many(&[("retry-after", "1".into())])),
+            1 => Action::Respond(respond(
+                200,
+                "text/event-stream",
+                "data: {\"jsonrpc\":\"2.0\",\"method\":\"notifications/resources/list_changed\"}\n\n",
+            )),
+            _ => Action::Respond(respond(405, "text/plain", "")),
+        }
+    });
+    let server = Server::start(generic(), Some(hook)).await;
+    let mut s = spawn(&server, &[]);
+    s.handshake().await;
+    assert_eq!(s.recv().await["method"], "notifications/resources/list_changed");
+    s.finish().await;
+    let gets: Vec<_> = server.seen().into_iter().filter(|r| r.method == "GET").collect();
+    assert!(gets[1].at - gets[0].at >= Duration::from_secs(1), "reopened before Retry-After");
+}
