@@ -66,13 +66,19 @@ fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     (!v.is_empty() && v.len() <= MAX_HEADER_BYTES).then_some(v)
 }
 
-/// The server's clock at the response: its `Date` header, else ours.
+/// The server's clock at the response. `Date` has whole seconds: when our clock agrees
+/// with it to within that resolution (plus a second for the trip), ours is the more precise
+/// reading of the same time; otherwise the clocks are skewed and `Date` is the server's truth.
 fn server_now(headers: &HeaderMap, local_now: SystemTime) -> SystemTime {
-    headers
+    let date = headers
         .get(DATE)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| httpdate::parse_http_date(v.trim()).ok())
-        .unwrap_or(local_now)
+        .and_then(|v| httpdate::parse_http_date(v.trim()).ok());
+    match date {
+        Some(d) if local_now >= d && local_now < d + Duration::from_secs(2) => local_now,
+        Some(d) => d,
+        None => local_now,
+    }
 }
 
 /// How long after `now` the instant `at` is (zero if past).
@@ -439,6 +445,16 @@ mod tests {
             let pairs: Vec<(&str, &str)> = h.iter().map(|(k, v)| (*k, v.as_str())).collect();
             assert_eq!(wait(&pairs), expected, "{h:?}");
         }
+    }
+
+    #[test]
+    fn a_date_that_agrees_with_our_clock_does_not_cost_its_truncation() {
+        // Our clock is 0.7 s past the server's whole-second Date: same clock, ours is finer.
+        let local = now() + Duration::from_millis(700);
+        let date = httpdate::fmt_http_date(now());
+        let reset = ((1_795_348_800u64 + 2) * 1000).to_string();
+        let w = server_wait(&headers(&[("X-RateLimit-Reset", &reset), ("Date", &date)]), local).unwrap();
+        assert_eq!(w.delay, Duration::from_millis(1300));
     }
 
     #[test]

@@ -108,6 +108,7 @@ async fn r02_each_header_form_is_waited_out_and_never_cut_short() {
             let answer = s.recv().await;
             assert_eq!(answer["result"]["content"][0]["text"], "3", "{name}: {answer}");
             let gap = retry_gap(&server);
+            println!("retry timing: {name:<22} asked {at_least:>8.1?}  retried after {gap:>8.3?}");
             assert!(gap >= at_least, "{name}: retried after {gap:?}, before {at_least:?}");
             assert!(
                 gap <= at_least + Duration::from_millis(2500),
