@@ -589,7 +589,7 @@ impl Proxy {
             "the server did not say when it resets".to_owned()
         } else {
             let daily = if wait >= Duration::from_secs(3600) { " (a daily quota?)" } else { "" };
-            format!("it resets in {}{daily}", retry::human(wait))
+            format!("it resets in {} ({source}){daily}", retry::human(wait))
         };
         let status = response.map_or(String::new(), |(s, body)| {
             let said = crate::upstream::server_message(body)
@@ -599,7 +599,7 @@ impl Proxy {
         });
         let message = if held {
             format!(
-                "rate limit reached at {host} ({source}); {resets}, longer than --max-wait {}: try again then",
+                "rate limit reached at {host}; {resets}, longer than --max-wait {}: try again then",
                 retry::human(self.policy.max_wait)
             )
         } else if over_cap {

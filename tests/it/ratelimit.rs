@@ -110,8 +110,9 @@ async fn r02_each_header_form_is_waited_out_and_never_cut_short() {
             let gap = retry_gap(&server);
             println!("retry timing: {name:<22} asked {at_least:>8.1?}  retried after {gap:>8.3?}");
             assert!(gap >= at_least, "{name}: retried after {gap:?}, before {at_least:?}");
+            // Within a second plus the jitter (0.5 s at most) of what was asked.
             assert!(
-                gap <= at_least + Duration::from_millis(2500),
+                gap <= at_least + Duration::from_millis(1500),
                 "{name}: waited {gap:?}, far beyond {at_least:?}"
             );
             let outcome = s.finish().await;
@@ -175,7 +176,10 @@ async fn over_max_wait_is_answered_at_once_and_holds_the_origin() {
     assert_eq!(e["id"], "a");
     assert_eq!(e["error"]["code"], -32004);
     let msg = e["error"]["message"].as_str().unwrap();
-    assert!(msg.contains("resets in 3 h 12 min (a daily quota?)") && msg.contains("--max-wait"), "{msg}");
+    assert!(
+        msg.contains("resets in 3 h 12 min (Retry-After) (a daily quota?)") && msg.contains("--max-wait"),
+        "{msg}"
+    );
     assert!(e["error"]["data"]["retryAfterSeconds"].as_f64().unwrap() >= 11520.0);
     assert_eq!(e["error"]["data"]["rateLimitHeaders"]["retry-after"], "11520");
     assert_eq!(e["error"]["data"]["requestSent"], false);
