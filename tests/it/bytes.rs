@@ -9,9 +9,7 @@ use crate::harness::*;
 #[tokio::test]
 async fn j01_request_bytes_reach_the_server_unchanged() {
     let server = Server::start(generic(), None).await;
-    let args = args_for(&server);
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let mut sidecar = Sidecar::spawn(&args, ENV);
+    let mut sidecar = sidecar_for(&server, &[]);
     sidecar.handshake().await;
     let line = r#"{"jsonrpc":"2.0", "id":9007199254740993,"method":"tools/call","params":{"name":"echo","arguments":{"text":"caf\u00e9 \ud83d\ude00 \"q\""},"_meta":{"x-vendor":{"deep":[1,2.50,1e3,null]}}},"x-unknown":true}"#;
     sidecar.send(line).await;
@@ -34,9 +32,7 @@ async fn j11_response_bytes_reach_the_client_unchanged_json_and_sse() {
         _ => Action::Pass,
     });
     let server = Server::start(generic(), Some(hook)).await;
-    let args = args_for(&server);
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let mut sidecar = Sidecar::spawn(&args, ENV);
+    let mut sidecar = sidecar_for(&server, &[]);
     sidecar.handshake().await;
     sidecar.send(r#"{"jsonrpc":"2.0","id":"a\"b","method":"ping"}"#).await;
     assert_eq!(sidecar.recv_raw().await, JSON_BODY);

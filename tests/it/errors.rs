@@ -11,14 +11,6 @@ fn vendor(vendor: Vendor) -> Options {
     Options { vendor, keys: vec![KEY.to_owned()], ..Options::default() }
 }
 
-/// Spawns a sidecar for `server` with `extra` args and a key in `TEST_KEY`.
-fn sidecar(server: &Server, extra: &[&str], key: &str) -> Sidecar {
-    let mut args = args_for(server);
-    args.extend(extra.iter().map(|s| s.to_string()));
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    Sidecar::spawn(&args, &[("TEST_KEY", key)]).secret(key)
-}
-
 async fn init_error(s: &mut Sidecar, id: i64) -> Value {
     s.send_json(&request(
         id,
@@ -37,7 +29,7 @@ async fn wrong_key_names_the_variable_for_every_vendor_and_logs_once() {
         [(Vendor::Investra, "bearer"), (Vendor::Ai2fin, "x-api-key"), (Vendor::Converra, "bearer")]
     {
         let server = Server::start(vendor(v), None).await;
-        let mut s = sidecar(&server, &["--auth-header", style], "wrong_key_SECRET_42");
+        let mut s = sidecar_with_key(&server, &["--auth-header", style], "wrong_key_SECRET_42");
         let e1 = init_error(&mut s, 1).await;
         let e2 = init_error(&mut s, 2).await;
         for e in [&e1, &e2] {
@@ -63,7 +55,7 @@ async fn wrong_key_names_the_variable_for_every_vendor_and_logs_once() {
 async fn forbidden_scope_is_explained() {
     let opts = Options { read_only_keys: vec![KEY.to_owned()], ..vendor(Vendor::Ai2fin) };
     let server = Server::start(opts, None).await;
-    let mut s = sidecar(&server, &["--auth-header", "x-api-key"], KEY);
+    let mut s = sidecar_with_key(&server, &["--auth-header", "x-api-key"], KEY);
     s.handshake().await;
     s.send_json(&call(5, "place_order", json!({"symbol":"ACME","quantity":1}))).await;
     let e = s.recv().await["error"].clone();
@@ -91,7 +83,7 @@ async fn server_errors_are_not_replayed_and_say_so() {
         _ => Action::Pass,
     });
     let server = Server::start(generic(), Some(hook)).await;
-    let mut s = sidecar(&server, &[], KEY);
+    let mut s = sidecar_with_key(&server, &[], KEY);
     s.handshake().await;
     s.send_json(&call("c", "place_order", json!({"symbol":"ACME","quantity":1}))).await;
     let e = s.recv().await["error"].clone();
@@ -113,7 +105,7 @@ async fn t40_jsonrpc_error_bodies_are_passed_on_with_the_request_id() {
         _ => Action::Pass,
     });
     let server = Server::start(generic(), Some(hook)).await;
-    let mut s = sidecar(&server, &[], KEY);
+    let mut s = sidecar_with_key(&server, &[], KEY);
     s.handshake().await;
     s.send_json(&call(77, "sum", json!({"a":1,"b":2}))).await;
     let answer = s.recv().await;
@@ -184,7 +176,7 @@ async fn secrets_echoed_by_a_server_are_redacted() {
         _ => Action::Pass,
     });
     let server = Server::start(generic(), Some(hook)).await;
-    let mut s = sidecar(&server, &["--log-level", "trace"], KEY);
+    let mut s = sidecar_with_key(&server, &["--log-level", "trace"], KEY);
     s.handshake().await;
     s.send_json(&call(1, "sum", json!({"a":1,"b":2}))).await;
     let e = s.recv().await["error"].clone();
@@ -204,7 +196,7 @@ async fn garbage_and_answers_for_other_ids_still_get_the_request_answered() {
         _ => Action::Pass,
     });
     let server = Server::start(generic(), Some(hook)).await;
-    let mut s = sidecar(&server, &[], KEY);
+    let mut s = sidecar_with_key(&server, &[], KEY);
     s.handshake().await;
     for id in ["garbage", "other"] {
         s.send_json(&request(id, "ping", json!({}))).await;

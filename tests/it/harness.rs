@@ -393,9 +393,22 @@ impl Sidecar {
     }
 }
 
-/// The usual arguments: the server's URL, the key variable, short timeouts.
+/// The usual arguments: the server's URL and the key variable.
 pub fn args_for(server: &Server) -> Vec<String> {
     vec![server.url.clone(), "--api-key-env".into(), "TEST_KEY".into()]
+}
+
+/// A sidecar for `server` with [`KEY`] in `TEST_KEY` and `extra` arguments.
+pub fn sidecar_for(server: &Server, extra: &[&str]) -> Sidecar {
+    sidecar_with_key(server, extra, KEY)
+}
+
+/// A sidecar for `server` with `key` in `TEST_KEY` (also checked to never appear in output).
+pub fn sidecar_with_key(server: &Server, extra: &[&str], key: &str) -> Sidecar {
+    let mut args = args_for(server);
+    args.extend(extra.iter().map(|s| s.to_string()));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    Sidecar::spawn(&args, &[("TEST_KEY", key)]).secret(key)
 }
 
 /// The usual environment: the key in `TEST_KEY`.

@@ -34,13 +34,6 @@ fn epoch_now() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
 }
 
-fn spawn(server: &Server, extra: &[&str]) -> Sidecar {
-    let mut args = args_for(server);
-    args.extend(extra.iter().map(|s| s.to_string()));
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    Sidecar::spawn(&args, ENV)
-}
-
 /// Gap between the first refused call and the call that got through.
 fn retry_gap(server: &Server) -> Duration {
     let calls = server.posts("tools/call");
@@ -102,7 +95,7 @@ async fn r02_each_header_form_is_waited_out_and_never_cut_short() {
             let headers = Arc::new(headers);
             let h = headers.clone();
             let server = Server::start(generic(), Some(first_calls(1, move || too_many(&h())))).await;
-            let mut s = spawn(&server, &[]);
+            let mut s = sidecar_for(&server, &[]);
             s.handshake().await;
             s.send_json(&call(1, "sum", json!({"a":1,"b":2}))).await;
             let answer = s.recv().await;
@@ -151,7 +144,7 @@ async fn r01_503_with_retry_after_is_retried_without_it_is_not() {
         }
     });
     let server = Server::start(generic(), Some(hook)).await;
-    let mut s = spawn(&server, &[]);
+    let mut s = sidecar_for(&server, &[]);
     s.handshake().await;
     s.send_json(&call(1, "sum", json!({"a":2,"b":2}))).await;
     assert_eq!(s.recv().await["result"]["content"][0]["text"], "4");
@@ -169,7 +162,7 @@ async fn over_max_wait_is_answered_at_once_and_holds_the_origin() {
     let server =
         Server::start(generic(), Some(first_calls(99, || too_many(&[("retry-after", "11520".into())]))))
             .await;
-    let mut s = spawn(&server, &[]);
+    let mut s = sidecar_for(&server, &[]);
     s.handshake().await;
     s.send_json(&call("a", "sum", json!({"a":1,"b":1}))).await;
     let e = s.recv().await;
@@ -195,7 +188,7 @@ async fn over_max_wait_is_answered_at_once_and_holds_the_origin() {
 async fn retry_budget_is_respected() {
     let server =
         Server::start(generic(), Some(first_calls(99, || too_many(&[("retry-after", "0".into())])))).await;
-    let mut s = spawn(&server, &["--max-retries", "2"]);
+    let mut s = sidecar_for(&server, &["--max-retries", "2"]);
     s.handshake().await;
     s.send_json(&call(1, "sum", json!({"a":1,"b":1}))).await;
     let e = s.recv().await;
@@ -208,7 +201,7 @@ async fn retry_budget_is_respected() {
 async fn r10_one_429_holds_the_other_requests_to_the_same_deadline() {
     let server =
         Server::start(generic(), Some(first_calls(1, || too_many(&[("retry-after", "1".into())])))).await;
-    let mut s = spawn(&server, &[]);
+    let mut s = sidecar_for(&server, &[]);
     s.handshake().await;
     s.send_json(&call(1, "sum", json!({"a":1,"b":1}))).await;
     // Once the 429 is being waited out, send more: they must wait too, not collect 429s.
@@ -246,7 +239,7 @@ async fn a_spent_quota_holds_new_requests_instead_of_provoking_a_429() {
         Action::Pass
     });
     let server = Server::start(generic(), Some(hook)).await;
-    let mut s = spawn(&server, &[]);
+    let mut s = sidecar_for(&server, &[]);
     s.handshake().await;
     s.send_json(&call(1, "sum", json!({"a":1,"b":1}))).await;
     assert!(s.recv().await["result"].is_object());
@@ -259,7 +252,7 @@ async fn a_spent_quota_holds_new_requests_instead_of_provoking_a_429() {
 #[tokio::test]
 async fn a_client_side_limit_spaces_requests_so_no_429_is_seen() {
     let server = Server::start(generic(), None).await;
-    let mut s = spawn(&server, &["--rate-limit", "3/s"]);
+    let mut s = sidecar_for(&server, &["--rate-limit", "3/s"]);
     s.handshake().await;
     for id in 0..7 {
         s.send_json(&call(id, "sum", json!({"a":id,"b":0}))).await;
@@ -279,7 +272,7 @@ async fn a_client_side_limit_spaces_requests_so_no_429_is_seen() {
 async fn j08_a_request_cancelled_while_waiting_is_dropped() {
     let server =
         Server::start(generic(), Some(first_calls(1, || too_many(&[("retry-after", "1".into())])))).await;
-    let mut s = spawn(&server, &[]);
+    let mut s = sidecar_for(&server, &[]);
     s.handshake().await;
     s.send_json(&call("c", "sum", json!({"a":1,"b":1}))).await;
     s.stderr_shows("waiting").await;
@@ -301,13 +294,13 @@ async fn j08_a_request_cancelled_while_waiting_is_dropped() {
 async fn two_processes_share_one_gate() {
     let server =
         Server::start(generic(), Some(first_calls(1, || too_many(&[("retry-after", "2".into())])))).await;
-    let mut a = spawn(&server, &[]);
+    let mut a = sidecar_for(&server, &[]);
     a.handshake().await;
     a.send_json(&call(1, "sum", json!({"a":1,"b":1}))).await;
     a.stderr_shows("waiting").await;
     let limited_at = server.posts("tools/call")[0].at;
     // A second sidecar with the same key and origin starts now: its first request must wait.
-    let mut b = spawn(&server, &[]);
+    let mut b = sidecar_for(&server, &[]);
     b.handshake().await;
     let b_init = server.posts("initialize").last().unwrap().at;
     assert!(b_init - limited_at >= Duration::from_secs(2), "the second process sent before the deadline");
@@ -334,7 +327,7 @@ async fn vendor_rate_limits_are_reported_with_their_headers() {
         let opts = Options { vendor, keys: vec![KEY.to_owned()], per_minute: Some(2), ..Options::default() };
         let server = Server::start(opts, None).await;
         let style = if vendor == Vendor::Ai2fin { "x-api-key" } else { "bearer" };
-        let mut s = spawn(&server, &["--auth-header", style, "--max-wait", "0"]);
+        let mut s = sidecar_for(&server, &["--auth-header", style, "--max-wait", "0"]);
         // initialize and initialized use the 2 requests of this minute.
         s.handshake().await;
         s.send_json(&call(1, "sum", json!({"a":1,"b":1}))).await;
@@ -362,7 +355,7 @@ async fn every_call_gets_through_each_vendors_rate_limit() {
             };
             let server = Server::start(opts, None).await;
             let style = if vendor == Vendor::Ai2fin { "x-api-key" } else { "bearer" };
-            let mut s = spawn(&server, &["--auth-header", style, "--max-retries", "10"]);
+            let mut s = sidecar_for(&server, &["--auth-header", style, "--max-retries", "10"]);
             s.handshake().await;
             for id in 0..6 {
                 s.send_json(&call(id, "sum", json!({"a":id,"b":1}))).await;
@@ -402,7 +395,7 @@ async fn the_get_stream_waits_out_a_429_too() {
         }
     });
     let server = Server::start(generic(), Some(hook)).await;
-    let mut s = spawn(&server, &[]);
+    let mut s = sidecar_for(&server, &[]);
     s.handshake().await;
     assert_eq!(s.recv().await["method"], "notifications/resources/list_changed");
     s.finish().await;

@@ -31,9 +31,7 @@ async fn help_shows_examples_and_exit_codes() {
 #[tokio::test]
 async fn j05_invalid_input_gets_an_error_and_the_proxy_keeps_running() {
     let server = Server::start(generic(), None).await;
-    let args = args_for(&server);
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let mut s = Sidecar::spawn(&args, ENV);
+    let mut s = sidecar_for(&server, &[]);
     s.send("this is not json").await;
     let e = s.recv().await;
     assert_eq!((e["id"].clone(), e["error"]["code"].clone()), (json!(null), json!(-32700)));
@@ -55,10 +53,7 @@ async fn j05_invalid_input_gets_an_error_and_the_proxy_keeps_running() {
 #[tokio::test]
 async fn s02_over_long_lines_are_answered_with_their_id_and_skipped() {
     let server = Server::start(generic(), None).await;
-    let mut args = args_for(&server);
-    args.extend(["--max-message-bytes".into(), "4096".into()]);
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let mut s = Sidecar::spawn(&args, ENV);
+    let mut s = sidecar_for(&server, &["--max-message-bytes", "4096"]);
     s.handshake().await;
     let big = "x".repeat(100_000);
     s.send_json(&call("too-big", "echo", json!({"text": big}))).await;
@@ -80,9 +75,7 @@ async fn s06_stdin_eof_lets_requests_in_flight_finish_then_deletes_the_session()
         _ => Action::Pass,
     });
     let server = Server::start(generic(), Some(hook)).await;
-    let args = args_for(&server);
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let mut s = Sidecar::spawn(&args, ENV);
+    let mut s = sidecar_for(&server, &[]);
     s.handshake().await;
     s.send_json(&call(9, "echo", json!({"text":"held"}))).await;
     // Wait until the server has the request, then close stdin and let the server answer.
@@ -111,9 +104,7 @@ async fn s06_requests_still_running_at_shutdown_get_an_error_answer() {
         _ => Action::Pass,
     });
     let server = Server::start(generic(), Some(hook)).await;
-    let args = args_for(&server);
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let mut s = Sidecar::spawn(&args, ENV);
+    let mut s = sidecar_for(&server, &[]);
     s.handshake().await;
     s.send_json(&call("stuck", "echo", json!({"text":"x"}))).await;
     while server.posts("tools/call").is_empty() {
@@ -152,9 +143,7 @@ async fn a_signal_ends_the_run_even_while_initialize_hangs() {
     let held = never.clone();
     let hook: Hook = Arc::new(move |_: &Seen| Action::Hold(held.clone()));
     let server = Server::start(generic(), Some(hook)).await;
-    let args = args_for(&server);
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let mut s = Sidecar::spawn(&args, ENV);
+    let mut s = sidecar_for(&server, &[]);
     s.send_json(&request(
         0,
         "initialize",

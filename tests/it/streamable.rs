@@ -138,9 +138,7 @@ async fn s09_discover_probe_is_answered_even_when_the_server_does_not_know_it() 
         _ => Action::Pass,
     });
     let server = Server::start(generic(), Some(hook)).await;
-    let args = args_for(&server);
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let mut sidecar = Sidecar::spawn(&args, ENV);
+    let mut sidecar = sidecar_for(&server, &[]);
     sidecar
         .send_json(&request(
             "probe-1",
@@ -168,9 +166,7 @@ async fn no_head_of_line_blocking_between_requests() {
         }
     });
     let server = Server::start(generic(), Some(hook)).await;
-    let args = args_for(&server);
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let mut sidecar = Sidecar::spawn(&args, ENV);
+    let mut sidecar = sidecar_for(&server, &[]);
     sidecar.handshake().await;
     sidecar.send_json(&call(1, "echo", json!({"text":"slow"}))).await;
     sidecar.send_json(&call(2, "echo", json!({"text":"fast"}))).await;
@@ -185,10 +181,7 @@ async fn no_head_of_line_blocking_between_requests() {
 #[tokio::test]
 async fn t32_progress_notifications_restart_the_request_timeout() {
     let server = Server::start(generic(), None).await;
-    let mut args = args_for(&server);
-    args.extend(["--request-timeout".into(), "0.6".into()]);
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let mut sidecar = Sidecar::spawn(&args, ENV);
+    let mut sidecar = sidecar_for(&server, &["--request-timeout", "0.6"]);
     sidecar.handshake().await;
     // 1.5 s of work in 6 steps: never 0.6 s without progress.
     sidecar
@@ -222,10 +215,7 @@ async fn t32_request_timeout_answers_with_an_error_and_the_proxy_lives_on() {
         _ => Action::Pass,
     });
     let server = Server::start(generic(), Some(hook)).await;
-    let mut args = args_for(&server);
-    args.extend(["--request-timeout".into(), "0.3".into()]);
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let mut sidecar = Sidecar::spawn(&args, ENV);
+    let mut sidecar = sidecar_for(&server, &["--request-timeout", "0.3"]);
     sidecar.handshake().await;
     sidecar.send_json(&call("t", "echo", json!({"text":"stall"}))).await;
     let answer = sidecar.recv().await;
@@ -256,9 +246,7 @@ async fn t20_messages_on_the_get_stream_reach_the_client_and_405_means_no_stream
         Action::Pass
     });
     let server = Server::start(generic(), Some(hook)).await;
-    let args = args_for(&server);
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let mut sidecar = Sidecar::spawn(&args, ENV);
+    let mut sidecar = sidecar_for(&server, &[]);
     sidecar.handshake().await;
     let note = sidecar.recv().await;
     assert_eq!(note["method"], "notifications/tools/list_changed");
