@@ -99,6 +99,11 @@ pub struct Proxy {
     policy: RetryPolicy,
     /// The rate-limit headers of the last 429, for errors made while holding requests.
     last_limit_headers: Mutex<Vec<(String, String)>>,
+    /// The client's `initialize` line, replayed to start a new session when the server has
+    /// dropped the old one (T-12): the client will not send it again.
+    init_line: Mutex<Option<Bytes>>,
+    /// Makes concurrent 404s start one new session, not one each.
+    renewing: tokio::sync::Mutex<()>,
 }
 
 impl Proxy {
@@ -115,6 +120,8 @@ impl Proxy {
             gate,
             policy,
             last_limit_headers: Mutex::new(Vec::new()),
+            init_line: Mutex::new(None),
+            renewing: tokio::sync::Mutex::new(()),
             up,
             out,
             pending: Mutex::new(HashMap::new()),
@@ -169,6 +176,9 @@ impl Proxy {
                     self.request_timeout
                 };
                 let Some((key, id)) = self.register(&env, init, headers.is_modern()) else { return };
+                if init {
+                    *self.init_line.lock().unwrap() = Some(line.clone());
+                }
                 let what = format!("{method} (id {})", env.id.map_or("?", RawValue::get));
                 let ids = vec![(key.clone(), id)];
                 let handle =
@@ -373,7 +383,7 @@ impl Proxy {
     /// The HTTP exchange of a request. Returns once every id is answered, or with the error that
     /// answers the ids still pending.
     async fn exchange(
-        &self,
+        self: &Arc<Self>,
         body: Bytes,
         headers: &MessageHeaders,
         ids: Vec<(IdKey, oneshot::Receiver<()>)>,
@@ -460,7 +470,7 @@ impl Proxy {
     /// connection, a 429; RFC 9110 §9.2.2, R-05). Returns the response, whether it carried the
     /// session id, and the deadline for reading it.
     async fn send(
-        &self,
+        self: &Arc<Self>,
         body: &Bytes,
         headers: &MessageHeaders,
         initialize: bool,
@@ -468,6 +478,7 @@ impl Proxy {
         what: &str,
     ) -> Result<(reqwest::Response, bool, Instant), LocalError> {
         let mut retries = 0u32;
+        let mut renewed = false;
         loop {
             self.admit(what).await?;
             let session = if initialize { None } else { Some(self.up.session()) };
@@ -496,6 +507,17 @@ impl Proxy {
                 Ok(Ok(r)) => r,
             };
             let status = response.status();
+            // T-12: a 404 for a request that carried the session id means the session is gone.
+            if status == StatusCode::NOT_FOUND
+                && !renewed
+                && let Some(expired) = session.as_ref().and_then(|s| s.id.clone())
+                && self.init_line.lock().unwrap().is_some()
+            {
+                drop(response);
+                self.renew_session(&expired, limit).await?;
+                renewed = true;
+                continue;
+            }
             let limited = status == StatusCode::TOO_MANY_REQUESTS
                 || (status == StatusCode::SERVICE_UNAVAILABLE
                     && response.headers().contains_key(RETRY_AFTER));
@@ -544,6 +566,70 @@ impl Proxy {
             retries += 1;
             self.gate.stats.retries.fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    /// Starts a new session after the server dropped `expired` (T-12): replays the client's
+    /// `initialize` and `notifications/initialized` upstream (their answers stay here: the client
+    /// has its session already) and reopens the GET stream. One renewal for all the requests
+    /// that met the same 404.
+    async fn renew_session(
+        self: &Arc<Self>,
+        expired: &reqwest::header::HeaderValue,
+        limit: Duration,
+    ) -> Result<(), LocalError> {
+        let _one_at_a_time = self.renewing.lock().await;
+        if self.up.session().id.as_ref() != Some(expired) {
+            return Ok(()); // renewed by another request meanwhile
+        }
+        let Some(line) = self.init_line.lock().unwrap().clone() else {
+            return Err(LocalError::new(
+                UPSTREAM_ERROR,
+                ErrorKind::WrongEndpoint,
+                "the server ended the MCP session",
+            ));
+        };
+        warn!("the server ended the MCP session (HTTP 404 for its session id); starting a new one");
+        let fail = |detail: String| {
+            let mut err = LocalError::new(
+                UPSTREAM_ERROR,
+                ErrorKind::WrongEndpoint,
+                format!(
+                    "the server ended the MCP session and starting a new one failed ({detail}): restart the client"
+                ),
+            );
+            err.request_sent = Some(false);
+            err
+        };
+        let deadline = Instant::now() + limit;
+        let (request, _) = self.up.post(line, &MessageHeaders::default(), None);
+        let response = match timeout_at(deadline, request.send()).await {
+            Ok(Ok(r)) if r.status().is_success() => r,
+            Ok(Ok(r)) => return Err(fail(format!("HTTP {}", r.status().as_u16()))),
+            Ok(Err(e)) => return Err(fail(self.up.send_error(&e).message)),
+            Err(_) => return Err(fail("no answer".into())),
+        };
+        let new_id = response.headers().get(&SESSION_ID).cloned();
+        let version = first_response(response, self.max_message, deadline).await.and_then(|bytes| {
+            let env = Envelope::parse(&bytes).ok()?;
+            let params: envelope::Params = serde_json::from_str(env.result?.get()).ok()?;
+            params.protocol_version.map(|v| v.into_owned())
+        });
+        self.up.set_session_id(new_id);
+        if let Some(v) = version {
+            self.up.set_protocol_version(&v);
+        }
+        let initialized = Bytes::from_static(br#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#);
+        let (request, _) = self.up.post(initialized, &MessageHeaders::default(), Some(&self.up.session()));
+        match timeout_at(deadline, request.send()).await {
+            Ok(Ok(r)) if r.status().is_success() => {}
+            Ok(Ok(r)) => {
+                return Err(fail(format!("notifications/initialized: HTTP {}", r.status().as_u16())));
+            }
+            _ => return Err(fail("notifications/initialized was not delivered".into())),
+        }
+        self.restart_get_stream();
+        info!("new MCP session started; requests continue");
+        Ok(())
     }
 
     /// Waits at the gate, logging each wait; a wait longer than `--max-wait` is an error.
@@ -684,6 +770,14 @@ impl Proxy {
             return;
         }
         *slot = Some(tokio::spawn(self.clone().listen()).abort_handle());
+    }
+
+    /// Replaces the GET stream with one for the current session.
+    fn restart_get_stream(self: &Arc<Self>) {
+        if let Some(old) = self.get_stream.lock().unwrap().take() {
+            old.abort();
+        }
+        self.open_get_stream();
     }
 
     /// Reads the GET stream, reopening it after drops with `Last-Event-ID` (T-23), until the
@@ -960,6 +1054,28 @@ fn bad_response(message: String) -> LocalError {
     let mut err = LocalError::new(UPSTREAM_ERROR, ErrorKind::BadResponse, message);
     err.request_sent = Some(true);
     err
+}
+
+/// The first JSON-RPC response in a reply, JSON or SSE; `None` if there is none in time.
+async fn first_response(response: reqwest::Response, max: usize, deadline: Instant) -> Option<Bytes> {
+    let is_sse = response
+        .headers()
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.to_ascii_lowercase().starts_with("text/event-stream"));
+    if !is_sse {
+        return read_body(response, max, deadline).await.ok();
+    }
+    let mut events = sse::decode(response.bytes_stream(), max);
+    while let Ok(Some(Ok(event))) = timeout_at(deadline, events.next()).await {
+        if sse::is_message(&event) {
+            let data = Bytes::from(event.data.unwrap_or_default());
+            if Envelope::parse(&data).ok().and_then(|e| e.kind().ok()) == Some(Kind::Response) {
+                return Some(data);
+            }
+        }
+    }
+    None
 }
 
 /// Why reading a body failed.

@@ -7,11 +7,13 @@
 //! - `bytes`: messages forwarded byte for byte in both directions (J-01, J-11).
 //! - `errors`: HTTP and network failures become one clear JSON-RPC error with the request's id.
 //! - `ratelimit`: 429s waited out as the server says, one gate per origin shared by processes (R-xx).
+//! - `resilience`: expired sessions, server restarts, a dying parent (T-12, issue 4).
 //! - `stdio`: framing, invalid input, shutdown and exit codes (S-01…S-06).
 
 mod bytes;
 mod errors;
 mod harness;
 mod ratelimit;
+mod resilience;
 mod stdio;
 mod streamable;
