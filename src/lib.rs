@@ -59,7 +59,31 @@ enum Stop {
     Eof,
     Signal,
     StdoutClosed,
+    ParentGone,
     ReadError(std::io::Error),
+}
+
+/// How often the parent process is checked.
+const PARENT_CHECK: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// Resolves when the process that started us has exited, even if stdin stays open (a grandchild
+/// may hold it): a crashed client must not leave its proxies behind. Unix re-parents an orphan, so
+/// the parent id changes. Started by init (parent 1), there is nothing to watch.
+async fn parent_gone() {
+    #[cfg(unix)]
+    {
+        let parent = std::os::unix::process::parent_id();
+        if parent != 1 {
+            let mut tick = tokio::time::interval(PARENT_CHECK);
+            loop {
+                tick.tick().await;
+                if std::os::unix::process::parent_id() != parent {
+                    return;
+                }
+            }
+        }
+    }
+    std::future::pending::<()>().await
 }
 
 /// Runs the proxy: reads messages from `input`, forwards them, writes answers to `output`, until
@@ -93,11 +117,14 @@ where
     let mut reader = LineReader::new(input, config.max_message_bytes);
 
     tokio::pin!(shutdown);
+    let parent = parent_gone();
+    tokio::pin!(parent);
     let stop = loop {
         tokio::select! {
             biased;
             _ = &mut shutdown => break Stop::Signal,
             _ = outbox.closed() => break Stop::StdoutClosed,
+            _ = &mut parent => break Stop::ParentGone,
             frame = reader.next_frame() => match frame {
                 // Dispatch may wait (initialize is sent in line, stdout may be full): a signal
                 // or a vanished client must still end the run at once.
@@ -113,7 +140,10 @@ where
         }
     };
     debug!(?stop, "no more input");
-    proxy.shutdown(!matches!(stop, Stop::StdoutClosed)).await;
+    if matches!(stop, Stop::ParentGone) {
+        tracing::info!("the client that started mcp-sidecar has exited; shutting down");
+    }
+    proxy.shutdown(!matches!(stop, Stop::StdoutClosed | Stop::ParentGone)).await;
     drop(outbox);
     let _ = finish.send(());
     match writer.await {

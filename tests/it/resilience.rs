@@ -72,3 +72,60 @@ async fn t12_a_server_restart_loses_sessions_and_the_sidecar_carries_on() {
     s.finish().await;
     assert_eq!(restarted.posts("initialize").len(), 1, "three requests met the 404; one new session");
 }
+
+/// Whether process `pid` has exited (gone, or a zombie nobody reaps in a container).
+fn exited(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        Ok(stat) => stat.rsplit(')').next().is_some_and(|rest| rest.trim_start().starts_with('Z')),
+    }
+}
+
+#[tokio::test]
+async fn the_sidecar_exits_when_its_parent_dies_even_with_stdin_open() {
+    let server = Server::start(generic(), None).await;
+    // sh starts the sidecar in the background on sh's own stdin (fd 3: a background job would
+    // get /dev/null), prints its pid, and waits. Killing sh orphans the sidecar; its stdin pipe
+    // stays open because this test holds the other end.
+    let bin = env!("CARGO_BIN_EXE_mcp-sidecar");
+    let mut sh = tokio::process::Command::new("sh");
+    sh.args([
+        "-c",
+        r#"exec 3<&0; "$0" "$@" <&3 >/dev/null & echo $!; wait"#,
+        bin,
+        &server.url,
+        "--api-key-env",
+        "TEST_KEY",
+    ])
+    .env_clear()
+    .envs(ENV.iter().copied())
+    .env("NO_PROXY", "127.0.0.1")
+    .stdin(std::process::Stdio::piped())
+    .stdout(std::process::Stdio::piped())
+    .kill_on_drop(true);
+    let mut sh = sh.spawn().unwrap();
+    let mut stdin = sh.stdin.take().unwrap();
+    let mut out = tokio::io::BufReader::new(sh.stdout.take().unwrap());
+    let mut line = String::new();
+    tokio::io::AsyncBufReadExt::read_line(&mut out, &mut line).await.unwrap();
+    let pid: u32 = line.trim().parse().expect("the sidecar's pid");
+    // Kill the parent only once the sidecar runs (it reads its parent's id as it starts).
+    let init = request(
+        0,
+        "initialize",
+        json!({"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"t","version":"1"}}),
+    );
+    tokio::io::AsyncWriteExt::write_all(&mut stdin, format!("{init}\n").as_bytes()).await.unwrap();
+    while server.posts("initialize").is_empty() {
+        tokio::task::yield_now().await;
+    }
+    assert!(!exited(pid));
+    sh.kill().await.unwrap();
+    tokio::time::timeout(PATIENCE, async {
+        while !exited(pid) {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("the orphaned sidecar did not exit");
+}
