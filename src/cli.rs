@@ -72,6 +72,11 @@ pub struct Cli {
     #[arg(long, value_name = "DIR", env = "MCP_SIDECAR_STATE_DIR")]
     pub state_dir: Option<PathBuf>,
 
+    /// Also trust the CA certificates in this PEM file (a private or corporate CA), on top of the
+    /// system's trust store.
+    #[arg(long, value_name = "FILE", env = "MCP_SIDECAR_CA_FILE")]
+    pub ca_file: Option<PathBuf>,
+
     /// Allow plain http:// to hosts other than loopback (credentials would travel unencrypted).
     #[arg(long, env = "MCP_SIDECAR_ALLOW_HTTP")]
     pub allow_http: bool,

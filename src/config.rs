@@ -126,6 +126,8 @@ pub struct Config {
     pub headers: HeaderMap,
     /// `--transport`.
     pub transport: Transport,
+    /// Extra trusted CA certificates (`--ca-file`).
+    pub ca_certs: Vec<reqwest::Certificate>,
     /// `--state-dir` or the XDG state dir; not created until needed.
     pub state_dir: Option<PathBuf>,
     /// `--connect-timeout`.
@@ -205,6 +207,10 @@ impl Config {
             api_key,
             headers,
             transport: cli.transport,
+            ca_certs: match &cli.ca_file {
+                Some(path) => read_ca_file(path)?,
+                None => Vec::new(),
+            },
             state_dir: cli.state_dir.or_else(default_state_dir),
             connect_timeout: seconds("--connect-timeout", cli.connect_timeout)?,
             request_timeout: seconds("--request-timeout", cli.request_timeout)?,
@@ -368,6 +374,20 @@ fn expand_vars(s: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<String, 
     }
     out.push_str(rest);
     Ok(out)
+}
+
+/// Reads the certificates of `--ca-file`.
+fn read_ca_file(path: &std::path::Path) -> Result<Vec<reqwest::Certificate>, ConfigError> {
+    let shown = path.display();
+    let bytes = std::fs::read(path).map_err(|e| {
+        ConfigError(format!("--ca-file {shown} cannot be read ({e}): give the path of a PEM file"))
+    })?;
+    match reqwest::Certificate::from_pem_bundle(&bytes) {
+        Ok(certs) if !certs.is_empty() => Ok(certs),
+        _ => Err(ConfigError(format!(
+            "--ca-file {shown} holds no PEM certificate: it should contain -----BEGIN CERTIFICATE----- blocks"
+        ))),
+    }
 }
 
 fn seconds(flag: &str, secs: f64) -> Result<Duration, ConfigError> {

@@ -83,6 +83,7 @@ impl Upstream {
             .tcp_nodelay(true)
             .pool_idle_timeout(Duration::from_secs(90))
             .user_agent(concat!("mcp-sidecar/", env!("CARGO_PKG_VERSION")))
+            .tls_certs_merge(config.ca_certs.iter().cloned())
             .build()?;
         Ok(Upstream {
             client,
@@ -486,7 +487,7 @@ fn tls_message(e: &rustls::Error, host: &str, port: u16) -> String {
     match e {
         Error::InvalidCertificate(CertificateError::UnknownIssuer | CertificateError::BadSignature) => {
             format!(
-                "the TLS certificate of {host} is not signed by an authority this machine trusts (self-signed, or a private CA): add that CA to the system's trust store"
+                "the TLS certificate of {host} is not signed by an authority this machine trusts (self-signed, or a private CA): pass that CA's certificate with --ca-file"
             )
         }
         Error::InvalidCertificate(CertificateError::Expired | CertificateError::ExpiredContext { .. }) => {

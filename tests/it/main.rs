@@ -8,6 +8,7 @@
 //! - `errors`: HTTP and network failures become one clear JSON-RPC error with the request's id.
 //! - `ratelimit`: 429s waited out as the server says, one gate per origin shared by processes (R-xx).
 //! - `resilience`: expired sessions, server restarts, a dying parent (T-12, issue 4).
+//! - `tls`: certificate failures explained; `--ca-file`.
 //! - `stdio`: framing, invalid input, shutdown and exit codes (S-01…S-06).
 
 mod bytes;
@@ -17,3 +18,4 @@ mod ratelimit;
 mod resilience;
 mod stdio;
 mod streamable;
+mod tls;
