@@ -43,6 +43,8 @@ const DISCOVER_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DRAIN_TIMEOUT: Duration = Duration::from_millis(1500);
 /// How long the closing DELETE may take (T-22); shutdown must finish within 2 s.
 const DELETE_TIMEOUT: Duration = Duration::from_millis(400);
+/// How many times a broken reply stream is resumed with Last-Event-ID (T-23).
+const MAX_RESUMPTIONS: u32 = 3;
 /// Consecutive failures after which the GET stream is given up.
 const MAX_GET_STREAM_FAILURES: u32 = 3;
 
@@ -414,13 +416,47 @@ impl Proxy {
             .to_ascii_lowercase();
         if content_type.starts_with("text/event-stream") {
             let mut events = sse::decode(response.bytes_stream(), self.max_message);
+            // Resumption state (T-23, T-24): the last event id and the server's `retry`.
+            let (mut last_id, mut retry_after, mut resumed) = (None::<String>, None::<Duration>, 0u32);
             loop {
                 let event = match timeout_at(deadline, events.next()).await {
                     Err(_) => return Err(self.up.timeout_error(limit)),
-                    Ok(None) => break,
-                    Ok(Some(Err(e))) => return Err(self.stream_error(&e)),
+                    Ok(next @ (None | Some(Err(_)))) => {
+                        // The stream ended or broke before the answer. A legacy server that gave
+                        // event ids can replay it on a GET with Last-Event-ID; 2026-07-28 cannot.
+                        let broken = next.and_then(Result::err);
+                        let Some(id) =
+                            last_id.clone().filter(|_| !headers.is_modern() && resumed < MAX_RESUMPTIONS)
+                        else {
+                            match broken {
+                                Some(e) => return Err(self.stream_error(&e)),
+                                None => break,
+                            }
+                        };
+                        resumed += 1;
+                        let wait = retry_after.unwrap_or(Duration::from_millis(1000) * (resumed + 1) / 2);
+                        debug!(what, last_event_id = %id, wait_ms = wait.as_millis() as u64, "resuming the reply stream");
+                        tokio::time::sleep(wait).await;
+                        self.admit(what).await?;
+                        match timeout_at(deadline, self.up.get_stream(Some(&id)).send()).await {
+                            Ok(Ok(r)) if r.status().is_success() => {
+                                events = sse::decode(r.bytes_stream(), self.max_message);
+                                continue;
+                            }
+                            _ => match broken {
+                                Some(e) => return Err(self.stream_error(&e)),
+                                None => break,
+                            },
+                        }
+                    }
                     Ok(Some(Ok(event))) => event,
                 };
+                if let Some(id) = &event.id {
+                    last_id = Some(id.clone());
+                }
+                if let Some(ms) = event.retry {
+                    retry_after = Some(Duration::from_millis(ms));
+                }
                 if !sse::is_message(&event) {
                     continue;
                 }

@@ -129,3 +129,61 @@ async fn the_sidecar_exits_when_its_parent_dies_even_with_stdin_open() {
     .await
     .expect("the orphaned sidecar did not exit");
 }
+
+#[tokio::test]
+async fn t23_a_reply_stream_that_breaks_is_resumed_with_last_event_id_after_retry() {
+    let hook: Hook = Arc::new(|s: &Seen| {
+        if s.rpc_method() == Some("tools/call") {
+            // A priming event, then the connection closes without the answer (T-24).
+            return Action::Respond(respond(200, "text/event-stream", "id: ev-1\nretry: 300\ndata:\n\n"));
+        }
+        if s.method == "GET" {
+            if s.header("last-event-id") == Some("ev-1") {
+                let answer =
+                    r#"{"jsonrpc":"2.0","id":5,"result":{"content":[{"type":"text","text":"resumed"}]}}"#;
+                return Action::Respond(respond(
+                    200,
+                    "text/event-stream",
+                    format!("id: ev-2\ndata: {answer}\n\n"),
+                ));
+            }
+            return Action::Respond(respond(405, "text/plain", ""));
+        }
+        Action::Pass
+    });
+    let server = Server::start(generic(), Some(hook)).await;
+    let mut s = sidecar_for(&server, &[]);
+    s.handshake().await;
+    s.send_json(&call(5, "sum", json!({"a":1,"b":1}))).await;
+    let answer = s.recv().await;
+    assert_eq!(answer["id"], 5);
+    assert_eq!(answer["result"]["content"][0]["text"], "resumed", "{answer}");
+    s.finish().await;
+    let post = &server.posts("tools/call")[0];
+    let resume =
+        server.seen().into_iter().find(|r| r.header("last-event-id") == Some("ev-1")).expect("resumed");
+    let gap = resume.at - post.at;
+    // Exactly the server's retry (the conformance scenario accepts 450–700 ms for 500 ms).
+    assert!(
+        gap >= std::time::Duration::from_millis(300) && gap < std::time::Duration::from_millis(600),
+        "{gap:?}"
+    );
+    assert_eq!(server.posts("tools/call").len(), 1, "resumed, not sent again");
+}
+
+#[tokio::test]
+async fn a_reply_stream_that_breaks_without_event_ids_is_answered_not_replayed() {
+    let hook: Hook = Arc::new(|s: &Seen| match s.rpc_method() {
+        Some("tools/call") => Action::Respond(respond(200, "text/event-stream", ": nothing useful\n\n")),
+        _ => Action::Pass,
+    });
+    let server = Server::start(generic(), Some(hook)).await;
+    let mut s = sidecar_for(&server, &[]);
+    s.handshake().await;
+    s.send_json(&call(6, "sum", json!({"a":1,"b":1}))).await;
+    let e = s.recv().await;
+    assert_eq!(e["id"], 6);
+    assert!(e["error"]["message"].as_str().unwrap().contains("may or may not have been processed"), "{e}");
+    s.finish().await;
+    assert_eq!(server.posts("tools/call").len(), 1);
+}
