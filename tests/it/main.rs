@@ -6,6 +6,7 @@
 //! - `streamable`: the Streamable HTTP happy paths with a real rmcp client (T-01…T-33).
 //! - `bytes`: messages forwarded byte for byte in both directions (J-01, J-11).
 //! - `errors`: HTTP and network failures become one clear JSON-RPC error with the request's id.
+//! - `faults`: servers dying mid-request, replies cut off, bodies over the limit.
 //! - `ratelimit`: 429s waited out as the server says, one gate per origin shared by processes (R-xx).
 //! - `resilience`: expired sessions, server restarts, a dying parent (T-12, issue 4).
 //! - `tls`: certificate failures explained; `--ca-file`.
@@ -13,6 +14,7 @@
 
 mod bytes;
 mod errors;
+mod faults;
 mod harness;
 mod ratelimit;
 mod resilience;

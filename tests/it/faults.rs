@@ -1,0 +1,134 @@
+//! Faults below HTTP: a server that dies mid-request, a reply cut off mid-stream, bodies over the
+//! limit. Each request gets exactly one answer, the proxy stays alive, stdout stays JSON-RPC.
+
+use std::sync::Arc;
+
+use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::harness::*;
+
+/// A TCP server that reads each request's head and then does `act` with the socket.
+async fn raw_server<F, Fut>(act: F) -> String
+where
+    F: Fn(tokio::net::TcpStream) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/mcp", listener.local_addr().unwrap());
+    let act = Arc::new(act);
+    tokio::spawn(async move {
+        while let Ok((mut sock, _)) = listener.accept().await {
+            let act = act.clone();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 64 * 1024];
+                let mut got = Vec::new();
+                while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match sock.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => got.extend_from_slice(&buf[..n]),
+                    }
+                }
+                act(sock).await;
+            });
+        }
+    });
+    url
+}
+
+async fn answer_to_initialize(url: &str, extra: &[&str]) -> (serde_json::Value, Outcome) {
+    let mut args = vec![url, "--api-key-env", "TEST_KEY"];
+    args.extend_from_slice(extra);
+    let mut s = Sidecar::spawn(&args, ENV);
+    s.send_json(&request(
+        "i",
+        "initialize",
+        json!({"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"t","version":"1"}}),
+    ))
+    .await;
+    let answer = s.recv().await;
+    // The proxy is still alive and answering.
+    s.send("not json").await;
+    assert_eq!(s.recv().await["error"]["code"], -32700);
+    (answer, s.finish().await)
+}
+
+#[tokio::test]
+async fn a_server_that_dies_mid_request_gets_an_answer_and_no_replay() {
+    let hits = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = hits.clone();
+    let url = raw_server(move |sock| {
+        count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        async move { drop(sock) }
+    })
+    .await;
+    let (answer, _) = answer_to_initialize(&url, &[]).await;
+    assert_eq!(answer["id"], "i");
+    let msg = answer["error"]["message"].as_str().unwrap();
+    assert!(msg.contains("may have been processed, so it was not retried"), "{answer}");
+    assert_eq!(answer["error"]["data"]["requestSent"], true);
+    assert_eq!(hits.load(std::sync::atomic::Ordering::SeqCst), 1, "never replayed");
+}
+
+#[tokio::test]
+async fn a_reply_cut_off_mid_stream_is_answered() {
+    let url = raw_server(|mut sock| async move {
+        let head = "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n";
+        let part = "data: {\"jsonrpc\":\"2.0\",\"id\":\"i\",\"res";
+        let _ = sock.write_all(format!("{head}{:x}\r\n{part}\r\n", part.len()).as_bytes()).await;
+        let _ = sock.flush().await;
+        // Abort the connection (RST) mid-event.
+        let _ = sock.set_linger(Some(std::time::Duration::ZERO));
+        drop(sock);
+    })
+    .await;
+    let (answer, _) = answer_to_initialize(&url, &[]).await;
+    assert_eq!(answer["id"], "i");
+    assert_eq!(answer["error"]["data"]["kind"], "stream_ended", "{answer}");
+}
+
+#[tokio::test]
+async fn bodies_over_the_limit_are_refused_not_buffered() {
+    for content_type in ["application/json", "text/event-stream"] {
+        let hook: Hook = Arc::new(move |s: &Seen| match s.rpc_method() {
+            Some("tools/call") => {
+                let big =
+                    format!(r#"{{"jsonrpc":"2.0","id":1,"result":{{"text":"{}"}}}}"#, "x".repeat(200_000));
+                let body = if content_type == "application/json" { big } else { format!("data: {big}\n\n") };
+                Action::Respond(respond(200, content_type, body))
+            }
+            _ => Action::Pass,
+        });
+        let server = Server::start(generic(), Some(hook)).await;
+        let mut s = sidecar_for(&server, &["--max-message-bytes", "65536"]);
+        s.handshake().await;
+        s.send_json(&call(1, "sum", json!({"a":1,"b":1}))).await;
+        let e = s.recv().await;
+        assert_eq!(e["id"], 1);
+        assert_eq!(e["error"]["data"]["kind"], "message_too_large", "{content_type}: {e}");
+        assert!(e["error"]["message"].as_str().unwrap().contains("--max-message-bytes"));
+        s.send_json(&call(2, "sum", json!({"a":1,"b":1}))).await;
+        assert_eq!(s.recv().await["id"], 2, "still working");
+        s.finish().await;
+    }
+}
+
+#[tokio::test]
+async fn proxies_from_the_environment_are_used_and_no_proxy_is_honoured() {
+    let target = Server::start(generic(), None).await;
+    let proxy = Server::start(generic(), None).await;
+    // Address the target by name, so that NO_PROXY can name it.
+    let url = target.url.replace("127.0.0.1", "localhost");
+    let proxy_url = format!("http://{}", proxy.addr);
+    for (no_proxy, via_proxy) in [("", true), ("localhost", false)] {
+        let env = [("TEST_KEY", KEY), ("HTTP_PROXY", proxy_url.as_str()), ("NO_PROXY", no_proxy)];
+        let mut s = Sidecar::spawn(&[&url, "--api-key-env", "TEST_KEY"], &env);
+        s.handshake().await;
+        s.finish().await;
+        let (hit, missed) = if via_proxy { (&proxy, &target) } else { (&target, &proxy) };
+        assert!(!hit.posts("initialize").is_empty(), "NO_PROXY={no_proxy:?}: the request went the wrong way");
+        assert!(missed.posts("initialize").is_empty() || !via_proxy, "NO_PROXY={no_proxy:?}");
+    }
+    // Through the proxy the request line named the target (absolute form).
+    assert!(proxy.posts("initialize")[0].header("host").is_some_and(|h| h.starts_with("localhost:")));
+}
