@@ -455,3 +455,82 @@ mod tests {
         assert_eq!(sniff_id(b"not json"), None);
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn json_value() -> impl Strategy<Value = serde_json::Value> {
+        let leaf = prop_oneof![
+            Just(serde_json::Value::Null),
+            any::<bool>().prop_map(serde_json::Value::from),
+            any::<i64>().prop_map(serde_json::Value::from),
+            any::<u64>().prop_map(serde_json::Value::from),
+            ".{0,12}".prop_map(serde_json::Value::from),
+        ];
+        leaf.prop_recursive(3, 24, 4, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..4).prop_map(serde_json::Value::from),
+                prop::collection::btree_map(".{0,6}", inner, 0..4)
+                    .prop_map(|m| serde_json::Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    fn request_id() -> impl Strategy<Value = serde_json::Value> {
+        prop_oneof![
+            any::<i64>().prop_map(serde_json::Value::from),
+            any::<u64>().prop_map(serde_json::Value::from),
+            ".{0,10}".prop_map(serde_json::Value::from)
+        ]
+    }
+
+    proptest! {
+        /// Arbitrary bytes never panic the parser.
+        #[test]
+        fn parsing_never_panics(bytes in prop::collection::vec(any::<u8>(), 0..200)) {
+            if let Ok(env) = Envelope::parse(&bytes) {
+                let _ = env.kind();
+                let _ = env.id_key();
+                let _ = env.params();
+            }
+            let _ = sniff_id(&bytes);
+        }
+
+        /// Any request is classified as one, its id matches itself, and an error made for it
+        /// carries exactly its id.
+        #[test]
+        fn requests_keep_their_ids(id in request_id(), params in json_value(), method in "[a-z/]{1,12}") {
+            let msg = serde_json::json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params}).to_string();
+            let env = Envelope::parse(msg.as_bytes()).unwrap();
+            prop_assert_eq!(env.kind(), Ok(Kind::Request));
+            let key = env.id_key().unwrap();
+            let err = LocalError::new(UPSTREAM_ERROR, ErrorKind::ServerError, "x").to_response(env.id);
+            let back = Envelope::parse(&err).unwrap();
+            prop_assert_eq!(back.kind(), Ok(Kind::Response));
+            prop_assert_eq!(back.id_key(), Some(key));
+            let v: serde_json::Value = serde_json::from_slice(&err).unwrap();
+            prop_assert_eq!(&v["id"], &id);
+        }
+
+        /// The start of a request, cut anywhere after its id, still yields the id.
+        #[test]
+        fn sniffing_finds_ids_in_any_long_enough_prefix(id in request_id(), params in json_value(), cut in 0usize..64) {
+            let head = format!(r#"{{"jsonrpc":"2.0","id":{},"method":"m","params":"#, id);
+            let msg = format!("{head}{}}}", params);
+            let end = (head.len() + cut).min(msg.len());
+            prop_assert_eq!(sniff_id(&msg.as_bytes()[..end]), Some(id.to_string()));
+        }
+
+        /// Pretty-printed JSON flattened onto one line means the same.
+        #[test]
+        fn flattening_keeps_meaning(v in json_value()) {
+            let mut pretty = serde_json::to_vec_pretty(&v).unwrap();
+            flatten_lines(&mut pretty);
+            prop_assert!(!pretty.contains(&b'\n'));
+            let back: serde_json::Value = serde_json::from_slice(&pretty).unwrap();
+            prop_assert_eq!(back, v);
+        }
+    }
+}

@@ -515,3 +515,53 @@ mod tests {
         assert_eq!(human(Duration::MAX), "a very long time");
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+    use reqwest::header::{HeaderName, HeaderValue};
+
+    fn now() -> SystemTime {
+        UNIX_EPOCH + Duration::from_secs(1_795_348_800)
+    }
+
+    proptest! {
+        /// No header value, however odd, panics the parser or yields a wait from a field that
+        /// is not a rate-limit field.
+        #[test]
+        fn any_header_value_is_safe(
+            name in prop_oneof![Just("retry-after"), Just("ratelimit"), Just("x-ratelimit-reset"),
+                Just("x-ratelimit-reset-after"), Just("ratelimit-reset"), Just("date"), Just("x-other")],
+            value in "[ -~]{0,60}",
+        ) {
+            let mut h = HeaderMap::new();
+            if let Ok(v) = HeaderValue::from_str(&value) {
+                h.insert(HeaderName::from_static(name), v);
+            }
+            let w = server_wait(&h, now());
+            if name == "date" || name == "x-other" {
+                prop_assert!(w.is_none());
+            }
+            let _ = quota_spent(&h, now());
+        }
+
+        /// Delay-seconds are taken exactly; epoch seconds and milliseconds in the future mean
+        /// the same wait.
+        #[test]
+        fn seconds_and_epochs_agree(secs in 0u64..10_000_000) {
+            let mut h = HeaderMap::new();
+            h.insert(RETRY_AFTER, HeaderValue::from(secs));
+            prop_assert_eq!(server_wait(&h, now()).unwrap().delay, Duration::from_secs(secs));
+            let epoch = 1_795_348_800 + secs;
+            let mut h = HeaderMap::new();
+            h.insert("x-ratelimit-reset", HeaderValue::from(epoch));
+            let by_s = server_wait(&h, now()).unwrap().delay;
+            let mut h = HeaderMap::new();
+            h.insert("x-ratelimit-reset", HeaderValue::from(epoch * 1000));
+            let by_ms = server_wait(&h, now()).unwrap().delay;
+            prop_assert_eq!(by_s, Duration::from_secs(secs));
+            prop_assert!(by_ms.abs_diff(by_s) < Duration::from_millis(2));
+        }
+    }
+}

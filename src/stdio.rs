@@ -309,3 +309,82 @@ mod tests {
         assert_eq!(s, "{\"a\":1}\n{\"b\":2}\n");
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Decodes `input` fed in chunks of the given sizes.
+    fn decode(input: &[u8], chunks: &[usize], max: usize) -> Vec<Frame> {
+        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        rt.block_on(async {
+            let (mut tx, rx) = tokio::io::duplex(1 << 16);
+            let mut parts = Vec::new();
+            let mut rest = input;
+            for &c in chunks.iter().cycle().take(input.len() + 1) {
+                if rest.is_empty() {
+                    break;
+                }
+                let (a, b) = rest.split_at(c.clamp(1, rest.len()));
+                parts.push(a.to_vec());
+                rest = b;
+            }
+            let writer = tokio::spawn(async move {
+                for p in parts {
+                    tx.write_all(&p).await.unwrap();
+                }
+            });
+            let mut reader = LineReader::new(rx, max);
+            let mut out = Vec::new();
+            while let Some(f) = reader.next_frame().await.unwrap() {
+                out.push(f);
+            }
+            writer.await.unwrap();
+            out
+        })
+    }
+
+    proptest! {
+        /// Whatever the chunking, every line comes out once, in order, without its line ending;
+        /// lines over the limit come out as TooLong with their exact length.
+        #[test]
+        fn lines_survive_any_chunking(
+            lines in prop::collection::vec(prop::collection::vec(any::<u8>().prop_filter("no LF", |b| *b != b'\n'), 0..300), 0..20),
+            crlf in any::<bool>(),
+            chunks in prop::collection::vec(1usize..400, 1..10),
+            max in 50usize..250,
+        ) {
+            let mut input = Vec::new();
+            for l in &lines {
+                input.extend_from_slice(l);
+                input.extend_from_slice(if crlf { b"\r\n" } else { b"\n" });
+            }
+            let expected: Vec<Frame> = lines
+                .iter()
+                .filter_map(|l| {
+                    let mut l = l.clone();
+                    if crlf { l.push(b'\r'); }
+                    // One trailing CR is the line ending's.
+                    if l.last() == Some(&b'\r') { l.pop(); }
+                    if l.len() > max {
+                        let raw = l.len() + usize::from(crlf);
+                        let raw_len = if raw > max { raw } else { l.len() };
+                        return Some(Frame::TooLong { len: raw_len, prefix: Vec::new() });
+                    }
+                    if l.iter().all(u8::is_ascii_whitespace) { return None; }
+                    Some(Frame::Line(Bytes::from(l)))
+                })
+                .collect();
+            let got = decode(&input, &chunks, max);
+            prop_assert_eq!(got.len(), expected.len());
+            for (g, e) in got.iter().zip(&expected) {
+                match (g, e) {
+                    (Frame::Line(a), Frame::Line(b)) => prop_assert_eq!(a, b),
+                    (Frame::TooLong { len, .. }, Frame::TooLong { .. }) => prop_assert!(*len > max),
+                    _ => prop_assert!(false, "{:?} vs {:?}", g, e),
+                }
+            }
+        }
+    }
+}

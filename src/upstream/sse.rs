@@ -179,3 +179,34 @@ mod tests {
         assert_eq!(ev.len(), 2);
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use futures_util::StreamExt;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Events split anywhere (CRLF or LF) decode to their data, and events within the limit
+        /// never trip it.
+        #[test]
+        fn events_survive_any_chunking(
+            datas in prop::collection::vec("[a-z{}\":, ]{1,40}", 1..8),
+            crlf in any::<bool>(),
+            chunk in 1usize..50,
+        ) {
+            let nl = if crlf { "\r\n" } else { "\n" };
+            let text: String = datas.iter().map(|d| format!("data: {d}{nl}{nl}")).collect();
+            let items: Vec<Result<Bytes, std::io::Error>> =
+                text.as_bytes().chunks(chunk).map(|c| Ok(Bytes::copy_from_slice(c))).collect();
+            let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+            let got: Vec<String> = rt.block_on(async {
+                decode(futures_util::stream::iter(items), 64)
+                    .filter_map(|e| async move { e.ok().and_then(|e| e.data) })
+                    .collect()
+                    .await
+            });
+            prop_assert_eq!(got, datas);
+        }
+    }
+}

@@ -78,7 +78,7 @@ async fn a_reply_cut_off_mid_stream_is_answered() {
         let _ = sock.write_all(format!("{head}{:x}\r\n{part}\r\n", part.len()).as_bytes()).await;
         let _ = sock.flush().await;
         // Abort the connection (RST) mid-event.
-        let _ = sock.set_linger(Some(std::time::Duration::ZERO));
+        let _ = sock.set_zero_linger();
         drop(sock);
     })
     .await;
