@@ -1,0 +1,24 @@
+//! The JSON-RPC envelope, the id sniffer and line flattening on arbitrary input.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use mcp_sidecar::envelope::{Envelope, flatten_lines, sniff_id};
+
+fuzz_target!(|data: &[u8]| {
+    if let Ok(env) = Envelope::parse(data) {
+        let _ = env.kind();
+        let _ = env.id_key();
+        let _ = env.params();
+    }
+    let _ = sniff_id(data);
+    let mut copy = data.to_vec();
+    flatten_lines(&mut copy);
+    assert!(!copy.contains(&b'\n') && !copy.contains(&b'\r'));
+    // Flattening never changes whether a text is valid JSON.
+    let before = serde_json_valid(data);
+    assert_eq!(before, serde_json_valid(&copy));
+});
+
+fn serde_json_valid(b: &[u8]) -> bool {
+    Envelope::parse(b).is_ok()
+}
