@@ -43,6 +43,10 @@ const DISCOVER_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DRAIN_TIMEOUT: Duration = Duration::from_millis(1500);
 /// How long the closing DELETE may take (T-22); shutdown must finish within 2 s.
 const DELETE_TIMEOUT: Duration = Duration::from_millis(400);
+/// How many new sessions one request follows after 404s (T-12) before it is answered with an
+/// error: once per expired session it met (so "at most once" for any one expiry); renewals it
+/// merely waited for do not count. A server that drops every new session cannot make it loop.
+const MAX_RENEWALS: u32 = 5;
 /// How many times a broken reply stream is resumed with Last-Event-ID (T-23).
 const MAX_RESUMPTIONS: u32 = 3;
 /// Consecutive failures after which the GET stream is given up.
@@ -514,7 +518,7 @@ impl Proxy {
         what: &str,
     ) -> Result<(reqwest::Response, bool, Instant), LocalError> {
         let mut retries = 0u32;
-        let mut renewed = false;
+        let mut renewals = 0u32;
         loop {
             self.admit(what).await?;
             let session = if initialize { None } else { Some(self.up.session()) };
@@ -544,14 +548,17 @@ impl Proxy {
             };
             let status = response.status();
             // T-12: a 404 for a request that carried the session id means the session is gone.
+            // A request in flight may meet several expiries under load; a server that drops
+            // every new session must not make it loop, hence the bound.
             if status == StatusCode::NOT_FOUND
-                && !renewed
+                && renewals < MAX_RENEWALS
                 && let Some(expired) = session.as_ref().and_then(|s| s.id.clone())
                 && self.init_line.lock().unwrap().is_some()
             {
                 drop(response);
-                self.renew_session(&expired, limit).await?;
-                renewed = true;
+                if self.renew_session(&expired, limit).await? {
+                    renewals += 1;
+                }
                 continue;
             }
             let limited = status == StatusCode::TOO_MANY_REQUESTS
@@ -607,15 +614,15 @@ impl Proxy {
     /// Starts a new session after the server dropped `expired` (T-12): replays the client's
     /// `initialize` and `notifications/initialized` upstream (their answers stay here: the client
     /// has its session already) and reopens the GET stream. One renewal for all the requests
-    /// that met the same 404.
+    /// that met the same 404. Returns whether this call started it (false: another request had).
     async fn renew_session(
         self: &Arc<Self>,
         expired: &reqwest::header::HeaderValue,
         limit: Duration,
-    ) -> Result<(), LocalError> {
+    ) -> Result<bool, LocalError> {
         let _one_at_a_time = self.renewing.lock().await;
         if self.up.session().id.as_ref() != Some(expired) {
-            return Ok(()); // renewed by another request meanwhile
+            return Ok(false); // renewed by another request meanwhile
         }
         let Some(line) = self.init_line.lock().unwrap().clone() else {
             return Err(LocalError::new(
@@ -665,7 +672,7 @@ impl Proxy {
         }
         self.restart_get_stream();
         info!("new MCP session started; requests continue");
-        Ok(())
+        Ok(true)
     }
 
     /// Waits at the gate, logging each wait; a wait longer than `--max-wait` is an error.
