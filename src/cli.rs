@@ -63,8 +63,8 @@ pub struct Cli {
     )]
     pub headers: Vec<String>,
 
-    /// Which HTTP transport to use. auto: Streamable HTTP (the legacy HTTP+SSE fallback is not
-    /// built yet).
+    /// Which HTTP transport to use: auto tries Streamable HTTP and falls back to the 2024-11-05
+    /// HTTP+SSE transport when the server only speaks that.
     #[arg(long, value_name = "TRANSPORT", env = "MCP_SIDECAR_TRANSPORT", default_value = "auto")]
     pub transport: Transport,
 

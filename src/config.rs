@@ -196,12 +196,6 @@ impl Config {
             )));
         }
 
-        if cli.transport == Transport::Sse {
-            return Err(ConfigError(
-                "--transport sse (the 2024-11-05 HTTP+SSE transport) is not supported by this version yet: use --transport streamable-http".into(),
-            ));
-        }
-
         Ok(Config {
             url,
             api_key,

@@ -113,6 +113,7 @@ where
         config.max_message_bytes,
         gate,
         config.retry.clone(),
+        config.transport,
     );
     let mut reader = LineReader::new(input, config.max_message_bytes);
 

@@ -27,6 +27,7 @@ use tokio::time::{Instant, timeout, timeout_at};
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, trace, warn};
 
+use crate::cli::Transport;
 use crate::envelope::{
     self, Envelope, ErrorKind, INVALID_REQUEST, IdKey, Kind, LocalError, PARSE_ERROR, RATE_LIMITED,
     SHUTTING_DOWN, UPSTREAM_ERROR,
@@ -43,6 +44,8 @@ const DISCOVER_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DRAIN_TIMEOUT: Duration = Duration::from_millis(1500);
 /// How long the closing DELETE may take (T-22); shutdown must finish within 2 s.
 const DELETE_TIMEOUT: Duration = Duration::from_millis(400);
+/// How long the HTTP+SSE stream may take to announce its endpoint (T-61).
+const LEGACY_ENDPOINT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How many new sessions one request follows after 404s (T-12) before it is answered with an
 /// error: once per expired session it met (so "at most once" for any one expiry); renewals it
 /// merely waited for do not count. A server that drops every new session cannot make it loop.
@@ -110,6 +113,8 @@ pub struct Proxy {
     init_line: Mutex<Option<Bytes>>,
     /// Makes concurrent 404s start one new session, not one each.
     renewing: tokio::sync::Mutex<()>,
+    /// `--transport`.
+    transport: Transport,
 }
 
 impl Proxy {
@@ -121,6 +126,7 @@ impl Proxy {
         max_message: usize,
         gate: Gate,
         policy: RetryPolicy,
+        transport: Transport,
     ) -> Arc<Self> {
         Arc::new(Proxy {
             gate,
@@ -128,6 +134,7 @@ impl Proxy {
             last_limit_headers: Mutex::new(Vec::new()),
             init_line: Mutex::new(None),
             renewing: tokio::sync::Mutex::new(()),
+            transport,
             up,
             out,
             pending: Mutex::new(HashMap::new()),
@@ -399,16 +406,36 @@ impl Proxy {
     ) -> Result<(), LocalError> {
         if initialize {
             self.up.reset_session();
+            if self.transport == Transport::Sse && !self.up.is_legacy() {
+                self.start_legacy().await.map_err(|reason| self.legacy_error(&reason))?;
+            }
         }
-        let (response, sent_session, mut deadline) =
-            self.send(&body, headers, initialize, limit, what).await?;
-        let status = response.status();
-        debug!(status = status.as_u16(), "POST answered");
-        if !status.is_success() {
+        let (response, _, mut deadline) = loop {
+            let (response, sent_session, deadline) =
+                self.send(&body, headers, initialize, limit, what).await?;
+            let status = response.status();
+            debug!(status = status.as_u16(), "POST answered");
+            if status.is_success() {
+                break (response, sent_session, deadline);
+            }
             let resp_headers = response.headers().clone();
-            let body = read_body(response, MAX_ERROR_BODY_BYTES, deadline).await.unwrap_or_default();
-            return self.answer_http_error(status, &resp_headers, &body, sent_session, &ids).await;
-        }
+            let error_body = read_body(response, MAX_ERROR_BODY_BYTES, deadline).await.unwrap_or_default();
+            // T-60: a server that refuses the initialize POST with 400/404/405 and no JSON-RPC
+            // error may speak only the 2024-11-05 HTTP+SSE transport: try its GET stream.
+            if initialize
+                && self.transport == Transport::Auto
+                && !self.up.is_legacy()
+                && matches!(status.as_u16(), 400 | 404 | 405)
+                && jsonrpc_error(&error_body).is_none()
+            {
+                match self.start_legacy().await {
+                    Ok(()) => continue,
+                    Err(reason) => debug!("no HTTP+SSE fallback either: {reason}"),
+                }
+            }
+            return self.answer_http_error(status, &resp_headers, &error_body, sent_session, &ids).await;
+        };
+        let status = response.status();
         if initialize {
             self.up.set_session_id(response.headers().get(&SESSION_ID).cloned());
         }
@@ -418,7 +445,10 @@ impl Proxy {
             .and_then(|v| v.to_str().ok())
             .unwrap_or("")
             .to_ascii_lowercase();
-        if content_type.starts_with("text/event-stream") {
+        if self.up.is_legacy() {
+            // HTTP+SSE: the POST only says "accepted"; the answer comes on the stream (T-61).
+            drop(response);
+        } else if content_type.starts_with("text/event-stream") {
             let mut events = sse::decode(response.bytes_stream(), self.max_message);
             // Resumption state (T-23, T-24): the last event id and the server's `retry`.
             let (mut last_id, mut retry_after, mut resumed) = (None::<String>, None::<Duration>, 0u32);
@@ -491,7 +521,7 @@ impl Proxy {
         if !self.any_pending(&ids) {
             return Ok(());
         }
-        if status == StatusCode::ACCEPTED || status == StatusCode::NO_CONTENT {
+        if status == StatusCode::ACCEPTED || status == StatusCode::NO_CONTENT || self.up.is_legacy() {
             // Accepted without an answer: it will come on the GET stream (T-20).
             for (key, done) in ids {
                 if self.is_pending(&key) && timeout_at(deadline, done).await.is_err() {
@@ -673,6 +703,119 @@ impl Proxy {
         self.restart_get_stream();
         info!("new MCP session started; requests continue");
         Ok(true)
+    }
+
+    /// Opens the 2024-11-05 HTTP+SSE stream and waits for its `endpoint` event (T-60, T-61).
+    async fn start_legacy(self: &Arc<Self>) -> Result<(), String> {
+        let (tx, rx) = oneshot::channel();
+        let task = tokio::spawn(self.clone().listen_legacy(tx)).abort_handle();
+        if let Some(old) = self.get_stream.lock().unwrap().replace(task) {
+            old.abort();
+        }
+        match timeout(LEGACY_ENDPOINT_TIMEOUT, rx).await {
+            Ok(Ok(Ok(()))) => {
+                info!("{} speaks the 2024-11-05 HTTP+SSE transport; using it", self.up.host());
+                Ok(())
+            }
+            Ok(Ok(Err(reason))) => Err(reason),
+            _ => Err("the event stream announced no endpoint in time".into()),
+        }
+    }
+
+    fn legacy_error(&self, reason: &str) -> LocalError {
+        let mut err = LocalError::new(
+            UPSTREAM_ERROR,
+            ErrorKind::WrongEndpoint,
+            format!(
+                "{} offers no HTTP+SSE stream ({reason}): check the URL, or try --transport auto",
+                self.up.shown_url()
+            ),
+        );
+        err.request_sent = Some(false);
+        err
+    }
+
+    /// Reads the HTTP+SSE stream: its first event names the POST endpoint, every later `message`
+    /// event is delivered. When it drops, it is reopened (a new endpoint, so a new session: the
+    /// client's handshake is replayed, its answers dropped as nobody waits for them).
+    async fn listen_legacy(self: Arc<Self>, ready: oneshot::Sender<Result<(), String>>) {
+        let mut ready = Some(ready);
+        let mut failures = 0u32;
+        loop {
+            match self.open_legacy().await {
+                Ok(mut events) => {
+                    match ready.take() {
+                        Some(tx) => {
+                            let _ = tx.send(Ok(()));
+                        }
+                        None => self.replay_handshake().await,
+                    }
+                    failures = 0;
+                    while let Some(Ok(event)) = events.next().await {
+                        if sse::is_message(&event) {
+                            self.deliver(Bytes::from(event.data.unwrap_or_default())).await;
+                        }
+                    }
+                    info!("the HTTP+SSE stream ended; reopening it");
+                }
+                Err(reason) => {
+                    if let Some(tx) = ready.take() {
+                        let _ = tx.send(Err(reason));
+                        return;
+                    }
+                    debug!("reopening the HTTP+SSE stream failed: {reason}");
+                }
+            }
+            failures += 1;
+            if failures > MAX_GET_STREAM_FAILURES || self.shutting_down.load(Ordering::Relaxed) {
+                warn!("the HTTP+SSE stream was lost and could not be reopened: restart the client");
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(500) * 2u32.pow(failures)).await;
+        }
+    }
+
+    /// Opens the stream and reads up to its `endpoint` event.
+    async fn open_legacy(&self) -> Result<LegacyEvents, String> {
+        if let Err(b) = self.gate.admit(self.policy.max_wait, |_, _| {}).await {
+            tokio::time::sleep(b.wait).await;
+        }
+        let response = self.up.legacy_stream().send().await.map_err(|e| self.up.send_error(&e).message)?;
+        let status = response.status();
+        let is_sse = response
+            .headers()
+            .get(CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.to_ascii_lowercase().starts_with("text/event-stream"));
+        if !status.is_success() || !is_sse {
+            return Err(format!("the GET answered HTTP {} without an event stream", status.as_u16()));
+        }
+        let mut events: LegacyEvents = Box::pin(sse::decode(response.bytes_stream(), self.max_message));
+        loop {
+            match events.next().await {
+                Some(Ok(e)) if e.event.as_deref() == Some("endpoint") => {
+                    self.up.set_endpoint(e.data.as_deref().unwrap_or(""))?;
+                    return Ok(events);
+                }
+                Some(Ok(e)) if e.data.is_none() => continue,
+                Some(Ok(_)) => return Err("the stream's first event is not `endpoint`".into()),
+                _ => return Err("the stream ended before announcing an endpoint".into()),
+            }
+        }
+    }
+
+    /// Sends the client's `initialize` and `notifications/initialized` again, for a new session.
+    async fn replay_handshake(&self) {
+        let Some(line) = self.init_line.lock().unwrap().clone() else { return };
+        let initialized = Bytes::from_static(br#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#);
+        for body in [line, initialized] {
+            let (request, _) = self.up.post(body, &MessageHeaders::default(), None);
+            match timeout(self.request_timeout, request.send()).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => debug!("replaying the handshake failed: {}", self.up.send_error(&e).message),
+                Err(_) => debug!("replaying the handshake timed out"),
+            }
+        }
     }
 
     /// Waits at the gate, logging each wait; a wait longer than `--max-wait` is an error.
@@ -1120,6 +1263,10 @@ async fn first_response(response: reqwest::Response, max: usize, deadline: Insta
     }
     None
 }
+
+/// The events of an HTTP+SSE stream after its `endpoint`.
+type LegacyEvents =
+    std::pin::Pin<Box<dyn futures_util::Stream<Item = Result<sse_stream::Sse, sse_stream::Error>> + Send>>;
 
 /// Why reading a body failed.
 enum BodyError {

@@ -56,6 +56,9 @@ pub struct Upstream {
     api_key: Option<ApiKey>,
     extra: HeaderMap,
     session: RwLock<Session>,
+    /// The POST endpoint the 2024-11-05 HTTP+SSE transport announced (T-61); `None` for
+    /// Streamable HTTP, where messages go to the URL itself.
+    endpoint: RwLock<Option<Url>>,
 }
 
 impl Upstream {
@@ -92,6 +95,7 @@ impl Upstream {
             api_key: config.api_key.clone(),
             extra: config.headers.clone(),
             session: RwLock::new(Session::default()),
+            endpoint: RwLock::new(None),
         })
     }
 
@@ -134,9 +138,14 @@ impl Upstream {
         }
     }
 
-    /// A request with the credential and extra headers.
+    /// A request with the credential and extra headers. POSTs go to the HTTP+SSE endpoint when
+    /// one was announced.
     fn request(&self, method: Method) -> RequestBuilder {
-        let mut req = self.client.request(method, self.url.clone()).headers(self.extra.clone());
+        let url = match (&method, self.endpoint.read().ok().and_then(|e| e.clone())) {
+            (&Method::POST, Some(endpoint)) => endpoint,
+            _ => self.url.clone(),
+        };
+        let mut req = self.client.request(method, url).headers(self.extra.clone());
         if let Some(key) = &self.api_key {
             req = req.header(key.header.clone(), key.value.clone());
         }
@@ -195,6 +204,37 @@ impl Upstream {
             req = req.header(&LAST_EVENT_ID, id);
         }
         req
+    }
+
+    /// Whether messages go over the 2024-11-05 HTTP+SSE transport.
+    pub fn is_legacy(&self) -> bool {
+        self.endpoint.read().is_ok_and(|e| e.is_some())
+    }
+
+    /// The GET that opens a 2024-11-05 HTTP+SSE stream (T-61): credential, no session headers.
+    pub fn legacy_stream(&self) -> RequestBuilder {
+        self.client
+            .request(Method::GET, self.url.clone())
+            .headers(self.extra.clone())
+            .header(ACCEPT, ACCEPT_SSE.clone())
+            .headers(self.api_key.iter().map(|k| (k.header.clone(), k.value.clone())).collect())
+    }
+
+    /// Takes the `endpoint` event's URI: resolved against the stream's URL and refused unless it
+    /// has the same scheme, host and port, since every POST will carry the credential (T-61).
+    pub fn set_endpoint(&self, uri: &str) -> Result<(), String> {
+        let endpoint =
+            self.url.join(uri.trim()).map_err(|e| format!("the endpoint {uri:?} is not a URL ({e})"))?;
+        if endpoint.origin() != self.url.origin() {
+            return Err(format!(
+                "the server announced a message endpoint on another origin ({}); credentials are not sent there",
+                redact_url(&endpoint)
+            ));
+        }
+        if let Ok(mut e) = self.endpoint.write() {
+            *e = Some(endpoint);
+        }
+        Ok(())
     }
 
     /// The DELETE that ends the session (T-22), if there is one.

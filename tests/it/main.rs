@@ -7,6 +7,7 @@
 //! - `bytes`: messages forwarded byte for byte in both directions (J-01, J-11).
 //! - `errors`: HTTP and network failures become one clear JSON-RPC error with the request's id.
 //! - `faults`: servers dying mid-request, replies cut off, bodies over the limit.
+//! - `legacy`: the 2024-11-05 HTTP+SSE transport, found by auto or forced (T-60, T-61).
 //! - `load`, `load_driver`: thousands of calls with 429s and expiring sessions (the full run is a bench).
 //! - `ratelimit`: 429s waited out as the server says, one gate per origin shared by processes (R-xx).
 //! - `resilience`: expired sessions, server restarts, a dying parent (T-12, issue 4).
@@ -17,6 +18,7 @@ mod bytes;
 mod errors;
 mod faults;
 mod harness;
+mod legacy;
 mod load;
 mod load_driver;
 mod ratelimit;
