@@ -17,12 +17,16 @@ use tokio::sync::mpsc;
 
 use crate::harness::*;
 
+/// A POST as the server saw it: path and query, authorization header, JSON-RPC method.
+#[derive(Clone, Debug)]
+struct Post(String, Option<String>, Option<String>);
+
 #[derive(Default)]
 struct Legacy {
     streams: Mutex<HashMap<usize, mpsc::UnboundedSender<String>>>,
     next: AtomicUsize,
-    /// Every POST: (path and query, authorization header, JSON-RPC method).
-    posts: Mutex<Vec<(String, Option<String>, Option<String>)>>,
+    /// Every POST.
+    posts: Mutex<Vec<Post>>,
     gets: AtomicUsize,
     /// The endpoint to announce instead of our own (for the origin check).
     endpoint_override: Option<String>,
@@ -61,7 +65,7 @@ async fn post_message(
 ) -> Response {
     let msg: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
     let auth = headers.get("authorization").and_then(|v| v.to_str().ok()).map(str::to_owned);
-    s.posts.lock().unwrap().push((
+    s.posts.lock().unwrap().push(Post(
         format!("/messages?session={}", q.get("session").map_or("", String::as_str)),
         auth,
         msg["method"].as_str().map(str::to_owned),
@@ -122,7 +126,7 @@ async fn t60_auto_falls_back_to_http_sse_and_everything_works() {
     let outcome = s.finish().await;
     assert!(outcome.stderr.contains("HTTP+SSE transport"), "{}", outcome.stderr);
     let posts = server.posts.lock().unwrap().clone();
-    assert!(posts.iter().all(|(path, auth, _)| path.starts_with("/messages?session=0")
+    assert!(posts.iter().all(|Post(path, auth, _)| path.starts_with("/messages?session=0")
         && auth.as_deref() == Some(&format!("Bearer {KEY}") as &str)));
     let methods: Vec<_> = posts.iter().filter_map(|p| p.2.clone()).collect();
     assert_eq!(methods[..2], ["initialize", "notifications/initialized"]);
