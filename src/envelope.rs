@@ -134,6 +134,12 @@ pub struct Params<'a> {
     /// `params.requestId` of `notifications/cancelled`.
     #[serde(default, borrow, rename = "requestId")]
     pub request_id: Option<&'a RawValue>,
+    /// `params.taskId` (tasks/*).
+    #[serde(default, borrow, rename = "taskId")]
+    pub task_id: Option<Cow<'a, str>>,
+    /// `params.arguments` of `tools/call`, unparsed.
+    #[serde(default, borrow)]
+    pub arguments: Option<&'a RawValue>,
     /// `params.protocolVersion` of `initialize` requests and results.
     #[serde(default, borrow, rename = "protocolVersion")]
     pub protocol_version: Option<Cow<'a, str>>,

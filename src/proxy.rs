@@ -35,7 +35,7 @@ use crate::envelope::{
 use crate::ratelimit::Gate;
 use crate::retry::{self, RetryPolicy};
 use crate::stdio::{Frame, Outbox};
-use crate::upstream::headers::{MessageHeaders, SESSION_ID};
+use crate::upstream::headers::{MessageHeaders, ParamHeader, SESSION_ID, param_annotations, param_values};
 use crate::upstream::{MAX_ERROR_BODY_BYTES, Upstream, jsonrpc_error, sse};
 
 /// `server/discover` probes must be answered soon, whatever the server does (S-09).
@@ -67,6 +67,8 @@ struct Pending {
     done: Option<oneshot::Sender<()>>,
     /// Aborts the request's task when the client cancels it.
     abort: Option<AbortHandle>,
+    /// Whether this is a 2026-07-28 `tools/list`, whose result teaches `x-mcp-header` (T-15).
+    lists_tools: bool,
 }
 
 /// What [`Proxy::deliver`] did with a server message.
@@ -115,6 +117,8 @@ pub struct Proxy {
     renewing: tokio::sync::Mutex<()>,
     /// `--transport`.
     transport: Transport,
+    /// The `x-mcp-header` annotations of each tool, from the last `tools/list` (T-15).
+    tool_headers: std::sync::RwLock<HashMap<String, Vec<ParamHeader>>>,
 }
 
 impl Proxy {
@@ -135,6 +139,7 @@ impl Proxy {
             init_line: Mutex::new(None),
             renewing: tokio::sync::Mutex::new(()),
             transport,
+            tool_headers: std::sync::RwLock::new(HashMap::new()),
             up,
             out,
             pending: Mutex::new(HashMap::new()),
@@ -181,7 +186,10 @@ impl Proxy {
             Ok(Kind::Request) => {
                 let method = env.method.as_deref().unwrap_or_default();
                 let params = env.params();
-                let headers = MessageHeaders::derive(method, &params);
+                let mut headers = MessageHeaders::derive(method, &params);
+                if headers.is_modern() && method == "tools/call" {
+                    headers.params = self.param_headers(&params);
+                }
                 let init = method == "initialize";
                 let limit = if method == "server/discover" {
                     self.request_timeout.min(DISCOVER_TIMEOUT)
@@ -356,9 +364,10 @@ impl Proxy {
             tokio::spawn(async move { out.send(bytes).await });
             return None;
         }
+        let lists_tools = modern && env.method.as_deref() == Some("tools/list");
         pending.insert(
             key.clone(),
-            Pending { id: raw.to_owned(), initialize, modern, done: Some(tx), abort: None },
+            Pending { id: raw.to_owned(), initialize, modern, done: Some(tx), abort: None, lists_tools },
         );
         self.stats.requests.fetch_add(1, Ordering::Relaxed);
         Some((key, rx))
@@ -410,9 +419,11 @@ impl Proxy {
                 self.start_legacy().await.map_err(|reason| self.legacy_error(&reason))?;
             }
         }
+        let mut headers = headers.clone();
+        let mut relisted = false;
         let (response, _, mut deadline) = loop {
             let (response, sent_session, deadline) =
-                self.send(&body, headers, initialize, limit, what).await?;
+                self.send(&body, &headers, initialize, limit, what).await?;
             let status = response.status();
             debug!(status = status.as_u16(), "POST answered");
             if status.is_success() {
@@ -420,6 +431,21 @@ impl Proxy {
             }
             let resp_headers = response.headers().clone();
             let error_body = read_body(response, MAX_ERROR_BODY_BYTES, deadline).await.unwrap_or_default();
+            // T-15: HeaderMismatch about Mcp-Param-* means our schemas are stale: re-list, retry once.
+            if status == StatusCode::BAD_REQUEST
+                && headers.is_modern()
+                && !relisted
+                && jsonrpc_error(&error_body).is_some_and(|(e, _)| e.get().contains("-32020"))
+                && Envelope::parse(&body).is_ok_and(|e| e.method.as_deref() == Some("tools/call"))
+            {
+                relisted = true;
+                if self.relist_tools(&body, limit).await {
+                    let env =
+                        Envelope::parse(&body).map_err(|_| bad_response("unreadable request".into()))?;
+                    headers.params = self.param_headers(&env.params());
+                    continue;
+                }
+            }
             // T-60: a server that refuses the initialize POST with 400/404/405 and no JSON-RPC
             // error may speak only the 2024-11-05 HTTP+SSE transport: try its GET stream.
             if initialize
@@ -703,6 +729,84 @@ impl Proxy {
         self.restart_get_stream();
         info!("new MCP session started; requests continue");
         Ok(true)
+    }
+
+    /// The `Mcp-Param-*` headers of a 2026-07-28 `tools/call` (T-15).
+    fn param_headers(
+        &self,
+        params: &envelope::Params<'_>,
+    ) -> Vec<(reqwest::header::HeaderName, reqwest::header::HeaderValue)> {
+        let Some(name) = params.name.as_deref() else { return Vec::new() };
+        let known = self.tool_headers.read().unwrap();
+        let Some(annotations) = known.get(name).filter(|a| !a.is_empty()) else { return Vec::new() };
+        let arguments = params
+            .arguments
+            .and_then(|a| serde_json::from_str::<serde_json::Value>(a.get()).ok())
+            .unwrap_or(serde_json::Value::Null);
+        param_values(annotations, &arguments)
+    }
+
+    /// Learns the `x-mcp-header` annotations of a `tools/list` result (T-15). Tools with invalid
+    /// annotations must be excluded: then the message is rebuilt without them and returned.
+    fn learn_tools(&self, message: &[u8]) -> Option<Vec<u8>> {
+        let mut msg: serde_json::Value = serde_json::from_slice(message).ok()?;
+        let tools = msg.pointer_mut("/result/tools")?.as_array_mut()?;
+        let mut known = self.tool_headers.write().unwrap();
+        let before = tools.len();
+        tools.retain(|tool| {
+            let name = tool.get("name").and_then(|n| n.as_str()).unwrap_or_default();
+            match param_annotations(tool.get("inputSchema").unwrap_or(&serde_json::Value::Null)) {
+                Ok(annotations) => {
+                    known.insert(name.to_owned(), annotations);
+                    true
+                }
+                Err(reason) => {
+                    warn!("tool {name:?} left out of tools/list: its schema has an invalid x-mcp-header ({reason})");
+                    known.remove(name);
+                    false
+                }
+            }
+        });
+        (tools.len() != before).then(|| serde_json::to_vec(&msg).unwrap_or_default())
+    }
+
+    /// Runs `tools/list` for the proxy itself (every page), with the `_meta` of `call`, to learn
+    /// the current `x-mcp-header` annotations. Returns whether it got a list.
+    async fn relist_tools(self: &Arc<Self>, call: &[u8], limit: Duration) -> bool {
+        let Ok(call) = serde_json::from_slice::<serde_json::Value>(call) else { return false };
+        let meta = call.pointer("/params/_meta").cloned().unwrap_or(serde_json::Value::Null);
+        let mut cursor: Option<serde_json::Value> = None;
+        for page in 0..10 {
+            let mut params = serde_json::json!({ "_meta": meta });
+            if let Some(c) = cursor.take() {
+                params["cursor"] = c;
+            }
+            let request = serde_json::json!({"jsonrpc":"2.0","id":format!("mcp-sidecar-tools-list-{page}"),"method":"tools/list","params":params});
+            let bytes = Bytes::from(request.to_string());
+            let headers = match Envelope::parse(&bytes) {
+                Ok(env) => MessageHeaders::derive("tools/list", &env.params()),
+                Err(_) => return false,
+            };
+            let what = "tools/list (to refresh x-mcp-header)";
+            let Ok((response, _, deadline)) = self.send(&bytes, &headers, false, limit, what).await else {
+                return false;
+            };
+            if !response.status().is_success() {
+                return false;
+            }
+            let Some(answer) = first_response(response, self.max_message, deadline).await else {
+                return false;
+            };
+            self.learn_tools(&answer);
+            let next = serde_json::from_slice::<serde_json::Value>(&answer)
+                .ok()
+                .and_then(|v| v.pointer("/result/nextCursor").cloned());
+            match next {
+                Some(c) if !c.is_null() => cursor = Some(c),
+                _ => return true,
+            }
+        }
+        true
     }
 
     /// Opens the 2024-11-05 HTTP+SSE stream and waits for its `endpoint` event (T-60, T-61).
@@ -1073,6 +1177,13 @@ impl Proxy {
                 }
                 if let Some(done) = entry.done.take() {
                     let _ = done.send(());
+                }
+                if entry.lists_tools
+                    && let Some(filtered) = self.learn_tools(&bytes)
+                {
+                    drop(env);
+                    self.write(filtered.into()).await;
+                    return Delivered::Answer;
                 }
                 Delivered::Answer
             }

@@ -131,6 +131,21 @@ pub struct BigArgs {
     pub bytes: usize,
 }
 
+/// `forecast` arguments: `region` is mirrored into the `Mcp-Param-Region` header (2026-07-28).
+#[derive(Debug, serde::Deserialize, schemars::JsonSchema)]
+pub struct ForecastArgs {
+    #[schemars(extend("x-mcp-header" = "Region"))]
+    pub region: String,
+    pub days: i64,
+}
+
+/// `bad_header` arguments: an `x-mcp-header` on a `number`, which clients must refuse.
+#[derive(Debug, serde::Deserialize, schemars::JsonSchema)]
+pub struct BadHeaderArgs {
+    #[schemars(extend("x-mcp-header" = "Level"))]
+    pub level: f64,
+}
+
 /// `place_order` arguments.
 #[derive(Debug, serde::Deserialize, schemars::JsonSchema)]
 pub struct OrderArgs {
@@ -197,6 +212,16 @@ impl Demo {
             Ok(result) => result.roots.iter().map(|r| r.uri.clone()).collect::<Vec<_>>().join(","),
             Err(e) => format!("roots/list failed: {e}"),
         }
+    }
+
+    #[tool(description = "A forecast for a region (its region travels in a header too)")]
+    fn forecast(&self, Parameters(ForecastArgs { region, days }): Parameters<ForecastArgs>) -> String {
+        format!("{days} days of sun in {region}")
+    }
+
+    #[tool(description = "A tool whose schema has an invalid x-mcp-header")]
+    fn bad_header(&self, Parameters(BadHeaderArgs { level }): Parameters<BadHeaderArgs>) -> String {
+        level.to_string()
     }
 
     #[tool(description = "Place an order (a write: needs a key with write scope)")]

@@ -191,6 +191,9 @@ impl Upstream {
         if let Some(v) = &derived.name {
             req = req.header(&headers::NAME, v.clone());
         }
+        for (name, value) in &derived.params {
+            req = req.header(name, value.clone());
+        }
         (req, sent_session)
     }
 

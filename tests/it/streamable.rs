@@ -281,3 +281,63 @@ async fn j07_batches_go_out_in_one_post_and_every_request_is_answered() {
     assert_eq!(batch.len(), 1);
     assert_eq!(batch[0].json.as_array().unwrap().len(), 2, "the invalid member is answered locally");
 }
+
+/// A 2026-07-28 request line with the per-request `_meta`.
+fn modern(id: i64, method: &str, mut params: serde_json::Value) -> serde_json::Value {
+    params["_meta"] = json!({
+        "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+        "io.modelcontextprotocol/clientCapabilities": {},
+        "io.modelcontextprotocol/clientInfo": {"name": "it", "version": "1"}
+    });
+    request(id, method, params)
+}
+
+#[tokio::test]
+async fn t15_x_mcp_header_is_mirrored_and_invalid_tools_are_left_out() {
+    // rmcp's server rejects a tools/call whose Mcp-Param-* headers do not match (-32020).
+    let server = Server::start(Options { json: true, ..generic() }, None).await;
+    let mut s = sidecar_for(&server, &[]);
+    s.send_json(&modern(1, "tools/list", json!({}))).await;
+    let list = s.recv().await;
+    let names: Vec<&str> =
+        list["result"]["tools"].as_array().unwrap().iter().map(|t| t["name"].as_str().unwrap()).collect();
+    assert!(names.contains(&"forecast") && names.contains(&"sum"), "{names:?}");
+    assert!(!names.contains(&"bad_header"), "a tool with an invalid x-mcp-header is excluded (T-15)");
+    for (id, region) in [(2, "eu-west"), (3, "Zürich ")] {
+        s.send_json(&modern(
+            id,
+            "tools/call",
+            json!({"name":"forecast","arguments":{"region":region,"days":3}}),
+        ))
+        .await;
+        let answer = s.recv().await;
+        assert_eq!(answer["result"]["content"][0]["text"], format!("3 days of sun in {region}"), "{answer}");
+    }
+    let outcome = s.finish().await;
+    assert_eq!(outcome.stderr.matches("left out of tools/list").count(), 1, "{}", outcome.stderr);
+    let calls = server.posts("tools/call");
+    assert_eq!(calls[0].header("mcp-param-region"), Some("eu-west"));
+    assert_eq!(
+        calls[1].header("mcp-param-region"),
+        Some("=?base64?WsO8cmljaCA=?="),
+        "unsafe values use the sentinel"
+    );
+}
+
+#[tokio::test]
+async fn t15_header_mismatch_relists_and_retries_once() {
+    let server = Server::start(Options { json: true, ..generic() }, None).await;
+    let mut s = sidecar_for(&server, &[]);
+    // No tools/list went through yet: the first attempt lacks Mcp-Param-Region.
+    s.send_json(&modern(7, "tools/call", json!({"name":"forecast","arguments":{"region":"north","days":1}})))
+        .await;
+    let answer = s.recv().await;
+    assert_eq!(answer["id"], 7);
+    assert_eq!(answer["result"]["content"][0]["text"], "1 days of sun in north", "{answer}");
+    let outcome = s.finish().await;
+    assert_eq!(outcome.messages().len(), 1, "the proxy's own tools/list is not the client's");
+    let calls = server.posts("tools/call");
+    assert_eq!(calls.len(), 2);
+    assert_eq!(calls[1].header("mcp-param-region"), Some("north"));
+    assert_eq!(server.posts("tools/list").len(), 1);
+}
