@@ -306,9 +306,10 @@ pub fn error_with_id(id: &RawValue, error: &RawValue) -> Vec<u8> {
     out
 }
 
-/// Makes a JSON text fit on one stdout line without changing its meaning: a raw CR or LF can only
-/// be insignificant whitespace in valid JSON (inside strings they must be escaped), so each
-/// becomes a space. SSE joins multi-line `data` with LF, and servers may pretty-print (S-02).
+/// Makes a *valid* JSON text fit on one stdout line without changing its meaning: a raw CR or LF
+/// can only be insignificant whitespace in valid JSON (inside strings they must be escaped), so
+/// each becomes a space. SSE joins multi-line `data` with LF, and servers may pretty-print (S-02).
+/// Validate first: on invalid JSON (a raw line break inside a string) this would alter content.
 pub fn flatten_lines(bytes: &mut [u8]) {
     let mut start = 0;
     while let Some(i) = memchr::memchr2(b'\n', b'\r', &bytes[start..]) {

@@ -1141,13 +1141,10 @@ impl Proxy {
 
     /// Writes one message from the server to stdout if it is JSON-RPC and, for a response, if
     /// its request is still pending. The single place where pending requests are answered.
-    async fn deliver(&self, mut bytes: Bytes) -> Delivered {
-        if memchr::memchr2(b'\n', b'\r', &bytes).is_some() {
-            let mut owned = bytes.to_vec();
-            envelope::flatten_lines(&mut owned);
-            bytes = owned.into();
-        }
+    async fn deliver(&self, bytes: Bytes) -> Delivered {
         trace!(body = %String::from_utf8_lossy(&bytes), "from server");
+        // Validated as sent: a raw line break inside a string is invalid JSON and must not be
+        // "repaired" by the flattening below, which is only sound for valid JSON.
         let env = match Envelope::parse(&bytes) {
             Ok(env) => env,
             Err(_) => {
@@ -1182,7 +1179,7 @@ impl Proxy {
                     && let Some(filtered) = self.learn_tools(&bytes)
                 {
                     drop(env);
-                    self.write(filtered.into()).await;
+                    self.write(one_line(filtered.into())).await;
                     return Delivered::Answer;
                 }
                 Delivered::Answer
@@ -1199,7 +1196,7 @@ impl Proxy {
             }
         };
         drop(env);
-        self.write(bytes).await;
+        self.write(one_line(bytes)).await;
         delivered
     }
 
@@ -1345,6 +1342,16 @@ impl Proxy {
             );
         }
     }
+}
+
+/// A valid JSON text on one line: its CR/LF can only be whitespace, so they become spaces (S-02).
+fn one_line(bytes: Bytes) -> Bytes {
+    if memchr::memchr2(b'\n', b'\r', &bytes).is_none() {
+        return bytes;
+    }
+    let mut owned = bytes.to_vec();
+    envelope::flatten_lines(&mut owned);
+    owned.into()
 }
 
 fn bad_response(message: String) -> LocalError {

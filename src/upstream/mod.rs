@@ -82,7 +82,11 @@ impl Upstream {
         let client = reqwest::Client::builder()
             .redirect(policy)
             .connect_timeout(config.connect_timeout)
+            // A connection a NAT or proxy dropped silently is found by keepalive probes within
+            // about 30 s + 3 × 15 s, so no stream waits on a dead peer for long.
             .tcp_keepalive(Duration::from_secs(30))
+            .tcp_keepalive_interval(Duration::from_secs(15))
+            .tcp_keepalive_retries(3u32)
             .tcp_nodelay(true)
             .pool_idle_timeout(Duration::from_secs(90))
             .user_agent(concat!("mcp-sidecar/", env!("CARGO_PKG_VERSION")))

@@ -41,3 +41,25 @@ async fn j11_response_bytes_reach_the_client_unchanged_json_and_sse() {
     assert_eq!(sidecar.recv_raw().await, r#"{"jsonrpc":"2.0",  "id":"sse-1","result":{"n":1.50}}"#);
     sidecar.finish().await;
 }
+
+#[tokio::test]
+async fn a_raw_line_break_inside_a_string_is_invalid_and_dropped_not_repaired() {
+    // Found by the envelope fuzz target: flattening first would turn this invalid JSON into a
+    // valid message whose text had silently changed.
+    let hook: Hook = Arc::new(|s: &Seen| match s.json.get("id").and_then(|i| i.as_str()) {
+        Some("broken") => Action::Respond(respond(
+            200,
+            "text/event-stream",
+            "data: {\"jsonrpc\":\"2.0\",\"id\":\"broken\",\"result\":{\"text\":\"line one\ndata: line two\"}}\n\n",
+        )),
+        _ => Action::Pass,
+    });
+    let server = Server::start(generic(), Some(hook)).await;
+    let mut s = sidecar_for(&server, &[]);
+    s.handshake().await;
+    s.send(r#"{"jsonrpc":"2.0","id":"broken","method":"ping"}"#).await;
+    let answer = s.recv().await;
+    assert_eq!(answer["id"], "broken");
+    assert_eq!(answer["error"]["data"]["kind"], "bad_response", "dropped and answered: {answer}");
+    s.finish().await;
+}

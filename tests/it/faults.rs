@@ -132,3 +132,26 @@ async fn proxies_from_the_environment_are_used_and_no_proxy_is_honoured() {
     // Through the proxy the request line named the target (absolute form).
     assert!(proxy.posts("initialize")[0].header("host").is_some_and(|h| h.starts_with("localhost:")));
 }
+
+#[tokio::test]
+async fn dns_failures_are_explained() {
+    // A fresh network namespace has no route anywhere: the name cannot be resolved and no packet
+    // leaves this machine.
+    let bin = env!("CARGO_BIN_EXE_mcp-sidecar");
+    let mut cmd = tokio::process::Command::new("unshare");
+    cmd.args(["-n", bin, "https://mcp.no-such-host.invalid/mcp", "--api-key-env", "TEST_KEY", "--max-retries", "0"])
+        .env_clear()
+        .envs(ENV.iter().copied())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true);
+    let mut s = Sidecar::spawn_with(cmd, None);
+    s.send_json(&request(1, "initialize", json!({"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"t","version":"1"}})))
+        .await;
+    let e = s.recv().await;
+    let msg = e["error"]["message"].as_str().unwrap_or_default();
+    assert!(msg.contains("could not resolve the host mcp.no-such-host.invalid"), "{e}");
+    assert_eq!(e["error"]["data"]["requestSent"], false);
+    s.finish().await;
+}
