@@ -139,16 +139,28 @@ async fn dns_failures_are_explained() {
     // leaves this machine.
     let bin = env!("CARGO_BIN_EXE_mcp-sidecar");
     let mut cmd = tokio::process::Command::new("unshare");
-    cmd.args(["-n", bin, "https://mcp.no-such-host.invalid/mcp", "--api-key-env", "TEST_KEY", "--max-retries", "0"])
-        .env_clear()
-        .envs(ENV.iter().copied())
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true);
+    cmd.args([
+        "-n",
+        bin,
+        "https://mcp.no-such-host.invalid/mcp",
+        "--api-key-env",
+        "TEST_KEY",
+        "--max-retries",
+        "0",
+    ])
+    .env_clear()
+    .envs(ENV.iter().copied())
+    .stdin(std::process::Stdio::piped())
+    .stdout(std::process::Stdio::piped())
+    .stderr(std::process::Stdio::piped())
+    .kill_on_drop(true);
     let mut s = Sidecar::spawn_with(cmd, None);
-    s.send_json(&request(1, "initialize", json!({"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"t","version":"1"}})))
-        .await;
+    s.send_json(&request(
+        1,
+        "initialize",
+        json!({"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"t","version":"1"}}),
+    ))
+    .await;
     let e = s.recv().await;
     let msg = e["error"]["message"].as_str().unwrap_or_default();
     assert!(msg.contains("could not resolve the host mcp.no-such-host.invalid"), "{e}");

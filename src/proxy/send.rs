@@ -1,0 +1,186 @@
+//! The send path of one message: the rate-limit gate, waiting out 429s, retrying only what
+//! provably was not processed, and the errors for requests a rate limit keeps back.
+
+use super::*;
+
+impl Proxy {
+    /// Sends one POST: through the rate-limit gate, waiting out 429s (and 503s with Retry-After)
+    /// as the server asks, and sending again only what provably was not processed (a refused
+    /// connection, a 429; RFC 9110 §9.2.2, R-05). Returns the response, whether it carried the
+    /// session id, and the deadline for reading it.
+    pub(super) async fn send(
+        self: &Arc<Self>,
+        body: &Bytes,
+        headers: &MessageHeaders,
+        initialize: bool,
+        limit: Duration,
+        what: &str,
+    ) -> Result<(reqwest::Response, bool, Instant), LocalError> {
+        let mut retries = 0u32;
+        let mut renewals = 0u32;
+        loop {
+            self.admit(what).await?;
+            let session = if initialize { None } else { Some(self.up.session()) };
+            let (request, sent_session) = self.up.post(body.clone(), headers, session.as_ref());
+            // The timeout measures the server, not the time spent waiting for the gate.
+            let deadline = Instant::now() + limit;
+            let response = match timeout_at(deadline, request.send()).await {
+                Err(_) => return Err(self.up.timeout_error(limit)),
+                Ok(Err(e)) => {
+                    let err = self.up.send_error(&e);
+                    if err.request_sent == Some(false) && retries < self.policy.max_retries {
+                        let wait = self.policy.backoff(retries);
+                        retries += 1;
+                        self.gate.stats.retries.fetch_add(1, Ordering::Relaxed);
+                        info!(
+                            "{what}: {}; trying again in {} ({retries} of {})",
+                            err.message,
+                            retry::human(wait),
+                            self.policy.max_retries
+                        );
+                        tokio::time::sleep(wait).await;
+                        continue;
+                    }
+                    return Err(err);
+                }
+                Ok(Ok(r)) => r,
+            };
+            let status = response.status();
+            // T-12: a 404 for a request that carried the session id means the session is gone.
+            // A request in flight may meet several expiries under load; a server that drops
+            // every new session must not make it loop, hence the bound.
+            if status == StatusCode::NOT_FOUND
+                && renewals < MAX_RENEWALS
+                && let Some(expired) = session.as_ref().and_then(|s| s.id.clone())
+                && self.init_line.lock().unwrap().is_some()
+            {
+                drop(response);
+                if self.renew_session(&expired, limit).await? {
+                    renewals += 1;
+                }
+                continue;
+            }
+            let limited = status == StatusCode::TOO_MANY_REQUESTS
+                || (status == StatusCode::SERVICE_UNAVAILABLE
+                    && response.headers().contains_key(RETRY_AFTER));
+            if !limited {
+                if status.is_success()
+                    && let Some(w) = retry::quota_spent(response.headers(), SystemTime::now())
+                {
+                    debug!(
+                        "the server says the quota is spent; holding requests for {}",
+                        retry::human(w.delay)
+                    );
+                    *self.last_limit_headers.lock().unwrap() = retry::rate_limit_headers(response.headers());
+                    self.gate.block_for(w.delay, w.source.as_str());
+                }
+                return Ok((response, sent_session, deadline));
+            }
+            self.gate.stats.limited.fetch_add(1, Ordering::Relaxed);
+            let resp_headers = response.headers().clone();
+            *self.last_limit_headers.lock().unwrap() = retry::rate_limit_headers(&resp_headers);
+            let asked = retry::server_wait(&resp_headers, SystemTime::now());
+            let wait = match asked {
+                Some(w) => self.policy.with_jitter(w.delay),
+                None => self.policy.backoff(retries),
+            };
+            let source = asked.map_or(retry::Source::Backoff, |w| w.source);
+            if let Some(w) = asked {
+                // Whatever happens to this request, the others wait for the same deadline.
+                self.gate.block_for(w.delay, source.as_str());
+            }
+            if wait > self.policy.max_wait || retries >= self.policy.max_retries {
+                let body = read_body(response, MAX_ERROR_BODY_BYTES, deadline).await.unwrap_or_default();
+                let over_cap = wait > self.policy.max_wait;
+                return Err(self.rate_limited(
+                    Some((status, &body)),
+                    wait,
+                    source.as_str(),
+                    over_cap,
+                    retries,
+                    false,
+                ));
+            }
+            if asked.is_none() {
+                self.gate.block_for(wait, source.as_str());
+            }
+            drop(response);
+            retries += 1;
+            self.gate.stats.retries.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Waits at the gate, logging each wait; a wait longer than `--max-wait` is an error.
+    pub(super) async fn admit(&self, what: &str) -> Result<(), LocalError> {
+        let max = self.policy.max_wait;
+        self.gate
+            .admit(max, |wait, why| info!("{what}: waiting {} for the rate limit ({why})", retry::human(wait)))
+            .await
+            .map_err(|b| {
+                if b.client_side {
+                    let mut err = LocalError::new(
+                        RATE_LIMITED,
+                        ErrorKind::RateLimited,
+                        format!(
+                            "the client-side limit {} is used up; a slot frees in {}, longer than --max-wait {}: try again then, or raise the limit",
+                            b.reason.trim_start_matches("--rate-limit "),
+                            retry::human(b.wait),
+                            retry::human(max)
+                        ),
+                    );
+                    err.request_sent = Some(false);
+                    err.retry_after = Some(b.wait);
+                    err
+                } else {
+                    self.rate_limited(None, b.wait, &b.reason, true, 0, true)
+                }
+            })
+    }
+
+    /// The error for a request the rate limit keeps from going through: when it resets, which
+    /// limit (a guess at a daily quota for long waits), and the headers seen.
+    pub(super) fn rate_limited(
+        &self,
+        response: Option<(StatusCode, &[u8])>,
+        wait: Duration,
+        source: &str,
+        over_cap: bool,
+        retries: u32,
+        held: bool,
+    ) -> LocalError {
+        let host = self.up.host();
+        let resets = if source == retry::Source::Backoff.as_str() {
+            "the server did not say when it resets".to_owned()
+        } else {
+            let daily = if wait >= Duration::from_secs(3600) { " (a daily quota?)" } else { "" };
+            format!("it resets in {} ({source}){daily}", retry::human(wait))
+        };
+        let status = response.map_or(String::new(), |(s, body)| {
+            let said = crate::upstream::server_message(body)
+                .map(|t| format!(": {}", self.up.redact(&t)))
+                .unwrap_or_default();
+            format!(" (HTTP {}{said})", s.as_u16())
+        });
+        let message = if held {
+            format!(
+                "rate limit reached at {host}; {resets}, longer than --max-wait {}: try again then",
+                retry::human(self.policy.max_wait)
+            )
+        } else if over_cap {
+            format!(
+                "rate limit reached at {host}{status}; {resets}, longer than --max-wait {}, so the request was not sent again: try again then",
+                retry::human(self.policy.max_wait)
+            )
+        } else {
+            format!(
+                "still rate limited by {host}{status} after {retries} retries (--max-retries); {resets}: try again then"
+            )
+        };
+        let mut err = LocalError::new(RATE_LIMITED, ErrorKind::RateLimited, message);
+        err.http_status = response.map(|(s, _)| s.as_u16());
+        err.request_sent = Some(false);
+        err.retry_after = (source != retry::Source::Backoff.as_str()).then_some(wait);
+        err.rate_limit_headers = self.last_limit_headers.lock().unwrap().clone();
+        err
+    }
+}

@@ -1,0 +1,269 @@
+//! Sessions and streams: renewing an expired session (T-12), the GET stream for server
+//! messages (T-20, T-23), and the 2024-11-05 HTTP+SSE transport (T-60, T-61).
+
+use super::*;
+
+impl Proxy {
+    /// Starts a new session after the server dropped `expired` (T-12): replays the client's
+    /// `initialize` and `notifications/initialized` upstream (their answers stay here: the client
+    /// has its session already) and reopens the GET stream. One renewal for all the requests
+    /// that met the same 404. Returns whether this call started it (false: another request had).
+    pub(super) async fn renew_session(
+        self: &Arc<Self>,
+        expired: &reqwest::header::HeaderValue,
+        limit: Duration,
+    ) -> Result<bool, LocalError> {
+        let _one_at_a_time = self.renewing.lock().await;
+        if self.up.session().id.as_ref() != Some(expired) {
+            return Ok(false); // renewed by another request meanwhile
+        }
+        let Some(line) = self.init_line.lock().unwrap().clone() else {
+            return Err(LocalError::new(
+                UPSTREAM_ERROR,
+                ErrorKind::WrongEndpoint,
+                "the server ended the MCP session",
+            ));
+        };
+        warn!("the server ended the MCP session (HTTP 404 for its session id); starting a new one");
+        let fail = |detail: String| {
+            let mut err = LocalError::new(
+                UPSTREAM_ERROR,
+                ErrorKind::WrongEndpoint,
+                format!(
+                    "the server ended the MCP session and starting a new one failed ({detail}): restart the client"
+                ),
+            );
+            err.request_sent = Some(false);
+            err
+        };
+        let deadline = Instant::now() + limit;
+        let (request, _) = self.up.post(line, &MessageHeaders::default(), None);
+        let response = match timeout_at(deadline, request.send()).await {
+            Ok(Ok(r)) if r.status().is_success() => r,
+            Ok(Ok(r)) => return Err(fail(format!("HTTP {}", r.status().as_u16()))),
+            Ok(Err(e)) => return Err(fail(self.up.send_error(&e).message)),
+            Err(_) => return Err(fail("no answer".into())),
+        };
+        let new_id = response.headers().get(&SESSION_ID).cloned();
+        let version = first_response(response, self.max_message, deadline).await.and_then(|bytes| {
+            let env = Envelope::parse(&bytes).ok()?;
+            let params: envelope::Params = serde_json::from_str(env.result?.get()).ok()?;
+            params.protocol_version.map(|v| v.into_owned())
+        });
+        self.up.set_session_id(new_id);
+        if let Some(v) = version {
+            self.up.set_protocol_version(&v);
+        }
+        let initialized = Bytes::from_static(br#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#);
+        let (request, _) = self.up.post(initialized, &MessageHeaders::default(), Some(&self.up.session()));
+        match timeout_at(deadline, request.send()).await {
+            Ok(Ok(r)) if r.status().is_success() => {}
+            Ok(Ok(r)) => {
+                return Err(fail(format!("notifications/initialized: HTTP {}", r.status().as_u16())));
+            }
+            _ => return Err(fail("notifications/initialized was not delivered".into())),
+        }
+        self.restart_get_stream();
+        info!("new MCP session started; requests continue");
+        Ok(true)
+    }
+
+    /// Opens the 2024-11-05 HTTP+SSE stream and waits for its `endpoint` event (T-60, T-61).
+    pub(super) async fn start_legacy(self: &Arc<Self>) -> Result<(), String> {
+        let (tx, rx) = oneshot::channel();
+        let task = tokio::spawn(self.clone().listen_legacy(tx)).abort_handle();
+        if let Some(old) = self.get_stream.lock().unwrap().replace(task) {
+            old.abort();
+        }
+        match timeout(LEGACY_ENDPOINT_TIMEOUT, rx).await {
+            Ok(Ok(Ok(()))) => {
+                info!("{} speaks the 2024-11-05 HTTP+SSE transport; using it", self.up.host());
+                Ok(())
+            }
+            Ok(Ok(Err(reason))) => Err(reason),
+            _ => Err("the event stream announced no endpoint in time".into()),
+        }
+    }
+
+    pub(super) fn legacy_error(&self, reason: &str) -> LocalError {
+        let mut err = LocalError::new(
+            UPSTREAM_ERROR,
+            ErrorKind::WrongEndpoint,
+            format!(
+                "{} offers no HTTP+SSE stream ({reason}): check the URL, or try --transport auto",
+                self.up.shown_url()
+            ),
+        );
+        err.request_sent = Some(false);
+        err
+    }
+
+    /// Reads the HTTP+SSE stream: its first event names the POST endpoint, every later `message`
+    /// event is delivered. When it drops, it is reopened (a new endpoint, so a new session: the
+    /// client's handshake is replayed, its answers dropped as nobody waits for them).
+    pub(super) async fn listen_legacy(self: Arc<Self>, ready: oneshot::Sender<Result<(), String>>) {
+        let mut ready = Some(ready);
+        let mut failures = 0u32;
+        loop {
+            match self.open_legacy().await {
+                Ok(mut events) => {
+                    match ready.take() {
+                        Some(tx) => {
+                            let _ = tx.send(Ok(()));
+                        }
+                        None => self.replay_handshake().await,
+                    }
+                    failures = 0;
+                    while let Some(Ok(event)) = events.next().await {
+                        if sse::is_message(&event) {
+                            self.deliver(Bytes::from(event.data.unwrap_or_default())).await;
+                        }
+                    }
+                    info!("the HTTP+SSE stream ended; reopening it");
+                }
+                Err(reason) => {
+                    if let Some(tx) = ready.take() {
+                        let _ = tx.send(Err(reason));
+                        return;
+                    }
+                    debug!("reopening the HTTP+SSE stream failed: {reason}");
+                }
+            }
+            failures += 1;
+            if failures > MAX_GET_STREAM_FAILURES || self.shutting_down.load(Ordering::Relaxed) {
+                warn!("the HTTP+SSE stream was lost and could not be reopened: restart the client");
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(500) * 2u32.pow(failures)).await;
+        }
+    }
+
+    /// Opens the stream and reads up to its `endpoint` event.
+    pub(super) async fn open_legacy(&self) -> Result<LegacyEvents, String> {
+        if let Err(b) = self.gate.admit(self.policy.max_wait, |_, _| {}).await {
+            tokio::time::sleep(b.wait).await;
+        }
+        let response = self.up.legacy_stream().send().await.map_err(|e| self.up.send_error(&e).message)?;
+        let status = response.status();
+        let is_sse = response
+            .headers()
+            .get(CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.to_ascii_lowercase().starts_with("text/event-stream"));
+        if !status.is_success() || !is_sse {
+            return Err(format!("the GET answered HTTP {} without an event stream", status.as_u16()));
+        }
+        let mut events: LegacyEvents = Box::pin(sse::decode(response.bytes_stream(), self.max_message));
+        loop {
+            match events.next().await {
+                Some(Ok(e)) if e.event.as_deref() == Some("endpoint") => {
+                    self.up.set_endpoint(e.data.as_deref().unwrap_or(""))?;
+                    return Ok(events);
+                }
+                Some(Ok(e)) if e.data.is_none() => continue,
+                Some(Ok(_)) => return Err("the stream's first event is not `endpoint`".into()),
+                _ => return Err("the stream ended before announcing an endpoint".into()),
+            }
+        }
+    }
+
+    /// Sends the client's `initialize` and `notifications/initialized` again, for a new session.
+    pub(super) async fn replay_handshake(&self) {
+        let Some(line) = self.init_line.lock().unwrap().clone() else { return };
+        let initialized = Bytes::from_static(br#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#);
+        for body in [line, initialized] {
+            let (request, _) = self.up.post(body, &MessageHeaders::default(), None);
+            match timeout(self.request_timeout, request.send()).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => debug!("replaying the handshake failed: {}", self.up.send_error(&e).message),
+                Err(_) => debug!("replaying the handshake timed out"),
+            }
+        }
+    }
+
+    /// Starts listening on the GET stream for server-initiated messages (T-20), once.
+    pub(super) fn open_get_stream(self: &Arc<Self>) {
+        let mut slot = self.get_stream.lock().unwrap();
+        if slot.is_some() || self.shutting_down.load(Ordering::Relaxed) {
+            return;
+        }
+        *slot = Some(tokio::spawn(self.clone().listen()).abort_handle());
+    }
+
+    /// Replaces the GET stream with one for the current session.
+    pub(super) fn restart_get_stream(self: &Arc<Self>) {
+        if let Some(old) = self.get_stream.lock().unwrap().take() {
+            old.abort();
+        }
+        self.open_get_stream();
+    }
+
+    /// Reads the GET stream, reopening it after drops with `Last-Event-ID` (T-23), until the
+    /// server says it has none (405/404) or it fails repeatedly.
+    pub(super) async fn listen(self: Arc<Self>) {
+        let mut last_event_id: Option<String> = None;
+        let mut retry: Option<Duration> = None;
+        let mut failures = 0u32;
+        loop {
+            // The GET stream waits at the gate like everything else; nobody waits on it, so it
+            // sits out even waits longer than --max-wait.
+            if let Err(b) = self.gate.admit(self.policy.max_wait, |_, _| {}).await {
+                tokio::time::sleep(b.wait).await;
+                continue;
+            }
+            match self.up.get_stream(last_event_id.as_deref()).send().await {
+                Ok(r) if r.status() == StatusCode::TOO_MANY_REQUESTS => {
+                    self.gate.stats.limited.fetch_add(1, Ordering::Relaxed);
+                    let asked = retry::server_wait(r.headers(), SystemTime::now());
+                    let wait =
+                        asked.map_or(self.policy.backoff(failures), |w| self.policy.with_jitter(w.delay));
+                    let source = asked.map_or(retry::Source::Backoff, |w| w.source).as_str();
+                    info!(
+                        "the stream for server messages is rate limited; reopening it in {} ({source})",
+                        retry::human(wait)
+                    );
+                    self.gate.block_for(wait, source);
+                    continue;
+                }
+                Ok(r) if matches!(r.status().as_u16(), 404 | 405) => {
+                    debug!(status = r.status().as_u16(), "the server offers no GET stream");
+                    return;
+                }
+                Ok(r) if r.status().is_success() => {
+                    let mut events = sse::decode(r.bytes_stream(), self.max_message);
+                    while let Some(Ok(event)) = events.next().await {
+                        failures = 0;
+                        if let Some(id) = &event.id {
+                            last_event_id = Some(id.clone());
+                        }
+                        if let Some(ms) = event.retry {
+                            retry = Some(Duration::from_millis(ms));
+                        }
+                        if sse::is_message(&event) {
+                            self.deliver(Bytes::from(event.data.unwrap_or_default())).await;
+                        }
+                    }
+                }
+                Ok(r) => {
+                    let status = r.status();
+                    let headers = r.headers().clone();
+                    let body = read_body(r, MAX_ERROR_BODY_BYTES, Instant::now() + Duration::from_secs(5))
+                        .await
+                        .unwrap_or_default();
+                    let err = self.up.status_error(status, &headers, &body, true);
+                    self.report_with(&err, "the stream for server messages could not be opened");
+                    return;
+                }
+                Err(e) => {
+                    debug!(error = %self.up.send_error(&e).message, "GET stream failed");
+                }
+            }
+            failures += 1;
+            if failures >= MAX_GET_STREAM_FAILURES || self.shutting_down.load(Ordering::Relaxed) {
+                warn!("the stream for server-initiated messages was lost; requests still work");
+                return;
+            }
+            tokio::time::sleep(retry.unwrap_or(Duration::from_millis(500) * 2u32.pow(failures))).await;
+        }
+    }
+}
