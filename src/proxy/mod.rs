@@ -110,6 +110,8 @@ pub struct Proxy {
     /// Error kinds already logged at warn level: one line per problem, not per message.
     warned: Mutex<Vec<ErrorKind>>,
     shutting_down: AtomicBool,
+    /// The GET stream gave up after repeated failures; the next answered POST reopens it.
+    get_stream_lost: AtomicBool,
     /// The rate-limit gate of this origin and key.
     gate: Gate,
     /// `--max-retries`, `--max-wait`.
@@ -156,6 +158,7 @@ impl Proxy {
             stats: Stats::default(),
             warned: Mutex::new(Vec::new()),
             shutting_down: AtomicBool::new(false),
+            get_stream_lost: AtomicBool::new(false),
         })
     }
 
@@ -468,6 +471,10 @@ impl Proxy {
             return self.answer_http_error(status, &resp_headers, &error_body, sent_session, &ids).await;
         };
         let status = response.status();
+        // The server answers again: if the GET stream had given up, it is worth another try.
+        if self.get_stream_lost.swap(false, Ordering::Relaxed) {
+            self.restart_get_stream();
+        }
         if initialize {
             self.up.set_session_id(response.headers().get(&SESSION_ID).cloned());
         }

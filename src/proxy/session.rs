@@ -204,6 +204,7 @@ impl Proxy {
         let mut last_event_id: Option<String> = None;
         let mut retry: Option<Duration> = None;
         let mut failures = 0u32;
+        let mut problem = String::from("the stream ended");
         loop {
             // The GET stream waits at the gate like everything else; nobody waits on it, so it
             // sits out even waits longer than --max-wait.
@@ -246,21 +247,24 @@ impl Proxy {
                 }
                 Ok(r) => {
                     let status = r.status();
-                    let headers = r.headers().clone();
-                    let body = read_body(r, MAX_ERROR_BODY_BYTES, Instant::now() + Duration::from_secs(5))
-                        .await
-                        .unwrap_or_default();
-                    let err = self.up.status_error(status, &headers, &body, true);
-                    self.report_with(&err, "the stream for server messages could not be opened");
-                    return;
+                    debug!(status = status.as_u16(), "the GET stream was refused");
+                    problem = format!("HTTP {} {}", status.as_u16(), status.canonical_reason().unwrap_or(""));
                 }
                 Err(e) => {
-                    debug!(error = %self.up.send_error(&e).message, "GET stream failed");
+                    problem = self.up.send_error(&e).message;
+                    debug!(error = %problem, "GET stream failed");
                 }
             }
             failures += 1;
-            if failures >= MAX_GET_STREAM_FAILURES || self.shutting_down.load(Ordering::Relaxed) {
-                warn!("the stream for server-initiated messages was lost; requests still work");
+            if self.shutting_down.load(Ordering::Relaxed) {
+                return;
+            }
+            if failures >= MAX_GET_STREAM_FAILURES {
+                warn!(
+                    "the stream for server-initiated messages could not be opened ({}); it is reopened after the next answer",
+                    problem.trim_end()
+                );
+                self.get_stream_lost.store(true, Ordering::Relaxed);
                 return;
             }
             tokio::time::sleep(retry.unwrap_or(Duration::from_millis(500) * 2u32.pow(failures))).await;

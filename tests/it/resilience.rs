@@ -187,3 +187,36 @@ async fn a_reply_stream_that_breaks_without_event_ids_is_answered_not_replayed()
     s.finish().await;
     assert_eq!(server.posts("tools/call").len(), 1);
 }
+
+#[tokio::test]
+async fn t20_a_get_stream_that_gave_up_is_reopened_once_the_server_answers_again() {
+    // GET fails 3 times (the sidecar gives up), then serves a notification.
+    let gets = Arc::new(AtomicUsize::new(0));
+    let count = gets.clone();
+    let hook: Hook = Arc::new(move |s: &Seen| {
+        if s.method != "GET" {
+            return Action::Pass;
+        }
+        match count.fetch_add(1, Ordering::SeqCst) {
+            0..=2 => Action::Respond(respond(500, "text/plain", "warming up")),
+            3 => Action::Respond(respond(
+                200,
+                "text/event-stream",
+                "data: {\"jsonrpc\":\"2.0\",\"method\":\"notifications/prompts/list_changed\"}\n\n",
+            )),
+            _ => Action::Respond(respond(405, "text/plain", "")),
+        }
+    });
+    let server = Server::start(generic(), Some(hook)).await;
+    let mut s = sidecar_for(&server, &[]);
+    s.handshake().await;
+    s.stderr_shows("reopened after the next answer").await;
+    s.send_json(&call(1, "sum", json!({"a":1,"b":1}))).await;
+    let mut seen = Vec::new();
+    for _ in 0..2 {
+        seen.push(s.recv().await);
+    }
+    assert!(seen.iter().any(|m| m["method"] == "notifications/prompts/list_changed"), "{seen:?}");
+    assert!(seen.iter().any(|m| m["id"] == 1));
+    s.finish().await;
+}
