@@ -22,6 +22,9 @@ use sha2::{Digest, Sha256};
 use tokio::time::Instant;
 use tracing::debug;
 
+/// How often the shared state file is looked at when no client-side limit is set.
+const LOOK_INTERVAL_MS: u64 = 250;
+
 /// A client-side limit: at most `count` requests per `window`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limit {
@@ -107,6 +110,8 @@ pub struct Gate {
     file: Option<StateFile>,
     /// The state file's modification time when last read, to skip unchanged reads.
     seen_mtime: Mutex<Option<SystemTime>>,
+    /// When the state file may be looked at again (milliseconds, as [`now_ms`]).
+    next_look_ms: AtomicU64,
     pub stats: Stats,
 }
 
@@ -142,7 +147,14 @@ impl Gate {
             StateFile { path: dir.join(format!("{name}.json")), lock: dir.join(format!("{name}.lock")) }
         });
         let state = State { sent: vec![VecDeque::new(); limits.len()], ..State::default() };
-        Gate { state: Mutex::new(state), limits, file, seen_mtime: Mutex::new(None), stats: Stats::default() }
+        Gate {
+            state: Mutex::new(state),
+            limits,
+            file,
+            seen_mtime: Mutex::new(None),
+            next_look_ms: AtomicU64::new(0),
+            stats: Stats::default(),
+        }
     }
 
     /// Waits until a request may go out: not before a server-given deadline, and within the
@@ -199,9 +211,16 @@ impl Gate {
         })
     }
 
-    /// Merges a newer deadline from the shared file into memory.
+    /// Merges a newer deadline from the shared file into memory. Looks at most every
+    /// [`LOOK_INTERVAL_MS`]: a deadline another process learned is honoured within that, and
+    /// the per-message path saves a `stat`.
     fn refresh_from_file(&self) {
         let Some(file) = &self.file else { return };
+        let now = now_ms();
+        if now < self.next_look_ms.load(Ordering::Relaxed) {
+            return;
+        }
+        self.next_look_ms.store(now + LOOK_INTERVAL_MS, Ordering::Relaxed);
         let mtime = fs::metadata(&file.path).and_then(|m| m.modified()).ok();
         {
             let mut seen = self.seen_mtime.lock().unwrap();

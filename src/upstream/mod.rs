@@ -79,7 +79,13 @@ impl Upstream {
                 attempt.stop()
             }
         });
-        let client = reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder();
+        if config.url.scheme() == "http" {
+            // No TLS can happen (a redirect to https is another origin, never followed): do not
+            // load the system's CA store, which costs a file read per certificate at startup.
+            builder = builder.tls_certs_only(Vec::new());
+        }
+        let client = builder
             .redirect(policy)
             .connect_timeout(config.connect_timeout)
             // A connection a NAT or proxy dropped silently is found by keepalive probes within
