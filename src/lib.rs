@@ -15,6 +15,7 @@
 //! - [`envelope`]: the borrowed JSON-RPC envelope; the proxy's own error responses.
 //! - [`proxy`]: the pending-request table, one task per request, exactly one answer each.
 //! - [`upstream`]: the HTTP client (Streamable HTTP), SSE decoding, MCP header derivation.
+//! - [`auth`]: OAuth groundwork (challenge parsing, metadata discovery order); not wired in yet.
 //! - [`retry`] and [`ratelimit`]: how long the server asks us to wait; the per-origin gate that
 //!   makes every request (and every sidecar with the same key) wait for it.
 //!
@@ -22,6 +23,7 @@
 
 #![deny(clippy::print_stdout)]
 
+pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod envelope;
