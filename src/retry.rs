@@ -15,6 +15,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use backon::BackoffBuilder;
 use reqwest::header::{DATE, HeaderMap, RETRY_AFTER};
 
+use crate::upstream::headers::split_outside_quotes;
+
 /// The longest header value parsed (rmcp keeps 128 bytes of Retry-After too).
 const MAX_HEADER_BYTES: usize = 128;
 /// Default `--max-retries`.
@@ -131,26 +133,6 @@ fn ratelimit_field(headers: &HeaderMap) -> Option<Duration> {
         }
     }
     None
-}
-
-/// Splits a structured-field list on `sep`, ignoring separators inside quoted strings.
-fn split_outside_quotes(s: &str, sep: char) -> Vec<&str> {
-    let mut parts = Vec::new();
-    let (mut start, mut quoted, mut escaped) = (0, false, false);
-    for (i, c) in s.char_indices() {
-        match c {
-            _ if escaped => escaped = false,
-            '\\' if quoted => escaped = true,
-            '"' => quoted = !quoted,
-            c if c == sep && !quoted => {
-                parts.push(s[start..i].trim());
-                start = i + c.len_utf8();
-            }
-            _ => {}
-        }
-    }
-    parts.push(s[start..].trim());
-    parts
 }
 
 /// The integer parameters of one structured-field item (`"name";r=0;t=30` → r, t); others skipped.

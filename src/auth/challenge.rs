@@ -6,6 +6,8 @@
 //! value is split on commas outside quotes, and an item that starts with `token SP` opens a new
 //! challenge. Parsing is lenient: what cannot be read is skipped, never fatal.
 
+use crate::upstream::headers::split_outside_quotes;
+
 /// One challenge: its scheme (lowercase) and its parameters (names lowercase, values unquoted).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Challenge {
@@ -38,7 +40,7 @@ pub struct BearerChallenge {
 pub fn parse(values: &[&str]) -> Vec<Challenge> {
     let mut out: Vec<Challenge> = Vec::new();
     for value in values {
-        for item in split_items(value) {
+        for item in split_outside_quotes(value, ',') {
             let item = item.trim();
             if item.is_empty() {
                 continue;
@@ -76,26 +78,6 @@ pub fn bearer(values: &[&str]) -> Option<BearerChallenge> {
         error: get("error"),
         error_description: get("error_description"),
     })
-}
-
-/// Splits on commas outside quoted strings (backslash escapes honoured inside quotes).
-fn split_items(value: &str) -> Vec<&str> {
-    let mut items = Vec::new();
-    let (mut start, mut quoted, mut escaped) = (0, false, false);
-    for (i, c) in value.char_indices() {
-        match c {
-            _ if escaped => escaped = false,
-            '\\' if quoted => escaped = true,
-            '"' => quoted = !quoted,
-            ',' if !quoted => {
-                items.push(&value[start..i]);
-                start = i + 1;
-            }
-            _ => {}
-        }
-    }
-    items.push(&value[start..]);
-    items
 }
 
 /// RFC 9110 token68: `1*( ALPHA / DIGIT / "-" / "." / "_" / "~" / "+" / "/" ) *"="`.

@@ -162,6 +162,27 @@ pub fn param_values(
         .collect()
 }
 
+/// Splits a header value on `sep` outside quoted strings (backslash escapes honoured inside),
+/// trimming each part: structured-field lists, auth-params.
+pub fn split_outside_quotes(s: &str, sep: char) -> Vec<&str> {
+    let mut parts = Vec::new();
+    let (mut start, mut quoted, mut escaped) = (0, false, false);
+    for (i, c) in s.char_indices() {
+        match c {
+            _ if escaped => escaped = false,
+            '\\' if quoted => escaped = true,
+            '"' => quoted = !quoted,
+            c if c == sep && !quoted => {
+                parts.push(s[start..i].trim());
+                start = i + c.len_utf8();
+            }
+            _ => {}
+        }
+    }
+    parts.push(s[start..].trim());
+    parts
+}
+
 /// Encodes a header value, using the `=?base64?…?=` sentinel form for anything that is not plain,
 /// header-safe ASCII: non-ASCII, control characters, leading or trailing whitespace, or text that
 /// itself looks like the sentinel (T-14 "Value Encoding").

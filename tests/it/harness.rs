@@ -161,6 +161,12 @@ pub fn respond(status: u16, content_type: &str, body: impl Into<String>) -> Resp
         .unwrap()
 }
 
+/// An SSE reply carrying one notification with `method`.
+pub fn sse_notification(method: &str) -> Action {
+    let body = format!("data: {{\"jsonrpc\":\"2.0\",\"method\":\"{method}\"}}\n\n");
+    Action::Respond(respond(200, "text/event-stream", body))
+}
+
 /// Builds the sidecar command with an isolated environment: no inherited variables (no proxies,
 /// no user config), state under a temp dir, and the given variables.
 pub fn command(args: &[&str], env: &[(&str, &str)]) -> Command {

@@ -388,11 +388,7 @@ async fn the_get_stream_waits_out_a_429_too() {
         }
         match count.fetch_add(1, Ordering::SeqCst) {
             0 => Action::Respond(too_many(&[("retry-after", "1".into())])),
-            1 => Action::Respond(respond(
-                200,
-                "text/event-stream",
-                "data: {\"jsonrpc\":\"2.0\",\"method\":\"notifications/resources/list_changed\"}\n\n",
-            )),
+            1 => sse_notification("notifications/resources/list_changed"),
             _ => Action::Respond(respond(405, "text/plain", "")),
         }
     });

@@ -199,11 +199,7 @@ async fn t20_a_get_stream_that_gave_up_is_reopened_once_the_server_answers_again
         }
         match count.fetch_add(1, Ordering::SeqCst) {
             0..=2 => Action::Respond(respond(500, "text/plain", "warming up")),
-            3 => Action::Respond(respond(
-                200,
-                "text/event-stream",
-                "data: {\"jsonrpc\":\"2.0\",\"method\":\"notifications/prompts/list_changed\"}\n\n",
-            )),
+            3 => sse_notification("notifications/prompts/list_changed"),
             _ => Action::Respond(respond(405, "text/plain", "")),
         }
     });
