@@ -31,6 +31,7 @@ pub mod proxy;
 pub mod ratelimit;
 pub mod retry;
 pub mod stdio;
+mod sync;
 pub mod upstream;
 
 use std::future::Future;

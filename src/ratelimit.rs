@@ -9,6 +9,7 @@
 //! request. Corrupt or stale state is ignored, never fatal. This module waits and keeps time; it
 //! does not send anything and does not parse headers (that is [`crate::retry`]).
 
+use crate::sync::{Locked, create_private_dir};
 use std::collections::VecDeque;
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
@@ -184,7 +185,7 @@ impl Gate {
     pub fn block_for(&self, delay: Duration, source: &str) {
         let until = now_ms().saturating_add(delay.as_millis().min(u64::MAX as u128) as u64);
         {
-            let mut state = self.state.lock().unwrap();
+            let mut state = self.state.locked();
             if until <= state.blocked_until_ms {
                 return;
             }
@@ -202,7 +203,7 @@ impl Gate {
     /// The remaining server-given wait, looking at the shared file only when it changed.
     fn check_deadline(&self) -> Option<Blocked> {
         self.refresh_from_file();
-        let state = self.state.lock().unwrap();
+        let state = self.state.locked();
         let now = now_ms();
         (state.blocked_until_ms > now).then(|| Blocked {
             wait: Duration::from_millis(state.blocked_until_ms - now),
@@ -223,14 +224,14 @@ impl Gate {
         self.next_look_ms.store(now + LOOK_INTERVAL_MS, Ordering::Relaxed);
         let mtime = fs::metadata(&file.path).and_then(|m| m.modified()).ok();
         {
-            let mut seen = self.seen_mtime.lock().unwrap();
+            let mut seen = self.seen_mtime.locked();
             if mtime.is_none() || *seen == mtime {
                 return;
             }
             *seen = mtime;
         }
         if let Some(shared) = read_state(&file.path) {
-            let mut state = self.state.lock().unwrap();
+            let mut state = self.state.locked();
             if shared.blocked_until_ms > state.blocked_until_ms {
                 state.blocked_until_ms = shared.blocked_until_ms;
                 state.blocked_by = shared.blocked_by;
@@ -280,7 +281,7 @@ impl Gate {
         };
         let shared = self.with_file(|shared| verdict = decide(shared));
         if !shared {
-            verdict = decide(&mut self.state.lock().unwrap());
+            verdict = decide(&mut self.state.locked());
         }
         verdict
     }
@@ -324,18 +325,6 @@ fn locked_update(file: &StateFile, f: impl FnOnce(&mut State)) -> std::io::Resul
     fs::rename(&tmp, &file.path)?;
     drop(lock);
     Ok(())
-}
-
-/// Creates `dir` (and parents), readable by its owner only.
-fn create_private_dir(dir: &Path) -> std::io::Result<()> {
-    if dir.is_dir() {
-        return Ok(());
-    }
-    let mut builder = fs::DirBuilder::new();
-    builder.recursive(true);
-    #[cfg(unix)]
-    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
-    builder.create(dir)
 }
 
 #[cfg(test)]

@@ -17,6 +17,7 @@ mod send;
 mod session;
 mod tools;
 
+use crate::sync::{Locked, ReadWrite};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -207,7 +208,7 @@ impl Proxy {
                 };
                 let Some((key, id)) = self.register(&env, init, headers.is_modern()) else { return };
                 if init {
-                    *self.init_line.lock().unwrap() = Some(line.clone());
+                    *self.init_line.locked() = Some(line.clone());
                 }
                 let what = format!("{method} (id {})", env.id.map_or("?", RawValue::get));
                 let ids = vec![(key.clone(), id)];
@@ -217,7 +218,7 @@ impl Proxy {
                     // In line: whatever the client sends next needs the session this creates
                     // (a client must wait for the answer anyway, S-11; scripts may not).
                     let _ = handle.await;
-                } else if let Some(p) = self.pending.lock().unwrap().get_mut(&key) {
+                } else if let Some(p) = self.pending.locked().get_mut(&key) {
                     p.abort = Some(handle.abort_handle());
                 }
             }
@@ -359,7 +360,7 @@ impl Proxy {
     ) -> Option<(IdKey, oneshot::Receiver<()>)> {
         let (raw, key) = env.id.zip(env.id_key())?;
         let (tx, rx) = oneshot::channel();
-        let mut pending = self.pending.lock().unwrap();
+        let mut pending = self.pending.locked();
         if pending.contains_key(&key) {
             drop(pending);
             let err = LocalError::new(
@@ -385,7 +386,7 @@ impl Proxy {
     /// Drops a request the client cancelled (J-08): no answer will be written for it. Returns
     /// whether it was a 2026-07-28 request, or `None` if it was not pending.
     fn cancel(&self, key: &IdKey) -> Option<bool> {
-        let entry = self.pending.lock().unwrap().remove(key)?;
+        let entry = self.pending.locked().remove(key)?;
         if let Some(abort) = entry.abort {
             abort.abort();
         }
@@ -594,7 +595,7 @@ impl Proxy {
             let mut message = if same_id {
                 body.to_vec()
             } else {
-                match self.pending.lock().unwrap().get(key) {
+                match self.pending.locked().get(key) {
                     Some(p) => envelope::error_with_id(&p.id, error),
                     None => return Ok(()),
                 }
@@ -649,7 +650,7 @@ impl Proxy {
         let delivered = match env.kind() {
             Ok(Kind::Response) => {
                 let Some(key) = env.id_key() else { return Delivered::Dropped };
-                let Some(mut entry) = self.pending.lock().unwrap().remove(&key) else {
+                let Some(mut entry) = self.pending.locked().remove(&key) else {
                     debug!(id = %env.id.map_or("", RawValue::get), "response for no pending request dropped (cancelled, answered or unknown)");
                     return Delivered::Dropped;
                 };
@@ -712,18 +713,18 @@ impl Proxy {
 
     /// Answers a pending request with a local error, unless it was answered already.
     async fn fail(&self, key: &IdKey, err: &LocalError) {
-        let Some(entry) = self.pending.lock().unwrap().remove(key) else { return };
+        let Some(entry) = self.pending.locked().remove(key) else { return };
         self.stats.local_errors.fetch_add(1, Ordering::Relaxed);
         self.report(err);
         self.write(err.to_response(Some(&entry.id)).into()).await;
     }
 
     fn is_pending(&self, key: &IdKey) -> bool {
-        self.pending.lock().unwrap().contains_key(key)
+        self.pending.locked().contains_key(key)
     }
 
     fn any_pending(&self, ids: &[(IdKey, oneshot::Receiver<()>)]) -> bool {
-        let pending = self.pending.lock().unwrap();
+        let pending = self.pending.locked();
         ids.iter().any(|(k, _)| pending.contains_key(k))
     }
 
@@ -765,7 +766,7 @@ impl Proxy {
 
     fn report_with(&self, err: &LocalError, context: &str) {
         let first = {
-            let mut warned = self.warned.lock().unwrap();
+            let mut warned = self.warned.locked();
             let first = !warned.contains(&err.kind);
             if first {
                 warned.push(err.kind);
@@ -784,14 +785,14 @@ impl Proxy {
     /// flight, answers the rest with an error, ends the session with DELETE.
     pub async fn shutdown(self: &Arc<Self>, drain: bool) {
         self.shutting_down.store(true, Ordering::Relaxed);
-        if let Some(get) = self.get_stream.lock().unwrap().take() {
+        if let Some(get) = self.get_stream.locked().take() {
             get.abort();
         }
         self.tasks.close();
         if drain && timeout(DRAIN_TIMEOUT, self.tasks.wait()).await.is_err() {
             info!("shutting down with requests still in flight; answering them with an error");
         }
-        let left: Vec<Pending> = self.pending.lock().unwrap().drain().map(|(_, p)| p).collect();
+        let left: Vec<Pending> = self.pending.locked().drain().map(|(_, p)| p).collect();
         for entry in left {
             if let Some(abort) = &entry.abort {
                 abort.abort();

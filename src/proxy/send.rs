@@ -52,7 +52,7 @@ impl Proxy {
             if status == StatusCode::NOT_FOUND
                 && renewals < MAX_RENEWALS
                 && let Some(expired) = session.as_ref().and_then(|s| s.id.clone())
-                && self.init_line.lock().unwrap().is_some()
+                && self.init_line.locked().is_some()
             {
                 drop(response);
                 if self.renew_session(&expired, limit).await? {
@@ -71,14 +71,14 @@ impl Proxy {
                         "the server says the quota is spent; holding requests for {}",
                         retry::human(w.delay)
                     );
-                    *self.last_limit_headers.lock().unwrap() = retry::rate_limit_headers(response.headers());
+                    *self.last_limit_headers.locked() = retry::rate_limit_headers(response.headers());
                     self.gate.block_for(w.delay, w.source.as_str());
                 }
                 return Ok((response, sent_session, deadline));
             }
             self.gate.stats.limited.fetch_add(1, Ordering::Relaxed);
             let resp_headers = response.headers().clone();
-            *self.last_limit_headers.lock().unwrap() = retry::rate_limit_headers(&resp_headers);
+            *self.last_limit_headers.locked() = retry::rate_limit_headers(&resp_headers);
             let asked = retry::server_wait(&resp_headers, SystemTime::now());
             let wait = match asked {
                 Some(w) => self.policy.with_jitter(w.delay),
@@ -180,7 +180,7 @@ impl Proxy {
         err.http_status = response.map(|(s, _)| s.as_u16());
         err.request_sent = Some(false);
         err.retry_after = (source != retry::Source::Backoff.as_str()).then_some(wait);
-        err.rate_limit_headers = self.last_limit_headers.lock().unwrap().clone();
+        err.rate_limit_headers = self.last_limit_headers.locked().clone();
         err
     }
 }

@@ -17,7 +17,7 @@ impl Proxy {
         if self.up.session().id.as_ref() != Some(expired) {
             return Ok(false); // renewed by another request meanwhile
         }
-        let Some(line) = self.init_line.lock().unwrap().clone() else {
+        let Some(line) = self.init_line.locked().clone() else {
             return Err(LocalError::new(
                 UPSTREAM_ERROR,
                 ErrorKind::WrongEndpoint,
@@ -72,7 +72,7 @@ impl Proxy {
     pub(super) async fn start_legacy(self: &Arc<Self>) -> Result<(), String> {
         let (tx, rx) = oneshot::channel();
         let task = tokio::spawn(self.clone().listen_legacy(tx)).abort_handle();
-        if let Some(old) = self.get_stream.lock().unwrap().replace(task) {
+        if let Some(old) = self.get_stream.locked().replace(task) {
             old.abort();
         }
         match timeout(LEGACY_ENDPOINT_TIMEOUT, rx).await {
@@ -169,7 +169,7 @@ impl Proxy {
 
     /// Sends the client's `initialize` and `notifications/initialized` again, for a new session.
     pub(super) async fn replay_handshake(&self) {
-        let Some(line) = self.init_line.lock().unwrap().clone() else { return };
+        let Some(line) = self.init_line.locked().clone() else { return };
         let initialized = Bytes::from_static(br#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#);
         for body in [line, initialized] {
             let (request, _) = self.up.post(body, &MessageHeaders::default(), None);
@@ -183,7 +183,7 @@ impl Proxy {
 
     /// Starts listening on the GET stream for server-initiated messages (T-20), once.
     pub(super) fn open_get_stream(self: &Arc<Self>) {
-        let mut slot = self.get_stream.lock().unwrap();
+        let mut slot = self.get_stream.locked();
         if slot.is_some() || self.shutting_down.load(Ordering::Relaxed) {
             return;
         }
@@ -192,7 +192,7 @@ impl Proxy {
 
     /// Replaces the GET stream with one for the current session.
     pub(super) fn restart_get_stream(self: &Arc<Self>) {
-        if let Some(old) = self.get_stream.lock().unwrap().take() {
+        if let Some(old) = self.get_stream.locked().take() {
             old.abort();
         }
         self.open_get_stream();

@@ -10,7 +10,7 @@ impl Proxy {
         params: &envelope::Params<'_>,
     ) -> Vec<(reqwest::header::HeaderName, reqwest::header::HeaderValue)> {
         let Some(name) = params.name.as_deref() else { return Vec::new() };
-        let known = self.tool_headers.read().unwrap();
+        let known = self.tool_headers.reading();
         let Some(annotations) = known.get(name).filter(|a| !a.is_empty()) else { return Vec::new() };
         let arguments = params
             .arguments
@@ -24,7 +24,7 @@ impl Proxy {
     pub(super) fn learn_tools(&self, message: &[u8]) -> Option<Vec<u8>> {
         let mut msg: serde_json::Value = serde_json::from_slice(message).ok()?;
         let tools = msg.pointer_mut("/result/tools")?.as_array_mut()?;
-        let mut known = self.tool_headers.write().unwrap();
+        let mut known = self.tool_headers.writing();
         let before = tools.len();
         tools.retain(|tool| {
             let name = tool.get("name").and_then(|n| n.as_str()).unwrap_or_default();
