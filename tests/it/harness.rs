@@ -161,6 +161,17 @@ pub fn respond(status: u16, content_type: &str, body: impl Into<String>) -> Resp
         .unwrap()
 }
 
+/// A hook that answers the n-th GET (counting from 0) with `answer(n)`; everything else passes.
+pub fn nth_get(answer: impl Fn(usize) -> Action + Send + Sync + 'static) -> Hook {
+    let count = std::sync::atomic::AtomicUsize::new(0);
+    Arc::new(move |s: &Seen| {
+        if s.method != Method::GET {
+            return Action::Pass;
+        }
+        answer(count.fetch_add(1, std::sync::atomic::Ordering::SeqCst))
+    })
+}
+
 /// An SSE reply carrying one notification with `method`.
 pub fn sse_notification(method: &str) -> Action {
     let body = format!("data: {{\"jsonrpc\":\"2.0\",\"method\":\"{method}\"}}\n\n");

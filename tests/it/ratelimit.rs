@@ -380,17 +380,10 @@ async fn every_call_gets_through_each_vendors_rate_limit() {
 
 #[tokio::test]
 async fn the_get_stream_waits_out_a_429_too() {
-    let gets = Arc::new(AtomicUsize::new(0));
-    let count = gets.clone();
-    let hook: Hook = Arc::new(move |s: &Seen| {
-        if s.method != "GET" {
-            return Action::Pass;
-        }
-        match count.fetch_add(1, Ordering::SeqCst) {
-            0 => Action::Respond(too_many(&[("retry-after", "1".into())])),
-            1 => sse_notification("notifications/resources/list_changed"),
-            _ => Action::Respond(respond(405, "text/plain", "")),
-        }
+    let hook = nth_get(|n| match n {
+        0 => Action::Respond(too_many(&[("retry-after", "1".into())])),
+        1 => sse_notification("notifications/resources/list_changed"),
+        _ => Action::Respond(respond(405, "text/plain", "")),
     });
     let server = Server::start(generic(), Some(hook)).await;
     let mut s = sidecar_for(&server, &[]);

@@ -191,17 +191,10 @@ async fn a_reply_stream_that_breaks_without_event_ids_is_answered_not_replayed()
 #[tokio::test]
 async fn t20_a_get_stream_that_gave_up_is_reopened_once_the_server_answers_again() {
     // GET fails 3 times (the sidecar gives up), then serves a notification.
-    let gets = Arc::new(AtomicUsize::new(0));
-    let count = gets.clone();
-    let hook: Hook = Arc::new(move |s: &Seen| {
-        if s.method != "GET" {
-            return Action::Pass;
-        }
-        match count.fetch_add(1, Ordering::SeqCst) {
-            0..=2 => Action::Respond(respond(500, "text/plain", "warming up")),
-            3 => sse_notification("notifications/prompts/list_changed"),
-            _ => Action::Respond(respond(405, "text/plain", "")),
-        }
+    let hook = nth_get(|n| match n {
+        0..=2 => Action::Respond(respond(500, "text/plain", "warming up")),
+        3 => sse_notification("notifications/prompts/list_changed"),
+        _ => Action::Respond(respond(405, "text/plain", "")),
     });
     let server = Server::start(generic(), Some(hook)).await;
     let mut s = sidecar_for(&server, &[]);
