@@ -8,7 +8,7 @@
 
 use std::path::PathBuf;
 
-use clap::{Parser, ValueEnum};
+use clap::{Parser, Subcommand, ValueEnum};
 
 const AFTER_HELP: &str = "\
 Examples:
@@ -29,8 +29,40 @@ Exit status: 0 after a clean shutdown (stdin closed, SIGTERM, SIGINT, or the cli
 
 /// A stdio MCP server that forwards every message to a remote MCP server over HTTP.
 #[derive(Debug, Parser)]
-#[command(name = "mcp-sidecar", version, about, after_help = AFTER_HELP, max_term_width = 100)]
+#[command(
+    name = "mcp-sidecar",
+    version,
+    about,
+    after_help = AFTER_HELP,
+    max_term_width = 100,
+    args_conflicts_with_subcommands = true,
+    subcommand_negates_reqs = true
+)]
 pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
+    #[command(flatten)]
+    pub args: Args,
+}
+
+/// What to do instead of proxying.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Sign in to a server that uses OAuth, in this terminal, so that MCP clients never have to
+    /// (takes the same options as the proxy).
+    #[command(after_help = "Example:\n  mcp-sidecar login https://mcp.example.com/mcp\n  mcp-sidecar login --preset ai2fin --url https://host/mcp --auth oauth")]
+    Login(Args),
+    /// Forget the stored tokens and client registration of a server.
+    Logout(Args),
+    /// Show what is stored per server (client id, scopes, expiry; never a token). Without a
+    /// URL or preset: every server.
+    Status(Args),
+}
+
+/// The options of the proxy (and of `login`, `logout`, `status`).
+#[derive(Debug, Clone, clap::Args)]
+pub struct Args {
     /// The remote MCP endpoint, e.g. https://mcp.example.com/mcp.
     #[arg(value_name = "URL", conflicts_with = "url_flag")]
     pub url: Option<String>,
@@ -50,6 +82,34 @@ pub struct Cli {
     /// How the key is sent: bearer (Authorization: Bearer KEY), x-api-key, or a header name.
     #[arg(long, value_name = "STYLE", env = "MCP_SIDECAR_AUTH_HEADER")]
     pub auth_header: Option<String>,
+
+    /// How to authenticate: api-key (the key variable), oauth (sign in with the browser when
+    /// the server asks), none. Default: api-key when a key variable is configured, else OAuth
+    /// when the server asks for it.
+    #[arg(long, value_name = "METHOD", env = "MCP_SIDECAR_AUTH")]
+    pub auth: Option<AuthMethod>,
+
+    /// OAuth: the id of a client registered with the authorization server beforehand (else
+    /// mcp-sidecar registers itself).
+    #[arg(long, value_name = "ID", env = "MCP_SIDECAR_CLIENT_ID")]
+    pub client_id: Option<String>,
+
+    /// OAuth: the environment variable that holds the pre-registered client's secret.
+    #[arg(long, value_name = "NAME", env = "MCP_SIDECAR_CLIENT_SECRET_ENV")]
+    pub client_secret_env: Option<String>,
+
+    /// OAuth: an https URL where a client ID metadata document for mcp-sidecar is hosted, used
+    /// as the client id where the authorization server supports that.
+    #[arg(long, value_name = "URL", env = "MCP_SIDECAR_CLIENT_METADATA_URL")]
+    pub client_metadata_url: Option<String>,
+
+    /// OAuth: the 127.0.0.1 port the browser is sent back to [default: any free port].
+    #[arg(long, value_name = "PORT", env = "MCP_SIDECAR_CALLBACK_PORT")]
+    pub callback_port: Option<u16>,
+
+    /// OAuth: seconds to wait for the sign-in in the browser.
+    #[arg(long, value_name = "SECS", env = "MCP_SIDECAR_AUTH_TIMEOUT", default_value = "300")]
+    pub auth_timeout: f64,
 
     /// An extra header 'Name: value' (repeatable); ${VAR} in the value is read from the
     /// environment. In MCP_SIDECAR_HEADER, separate several headers with newlines.
@@ -142,6 +202,17 @@ pub enum Preset {
     Converra,
 }
 
+/// `--auth`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum AuthMethod {
+    /// The key in the variable named by --api-key-env (or the preset's).
+    ApiKey,
+    /// OAuth 2.1: sign in with the browser when the server asks.
+    Oauth,
+    /// No credential.
+    None,
+}
+
 /// `--transport`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Transport {
@@ -184,18 +255,35 @@ mod tests {
     fn positional_and_flag_url_conflict() {
         assert!(Cli::try_parse_from(["mcp-sidecar", "http://a/mcp", "--url", "http://b/mcp"]).is_err());
         let cli = Cli::try_parse_from(["mcp-sidecar", "--url", "http://b/mcp"]).unwrap();
-        assert_eq!(cli.url_flag.as_deref(), Some("http://b/mcp"));
+        assert_eq!(cli.args.url_flag.as_deref(), Some("http://b/mcp"));
     }
 
     #[test]
     fn repeated_headers_are_kept_in_order() {
         let cli = Cli::try_parse_from(["mcp-sidecar", "-H", "A: 1", "--header", "B: 2"]).unwrap();
-        assert_eq!(cli.headers, ["A: 1", "B: 2"]);
+        assert_eq!(cli.args.headers, ["A: 1", "B: 2"]);
     }
 
     #[test]
     fn presets_parse_by_name() {
         let cli = Cli::try_parse_from(["mcp-sidecar", "--preset", "ai2fin"]).unwrap();
-        assert_eq!(cli.preset, Some(Preset::Ai2fin));
+        assert_eq!(cli.args.preset, Some(Preset::Ai2fin));
+    }
+
+    #[test]
+    fn subcommands_take_the_proxy_options_and_urls_stay_positional() {
+        let cli = Cli::try_parse_from(["mcp-sidecar", "login", "https://h/mcp", "--client-id", "c"]).unwrap();
+        match cli.command {
+            Some(Command::Login(a)) => {
+                assert_eq!(a.url.as_deref(), Some("https://h/mcp"));
+                assert_eq!(a.client_id.as_deref(), Some("c"));
+            }
+            other => panic!("{other:?}"),
+        }
+        let cli = Cli::try_parse_from(["mcp-sidecar", "https://h/mcp", "--auth", "oauth"]).unwrap();
+        assert!(cli.command.is_none());
+        assert_eq!(cli.args.auth, Some(AuthMethod::Oauth));
+        let cli = Cli::try_parse_from(["mcp-sidecar", "status"]).unwrap();
+        assert!(matches!(cli.command, Some(Command::Status(_))));
     }
 }

@@ -13,7 +13,7 @@ use reqwest::header::{AUTHORIZATION, HeaderMap, HeaderName, HeaderValue};
 use secrecy::{ExposeSecret, SecretString};
 use url::{Host, Url};
 
-use crate::cli::{Cli, LogFormat, LogLevel, Preset, Transport};
+use crate::cli::{Args, AuthMethod, LogFormat, LogLevel, Preset, Transport};
 use crate::ratelimit::Limit;
 use crate::retry::RetryPolicy;
 
@@ -122,6 +122,9 @@ pub struct Config {
     pub url: Url,
     /// The API key, when one is configured.
     pub api_key: Option<ApiKey>,
+    /// OAuth sign-in, when no key is configured and `--auth none` is not given: used when the
+    /// server answers 401 with a Bearer challenge.
+    pub oauth: Option<crate::auth::Settings>,
     /// Extra headers, `${VAR}` already expanded; values marked sensitive.
     pub headers: HeaderMap,
     /// `--transport`.
@@ -150,15 +153,34 @@ pub struct Config {
 
 impl Config {
     /// Resolves `cli` against the environment (`env` looks a variable up; tests pass a map).
-    pub fn from_cli(cli: Cli, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
+    pub fn from_cli(cli: Args, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
         let spec = cli.preset.map(Preset::spec);
         let preset = spec.as_ref();
         let mut warnings = Vec::new();
 
-        let url = resolve_url(cli.url.or(cli.url_flag).as_deref(), preset)?;
+        let url = resolve_url(cli.url.as_deref().or(cli.url_flag.as_deref()), preset)?;
         check_scheme(&url, cli.allow_http)?;
 
-        let key_env = cli.api_key_env.clone().or_else(|| preset.map(|p| p.key_env.to_owned()));
+        let key_env = match cli.auth {
+            Some(AuthMethod::Oauth | AuthMethod::None) => {
+                if cli.api_key_env.is_some() {
+                    return Err(ConfigError(format!(
+                        "--api-key-env does not go with --auth {}: drop one of them",
+                        if cli.auth == Some(AuthMethod::Oauth) { "oauth" } else { "none" }
+                    )));
+                }
+                None
+            }
+            Some(AuthMethod::ApiKey) | None => {
+                cli.api_key_env.clone().or_else(|| preset.map(|p| p.key_env.to_owned()))
+            }
+        };
+        if cli.auth == Some(AuthMethod::ApiKey) && key_env.is_none() {
+            return Err(ConfigError(
+                "--auth api-key needs a key: name the variable that holds it with --api-key-env (or use --preset)"
+                    .into(),
+            ));
+        }
         let style = match (&cli.auth_header, preset) {
             (Some(s), _) => AuthStyle::parse(s)?,
             (None, Some(p)) => p.auth.clone(),
@@ -187,6 +209,16 @@ impl Config {
         };
 
         let headers = parse_headers(&cli.headers, env)?;
+        let oauth = if api_key.is_none() && cli.auth != Some(AuthMethod::None) {
+            Some(oauth_settings(&cli, env)?)
+        } else {
+            if cli.client_id.is_some() || cli.client_secret_env.is_some() || cli.client_metadata_url.is_some() {
+                warnings.push(
+                    "--client-id, --client-secret-env and --client-metadata-url are for OAuth; they are ignored with an API key or --auth none".into(),
+                );
+            }
+            None
+        };
         if let Some(key) = &api_key
             && headers.contains_key(&key.header)
         {
@@ -199,6 +231,7 @@ impl Config {
         Ok(Config {
             url,
             api_key,
+            oauth,
             headers,
             transport: cli.transport,
             ca_certs: match &cli.ca_file {
@@ -228,6 +261,46 @@ impl Config {
     }
 }
 
+/// The OAuth settings; the client secret is read from its variable here, like the key.
+fn oauth_settings(cli: &Args, env: &dyn Fn(&str) -> Option<String>) -> Result<crate::auth::Settings, ConfigError> {
+    let client_secret = match &cli.client_secret_env {
+        Some(name) => {
+            if cli.client_id.is_none() {
+                return Err(ConfigError(
+                    "--client-secret-env needs --client-id: name the client the secret belongs to".into(),
+                ));
+            }
+            match env(name) {
+                Some(v) if !v.trim().is_empty() => Some((name.clone(), SecretString::from(v.trim().to_owned()))),
+                _ => {
+                    return Err(ConfigError(format!(
+                        "{name} (--client-secret-env) is not set: export it with the client secret, or drop --client-secret-env for a public client"
+                    )));
+                }
+            }
+        }
+        None => None,
+    };
+    if let Some(u) = &cli.client_metadata_url {
+        let ok = Url::parse(u).is_ok_and(|u| u.scheme() == "https" && u.path() != "/" && u.fragment().is_none());
+        if !ok {
+            return Err(ConfigError(format!(
+                "--client-metadata-url {u:?} must be an https URL with a path, where your client ID metadata document is hosted"
+            )));
+        }
+    }
+    Ok(crate::auth::Settings {
+        client_id: cli.client_id.clone(),
+        client_secret,
+        client_metadata_url: cli.client_metadata_url.clone(),
+        callback_port: cli.callback_port,
+        timeout: seconds("--auth-timeout", cli.auth_timeout)?,
+        browser: env("BROWSER"),
+        interactive: true,
+        explicit: cli.auth == Some(AuthMethod::Oauth),
+    })
+}
+
 fn resolve_url(given: Option<&str>, preset: Option<&PresetSpec>) -> Result<Url, ConfigError> {
     let text = match (given, preset) {
         (Some(u), _) => u,
@@ -245,6 +318,11 @@ fn resolve_url(given: Option<&str>, preset: Option<&PresetSpec>) -> Result<Url, 
             ));
         }
     };
+    if matches!(text, "login" | "logout" | "status") {
+        return Err(ConfigError(format!(
+            "{text} is a command: put it first, before the options (mcp-sidecar {text} --preset …)"
+        )));
+    }
     let mut url = Url::parse(text).map_err(|e| {
         ConfigError(format!(
             "{text:?} is not a valid URL ({e}): give the full address, e.g. https://host/mcp"
@@ -392,7 +470,8 @@ fn seconds(flag: &str, secs: f64) -> Result<Duration, ConfigError> {
 }
 
 /// `$XDG_STATE_HOME/mcp-sidecar` (or `~/.local/state/mcp-sidecar`; Windows: the local app data).
-fn default_state_dir() -> Option<PathBuf> {
+/// `$XDG_STATE_HOME/mcp-sidecar` (or the platform's equivalent).
+pub fn default_state_dir() -> Option<PathBuf> {
     use etcetera::BaseStrategy;
     etcetera::choose_base_strategy()
         .ok()
@@ -418,8 +497,8 @@ mod tests {
     fn config(args: &[&str], vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
         let vars: HashMap<String, String> =
             vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-        let cli = Cli::try_parse_from(std::iter::once("mcp-sidecar").chain(args.iter().copied())).unwrap();
-        Config::from_cli(cli, &|k| vars.get(k).cloned())
+        let cli = crate::cli::Cli::try_parse_from(std::iter::once("mcp-sidecar").chain(args.iter().copied())).unwrap();
+        Config::from_cli(cli.args, &|k| vars.get(k).cloned())
     }
 
     fn err(args: &[&str], vars: &[(&str, &str)]) -> String {

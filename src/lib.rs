@@ -15,7 +15,7 @@
 //! - [`envelope`]: the borrowed JSON-RPC envelope; the proxy's own error responses.
 //! - [`proxy`]: the pending-request table, one task per request, exactly one answer each.
 //! - [`upstream`]: the HTTP client (Streamable HTTP), SSE decoding, MCP header derivation.
-//! - [`auth`]: OAuth groundwork (challenge parsing, metadata discovery order); not wired in yet.
+//! - [`auth`]: OAuth 2.1 sign-in (discovery, PKCE, the loopback callback, refresh, token store).
 //! - [`retry`] and [`ratelimit`]: how long the server asks us to wait; the per-origin gate that
 //!   makes every request (and every sidecar with the same key) wait for it.
 //!
@@ -25,6 +25,7 @@
 
 pub mod auth;
 pub mod cli;
+pub mod commands;
 pub mod config;
 pub mod envelope;
 pub mod proxy;
@@ -51,6 +52,9 @@ pub enum RunError {
     /// The HTTP client could not be set up.
     #[error("could not set up the HTTP client: {0}")]
     Client(#[source] reqwest::Error),
+    /// The sign-in state could not be loaded.
+    #[error("{0}")]
+    Auth(#[source] auth::AuthError),
     /// Reading stdin failed.
     #[error("reading stdin failed: {0}")]
     Stdin(#[source] std::io::Error),
@@ -97,7 +101,13 @@ where
     W: AsyncWrite + Unpin + Send + 'static,
     F: Future<Output = ()>,
 {
-    let up = Upstream::new(&config).map_err(RunError::Client)?;
+    let oauth = match &config.oauth {
+        Some(settings) => {
+            Some(std::sync::Arc::new(auth::OAuth::new(&config, settings.clone()).map_err(RunError::Auth)?))
+        }
+        None => None,
+    };
+    let up = Upstream::new(&config, oauth).map_err(RunError::Client)?;
     let (outbox, rx) = Outbox::new();
     let (finish, finished) = tokio::sync::oneshot::channel();
     let writer = tokio::spawn(stdio::write_lines(rx, output, finished));

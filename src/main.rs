@@ -6,12 +6,51 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use mcp_sidecar::cli::{Cli, LogFormat, LogLevel};
-use mcp_sidecar::config::Config;
+use mcp_sidecar::cli::{Args, Cli, Command, LogFormat, LogLevel};
+use mcp_sidecar::commands;
+use mcp_sidecar::config::{Config, default_state_dir};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let config = match Config::from_cli(cli, &|name| std::env::var(name).ok()) {
+    match cli.command {
+        None => proxy(cli.args),
+        Some(Command::Login(args)) => subcommand(args, |config, rt| rt.block_on(commands::login(config))),
+        Some(Command::Logout(args)) => subcommand(args, |config, _| commands::logout(&config)),
+        Some(Command::Status(args)) if args.url.is_none() && args.url_flag.is_none() && args.preset.is_none() => {
+            let dir = args.state_dir.clone().or_else(default_state_dir);
+            ExitCode::from(commands::status(dir.as_deref(), None))
+        }
+        Some(Command::Status(args)) => {
+            subcommand(args, |config, _| commands::status(config.state_dir.as_deref(), Some(&config)))
+        }
+    }
+}
+
+/// Runs a subcommand with its config, logging and a runtime.
+fn subcommand(args: Args, run: impl FnOnce(Config, &tokio::runtime::Runtime) -> u8) -> ExitCode {
+    let config = match Config::from_cli(args, &|name| std::env::var(name).ok()) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("mcp-sidecar: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    init_logging(config.log_level, config.log_format);
+    for warning in &config.warnings {
+        tracing::warn!("{warning}");
+    }
+    match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => ExitCode::from(run(config, &rt)),
+        Err(e) => {
+            eprintln!("mcp-sidecar: could not start the async runtime: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// The proxy: stdin/stdout ⇄ the remote server.
+fn proxy(args: Args) -> ExitCode {
+    let config = match Config::from_cli(args, &|name| std::env::var(name).ok()) {
         Ok(config) => config,
         Err(e) => {
             eprintln!("mcp-sidecar: {e}");

@@ -1,14 +1,618 @@
-//! OAuth 2.1 for MCP servers that require it (issue 5): the parts that are pure functions so far.
+//! OAuth 2.1 sign-in for MCP servers that require it (issue 5; requirement ids A-xx).
+//!
+//! [`OAuth`] holds the access token the proxy sends and renews it when the server refuses it:
+//! from the token store when another process already renewed it, by refreshing it, or by a
+//! browser sign-in (discovery → client identity → PKCE authorization → code exchange). One
+//! renewal runs at a time per process (a mutex) and per server across processes (a lock file in
+//! the store), so a client that starts five sidecars gets one browser tab, and the others pick
+//! up its tokens.
 //!
 //! - [`challenge`]: `WWW-Authenticate` parsed as RFC 9110 auth-params.
-//! - [`discovery`]: where to look for protected-resource and authorization-server metadata, in
-//!   the order the 2025-11-25 specification requires, and whether a protected
-//!   resource's `resource` may be used for our URL.
+//! - [`discovery`] and [`metadata`]: where the metadata is, fetching and checking it.
+//! - [`http`]: the sign-in's own HTTP client (no redirects, 429s waited out).
+//! - [`callback`] and [`browser`]: the loopback redirect listener and `$BROWSER`.
 //! - [`store`]: the token files (one per server, 0700/0600, atomic, exposed files refused).
-//!
-//! The flow itself (registration, PKCE, the loopback callback, refresh, locking between
-//! processes) is not built yet; nothing here sends a request.
 
+pub mod browser;
+pub mod callback;
 pub mod challenge;
 pub mod discovery;
+pub mod http;
+pub mod metadata;
 pub mod store;
+
+use std::sync::RwLock;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use oauth2::basic::{BasicClient, BasicErrorResponseType};
+use oauth2::{
+    AuthType, AuthUrl, AuthorizationCode, ClientId, ClientSecret, CsrfToken, PkceCodeChallenge, RedirectUrl,
+    RefreshToken, RequestTokenError, Scope, TokenResponse, TokenUrl,
+};
+use reqwest::header::HeaderValue;
+use secrecy::{ExposeSecret, SecretString};
+use tracing::{debug, info, warn};
+use url::Url;
+
+use crate::config::redact_url;
+use crate::sync::ReadWrite;
+use challenge::BearerChallenge;
+use metadata::{AuthServer, Discovered};
+use store::{Client, Entry, StoreError, TokenAuth, TokenStore, Tokens};
+
+/// A sign-in problem, as one sentence for people.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{0}")]
+pub struct AuthError(pub String);
+
+impl From<StoreError> for AuthError {
+    fn from(e: StoreError) -> Self {
+        AuthError(e.to_string())
+    }
+}
+
+/// Tokens expiring within this margin are refreshed before use.
+const REFRESH_MARGIN: Duration = Duration::from_secs(60);
+/// The client name registered with authorization servers.
+const CLIENT_NAME: &str = "mcp-sidecar";
+
+/// How the sign-in is set up (from the command line).
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// `--client-id`: a client registered with the authorization server beforehand.
+    pub client_id: Option<String>,
+    /// The secret from the variable named by `--client-secret-env`, with that name.
+    pub client_secret: Option<(String, SecretString)>,
+    /// `--client-metadata-url`: a client ID metadata document (CIMD, A-21).
+    pub client_metadata_url: Option<String>,
+    /// `--callback-port`; `None`: an ephemeral port (or the one registered before).
+    pub callback_port: Option<u16>,
+    /// `--auth-timeout`: how long to wait for the browser.
+    pub timeout: Duration,
+    /// `$BROWSER`.
+    pub browser: Option<String>,
+    /// Whether a browser sign-in may start by itself (false: report that `login` is needed).
+    pub interactive: bool,
+    /// `--auth oauth` was given.
+    pub explicit: bool,
+}
+
+/// What [`OAuth::renew`] is asked to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Renew {
+    /// The token was refused (401): a newer stored one, a refresh, or a sign-in.
+    Refused,
+    /// The token lacks a scope (403 `insufficient_scope`, A-12): a sign-in for more scopes.
+    StepUp,
+    /// `mcp-sidecar login`: a sign-in, whatever is stored.
+    Login,
+    /// The token expires soon: a newer stored one or a refresh, never a sign-in.
+    Ahead,
+}
+
+/// The token in use.
+#[derive(Default)]
+struct Current {
+    header: Option<HeaderValue>,
+    expires_at: Option<u64>,
+    has_refresh: bool,
+}
+
+/// The sign-in state of one MCP server.
+pub struct OAuth {
+    http: http::AuthHttp,
+    mcp: Url,
+    origin: String,
+    key: String,
+    store: TokenStore,
+    settings: Settings,
+    current: RwLock<Current>,
+    /// Serializes renewals in this process; holds the scopes asked for so far (A-12 union).
+    flow: tokio::sync::Mutex<Option<String>>,
+}
+
+impl OAuth {
+    /// Sets up sign-in for `config`'s server, with what the store holds.
+    pub fn new(config: &crate::config::Config, settings: Settings) -> Result<OAuth, AuthError> {
+        let state_dir = config.state_dir.clone().ok_or_else(|| {
+            AuthError("no state directory to keep sign-in tokens in: set --state-dir (or HOME)".into())
+        })?;
+        let http = http::AuthHttp::new(config)
+            .map_err(|e| AuthError(format!("could not set up the sign-in HTTP client: {e}")))?;
+        let oauth = OAuth {
+            http,
+            origin: config.url.origin().ascii_serialization(),
+            key: discovery::canonical_resource(&config.url),
+            mcp: config.url.clone(),
+            store: TokenStore::new(&state_dir),
+            settings,
+            current: RwLock::new(Current::default()),
+            flow: tokio::sync::Mutex::new(None),
+        };
+        if let Some(entry) = oauth.store.load(&oauth.origin, &oauth.key)? {
+            if let Some(tokens) = &entry.tokens {
+                debug!("using the stored sign-in for {}", redact_url(&oauth.mcp));
+                oauth.adopt(tokens);
+            }
+            *oauth.flow.try_lock().map_err(|_| AuthError("sign-in state busy".into()))? =
+                entry.tokens.as_ref().and_then(|t| t.scope.clone());
+        }
+        Ok(oauth)
+    }
+
+    /// The `Authorization` header value to send, if signed in.
+    pub fn header(&self) -> Option<HeaderValue> {
+        self.current.reading().header.clone()
+    }
+
+    /// Whether the token expires soon and can be refreshed first.
+    pub fn expiring(&self) -> bool {
+        let c = self.current.reading();
+        c.header.is_some() && c.has_refresh && c.expires_at.is_some_and(|at| at <= now() + REFRESH_MARGIN.as_secs())
+    }
+
+    /// The store and the key of this server in it (for `logout` and `status`).
+    pub fn store(&self) -> (&TokenStore, &str, &str) {
+        (&self.store, &self.origin, &self.key)
+    }
+
+    fn adopt(&self, tokens: &Tokens) {
+        let value = HeaderValue::from_str(&format!("Bearer {}", tokens.access_token.expose_secret())).ok().map(|mut v| {
+            v.set_sensitive(true);
+            v
+        });
+        *self.current.writing() =
+            Current { header: value, expires_at: tokens.expires_at, has_refresh: tokens.refresh_token.is_some() };
+    }
+
+    /// Gets a token that the server may accept instead of `failed` (the header the refused
+    /// request carried). See [`Renew`]. Returns whether that took a browser sign-in.
+    pub async fn renew(
+        &self,
+        failed: Option<&HeaderValue>,
+        challenge: Option<&BearerChallenge>,
+        what: Renew,
+    ) -> Result<bool, AuthError> {
+        let mut requested = self.flow.lock().await;
+        let refused = matches!(what, Renew::Refused | Renew::Ahead);
+        if refused && self.header().as_ref() != failed {
+            return Ok(false); // another request of this process renewed it meanwhile
+        }
+        let store = self.store.clone();
+        let (origin, key) = (self.origin.clone(), self.key.clone());
+        let lock = tokio::task::spawn_blocking(move || store.lock(&origin, &key))
+            .await
+            .map_err(|_| AuthError("the sign-in lock could not be taken".into()))??;
+        let mut entry = self.store.load(&self.origin, &self.key)?.unwrap_or_default();
+        entry.server = redact_url(&self.mcp);
+        if refused
+            && let Some(tokens) = &entry.tokens
+        {
+            let stored = HeaderValue::from_str(&format!("Bearer {}", tokens.access_token.expose_secret())).ok();
+            if stored.as_ref() != failed {
+                info!("using the sign-in another mcp-sidecar completed for {}", redact_url(&self.mcp));
+                self.adopt(tokens);
+                return Ok(false);
+            }
+        }
+        if refused
+            && let Some(refresh) = entry.tokens.as_ref().and_then(|t| t.refresh_token.clone())
+        {
+            match self.refresh(&entry, &refresh).await {
+                Ok(tokens) => {
+                    entry.tokens = Some(tokens);
+                    self.store.save(&self.origin, &self.key, &entry)?;
+                    self.adopt(entry.tokens.as_ref().expect("just set"));
+                    info!("renewed the access token for {}", redact_url(&self.mcp));
+                    return Ok(false);
+                }
+                Err(Refresh::Rejected(why)) => {
+                    // Revoked or expired: forget it, so it is tried once, never in a loop.
+                    warn!("the authorization server no longer accepts the refresh token ({why}); signing in again");
+                    entry.tokens = None;
+                    self.store.save(&self.origin, &self.key, &entry)?;
+                }
+                Err(Refresh::Failed(e)) => return Err(e),
+            }
+        }
+        if what == Renew::Ahead {
+            return Ok(false);
+        }
+        if !self.settings.interactive {
+            return Err(AuthError(format!(
+                "{} needs a sign-in: run mcp-sidecar login {} in a terminal, then restart the client",
+                self.mcp.host_str().unwrap_or("the server"),
+                redact_url(&self.mcp)
+            )));
+        }
+        let scope = self.scope_for(challenge, what, requested.as_deref());
+        let (tokens, discovered, client) = self.sign_in(&entry, challenge, scope.clone()).await?;
+        entry.issuer = Some(discovered.server.issuer.clone());
+        entry.token_endpoint = discovered.server.token_endpoint.clone();
+        entry.resource = Some(discovered.resource.clone());
+        entry.client = (self.settings.client_id.is_none()).then_some(client);
+        entry.tokens = Some(tokens);
+        self.store.save(&self.origin, &self.key, &entry)?;
+        self.adopt(entry.tokens.as_ref().expect("just set"));
+        *requested = scope.or_else(|| entry.tokens.as_ref().and_then(|t| t.scope.clone()));
+        drop(lock);
+        Ok(true)
+    }
+
+    /// Asks the server, without a credential, whether it wants a sign-in (for `login`).
+    pub async fn probe(&self) -> Result<(reqwest::StatusCode, Vec<String>), AuthError> {
+        self.http.probe(&self.mcp).await
+    }
+
+    /// Whether OAuth was asked for explicitly (`--auth oauth`): then any 401 starts a sign-in,
+    /// not only one with a Bearer challenge.
+    pub fn explicit(&self) -> bool {
+        self.settings.explicit
+    }
+
+    /// Refreshes ahead of expiry; failures are left to the 401 path.
+    pub async fn refresh_ahead(&self) {
+        let failed = self.header();
+        if let Err(e) = self.renew(failed.as_ref(), None, Renew::Ahead).await {
+            debug!("refreshing ahead of expiry failed: {e}");
+        }
+    }
+
+    /// the scope to ask for.
+    fn scope_for(&self, challenge: Option<&BearerChallenge>, what: Renew, before: Option<&str>) -> Option<String> {
+        let challenged = challenge.and_then(|c| c.scope.clone());
+        match what {
+            // Draft step-up rule: the union of what was asked before and what is challenged.
+            Renew::StepUp => {
+                let mut all: Vec<String> = Vec::new();
+                for s in before.into_iter().chain(challenged.as_deref()).flat_map(str::split_whitespace) {
+                    if !all.iter().any(|a| a == s) {
+                        all.push(s.to_owned());
+                    }
+                }
+                (!all.is_empty()).then(|| all.join(" "))
+            }
+            _ => challenged,
+        }
+    }
+
+    /// The browser sign-in: discovery, client identity, authorization with PKCE, code exchange.
+    async fn sign_in(
+        &self,
+        entry: &Entry,
+        challenge: Option<&BearerChallenge>,
+        scope: Option<String>,
+    ) -> Result<(Tokens, Discovered, Client), AuthError> {
+        let discovered =
+            metadata::discover(&self.http, &self.mcp, challenge.and_then(|c| c.resource_metadata.as_deref())).await?;
+        let server = &discovered.server;
+        // the challenge's scope, else everything the resource supports, else none.
+        let mut scope = scope.or_else(|| discovered.scopes_supported.as_ref().map(|s| s.join(" ")));
+        // ask for a refresh token where the server offers offline_access.
+        if server.scopes_supported.as_ref().is_some_and(|s| s.iter().any(|x| x == "offline_access"))
+            && !scope.as_deref().unwrap_or("").split_whitespace().any(|s| s == "offline_access")
+        {
+            scope = Some(match scope {
+                Some(s) if !s.is_empty() => format!("{s} offline_access"),
+                _ => "offline_access".into(),
+            });
+        }
+        let (auth_url, token_url) = match (&server.authorization_endpoint, &server.token_endpoint) {
+            (Some(a), Some(t)) => (a.clone(), t.clone()),
+            _ => {
+                return Err(AuthError(format!(
+                    "the authorization server {} publishes no authorization or token endpoint: the server's sign-in is misconfigured",
+                    server.issuer
+                )));
+            }
+        };
+        let reuse = entry.client.clone().filter(|_| entry.issuer.as_deref() == Some(server.issuer.as_str()));
+        let listener =
+            callback::Listener::bind(self.settings.callback_port, reuse.as_ref().and_then(|c| c.port)).await?;
+        let redirect_uri = listener.redirect_uri();
+        let client = self.client_identity(server, reuse, &redirect_uri, listener.port).await?;
+
+        let oauth = BasicClient::new(ClientId::new(client.client_id.clone()))
+            .set_auth_uri(AuthUrl::new(auth_url).map_err(|e| AuthError(format!("bad authorization endpoint: {e}")))?)
+            .set_token_uri(TokenUrl::new(token_url).map_err(|e| AuthError(format!("bad token endpoint: {e}")))?)
+            .set_redirect_uri(RedirectUrl::new(redirect_uri).map_err(|e| AuthError(format!("bad redirect URI: {e}")))?)
+            .set_auth_type(match client.auth {
+                TokenAuth::ClientSecretBasic => AuthType::BasicAuth,
+                _ => AuthType::RequestBody,
+            });
+        let oauth = match (&client.client_secret, client.auth) {
+            (Some(secret), TokenAuth::ClientSecretBasic | TokenAuth::ClientSecretPost) => {
+                oauth.set_client_secret(ClientSecret::new(secret.expose_secret().to_owned()))
+            }
+            _ => oauth,
+        };
+        let (challenge_pkce, verifier) = PkceCodeChallenge::new_random_sha256();
+        let mut request = oauth
+            .authorize_url(CsrfToken::new_random)
+            .set_pkce_challenge(challenge_pkce)
+            .add_extra_param("resource", discovered.resource.clone());
+        if let Some(scope) = &scope {
+            request = request.add_scopes(scope.split_whitespace().map(|s| Scope::new(s.to_owned())));
+        }
+        let (url, state) = request.url();
+        metadata::check_url(&url)?;
+
+        let host = self.mcp.host_str().unwrap_or("the server");
+        let opened = browser::open(&url, self.settings.browser.as_deref());
+        let how = if opened { "a browser window opened; if not, open this URL" } else { "open this URL in a browser" };
+        #[allow(clippy::print_stderr)]
+        {
+            eprintln!("mcp-sidecar: {host} needs you to sign in: {how}:\n\n  {url}\n");
+        }
+        let callback = tokio::time::timeout(self.settings.timeout, listener.wait(state.secret().clone()))
+            .await
+            .map_err(|_| {
+                AuthError(format!(
+                    "no sign-in answer from the browser within {} s (--auth-timeout): run mcp-sidecar login {} in a terminal, or try again",
+                    self.settings.timeout.as_secs(),
+                    redact_url(&self.mcp)
+                ))
+            })?;
+        check_issuer(server, discovered.from_metadata, callback.get("iss"))?;
+        if let Some(error) = callback.get("error") {
+            let said = callback.get("error_description").map(|d| format!(": {}", clean(d))).unwrap_or_default();
+            return Err(AuthError(format!(
+                "the authorization server did not grant access ({}{said}): sign in again and approve the request",
+                clean(error)
+            )));
+        }
+        let code = callback
+            .get("code")
+            .ok_or_else(|| AuthError("the sign-in answer carried no authorization code: try signing in again".into()))?;
+        let response = oauth
+            .exchange_code(AuthorizationCode::new(code.to_owned()))
+            .set_pkce_verifier(verifier)
+            .add_extra_param("resource", discovered.resource.clone())
+            .request_async(&self.http)
+            .await
+            .map_err(|e| AuthError(format!("the authorization server refused the sign-in code ({}): sign in again", token_error(&e))))?;
+        let tokens = tokens_from(&response, None, scope);
+        info!("signed in to {host}");
+        Ok((tokens, discovered, client))
+    }
+
+    /// pre-registered, then stored, then CIMD, then dynamic registration.
+    async fn client_identity(
+        &self,
+        server: &AuthServer,
+        stored: Option<Client>,
+        redirect_uri: &str,
+        port: u16,
+    ) -> Result<Client, AuthError> {
+        if let Some(id) = &self.settings.client_id {
+            let secret = self.settings.client_secret.as_ref().map(|(_, s)| s.clone());
+            let auth = pick_auth(server.token_endpoint_auth_methods_supported.as_deref(), secret.is_some());
+            return Ok(Client { client_id: id.clone(), client_secret: secret, auth, port: Some(port) });
+        }
+        if let Some(client) = stored
+            && (client.port == Some(port) || client.client_id.starts_with("https://"))
+        {
+            return Ok(client);
+        }
+        if let Some(url) = &self.settings.client_metadata_url
+            && server.client_id_metadata_document_supported
+        {
+            return Ok(Client { client_id: url.clone(), client_secret: None, auth: TokenAuth::None, port: Some(port) });
+        }
+        let Some(endpoint) = &server.registration_endpoint else {
+            return Err(AuthError(format!(
+                "the authorization server {} does not register clients automatically: register one there and pass its id with --client-id (and its secret with --client-secret-env)",
+                server.issuer
+            )));
+        };
+        let endpoint = Url::parse(endpoint).map_err(|e| AuthError(format!("bad registration endpoint: {e}")))?;
+        let body = serde_json::json!({
+            "client_name": CLIENT_NAME,
+            "redirect_uris": [redirect_uri],
+            "grant_types": ["authorization_code", "refresh_token"],
+            "response_types": ["code"],
+            "token_endpoint_auth_method": "none",
+            "application_type": "native",
+        });
+        let (status, bytes) = self.http.post_json(&endpoint, &body).await?;
+        if !status.is_success() {
+            let said = crate::upstream::server_message(&bytes).map(|m| format!(": {}", clean(&m))).unwrap_or_default();
+            return Err(AuthError(format!(
+                "the authorization server refused to register mcp-sidecar as a client (HTTP {}{said}): register a client there and pass --client-id",
+                status.as_u16()
+            )));
+        }
+        #[derive(serde::Deserialize)]
+        struct Registered {
+            client_id: String,
+            client_secret: Option<String>,
+            token_endpoint_auth_method: Option<String>,
+        }
+        let r: Registered = serde_json::from_slice(&bytes)
+            .map_err(|_| AuthError("the authorization server's registration answer has no client_id".into()))?;
+        let auth = r
+            .token_endpoint_auth_method
+            .as_deref()
+            .and_then(TokenAuth::parse)
+            .unwrap_or(if r.client_secret.is_some() { TokenAuth::ClientSecretBasic } else { TokenAuth::None });
+        debug!("registered as client {} at {}", r.client_id, server.issuer);
+        Ok(Client { client_id: r.client_id, client_secret: r.client_secret.map(SecretString::from), auth, port: Some(port) })
+    }
+
+    /// A refresh-token grant, rotating the refresh token when a new one comes.
+    async fn refresh(&self, entry: &Entry, refresh: &SecretString) -> Result<Tokens, Refresh> {
+        let (Some(token_url), Some(client)) = (&entry.token_endpoint, &entry.client_or(&self.settings)) else {
+            return Err(Refresh::Rejected("nothing to refresh with".into()));
+        };
+        let token_url = TokenUrl::new(token_url.clone()).map_err(|e| Refresh::Failed(AuthError(format!("bad token endpoint: {e}"))))?;
+        let mut oauth = BasicClient::new(ClientId::new(client.client_id.clone())).set_token_uri(token_url).set_auth_type(
+            match client.auth {
+                TokenAuth::ClientSecretBasic => AuthType::BasicAuth,
+                _ => AuthType::RequestBody,
+            },
+        );
+        if let (Some(secret), TokenAuth::ClientSecretBasic | TokenAuth::ClientSecretPost) = (&client.client_secret, client.auth) {
+            oauth = oauth.set_client_secret(ClientSecret::new(secret.expose_secret().to_owned()));
+        }
+        let refresh_token = RefreshToken::new(refresh.expose_secret().to_owned());
+        let mut request = oauth.exchange_refresh_token(&refresh_token);
+        if let Some(resource) = &entry.resource {
+            request = request.add_extra_param("resource", resource.clone());
+        }
+        match request.request_async(&self.http).await {
+            Ok(response) => {
+                let old_scope = entry.tokens.as_ref().and_then(|t| t.scope.clone());
+                Ok(tokens_from(&response, Some(refresh), old_scope))
+            }
+            Err(RequestTokenError::ServerResponse(e))
+                if matches!(
+                    e.error(),
+                    BasicErrorResponseType::InvalidGrant
+                        | BasicErrorResponseType::InvalidClient
+                        | BasicErrorResponseType::UnauthorizedClient
+                ) =>
+            {
+                Err(Refresh::Rejected(e.error().to_string()))
+            }
+            Err(e) => Err(Refresh::Failed(AuthError(format!(
+                "refreshing the access token failed ({}): try again, or sign in again with mcp-sidecar login",
+                token_error(&e)
+            )))),
+        }
+    }
+}
+
+impl Entry {
+    /// The client to refresh with: the pre-registered one when configured, else the stored one.
+    fn client_or(&self, settings: &Settings) -> Option<Client> {
+        match &settings.client_id {
+            Some(id) => Some(Client {
+                client_id: id.clone(),
+                client_secret: settings.client_secret.as_ref().map(|(_, s)| s.clone()),
+                auth: if settings.client_secret.is_some() { TokenAuth::ClientSecretBasic } else { TokenAuth::None },
+                port: None,
+            }),
+            None => self.client.clone(),
+        }
+    }
+}
+
+enum Refresh {
+    /// The refresh token is no longer good: sign in again (once).
+    Rejected(String),
+    Failed(AuthError),
+}
+
+/// A-32 (RFC 9207 §2.4): the `iss` of the authorization response against the recorded issuer.
+fn check_issuer(server: &AuthServer, from_metadata: bool, iss: Option<&str>) -> Result<(), AuthError> {
+    match iss {
+        Some(iss) if from_metadata && iss != server.issuer => Err(AuthError(format!(
+            "the sign-in answer says it comes from {:?}, not from the authorization server {:?} it was sent to: it was not used (a mix-up attack, or a misconfigured server)",
+            clean(iss),
+            server.issuer
+        ))),
+        None if server.authorization_response_iss_parameter_supported => Err(AuthError(format!(
+            "the sign-in answer does not name its issuer, though {} promises to (RFC 9207): it was not used",
+            server.issuer
+        ))),
+        _ => Ok(()),
+    }
+}
+
+/// the token-endpoint authentication to use for a pre-registered client.
+fn pick_auth(supported: Option<&[String]>, has_secret: bool) -> TokenAuth {
+    let Some(supported) = supported else {
+        return if has_secret { TokenAuth::ClientSecretBasic } else { TokenAuth::None };
+    };
+    let offers = |m: TokenAuth| supported.iter().any(|s| s == m.as_str());
+    if has_secret {
+        for m in [TokenAuth::ClientSecretBasic, TokenAuth::ClientSecretPost] {
+            if offers(m) {
+                return m;
+            }
+        }
+    }
+    TokenAuth::None
+}
+
+fn tokens_from<R: TokenResponse>(response: &R, old_refresh: Option<&SecretString>, asked: Option<String>) -> Tokens {
+    Tokens {
+        access_token: SecretString::from(response.access_token().secret().clone()),
+        refresh_token: response
+            .refresh_token()
+            .map(|r| SecretString::from(r.secret().clone()))
+            .or_else(|| old_refresh.cloned()),
+        expires_at: response.expires_in().map(|d| now() + d.as_secs()),
+        scope: response
+            .scopes()
+            .map(|s| s.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(" "))
+            .or(asked),
+    }
+}
+
+fn token_error<RE: std::error::Error + 'static>(
+    e: &RequestTokenError<RE, oauth2::StandardErrorResponse<BasicErrorResponseType>>,
+) -> String {
+    match e {
+        RequestTokenError::ServerResponse(r) => {
+            let d = r.error_description().map(|d| format!(": {}", clean(d))).unwrap_or_default();
+            format!("{}{d}", r.error())
+        }
+        RequestTokenError::Request(e) => e.to_string(),
+        RequestTokenError::Parse(_, _) => "the answer is not an OAuth token response".into(),
+        RequestTokenError::Other(s) => clean(s),
+    }
+}
+
+/// Server-provided text made safe for one log line: no control characters, bounded length.
+fn clean(s: &str) -> String {
+    s.chars().filter(|c| !c.is_control()).take(200).collect()
+}
+
+fn now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn server(iss_supported: bool) -> AuthServer {
+        AuthServer {
+            issuer: "https://as.example/tenant".into(),
+            authorization_response_iss_parameter_supported: iss_supported,
+            ..AuthServer::default()
+        }
+    }
+
+    #[test]
+    fn issuer_check_follows_rfc_9207_table() {
+        // supported+present compares; supported+absent rejects; unsupported+present
+        // compares; unsupported+absent proceeds. No normalization.
+        assert!(check_issuer(&server(true), true, Some("https://as.example/tenant")).is_ok());
+        assert!(check_issuer(&server(true), true, None).is_err());
+        assert!(check_issuer(&server(false), true, Some("https://evil.example")).is_err());
+        assert!(check_issuer(&server(false), true, Some("https://as.example/tenant/")).is_err());
+        assert!(check_issuer(&server(false), true, None).is_ok());
+    }
+
+    #[test]
+    fn token_endpoint_auth_selection() {
+        //
+        let s = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(pick_auth(None, true), TokenAuth::ClientSecretBasic);
+        assert_eq!(pick_auth(None, false), TokenAuth::None);
+        assert_eq!(pick_auth(Some(&s(&["client_secret_post", "none"])), true), TokenAuth::ClientSecretPost);
+        assert_eq!(
+            pick_auth(Some(&s(&["none", "client_secret_post", "client_secret_basic"])), true),
+            TokenAuth::ClientSecretBasic
+        );
+        assert_eq!(pick_auth(Some(&s(&["client_secret_basic"])), false), TokenAuth::None);
+    }
+
+    #[test]
+    fn server_text_is_cleaned() {
+        assert_eq!(clean("a\nb\x1b[31m"), "ab[31m");
+        assert_eq!(clean(&"x".repeat(500)).len(), 200);
+    }
+}

@@ -22,11 +22,8 @@ pub struct Tokens {
     pub refresh_token: Option<SecretString>,
     /// Unix seconds when the access token expires, if the server said.
     pub expires_at: Option<u64>,
-    /// The scopes granted.
+    /// The scopes granted (or, when the server did not say, the scopes asked for).
     pub scope: Option<String>,
-    /// The client id the tokens were issued to, and the issuer that issued them.
-    pub client_id: Option<String>,
-    pub issuer: Option<String>,
 }
 
 impl std::fmt::Debug for Tokens {
@@ -36,15 +33,105 @@ impl std::fmt::Debug for Tokens {
             .field("refresh_token", &self.refresh_token.as_ref().map(|_| "[redacted]"))
             .field("expires_at", &self.expires_at)
             .field("scope", &self.scope)
-            .field("client_id", &self.client_id)
-            .field("issuer", &self.issuer)
             .finish()
     }
 }
 
-/// The file format; built from [`Tokens`] only at the moment of writing.
-#[derive(Serialize, Deserialize)]
+/// How the client authenticates at the token endpoint (A-22).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TokenAuth {
+    None,
+    ClientSecretBasic,
+    ClientSecretPost,
+}
+
+impl TokenAuth {
+    /// The RFC 7591 name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TokenAuth::None => "none",
+            TokenAuth::ClientSecretBasic => "client_secret_basic",
+            TokenAuth::ClientSecretPost => "client_secret_post",
+        }
+    }
+
+    /// Parses an RFC 7591 name this client supports.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "none" => Some(TokenAuth::None),
+            "client_secret_basic" => Some(TokenAuth::ClientSecretBasic),
+            "client_secret_post" => Some(TokenAuth::ClientSecretPost),
+            _ => None,
+        }
+    }
+}
+
+/// A client registration with one authorization server (from dynamic registration; a
+/// pre-registered client's secret is never stored, it stays in its variable).
+#[derive(Clone)]
+pub struct Client {
+    pub client_id: String,
+    pub client_secret: Option<SecretString>,
+    pub auth: TokenAuth,
+    /// The loopback port of the registered redirect URI, tried first next time.
+    pub port: Option<u16>,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("client_id", &self.client_id)
+            .field("client_secret", &self.client_secret.as_ref().map(|_| "[redacted]"))
+            .field("auth", &self.auth)
+            .field("port", &self.port)
+            .finish()
+    }
+}
+
+/// Everything stored for one server: the issuer its credentials belong to (A-23), the client
+/// registered there, and the tokens.
+#[derive(Debug, Clone, Default)]
+pub struct Entry {
+    /// The MCP endpoint, for `status`.
+    pub server: String,
+    pub issuer: Option<String>,
+    /// Where refreshes go, and the RFC 8707 `resource` they name (learned at sign-in).
+    pub token_endpoint: Option<String>,
+    pub resource: Option<String>,
+    pub client: Option<Client>,
+    pub tokens: Option<Tokens>,
+}
+
+/// The file format; built from [`Entry`] only at the moment of writing.
+#[derive(Serialize, Deserialize, Default)]
 struct Wire {
+    #[serde(default)]
+    server: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    issuer: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    token_endpoint: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    resource: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    client: Option<WireClient>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    tokens: Option<WireTokens>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct WireClient {
+    client_id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    client_secret: Option<String>,
+    auth: TokenAuth,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    port: Option<u16>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct WireTokens {
     access_token: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     refresh_token: Option<String>,
@@ -52,10 +139,52 @@ struct Wire {
     expires_at: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     scope: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    client_id: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    issuer: Option<String>,
+}
+
+impl From<Wire> for Entry {
+    fn from(w: Wire) -> Entry {
+        Entry {
+            server: w.server,
+            issuer: w.issuer,
+            token_endpoint: w.token_endpoint,
+            resource: w.resource,
+            client: w.client.map(|c| Client {
+                client_id: c.client_id,
+                client_secret: c.client_secret.map(SecretString::from),
+                auth: c.auth,
+                port: c.port,
+            }),
+            tokens: w.tokens.map(|t| Tokens {
+                access_token: SecretString::from(t.access_token),
+                refresh_token: t.refresh_token.map(SecretString::from),
+                expires_at: t.expires_at,
+                scope: t.scope,
+            }),
+        }
+    }
+}
+
+impl From<&Entry> for Wire {
+    fn from(e: &Entry) -> Wire {
+        Wire {
+            server: e.server.clone(),
+            issuer: e.issuer.clone(),
+            token_endpoint: e.token_endpoint.clone(),
+            resource: e.resource.clone(),
+            client: e.client.as_ref().map(|c| WireClient {
+                client_id: c.client_id.clone(),
+                client_secret: c.client_secret.as_ref().map(|s| s.expose_secret().to_owned()),
+                auth: c.auth,
+                port: c.port,
+            }),
+            tokens: e.tokens.as_ref().map(|t| WireTokens {
+                access_token: t.access_token.expose_secret().to_owned(),
+                refresh_token: t.refresh_token.as_ref().map(|r| r.expose_secret().to_owned()),
+                expires_at: t.expires_at,
+                scope: t.scope.clone(),
+            }),
+        }
+    }
 }
 
 /// Why the store could not be used.
@@ -76,6 +205,7 @@ pub enum StoreError {
 }
 
 /// The token files under one state directory.
+#[derive(Debug, Clone)]
 pub struct TokenStore {
     dir: PathBuf,
 }
@@ -96,9 +226,12 @@ impl TokenStore {
         self.dir.join(format!("{name}.json"))
     }
 
-    /// The stored tokens, or `None` if there are none.
-    pub fn load(&self, origin: &str, resource: &str) -> Result<Option<Tokens>, StoreError> {
-        let path = self.path(origin, resource);
+    /// What is stored for the server, or `None` if nothing is.
+    pub fn load(&self, origin: &str, resource: &str) -> Result<Option<Entry>, StoreError> {
+        self.load_path(self.path(origin, resource))
+    }
+
+    fn load_path(&self, path: PathBuf) -> Result<Option<Entry>, StoreError> {
         let meta = match fs::metadata(&path) {
             Ok(m) => m,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
@@ -117,28 +250,14 @@ impl TokenStore {
             .map_err(|e| StoreError::Unreadable { path: path.clone(), reason: e.to_string() })?;
         let wire: Wire = serde_json::from_slice(&bytes)
             .map_err(|_| StoreError::Unreadable { path: path.clone(), reason: "not a token file".into() })?;
-        Ok(Some(Tokens {
-            access_token: SecretString::from(wire.access_token),
-            refresh_token: wire.refresh_token.map(SecretString::from),
-            expires_at: wire.expires_at,
-            scope: wire.scope,
-            client_id: wire.client_id,
-            issuer: wire.issuer,
-        }))
+        Ok(Some(wire.into()))
     }
 
-    /// Stores `tokens` atomically, private to this user.
-    pub fn save(&self, origin: &str, resource: &str, tokens: &Tokens) -> Result<(), StoreError> {
+    /// Stores `entry` atomically, private to this user.
+    pub fn save(&self, origin: &str, resource: &str, entry: &Entry) -> Result<(), StoreError> {
         let err = |source| StoreError::Write { dir: self.dir.clone(), source };
         create_private_dir(&self.dir).map_err(err)?;
-        let wire = Wire {
-            access_token: tokens.access_token.expose_secret().to_owned(),
-            refresh_token: tokens.refresh_token.as_ref().map(|t| t.expose_secret().to_owned()),
-            expires_at: tokens.expires_at,
-            scope: tokens.scope.clone(),
-            client_id: tokens.client_id.clone(),
-            issuer: tokens.issuer.clone(),
-        };
+        let wire = Wire::from(entry);
         let path = self.path(origin, resource);
         let tmp = path.with_extension(format!("tmp{}", std::process::id()));
         let mut options = fs::OpenOptions::new();
@@ -157,8 +276,46 @@ impl TokenStore {
         result.map_err(err)
     }
 
+    /// Holds the lock that serializes refreshes and sign-ins for one server across processes
+    /// until the returned file is dropped. Blocks: call it off the async threads.
+    pub fn lock(&self, origin: &str, resource: &str) -> Result<fs::File, StoreError> {
+        let err = |source| StoreError::Write { dir: self.dir.clone(), source };
+        create_private_dir(&self.dir).map_err(err)?;
+        let mut options = fs::OpenOptions::new();
+        options.read(true).write(true).create(true).truncate(false);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+        let file = options.open(self.path(origin, resource).with_extension("lock")).map_err(err)?;
+        file.lock().map_err(err)?;
+        Ok(file)
+    }
+
+    /// Every entry stored, with its file, for `status`.
+    pub fn all(&self) -> Vec<(PathBuf, Result<Entry, StoreError>)> {
+        let Ok(dir) = fs::read_dir(&self.dir) else { return Vec::new() };
+        let mut paths: Vec<PathBuf> = dir
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "json"))
+            .collect();
+        paths.sort();
+        paths
+            .into_iter()
+            .filter_map(|p| match self.load_path(p.clone()) {
+                Ok(Some(e)) => Some((p, Ok(e))),
+                Ok(None) => None,
+                Err(e) => Some((p, Err(e))),
+            })
+            .collect()
+    }
+
+    /// The directory the files are in.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
     /// Forgets the tokens of one server. Missing tokens are not an error.
     pub fn remove(&self, origin: &str, resource: &str) -> Result<(), StoreError> {
+        let _ = fs::remove_file(self.path(origin, resource).with_extension("lock"));
         match fs::remove_file(self.path(origin, resource)) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
                 Err(StoreError::Write { dir: self.dir.clone(), source: e })
@@ -178,14 +335,24 @@ mod tests {
         dir
     }
 
-    fn tokens() -> Tokens {
-        Tokens {
-            access_token: SecretString::from("at_SECRET_1".to_owned()),
-            refresh_token: Some(SecretString::from("rt_SECRET_2".to_owned())),
-            expires_at: Some(1_800_000_000),
-            scope: Some("mcp:read".into()),
-            client_id: Some("client-1".into()),
+    fn tokens() -> Entry {
+        Entry {
+            server: "https://a/mcp".into(),
             issuer: Some("https://auth.example.com".into()),
+            token_endpoint: Some("https://auth.example.com/token".into()),
+            resource: Some("https://a/mcp".into()),
+            client: Some(Client {
+                client_id: "client-1".into(),
+                client_secret: Some(SecretString::from("cs_SECRET_3".to_owned())),
+                auth: TokenAuth::ClientSecretPost,
+                port: Some(4242),
+            }),
+            tokens: Some(Tokens {
+                access_token: SecretString::from("at_SECRET_1".to_owned()),
+                refresh_token: Some(SecretString::from("rt_SECRET_2".to_owned())),
+                expires_at: Some(1_800_000_000),
+                scope: Some("mcp:read".into()),
+            }),
         }
     }
 
@@ -196,9 +363,14 @@ mod tests {
         assert!(store.load("https://a", "https://a/mcp").unwrap().is_none());
         store.save("https://a", "https://a/mcp", &tokens()).unwrap();
         let back = store.load("https://a", "https://a/mcp").unwrap().unwrap();
-        assert_eq!(back.access_token.expose_secret(), "at_SECRET_1");
-        assert_eq!(back.refresh_token.unwrap().expose_secret(), "rt_SECRET_2");
-        assert_eq!(back.scope.as_deref(), Some("mcp:read"));
+        let client = back.client.unwrap();
+        assert_eq!(client.client_secret.unwrap().expose_secret(), "cs_SECRET_3");
+        assert_eq!((client.auth, client.port), (TokenAuth::ClientSecretPost, Some(4242)));
+        let t = back.tokens.unwrap();
+        assert_eq!(t.access_token.expose_secret(), "at_SECRET_1");
+        assert_eq!(t.refresh_token.unwrap().expose_secret(), "rt_SECRET_2");
+        assert_eq!(t.scope.as_deref(), Some("mcp:read"));
+        assert_eq!(store.all().len(), 1);
         assert!(
             store.load("https://a", "https://a/other").unwrap().is_none(),
             "another resource, another entry"
@@ -219,9 +391,12 @@ mod tests {
         let path = store.path("https://a", "r");
         assert_eq!(fs::metadata(dir.join("tokens")).unwrap().permissions().mode() & 0o777, 0o700);
         assert_eq!(fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+        drop(store.lock("https://a", "r").unwrap());
+        let lock = path.with_extension("lock");
+        assert_eq!(fs::metadata(&lock).unwrap().permissions().mode() & 0o777, 0o600);
         let names: Vec<_> =
             fs::read_dir(dir.join("tokens")).unwrap().map(|e| e.unwrap().file_name()).collect();
-        assert_eq!(names.len(), 1, "no temporary file left behind");
+        assert_eq!(names.len(), 2, "the entry and its lock, no temporary file left behind: {names:?}");
         fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
         let e = store.load("https://a", "r").unwrap_err();
         assert!(matches!(e, StoreError::Exposed { .. }) && e.to_string().contains("chmod 600"), "{e}");

@@ -26,7 +26,7 @@ use std::time::{Duration, SystemTime};
 use bytes::Bytes;
 use futures_util::StreamExt;
 use reqwest::StatusCode;
-use reqwest::header::{CONTENT_TYPE, RETRY_AFTER};
+use reqwest::header::{CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
 use serde_json::value::RawValue;
 use tokio::sync::oneshot;
 use tokio::task::AbortHandle;
@@ -34,9 +34,10 @@ use tokio::time::{Instant, timeout, timeout_at};
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, trace, warn};
 
+use crate::auth::Renew;
 use crate::cli::Transport;
 use crate::envelope::{
-    self, Envelope, ErrorKind, INVALID_REQUEST, IdKey, Kind, LocalError, PARSE_ERROR, RATE_LIMITED,
+    self, AUTH_ERROR, Envelope, ErrorKind, INVALID_REQUEST, IdKey, Kind, LocalError, PARSE_ERROR, RATE_LIMITED,
     SHUTTING_DOWN, UPSTREAM_ERROR,
 };
 use crate::ratelimit::Gate;
@@ -57,6 +58,11 @@ const LEGACY_ENDPOINT_TIMEOUT: Duration = Duration::from_secs(10);
 /// error: once per expired session it met (so "at most once" for any one expiry); renewals it
 /// merely waited for do not count. A server that drops every new session cannot make it loop.
 const MAX_RENEWALS: u32 = 5;
+/// Token renewals per request after a 401 (a stored or refreshed token, then one sign-in; never
+/// a loop of browser tabs).
+const MAX_SIGN_INS: u32 = 2;
+/// Sign-ins for more scope per request after a 403 `insufficient_scope`.
+const MAX_STEP_UPS: u32 = 3;
 /// How many times a broken reply stream is resumed with Last-Event-ID (T-23).
 const MAX_RESUMPTIONS: u32 = 3;
 /// Consecutive failures after which the GET stream is given up.

@@ -18,8 +18,16 @@ impl Proxy {
     ) -> Result<(reqwest::Response, bool, Instant), LocalError> {
         let mut retries = 0u32;
         let mut renewals = 0u32;
+        let (mut sign_ins, mut step_ups) = (0u32, 0u32);
         loop {
             self.admit(what).await?;
+            let oauth = self.up.oauth();
+            if let Some(o) = oauth
+                && o.expiring()
+            {
+                o.refresh_ahead().await;
+            }
+            let token = oauth.and_then(|o| o.header());
             let session = if initialize { None } else { Some(self.up.session()) };
             let (request, sent_session) = self.up.post(body.clone(), headers, session.as_ref());
             // The timeout measures the server, not the time spent waiting for the gate.
@@ -46,6 +54,40 @@ impl Proxy {
                 Ok(Ok(r)) => r,
             };
             let status = response.status();
+            // Issue 5: a refused token is renewed (stored, refreshed, or a new sign-in) and the
+            // request sent again: a 401 or 403 means it was not processed.
+            if let Some(o) = oauth
+                && matches!(status, StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN)
+            {
+                let values: Vec<&str> =
+                    response.headers().get_all(WWW_AUTHENTICATE).iter().filter_map(|v| v.to_str().ok()).collect();
+                let challenge = crate::auth::challenge::bearer(&values);
+                let step_up = status == StatusCode::FORBIDDEN
+                    && challenge.as_ref().and_then(|c| c.error.as_deref()) == Some("insufficient_scope");
+                let refused = status == StatusCode::UNAUTHORIZED && (challenge.is_some() || o.explicit());
+                let how = if step_up && step_ups < MAX_STEP_UPS {
+                    step_ups += 1;
+                    Some(Renew::StepUp)
+                } else if refused && sign_ins < MAX_SIGN_INS {
+                    sign_ins += 1;
+                    Some(Renew::Refused)
+                } else {
+                    None
+                };
+                if let Some(how) = how {
+                    drop(response);
+                    let signed_in = o.renew(token.as_ref(), challenge.as_ref(), how).await.map_err(|e| {
+                        let mut err = LocalError::new(AUTH_ERROR, ErrorKind::AuthRejected, e.0);
+                        err.http_status = Some(status.as_u16());
+                        err.request_sent = Some(false);
+                        err
+                    })?;
+                    if signed_in {
+                        sign_ins = MAX_SIGN_INS; // a fresh sign-in that is refused is not retried
+                    }
+                    continue;
+                }
+            }
             // T-12: a 404 for a request that carried the session id means the session is gone.
             // A request in flight may meet several expiries under load; a server that drops
             // every new session must not make it loop, hence the bound.

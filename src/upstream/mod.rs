@@ -16,7 +16,7 @@ use std::sync::RwLock;
 use std::time::Duration;
 
 use bytes::Bytes;
-use reqwest::header::{ACCEPT, CONTENT_TYPE, HeaderMap, HeaderValue, LOCATION, RETRY_AFTER};
+use reqwest::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderValue, LOCATION, RETRY_AFTER};
 use reqwest::{Method, RequestBuilder, StatusCode};
 use secrecy::ExposeSecret;
 use serde_json::value::RawValue;
@@ -54,6 +54,8 @@ pub struct Upstream {
     /// The URL as it may appear in logs and messages.
     shown_url: String,
     api_key: Option<ApiKey>,
+    /// OAuth sign-in, when the credential is an OAuth token (issue 5).
+    oauth: Option<std::sync::Arc<crate::auth::OAuth>>,
     extra: HeaderMap,
     session: RwLock<Session>,
     /// The POST endpoint the 2024-11-05 HTTP+SSE transport announced (T-61); `None` for
@@ -63,7 +65,7 @@ pub struct Upstream {
 
 impl Upstream {
     /// Builds the client. Fails only if the TLS backend cannot be initialized.
-    pub fn new(config: &Config) -> Result<Self, reqwest::Error> {
+    pub fn new(config: &Config, oauth: Option<std::sync::Arc<crate::auth::OAuth>>) -> Result<Self, reqwest::Error> {
         let policy = reqwest::redirect::Policy::custom(|attempt| {
             let same_origin =
                 attempt.previous().first().is_some_and(|first| first.origin() == attempt.url().origin());
@@ -103,6 +105,7 @@ impl Upstream {
             shown_url: redact_url(&config.url),
             url: config.url.clone(),
             api_key: config.api_key.clone(),
+            oauth,
             extra: config.headers.clone(),
             session: RwLock::new(Session::default()),
             endpoint: RwLock::new(None),
@@ -159,7 +162,15 @@ impl Upstream {
         if let Some(key) = &self.api_key {
             req = req.header(key.header.clone(), key.value.clone());
         }
+        if let Some(token) = self.oauth.as_ref().and_then(|o| o.header()) {
+            req = req.header(AUTHORIZATION, token);
+        }
         req
+    }
+
+    /// The OAuth sign-in, when that is the credential.
+    pub fn oauth(&self) -> Option<&std::sync::Arc<crate::auth::OAuth>> {
+        self.oauth.as_ref()
     }
 
     /// The session headers every request after `initialize` carries (T-11, T-13).
@@ -231,6 +242,7 @@ impl Upstream {
             .headers(self.extra.clone())
             .header(ACCEPT, ACCEPT_SSE.clone())
             .headers(self.api_key.iter().map(|k| (k.header.clone(), k.value.clone())).collect())
+            .headers(self.oauth.iter().filter_map(|o| o.header()).map(|v| (AUTHORIZATION, v)).collect())
     }
 
     /// Takes the `endpoint` event's URI: resolved against the stream's URL and refused unless it
@@ -349,6 +361,10 @@ impl Upstream {
         let (code_rpc, kind, message) = match code {
             401 => {
                 let m = match &self.api_key {
+                    None if self.oauth.is_some() => format!(
+                        "the server did not accept the OAuth sign-in (HTTP 401{said}): run mcp-sidecar login {} to sign in again",
+                        self.shown_url
+                    ),
                     Some(key) => format!(
                         "the server rejected the API key in {} (HTTP 401{said}): check that it is current and complete, or create a new key, then restart the client",
                         key.env_name
@@ -567,7 +583,7 @@ fn tls_message(e: &rustls::Error, host: &str, port: u16) -> String {
 }
 
 /// The causes of an error, innermost last, without the URL reqwest likes to include.
-fn error_chain(e: &reqwest::Error) -> String {
+pub fn error_chain(e: &reqwest::Error) -> String {
     let mut parts: Vec<String> = Vec::new();
     let mut source = e.source();
     while let Some(s) = source {

@@ -1,0 +1,181 @@
+//! Finding the authorization server of an MCP server: protected-resource metadata (RFC 9728,
+//! A-02…A-04), then the authorization server's metadata (RFC 8414 / OpenID Connect Discovery,
+//! A-05…A-08), each checked before it is used.
+
+use serde::Deserialize;
+use tracing::debug;
+use url::Url;
+
+use super::AuthError;
+use super::discovery::{authorization_server_urls, canonical_resource, protected_resource_urls, resource_allowed};
+use super::http::{AuthHttp, Fetched};
+use crate::config::redact_url;
+
+/// RFC 9728 protected-resource metadata (the fields used).
+#[derive(Debug, Clone, Deserialize)]
+pub struct ProtectedResource {
+    pub resource: Option<String>,
+    #[serde(default)]
+    pub authorization_servers: Vec<String>,
+    pub scopes_supported: Option<Vec<String>>,
+}
+
+/// RFC 8414 authorization-server metadata (the fields used).
+#[derive(Debug, Clone, Deserialize, Default)]
+pub struct AuthServer {
+    pub issuer: String,
+    pub authorization_endpoint: Option<String>,
+    pub token_endpoint: Option<String>,
+    pub registration_endpoint: Option<String>,
+    pub scopes_supported: Option<Vec<String>>,
+    pub code_challenge_methods_supported: Option<Vec<String>>,
+    pub token_endpoint_auth_methods_supported: Option<Vec<String>>,
+    #[serde(default)]
+    pub authorization_response_iss_parameter_supported: bool,
+    #[serde(default)]
+    pub client_id_metadata_document_supported: bool,
+}
+
+/// What discovery found for one MCP server.
+#[derive(Debug, Clone)]
+pub struct Discovered {
+    /// The RFC 8707 `resource` value: the PRM's `resource`, else our canonical URL.
+    pub resource: String,
+    /// The PRM's `scopes_supported`, if a PRM was found.
+    pub scopes_supported: Option<Vec<String>>,
+    pub server: AuthServer,
+    /// Whether the metadata came from the server (`false`: the 2025-03-26 default endpoints).
+    pub from_metadata: bool,
+}
+
+/// Runs discovery for `mcp`, starting from the challenge's `resource_metadata` when given.
+pub async fn discover(http: &AuthHttp, mcp: &Url, resource_metadata: Option<&str>) -> Result<Discovered, AuthError> {
+    let prm = protected_resource(http, mcp, resource_metadata).await?;
+    let legacy = prm.is_none();
+    let (issuer, resource, scopes_supported) = match prm {
+        Some(prm) => {
+            let Some(first) = prm.authorization_servers.first() else {
+                return Err(AuthError(format!(
+                    "the protected-resource metadata of {} names no authorization server: the server's sign-in is misconfigured",
+                    redact_url(mcp)
+                )));
+            };
+            let issuer = Url::parse(first).map_err(|_| {
+                AuthError(format!("the authorization server {first:?} named by {} is not a URL", redact_url(mcp)))
+            })?;
+            let resource = prm.resource.clone().unwrap_or_else(|| canonical_resource(mcp));
+            (issuer, resource, prm.scopes_supported)
+        }
+        None => {
+            // 2025-03-26 servers have no PRM; the authorization base URL is the origin.
+            let mut base = mcp.clone();
+            base.set_path("/");
+            base.set_query(None);
+            base.set_fragment(None);
+            (base, canonical_resource(mcp), None)
+        }
+    };
+    check_url(&issuer)?;
+    match authorization_server(http, &issuer).await? {
+        Some(server) => {
+            Ok(Discovered { resource, scopes_supported, server, from_metadata: true })
+        }
+        None if legacy => {
+            // A-08 fallback: the default endpoints at the authorization base URL.
+            let at = |p: &str| issuer.join(p).map(|u| u.to_string()).ok();
+            debug!("no authorization-server metadata at {}; using /authorize, /token, /register", redact_url(&issuer));
+            let server = AuthServer {
+                issuer: issuer.as_str().trim_end_matches('/').to_owned(),
+                authorization_endpoint: at("/authorize"),
+                token_endpoint: at("/token"),
+                registration_endpoint: at("/register"),
+                ..AuthServer::default()
+            };
+            Ok(Discovered { resource, scopes_supported, server, from_metadata: false })
+        }
+        None => Err(AuthError(format!(
+            "the authorization server {} publishes no OAuth metadata: the server's sign-in is misconfigured",
+            redact_url(&issuer)
+        ))),
+    }
+}
+
+/// the first protected-resource metadata found, validated; `None` if there is none.
+async fn protected_resource(
+    http: &AuthHttp,
+    mcp: &Url,
+    resource_metadata: Option<&str>,
+) -> Result<Option<ProtectedResource>, AuthError> {
+    for url in protected_resource_urls(mcp, resource_metadata) {
+        check_url(&url)?;
+        match http.get_json::<ProtectedResource>(&url).await? {
+            Fetched::Found(prm) => {
+                if let Some(resource) = &prm.resource
+                    && !resource_allowed(resource, mcp)
+                {
+                    return Err(AuthError(format!(
+                        "the server's protected-resource metadata is for {resource}, not {}: refusing to sign in, since a token for it could be misused",
+                        redact_url(mcp)
+                    )));
+                }
+                debug!("protected-resource metadata from {}", redact_url(&url));
+                return Ok(Some(prm));
+            }
+            Fetched::Missing(why) => debug!("no protected-resource metadata at {} ({why})", redact_url(&url)),
+        }
+    }
+    Ok(None)
+}
+
+/// the first authorization-server metadata found, validated.
+async fn authorization_server(http: &AuthHttp, issuer: &Url) -> Result<Option<AuthServer>, AuthError> {
+    let expected = issuer.as_str().trim_end_matches('/');
+    for url in authorization_server_urls(issuer) {
+        match http.get_json::<AuthServer>(&url).await? {
+            Fetched::Found(server) => {
+                // the metadata must be about the issuer it was looked up for.
+                if server.issuer.trim_end_matches('/') != expected {
+                    return Err(AuthError(format!(
+                        "the authorization server's metadata at {} names the issuer {:?}, not {expected:?}: refusing to sign in there",
+                        redact_url(&url),
+                        server.issuer
+                    )));
+                }
+                // PKCE with S256, or no sign-in.
+                let s256 = server
+                    .code_challenge_methods_supported
+                    .as_ref()
+                    .is_some_and(|m| m.iter().any(|m| m == "S256"));
+                if !s256 {
+                    return Err(AuthError(format!(
+                        "the authorization server {expected} does not advertise PKCE with S256 (code_challenge_methods_supported), which OAuth 2.1 requires: refusing to sign in; ask the server's operator to enable it"
+                    )));
+                }
+                for endpoint in [&server.authorization_endpoint, &server.token_endpoint, &server.registration_endpoint]
+                    .into_iter()
+                    .flatten()
+                {
+                    check_url(&Url::parse(endpoint).map_err(|_| {
+                        AuthError(format!("the authorization server's endpoint {endpoint:?} is not a URL"))
+                    })?)?;
+                }
+                debug!("authorization-server metadata from {}", redact_url(&url));
+                return Ok(Some(server));
+            }
+            Fetched::Missing(why) => debug!("no authorization-server metadata at {} ({why})", redact_url(&url)),
+        }
+    }
+    Ok(None)
+}
+
+/// OAuth URLs are https, or http on a loopback host.
+pub fn check_url(url: &Url) -> Result<(), AuthError> {
+    match url.scheme() {
+        "https" => Ok(()),
+        "http" if crate::config::is_loopback(url) => Ok(()),
+        _ => Err(AuthError(format!(
+            "the sign-in URL {} is not https: refusing to send credentials over it",
+            redact_url(url)
+        ))),
+    }
+}

@@ -1,0 +1,172 @@
+//! The subcommands: `login`, `logout`, `status` (OAuth sign-in managed from a terminal).
+//!
+//! They print for people: progress and errors on stderr, the answer (`status`) on stdout. Each
+//! returns the exit status: 0 done, 1 failed, 2 a configuration problem.
+
+use std::io::Write;
+use std::path::Path;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use crate::auth::store::{Entry, TokenStore};
+use crate::auth::{OAuth, Renew, challenge, discovery};
+use crate::config::{Config, redact_url};
+
+/// Exit statuses.
+pub const OK: u8 = 0;
+pub const FAILED: u8 = 1;
+pub const CONFIG: u8 = 2;
+
+/// `mcp-sidecar login`: asks the server whether it needs a sign-in, and signs in.
+pub async fn login(config: Config) -> u8 {
+    let Some(settings) = config.oauth.clone() else {
+        eprintln!(
+            "mcp-sidecar: this setup uses the API key in {}; login is for servers that use OAuth (drop --api-key-env/--preset's key, or pass --auth oauth)",
+            config.api_key.as_ref().map_or("a variable", |k| k.env_name.as_str())
+        );
+        return CONFIG;
+    };
+    let oauth = match OAuth::new(&config, settings) {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("mcp-sidecar: {e}");
+            return FAILED;
+        }
+    };
+    let probe = match oauth.probe().await {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("mcp-sidecar: {e}");
+            return FAILED;
+        }
+    };
+    let (status, values) = probe;
+    let refs: Vec<&str> = values.iter().map(String::as_str).collect();
+    let bearer = challenge::bearer(&refs);
+    if status.is_success() && !oauth.explicit() {
+        eprintln!(
+            "mcp-sidecar: {} answered without a sign-in (HTTP {}): nothing to do",
+            redact_url(&config.url),
+            status.as_u16()
+        );
+        return OK;
+    }
+    if status.as_u16() != 401 && !oauth.explicit() {
+        eprintln!(
+            "mcp-sidecar: {} answered HTTP {} instead of asking for a sign-in (401): check the URL, or pass --auth oauth to sign in anyway",
+            redact_url(&config.url),
+            status.as_u16()
+        );
+        return FAILED;
+    }
+    match oauth.renew(None, bearer.as_ref(), Renew::Login).await {
+        Ok(_) => {
+            let (store, _, _) = oauth.store();
+            eprintln!(
+                "mcp-sidecar: signed in to {}. The tokens are in {}; every mcp-sidecar for this server uses them (mcp-sidecar logout removes them).",
+                redact_url(&config.url),
+                store.dir().display()
+            );
+            OK
+        }
+        Err(e) => {
+            eprintln!("mcp-sidecar: {e}");
+            FAILED
+        }
+    }
+}
+
+/// `mcp-sidecar logout`: forgets the server's tokens and client registration.
+pub fn logout(config: &Config) -> u8 {
+    let Some(dir) = &config.state_dir else {
+        eprintln!("mcp-sidecar: no state directory: pass --state-dir");
+        return CONFIG;
+    };
+    let store = TokenStore::new(dir);
+    let (origin, key) = (config.url.origin().ascii_serialization(), discovery::canonical_resource(&config.url));
+    let had = matches!(store.load(&origin, &key), Ok(Some(_)) | Err(_));
+    match store.remove(&origin, &key) {
+        Ok(()) if had => {
+            eprintln!(
+                "mcp-sidecar: signed out of {}: removed the stored tokens and client registration. To revoke access on the server's side too, use its account settings.",
+                redact_url(&config.url)
+            );
+            OK
+        }
+        Ok(()) => {
+            eprintln!("mcp-sidecar: nothing was stored for {}", redact_url(&config.url));
+            OK
+        }
+        Err(e) => {
+            eprintln!("mcp-sidecar: {e}");
+            FAILED
+        }
+    }
+}
+
+/// `mcp-sidecar status`: what is stored, for one server (`config`) or all; never a secret.
+pub fn status(state_dir: Option<&Path>, server: Option<&Config>) -> u8 {
+    let Some(dir) = state_dir else {
+        eprintln!("mcp-sidecar: no state directory: pass --state-dir");
+        return CONFIG;
+    };
+    let store = TokenStore::new(dir);
+    let mut out = std::io::stdout().lock();
+    let entries: Vec<_> = match server {
+        Some(config) => {
+            let (origin, key) =
+                (config.url.origin().ascii_serialization(), discovery::canonical_resource(&config.url));
+            match store.load(&origin, &key) {
+                Ok(Some(e)) => vec![Ok(e)],
+                Ok(None) => {
+                    let _ = writeln!(out, "{}: not signed in", redact_url(&config.url));
+                    return OK;
+                }
+                Err(e) => vec![Err(e)],
+            }
+        }
+        None => store.all().into_iter().map(|(_, e)| e).collect(),
+    };
+    if entries.is_empty() {
+        let _ = writeln!(out, "no sign-ins stored in {}", store.dir().display());
+        return OK;
+    }
+    let mut code = OK;
+    for entry in entries {
+        match entry {
+            Ok(e) => {
+                let _ = write!(out, "{}", describe(&e));
+            }
+            Err(e) => {
+                let _ = writeln!(out, "unusable entry: {e}");
+                code = FAILED;
+            }
+        }
+    }
+    code
+}
+
+/// One entry as text, without a secret.
+fn describe(e: &Entry) -> String {
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let mut s = format!("{}\n", if e.server.is_empty() { "(unknown server)" } else { &e.server });
+    let field = |s: &mut String, k: &str, v: &str| s.push_str(&format!("  {k:<14} {v}\n"));
+    field(&mut s, "issuer", e.issuer.as_deref().unwrap_or("-"));
+    match &e.client {
+        Some(c) => field(&mut s, "client id", &format!("{} ({})", c.client_id, c.auth.as_str())),
+        None => field(&mut s, "client id", "pre-registered (--client-id) or none"),
+    }
+    match &e.tokens {
+        Some(t) => {
+            field(&mut s, "scopes", t.scope.as_deref().unwrap_or("(none asked)"));
+            let expiry = match t.expires_at {
+                Some(at) if at <= now => "expired".to_owned(),
+                Some(at) => format!("in {}", crate::retry::human(std::time::Duration::from_secs(at - now))),
+                None => "not said".to_owned(),
+            };
+            field(&mut s, "access token", &format!("stored, expires {expiry}"));
+            field(&mut s, "refresh token", if t.refresh_token.is_some() { "stored" } else { "none" });
+        }
+        None => field(&mut s, "access token", "none (sign in with mcp-sidecar login)"),
+    }
+    s
+}
