@@ -51,7 +51,9 @@ pub struct Cli {
 pub enum Command {
     /// Sign in to a server that uses OAuth, in this terminal, so that MCP clients never have to
     /// (takes the same options as the proxy).
-    #[command(after_help = "Example:\n  mcp-sidecar login https://mcp.example.com/mcp\n  mcp-sidecar login --preset ai2fin --url https://host/mcp --auth oauth")]
+    #[command(
+        after_help = "Example:\n  mcp-sidecar login https://mcp.example.com/mcp\n  mcp-sidecar login --preset ai2fin --url https://host/mcp --auth oauth"
+    )]
     Login(Args),
     /// Forget the stored tokens and client registration of a server.
     Logout(Args),

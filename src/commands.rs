@@ -82,7 +82,8 @@ pub fn logout(config: &Config) -> u8 {
         return CONFIG;
     };
     let store = TokenStore::new(dir);
-    let (origin, key) = (config.url.origin().ascii_serialization(), discovery::canonical_resource(&config.url));
+    let (origin, key) =
+        (config.url.origin().ascii_serialization(), discovery::canonical_resource(&config.url));
     let had = matches!(store.load(&origin, &key), Ok(Some(_)) | Err(_));
     match store.remove(&origin, &key) {
         Ok(()) if had => {

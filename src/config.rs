@@ -212,7 +212,8 @@ impl Config {
         let oauth = if api_key.is_none() && cli.auth != Some(AuthMethod::None) {
             Some(oauth_settings(&cli, env)?)
         } else {
-            if cli.client_id.is_some() || cli.client_secret_env.is_some() || cli.client_metadata_url.is_some() {
+            if cli.client_id.is_some() || cli.client_secret_env.is_some() || cli.client_metadata_url.is_some()
+            {
                 warnings.push(
                     "--client-id, --client-secret-env and --client-metadata-url are for OAuth; they are ignored with an API key or --auth none".into(),
                 );
@@ -262,7 +263,10 @@ impl Config {
 }
 
 /// The OAuth settings; the client secret is read from its variable here, like the key.
-fn oauth_settings(cli: &Args, env: &dyn Fn(&str) -> Option<String>) -> Result<crate::auth::Settings, ConfigError> {
+fn oauth_settings(
+    cli: &Args,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<crate::auth::Settings, ConfigError> {
     let client_secret = match &cli.client_secret_env {
         Some(name) => {
             if cli.client_id.is_none() {
@@ -271,7 +275,9 @@ fn oauth_settings(cli: &Args, env: &dyn Fn(&str) -> Option<String>) -> Result<cr
                 ));
             }
             match env(name) {
-                Some(v) if !v.trim().is_empty() => Some((name.clone(), SecretString::from(v.trim().to_owned()))),
+                Some(v) if !v.trim().is_empty() => {
+                    Some((name.clone(), SecretString::from(v.trim().to_owned())))
+                }
                 _ => {
                     return Err(ConfigError(format!(
                         "{name} (--client-secret-env) is not set: export it with the client secret, or drop --client-secret-env for a public client"
@@ -282,7 +288,8 @@ fn oauth_settings(cli: &Args, env: &dyn Fn(&str) -> Option<String>) -> Result<cr
         None => None,
     };
     if let Some(u) = &cli.client_metadata_url {
-        let ok = Url::parse(u).is_ok_and(|u| u.scheme() == "https" && u.path() != "/" && u.fragment().is_none());
+        let ok =
+            Url::parse(u).is_ok_and(|u| u.scheme() == "https" && u.path() != "/" && u.fragment().is_none());
         if !ok {
             return Err(ConfigError(format!(
                 "--client-metadata-url {u:?} must be an https URL with a path, where your client ID metadata document is hosted"
@@ -497,7 +504,8 @@ mod tests {
     fn config(args: &[&str], vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
         let vars: HashMap<String, String> =
             vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-        let cli = crate::cli::Cli::try_parse_from(std::iter::once("mcp-sidecar").chain(args.iter().copied())).unwrap();
+        let cli = crate::cli::Cli::try_parse_from(std::iter::once("mcp-sidecar").chain(args.iter().copied()))
+            .unwrap();
         Config::from_cli(cli.args, &|k| vars.get(k).cloned())
     }
 

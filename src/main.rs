@@ -16,7 +16,9 @@ fn main() -> ExitCode {
         None => proxy(cli.args),
         Some(Command::Login(args)) => subcommand(args, |config, rt| rt.block_on(commands::login(config))),
         Some(Command::Logout(args)) => subcommand(args, |config, _| commands::logout(&config)),
-        Some(Command::Status(args)) if args.url.is_none() && args.url_flag.is_none() && args.preset.is_none() => {
+        Some(Command::Status(args))
+            if args.url.is_none() && args.url_flag.is_none() && args.preset.is_none() =>
+        {
             let dir = args.state_dir.clone().or_else(default_state_dir);
             ExitCode::from(commands::status(dir.as_deref(), None))
         }

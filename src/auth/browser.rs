@@ -69,7 +69,10 @@ mod tests {
         assert_eq!(commands(u, Some("firefox")), vec![vec!["firefox".to_owned(), u.to_owned()]]);
         assert_eq!(
             commands(u, Some("my-browser --new-tab %s:lynx")),
-            vec![vec!["my-browser".to_owned(), "--new-tab".to_owned(), u.to_owned()], vec!["lynx".to_owned(), u.to_owned()]]
+            vec![
+                vec!["my-browser".to_owned(), "--new-tab".to_owned(), u.to_owned()],
+                vec!["lynx".to_owned(), u.to_owned()]
+            ]
         );
         let default = commands(u, None);
         assert_eq!(default.len(), 1);

@@ -109,10 +109,10 @@ impl Shared {
         if req.uri().path() != "/callback" {
             return page(StatusCode::NOT_FOUND, "Not found", "This is mcp-sidecar's sign-in listener.");
         }
-        let params: HashMap<String, String> = url::form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes())
-            .into_owned()
-            .collect();
-        let matches = params.get("state").is_some_and(|s| constant_time_eq(s.as_bytes(), self.state.as_bytes()));
+        let params: HashMap<String, String> =
+            url::form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes()).into_owned().collect();
+        let matches =
+            params.get("state").is_some_and(|s| constant_time_eq(s.as_bytes(), self.state.as_bytes()));
         if !matches {
             return page(
                 StatusCode::BAD_REQUEST,
@@ -121,12 +121,20 @@ impl Shared {
             );
         }
         let Some(tx) = self.done.lock().ok().and_then(|mut d| d.take()) else {
-            return page(StatusCode::OK, "Already signed in", "mcp-sidecar already has this answer. You can close this tab.");
+            return page(
+                StatusCode::OK,
+                "Already signed in",
+                "mcp-sidecar already has this answer. You can close this tab.",
+            );
         };
         let failed = params.contains_key("error");
         let _ = tx.send(Callback { params });
         if failed {
-            page(StatusCode::OK, "Sign-in not completed", "mcp-sidecar got the answer. You can close this tab; the terminal or the MCP client says what happened.")
+            page(
+                StatusCode::OK,
+                "Sign-in not completed",
+                "mcp-sidecar got the answer. You can close this tab; the terminal or the MCP client says what happened.",
+            )
         } else {
             page(StatusCode::OK, "Signed in", "mcp-sidecar is signed in. You can close this tab.")
         }
@@ -140,7 +148,8 @@ fn page(status: StatusCode, title: &str, text: &str) -> Response<Full<Bytes>> {
     );
     let mut r = Response::new(Full::new(Bytes::from(html)));
     *r.status_mut() = status;
-    r.headers_mut().insert("content-type", hyper::header::HeaderValue::from_static("text/html; charset=utf-8"));
+    r.headers_mut()
+        .insert("content-type", hyper::header::HeaderValue::from_static("text/html; charset=utf-8"));
     r.headers_mut().insert("cache-control", hyper::header::HeaderValue::from_static("no-store"));
     r
 }

@@ -71,7 +71,8 @@ impl AuthHttp {
             })?;
             let status = response.status();
             let limited = status == StatusCode::TOO_MANY_REQUESTS
-                || (status == StatusCode::SERVICE_UNAVAILABLE && response.headers().contains_key(RETRY_AFTER));
+                || (status == StatusCode::SERVICE_UNAVAILABLE
+                    && response.headers().contains_key(RETRY_AFTER));
             if !limited {
                 return Ok(response);
             }
@@ -121,7 +122,11 @@ impl AuthHttp {
     }
 
     /// POSTs JSON and returns status and body (dynamic registration).
-    pub async fn post_json(&self, url: &Url, body: &serde_json::Value) -> Result<(StatusCode, Vec<u8>), AuthError> {
+    pub async fn post_json(
+        &self,
+        url: &Url,
+        body: &serde_json::Value,
+    ) -> Result<(StatusCode, Vec<u8>), AuthError> {
         let request = self
             .client
             .post(url.clone())

@@ -7,7 +7,9 @@ use tracing::debug;
 use url::Url;
 
 use super::AuthError;
-use super::discovery::{authorization_server_urls, canonical_resource, protected_resource_urls, resource_allowed};
+use super::discovery::{
+    authorization_server_urls, canonical_resource, protected_resource_urls, resource_allowed,
+};
 use super::http::{AuthHttp, Fetched};
 use crate::config::redact_url;
 
@@ -49,7 +51,11 @@ pub struct Discovered {
 }
 
 /// Runs discovery for `mcp`, starting from the challenge's `resource_metadata` when given.
-pub async fn discover(http: &AuthHttp, mcp: &Url, resource_metadata: Option<&str>) -> Result<Discovered, AuthError> {
+pub async fn discover(
+    http: &AuthHttp,
+    mcp: &Url,
+    resource_metadata: Option<&str>,
+) -> Result<Discovered, AuthError> {
     let prm = protected_resource(http, mcp, resource_metadata).await?;
     let legacy = prm.is_none();
     let (issuer, resource, scopes_supported) = match prm {
@@ -61,7 +67,10 @@ pub async fn discover(http: &AuthHttp, mcp: &Url, resource_metadata: Option<&str
                 )));
             };
             let issuer = Url::parse(first).map_err(|_| {
-                AuthError(format!("the authorization server {first:?} named by {} is not a URL", redact_url(mcp)))
+                AuthError(format!(
+                    "the authorization server {first:?} named by {} is not a URL",
+                    redact_url(mcp)
+                ))
             })?;
             let resource = prm.resource.clone().unwrap_or_else(|| canonical_resource(mcp));
             (issuer, resource, prm.scopes_supported)
@@ -77,13 +86,14 @@ pub async fn discover(http: &AuthHttp, mcp: &Url, resource_metadata: Option<&str
     };
     check_url(&issuer)?;
     match authorization_server(http, &issuer).await? {
-        Some(server) => {
-            Ok(Discovered { resource, scopes_supported, server, from_metadata: true })
-        }
+        Some(server) => Ok(Discovered { resource, scopes_supported, server, from_metadata: true }),
         None if legacy => {
             // A-08 fallback: the default endpoints at the authorization base URL.
             let at = |p: &str| issuer.join(p).map(|u| u.to_string()).ok();
-            debug!("no authorization-server metadata at {}; using /authorize, /token, /register", redact_url(&issuer));
+            debug!(
+                "no authorization-server metadata at {}; using /authorize, /token, /register",
+                redact_url(&issuer)
+            );
             let server = AuthServer {
                 issuer: issuer.as_str().trim_end_matches('/').to_owned(),
                 authorization_endpoint: at("/authorize"),
@@ -151,9 +161,10 @@ async fn authorization_server(http: &AuthHttp, issuer: &Url) -> Result<Option<Au
                         "the authorization server {expected} does not advertise PKCE with S256 (code_challenge_methods_supported), which OAuth 2.1 requires: refusing to sign in; ask the server's operator to enable it"
                     )));
                 }
-                for endpoint in [&server.authorization_endpoint, &server.token_endpoint, &server.registration_endpoint]
-                    .into_iter()
-                    .flatten()
+                for endpoint in
+                    [&server.authorization_endpoint, &server.token_endpoint, &server.registration_endpoint]
+                        .into_iter()
+                        .flatten()
                 {
                     check_url(&Url::parse(endpoint).map_err(|_| {
                         AuthError(format!("the authorization server's endpoint {endpoint:?} is not a URL"))
@@ -162,7 +173,9 @@ async fn authorization_server(http: &AuthHttp, issuer: &Url) -> Result<Option<Au
                 debug!("authorization-server metadata from {}", redact_url(&url));
                 return Ok(Some(server));
             }
-            Fetched::Missing(why) => debug!("no authorization-server metadata at {} ({why})", redact_url(&url)),
+            Fetched::Missing(why) => {
+                debug!("no authorization-server metadata at {} ({why})", redact_url(&url))
+            }
         }
     }
     Ok(None)

@@ -148,7 +148,9 @@ impl OAuth {
     /// Whether the token expires soon and can be refreshed first.
     pub fn expiring(&self) -> bool {
         let c = self.current.reading();
-        c.header.is_some() && c.has_refresh && c.expires_at.is_some_and(|at| at <= now() + REFRESH_MARGIN.as_secs())
+        c.header.is_some()
+            && c.has_refresh
+            && c.expires_at.is_some_and(|at| at <= now() + REFRESH_MARGIN.as_secs())
     }
 
     /// The store and the key of this server in it (for `logout` and `status`).
@@ -157,12 +159,17 @@ impl OAuth {
     }
 
     fn adopt(&self, tokens: &Tokens) {
-        let value = HeaderValue::from_str(&format!("Bearer {}", tokens.access_token.expose_secret())).ok().map(|mut v| {
-            v.set_sensitive(true);
-            v
-        });
-        *self.current.writing() =
-            Current { header: value, expires_at: tokens.expires_at, has_refresh: tokens.refresh_token.is_some() };
+        let value = HeaderValue::from_str(&format!("Bearer {}", tokens.access_token.expose_secret()))
+            .ok()
+            .map(|mut v| {
+                v.set_sensitive(true);
+                v
+            });
+        *self.current.writing() = Current {
+            header: value,
+            expires_at: tokens.expires_at,
+            has_refresh: tokens.refresh_token.is_some(),
+        };
     }
 
     /// Gets a token that the server may accept instead of `failed` (the header the refused
@@ -185,19 +192,16 @@ impl OAuth {
             .map_err(|_| AuthError("the sign-in lock could not be taken".into()))??;
         let mut entry = self.store.load(&self.origin, &self.key)?.unwrap_or_default();
         entry.server = redact_url(&self.mcp);
-        if refused
-            && let Some(tokens) = &entry.tokens
-        {
-            let stored = HeaderValue::from_str(&format!("Bearer {}", tokens.access_token.expose_secret())).ok();
+        if refused && let Some(tokens) = &entry.tokens {
+            let stored =
+                HeaderValue::from_str(&format!("Bearer {}", tokens.access_token.expose_secret())).ok();
             if stored.as_ref() != failed {
                 info!("using the sign-in another mcp-sidecar completed for {}", redact_url(&self.mcp));
                 self.adopt(tokens);
                 return Ok(false);
             }
         }
-        if refused
-            && let Some(refresh) = entry.tokens.as_ref().and_then(|t| t.refresh_token.clone())
-        {
+        if refused && let Some(refresh) = entry.tokens.as_ref().and_then(|t| t.refresh_token.clone()) {
             match self.refresh(&entry, &refresh).await {
                 Ok(tokens) => {
                     entry.tokens = Some(tokens);
@@ -208,7 +212,9 @@ impl OAuth {
                 }
                 Err(Refresh::Rejected(why)) => {
                     // Revoked or expired: forget it, so it is tried once, never in a loop.
-                    warn!("the authorization server no longer accepts the refresh token ({why}); signing in again");
+                    warn!(
+                        "the authorization server no longer accepts the refresh token ({why}); signing in again"
+                    );
                     entry.tokens = None;
                     self.store.save(&self.origin, &self.key, &entry)?;
                 }
@@ -259,7 +265,12 @@ impl OAuth {
     }
 
     /// the scope to ask for.
-    fn scope_for(&self, challenge: Option<&BearerChallenge>, what: Renew, before: Option<&str>) -> Option<String> {
+    fn scope_for(
+        &self,
+        challenge: Option<&BearerChallenge>,
+        what: Renew,
+        before: Option<&str>,
+    ) -> Option<String> {
         let challenged = challenge.and_then(|c| c.scope.clone());
         match what {
             // Draft step-up rule: the union of what was asked before and what is challenged.
@@ -284,7 +295,8 @@ impl OAuth {
         scope: Option<String>,
     ) -> Result<(Tokens, Discovered, Client), AuthError> {
         let discovered =
-            metadata::discover(&self.http, &self.mcp, challenge.and_then(|c| c.resource_metadata.as_deref())).await?;
+            metadata::discover(&self.http, &self.mcp, challenge.and_then(|c| c.resource_metadata.as_deref()))
+                .await?;
         let server = &discovered.server;
         // the challenge's scope, else everything the resource supports, else none.
         let mut scope = scope.or_else(|| discovered.scopes_supported.as_ref().map(|s| s.join(" ")));
@@ -308,14 +320,21 @@ impl OAuth {
         };
         let reuse = entry.client.clone().filter(|_| entry.issuer.as_deref() == Some(server.issuer.as_str()));
         let listener =
-            callback::Listener::bind(self.settings.callback_port, reuse.as_ref().and_then(|c| c.port)).await?;
+            callback::Listener::bind(self.settings.callback_port, reuse.as_ref().and_then(|c| c.port))
+                .await?;
         let redirect_uri = listener.redirect_uri();
         let client = self.client_identity(server, reuse, &redirect_uri, listener.port).await?;
 
         let oauth = BasicClient::new(ClientId::new(client.client_id.clone()))
-            .set_auth_uri(AuthUrl::new(auth_url).map_err(|e| AuthError(format!("bad authorization endpoint: {e}")))?)
-            .set_token_uri(TokenUrl::new(token_url).map_err(|e| AuthError(format!("bad token endpoint: {e}")))?)
-            .set_redirect_uri(RedirectUrl::new(redirect_uri).map_err(|e| AuthError(format!("bad redirect URI: {e}")))?)
+            .set_auth_uri(
+                AuthUrl::new(auth_url).map_err(|e| AuthError(format!("bad authorization endpoint: {e}")))?,
+            )
+            .set_token_uri(
+                TokenUrl::new(token_url).map_err(|e| AuthError(format!("bad token endpoint: {e}")))?,
+            )
+            .set_redirect_uri(
+                RedirectUrl::new(redirect_uri).map_err(|e| AuthError(format!("bad redirect URI: {e}")))?,
+            )
             .set_auth_type(match client.auth {
                 TokenAuth::ClientSecretBasic => AuthType::BasicAuth,
                 _ => AuthType::RequestBody,
@@ -339,7 +358,11 @@ impl OAuth {
 
         let host = self.mcp.host_str().unwrap_or("the server");
         let opened = browser::open(&url, self.settings.browser.as_deref());
-        let how = if opened { "a browser window opened; if not, open this URL" } else { "open this URL in a browser" };
+        let how = if opened {
+            "a browser window opened; if not, open this URL"
+        } else {
+            "open this URL in a browser"
+        };
         #[allow(clippy::print_stderr)]
         {
             eprintln!("mcp-sidecar: {host} needs you to sign in: {how}:\n\n  {url}\n");
@@ -355,22 +378,28 @@ impl OAuth {
             })?;
         check_issuer(server, discovered.from_metadata, callback.get("iss"))?;
         if let Some(error) = callback.get("error") {
-            let said = callback.get("error_description").map(|d| format!(": {}", clean(d))).unwrap_or_default();
+            let said =
+                callback.get("error_description").map(|d| format!(": {}", clean(d))).unwrap_or_default();
             return Err(AuthError(format!(
                 "the authorization server did not grant access ({}{said}): sign in again and approve the request",
                 clean(error)
             )));
         }
-        let code = callback
-            .get("code")
-            .ok_or_else(|| AuthError("the sign-in answer carried no authorization code: try signing in again".into()))?;
+        let code = callback.get("code").ok_or_else(|| {
+            AuthError("the sign-in answer carried no authorization code: try signing in again".into())
+        })?;
         let response = oauth
             .exchange_code(AuthorizationCode::new(code.to_owned()))
             .set_pkce_verifier(verifier)
             .add_extra_param("resource", discovered.resource.clone())
             .request_async(&self.http)
             .await
-            .map_err(|e| AuthError(format!("the authorization server refused the sign-in code ({}): sign in again", token_error(&e))))?;
+            .map_err(|e| {
+                AuthError(format!(
+                    "the authorization server refused the sign-in code ({}): sign in again",
+                    token_error(&e)
+                ))
+            })?;
         let tokens = tokens_from(&response, None, scope);
         info!("signed in to {host}");
         Ok((tokens, discovered, client))
@@ -397,7 +426,12 @@ impl OAuth {
         if let Some(url) = &self.settings.client_metadata_url
             && server.client_id_metadata_document_supported
         {
-            return Ok(Client { client_id: url.clone(), client_secret: None, auth: TokenAuth::None, port: Some(port) });
+            return Ok(Client {
+                client_id: url.clone(),
+                client_secret: None,
+                auth: TokenAuth::None,
+                port: Some(port),
+            });
         }
         let Some(endpoint) = &server.registration_endpoint else {
             return Err(AuthError(format!(
@@ -405,7 +439,8 @@ impl OAuth {
                 server.issuer
             )));
         };
-        let endpoint = Url::parse(endpoint).map_err(|e| AuthError(format!("bad registration endpoint: {e}")))?;
+        let endpoint =
+            Url::parse(endpoint).map_err(|e| AuthError(format!("bad registration endpoint: {e}")))?;
         let body = serde_json::json!({
             "client_name": CLIENT_NAME,
             "redirect_uris": [redirect_uri],
@@ -416,7 +451,9 @@ impl OAuth {
         });
         let (status, bytes) = self.http.post_json(&endpoint, &body).await?;
         if !status.is_success() {
-            let said = crate::upstream::server_message(&bytes).map(|m| format!(": {}", clean(&m))).unwrap_or_default();
+            let said = crate::upstream::server_message(&bytes)
+                .map(|m| format!(": {}", clean(&m)))
+                .unwrap_or_default();
             return Err(AuthError(format!(
                 "the authorization server refused to register mcp-sidecar as a client (HTTP {}{said}): register a client there and pass --client-id",
                 status.as_u16()
@@ -428,30 +465,38 @@ impl OAuth {
             client_secret: Option<String>,
             token_endpoint_auth_method: Option<String>,
         }
-        let r: Registered = serde_json::from_slice(&bytes)
-            .map_err(|_| AuthError("the authorization server's registration answer has no client_id".into()))?;
-        let auth = r
-            .token_endpoint_auth_method
-            .as_deref()
-            .and_then(TokenAuth::parse)
-            .unwrap_or(if r.client_secret.is_some() { TokenAuth::ClientSecretBasic } else { TokenAuth::None });
+        let r: Registered = serde_json::from_slice(&bytes).map_err(|_| {
+            AuthError("the authorization server's registration answer has no client_id".into())
+        })?;
+        let auth = r.token_endpoint_auth_method.as_deref().and_then(TokenAuth::parse).unwrap_or(
+            if r.client_secret.is_some() { TokenAuth::ClientSecretBasic } else { TokenAuth::None },
+        );
         debug!("registered as client {} at {}", r.client_id, server.issuer);
-        Ok(Client { client_id: r.client_id, client_secret: r.client_secret.map(SecretString::from), auth, port: Some(port) })
+        Ok(Client {
+            client_id: r.client_id,
+            client_secret: r.client_secret.map(SecretString::from),
+            auth,
+            port: Some(port),
+        })
     }
 
     /// A refresh-token grant, rotating the refresh token when a new one comes.
     async fn refresh(&self, entry: &Entry, refresh: &SecretString) -> Result<Tokens, Refresh> {
-        let (Some(token_url), Some(client)) = (&entry.token_endpoint, &entry.client_or(&self.settings)) else {
+        let (Some(token_url), Some(client)) = (&entry.token_endpoint, &entry.client_or(&self.settings))
+        else {
             return Err(Refresh::Rejected("nothing to refresh with".into()));
         };
-        let token_url = TokenUrl::new(token_url.clone()).map_err(|e| Refresh::Failed(AuthError(format!("bad token endpoint: {e}"))))?;
-        let mut oauth = BasicClient::new(ClientId::new(client.client_id.clone())).set_token_uri(token_url).set_auth_type(
-            match client.auth {
+        let token_url = TokenUrl::new(token_url.clone())
+            .map_err(|e| Refresh::Failed(AuthError(format!("bad token endpoint: {e}"))))?;
+        let mut oauth = BasicClient::new(ClientId::new(client.client_id.clone()))
+            .set_token_uri(token_url)
+            .set_auth_type(match client.auth {
                 TokenAuth::ClientSecretBasic => AuthType::BasicAuth,
                 _ => AuthType::RequestBody,
-            },
-        );
-        if let (Some(secret), TokenAuth::ClientSecretBasic | TokenAuth::ClientSecretPost) = (&client.client_secret, client.auth) {
+            });
+        if let (Some(secret), TokenAuth::ClientSecretBasic | TokenAuth::ClientSecretPost) =
+            (&client.client_secret, client.auth)
+        {
             oauth = oauth.set_client_secret(ClientSecret::new(secret.expose_secret().to_owned()));
         }
         let refresh_token = RefreshToken::new(refresh.expose_secret().to_owned());
@@ -489,7 +534,11 @@ impl Entry {
             Some(id) => Some(Client {
                 client_id: id.clone(),
                 client_secret: settings.client_secret.as_ref().map(|(_, s)| s.clone()),
-                auth: if settings.client_secret.is_some() { TokenAuth::ClientSecretBasic } else { TokenAuth::None },
+                auth: if settings.client_secret.is_some() {
+                    TokenAuth::ClientSecretBasic
+                } else {
+                    TokenAuth::None
+                },
                 port: None,
             }),
             None => self.client.clone(),
@@ -535,7 +584,11 @@ fn pick_auth(supported: Option<&[String]>, has_secret: bool) -> TokenAuth {
     TokenAuth::None
 }
 
-fn tokens_from<R: TokenResponse>(response: &R, old_refresh: Option<&SecretString>, asked: Option<String>) -> Tokens {
+fn tokens_from<R: TokenResponse>(
+    response: &R,
+    old_refresh: Option<&SecretString>,
+    asked: Option<String>,
+) -> Tokens {
     Tokens {
         access_token: SecretString::from(response.access_token().secret().clone()),
         refresh_token: response

@@ -37,8 +37,8 @@ use tracing::{debug, info, trace, warn};
 use crate::auth::Renew;
 use crate::cli::Transport;
 use crate::envelope::{
-    self, AUTH_ERROR, Envelope, ErrorKind, INVALID_REQUEST, IdKey, Kind, LocalError, PARSE_ERROR, RATE_LIMITED,
-    SHUTTING_DOWN, UPSTREAM_ERROR,
+    self, AUTH_ERROR, Envelope, ErrorKind, INVALID_REQUEST, IdKey, Kind, LocalError, PARSE_ERROR,
+    RATE_LIMITED, SHUTTING_DOWN, UPSTREAM_ERROR,
 };
 use crate::ratelimit::Gate;
 use crate::retry::{self, RetryPolicy};

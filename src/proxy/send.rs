@@ -59,8 +59,12 @@ impl Proxy {
             if let Some(o) = oauth
                 && matches!(status, StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN)
             {
-                let values: Vec<&str> =
-                    response.headers().get_all(WWW_AUTHENTICATE).iter().filter_map(|v| v.to_str().ok()).collect();
+                let values: Vec<&str> = response
+                    .headers()
+                    .get_all(WWW_AUTHENTICATE)
+                    .iter()
+                    .filter_map(|v| v.to_str().ok())
+                    .collect();
                 let challenge = crate::auth::challenge::bearer(&values);
                 let step_up = status == StatusCode::FORBIDDEN
                     && challenge.as_ref().and_then(|c| c.error.as_deref()) == Some("insufficient_scope");

@@ -65,7 +65,10 @@ pub struct Upstream {
 
 impl Upstream {
     /// Builds the client. Fails only if the TLS backend cannot be initialized.
-    pub fn new(config: &Config, oauth: Option<std::sync::Arc<crate::auth::OAuth>>) -> Result<Self, reqwest::Error> {
+    pub fn new(
+        config: &Config,
+        oauth: Option<std::sync::Arc<crate::auth::OAuth>>,
+    ) -> Result<Self, reqwest::Error> {
         let policy = reqwest::redirect::Policy::custom(|attempt| {
             let same_origin =
                 attempt.previous().first().is_some_and(|first| first.origin() == attempt.url().origin());

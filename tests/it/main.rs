@@ -21,6 +21,7 @@ mod harness;
 mod legacy;
 mod load;
 mod load_driver;
+mod oauth;
 mod ratelimit;
 mod resilience;
 mod stdio;

@@ -1,0 +1,567 @@
+//! OAuth 2.1 sign-in (issue 5, A-xx): the real binary against a real rmcp server that demands
+//! Bearer tokens from an authorization server written for these tests (axum on 127.0.0.1:
+//! metadata, registration, an authorize endpoint that approves at once with a 302, a token
+//! endpoint that checks PKCE, refresh with rotation, revocation).
+//!
+//! The browser is `$BROWSER`: a bash script that prints noise (which must not reach stdout) and
+//! hands the URL over a TCP socket to this process, where [`Browser`] plays the user agent: it
+//! fetches the authorization URL, and follows the 302 into the sidecar's loopback listener.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use axum::extract::{Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Form, Json, Router};
+use base64::Engine;
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::net::TcpListener;
+
+use crate::harness::*;
+
+/// What the authorization server does and saw.
+#[derive(Default)]
+struct AsState {
+    base: String,
+    mcp: String,
+    /// Advertise S256 (A-07).
+    no_pkce: bool,
+    /// `iss` in the authorization response: the right one, or this instead.
+    wrong_iss: Option<String>,
+    /// Issue refresh tokens.
+    refresh: bool,
+    /// Refuse every refresh token (revoked).
+    revoked: bool,
+    /// Answer the next token request with 429 Retry-After: 1.
+    token_429: bool,
+    n: u64,
+    /// code → (challenge, scope, resource)
+    codes: HashMap<String, (String, String, String)>,
+    /// Valid access tokens and their scope.
+    access: HashMap<String, String>,
+    refresh_tokens: HashMap<String, String>,
+    authorizes: Vec<HashMap<String, String>>,
+    tokens: Vec<HashMap<String, String>>,
+    registrations: Vec<Value>,
+}
+
+type Shared = Arc<Mutex<AsState>>;
+
+struct AuthServer {
+    state: Shared,
+    _ct: tokio_util::sync::CancellationToken,
+}
+
+impl AuthServer {
+    async fn start(configure: impl FnOnce(&mut AsState)) -> AuthServer {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let state = Arc::new(Mutex::new(AsState { base, refresh: true, ..AsState::default() }));
+        configure(&mut state.lock().unwrap());
+        let app = Router::new()
+            .route("/.well-known/oauth-authorization-server", get(as_metadata))
+            .route("/prm", get(prm))
+            .route("/register", post(register))
+            .route("/authorize", get(authorize))
+            .route("/token", post(token))
+            .with_state(state.clone());
+        let ct = tokio_util::sync::CancellationToken::new();
+        let stop = ct.clone();
+        tokio::spawn(async move {
+            axum::serve(listener, app).with_graceful_shutdown(stop.cancelled_owned()).await.unwrap();
+        });
+        AuthServer { state, _ct: ct }
+    }
+
+    fn s(&self) -> std::sync::MutexGuard<'_, AsState> {
+        self.state.lock().unwrap()
+    }
+
+    /// The MCP server, demanding tokens from this authorization server.
+    async fn protect(&self) -> Server {
+        let state = self.state.clone();
+        let hook: Hook = Arc::new(move |s: &Seen| {
+            let st = state.lock().unwrap();
+            let challenge = |extra: &str| {
+                format!("Bearer resource_metadata=\"{}/prm\", scope=\"mcp:read\"{extra}", st.base)
+            };
+            let token = s.header("authorization").and_then(|h| h.strip_prefix("Bearer "));
+            match token.and_then(|t| st.access.get(t)) {
+                None => Action::Respond(
+                    Response::builder()
+                        .status(401)
+                        .header("www-authenticate", challenge(", error=\"invalid_token\""))
+                        .body(axum::body::Body::from("{\"error\":\"invalid_token\"}"))
+                        .unwrap(),
+                ),
+                Some(scope)
+                    if s.rpc_method() == Some("tools/call")
+                        && s.json["params"]["name"] == "place_order"
+                        && !scope.split(' ').any(|x| x == "mcp:write") =>
+                {
+                    Action::Respond(
+                        Response::builder()
+                            .status(403)
+                            .header(
+                                "www-authenticate",
+                                format!(
+                                    "Bearer error=\"insufficient_scope\", scope=\"mcp:write\", resource_metadata=\"{}/prm\"",
+                                    st.base
+                                ),
+                            )
+                            .body(axum::body::Body::empty())
+                            .unwrap(),
+                    )
+                }
+                Some(_) => Action::Pass,
+            }
+        });
+        let server = Server::start(Options::default(), Some(hook)).await;
+        self.s().mcp = server.url.clone();
+        server
+    }
+
+    fn authorizes(&self) -> usize {
+        self.s().authorizes.len()
+    }
+}
+
+async fn as_metadata(State(st): State<Shared>) -> Json<Value> {
+    let st = st.lock().unwrap();
+    let b = &st.base;
+    let mut m = json!({
+        "issuer": b,
+        "authorization_endpoint": format!("{b}/authorize"),
+        "token_endpoint": format!("{b}/token"),
+        "registration_endpoint": format!("{b}/register"),
+        "response_types_supported": ["code"],
+        "grant_types_supported": ["authorization_code", "refresh_token"],
+        "token_endpoint_auth_methods_supported": ["none"],
+        "authorization_response_iss_parameter_supported": true,
+    });
+    if !st.no_pkce {
+        m["code_challenge_methods_supported"] = json!(["S256"]);
+    }
+    Json(m)
+}
+
+async fn prm(State(st): State<Shared>) -> Json<Value> {
+    let st = st.lock().unwrap();
+    Json(json!({"resource": st.mcp, "authorization_servers": [st.base], "scopes_supported": ["mcp:read"]}))
+}
+
+async fn register(State(st): State<Shared>, Json(body): Json<Value>) -> Response {
+    let mut st = st.lock().unwrap();
+    st.registrations.push(body.clone());
+    st.n += 1;
+    let id = format!("client-{}", st.n);
+    (StatusCode::CREATED, Json(json!({"client_id": id, "redirect_uris": body["redirect_uris"], "token_endpoint_auth_method": "none"})))
+        .into_response()
+}
+
+async fn authorize(State(st): State<Shared>, Query(q): Query<HashMap<String, String>>) -> Response {
+    let mut st = st.lock().unwrap();
+    st.authorizes.push(q.clone());
+    st.n += 1;
+    let code = format!("code-{}", st.n);
+    let challenge = q.get("code_challenge").cloned().unwrap_or_default();
+    let scope = q.get("scope").cloned().unwrap_or_default();
+    let resource = q.get("resource").cloned().unwrap_or_default();
+    st.codes.insert(code.clone(), (challenge, scope, resource));
+    let iss = st.wrong_iss.clone().unwrap_or_else(|| st.base.clone());
+    let mut to = url::Url::parse(&q["redirect_uri"]).unwrap();
+    to.query_pairs_mut()
+        .append_pair("code", &code)
+        .append_pair("state", &q["state"])
+        .append_pair("iss", &iss);
+    Response::builder().status(302).header("location", to.as_str()).body(axum::body::Body::empty()).unwrap()
+}
+
+async fn token(State(st): State<Shared>, Form(f): Form<HashMap<String, String>>) -> Response {
+    let mut st = st.lock().unwrap();
+    st.tokens.push(f.clone());
+    if std::mem::take(&mut st.token_429) {
+        return Response::builder()
+            .status(429)
+            .header("retry-after", "1")
+            .body(axum::body::Body::empty())
+            .unwrap();
+    }
+    let bad = |e: &str| (StatusCode::BAD_REQUEST, Json(json!({"error": e}))).into_response();
+    let scope = match f.get("grant_type").map(String::as_str) {
+        Some("authorization_code") => {
+            let Some((challenge, scope, resource)) = f.get("code").and_then(|c| st.codes.remove(c)) else {
+                return bad("invalid_grant");
+            };
+            let verifier = f.get("code_verifier").cloned().unwrap_or_default();
+            let computed =
+                base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(Sha256::digest(verifier.as_bytes()));
+            if computed != challenge || f.get("resource") != Some(&resource) {
+                return bad("invalid_grant");
+            }
+            scope
+        }
+        Some("refresh_token") => {
+            if st.revoked {
+                return bad("invalid_grant");
+            }
+            match f.get("refresh_token").and_then(|r| st.refresh_tokens.remove(r)) {
+                Some(scope) => scope,
+                None => return bad("invalid_grant"),
+            }
+        }
+        _ => return bad("unsupported_grant_type"),
+    };
+    st.n += 1;
+    let access = format!("at-SECRET-{}", st.n);
+    st.access.insert(access.clone(), scope.clone());
+    let mut body =
+        json!({"access_token": access, "token_type": "Bearer", "expires_in": 3600, "scope": scope});
+    if st.refresh {
+        let rt = format!("rt-SECRET-{}", st.n);
+        st.refresh_tokens.insert(rt.clone(), scope);
+        body["refresh_token"] = json!(rt);
+    }
+    Json(body).into_response()
+}
+
+/// The `$BROWSER` stand-in.
+struct Browser {
+    script: String,
+    opened: Arc<Mutex<Vec<String>>>,
+}
+
+/// What the user agent does with a callback.
+#[derive(Clone, Copy, PartialEq)]
+enum Agent {
+    /// Follows the redirect.
+    Follow,
+    /// First sends a callback with a forged state, then follows.
+    ForgedFirst,
+}
+
+impl Browser {
+    async fn start(dir: &std::path::Path, agent: Agent) -> Browser {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        std::fs::create_dir_all(dir).unwrap();
+        let script = dir.join("browser.sh");
+        std::fs::write(
+            &script,
+            format!(
+                "#!/bin/bash\necho BROWSER-NOISE-STDOUT\necho BROWSER-NOISE-STDERR >&2\nexec 3<>/dev/tcp/127.0.0.1/{port}\nprintf '%s\\n' \"$1\" >&3\n"
+            ),
+        )
+        .unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let opened = Arc::new(Mutex::new(Vec::new()));
+        let log = opened.clone();
+        tokio::spawn(async move {
+            let http =
+                reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+            loop {
+                let Ok((stream, _)) = listener.accept().await else { return };
+                let mut line = String::new();
+                BufReader::new(stream).read_line(&mut line).await.unwrap();
+                let url = line.trim().to_owned();
+                log.lock().unwrap().push(url.clone());
+                let http = http.clone();
+                tokio::spawn(async move {
+                    let r = http.get(&url).send().await.unwrap();
+                    let Some(location) = r.headers().get("location").map(|l| l.to_str().unwrap().to_owned())
+                    else {
+                        return;
+                    };
+                    if agent == Agent::ForgedFirst {
+                        let mut forged = url::Url::parse(&location).unwrap();
+                        let pairs: Vec<(String, String)> = forged
+                            .query_pairs()
+                            .map(|(k, v)| {
+                                let forged = k == "state";
+                                (k.into_owned(), if forged { "forged".into() } else { v.into_owned() })
+                            })
+                            .collect();
+                        forged.query_pairs_mut().clear().extend_pairs(pairs);
+                        let page = http.get(forged.as_str()).send().await.unwrap();
+                        assert_eq!(page.status(), 400, "a callback with a forged state is refused");
+                    }
+                    let page = http.get(&location).send().await.unwrap();
+                    let status = page.status();
+                    let text = page.text().await.unwrap();
+                    assert!(status.is_success() && text.contains("close this tab"), "{status} {text}");
+                });
+            }
+        });
+        Browser { script: script.to_string_lossy().into_owned(), opened }
+    }
+
+    fn opened(&self) -> usize {
+        self.opened.lock().unwrap().len()
+    }
+}
+
+fn temp_dir(name: &str) -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!("mcp-sidecar-oauth-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    d
+}
+
+/// A sidecar with no key: OAuth when the server asks.
+fn sidecar(server: &Server, state: &std::path::Path, browser: &Browser, extra: &[&str]) -> Sidecar {
+    let state = state.to_string_lossy().into_owned();
+    let mut args = vec![server.url.as_str(), "--state-dir", &state];
+    args.extend_from_slice(extra);
+    Sidecar::spawn(&args, &[("BROWSER", &browser.script)])
+}
+
+async fn call(sc: &mut Sidecar, id: u64, tool: &str, args: Value) -> Value {
+    sc.send_json(
+        &json!({"jsonrpc":"2.0","id":id,"method":"tools/call","params":{"name":tool,"arguments":args}}),
+    )
+    .await;
+    sc.recv().await
+}
+
+fn tokens_issued(auth: &AuthServer) -> Vec<String> {
+    let st = auth.s();
+    st.access.keys().chain(st.refresh_tokens.keys()).cloned().collect()
+}
+
+async fn finish_checked(sc: Sidecar, auth: &AuthServer) -> Outcome {
+    let mut sc = sc;
+    for t in tokens_issued(auth) {
+        sc = sc.secret(&t);
+    }
+    let out = sc.finish().await;
+    assert!(!out.stdout.contains("BROWSER-NOISE"), "the browser's output reached stdout");
+    out
+}
+
+#[tokio::test]
+async fn a5_full_flow_signs_in_once_and_the_next_run_uses_the_stored_token() {
+    let auth = AuthServer::start(|_| {}).await;
+    let server = auth.protect().await;
+    let dir = temp_dir("full");
+    let browser = Browser::start(&dir, Agent::Follow).await;
+    let state = dir.join("state");
+
+    let mut sc = sidecar(&server, &state, &browser, &[]);
+    sc.handshake().await;
+    let r = call(&mut sc, 1, "echo", json!({"text":"hi"})).await;
+    assert_eq!(r["result"]["content"][0]["text"], "hi", "{r}");
+    finish_checked(sc, &auth).await;
+
+    {
+        let st = auth.s();
+        assert_eq!((st.registrations.len(), st.authorizes.len()), (1, 1));
+        let reg = &st.registrations[0];
+        assert_eq!(reg["application_type"], "native", "A-22 (2026-07-28)");
+        assert!(reg["grant_types"].as_array().unwrap().contains(&json!("refresh_token")), "A-13");
+        let a = &st.authorizes[0];
+        assert_eq!(a["code_challenge_method"], "S256", "A-30");
+        assert_eq!(a["response_type"], "code");
+        assert_eq!(a["scope"], "mcp:read", "A-11: the challenge's scope");
+        assert_eq!(a["resource"], server.url, "A-33: resource on the authorization request");
+        assert!(a["redirect_uri"].starts_with("http://127.0.0.1:"), "A-31 loopback IP literal");
+        let t = &st.tokens[0];
+        assert_eq!(t["resource"], server.url, "A-33: resource on the token request");
+        assert!(t.contains_key("code_verifier"), "A-34");
+    }
+    // The token file is private.
+    use std::os::unix::fs::PermissionsExt;
+    let files: Vec<_> = std::fs::read_dir(state.join("tokens")).unwrap().map(|e| e.unwrap().path()).collect();
+    let json = files.iter().find(|p| p.extension().is_some_and(|e| e == "json")).unwrap();
+    assert_eq!(std::fs::metadata(json).unwrap().permissions().mode() & 0o777, 0o600);
+    assert_eq!(std::fs::metadata(state.join("tokens")).unwrap().permissions().mode() & 0o777, 0o700);
+
+    // Next run: the stored token, no browser.
+    let mut sc = sidecar(&server, &state, &browser, &[]);
+    sc.handshake().await;
+    finish_checked(sc, &auth).await;
+    assert_eq!(auth.authorizes(), 1);
+    assert_eq!(browser.opened(), 1);
+}
+
+#[tokio::test]
+async fn a42_a_refused_token_is_refreshed_and_a_revoked_refresh_token_means_one_new_sign_in() {
+    let auth = AuthServer::start(|_| {}).await;
+    let server = auth.protect().await;
+    let dir = temp_dir("refresh");
+    let browser = Browser::start(&dir, Agent::Follow).await;
+    let state = dir.join("state");
+    let mut sc = sidecar(&server, &state, &browser, &[]);
+    sc.handshake().await;
+    assert_eq!(auth.authorizes(), 1);
+
+    // The access token stops working: refreshed, with resource, and the refresh token rotates.
+    auth.s().access.clear();
+    let r = call(&mut sc, 1, "echo", json!({"text":"after refresh"})).await;
+    assert_eq!(r["result"]["content"][0]["text"], "after refresh", "{r}");
+    {
+        let st = auth.s();
+        let last = st.tokens.last().unwrap();
+        assert_eq!(last["grant_type"], "refresh_token");
+        assert_eq!(last["resource"], server.url);
+        assert_eq!(st.authorizes.len(), 1, "no browser for a refresh");
+    }
+    // The rotated refresh token is the one stored: refreshing again works.
+    auth.s().access.clear();
+    let r = call(&mut sc, 2, "echo", json!({"text":"again"})).await;
+    assert_eq!(r["result"]["content"][0]["text"], "again", "{r}");
+
+    // Revoked: one new sign-in, not a loop.
+    {
+        let mut st = auth.s();
+        st.access.clear();
+        st.revoked = true;
+    }
+    let r = call(&mut sc, 3, "echo", json!({"text":"signed in again"})).await;
+    assert_eq!(r["result"]["content"][0]["text"], "signed in again", "{r}");
+    assert_eq!(auth.authorizes(), 2);
+    let out = finish_checked(sc, &auth).await;
+    assert!(out.stderr.contains("no longer accepts the refresh token"), "{}", out.stderr);
+}
+
+#[tokio::test]
+async fn a12_insufficient_scope_steps_up_with_the_union_of_scopes() {
+    let auth = AuthServer::start(|_| {}).await;
+    let server = auth.protect().await;
+    let dir = temp_dir("stepup");
+    let browser = Browser::start(&dir, Agent::Follow).await;
+    let mut sc = sidecar(&server, &dir.join("state"), &browser, &[]);
+    sc.handshake().await;
+    let r = call(&mut sc, 1, "place_order", json!({"symbol":"ACME","quantity":1})).await;
+    assert!(r.get("result").is_some(), "{r}");
+    let scopes: Vec<String> = auth.s().authorizes.iter().map(|a| a["scope"].clone()).collect();
+    assert_eq!(scopes, ["mcp:read", "mcp:read mcp:write"]);
+    finish_checked(sc, &auth).await;
+}
+
+#[tokio::test]
+async fn a30_a_forged_state_is_refused_and_the_real_callback_still_completes() {
+    let auth = AuthServer::start(|_| {}).await;
+    let server = auth.protect().await;
+    let dir = temp_dir("state");
+    let browser = Browser::start(&dir, Agent::ForgedFirst).await;
+    let mut sc = sidecar(&server, &dir.join("state"), &browser, &[]);
+    sc.handshake().await;
+    assert_eq!(auth.s().tokens.len(), 1, "only the real code was redeemed");
+    finish_checked(sc, &auth).await;
+}
+
+#[tokio::test]
+async fn a32_a_wrong_iss_is_refused_before_the_code_is_used() {
+    let auth = AuthServer::start(|s| s.wrong_iss = Some("http://evil.example".into())).await;
+    let server = auth.protect().await;
+    let dir = temp_dir("iss");
+    let browser = Browser::start(&dir, Agent::Follow).await;
+    let mut sc = sidecar(&server, &dir.join("state"), &browser, &[]);
+    sc.send(r#"{"jsonrpc":"2.0","id":7,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"it","version":"1"}}}"#).await;
+    let r = sc.recv().await;
+    assert_eq!(r["id"], 7);
+    assert_eq!(r["error"]["code"], -32003, "{r}");
+    let msg = r["error"]["message"].as_str().unwrap();
+    assert!(msg.contains("evil.example") && msg.contains("not used"), "{msg}");
+    assert!(auth.s().tokens.is_empty(), "the code was never redeemed");
+    finish_checked(sc, &auth).await;
+}
+
+#[tokio::test]
+async fn a07_no_pkce_no_sign_in() {
+    let auth = AuthServer::start(|s| s.no_pkce = true).await;
+    let server = auth.protect().await;
+    let dir = temp_dir("pkce");
+    let browser = Browser::start(&dir, Agent::Follow).await;
+    let mut sc = sidecar(&server, &dir.join("state"), &browser, &["--log-level", "debug"]);
+    sc.send(r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"it","version":"1"}}}"#).await;
+    let r = sc.recv().await;
+    let msg = r["error"]["message"].as_str().unwrap();
+    assert!(msg.contains("PKCE") && msg.contains("refusing"), "{msg}");
+    assert_eq!(auth.authorizes(), 0);
+    assert_eq!(browser.opened(), 0);
+    finish_checked(sc, &auth).await;
+}
+
+#[tokio::test]
+async fn a5_two_processes_starting_at_once_share_one_sign_in() {
+    let auth = AuthServer::start(|_| {}).await;
+    let server = auth.protect().await;
+    let dir = temp_dir("two");
+    let browser = Browser::start(&dir, Agent::Follow).await;
+    let state = dir.join("state");
+    let mut a = sidecar(&server, &state, &browser, &[]);
+    let mut b = sidecar(&server, &state, &browser, &[]);
+    let (ra, rb) = tokio::join!(a.handshake(), b.handshake());
+    assert!(ra.get("result").is_some() && rb.get("result").is_some());
+    assert_eq!(auth.authorizes(), 1, "one browser flow for both");
+    assert_eq!(browser.opened(), 1);
+    finish_checked(a, &auth).await;
+    finish_checked(b, &auth).await;
+}
+
+#[tokio::test]
+async fn r_token_endpoint_429_is_waited_out() {
+    let auth = AuthServer::start(|s| s.token_429 = true).await;
+    let server = auth.protect().await;
+    let dir = temp_dir("429");
+    let browser = Browser::start(&dir, Agent::Follow).await;
+    let mut sc = sidecar(&server, &dir.join("state"), &browser, &[]);
+    sc.handshake().await;
+    assert_eq!(auth.s().tokens.len(), 2, "the 429 and the retry");
+    let out = finish_checked(sc, &auth).await;
+    assert!(out.stderr.contains("rate limited; waiting"), "{}", out.stderr);
+}
+
+#[tokio::test]
+async fn login_status_logout() {
+    let auth = AuthServer::start(|_| {}).await;
+    let server = auth.protect().await;
+    let dir = temp_dir("login");
+    let browser = Browser::start(&dir, Agent::Follow).await;
+    let state = dir.join("state").to_string_lossy().into_owned();
+    let run = |args: Vec<&str>| {
+        let mut cmd = command(&args, &[("BROWSER", &browser.script)]);
+        cmd.stdin(std::process::Stdio::null());
+        cmd.output()
+    };
+    let out = run(vec!["login", &server.url, "--state-dir", &state]).await.unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("signed in to") && stderr.contains("http://127.0.0.1"), "{stderr}");
+    assert!(out.stdout.is_empty(), "login prints nothing on stdout (the browser's noise included)");
+
+    let out = run(vec!["status", "--state-dir", &state]).await.unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains(&server.url) && text.contains("client-1") && text.contains("mcp:read"), "{text}");
+    assert!(text.contains("refresh token") && !text.contains("SECRET"), "no token in status: {text}");
+
+    // A proxy started after login needs no browser.
+    let mut sc = sidecar(&server, std::path::Path::new(&state), &browser, &[]);
+    sc.handshake().await;
+    finish_checked(sc, &auth).await;
+    assert_eq!(browser.opened(), 1);
+
+    let out = run(vec!["logout", &server.url, "--state-dir", &state]).await.unwrap();
+    assert!(String::from_utf8_lossy(&out.stderr).contains("signed out"));
+    let out = run(vec!["status", &server.url, "--state-dir", &state]).await.unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).contains("not signed in"));
+}
+
+#[tokio::test]
+async fn auth_none_reports_the_401_without_a_sign_in() {
+    let auth = AuthServer::start(|_| {}).await;
+    let server = auth.protect().await;
+    let dir = temp_dir("none");
+    let browser = Browser::start(&dir, Agent::Follow).await;
+    let mut sc = sidecar(&server, &dir.join("state"), &browser, &["--auth", "none"]);
+    sc.send(r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"it","version":"1"}}}"#).await;
+    let r = sc.recv().await;
+    assert_eq!(r["error"]["data"]["httpStatus"], 401, "{r}");
+    assert_eq!(browser.opened(), 0);
+    finish_checked(sc, &auth).await;
+}
