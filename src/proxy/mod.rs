@@ -61,8 +61,9 @@ const MAX_RENEWALS: u32 = 5;
 /// Token renewals per request after a 401 (a stored or refreshed token, then one sign-in; never
 /// a loop of browser tabs).
 const MAX_SIGN_INS: u32 = 2;
-/// Sign-ins for more scope per request after a 403 `insufficient_scope`.
-const MAX_STEP_UPS: u32 = 3;
+/// Browser sign-ins per request, the first one and those for more scope after a 403
+/// `insufficient_scope` together (A-12: "no more than a few times").
+const MAX_AUTHORIZATIONS: u32 = 3;
 /// How many times a broken reply stream is resumed with Last-Event-ID (T-23).
 const MAX_RESUMPTIONS: u32 = 3;
 /// Consecutive failures after which the GET stream is given up.

@@ -18,7 +18,7 @@ impl Proxy {
     ) -> Result<(reqwest::Response, bool, Instant), LocalError> {
         let mut retries = 0u32;
         let mut renewals = 0u32;
-        let (mut sign_ins, mut step_ups) = (0u32, 0u32);
+        let (mut sign_ins, mut authorizations) = (0u32, 0u32);
         loop {
             self.admit(what).await?;
             let oauth = self.up.oauth();
@@ -69,8 +69,7 @@ impl Proxy {
                 let step_up = status == StatusCode::FORBIDDEN
                     && challenge.as_ref().and_then(|c| c.error.as_deref()) == Some("insufficient_scope");
                 let refused = status == StatusCode::UNAUTHORIZED && (challenge.is_some() || o.explicit());
-                let how = if step_up && step_ups < MAX_STEP_UPS {
-                    step_ups += 1;
+                let how = if step_up && authorizations < MAX_AUTHORIZATIONS {
                     Some(Renew::StepUp)
                 } else if refused && sign_ins < MAX_SIGN_INS {
                     sign_ins += 1;
@@ -87,6 +86,7 @@ impl Proxy {
                         err
                     })?;
                     if signed_in {
+                        authorizations += 1;
                         sign_ins = MAX_SIGN_INS; // a fresh sign-in that is refused is not retried
                     }
                     continue;

@@ -1,0 +1,176 @@
+//! The client under test for the MCP conformance suite (`scripts/conformance.sh`).
+//!
+//! The suite starts `conformance_client [--sidecar PATH] URL` with `MCP_CONFORMANCE_SCENARIO`
+//! (and `MCP_CONFORMANCE_PROTOCOL_VERSION`, `MCP_CONFORMANCE_CONTEXT`) in the environment. This
+//! program starts `mcp-sidecar URL` with a fresh state directory and itself as `$BROWSER`, then
+//! plays a plain MCP client on the sidecar's stdio: the handshake (or, at 2026-07-28, per-request
+//! `_meta`), `tools/list`, and a `tools/call` of the first tool. Everything at the HTTP level
+//! (headers, sessions, OAuth) is the sidecar's doing, which is what the suite checks.
+//!
+//! `conformance_client --browser URL` is the headless browser: it fetches the authorization URL
+//! without following redirects and delivers the 302's `Location` to the sidecar's listener.
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::process::Command;
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("--browser") {
+        browser(args.get(1).cloned().unwrap_or_default()).await;
+        return;
+    }
+    let (sidecar, url) = match args.as_slice() {
+        [flag, path, url] if flag == "--sidecar" => (path.clone(), url.clone()),
+        [url] => ("mcp-sidecar".to_owned(), url.clone()),
+        _ => {
+            eprintln!("usage: conformance_client [--sidecar PATH] URL | --browser URL");
+            std::process::exit(2);
+        }
+    };
+    let scenario = std::env::var("MCP_CONFORMANCE_SCENARIO").unwrap_or_default();
+    let version = std::env::var("MCP_CONFORMANCE_PROTOCOL_VERSION").unwrap_or_else(|_| "2025-11-25".into());
+    let context: Value = std::env::var("MCP_CONFORMANCE_CONTEXT")
+        .ok()
+        .and_then(|c| serde_json::from_str(&c).ok())
+        .unwrap_or(Value::Null);
+
+    let state = std::env::temp_dir().join(format!("mcp-sidecar-conformance-{}", std::process::id()));
+    let me = std::env::current_exe().expect("own path");
+    let mut cmd = Command::new(&sidecar);
+    cmd.arg(&url)
+        .arg("--state-dir")
+        .arg(&state)
+        .args(["--auth", "oauth", "--auth-timeout", "20", "--log-level", "debug"])
+        .env("BROWSER", format!("{} --browser %s", me.display()))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true);
+    if scenario == "auth/basic-cimd" {
+        cmd.args(["--client-metadata-url", "https://conformance-test.local/client-metadata.json"]);
+    }
+    if let Some(id) = context.get("client_id").and_then(Value::as_str) {
+        cmd.args(["--client-id", id]);
+        if let Some(secret) = context.get("client_secret").and_then(Value::as_str) {
+            cmd.args(["--client-secret-env", "CONFORMANCE_CLIENT_SECRET"])
+                .env("CONFORMANCE_CLIENT_SECRET", secret);
+        }
+    }
+    let mut child = cmd.spawn().expect("start mcp-sidecar");
+    let stdin = child.stdin.take().unwrap();
+    let lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let stateless = version.as_str() >= "2026-07-28";
+    let meta = json!({
+        "io.modelcontextprotocol/protocolVersion": version,
+        "io.modelcontextprotocol/clientCapabilities": {"elicitation": {}},
+        "io.modelcontextprotocol/clientInfo": {"name": "mcp-sidecar-conformance", "version": "1"},
+    });
+    let mut client = Client { stdin, lines, next_id: 0, meta: stateless.then_some(meta) };
+
+    if !stateless {
+        let init = client
+            .request(
+                "initialize",
+                json!({"protocolVersion": version, "capabilities": {"elicitation": {}},
+                       "clientInfo": {"name": "mcp-sidecar-conformance", "version": "1"}}),
+            )
+            .await;
+        if init.get("result").is_none() {
+            drop(client);
+            finish(child).await;
+            return;
+        }
+        client.write(&json!({"jsonrpc": "2.0", "method": "notifications/initialized"})).await;
+    }
+    let tools = client.request("tools/list", json!({})).await;
+    if let Some(tool) = tools["result"]["tools"].as_array().and_then(|t| t.first()).cloned() {
+        let mut arguments = serde_json::Map::new();
+        if let Some(props) = tool["inputSchema"]["properties"].as_object() {
+            for (k, v) in props {
+                let value = match v["type"].as_str() {
+                    Some("number" | "integer") => json!(1),
+                    Some("boolean") => json!(true),
+                    _ => json!("x"),
+                };
+                arguments.insert(k.clone(), value);
+            }
+        }
+        client.request("tools/call", json!({"name": tool["name"], "arguments": arguments})).await;
+    }
+    drop(client);
+    finish(child).await;
+}
+
+/// A line-by-line MCP client on the sidecar's stdio.
+struct Client {
+    stdin: tokio::process::ChildStdin,
+    lines: tokio::io::Lines<BufReader<tokio::process::ChildStdout>>,
+    next_id: u64,
+    /// Per-request `_meta` (2026-07-28), or `None` for the stateful lifecycle.
+    meta: Option<Value>,
+}
+
+impl Client {
+    async fn write(&mut self, msg: &Value) {
+        let _ = self.stdin.write_all(format!("{msg}\n").as_bytes()).await;
+    }
+
+    /// Sends a request and waits for its answer, answering server requests meanwhile.
+    async fn request(&mut self, method: &str, mut params: Value) -> Value {
+        self.next_id += 1;
+        let id = self.next_id;
+        if let Some(meta) = &self.meta {
+            params["_meta"] = meta.clone();
+        }
+        self.write(&json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params})).await;
+        loop {
+            let Ok(Ok(Some(line))) =
+                tokio::time::timeout(Duration::from_secs(25), self.lines.next_line()).await
+            else {
+                return Value::Null;
+            };
+            let msg: Value = serde_json::from_str(&line).unwrap_or(Value::Null);
+            if msg.get("id") == Some(&json!(id)) && msg.get("method").is_none() {
+                let verdict = if msg.get("error").is_some() { "error" } else { "ok" };
+                eprintln!("conformance_client: {method} -> {verdict}");
+                return msg;
+            }
+            if let (Some(rid), Some(m)) = (msg.get("id"), msg.get("method").and_then(Value::as_str)) {
+                // A server request: elicitation accepted with the defaults, anything else empty.
+                let result = if m == "elicitation/create" {
+                    let mut content = serde_json::Map::new();
+                    if let Some(props) = msg["params"]["requestedSchema"]["properties"].as_object() {
+                        for (k, v) in props {
+                            if let Some(d) = v.get("default") {
+                                content.insert(k.clone(), d.clone());
+                            }
+                        }
+                    }
+                    json!({"action": "accept", "content": content})
+                } else {
+                    json!({})
+                };
+                self.write(&json!({"jsonrpc": "2.0", "id": rid, "result": result})).await;
+            }
+        }
+    }
+}
+
+async fn finish(mut child: tokio::process::Child) {
+    drop(child.stdin.take());
+    let _ = tokio::time::timeout(Duration::from_secs(5), child.wait()).await;
+}
+
+/// The headless browser: GET the authorization URL, deliver its redirect.
+async fn browser(url: String) {
+    let http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    let Ok(r) = http.get(&url).send().await else { return };
+    if let Some(location) = r.headers().get("location").and_then(|l| l.to_str().ok()) {
+        let _ = http.get(location).send().await;
+    }
+}
