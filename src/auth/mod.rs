@@ -95,6 +95,7 @@ pub enum Renew {
 struct Current {
     header: Option<HeaderValue>,
     expires_at: Option<u64>,
+    issued_at: Option<u64>,
     has_refresh: bool,
 }
 
@@ -148,9 +149,11 @@ impl OAuth {
     /// Whether the token expires soon and can be refreshed first.
     pub fn expiring(&self) -> bool {
         let c = self.current.reading();
-        c.header.is_some()
-            && c.has_refresh
-            && c.expires_at.is_some_and(|at| at <= now() + REFRESH_MARGIN.as_secs())
+        let Some(at) = c.expires_at.filter(|_| c.header.is_some() && c.has_refresh) else { return false };
+        // A minute ahead, or a quarter of the lifetime for short-lived tokens: a token that
+        // lives 30 s must not be refreshed before every request.
+        let lifetime = c.issued_at.map_or(u64::MAX, |i| at.saturating_sub(i));
+        at <= now() + REFRESH_MARGIN.as_secs().min(lifetime / 4)
     }
 
     /// The store and the key of this server in it (for `logout` and `status`).
@@ -168,6 +171,7 @@ impl OAuth {
         *self.current.writing() = Current {
             header: value,
             expires_at: tokens.expires_at,
+            issued_at: tokens.issued_at,
             has_refresh: tokens.refresh_token.is_some(),
         };
     }
@@ -596,6 +600,7 @@ fn tokens_from<R: TokenResponse>(
             .map(|r| SecretString::from(r.secret().clone()))
             .or_else(|| old_refresh.cloned()),
         expires_at: response.expires_in().map(|d| now() + d.as_secs()),
+        issued_at: Some(now()),
         scope: response
             .scopes()
             .map(|s| s.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(" "))

@@ -22,6 +22,8 @@ pub struct Tokens {
     pub refresh_token: Option<SecretString>,
     /// Unix seconds when the access token expires, if the server said.
     pub expires_at: Option<u64>,
+    /// Unix seconds when it was issued (to refresh at a point relative to its lifetime).
+    pub issued_at: Option<u64>,
     /// The scopes granted (or, when the server did not say, the scopes asked for).
     pub scope: Option<String>,
 }
@@ -32,6 +34,7 @@ impl std::fmt::Debug for Tokens {
             .field("access_token", &"[redacted]")
             .field("refresh_token", &self.refresh_token.as_ref().map(|_| "[redacted]"))
             .field("expires_at", &self.expires_at)
+            .field("issued_at", &self.issued_at)
             .field("scope", &self.scope)
             .finish()
     }
@@ -138,6 +141,8 @@ struct WireTokens {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     expires_at: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    issued_at: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     scope: Option<String>,
 }
 
@@ -158,6 +163,7 @@ impl From<Wire> for Entry {
                 access_token: SecretString::from(t.access_token),
                 refresh_token: t.refresh_token.map(SecretString::from),
                 expires_at: t.expires_at,
+                issued_at: t.issued_at,
                 scope: t.scope,
             }),
         }
@@ -181,6 +187,7 @@ impl From<&Entry> for Wire {
                 access_token: t.access_token.expose_secret().to_owned(),
                 refresh_token: t.refresh_token.as_ref().map(|r| r.expose_secret().to_owned()),
                 expires_at: t.expires_at,
+                issued_at: t.issued_at,
                 scope: t.scope.clone(),
             }),
         }
@@ -351,6 +358,7 @@ mod tests {
                 access_token: SecretString::from("at_SECRET_1".to_owned()),
                 refresh_token: Some(SecretString::from("rt_SECRET_2".to_owned())),
                 expires_at: Some(1_800_000_000),
+                issued_at: Some(1_799_996_400),
                 scope: Some("mcp:read".into()),
             }),
         }

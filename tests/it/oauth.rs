@@ -38,6 +38,14 @@ struct AsState {
     revoked: bool,
     /// Answer the next token request with 429 Retry-After: 1.
     token_429: bool,
+    /// `token_endpoint_auth_methods_supported` (default: none).
+    auth_methods: Option<Vec<&'static str>>,
+    /// `client_id_metadata_document_supported`.
+    cimd: bool,
+    /// The Authorization header of each token request.
+    token_auth: Vec<Option<String>>,
+    /// MCP requests refused with 401.
+    rejected: usize,
     n: u64,
     /// code → (challenge, scope, resource)
     codes: HashMap<String, (String, String, String)>,
@@ -85,7 +93,11 @@ impl AuthServer {
     async fn protect(&self) -> Server {
         let state = self.state.clone();
         let hook: Hook = Arc::new(move |s: &Seen| {
-            let st = state.lock().unwrap();
+            let mut st = state.lock().unwrap();
+            let token = s.header("authorization").and_then(|h| h.strip_prefix("Bearer "));
+            if token.and_then(|t| st.access.get(t)).is_none() {
+                st.rejected += 1;
+            }
             let challenge = |extra: &str| {
                 format!("Bearer resource_metadata=\"{}/prm\", scope=\"mcp:read\"{extra}", st.base)
             };
@@ -140,8 +152,9 @@ async fn as_metadata(State(st): State<Shared>) -> Json<Value> {
         "registration_endpoint": format!("{b}/register"),
         "response_types_supported": ["code"],
         "grant_types_supported": ["authorization_code", "refresh_token"],
-        "token_endpoint_auth_methods_supported": ["none"],
+        "token_endpoint_auth_methods_supported": st.auth_methods.clone().unwrap_or(vec!["none"]),
         "authorization_response_iss_parameter_supported": true,
+        "client_id_metadata_document_supported": st.cimd,
     });
     if !st.no_pkce {
         m["code_challenge_methods_supported"] = json!(["S256"]);
@@ -181,9 +194,14 @@ async fn authorize(State(st): State<Shared>, Query(q): Query<HashMap<String, Str
     Response::builder().status(302).header("location", to.as_str()).body(axum::body::Body::empty()).unwrap()
 }
 
-async fn token(State(st): State<Shared>, Form(f): Form<HashMap<String, String>>) -> Response {
+async fn token(
+    State(st): State<Shared>,
+    headers: axum::http::HeaderMap,
+    Form(f): Form<HashMap<String, String>>,
+) -> Response {
     let mut st = st.lock().unwrap();
     st.tokens.push(f.clone());
+    st.token_auth.push(headers.get("authorization").map(|v| v.to_str().unwrap().to_owned()));
     if std::mem::take(&mut st.token_429) {
         return Response::builder()
             .status(429)
@@ -242,6 +260,8 @@ enum Agent {
     Follow,
     /// First sends a callback with a forged state, then follows.
     ForgedFirst,
+    /// Never answers (the user walked away).
+    Ignore,
 }
 
 impl Browser {
@@ -271,6 +291,9 @@ impl Browser {
                 let url = line.trim().to_owned();
                 log.lock().unwrap().push(url.clone());
                 let http = http.clone();
+                if agent == Agent::Ignore {
+                    continue;
+                }
                 tokio::spawn(async move {
                     let r = http.get(&url).send().await.unwrap();
                     let Some(location) = r.headers().get("location").map(|l| l.to_str().unwrap().to_owned())
@@ -563,5 +586,103 @@ async fn auth_none_reports_the_401_without_a_sign_in() {
     let r = sc.recv().await;
     assert_eq!(r["error"]["data"]["httpStatus"], 401, "{r}");
     assert_eq!(browser.opened(), 0);
+    finish_checked(sc, &auth).await;
+}
+
+#[tokio::test]
+async fn a22_a_pre_registered_client_authenticates_with_its_secret_from_the_environment() {
+    let auth =
+        AuthServer::start(|s| s.auth_methods = Some(vec!["client_secret_basic", "client_secret_post"])).await;
+    let server = auth.protect().await;
+    let dir = temp_dir("prereg");
+    let browser = Browser::start(&dir, Agent::Follow).await;
+    let state = dir.join("state").to_string_lossy().into_owned();
+    let secret = "cs-SECRET-pre";
+    let args =
+        [server.url.as_str(), "--state-dir", &state, "--client-id", "pre-1", "--client-secret-env", "CS"];
+    let mut sc = Sidecar::spawn(&args, &[("BROWSER", &browser.script), ("CS", secret)]).secret(secret);
+    sc.handshake().await;
+    {
+        let st = auth.s();
+        assert!(st.registrations.is_empty(), "A-20: a pre-registered client is not registered again");
+        assert_eq!(st.authorizes[0]["client_id"], "pre-1");
+        let basic = base64::engine::general_purpose::STANDARD.encode(format!("pre-1:{secret}"));
+        assert_eq!(
+            st.token_auth[0].as_deref(),
+            Some(format!("Basic {basic}").as_str()),
+            "A-22 client_secret_basic"
+        );
+        assert!(!st.tokens[0].contains_key("client_secret"), "the secret travels once, in the header");
+    }
+    finish_checked(sc, &auth).await;
+    // The secret stays in its variable: never in the token file.
+    for f in std::fs::read_dir(dir.join("state/tokens")).unwrap() {
+        let text = std::fs::read_to_string(f.unwrap().path()).unwrap();
+        assert!(!text.contains(secret));
+    }
+}
+
+#[tokio::test]
+async fn a21_a_client_metadata_document_url_is_the_client_id() {
+    let auth = AuthServer::start(|s| s.cimd = true).await;
+    let server = auth.protect().await;
+    let dir = temp_dir("cimd");
+    let browser = Browser::start(&dir, Agent::Follow).await;
+    let cimd = "https://client.example/mcp-sidecar.json";
+    let mut sc = sidecar(&server, &dir.join("state"), &browser, &["--client-metadata-url", cimd]);
+    sc.handshake().await;
+    assert!(auth.s().registrations.is_empty());
+    assert_eq!(auth.s().authorizes[0]["client_id"], cimd);
+    finish_checked(sc, &auth).await;
+}
+
+#[tokio::test]
+async fn a_sign_in_nobody_finishes_ends_at_auth_timeout_on_the_callback_port() {
+    let auth = AuthServer::start(|_| {}).await;
+    let server = auth.protect().await;
+    let dir = temp_dir("timeout");
+    let browser = Browser::start(&dir, Agent::Ignore).await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port_arg = port.to_string();
+    let extra = ["--auth-timeout", "1", "--callback-port", &port_arg];
+    let mut sc = sidecar(&server, &dir.join("state"), &browser, &extra);
+    sc.send(r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"it","version":"1"}}}"#).await;
+    let r = sc.recv().await;
+    let msg = r["error"]["message"].as_str().unwrap();
+    assert!(msg.contains("--auth-timeout") && msg.contains("mcp-sidecar login"), "{msg}");
+    let opened = browser.opened.lock().unwrap().clone();
+    let redirect = format!("redirect_uri=http%3A%2F%2F127.0.0.1%3A{port}%2Fcallback");
+    assert!(opened[0].contains(&redirect), "{}", opened[0]);
+    let out = finish_checked(sc, &auth).await;
+    assert!(out.stderr.contains("sign in") && out.stderr.contains("/authorize?"), "the URL is on stderr too");
+}
+
+#[tokio::test]
+async fn a42_a_token_about_to_expire_is_refreshed_before_it_is_sent() {
+    let auth = AuthServer::start(|_| {}).await;
+    let server = auth.protect().await;
+    let dir = temp_dir("ahead");
+    let browser = Browser::start(&dir, Agent::Follow).await;
+    let state = dir.join("state");
+    let mut sc = sidecar(&server, &state, &browser, &[]);
+    sc.handshake().await;
+    finish_checked(sc, &auth).await;
+    // The stored token now has 10 s of its hour left.
+    let file = std::fs::read_dir(state.join("tokens"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|e| e == "json"))
+        .unwrap();
+    let mut entry: Value = serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    entry["tokens"]["expires_at"] = json!(now + 10);
+    entry["tokens"]["issued_at"] = json!(now + 10 - 3600);
+    std::fs::write(&file, entry.to_string()).unwrap();
+    let rejected = auth.s().rejected;
+
+    let mut sc = sidecar(&server, &state, &browser, &[]);
+    sc.handshake().await;
+    assert_eq!(auth.s().tokens.last().unwrap()["grant_type"], "refresh_token");
+    assert_eq!(auth.s().rejected, rejected, "refreshed before use: the server refused nothing");
     finish_checked(sc, &auth).await;
 }
