@@ -150,10 +150,7 @@ impl OAuth {
     pub fn expiring(&self) -> bool {
         let c = self.current.reading();
         let Some(at) = c.expires_at.filter(|_| c.header.is_some() && c.has_refresh) else { return false };
-        // A minute ahead, or a quarter of the lifetime for short-lived tokens: a token that
-        // lives 30 s must not be refreshed before every request.
-        let lifetime = c.issued_at.map_or(u64::MAX, |i| at.saturating_sub(i));
-        at <= now() + REFRESH_MARGIN.as_secs().min(lifetime / 4)
+        refresh_due(at, c.issued_at, now())
     }
 
     /// The store and the key of this server in it (for `logout` and `status`).
@@ -556,6 +553,14 @@ enum Refresh {
     Failed(AuthError),
 }
 
+/// Whether a token expiring at `at` is due for a refresh: a minute ahead, or a quarter of its
+/// lifetime for short-lived tokens (one that lives 30 s must not be refreshed before every
+/// request).
+fn refresh_due(at: u64, issued_at: Option<u64>, now: u64) -> bool {
+    let lifetime = issued_at.map_or(u64::MAX, |i| at.saturating_sub(i));
+    at <= now + REFRESH_MARGIN.as_secs().min(lifetime / 4)
+}
+
 /// A-32 (RFC 9207 §2.4): the `iss` of the authorization response against the recorded issuer.
 fn check_issuer(server: &AuthServer, from_metadata: bool, iss: Option<&str>) -> Result<(), AuthError> {
     match iss {
@@ -666,6 +671,17 @@ mod tests {
             TokenAuth::ClientSecretBasic
         );
         assert_eq!(pick_auth(Some(&s(&["client_secret_basic"])), false), TokenAuth::None);
+    }
+
+    #[test]
+    fn refresh_is_due_a_minute_ahead_or_a_quarter_of_a_short_lifetime() {
+        let now = 1_000_000;
+        assert!(!refresh_due(now + 3600, Some(now), now));
+        assert!(refresh_due(now + 59, Some(now + 59 - 3600), now));
+        assert!(refresh_due(now + 59, None, now), "lifetime unknown: a minute");
+        assert!(!refresh_due(now + 30, Some(now), now), "a fresh 30 s token is used as is");
+        assert!(refresh_due(now + 7, Some(now - 23), now), "its last quarter");
+        assert!(refresh_due(now - 1, Some(now - 100), now), "expired");
     }
 
     #[test]
