@@ -109,6 +109,11 @@ pub struct Args {
     #[arg(long, value_name = "PORT", env = "MCP_SIDECAR_CALLBACK_PORT")]
     pub callback_port: Option<u16>,
 
+    /// OAuth: where tokens are kept: file (under --state-dir, private to you) or keyring (the OS
+    /// credential store; builds with the keyring feature).
+    #[arg(long, value_name = "STORE", env = "MCP_SIDECAR_TOKEN_STORE", default_value = "file")]
+    pub token_store: TokenStoreKind,
+
     /// OAuth: seconds to wait for the sign-in in the browser.
     #[arg(long, value_name = "SECS", env = "MCP_SIDECAR_AUTH_TIMEOUT", default_value = "300")]
     pub auth_timeout: f64,
@@ -213,6 +218,15 @@ pub enum AuthMethod {
     Oauth,
     /// No credential.
     None,
+}
+
+/// `--token-store`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum TokenStoreKind {
+    /// A file per server under --state-dir (0600).
+    File,
+    /// The OS keyring (Secret Service, Keychain, Credential Manager).
+    Keyring,
 }
 
 /// `--transport`.

@@ -296,6 +296,12 @@ fn oauth_settings(
             )));
         }
     }
+    let keyring = cli.token_store == crate::cli::TokenStoreKind::Keyring;
+    if keyring && !cfg!(feature = "keyring") {
+        return Err(ConfigError(
+            "--token-store keyring: this mcp-sidecar was built without keyring support; reinstall with cargo install --features keyring, or use --token-store file".into(),
+        ));
+    }
     Ok(crate::auth::Settings {
         client_id: cli.client_id.clone(),
         client_secret,
@@ -305,6 +311,7 @@ fn oauth_settings(
         browser: env("BROWSER"),
         interactive: true,
         explicit: cli.auth == Some(AuthMethod::Oauth),
+        keyring,
     })
 }
 

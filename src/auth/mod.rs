@@ -75,6 +75,8 @@ pub struct Settings {
     pub interactive: bool,
     /// `--auth oauth` was given.
     pub explicit: bool,
+    /// `--token-store keyring`.
+    pub keyring: bool,
 }
 
 /// What [`OAuth::renew`] is asked to do.
@@ -125,7 +127,7 @@ impl OAuth {
             origin: config.url.origin().ascii_serialization(),
             key: discovery::canonical_resource(&config.url),
             mcp: config.url.clone(),
-            store: TokenStore::new(&state_dir),
+            store: token_store(&state_dir, settings.keyring)?,
             settings,
             current: RwLock::new(Current::default()),
             flow: tokio::sync::Mutex::new(None),
@@ -551,6 +553,16 @@ enum Refresh {
     /// The refresh token is no longer good: sign in again (once).
     Rejected(String),
     Failed(AuthError),
+}
+
+#[cfg(feature = "keyring")]
+fn token_store(dir: &std::path::Path, keyring: bool) -> Result<TokenStore, AuthError> {
+    Ok(if keyring { TokenStore::with_keyring(dir)? } else { TokenStore::new(dir) })
+}
+
+#[cfg(not(feature = "keyring"))]
+fn token_store(dir: &std::path::Path, _keyring: bool) -> Result<TokenStore, AuthError> {
+    Ok(TokenStore::new(dir))
 }
 
 /// Whether a token expiring at `at` is due for a refresh: a minute ahead, or a quarter of its

@@ -111,6 +111,9 @@ pub struct Entry {
 struct Wire {
     #[serde(default)]
     server: String,
+    /// The secrets are in the OS keyring (`--token-store keyring`), not in this file.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    keyring: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     issuer: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -174,6 +177,7 @@ impl From<&Entry> for Wire {
     fn from(e: &Entry) -> Wire {
         Wire {
             server: e.server.clone(),
+            keyring: false,
             issuer: e.issuer.clone(),
             token_endpoint: e.token_endpoint.clone(),
             resource: e.resource.clone(),
@@ -203,6 +207,8 @@ pub enum StoreError {
     Exposed { path: PathBuf },
     #[error("token file {path} cannot be used ({reason}): remove it and sign in again")]
     Unreadable { path: PathBuf, reason: String },
+    #[error("the OS keyring cannot be used ({reason}): unlock it, or use --token-store file")]
+    Keyring { reason: String },
     #[error("tokens cannot be written to {dir} ({source}): check --state-dir")]
     Write {
         dir: PathBuf,
@@ -215,12 +221,111 @@ pub enum StoreError {
 #[derive(Debug, Clone)]
 pub struct TokenStore {
     dir: PathBuf,
+    /// Save secrets in the OS keyring (reading follows what each file says).
+    #[cfg_attr(not(feature = "keyring"), allow(dead_code))]
+    keyring: bool,
+}
+
+/// The secrets of an entry, as kept in the OS keyring.
+#[derive(Serialize, Deserialize, Default)]
+#[cfg_attr(not(feature = "keyring"), allow(dead_code))]
+struct Secrets {
+    access_token: Option<String>,
+    refresh_token: Option<String>,
+    client_secret: Option<String>,
+}
+
+impl Wire {
+    /// Moves the secrets out (blanking them here).
+    #[cfg(feature = "keyring")]
+    fn take_secrets(&mut self) -> Secrets {
+        Secrets {
+            access_token: self.tokens.as_mut().map(|t| std::mem::take(&mut t.access_token)),
+            refresh_token: self.tokens.as_mut().and_then(|t| t.refresh_token.take()),
+            client_secret: self.client.as_mut().and_then(|c| c.client_secret.take()),
+        }
+    }
+
+    fn put_secrets(&mut self, s: Secrets) {
+        if let Some(t) = self.tokens.as_mut() {
+            t.access_token = s.access_token.unwrap_or_default();
+            t.refresh_token = s.refresh_token;
+        }
+        if let Some(c) = self.client.as_mut() {
+            c.client_secret = s.client_secret;
+        }
+    }
+}
+
+/// The OS keyring, under the service name `mcp-sidecar` and the entry's file name.
+#[cfg(feature = "keyring")]
+mod os_keyring {
+    use std::sync::OnceLock;
+
+    /// Sets the platform's credential store as the default, once, unless one is set already
+    /// (tests set an in-memory one).
+    pub fn ready() -> Result<(), String> {
+        static READY: OnceLock<Result<(), String>> = OnceLock::new();
+        READY
+            .get_or_init(|| {
+                if keyring_core::get_default_store().is_some() {
+                    return Ok(());
+                }
+                #[cfg(all(unix, not(target_os = "macos")))]
+                let store = zbus_secret_service_keyring_store::Store::new();
+                #[cfg(target_os = "macos")]
+                let store = apple_native_keyring_store::keychain::Store::new();
+                #[cfg(target_os = "windows")]
+                let store = windows_native_keyring_store::Store::new();
+                let store = store.map_err(|e| e.to_string())?;
+                keyring_core::set_default_store(store);
+                Ok(())
+            })
+            .clone()
+    }
+
+    fn entry(name: &str) -> Result<keyring_core::Entry, String> {
+        ready()?;
+        keyring_core::Entry::new("mcp-sidecar", name).map_err(|e| e.to_string())
+    }
+
+    pub fn set(name: &str, value: &str) -> Result<(), String> {
+        entry(name)?.set_password(value).map_err(|e| e.to_string())
+    }
+
+    pub fn get(name: &str) -> Result<Option<String>, String> {
+        match entry(name)?.get_password() {
+            Ok(v) => Ok(Some(v)),
+            Err(keyring_core::Error::NoEntry) => Ok(None),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    pub fn delete(name: &str) -> Result<(), String> {
+        match entry(name)?.delete_credential() {
+            Ok(()) | Err(keyring_core::Error::NoEntry) => Ok(()),
+            Err(e) => Err(e.to_string()),
+        }
+    }
 }
 
 impl TokenStore {
     /// The store under `state_dir/tokens`.
     pub fn new(state_dir: &Path) -> Self {
-        TokenStore { dir: state_dir.join("tokens") }
+        TokenStore { dir: state_dir.join("tokens"), keyring: false }
+    }
+
+    /// The store that saves secrets in the OS keyring (`--token-store keyring`; built with the
+    /// `keyring` feature). Fails when the keyring cannot be reached.
+    #[cfg(feature = "keyring")]
+    pub fn with_keyring(state_dir: &Path) -> Result<Self, StoreError> {
+        os_keyring::ready().map_err(|reason| StoreError::Keyring { reason })?;
+        Ok(TokenStore { dir: state_dir.join("tokens"), keyring: true })
+    }
+
+    #[cfg(feature = "keyring")]
+    fn keyring_name(path: &Path) -> String {
+        path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default()
     }
 
     /// The file for the server at `origin` protecting `resource`.
@@ -255,17 +360,57 @@ impl TokenStore {
         let _ = meta;
         let bytes = fs::read(&path)
             .map_err(|e| StoreError::Unreadable { path: path.clone(), reason: e.to_string() })?;
-        let wire: Wire = serde_json::from_slice(&bytes)
+        let mut wire: Wire = serde_json::from_slice(&bytes)
             .map_err(|_| StoreError::Unreadable { path: path.clone(), reason: "not a token file".into() })?;
+        if wire.keyring {
+            wire.put_secrets(Self::keyring_get(&path)?);
+        }
         Ok(Some(wire.into()))
+    }
+
+    /// With `--token-store keyring`: moves the secrets of `wire` into the OS keyring.
+    #[cfg(feature = "keyring")]
+    fn seal(&self, path: &Path, wire: &mut Wire) -> Result<(), StoreError> {
+        if self.keyring {
+            let secrets = serde_json::to_string(&wire.take_secrets()).unwrap_or_default();
+            os_keyring::set(&Self::keyring_name(path), &secrets)
+                .map_err(|reason| StoreError::Keyring { reason })?;
+            wire.keyring = true;
+        }
+        Ok(())
+    }
+
+    #[cfg(not(feature = "keyring"))]
+    fn seal(&self, _path: &Path, _wire: &mut Wire) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    #[cfg(feature = "keyring")]
+    fn keyring_get(path: &Path) -> Result<Secrets, StoreError> {
+        let unreadable = |reason: String| StoreError::Unreadable { path: path.to_owned(), reason };
+        let text = os_keyring::get(&Self::keyring_name(path))
+            .map_err(|e| unreadable(format!("the OS keyring failed: {e}")))?
+            .ok_or_else(|| unreadable("its secrets are no longer in the OS keyring".into()))?;
+        serde_json::from_str(&text)
+            .map_err(|_| unreadable("the OS keyring entry is not mcp-sidecar's".into()))
+    }
+
+    #[cfg(not(feature = "keyring"))]
+    fn keyring_get(path: &Path) -> Result<Secrets, StoreError> {
+        Err(StoreError::Unreadable {
+            path: path.to_owned(),
+            reason: "its secrets are in the OS keyring, and this build has no keyring support (--features keyring)"
+                .into(),
+        })
     }
 
     /// Stores `entry` atomically, private to this user.
     pub fn save(&self, origin: &str, resource: &str, entry: &Entry) -> Result<(), StoreError> {
         let err = |source| StoreError::Write { dir: self.dir.clone(), source };
         create_private_dir(&self.dir).map_err(err)?;
-        let wire = Wire::from(entry);
+        let mut wire = Wire::from(entry);
         let path = self.path(origin, resource);
+        self.seal(&path, &mut wire)?;
         let tmp = path.with_extension(format!("tmp{}", std::process::id()));
         let mut options = fs::OpenOptions::new();
         options.write(true).create(true).truncate(true);
@@ -323,6 +468,18 @@ impl TokenStore {
     /// Forgets the tokens of one server. Missing tokens are not an error.
     pub fn remove(&self, origin: &str, resource: &str) -> Result<(), StoreError> {
         let _ = fs::remove_file(self.path(origin, resource).with_extension("lock"));
+        #[cfg(feature = "keyring")]
+        {
+            // Only entries whose file says so have secrets in the keyring.
+            let path = self.path(origin, resource);
+            let in_keyring = fs::read(&path)
+                .ok()
+                .and_then(|b| serde_json::from_slice::<Wire>(&b).ok())
+                .is_some_and(|w| w.keyring);
+            if in_keyring {
+                let _ = os_keyring::delete(&Self::keyring_name(&path));
+            }
+        }
         match fs::remove_file(self.path(origin, resource)) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
                 Err(StoreError::Write { dir: self.dir.clone(), source: e })
@@ -408,6 +565,46 @@ mod tests {
         fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
         let e = store.load("https://a", "r").unwrap_err();
         assert!(matches!(e, StoreError::Exposed { .. }) && e.to_string().contains("chmod 600"), "{e}");
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[cfg(feature = "keyring")]
+    #[test]
+    fn with_the_keyring_feature_secrets_live_in_the_os_keyring_not_the_file() {
+        keyring_core::set_default_store(keyring_core::mock::Store::new().unwrap());
+        let dir = temp("keyring");
+        let store = TokenStore::with_keyring(&dir).unwrap();
+        store.save("https://a", "r", &tokens()).unwrap();
+        let path = store.path("https://a", "r");
+        let text = fs::read_to_string(&path).unwrap();
+        assert!(!text.contains("SECRET") && text.contains("\"keyring\":true"), "{text}");
+        assert!(text.contains("client-1") && text.contains("mcp:read"), "metadata stays in the file: {text}");
+        // Any store reads it back (the file says where the secrets are).
+        let back = TokenStore::new(&dir).load("https://a", "r").unwrap().unwrap();
+        assert_eq!(back.tokens.as_ref().unwrap().access_token.expose_secret(), "at_SECRET_1");
+        assert_eq!(back.tokens.unwrap().refresh_token.unwrap().expose_secret(), "rt_SECRET_2");
+        assert_eq!(back.client.unwrap().client_secret.unwrap().expose_secret(), "cs_SECRET_3");
+        // Gone from the keyring: the file cannot be used, and says why.
+        os_keyring::delete(&TokenStore::keyring_name(&path)).unwrap();
+        let e = store.load("https://a", "r").unwrap_err().to_string();
+        assert!(e.contains("no longer in the OS keyring"), "{e}");
+        store.remove("https://a", "r").unwrap();
+        assert!(store.load("https://a", "r").unwrap().is_none());
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[cfg(not(feature = "keyring"))]
+    #[test]
+    fn without_the_keyring_feature_a_keyring_entry_is_explained() {
+        let dir = temp("nokeyring");
+        let store = TokenStore::new(&dir);
+        store.save("https://a", "r", &tokens()).unwrap();
+        let path = store.path("https://a", "r");
+        let mut v: serde_json::Value = serde_json::from_slice(&fs::read(&path).unwrap()).unwrap();
+        v["keyring"] = serde_json::json!(true);
+        fs::write(&path, v.to_string()).unwrap();
+        let e = store.load("https://a", "r").unwrap_err().to_string();
+        assert!(e.contains("--features keyring"), "{e}");
         let _ = fs::remove_dir_all(&dir);
     }
 
