@@ -21,11 +21,16 @@ Examples:
   # Extra headers; ${VAR} is read from the environment so secrets stay out of argv
   mcp-sidecar https://mcp.example.com/mcp --header 'X-Tenant: ${TENANT_ID}'
 
+  # A server that uses OAuth: sign in once in a terminal, then use it without a key
+  mcp-sidecar login https://mcp.example.com/mcp
+  mcp-sidecar https://mcp.example.com/mcp
+
 Claude Code:
   claude mcp add investra -e INVESTRA_API_KEY=inv_... -- mcp-sidecar --preset investra
 
 Exit status: 0 after a clean shutdown (stdin closed, SIGTERM, SIGINT, or the client went away),
-2 for a configuration error (reported before stdin is read), 1 for any other failure.";
+2 for a configuration error (reported before stdin is read), 1 for any other failure.
+login/logout/status: 0 done, 1 failed, 2 configuration error.";
 
 /// A stdio MCP server that forwards every message to a remote MCP server over HTTP.
 #[derive(Debug, Parser)]
