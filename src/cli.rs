@@ -32,11 +32,17 @@ Exit status: 0 after a clean shutdown (stdin closed, SIGTERM, SIGINT, or the cli
 2 for a configuration error (reported before stdin is read), 1 for any other failure.
 login/logout/status: 0 done, 1 failed, 2 configuration error.";
 
+/// `--version`: the version and the protocol revisions this build speaks.
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    "\nMCP protocol revisions: 2026-07-28, 2025-11-25, 2025-06-18, 2025-03-26 (Streamable HTTP), 2024-11-05 (HTTP+SSE)"
+);
+
 /// A stdio MCP server that forwards every message to a remote MCP server over HTTP.
 #[derive(Debug, Parser)]
 #[command(
     name = "mcp-sidecar",
-    version,
+    version = VERSION,
     about,
     after_help = AFTER_HELP,
     max_term_width = 100,
@@ -65,6 +71,99 @@ pub enum Command {
     /// Show what is stored per server (client id, scopes, expiry; never a token). Without a
     /// URL or preset: every server.
     Status(Args),
+    /// Connect to a server and report each step (configuration, DNS, TLS, HTTP, MCP handshake,
+    /// tools, auth, rate limits) with its timing; exit 0 when healthy.
+    Check(CheckArgs),
+    /// Send one request and print its result JSON on stdout (errors on stderr).
+    #[command(
+        after_help = "Example:\n  mcp-sidecar call tools/list --preset investra\n  mcp-sidecar call tools/call '{\"name\":\"echo\",\"arguments\":{\"text\":\"hi\"}}' --url https://host/mcp"
+    )]
+    Call(CallArgs),
+    /// List the server's tools, one per line with its description.
+    Tools(Args),
+    /// Call one tool and print its result JSON.
+    #[command(
+        after_help = "Example:\n  mcp-sidecar tool sum --arg a=1 --arg b=2 --url https://host/mcp\n  mcp-sidecar tool echo --json '{\"text\":\"hi\"}' --preset investra"
+    )]
+    Tool(ToolArgs),
+    /// Add the server to Claude Desktop's or Claude Code's configuration (the key goes in env,
+    /// never in args).
+    Install(InstallArgs),
+    /// Print a shell completion script.
+    Completions {
+        /// bash, zsh or fish.
+        #[arg(value_name = "SHELL")]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff).
+    Man,
+}
+
+/// `check`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct CheckArgs {
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub args: Args,
+}
+
+/// `call`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct CallArgs {
+    /// The JSON-RPC method, e.g. tools/list.
+    #[arg(value_name = "METHOD")]
+    pub method: String,
+    /// Its params as JSON [default: {}].
+    #[arg(value_name = "PARAMS_JSON")]
+    pub params: Option<String>,
+    #[command(flatten)]
+    pub args: Args,
+}
+
+/// `tool`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ToolArgs {
+    /// The tool's name.
+    #[arg(value_name = "NAME")]
+    pub name: String,
+    /// An argument key=value (repeatable); the value is JSON if it parses, else a string.
+    #[arg(long = "arg", value_name = "KEY=VALUE", conflicts_with = "json")]
+    pub arg: Vec<String>,
+    /// All arguments as one JSON object.
+    #[arg(long, value_name = "JSON")]
+    pub json: Option<String>,
+    #[command(flatten)]
+    pub args: Args,
+}
+
+/// `install`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct InstallArgs {
+    /// Which client to configure.
+    #[arg(long, value_name = "CLIENT")]
+    pub client: InstallClient,
+    /// The server's name in the client [default: the preset, or the URL's host].
+    #[arg(long, value_name = "NAME")]
+    pub name: Option<String>,
+    /// Show the change without making it.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Claude Desktop: the config file to change [default: the platform's location].
+    #[arg(long, value_name = "FILE")]
+    pub config_file: Option<PathBuf>,
+    #[command(flatten)]
+    pub args: Args,
+}
+
+/// `install --client`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum InstallClient {
+    /// claude_desktop_config.json, merged (a backup of the old file is kept).
+    ClaudeDesktop,
+    /// Runs (or with --dry-run prints) the matching claude mcp add command.
+    ClaudeCode,
 }
 
 /// The options of the proxy (and of `login`, `logout`, `status`).
@@ -193,6 +292,14 @@ pub struct Args {
         default_value_t = crate::stdio::DEFAULT_MAX_MESSAGE_BYTES
     )]
     pub max_message_bytes: usize,
+
+    /// More logging (-v debug, -vv trace).
+    #[arg(short = 'v', long = "verbose", action = clap::ArgAction::Count)]
+    pub verbose: u8,
+
+    /// Less logging (-q warnings and errors, -qq errors only).
+    #[arg(short = 'q', long = "quiet", action = clap::ArgAction::Count, conflicts_with = "verbose")]
+    pub quiet: u8,
 
     /// How much to log on stderr: error, warn, info, debug or trace (bodies only at trace).
     #[arg(long, value_name = "LEVEL", env = "MCP_SIDECAR_LOG_LEVEL", default_value = "info")]

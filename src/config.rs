@@ -255,11 +255,19 @@ impl Config {
                 .filter(|l| !l.trim().is_empty())
                 .map(|l| Limit::parse(l).map_err(|e| ConfigError(format!("--rate-limit {e}"))))
                 .collect::<Result<_, _>>()?,
-            log_level: cli.log_level,
+            log_level: adjust_level(cli.log_level, cli.verbose, cli.quiet),
             log_format: cli.log_format,
             warnings,
         })
     }
+}
+
+/// `--log-level`, moved up by each `-v` and down by each `-q`.
+fn adjust_level(level: LogLevel, verbose: u8, quiet: u8) -> LogLevel {
+    const ORDER: [LogLevel; 5] =
+        [LogLevel::Error, LogLevel::Warn, LogLevel::Info, LogLevel::Debug, LogLevel::Trace];
+    let at = ORDER.iter().position(|l| *l == level).unwrap_or(2) as i32;
+    ORDER[(at + i32::from(verbose) - i32::from(quiet)).clamp(0, 4) as usize]
 }
 
 /// The OAuth settings; the client secret is read from its variable here, like the key.

@@ -25,6 +25,7 @@
 
 pub mod auth;
 pub mod cli;
+pub mod client;
 pub mod commands;
 pub mod config;
 pub mod envelope;
@@ -93,24 +94,18 @@ async fn parent_gone() {
     std::future::pending::<()>().await
 }
 
-/// Runs the proxy: reads messages from `input`, forwards them, writes answers to `output`, until
-/// `input` ends, `shutdown` resolves, or `output` closes. Shuts down in order either way.
-pub async fn run<R, W, F>(config: Config, input: R, output: W, shutdown: F) -> Result<(), RunError>
-where
-    R: AsyncRead + Unpin,
-    W: AsyncWrite + Unpin + Send + 'static,
-    F: Future<Output = ()>,
-{
+/// The proxy for `config`, the outbox it writes to, and the receiving end of that outbox.
+pub(crate) fn build(
+    config: &Config,
+) -> Result<(std::sync::Arc<Proxy>, Outbox, tokio::sync::mpsc::Receiver<bytes::Bytes>), RunError> {
     let oauth = match &config.oauth {
         Some(settings) => {
-            Some(std::sync::Arc::new(auth::OAuth::new(&config, settings.clone()).map_err(RunError::Auth)?))
+            Some(std::sync::Arc::new(auth::OAuth::new(config, settings.clone()).map_err(RunError::Auth)?))
         }
         None => None,
     };
-    let up = Upstream::new(&config, oauth).map_err(RunError::Client)?;
+    let up = Upstream::new(config, oauth).map_err(RunError::Client)?;
     let (outbox, rx) = Outbox::new();
-    let (finish, finished) = tokio::sync::oneshot::channel();
-    let writer = tokio::spawn(stdio::write_lines(rx, output, finished));
     let key_id = config.api_key.as_ref().map(|k| k.secret.expose_secret().to_owned()).unwrap_or_default();
     let gate = ratelimit::Gate::new(
         &config.url.origin().ascii_serialization(),
@@ -128,6 +123,20 @@ where
         config.retry.clone(),
         config.transport,
     );
+    Ok((proxy, outbox, rx))
+}
+
+/// Runs the proxy: reads messages from `input`, forwards them, writes answers to `output`, until
+/// `input` ends, `shutdown` resolves, or `output` closes. Shuts down in order either way.
+pub async fn run<R, W, F>(config: Config, input: R, output: W, shutdown: F) -> Result<(), RunError>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin + Send + 'static,
+    F: Future<Output = ()>,
+{
+    let (proxy, outbox, rx) = build(&config)?;
+    let (finish, finished) = tokio::sync::oneshot::channel();
+    let writer = tokio::spawn(stdio::write_lines(rx, output, finished));
     let mut reader = LineReader::new(input, config.max_message_bytes);
 
     tokio::pin!(shutdown);

@@ -5,9 +5,9 @@
 
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{CommandFactory, Parser};
 use mcp_sidecar::cli::{Args, Cli, Command, LogFormat, LogLevel};
-use mcp_sidecar::commands;
+use mcp_sidecar::commands::{self, check, install, oneshot};
 use mcp_sidecar::config::{Config, default_state_dir};
 
 fn main() -> ExitCode {
@@ -25,7 +25,49 @@ fn main() -> ExitCode {
         Some(Command::Status(args)) => {
             subcommand(args, |config, _| commands::status(config.state_dir.as_deref(), Some(&config)))
         }
+        Some(Command::Check(c)) => {
+            subcommand(quiet(c.args), |config, rt| rt.block_on(check::check(config, c.json)))
+        }
+        Some(Command::Call(c)) => subcommand(quiet(c.args), |config, rt| {
+            rt.block_on(oneshot::call(config, &c.method, c.params.as_deref()))
+        }),
+        Some(Command::Tools(args)) => {
+            subcommand(quiet(args), |config, rt| rt.block_on(oneshot::tools(config)))
+        }
+        Some(Command::Tool(t)) => subcommand(quiet(t.args), |config, rt| {
+            rt.block_on(oneshot::tool(config, &t.name, &t.arg, t.json.as_deref()))
+        }),
+        Some(Command::Install(i)) => {
+            let args = i.args.clone();
+            subcommand(i.args, |config, _| {
+                install::install(
+                    &config,
+                    &args,
+                    i.client,
+                    i.name.as_deref(),
+                    i.dry_run,
+                    i.config_file.as_deref(),
+                )
+            })
+        }
+        Some(Command::Completions { shell }) => {
+            clap_complete::generate(shell, &mut Cli::command(), "mcp-sidecar", &mut std::io::stdout());
+            ExitCode::SUCCESS
+        }
+        Some(Command::Man) => match clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout()) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(_) => ExitCode::from(1),
+        },
     }
+}
+
+/// One-shot commands report for themselves: the proxy's own log lines (which would repeat the
+/// error) only with -v, or an explicit --log-level other than the default.
+fn quiet(mut args: Args) -> Args {
+    if args.log_level == LogLevel::Info && args.verbose == 0 && args.quiet == 0 {
+        args.log_level = LogLevel::Error;
+    }
+    args
 }
 
 /// Runs a subcommand with its config, logging and a runtime.

@@ -98,6 +98,9 @@ enum Delivered {
     Dropped,
 }
 
+/// Told of each rate-limit wait: how long, and why.
+pub type WaitObserver = Box<dyn Fn(Duration, &str) + Send + Sync>;
+
 /// Counters reported at exit.
 #[derive(Default)]
 struct Stats {
@@ -126,6 +129,10 @@ pub struct Proxy {
     policy: RetryPolicy,
     /// The rate-limit headers of the last 429, for errors made while holding requests.
     last_limit_headers: Mutex<Vec<(String, String)>>,
+    /// Shown rate-limit waits instead of logging them (the one-shot commands' countdown).
+    wait_observer: std::sync::OnceLock<WaitObserver>,
+    /// The rate-limit headers of the last successful response that had any (for `check`).
+    seen_limit_headers: Mutex<Vec<(String, String)>>,
     /// The client's `initialize` line, replayed to start a new session when the server has
     /// dropped the old one (T-12): the client will not send it again.
     init_line: Mutex<Option<Bytes>>,
@@ -152,6 +159,8 @@ impl Proxy {
             gate,
             policy,
             last_limit_headers: Mutex::new(Vec::new()),
+            seen_limit_headers: Mutex::new(Vec::new()),
+            wait_observer: std::sync::OnceLock::new(),
             init_line: Mutex::new(None),
             renewing: tokio::sync::Mutex::new(()),
             transport,
@@ -168,6 +177,22 @@ impl Proxy {
             shutting_down: AtomicBool::new(false),
             get_stream_lost: AtomicBool::new(false),
         })
+    }
+
+    /// Calls `observe` for each rate-limit wait instead of logging it.
+    pub fn observe_waits(&self, observe: WaitObserver) {
+        let _ = self.wait_observer.set(observe);
+    }
+
+    /// The transport in use, for people.
+    pub fn transport_name(&self) -> &'static str {
+        if self.up.is_legacy() { "HTTP+SSE (2024-11-05)" } else { "Streamable HTTP" }
+    }
+
+    /// The rate-limit headers last seen: on a success, else on a 429.
+    pub fn rate_limit_headers(&self) -> Vec<(String, String)> {
+        let seen = self.seen_limit_headers.locked().clone();
+        if seen.is_empty() { self.last_limit_headers.locked().clone() } else { seen }
     }
 
     /// Handles one frame read from stdin.

@@ -110,6 +110,12 @@ impl Proxy {
                 || (status == StatusCode::SERVICE_UNAVAILABLE
                     && response.headers().contains_key(RETRY_AFTER));
             if !limited {
+                if status.is_success() {
+                    let seen = retry::rate_limit_headers(response.headers());
+                    if !seen.is_empty() {
+                        *self.seen_limit_headers.locked() = seen;
+                    }
+                }
                 if status.is_success()
                     && let Some(w) = retry::quota_spent(response.headers(), SystemTime::now())
                 {
@@ -160,7 +166,10 @@ impl Proxy {
     pub(super) async fn admit(&self, what: &str) -> Result<(), LocalError> {
         let max = self.policy.max_wait;
         self.gate
-            .admit(max, |wait, why| info!("{what}: waiting {} for the rate limit ({why})", retry::human(wait)))
+            .admit(max, |wait, why| match self.wait_observer.get() {
+                Some(observe) => observe(wait, why),
+                None => info!("{what}: waiting {} for the rate limit ({why})", retry::human(wait)),
+            })
             .await
             .map_err(|b| {
                 if b.client_side {

@@ -15,6 +15,7 @@
 //! - `stdio`: framing, invalid input, shutdown and exit codes (S-01…S-06).
 
 mod bytes;
+mod commands;
 mod errors;
 mod faults;
 mod harness;

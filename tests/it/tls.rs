@@ -10,13 +10,13 @@ use tokio_util::sync::CancellationToken;
 use crate::harness::*;
 
 /// A private CA, and a server certificate it signed.
-struct Pki {
+pub(crate) struct Pki {
     ca_pem: String,
     cert_der: Vec<u8>,
     key_der: Vec<u8>,
 }
 
-fn pki(names: &[&str], expired: bool) -> Pki {
+pub(crate) fn pki(names: &[&str], expired: bool) -> Pki {
     let ca_key = KeyPair::generate().unwrap();
     let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
     ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
@@ -35,7 +35,7 @@ fn pki(names: &[&str], expired: bool) -> Pki {
 }
 
 /// The example server over TLS with `pki`'s certificate; returns its https URL.
-async fn serve_tls(pki: &Pki, ct: CancellationToken) -> String {
+pub(crate) async fn serve_tls(pki: &Pki, ct: CancellationToken) -> String {
     let config = tokio_rustls::rustls::ServerConfig::builder_with_provider(Arc::new(
         tokio_rustls::rustls::crypto::aws_lc_rs::default_provider(),
     ))
@@ -72,7 +72,7 @@ async fn serve_tls(pki: &Pki, ct: CancellationToken) -> String {
 }
 
 /// Writes the CA to a file for `--ca-file`.
-fn ca_file(pki: &Pki, name: &str) -> std::path::PathBuf {
+pub(crate) fn ca_file(pki: &Pki, name: &str) -> std::path::PathBuf {
     let path = std::env::temp_dir().join(format!("mcp-sidecar-ca-{}-{name}.pem", std::process::id()));
     std::fs::write(&path, &pki.ca_pem).unwrap();
     path

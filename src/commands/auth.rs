@@ -1,4 +1,4 @@
-//! The subcommands: `login`, `logout`, `status` (OAuth sign-in managed from a terminal).
+//! `login`, `logout`, `status`: OAuth sign-in managed from a terminal.
 //!
 //! They print for people: progress and errors on stderr, the answer (`status`) on stdout. Each
 //! returns the exit status: 0 done, 1 failed, 2 a configuration problem.
@@ -11,10 +11,7 @@ use crate::auth::store::{Entry, TokenStore};
 use crate::auth::{OAuth, Renew, challenge, discovery};
 use crate::config::{Config, redact_url};
 
-/// Exit statuses.
-pub const OK: u8 = 0;
-pub const FAILED: u8 = 1;
-pub const CONFIG: u8 = 2;
+use super::{CONFIG, FAILED, OK};
 
 /// `mcp-sidecar login`: asks the server whether it needs a sign-in, and signs in.
 pub async fn login(config: Config) -> u8 {

@@ -1,0 +1,139 @@
+//! The proxy used in-process, as a client: what `call`, `tools`, `tool` and `check` speak
+//! through.
+//!
+//! [`Client`] builds the same [`Proxy`] the stdio server uses (same auth, rate-limit waits,
+//! retries, session renewal and errors) and feeds it lines directly instead of stdin; the lines
+//! it would write to stdout come back here. Nothing is printed.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+
+use crate::RunError;
+use crate::config::Config;
+use crate::proxy::Proxy;
+use crate::stdio::{Frame, Outbox};
+
+/// The protocol revision one-shot commands ask for.
+pub const PROTOCOL_VERSION: &str = "2025-11-25";
+
+/// An MCP client over an in-process proxy.
+pub struct Client {
+    proxy: Arc<Proxy>,
+    _outbox: Outbox,
+    rx: mpsc::Receiver<Bytes>,
+    next_id: u64,
+}
+
+/// A request's outcome: the result, or the JSON-RPC error object (the server's or the proxy's).
+pub type Answer = Result<Value, Value>;
+
+impl Client {
+    /// Sets up the proxy for `config`.
+    pub fn new(config: &Config) -> Result<Client, RunError> {
+        let (proxy, outbox, rx) = crate::build(config)?;
+        Ok(Client { proxy, _outbox: outbox, rx, next_id: 0 })
+    }
+
+    /// `initialize` then `notifications/initialized`; the initialize result, and how long it took.
+    pub async fn initialize(&mut self) -> (Answer, Duration) {
+        let started = Instant::now();
+        let params = json!({
+            "protocolVersion": PROTOCOL_VERSION,
+            "capabilities": {},
+            "clientInfo": {"name": "mcp-sidecar", "version": env!("CARGO_PKG_VERSION")},
+        });
+        let answer = self.request("initialize", params).await;
+        if answer.is_ok() {
+            self.notify("notifications/initialized", None).await;
+        }
+        (answer, started.elapsed())
+    }
+
+    /// Sends a notification.
+    pub async fn notify(&mut self, method: &str, params: Option<Value>) {
+        let mut msg = json!({"jsonrpc": "2.0", "method": method});
+        if let Some(p) = params {
+            msg["params"] = p;
+        }
+        self.proxy.dispatch(Frame::Line(Bytes::from(msg.to_string()))).await;
+    }
+
+    /// Sends a request and waits for its answer. Server requests that arrive meanwhile get a
+    /// polite refusal (`ping` is answered).
+    pub async fn request(&mut self, method: &str, params: Value) -> Answer {
+        self.next_id += 1;
+        let id = self.next_id;
+        let msg = json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params});
+        self.proxy.dispatch(Frame::Line(Bytes::from(msg.to_string()))).await;
+        while let Some(line) = self.rx.recv().await {
+            let Ok(msg) = serde_json::from_slice::<Value>(&line) else { continue };
+            let is_answer = msg.get("method").is_none() && msg.get("id") == Some(&json!(id));
+            if is_answer {
+                return match msg.get("error") {
+                    Some(e) => Err(e.clone()),
+                    None => Ok(msg.get("result").cloned().unwrap_or(Value::Null)),
+                };
+            }
+            if let (Some(rid), Some(m)) = (msg.get("id"), msg.get("method").and_then(Value::as_str)) {
+                let reply = if m == "ping" {
+                    json!({"jsonrpc": "2.0", "id": rid, "result": {}})
+                } else {
+                    json!({"jsonrpc": "2.0", "id": rid, "error": {"code": -32601,
+                        "message": format!("{m} is not supported by mcp-sidecar's one-shot commands")}})
+                };
+                self.proxy.dispatch(Frame::Line(Bytes::from(reply.to_string()))).await;
+            }
+        }
+        Err(json!({"code": -32000, "message": "the proxy stopped before answering"}))
+    }
+
+    /// Shows each rate-limit wait on stderr: a countdown on a terminal, else one plain line.
+    pub fn show_waits(&self, terminal: bool) {
+        if !terminal {
+            self.proxy.observe_waits(Box::new(|wait, why| {
+                eprintln!("mcp-sidecar: waiting {} for the rate limit ({why})", crate::retry::human(wait));
+            }));
+            return;
+        }
+        self.proxy.observe_waits(Box::new(|wait, why| {
+            let why = why.to_owned();
+            tokio::spawn(async move {
+                use std::io::Write;
+                let end = Instant::now() + wait;
+                loop {
+                    let left = end.saturating_duration_since(Instant::now());
+                    {
+                        let mut err = std::io::stderr().lock();
+                        let secs = left.as_secs_f64().ceil();
+                        let _ = write!(err, "\r\x1b[2Kwaiting {secs} s for the rate limit ({why})…");
+                        let _ = err.flush();
+                    }
+                    if left.is_zero() {
+                        let _ = write!(std::io::stderr(), "\r\x1b[2K");
+                        return;
+                    }
+                    tokio::time::sleep(left.min(Duration::from_secs(1))).await;
+                }
+            });
+        }));
+    }
+
+    /// Which transport the session uses.
+    pub fn transport(&self) -> &'static str {
+        self.proxy.transport_name()
+    }
+
+    /// The rate-limit headers of the last response that had any.
+    pub fn rate_limit_headers(&self) -> Vec<(String, String)> {
+        self.proxy.rate_limit_headers()
+    }
+
+    /// Ends the session (DELETE) and stops.
+    pub async fn close(self) {
+        self.proxy.shutdown(true).await;
+    }
+}

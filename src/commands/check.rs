@@ -1,0 +1,330 @@
+//! `check`: connects and reports each step with its timing and a verdict.
+//!
+//! Steps: configuration (which variable holds the key, masked), DNS, TLS (issuer, expiry) and
+//! HTTP (one GET), the MCP handshake through the same proxy the stdio server uses (server,
+//! revision, era, transport, capabilities), what the server offers (tools, resources, prompts),
+//! the auth method, and the rate-limit headers seen. The first failing step ends the check with
+//! one sentence naming the cause and the fix. Exit 0 when healthy, 1 otherwise; `--json` prints
+//! the same report as one JSON object.
+
+use std::io::Write;
+use std::time::{Duration, Instant};
+
+use secrecy::ExposeSecret;
+use serde_json::{Value, json};
+
+use super::{FAILED, OK};
+use crate::client::Client;
+use crate::config::{Config, redact_url};
+
+/// One step of the report.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Step {
+    pub step: &'static str,
+    pub ok: bool,
+    pub ms: u64,
+    pub detail: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fix: Option<String>,
+}
+
+/// `check`.
+pub async fn check(config: Config, as_json: bool) -> u8 {
+    let mut steps = Vec::new();
+    let mut server = Value::Null;
+    let healthy = run(&config, &mut steps, &mut server).await;
+    if as_json {
+        let report =
+            json!({"url": redact_url(&config.url), "healthy": healthy, "steps": steps, "server": server});
+        let _ = writeln!(
+            std::io::stdout().lock(),
+            "{}",
+            serde_json::to_string_pretty(&report).unwrap_or_default()
+        );
+    } else {
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "checking {}", redact_url(&config.url));
+        for s in &steps {
+            let mark = if s.ok { "ok  " } else { "FAIL" };
+            let _ = writeln!(out, "  {mark} {:<13} {:>6} ms  {}", s.step, s.ms, s.detail);
+            if let Some(fix) = &s.fix {
+                let _ = writeln!(out, "       {:<13}            {fix}", "");
+            }
+        }
+        let _ = writeln!(out, "{}", if healthy { "healthy" } else { "not healthy" });
+    }
+    if healthy { OK } else { FAILED }
+}
+
+fn push(steps: &mut Vec<Step>, step: &'static str, started: Instant, ok: bool, detail: String) {
+    steps.push(Step { step, ok, ms: started.elapsed().as_millis() as u64, detail, fix: None });
+}
+
+fn fail(steps: &mut Vec<Step>, step: &'static str, started: Instant, detail: String, fix: String) -> bool {
+    steps.push(Step { step, ok: false, ms: started.elapsed().as_millis() as u64, detail, fix: Some(fix) });
+    false
+}
+
+async fn run(config: &Config, steps: &mut Vec<Step>, server: &mut Value) -> bool {
+    // Configuration.
+    let started = Instant::now();
+    let auth = match (&config.api_key, &config.oauth) {
+        (Some(key), _) => {
+            let shown = mask(key.secret.expose_secret());
+            format!("API key in {} ({shown}) sent as {}", key.env_name, key.header)
+        }
+        (None, Some(_)) => "no API key; OAuth sign-in when the server asks".to_owned(),
+        (None, None) => "no credential (--auth none)".to_owned(),
+    };
+    let warnings =
+        if config.warnings.is_empty() { String::new() } else { format!("; {}", config.warnings.join("; ")) };
+    push(steps, "configuration", started, true, format!("{auth}{warnings}"));
+
+    // DNS.
+    let host = config.url.host_str().unwrap_or_default().trim_matches(['[', ']']).to_owned();
+    let port = config.url.port_or_known_default().unwrap_or(443);
+    let started = Instant::now();
+    match tokio::time::timeout(config.connect_timeout, tokio::net::lookup_host((host.as_str(), port))).await {
+        Ok(Ok(addrs)) => {
+            let addrs: Vec<String> = addrs.map(|a| a.ip().to_string()).take(3).collect();
+            push(steps, "dns", started, true, format!("{host} → {}", addrs.join(", ")));
+        }
+        _ => {
+            return fail(
+                steps,
+                "dns",
+                started,
+                format!("could not resolve {host}"),
+                "check the URL's spelling and your network or DNS".into(),
+            );
+        }
+    }
+
+    // TLS and HTTP: one GET.
+    if !http_step(config, steps).await {
+        return false;
+    }
+
+    // The MCP handshake, through the proxy.
+    let mut client = match Client::new(config) {
+        Ok(c) => c,
+        Err(e) => return fail(steps, "mcp", Instant::now(), e.to_string(), "see the message".into()),
+    };
+    let (answer, took) = client.initialize().await;
+    let started = Instant::now() - took;
+    let init = match answer {
+        Ok(init) => init,
+        Err(e) => {
+            let message = e["message"].as_str().unwrap_or("the handshake failed").to_owned();
+            let (detail, fix) = match split_fix(&message) {
+                Some((cause, fix)) if e["data"]["source"] == "mcp-sidecar" => {
+                    (cause.to_owned(), fix.to_owned())
+                }
+                _ => (message.clone(), "check the URL and the credential".to_owned()),
+            };
+            client.close().await;
+            return fail(steps, "mcp handshake", started, detail, fix);
+        }
+    };
+    let revision = init["protocolVersion"].as_str().unwrap_or("?").to_owned();
+    let era = match revision.as_str() {
+        "2024-11-05" => "legacy era",
+        r if r >= "2026-07-28" => "stateless era: per-request _meta",
+        _ => "stateful era: initialize handshake",
+    };
+    let name = init["serverInfo"]["name"].as_str().unwrap_or("?");
+    let version = init["serverInfo"]["version"].as_str().unwrap_or("?");
+    let caps: Vec<String> =
+        init["capabilities"].as_object().map(|m| m.keys().cloned().collect()).unwrap_or_default();
+    push(
+        steps,
+        "mcp handshake",
+        started,
+        true,
+        format!(
+            "{name} {version}, protocol {revision} ({era}), {}, capabilities: {}",
+            client.transport(),
+            if caps.is_empty() { "none".into() } else { caps.join(", ") }
+        ),
+    );
+    *server = json!({
+        "name": name, "version": version, "protocolVersion": revision, "era": era,
+        "transport": client.transport(), "capabilities": init["capabilities"],
+    });
+
+    // What it offers.
+    let started = Instant::now();
+    let mut counts = Vec::new();
+    let mut ok = true;
+    for (cap, method, field) in [
+        ("tools", "tools/list", "tools"),
+        ("resources", "resources/list", "resources"),
+        ("prompts", "prompts/list", "prompts"),
+    ] {
+        if init["capabilities"].get(cap).is_none() {
+            continue;
+        }
+        match client.request(method, json!({})).await {
+            Ok(r) => {
+                let n = r[field].as_array().map_or(0, Vec::len);
+                let more = if r["nextCursor"].is_string() { "+" } else { "" };
+                counts.push(format!("{n}{more} {field}"));
+                server[field] = json!(n);
+            }
+            Err(e) => {
+                ok = false;
+                counts.push(format!("{method} failed: {}", e["message"].as_str().unwrap_or("?")));
+            }
+        }
+    }
+    push(
+        steps,
+        "offers",
+        started,
+        ok,
+        if counts.is_empty() { "nothing listed".into() } else { counts.join(", ") },
+    );
+
+    // Auth and rate limits.
+    let started = Instant::now();
+    push(steps, "auth", started, true, auth);
+    let limits = client.rate_limit_headers();
+    let detail = if limits.is_empty() {
+        "no rate-limit headers seen".to_owned()
+    } else {
+        limits.iter().map(|(k, v)| format!("{k}: {v}")).collect::<Vec<_>>().join(", ")
+    };
+    server["rateLimitHeaders"] =
+        limits.iter().map(|(k, v)| (k.clone(), json!(v))).collect::<serde_json::Map<_, _>>().into();
+    push(steps, "rate limits", started, true, detail);
+    client.close().await;
+    ok
+}
+
+/// TLS (issuer, expiry) and HTTP reachability, from one GET.
+async fn http_step(config: &Config, steps: &mut Vec<Step>) -> bool {
+    let started = Instant::now();
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .connect_timeout(config.connect_timeout)
+        .timeout(Duration::from_secs(30))
+        .tls_info(true)
+        .tls_certs_merge(config.ca_certs.iter().cloned())
+        .user_agent(concat!("mcp-sidecar/", env!("CARGO_PKG_VERSION")))
+        .build();
+    let Ok(client) = client else {
+        return fail(steps, "http", started, "the HTTP client could not start".into(), "report this".into());
+    };
+    let response = client.get(config.url.clone()).header("accept", "text/event-stream").send().await;
+    let response = match response {
+        Ok(r) => r,
+        Err(e) => {
+            let up = match crate::upstream::Upstream::new(config, None) {
+                Ok(up) => up,
+                Err(_) => return fail(steps, "http", started, e.to_string(), "check the URL".into()),
+            };
+            let message = up.send_error(&e).message;
+            let step = if message.contains("TLS") { "tls" } else { "http" };
+            let (detail, fix) = split_fix(&message).unwrap_or((message.as_str(), "check the URL"));
+            return fail(steps, step, started, detail.to_owned(), fix.to_owned());
+        }
+    };
+    if config.url.scheme() == "https" {
+        let cert = response.extensions().get::<reqwest::tls::TlsInfo>().and_then(|t| t.peer_certificate());
+        let detail = cert.and_then(describe_certificate).unwrap_or_else(|| "certificate not readable".into());
+        push(steps, "tls", started, true, detail);
+    }
+    let status = response.status();
+    let verdict = match status.as_u16() {
+        401 | 403 => format!("reachable (HTTP {status} without credentials, as expected)"),
+        405 | 400 | 406 => format!("reachable (HTTP {status} to a plain GET, as MCP endpoints answer)"),
+        s if s < 400 => format!("reachable (HTTP {status})"),
+        404 | 410 => {
+            return fail(
+                steps,
+                "http",
+                started,
+                format!("{} answers HTTP {status}", redact_url(&config.url)),
+                "check the URL; MCP endpoints usually end in /mcp".into(),
+            );
+        }
+        _ => format!("reachable (HTTP {status})"),
+    };
+    push(steps, "http", started, true, verdict);
+    true
+}
+
+/// Issuer and expiry of a DER certificate.
+fn describe_certificate(der: &[u8]) -> Option<String> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+    let issuer = cert
+        .issuer()
+        .iter_organization()
+        .chain(cert.issuer().iter_common_name())
+        .filter_map(|a| a.as_str().ok())
+        .next()
+        .unwrap_or("unknown issuer")
+        .to_owned();
+    let expires = cert.validity().not_after.timestamp();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    let days = (expires - now) / 86_400;
+    let when = httpdate::fmt_http_date(std::time::UNIX_EPOCH + Duration::from_secs(expires.max(0) as u64));
+    Some(format!("issued by {issuer}, expires {when} (in {days} days)"))
+}
+
+/// Splits "cause: fix" at the first ": " outside parentheses (the proxy's messages quote the
+/// server inside parentheses, "(HTTP 401: Invalid API key)").
+fn split_fix(message: &str) -> Option<(&str, &str)> {
+    let mut depth = 0i32;
+    let bytes = message.as_bytes();
+    for (i, b) in bytes.iter().enumerate() {
+        match b {
+            b'(' => depth += 1,
+            b')' => depth -= 1,
+            b':' if depth == 0 && bytes.get(i + 1) == Some(&b' ') => {
+                return Some((&message[..i], &message[i + 2..]));
+            }
+            _ => {}
+        }
+    }
+    None
+}
+
+/// A key shown without giving it away: its prefix and its last four characters.
+pub fn mask(key: &str) -> String {
+    let chars: Vec<char> = key.chars().collect();
+    if chars.len() < 12 {
+        return format!("{} characters", chars.len());
+    }
+    // The vendor prefix (inv_, mcp_, sk_live_): up to the last '_' among the first 9 characters.
+    let start: String = chars.iter().take(9).collect();
+    let prefix_len = start.rfind('_').map(|i| start[..=i].chars().count()).unwrap_or(3);
+    let head: String = chars[..prefix_len].iter().collect();
+    let tail: String = chars[chars.len() - 4..].iter().collect();
+    format!("{head}…{tail}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cause_and_fix_split_outside_parentheses() {
+        assert_eq!(
+            split_fix("the server rejected the key (HTTP 401: bad key): create a new key"),
+            Some(("the server rejected the key (HTTP 401: bad key)", "create a new key"))
+        );
+        assert_eq!(split_fix("no fix here"), None);
+    }
+
+    #[test]
+    fn keys_are_masked_to_prefix_and_last_four() {
+        assert_eq!(mask("inv_0123456789abc3f9"), "inv_…c3f9");
+        assert_eq!(mask("sk_live_0123456789abcdef"), "sk_live_…cdef");
+        assert_eq!(mask("abcdefghijklmnop"), "abc…mnop");
+        assert_eq!(mask("short"), "5 characters");
+    }
+}

@@ -1,0 +1,182 @@
+//! `call`, `tools`, `tool`: one request through the in-process proxy, for scripts.
+//!
+//! The result JSON goes to stdout (pretty-printed), errors to stderr as one sentence. Rate
+//! limits are waited out as the proxy does; with stderr on a terminal the wait is a countdown.
+//! Exit status: 0 a result, 1 failed (network, auth, the proxy's own error), 2 bad arguments,
+//! 3 the server answered with an error (or the tool reported `isError`).
+
+use std::io::{IsTerminal, Write};
+
+use serde_json::{Map, Value, json};
+
+use super::{CONFIG, FAILED, OK, SERVER_ERROR};
+use crate::client::Client;
+use crate::config::Config;
+
+/// `call METHOD [PARAMS_JSON]`.
+pub async fn call(config: Config, method: &str, params: Option<&str>) -> u8 {
+    let params = match params.map(serde_json::from_str::<Value>) {
+        None => json!({}),
+        Some(Ok(v)) if v.is_object() || v.is_array() => v,
+        Some(_) => {
+            eprintln!(
+                "mcp-sidecar: PARAMS_JSON must be a JSON object, e.g. '{{\"name\":\"echo\",\"arguments\":{{\"text\":\"hi\"}}}}' (in single quotes)"
+            );
+            return CONFIG;
+        }
+    };
+    let Some((mut client, init)) = connect(&config).await else { return FAILED };
+    let code = if method == "initialize" {
+        print(&init) // the handshake was the call: what the server said about itself
+    } else {
+        match client.request(method, params).await {
+            Ok(result) => print(&result),
+            Err(e) => report(&e),
+        }
+    };
+    client.close().await;
+    code
+}
+
+/// `tools`: one line per tool, `name  description`.
+pub async fn tools(config: Config) -> u8 {
+    let Some((mut client, _)) = connect(&config).await else { return FAILED };
+    let mut cursor: Option<String> = None;
+    let mut lines = Vec::new();
+    let code = loop {
+        let params = cursor.as_ref().map_or(json!({}), |c| json!({"cursor": c}));
+        match client.request("tools/list", params).await {
+            Ok(result) => {
+                for tool in result["tools"].as_array().into_iter().flatten() {
+                    let name = tool["name"].as_str().unwrap_or("?");
+                    let about = tool["description"].as_str().unwrap_or("").lines().next().unwrap_or("");
+                    lines.push((name.to_owned(), about.to_owned()));
+                }
+                match result["nextCursor"].as_str() {
+                    Some(c) if Some(c) != cursor.as_deref() => cursor = Some(c.to_owned()),
+                    _ => break OK,
+                }
+            }
+            Err(e) => break report(&e),
+        }
+    };
+    let width = lines.iter().map(|(n, _)| n.len()).max().unwrap_or(0);
+    let mut out = std::io::stdout().lock();
+    for (name, about) in &lines {
+        let _ = writeln!(out, "{name:<width$}  {about}");
+    }
+    drop(out);
+    client.close().await;
+    code
+}
+
+/// `tool NAME [--arg k=v …|--json '{…}']`.
+pub async fn tool(config: Config, name: &str, args: &[String], json_args: Option<&str>) -> u8 {
+    let arguments = match tool_arguments(args, json_args) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("mcp-sidecar: {e}");
+            return CONFIG;
+        }
+    };
+    let Some((mut client, _)) = connect(&config).await else { return FAILED };
+    let code = match client.request("tools/call", json!({"name": name, "arguments": arguments})).await {
+        Ok(result) => {
+            let code = print(&result);
+            if result["isError"] == json!(true) {
+                let text: Vec<&str> = result["content"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|c| c["text"].as_str())
+                    .collect();
+                eprintln!("mcp-sidecar: the tool {name} reported an error: {}", text.join(" "));
+                SERVER_ERROR
+            } else {
+                code
+            }
+        }
+        Err(e) => report(&e),
+    };
+    client.close().await;
+    code
+}
+
+/// The arguments object from `--json`, or from `--arg key=value` pairs (JSON values where they
+/// parse: `n=3` is a number, `flag=true` a boolean, `name=bob` a string).
+pub fn tool_arguments(args: &[String], json_args: Option<&str>) -> Result<Value, String> {
+    if let Some(j) = json_args {
+        return match serde_json::from_str::<Value>(j) {
+            Ok(v) if v.is_object() => Ok(v),
+            _ => Err(format!("--json {j:?} is not a JSON object: write it like '{{\"text\":\"hi\"}}'")),
+        };
+    }
+    let mut map = Map::new();
+    for a in args {
+        let Some((k, v)) = a.split_once('=') else {
+            return Err(format!("--arg {a:?} needs the form key=value"));
+        };
+        let value = serde_json::from_str(v).unwrap_or_else(|_| Value::String(v.to_owned()));
+        map.insert(k.to_owned(), value);
+    }
+    Ok(Value::Object(map))
+}
+
+/// Sets up the proxy and runs the handshake; the client and the initialize result, or `None`
+/// after reporting why not.
+async fn connect(config: &Config) -> Option<(Client, Value)> {
+    let mut client = match Client::new(config) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("mcp-sidecar: {e}");
+            return None;
+        }
+    };
+    client.show_waits(std::io::stderr().is_terminal());
+    match client.initialize().await {
+        (Ok(init), _) => Some((client, init)),
+        (Err(e), _) => {
+            report(&e);
+            client.close().await;
+            None
+        }
+    }
+}
+
+fn print(result: &Value) -> u8 {
+    let mut out = std::io::stdout().lock();
+    let text = serde_json::to_string_pretty(result).unwrap_or_default();
+    match writeln!(out, "{text}") {
+        Ok(()) => OK,
+        Err(_) => FAILED,
+    }
+}
+
+/// Prints a JSON-RPC error as one line; the exit status says whose error it was.
+fn report(error: &Value) -> u8 {
+    let message = error["message"].as_str().unwrap_or("unknown error");
+    let local = error["data"]["source"] == "mcp-sidecar";
+    if local {
+        eprintln!("mcp-sidecar: {message}");
+        FAILED
+    } else {
+        let code = &error["code"];
+        eprintln!("mcp-sidecar: the server answered with an error ({code}): {message}");
+        SERVER_ERROR
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tool_arguments_from_pairs_or_json() {
+        let a = tool_arguments(&["n=3".into(), "flag=true".into(), "name=bob".into(), "eq=a=b".into()], None)
+            .unwrap();
+        assert_eq!(a, json!({"n": 3, "flag": true, "name": "bob", "eq": "a=b"}));
+        assert_eq!(tool_arguments(&[], Some(r#"{"text":"hi"}"#)).unwrap(), json!({"text": "hi"}));
+        assert!(tool_arguments(&[], Some("[1]")).unwrap_err().contains("JSON object"));
+        assert!(tool_arguments(&["novalue".into()], None).unwrap_err().contains("key=value"));
+    }
+}

@@ -1,0 +1,270 @@
+//! The commands for people and scripts (issue 6): `check`, `call`, `tools`, `tool`, `install`,
+//! `completions`, `man`, `--version`, `--help`; each against the example server on 127.0.0.1
+//! (healthy, wrong key, wrong URL, rate-limited, TLS failure). Output is snapshot-tested with
+//! insta where its wording is the interface (timings filtered out).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use serde_json::{Value, json};
+
+use crate::harness::*;
+
+/// Runs `mcp-sidecar ARGS` to completion with `env`; (exit code, stdout, stderr).
+async fn run(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
+    let mut cmd = command(args, env);
+    cmd.stdin(std::process::Stdio::null());
+    let out = tokio::time::timeout(PATIENCE, cmd.output()).await.expect("command hung").unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    );
+    for text in [&stdout, &stderr] {
+        assert!(!text.contains(KEY), "the key leaked:\n{text}");
+    }
+    (out.status.code().unwrap_or(-1), stdout, stderr)
+}
+
+/// Replaces what changes between runs: timings, ports, dates.
+fn stable(text: &str, server: &Server) -> String {
+    let text = text.replace(&server.url, "URL");
+    let mut out = String::new();
+    for line in text.lines() {
+        // Single spaces: the padding of a column depends on the width of the timing.
+        let mut words: Vec<String> = line.split(' ').filter(|w| !w.is_empty()).map(str::to_owned).collect();
+        for i in 0..words.len() {
+            if words.get(i + 1).is_some_and(|w| w == "ms") && words[i].parse::<u64>().is_ok() {
+                words[i] = "N".into();
+            }
+        }
+        out.push_str(&words.join(" "));
+        out.push('\n');
+    }
+    out
+}
+
+fn key_args(server: &Server) -> Vec<String> {
+    vec!["--url".into(), server.url.clone(), "--api-key-env".into(), "TEST_KEY".into()]
+}
+
+fn with<'a>(head: &[&'a str], tail: &'a [String]) -> Vec<&'a str> {
+    head.iter().copied().chain(tail.iter().map(String::as_str)).collect()
+}
+
+#[tokio::test]
+async fn check_reports_each_step_of_a_healthy_server() {
+    let server = Server::start(generic(), None).await;
+    let ka = key_args(&server);
+    let (code, stdout, _) = run(&with(&["check"], &ka), ENV).await;
+    assert_eq!(code, 0, "{stdout}");
+    insta::assert_snapshot!("check_healthy", stable(&stdout, &server));
+
+    let (code, stdout, _) = run(&with(&["check", "--json"], &ka), ENV).await;
+    assert_eq!(code, 0);
+    let report: Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(report["healthy"], true);
+    assert_eq!(report["server"]["tools"], 8);
+    assert_eq!(report["server"]["protocolVersion"], "2025-11-25");
+    let steps: Vec<&str> =
+        report["steps"].as_array().unwrap().iter().map(|s| s["step"].as_str().unwrap()).collect();
+    assert_eq!(steps, ["configuration", "dns", "http", "mcp handshake", "offers", "auth", "rate limits"]);
+}
+
+#[tokio::test]
+async fn check_names_the_cause_and_the_fix() {
+    let server = Server::start(generic(), None).await;
+    // Wrong key.
+    let ka = key_args(&server);
+    let (code, stdout, _) = run(&with(&["check"], &ka), &[("TEST_KEY", "inv_wrong_key_0000")]).await;
+    assert_eq!(code, 1);
+    insta::assert_snapshot!("check_wrong_key", stable(&stdout, &server));
+    // Wrong URL.
+    let wrong = server.url.replace("/mcp", "/nope");
+    let (code, stdout, _) = run(&["check", "--url", &wrong, "--api-key-env", "TEST_KEY"], ENV).await;
+    assert_eq!(code, 1);
+    assert!(stdout.contains("FAIL") && stdout.contains("MCP endpoints usually end in /mcp"), "{stdout}");
+    // Nothing listening.
+    let (code, stdout, _) = run(&["check", "--url", "http://127.0.0.1:1/mcp", "--auth", "none"], &[]).await;
+    assert_eq!(code, 1);
+    assert!(stdout.contains("connection refused"), "{stdout}");
+}
+
+#[tokio::test]
+async fn check_explains_an_untrusted_certificate_and_shows_a_trusted_ones_issuer() {
+    let pki = crate::tls::pki(&["127.0.0.1"], false);
+    let ct = tokio_util::sync::CancellationToken::new();
+    let url = crate::tls::serve_tls(&pki, ct.clone()).await;
+    let (code, stdout, _) = run(&["check", "--url", &url, "--api-key-env", "TEST_KEY"], ENV).await;
+    assert_eq!(code, 1);
+    assert!(stdout.contains("FAIL tls") && stdout.contains("--ca-file"), "{stdout}");
+    let ca = crate::tls::ca_file(&pki, "check");
+    let ca = ca.to_string_lossy();
+    let (code, stdout, _) =
+        run(&["check", "--url", &url, "--api-key-env", "TEST_KEY", "--ca-file", &ca], ENV).await;
+    assert_eq!(code, 0, "{stdout}");
+    assert!(stdout.contains("issued by mcp-sidecar test CA") && stdout.contains("days)"), "{stdout}");
+    ct.cancel();
+}
+
+#[tokio::test]
+async fn call_tools_and_tool_print_results_for_scripts() {
+    let server = Server::start(generic(), None).await;
+    let ka = key_args(&server);
+    let (code, stdout, stderr) =
+        run(&with(&["call", "tools/call", r#"{"name":"sum","arguments":{"a":2,"b":3}}"#], &ka), ENV).await;
+    assert_eq!(code, 0, "{stderr}");
+    let v: Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(v["content"][0]["text"], "5");
+    assert!(stderr.is_empty(), "nothing on stderr when all is well: {stderr}");
+
+    let (code, stdout, _) = run(&with(&["tools"], &ka), ENV).await;
+    assert_eq!(code, 0);
+    assert!(stdout.lines().any(|l| l.starts_with("echo ") && l.contains("Send the text back")), "{stdout}");
+
+    let (code, stdout, _) = run(&with(&["tool", "echo", "--arg", "text=hi there"], &ka), ENV).await;
+    assert_eq!(code, 0);
+    assert_eq!(serde_json::from_str::<Value>(&stdout).unwrap()["content"][0]["text"], "hi there");
+    let (code, stdout, _) = run(&with(&["tool", "sum", "--json", r#"{"a":40,"b":2}"#], &ka), ENV).await;
+    assert_eq!(
+        (code, serde_json::from_str::<Value>(&stdout).unwrap()["content"][0]["text"].clone()),
+        (0, json!("42"))
+    );
+
+    // The server's error: exit 3, one sentence on stderr; a wrong key: exit 1.
+    let (code, _, stderr) = run(&with(&["call", "no/such/method"], &ka), ENV).await;
+    assert_eq!(code, 3, "{stderr}");
+    assert!(stderr.starts_with("mcp-sidecar: the server answered with an error"), "{stderr}");
+    let (code, stdout, stderr) = run(&with(&["tools"], &ka), &[("TEST_KEY", "inv_wrong_key_0000")]).await;
+    assert_eq!(code, 1);
+    assert!(stdout.is_empty() && stderr.contains("rejected the API key in TEST_KEY"), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "one sentence: {stderr}");
+    // Bad arguments: exit 2.
+    let (code, _, stderr) = run(&with(&["call", "tools/list", "not json"], &ka), ENV).await;
+    assert_eq!(code, 2, "{stderr}");
+}
+
+#[tokio::test]
+async fn call_waits_out_a_rate_limit_with_a_plain_line_when_stderr_is_not_a_terminal() {
+    let count = Arc::new(AtomicUsize::new(0));
+    let c = count.clone();
+    let hook: Hook = Arc::new(move |s: &Seen| {
+        if s.rpc_method() == Some("tools/list") && c.fetch_add(1, Ordering::SeqCst) == 0 {
+            let mut r = respond(429, "application/json", "{}");
+            r.headers_mut().insert("retry-after", "1".parse().unwrap());
+            return Action::Respond(r);
+        }
+        Action::Pass
+    });
+    let server = Server::start(generic(), Some(hook)).await;
+    let ka = key_args(&server);
+    let (code, stdout, stderr) = run(&with(&["call", "tools/list"], &ka), ENV).await;
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains("\"tools\""));
+    assert!(stderr.contains("waiting 1") && stderr.contains("Retry-After"), "{stderr}");
+    assert_eq!(count.load(Ordering::SeqCst), 2);
+}
+
+fn temp(name: &str) -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!("mcp-sidecar-install-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+#[tokio::test]
+async fn install_merges_into_claude_desktops_config_with_the_key_in_env_only() {
+    let dir = temp("desktop");
+    let file = dir.join("claude_desktop_config.json");
+    let before =
+        json!({"theme": "dark", "mcpServers": {"other": {"command": "other-server", "args": ["--x"]}}});
+    std::fs::write(&file, serde_json::to_string_pretty(&before).unwrap()).unwrap();
+    let f = file.to_string_lossy().into_owned();
+    let base = ["install", "--client", "claude-desktop", "--config-file", &f, "--preset", "investra"];
+    let env = [("INVESTRA_API_KEY", KEY)];
+
+    // --dry-run: shows, changes nothing, never shows the key.
+    let (code, stdout, _) = run(&[&base[..], &["--dry-run"]].concat(), &env).await;
+    assert_eq!(code, 0);
+    assert!(stdout.contains("would add \"investra\"") && stdout.contains("inv_test_…"), "{stdout}");
+    assert_eq!(serde_json::from_slice::<Value>(&std::fs::read(&file).unwrap()).unwrap(), before);
+
+    let (code, _, stderr) = run(&base, &env).await;
+    assert_eq!(code, 0, "{stderr}");
+    let after: Value = serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
+    assert_eq!(after["theme"], "dark", "other settings kept");
+    assert_eq!(after["mcpServers"]["other"], before["mcpServers"]["other"], "other servers kept");
+    let entry = &after["mcpServers"]["investra"];
+    assert_eq!(entry["args"], json!(["--preset", "investra"]));
+    assert_eq!(entry["env"]["INVESTRA_API_KEY"], KEY, "the key is in env");
+    assert!(!entry["args"].to_string().contains(KEY) && !entry["command"].to_string().contains(KEY));
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(std::fs::metadata(&file).unwrap().permissions().mode() & 0o777, 0o600);
+    let backups: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains(".bak-"))
+        .collect();
+    assert_eq!(backups.len(), 1, "{backups:?}");
+    let backup: Value = serde_json::from_slice(&std::fs::read(dir.join(&backups[0])).unwrap()).unwrap();
+    assert_eq!(backup, before);
+}
+
+#[tokio::test]
+async fn install_for_claude_code_prints_the_command_without_the_key() {
+    let (code, stdout, _) = run(
+        &[
+            "install",
+            "--client",
+            "claude-code",
+            "--dry-run",
+            "--url",
+            "https://mcp.example.com/mcp",
+            "--api-key-env",
+            "TEST_KEY",
+        ],
+        ENV,
+    )
+    .await;
+    assert_eq!(code, 0);
+    assert_eq!(
+        stdout.trim(),
+        r#"claude mcp add example -e TEST_KEY="$TEST_KEY" -- mcp-sidecar https://mcp.example.com/mcp --api-key-env TEST_KEY"#
+    );
+}
+
+#[tokio::test]
+async fn version_help_completions_and_man_page() {
+    let (code, stdout, _) = run(&["--version"], &[]).await;
+    assert_eq!(code, 0);
+    assert!(
+        stdout.contains(env!("CARGO_PKG_VERSION"))
+            && stdout.contains("2026-07-28")
+            && stdout.contains("2024-11-05")
+    );
+    let (_, help, _) = run(&["--help"], &[]).await;
+    insta::assert_snapshot!("help", help);
+    let (_, check_help, _) = run(&["check", "--help"], &[]).await;
+    insta::assert_snapshot!("check_help", check_help);
+    for shell in ["bash", "zsh", "fish"] {
+        let (code, script, _) = run(&["completions", shell], &[]).await;
+        assert_eq!(code, 0);
+        assert!(script.contains("mcp-sidecar") && script.contains("--api-key-env"), "{shell}");
+    }
+    let (code, man, _) = run(&["man"], &[]).await;
+    assert_eq!(code, 0);
+    assert!(man.starts_with(".ie") || man.contains(".TH mcp-sidecar"), "{}", &man[..200.min(man.len())]);
+    assert!(man.contains("api\\-key\\-env"));
+}
+
+#[tokio::test]
+async fn verbose_and_quiet_move_the_log_level() {
+    let server = Server::start(generic(), None).await;
+    let mut sc = Sidecar::spawn(&[&server.url, "--api-key-env", "TEST_KEY", "-v"], ENV).secret(KEY);
+    sc.handshake().await;
+    let out = sc.finish().await;
+    assert!(out.stderr.contains("DEBUG"), "-v shows debug lines:\n{}", out.stderr);
+    let mut sc = Sidecar::spawn(&[&server.url, "--api-key-env", "TEST_KEY", "-q"], ENV).secret(KEY);
+    sc.handshake().await;
+    let out = sc.finish().await;
+    assert!(!out.stderr.contains("INFO"), "-q hides info lines:\n{}", out.stderr);
+}
