@@ -36,7 +36,10 @@ impl Proxy {
                 Err(_) => return Err(self.up.timeout_error(limit)),
                 Ok(Err(e)) => {
                     let err = self.up.send_error(&e);
-                    if err.request_sent == Some(false) && retries < self.policy.max_retries {
+                    if err.request_sent == Some(false)
+                        && !Upstream::is_tls_failure(&e)
+                        && retries < self.policy.max_retries
+                    {
                         let wait = self.policy.backoff(retries);
                         retries += 1;
                         self.gate.stats.retries.fetch_add(1, Ordering::Relaxed);

@@ -332,6 +332,12 @@ impl Upstream {
         err
     }
 
+    /// Whether a failed send is a TLS failure (a certificate problem does not go away by
+    /// trying again, so it is not retried).
+    pub fn is_tls_failure(e: &reqwest::Error) -> bool {
+        tls_error(e).is_some()
+    }
+
     /// The error for a request that got no answer within `timeout`.
     pub fn timeout_error(&self, timeout: Duration) -> LocalError {
         let mut err = LocalError::new(

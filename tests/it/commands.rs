@@ -268,3 +268,46 @@ async fn verbose_and_quiet_move_the_log_level() {
     let out = sc.finish().await;
     assert!(!out.stderr.contains("INFO"), "-q hides info lines:\n{}", out.stderr);
 }
+
+#[tokio::test]
+async fn check_shows_the_rate_limit_headers_the_server_sends() {
+    let key = "sk_test_SECRET_check_0001";
+    let opts = Options {
+        vendor: Vendor::Converra,
+        keys: vec![key.into()],
+        per_minute: Some(100),
+        ..Options::default()
+    };
+    let server = Server::start(opts, None).await;
+    let (code, stdout, _) =
+        run(&["check", "--preset", "converra", "--url", &server.url], &[("CONVERRA_API_KEY", key)]).await;
+    assert_eq!(code, 0, "{stdout}");
+    assert!(!stdout.contains(key));
+    assert!(stdout.contains("sk_test_…0001"), "{stdout}");
+    let limits = stdout.lines().find(|l| l.contains("rate limits")).unwrap();
+    assert!(
+        limits.contains("x-ratelimit-limit: 100") && limits.contains("x-ratelimit-remaining"),
+        "{limits}"
+    );
+}
+
+#[tokio::test]
+async fn one_shot_commands_explain_a_wrong_url_and_an_untrusted_certificate_in_one_sentence() {
+    let server = Server::start(generic(), None).await;
+    let wrong = server.url.replace("/mcp", "/nope");
+    let pki = crate::tls::pki(&["127.0.0.1"], false);
+    let ct = tokio_util::sync::CancellationToken::new();
+    let tls = crate::tls::serve_tls(&pki, ct.clone()).await;
+    for url in [wrong.as_str(), tls.as_str()] {
+        for cmd in [&["call", "tools/list"][..], &["tools"], &["tool", "echo", "--arg", "text=x"]] {
+            let args = [cmd, &["--url", url, "--api-key-env", "TEST_KEY"]].concat();
+            let (code, stdout, stderr) = run(&args, ENV).await;
+            assert_eq!(code, 1, "{args:?}: {stderr}");
+            assert!(stdout.is_empty(), "{args:?}: {stdout}");
+            assert_eq!(stderr.lines().count(), 1, "{args:?}: {stderr}");
+            let expected = if url == tls { "--ca-file" } else { "not an MCP endpoint" };
+            assert!(stderr.contains(expected), "{args:?}: {stderr}");
+        }
+    }
+    ct.cancel();
+}

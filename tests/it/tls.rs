@@ -141,3 +141,22 @@ async fn an_unusable_ca_file_is_a_configuration_error() {
     assert_eq!(outcome.status.code(), Some(2));
     assert!(outcome.stderr.contains("--ca-file /nonexistent/ca.pem cannot be read"), "{}", outcome.stderr);
 }
+
+#[tokio::test]
+async fn a_certificate_failure_is_answered_at_once_not_retried() {
+    let ct = CancellationToken::new();
+    let pki = pki(&["127.0.0.1"], false);
+    let url = serve_tls(&pki, ct.clone()).await;
+    let mut s = Sidecar::spawn(&[&url, "--api-key-env", "TEST_KEY"], ENV);
+    s.send_json(&request(
+        1,
+        "initialize",
+        json!({"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"t","version":"1"}}),
+    ))
+    .await;
+    let e = s.recv().await;
+    assert!(e["error"]["message"].as_str().unwrap().contains("--ca-file"), "{e}");
+    let out = s.finish().await;
+    assert!(!out.stderr.contains("trying again"), "a bad certificate does not get better:\n{}", out.stderr);
+    ct.cancel();
+}
