@@ -311,3 +311,60 @@ async fn one_shot_commands_explain_a_wrong_url_and_an_untrusted_certificate_in_o
     }
     ct.cancel();
 }
+
+#[tokio::test]
+async fn on_a_terminal_a_rate_limit_wait_is_a_countdown() {
+    let count = Arc::new(AtomicUsize::new(0));
+    let c = count.clone();
+    let hook: Hook = Arc::new(move |s: &Seen| {
+        if s.rpc_method() == Some("tools/list") && c.fetch_add(1, Ordering::SeqCst) == 0 {
+            let mut r = respond(429, "application/json", "{}");
+            r.headers_mut().insert("retry-after", "2".parse().unwrap());
+            return Action::Respond(r);
+        }
+        Action::Pass
+    });
+    let server = Server::start(generic(), Some(hook)).await;
+    // util-linux `script` gives the command a pseudo-terminal.
+    let line = format!(
+        "{} call tools/list --url {} --api-key-env TEST_KEY",
+        env!("CARGO_BIN_EXE_mcp-sidecar"),
+        server.url
+    );
+    let mut cmd = tokio::process::Command::new("script");
+    cmd.args(["-qfec", &line, "/dev/null"]).env_clear().env("TEST_KEY", KEY).env("TERM", "dumb");
+    let out = tokio::time::timeout(PATIENCE, cmd.output()).await.unwrap().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains("\rwaiting 2 s for the rate limit") || text.contains("\r\u{1b}[2Kwaiting 2 s"),
+        "{text:?}"
+    );
+    assert!(text.contains("waiting 1 s"), "it counts down: {text:?}");
+    assert!(!text.contains(KEY));
+}
+
+#[tokio::test]
+async fn install_for_claude_code_runs_claude_with_the_key_only_in_its_env_option() {
+    let dir = temp("claude");
+    let log = dir.join("argv");
+    std::fs::write(
+        dir.join("claude"),
+        format!("#!/bin/sh\nfor a in \"$@\"; do printf '%s\\n' \"$a\"; done > {}\n", log.display()),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dir.join("claude"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let path = format!("{}:/usr/bin:/bin", dir.display());
+    let (code, stdout, stderr) = run(
+        &["install", "--client", "claude-code", "--name", "inv", "--preset", "investra"],
+        &[("PATH", &path), ("INVESTRA_API_KEY", KEY)],
+    )
+    .await;
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains(r#"-e INVESTRA_API_KEY="$INVESTRA_API_KEY""#), "{stdout}");
+    let argv: Vec<String> = std::fs::read_to_string(&log).unwrap().lines().map(str::to_owned).collect();
+    let dashes = argv.iter().position(|a| a == "--").unwrap();
+    assert_eq!(&argv[..dashes], ["mcp", "add", "inv", "-e", &format!("INVESTRA_API_KEY={KEY}")]);
+    assert_eq!(&argv[dashes + 1..], ["mcp-sidecar", "--preset", "investra"], "no key in the server's args");
+}
