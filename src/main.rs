@@ -70,19 +70,25 @@ fn quiet(mut args: Args) -> Args {
     args
 }
 
-/// Runs a subcommand with its config, logging and a runtime.
-fn subcommand(args: Args, run: impl FnOnce(Config, &tokio::runtime::Runtime) -> u8) -> ExitCode {
-    let config = match Config::from_cli(args, &|name| std::env::var(name).ok()) {
-        Ok(config) => config,
-        Err(e) => {
-            eprintln!("mcp-sidecar: {e}");
-            return ExitCode::from(2);
-        }
-    };
+/// The config (a problem: one line, exit 2), with logging set up and its warnings logged.
+fn configure(args: Args) -> Result<Config, ExitCode> {
+    let config = Config::from_cli(args, &|name| std::env::var(name).ok()).map_err(|e| {
+        eprintln!("mcp-sidecar: {e}");
+        ExitCode::from(2)
+    })?;
     init_logging(config.log_level, config.log_format);
     for warning in &config.warnings {
         tracing::warn!("{warning}");
     }
+    Ok(config)
+}
+
+/// Runs a subcommand with its config, logging and a runtime.
+fn subcommand(args: Args, run: impl FnOnce(Config, &tokio::runtime::Runtime) -> u8) -> ExitCode {
+    let config = match configure(args) {
+        Ok(config) => config,
+        Err(code) => return code,
+    };
     match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => ExitCode::from(run(config, &rt)),
         Err(e) => {
@@ -94,17 +100,10 @@ fn subcommand(args: Args, run: impl FnOnce(Config, &tokio::runtime::Runtime) -> 
 
 /// The proxy: stdin/stdout ⇄ the remote server.
 fn proxy(args: Args) -> ExitCode {
-    let config = match Config::from_cli(args, &|name| std::env::var(name).ok()) {
+    let config = match configure(args) {
         Ok(config) => config,
-        Err(e) => {
-            eprintln!("mcp-sidecar: {e}");
-            return ExitCode::from(2);
-        }
+        Err(code) => return code,
     };
-    init_logging(config.log_level, config.log_format);
-    for warning in &config.warnings {
-        tracing::warn!("{warning}");
-    }
     // One thread: a proxy's work per message is a few syscalls, and every hand-off between
     // threads costs a wake-up. Measured with shared/bench: current-thread beats two workers at
     // C=1 (0.55x vs 0.34x of direct HTTP) and at C=32 (0.86x vs 0.76x), with less memory.

@@ -145,16 +145,7 @@ async fn call_tools_and_tool_print_results_for_scripts() {
 
 #[tokio::test]
 async fn call_waits_out_a_rate_limit_with_a_plain_line_when_stderr_is_not_a_terminal() {
-    let count = Arc::new(AtomicUsize::new(0));
-    let c = count.clone();
-    let hook: Hook = Arc::new(move |s: &Seen| {
-        if s.rpc_method() == Some("tools/list") && c.fetch_add(1, Ordering::SeqCst) == 0 {
-            let mut r = respond(429, "application/json", "{}");
-            r.headers_mut().insert("retry-after", "1".parse().unwrap());
-            return Action::Respond(r);
-        }
-        Action::Pass
-    });
+    let (hook, count) = first_tools_list_429(1);
     let server = Server::start(generic(), Some(hook)).await;
     let ka = key_args(&server);
     let (code, stdout, stderr) = run(&with(&["call", "tools/list"], &ka), ENV).await;
@@ -162,6 +153,22 @@ async fn call_waits_out_a_rate_limit_with_a_plain_line_when_stderr_is_not_a_term
     assert!(stdout.contains("\"tools\""));
     assert!(stderr.contains("waiting 1") && stderr.contains("Retry-After"), "{stderr}");
     assert_eq!(count.load(Ordering::SeqCst), 2);
+}
+
+/// A hook that answers the first tools/list with 429 and `Retry-After: secs`; and a count of
+/// the tools/list requests.
+fn first_tools_list_429(secs: u32) -> (Hook, Arc<AtomicUsize>) {
+    let count = Arc::new(AtomicUsize::new(0));
+    let c = count.clone();
+    let hook: Hook = Arc::new(move |s: &Seen| {
+        if s.rpc_method() == Some("tools/list") && c.fetch_add(1, Ordering::SeqCst) == 0 {
+            let mut r = respond(429, "application/json", "{}");
+            r.headers_mut().insert("retry-after", secs.to_string().parse().unwrap());
+            return Action::Respond(r);
+        }
+        Action::Pass
+    });
+    (hook, count)
 }
 
 fn temp(name: &str) -> std::path::PathBuf {
@@ -314,16 +321,7 @@ async fn one_shot_commands_explain_a_wrong_url_and_an_untrusted_certificate_in_o
 
 #[tokio::test]
 async fn on_a_terminal_a_rate_limit_wait_is_a_countdown() {
-    let count = Arc::new(AtomicUsize::new(0));
-    let c = count.clone();
-    let hook: Hook = Arc::new(move |s: &Seen| {
-        if s.rpc_method() == Some("tools/list") && c.fetch_add(1, Ordering::SeqCst) == 0 {
-            let mut r = respond(429, "application/json", "{}");
-            r.headers_mut().insert("retry-after", "2".parse().unwrap());
-            return Action::Respond(r);
-        }
-        Action::Pass
-    });
+    let (hook, count) = first_tools_list_429(2);
     let server = Server::start(generic(), Some(hook)).await;
     // util-linux `script` gives the command a pseudo-terminal.
     let line = format!(
@@ -342,6 +340,7 @@ async fn on_a_terminal_a_rate_limit_wait_is_a_countdown() {
     );
     assert!(text.contains("waiting 1 s"), "it counts down: {text:?}");
     assert!(!text.contains(KEY));
+    assert_eq!(count.load(Ordering::SeqCst), 2, "the 429, then the retry");
 }
 
 #[tokio::test]
