@@ -19,7 +19,11 @@ cargo build --release --locked --bin mcp-sidecar --example example_server
 
 install -d "$PREFIX/bin"
 install -m 0755 target/release/mcp-sidecar "$BIN"
-echo "==> installed $BIN ($("$BIN" --version))"
+echo "==> installed $BIN ($("$BIN" --version | head -n 1))"
+# The man page, from the same definitions as --help.
+install -d "$PREFIX/share/man/man1"
+"$BIN" man >"$PREFIX/share/man/man1/mcp-sidecar.1"
+echo "    man page: $PREFIX/share/man/man1/mcp-sidecar.1 (completions: mcp-sidecar completions bash|zsh|fish)"
 
 echo "==> checking it against the example server on 127.0.0.1"
 workdir=$(mktemp -d)
