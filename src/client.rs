@@ -35,6 +35,7 @@ impl Client {
     /// Sets up the proxy for `config`.
     pub fn new(config: &Config) -> Result<Client, RunError> {
         let (proxy, outbox, rx) = crate::build(config)?;
+        proxy.record_limits();
         Ok(Client { proxy, _outbox: outbox, rx, next_id: 0 })
     }
 

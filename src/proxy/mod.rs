@@ -131,8 +131,10 @@ pub struct Proxy {
     last_limit_headers: Mutex<Vec<(String, String)>>,
     /// Shown rate-limit waits instead of logging them (the one-shot commands' countdown).
     wait_observer: std::sync::OnceLock<WaitObserver>,
-    /// The rate-limit headers of the last successful response that had any (for `check`).
+    /// The rate-limit headers of the last successful response that had any (for `check`),
+    /// recorded only when `record_limits` is set (the stdio proxy does not pay for it).
     seen_limit_headers: Mutex<Vec<(String, String)>>,
+    record_limits: AtomicBool,
     /// The client's `initialize` line, replayed to start a new session when the server has
     /// dropped the old one (T-12): the client will not send it again.
     init_line: Mutex<Option<Bytes>>,
@@ -160,6 +162,7 @@ impl Proxy {
             policy,
             last_limit_headers: Mutex::new(Vec::new()),
             seen_limit_headers: Mutex::new(Vec::new()),
+            record_limits: AtomicBool::new(false),
             wait_observer: std::sync::OnceLock::new(),
             init_line: Mutex::new(None),
             renewing: tokio::sync::Mutex::new(()),
@@ -187,6 +190,11 @@ impl Proxy {
     /// The transport in use, for people.
     pub fn transport_name(&self) -> &'static str {
         if self.up.is_legacy() { "HTTP+SSE (2024-11-05)" } else { "Streamable HTTP" }
+    }
+
+    /// Records the rate-limit headers of successful responses too (for `check`).
+    pub fn record_limits(&self) {
+        self.record_limits.store(true, Ordering::Relaxed);
     }
 
     /// The rate-limit headers last seen: on a success, else on a 429.

@@ -113,7 +113,7 @@ impl Proxy {
                 || (status == StatusCode::SERVICE_UNAVAILABLE
                     && response.headers().contains_key(RETRY_AFTER));
             if !limited {
-                if status.is_success() {
+                if status.is_success() && self.record_limits.load(Ordering::Relaxed) {
                     let seen = retry::rate_limit_headers(response.headers());
                     if !seen.is_empty() {
                         *self.seen_limit_headers.locked() = seen;
