@@ -23,10 +23,12 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// The largest metadata or token response read.
 const MAX_BODY: usize = 256 * 1024;
 
-/// The sign-in's HTTP client.
-#[derive(Clone)]
+/// The sign-in's HTTP client, built on first use: most runs never sign in, and building one
+/// loads the system's CA store (milliseconds of startup).
 pub struct AuthHttp {
-    client: reqwest::Client,
+    client: std::sync::OnceLock<Result<reqwest::Client, String>>,
+    connect_timeout: Duration,
+    ca_certs: Vec<reqwest::Certificate>,
     policy: RetryPolicy,
 }
 
@@ -43,16 +45,30 @@ pub enum Fetched<T> {
 pub struct HttpError(pub String);
 
 impl AuthHttp {
-    /// Builds the client with the proxy's TLS settings and timeouts.
-    pub fn new(config: &Config) -> Result<Self, reqwest::Error> {
-        let client = reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .connect_timeout(config.connect_timeout)
-            .timeout(REQUEST_TIMEOUT)
-            .user_agent(concat!("mcp-sidecar/", env!("CARGO_PKG_VERSION")))
-            .tls_certs_merge(config.ca_certs.iter().cloned())
-            .build()?;
-        Ok(AuthHttp { client, policy: config.retry.clone() })
+    /// The client for `config`'s TLS settings and timeouts (not built yet).
+    pub fn new(config: &Config) -> Self {
+        AuthHttp {
+            client: std::sync::OnceLock::new(),
+            connect_timeout: config.connect_timeout,
+            ca_certs: config.ca_certs.clone(),
+            policy: config.retry.clone(),
+        }
+    }
+
+    fn client(&self) -> Result<&reqwest::Client, AuthError> {
+        self.client
+            .get_or_init(|| {
+                reqwest::Client::builder()
+                    .redirect(reqwest::redirect::Policy::none())
+                    .connect_timeout(self.connect_timeout)
+                    .timeout(REQUEST_TIMEOUT)
+                    .user_agent(concat!("mcp-sidecar/", env!("CARGO_PKG_VERSION")))
+                    .tls_certs_merge(self.ca_certs.iter().cloned())
+                    .build()
+                    .map_err(|e| e.to_string())
+            })
+            .as_ref()
+            .map_err(|e| AuthError(format!("could not set up the sign-in HTTP client: {e}")))
     }
 
     /// Sends `request`, waiting out rate limits; the final response, whatever its status.
@@ -63,7 +79,7 @@ impl AuthHttp {
             let Some(attempt) = request.try_clone() else {
                 return Err(AuthError(format!("the request to {shown} cannot be sent (streamed body)")));
             };
-            let response = self.client.execute(attempt).await.map_err(|e| {
+            let response = self.client()?.execute(attempt).await.map_err(|e| {
                 AuthError(format!(
                     "the sign-in request to {shown} failed ({}): check the network and the server's address",
                     crate::upstream::error_chain(&e)
@@ -97,7 +113,7 @@ impl AuthHttp {
     /// expected shape; an error for anything that means the server is broken or unreachable.
     pub async fn get_json<T: DeserializeOwned>(&self, url: &Url) -> Result<Fetched<T>, AuthError> {
         let request = self
-            .client
+            .client()?
             .get(url.clone())
             .header(ACCEPT, "application/json")
             .build()
@@ -128,7 +144,7 @@ impl AuthHttp {
         body: &serde_json::Value,
     ) -> Result<(StatusCode, Vec<u8>), AuthError> {
         let request = self
-            .client
+            .client()?
             .post(url.clone())
             .header(ACCEPT, "application/json")
             .header(reqwest::header::CONTENT_TYPE, "application/json")
@@ -149,7 +165,7 @@ impl AuthHttp {
                        "clientInfo": {"name": "mcp-sidecar", "version": env!("CARGO_PKG_VERSION")}}
         });
         let request = self
-            .client
+            .client()?
             .post(mcp.clone())
             .header(ACCEPT, "application/json, text/event-stream")
             .header(reqwest::header::CONTENT_TYPE, "application/json")

@@ -120,8 +120,7 @@ impl OAuth {
         let state_dir = config.state_dir.clone().ok_or_else(|| {
             AuthError("no state directory to keep sign-in tokens in: set --state-dir (or HOME)".into())
         })?;
-        let http = http::AuthHttp::new(config)
-            .map_err(|e| AuthError(format!("could not set up the sign-in HTTP client: {e}")))?;
+        let http = http::AuthHttp::new(config);
         let oauth = OAuth {
             http,
             origin: config.url.origin().ascii_serialization(),
