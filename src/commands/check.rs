@@ -28,8 +28,12 @@ pub struct Step {
     pub fix: Option<String>,
 }
 
-/// `check`.
-pub async fn check(config: Config, as_json: bool) -> u8 {
+/// `check`. It never opens a browser: a server that needs a sign-in is reported with the fix
+/// (`mcp-sidecar login`).
+pub async fn check(mut config: Config, as_json: bool) -> u8 {
+    if let Some(oauth) = config.oauth.as_mut() {
+        oauth.interactive = false;
+    }
     let mut steps = Vec::new();
     let mut server = Value::Null;
     let healthy = run(&config, &mut steps, &mut server).await;

@@ -686,3 +686,28 @@ async fn a42_a_token_about_to_expire_is_refreshed_before_it_is_sent() {
     assert_eq!(auth.s().rejected, rejected, "refreshed before use: the server refused nothing");
     finish_checked(sc, &auth).await;
 }
+
+#[tokio::test]
+async fn check_reports_a_needed_sign_in_without_opening_a_browser_and_passes_after_login() {
+    let auth = AuthServer::start(|_| {}).await;
+    let server = auth.protect().await;
+    let dir = temp_dir("check");
+    let browser = Browser::start(&dir, Agent::Follow).await;
+    let state = dir.join("state").to_string_lossy().into_owned();
+    let run = |args: Vec<&str>| {
+        let mut cmd = command(&args, &[("BROWSER", &browser.script)]);
+        cmd.stdin(std::process::Stdio::null());
+        cmd.output()
+    };
+    let out = run(vec!["check", &server.url, "--state-dir", &state]).await.unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(stdout.contains("needs a sign-in") && stdout.contains("mcp-sidecar login"), "{stdout}");
+    assert_eq!(browser.opened(), 0, "check never opens a browser");
+
+    assert!(run(vec!["login", &server.url, "--state-dir", &state]).await.unwrap().status.success());
+    let out = run(vec!["check", &server.url, "--state-dir", &state]).await.unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    assert!(!stdout.contains("SECRET"), "{stdout}");
+}
