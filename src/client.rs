@@ -123,6 +123,11 @@ impl Client {
         }));
     }
 
+    /// Whether an OAuth token is in use (`None`: OAuth is not the credential).
+    pub fn signed_in(&self) -> Option<bool> {
+        self.proxy.signed_in()
+    }
+
     /// Which transport the session uses.
     pub fn transport(&self) -> &'static str {
         self.proxy.transport_name()

@@ -191,6 +191,11 @@ async fn run(config: &Config, steps: &mut Vec<Step>, server: &mut Value) -> bool
 
     // Auth and rate limits.
     let started = Instant::now();
+    let auth = match client.signed_in() {
+        Some(true) => "OAuth: signed in (a stored token; renewed as needed)".to_owned(),
+        Some(false) => "OAuth available; this server did not ask for it".to_owned(),
+        None => auth,
+    };
     push(steps, "auth", started, true, auth);
     let limits = client.rate_limit_headers();
     let detail = if limits.is_empty() {

@@ -192,6 +192,11 @@ impl Proxy {
         if self.up.is_legacy() { "HTTP+SSE (2024-11-05)" } else { "Streamable HTTP" }
     }
 
+    /// Whether an OAuth token is in use: `None` when OAuth is not the credential.
+    pub fn signed_in(&self) -> Option<bool> {
+        self.up.oauth().map(|o| o.header().is_some())
+    }
+
     /// Records the rate-limit headers of successful responses too (for `check`).
     pub fn record_limits(&self) {
         self.record_limits.store(true, Ordering::Relaxed);

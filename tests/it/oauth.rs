@@ -710,4 +710,5 @@ async fn check_reports_a_needed_sign_in_without_opening_a_browser_and_passes_aft
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(0), "{stdout}");
     assert!(!stdout.contains("SECRET"), "{stdout}");
+    assert!(stdout.contains("OAuth: signed in"), "{stdout}");
 }
