@@ -323,6 +323,16 @@ impl Browser {
         Browser { script: script.to_string_lossy().into_owned(), opened }
     }
 
+    /// Runs `mcp-sidecar ARGS` (a command, not the proxy) with this browser, to completion.
+    fn run(
+        &self,
+        args: Vec<&str>,
+    ) -> impl std::future::Future<Output = std::io::Result<std::process::Output>> {
+        let mut cmd = command(&args, &[("BROWSER", &self.script)]);
+        cmd.stdin(std::process::Stdio::null());
+        async move { cmd.output().await }
+    }
+
     fn opened(&self) -> usize {
         self.opened.lock().unwrap().len()
     }
@@ -547,18 +557,13 @@ async fn login_status_logout() {
     let dir = temp_dir("login");
     let browser = Browser::start(&dir, Agent::Follow).await;
     let state = dir.join("state").to_string_lossy().into_owned();
-    let run = |args: Vec<&str>| {
-        let mut cmd = command(&args, &[("BROWSER", &browser.script)]);
-        cmd.stdin(std::process::Stdio::null());
-        cmd.output()
-    };
-    let out = run(vec!["login", &server.url, "--state-dir", &state]).await.unwrap();
+    let out = browser.run(vec!["login", &server.url, "--state-dir", &state]).await.unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     assert!(stderr.contains("signed in to") && stderr.contains("http://127.0.0.1"), "{stderr}");
     assert!(out.stdout.is_empty(), "login prints nothing on stdout (the browser's noise included)");
 
-    let out = run(vec!["status", "--state-dir", &state]).await.unwrap();
+    let out = browser.run(vec!["status", "--state-dir", &state]).await.unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains(&server.url) && text.contains("client-1") && text.contains("mcp:read"), "{text}");
     assert!(text.contains("refresh token") && !text.contains("SECRET"), "no token in status: {text}");
@@ -569,9 +574,9 @@ async fn login_status_logout() {
     finish_checked(sc, &auth).await;
     assert_eq!(browser.opened(), 1);
 
-    let out = run(vec!["logout", &server.url, "--state-dir", &state]).await.unwrap();
+    let out = browser.run(vec!["logout", &server.url, "--state-dir", &state]).await.unwrap();
     assert!(String::from_utf8_lossy(&out.stderr).contains("signed out"));
-    let out = run(vec!["status", &server.url, "--state-dir", &state]).await.unwrap();
+    let out = browser.run(vec!["status", &server.url, "--state-dir", &state]).await.unwrap();
     assert!(String::from_utf8_lossy(&out.stdout).contains("not signed in"));
 }
 
@@ -694,19 +699,14 @@ async fn check_reports_a_needed_sign_in_without_opening_a_browser_and_passes_aft
     let dir = temp_dir("check");
     let browser = Browser::start(&dir, Agent::Follow).await;
     let state = dir.join("state").to_string_lossy().into_owned();
-    let run = |args: Vec<&str>| {
-        let mut cmd = command(&args, &[("BROWSER", &browser.script)]);
-        cmd.stdin(std::process::Stdio::null());
-        cmd.output()
-    };
-    let out = run(vec!["check", &server.url, "--state-dir", &state]).await.unwrap();
+    let out = browser.run(vec!["check", &server.url, "--state-dir", &state]).await.unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(1), "{stdout}");
     assert!(stdout.contains("needs a sign-in") && stdout.contains("mcp-sidecar login"), "{stdout}");
     assert_eq!(browser.opened(), 0, "check never opens a browser");
 
-    assert!(run(vec!["login", &server.url, "--state-dir", &state]).await.unwrap().status.success());
-    let out = run(vec!["check", &server.url, "--state-dir", &state]).await.unwrap();
+    assert!(browser.run(vec!["login", &server.url, "--state-dir", &state]).await.unwrap().status.success());
+    let out = browser.run(vec!["check", &server.url, "--state-dir", &state]).await.unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(0), "{stdout}");
     assert!(!stdout.contains("SECRET"), "{stdout}");
