@@ -2,6 +2,8 @@
 //!
 //! The result JSON goes to stdout (pretty-printed), errors to stderr as one sentence. Rate
 //! limits are waited out as the proxy does; with stderr on a terminal the wait is a countdown.
+//! A server that needs an OAuth sign-in gets one in the browser when run from a terminal; a
+//! script is told to run `mcp-sidecar login` first.
 //! Exit status: 0 a result, 1 failed (network, auth, the proxy's own error), 2 bad arguments,
 //! 3 the server answered with an error (or the tool reported `isError`).
 
@@ -124,7 +126,14 @@ pub fn tool_arguments(args: &[String], json_args: Option<&str>) -> Result<Value,
 
 /// Sets up the proxy and runs the handshake; the client and the initialize result, or `None`
 /// after reporting why not.
+/// A browser sign-in starts only from a terminal; a script gets the error that says to run
+/// `mcp-sidecar login` first.
 async fn connect(config: &Config) -> Option<(Client, Value)> {
+    let mut config = config.clone();
+    if let Some(oauth) = config.oauth.as_mut() {
+        oauth.interactive = std::io::stdin().is_terminal() && std::io::stderr().is_terminal();
+    }
+    let config = &config;
     let mut client = match Client::new(config) {
         Ok(c) => c,
         Err(e) => {

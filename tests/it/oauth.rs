@@ -712,3 +712,20 @@ async fn check_reports_a_needed_sign_in_without_opening_a_browser_and_passes_aft
     assert!(!stdout.contains("SECRET"), "{stdout}");
     assert!(stdout.contains("OAuth: signed in"), "{stdout}");
 }
+
+#[tokio::test]
+async fn a_script_is_told_to_log_in_first_instead_of_getting_a_browser() {
+    let auth = AuthServer::start(|_| {}).await;
+    let server = auth.protect().await;
+    let dir = temp_dir("script");
+    let browser = Browser::start(&dir, Agent::Follow).await;
+    let state = dir.join("state").to_string_lossy().into_owned();
+    let out = browser.run(vec!["tools", "--url", &server.url, "--state-dir", &state]).await.unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("mcp-sidecar login"), "{stderr}");
+    assert_eq!(browser.opened(), 0);
+    assert!(browser.run(vec!["login", &server.url, "--state-dir", &state]).await.unwrap().status.success());
+    let out = browser.run(vec!["tools", "--url", &server.url, "--state-dir", &state]).await.unwrap();
+    assert!(out.status.success() && String::from_utf8_lossy(&out.stdout).contains("echo"));
+}
