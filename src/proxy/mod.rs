@@ -940,28 +940,33 @@ async fn read_body(
     if response.content_length().is_some_and(|n| n > max as u64) {
         return Err(BodyError::TooLarge);
     }
-    let mut first: Option<Bytes> = None;
-    let mut rest: Vec<u8> = Vec::new();
+    // The chunks are kept and joined once at the end: one copy of the body, not one per
+    // doubling of a growing buffer (chunked replies say no length up front).
+    let mut chunks: Vec<Bytes> = Vec::new();
+    let mut len = 0usize;
     loop {
         match timeout_at(deadline, response.chunk()).await {
             Err(_) => return Err(BodyError::Timeout),
             Ok(Err(e)) => return Err(BodyError::Http(e)),
             Ok(Ok(None)) => break,
-            Ok(Ok(Some(chunk))) => match &first {
-                None => first = Some(chunk),
-                Some(f) => {
-                    if rest.is_empty() {
-                        rest.reserve(response.content_length().map_or(f.len() * 2, |n| n as usize));
-                        rest.extend_from_slice(f);
-                    }
-                    rest.extend_from_slice(&chunk);
+            Ok(Ok(Some(chunk))) => {
+                len += chunk.len();
+                if len > max {
+                    return Err(BodyError::TooLarge);
                 }
-            },
-        }
-        let len = if rest.is_empty() { first.as_ref().map_or(0, Bytes::len) } else { rest.len() };
-        if len > max {
-            return Err(BodyError::TooLarge);
+                chunks.push(chunk);
+            }
         }
     }
-    Ok(if rest.is_empty() { first.unwrap_or_default() } else { rest.into() })
+    Ok(match chunks.len() {
+        0 => Bytes::new(),
+        1 => chunks.pop().unwrap_or_default(),
+        _ => {
+            let mut body = Vec::with_capacity(len);
+            for c in &chunks {
+                body.extend_from_slice(c);
+            }
+            body.into()
+        }
+    })
 }
