@@ -182,6 +182,13 @@ fn remaining(headers: &HeaderMap) -> Option<u64> {
         .and_then(|v| v.parse().ok())
 }
 
+/// Whether a response asks the client to come back later: a 429, or a 503 with `Retry-After`
+/// . Such a request was not processed, so it may be sent again.
+pub fn asks_to_wait(status: reqwest::StatusCode, headers: &HeaderMap) -> bool {
+    status == reqwest::StatusCode::TOO_MANY_REQUESTS
+        || (status == reqwest::StatusCode::SERVICE_UNAVAILABLE && headers.contains_key(RETRY_AFTER))
+}
+
 /// The wait a 429 (or 503) response asks for, if any header says (§4.4 steps 2–6).
 pub fn server_wait(headers: &HeaderMap, local_now: SystemTime) -> Option<Wait> {
     let now = server_now(headers, local_now);

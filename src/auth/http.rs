@@ -9,7 +9,7 @@
 use std::time::{Duration, SystemTime};
 
 use reqwest::StatusCode;
-use reqwest::header::{ACCEPT, RETRY_AFTER};
+use reqwest::header::ACCEPT;
 use serde::de::DeserializeOwned;
 use tracing::info;
 use url::Url;
@@ -86,9 +86,7 @@ impl AuthHttp {
                 ))
             })?;
             let status = response.status();
-            let limited = status == StatusCode::TOO_MANY_REQUESTS
-                || (status == StatusCode::SERVICE_UNAVAILABLE
-                    && response.headers().contains_key(RETRY_AFTER));
+            let limited = retry::asks_to_wait(status, response.headers());
             if !limited {
                 return Ok(response);
             }

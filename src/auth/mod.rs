@@ -206,9 +206,9 @@ impl OAuth {
         if refused && let Some(refresh) = entry.tokens.as_ref().and_then(|t| t.refresh_token.clone()) {
             match self.refresh(&entry, &refresh).await {
                 Ok(tokens) => {
+                    self.adopt(&tokens);
                     entry.tokens = Some(tokens);
                     self.store.save(&self.origin, &self.key, &entry)?;
-                    self.adopt(entry.tokens.as_ref().expect("just set"));
                     info!("renewed the access token for {}", redact_url(&self.mcp));
                     return Ok(false);
                 }
@@ -238,11 +238,15 @@ impl OAuth {
         entry.issuer = Some(discovered.server.issuer.clone());
         entry.token_endpoint = discovered.server.token_endpoint.clone();
         entry.resource = Some(discovered.resource.clone());
-        entry.client = (self.settings.client_id.is_none()).then_some(client);
+        // A pre-registered client's secret stays in its variable; the rest (the token-endpoint
+        // authentication chosen from the metadata) is kept for refreshes.
+        let pre_registered = self.settings.client_id.is_some();
+        entry.client =
+            Some(Client { client_secret: client.client_secret.filter(|_| !pre_registered), ..client });
+        self.adopt(&tokens);
+        *requested = scope.or_else(|| tokens.scope.clone());
         entry.tokens = Some(tokens);
         self.store.save(&self.origin, &self.key, &entry)?;
-        self.adopt(entry.tokens.as_ref().expect("just set"));
-        *requested = scope.or_else(|| entry.tokens.as_ref().and_then(|t| t.scope.clone()));
         drop(lock);
         Ok(true)
     }
@@ -530,21 +534,17 @@ impl OAuth {
 }
 
 impl Entry {
-    /// The client to refresh with: the pre-registered one when configured, else the stored one.
+    /// The client to refresh with: the stored one, with a pre-registered client's secret taken
+    /// from its variable (and the pre-registered id winning over anything stored).
     fn client_or(&self, settings: &Settings) -> Option<Client> {
-        match &settings.client_id {
-            Some(id) => Some(Client {
-                client_id: id.clone(),
-                client_secret: settings.client_secret.as_ref().map(|(_, s)| s.clone()),
-                auth: if settings.client_secret.is_some() {
-                    TokenAuth::ClientSecretBasic
-                } else {
-                    TokenAuth::None
-                },
-                port: None,
-            }),
-            None => self.client.clone(),
-        }
+        let Some(id) = &settings.client_id else { return self.client.clone() };
+        let secret = settings.client_secret.as_ref().map(|(_, s)| s.clone());
+        let auth = match &self.client {
+            Some(c) if &c.client_id == id => c.auth,
+            _ if secret.is_some() => TokenAuth::ClientSecretBasic,
+            _ => TokenAuth::None,
+        };
+        Some(Client { client_id: id.clone(), client_secret: secret, auth, port: None })
     }
 }
 

@@ -45,7 +45,7 @@ pub fn install(
 /// The server's name: `--name`, else the preset, else the URL's host.
 fn default_name(config: &Config, args: &Args) -> String {
     match args.preset {
-        Some(p) => format!("{p:?}").to_ascii_lowercase(),
+        Some(p) => name_of(p),
         None => config
             .url
             .host_str()
@@ -55,6 +55,11 @@ fn default_name(config: &Config, args: &Args) -> String {
             .unwrap_or("remote")
             .to_owned(),
     }
+}
+
+/// A flag value as it is written on the command line.
+fn name_of(v: impl clap::ValueEnum) -> String {
+    v.to_possible_value().map(|p| p.get_name().to_owned()).unwrap_or_default()
 }
 
 /// The arguments the client will start mcp-sidecar with: the options given here that describe
@@ -70,22 +75,15 @@ pub fn server_args(a: &Args) -> Vec<String> {
             out.push(v);
         }
     };
-    opt("--preset", a.preset.map(|p| format!("{p:?}").to_ascii_lowercase()));
+    opt("--preset", a.preset.map(name_of));
     opt("--api-key-env", a.api_key_env.clone());
     opt("--auth-header", a.auth_header.clone());
-    opt("--auth", a.auth.map(|m| format!("{m:?}").to_ascii_lowercase().replace("apikey", "api-key")));
+    opt("--auth", a.auth.map(name_of));
     opt("--client-id", a.client_id.clone());
     opt("--client-secret-env", a.client_secret_env.clone());
     opt("--client-metadata-url", a.client_metadata_url.clone());
     opt("--ca-file", a.ca_file.as_ref().map(|p| p.display().to_string()));
-    opt(
-        "--transport",
-        match a.transport {
-            Transport::Auto => None,
-            Transport::StreamableHttp => Some("streamable-http".into()),
-            Transport::Sse => Some("sse".into()),
-        },
-    );
+    opt("--transport", (a.transport != Transport::Auto).then(|| name_of(a.transport)));
     for h in &a.headers {
         opt("--header", Some(h.clone()));
     }
@@ -157,8 +155,11 @@ fn desktop(path: &Path, name: &str, args: &[String], env: &Map<String, Value>, d
     if !env.is_empty() {
         entry["env"] = Value::Object(env.clone());
     }
-    let servers = doc.as_object_mut().expect("an object").entry("mcpServers").or_insert_with(|| json!({}));
-    let Some(servers) = servers.as_object_mut() else {
+    let Some(servers) = doc
+        .as_object_mut()
+        .map(|d| d.entry("mcpServers").or_insert_with(|| json!({})))
+        .and_then(Value::as_object_mut)
+    else {
         eprintln!("mcp-sidecar: \"mcpServers\" in {} is not an object: fix it first", path.display());
         return FAILED;
     };

@@ -109,9 +109,7 @@ impl Proxy {
                 }
                 continue;
             }
-            let limited = status == StatusCode::TOO_MANY_REQUESTS
-                || (status == StatusCode::SERVICE_UNAVAILABLE
-                    && response.headers().contains_key(RETRY_AFTER));
+            let limited = retry::asks_to_wait(status, response.headers());
             if !limited {
                 if status.is_success() && self.record_limits.load(Ordering::Relaxed) {
                     let seen = retry::rate_limit_headers(response.headers());
