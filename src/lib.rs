@@ -18,6 +18,7 @@
 //! - [`auth`]: OAuth 2.1 sign-in (discovery, PKCE, the loopback callback, refresh, token store).
 //! - [`retry`] and [`ratelimit`]: how long the server asks us to wait; the per-origin gate that
 //!   makes every request (and every sidecar with the same key) wait for it.
+//! - [`platform`]: what differs between operating systems (signals, the parent-process watch).
 //!
 //! [`run`] ties them together; `main.rs` only parses flags, sets up logging and calls it.
 
@@ -29,6 +30,7 @@ pub mod client;
 pub mod commands;
 pub mod config;
 pub mod envelope;
+pub mod platform;
 pub mod proxy;
 pub mod ratelimit;
 pub mod retry;
@@ -69,29 +71,6 @@ enum Stop {
     StdoutClosed,
     ParentGone,
     ReadError(std::io::Error),
-}
-
-/// How often the parent process is checked.
-const PARENT_CHECK: std::time::Duration = std::time::Duration::from_millis(500);
-
-/// Resolves when the process that started us has exited, even if stdin stays open (a grandchild
-/// may hold it): a crashed client must not leave its proxies behind. Unix re-parents an orphan, so
-/// the parent id changes. Started by init (parent 1), there is nothing to watch.
-async fn parent_gone() {
-    #[cfg(unix)]
-    {
-        let parent = std::os::unix::process::parent_id();
-        if parent != 1 {
-            let mut tick = tokio::time::interval(PARENT_CHECK);
-            loop {
-                tick.tick().await;
-                if std::os::unix::process::parent_id() != parent {
-                    return;
-                }
-            }
-        }
-    }
-    std::future::pending::<()>().await
 }
 
 /// The proxy for `config`, the outbox it writes to, and the receiving end of that outbox.
@@ -140,7 +119,7 @@ where
     let mut reader = LineReader::new(input, config.max_message_bytes);
 
     tokio::pin!(shutdown);
-    let parent = parent_gone();
+    let parent = platform::parent_gone();
     tokio::pin!(parent);
     let stop = loop {
         tokio::select! {

@@ -117,7 +117,7 @@ fn proxy(args: Args) -> ExitCode {
     let result = runtime.block_on(async {
         // Inside the runtime: pipes register with its reactor.
         let (input, output) = (mcp_sidecar::stdio::stdin(), mcp_sidecar::stdio::stdout());
-        mcp_sidecar::run(config, input, output, signal()).await
+        mcp_sidecar::run(config, input, output, mcp_sidecar::platform::shutdown_signal()).await
     });
     // A blocking read on stdin may still be parked; do not wait for it.
     runtime.shutdown_background();
@@ -150,20 +150,4 @@ fn init_logging(level: LogLevel, format: LogFormat) {
         LogFormat::Text => registry.with(fmt.with_ansi(false)).init(),
         LogFormat::Json => registry.with(fmt.json()).init(),
     }
-}
-
-/// Resolves on SIGINT or SIGTERM.
-async fn signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        if let Ok(mut term) = signal(SignalKind::terminate()) {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
-            }
-            return;
-        }
-    }
-    let _ = tokio::signal::ctrl_c().await;
 }
