@@ -14,6 +14,7 @@ use secrecy::ExposeSecret;
 use serde_json::{Value, json};
 
 use super::{FAILED, OK};
+use crate::cli::Preset;
 use crate::client::Client;
 use crate::config::{Config, redact_url};
 
@@ -302,16 +303,27 @@ fn split_fix(message: &str) -> Option<(&str, &str)> {
     None
 }
 
-/// A key shown without giving it away: its prefix and its last four characters.
+/// Keys shorter than this are shown only as a length: four characters of a short key are a
+/// large share of it.
+const MIN_MASKED_KEY_CHARS: usize = 16;
+
+/// A key shown without giving it away: its documented vendor prefix (`inv_`, `mcp_`, `sk_live_`,
+/// `sk_test_`) or else at most its first four characters, and its last four; a key under
+/// [`MIN_MASKED_KEY_CHARS`] characters only as its length.
 pub fn mask(key: &str) -> String {
     let chars: Vec<char> = key.chars().collect();
-    if chars.len() < 12 {
+    if chars.len() < MIN_MASKED_KEY_CHARS {
         return format!("{} characters", chars.len());
     }
-    // The vendor prefix (inv_, mcp_, sk_live_): up to the last '_' among the first 9 characters.
-    let start: String = chars.iter().take(9).collect();
-    let prefix_len = start.rfind('_').map(|i| start[..=i].chars().count()).unwrap_or(3);
-    let head: String = chars[..prefix_len].iter().collect();
+    let documented = [Preset::Investra, Preset::Ai2fin, Preset::Converra]
+        .into_iter()
+        .flat_map(|p| p.spec().key_prefixes.iter().copied())
+        .filter(|p| key.starts_with(p))
+        .max_by_key(|p| p.len());
+    let head: String = match documented {
+        Some(prefix) => prefix.to_owned(),
+        None => chars[..4].iter().collect(),
+    };
     let tail: String = chars[chars.len() - 4..].iter().collect();
     format!("{head}…{tail}")
 }
@@ -333,7 +345,23 @@ mod tests {
     fn keys_are_masked_to_prefix_and_last_four() {
         assert_eq!(mask("inv_0123456789abc3f9"), "inv_…c3f9");
         assert_eq!(mask("sk_live_0123456789abcdef"), "sk_live_…cdef");
-        assert_eq!(mask("abcdefghijklmnop"), "abc…mnop");
+        assert_eq!(mask("mcp_0123456789abcdef"), "mcp_…cdef");
+        // No documented prefix: at most four characters of the head.
+        assert_eq!(mask("abcdefghijklmnop"), "abcd…mnop");
+        assert_eq!(mask("my_company_token_0123456789"), "my_c…6789");
         assert_eq!(mask("short"), "5 characters");
+    }
+
+    /// Issue 10.8: a 12-character key used to be printed whole (9 leading + 4 trailing
+    /// characters overlap); under 16 characters only the length is shown.
+    #[test]
+    fn short_keys_are_shown_only_as_their_length() {
+        for key in ["inv_12345678", "abcdefghijkl", "sk_live_1234567", "0123456789abcde"] {
+            let shown = mask(key);
+            assert_eq!(shown, format!("{} characters", key.chars().count()), "{key}");
+        }
+        // The shown part never holds more than 4 characters beyond a documented prefix + 4.
+        let shown = mask("x_y_z_0123456789");
+        assert_eq!(shown, "x_y_…6789");
     }
 }

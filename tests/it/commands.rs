@@ -192,7 +192,7 @@ async fn install_merges_into_claude_desktops_config_with_the_key_in_env_only() {
     // --dry-run: shows, changes nothing, never shows the key.
     let (code, stdout, _) = run(&[&base[..], &["--dry-run"]].concat(), &env).await;
     assert_eq!(code, 0);
-    assert!(stdout.contains("would add \"investra\"") && stdout.contains("inv_test_…"), "{stdout}");
+    assert!(stdout.contains("would add \"investra\"") && stdout.contains("inv_…b204"), "{stdout}");
     assert_eq!(serde_json::from_slice::<Value>(&std::fs::read(&file).unwrap()).unwrap(), before);
 
     let (code, _, stderr) = run(&base, &env).await;
@@ -366,4 +366,27 @@ async fn install_for_claude_code_runs_claude_with_the_key_only_in_its_env_option
     let dashes = argv.iter().position(|a| a == "--").unwrap();
     assert_eq!(&argv[..dashes], ["mcp", "add", "inv", "-e", &format!("INVESTRA_API_KEY={KEY}")]);
     assert_eq!(&argv[dashes + 1..], ["mcp-sidecar", "--preset", "investra"], "no key in the server's args");
+}
+
+/// Issue 10.8: `check` and `install --dry-run` used to print a 12-character key whole (9
+/// leading and 4 trailing characters); a key under 16 characters is shown only as its length.
+#[tokio::test]
+async fn a_short_key_is_never_printed_by_check_or_install() {
+    let short = "inv_a1b2c3d4";
+    let opts = Options { keys: vec![short.into()], ..Options::default() };
+    let server = Server::start(opts, None).await;
+    let env = [("TEST_KEY", short)];
+    let ka = key_args(&server);
+    let (code, stdout, stderr) = run(&with(&["check"], &ka), &env).await;
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    assert!(stdout.contains("(12 characters)"), "{stdout}");
+    let dir = temp("short-key");
+    let file = dir.join("claude_desktop_config.json").to_string_lossy().into_owned();
+    let install = ["install", "--client", "claude-desktop", "--dry-run", "--config-file", &file];
+    let (code, shown, stderr) = run(&with(&install, &ka), &env).await;
+    assert_eq!(code, 0, "{stderr}");
+    assert!(shown.contains("12 characters"), "{shown}");
+    for text in [&stdout, &stderr, &shown] {
+        assert!(!text.contains(short) && !text.contains("a1b2c3d4"), "the key leaked:\n{text}");
+    }
 }
