@@ -465,9 +465,10 @@ impl TokenStore {
         &self.dir
     }
 
-    /// Forgets the tokens of one server. Missing tokens are not an error.
+    /// Forgets the tokens of one server. Missing tokens are not an error. The lock file stays:
+    /// another sidecar may hold it, and deleting it would let the next one lock a new file of
+    /// the same name while the first still holds the old one (two renewals at once).
     pub fn remove(&self, origin: &str, resource: &str) -> Result<(), StoreError> {
-        let _ = fs::remove_file(self.path(origin, resource).with_extension("lock"));
         #[cfg(feature = "keyring")]
         {
             // Only entries whose file says so have secrets in the keyring.
@@ -565,6 +566,33 @@ mod tests {
         fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
         let e = store.load("https://a", "r").unwrap_err();
         assert!(matches!(e, StoreError::Exposed { .. }) && e.to_string().contains("chmod 600"), "{e}");
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    /// Issue 10.12: `logout` while another sidecar holds the lock must not let a third one take
+    /// the same lock: the lock file is kept.
+    #[test]
+    fn removing_an_entry_keeps_the_lock_file_another_process_may_hold() {
+        let dir = temp("lock-kept");
+        let store = TokenStore::new(&dir);
+        store.save("https://a", "r", &tokens()).unwrap();
+        let held = store.lock("https://a", "r").unwrap();
+        store.remove("https://a", "r").unwrap();
+        assert!(store.load("https://a", "r").unwrap().is_none(), "the tokens are gone");
+        let lock_path = store.path("https://a", "r").with_extension("lock");
+        let other = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&lock_path)
+            .unwrap();
+        assert!(
+            matches!(other.try_lock(), Err(fs::TryLockError::WouldBlock)),
+            "a second holder got the lock while the first still holds it"
+        );
+        drop(held);
+        assert!(other.try_lock().is_ok());
         let _ = fs::remove_dir_all(&dir);
     }
 
