@@ -104,9 +104,9 @@ impl Client {
             let why = why.to_owned();
             tokio::spawn(async move {
                 use std::io::Write;
-                let end = Instant::now() + wait;
+                let end = crate::retry::deadline_after(wait);
                 loop {
-                    let left = end.saturating_duration_since(Instant::now());
+                    let left = end.saturating_duration_since(tokio::time::Instant::now());
                     {
                         let mut err = std::io::stderr().lock();
                         let secs = left.as_secs_f64().ceil();

@@ -177,7 +177,7 @@ impl Gate {
             on_wait(wait, &b.reason);
             self.stats.waits.fetch_add(1, Ordering::Relaxed);
             self.stats.waited_ms.fetch_add(wait.as_millis() as u64, Ordering::Relaxed);
-            tokio::time::sleep_until(Instant::now() + wait).await;
+            tokio::time::sleep(wait).await;
         }
     }
 

@@ -27,6 +27,12 @@ pub const DEFAULT_MAX_RETRIES: u32 = 3;
 pub const DEFAULT_MAX_WAIT: Duration = Duration::from_secs(45);
 /// The first backoff step when no header says how long to wait.
 const BACKOFF_BASE: Duration = Duration::from_secs(1);
+/// The longest wait any server header is taken to mean: a day, the longest window the vendors
+/// document (Investra's daily quota). A longer value (`Retry-After: 31536000`, milliseconds
+/// mistaken for seconds, a reset in the year 9999) is read as this. Together with the gate's
+/// probe once a minute ([`crate::ratelimit`]), no single header can hold requests for longer than
+/// the server itself keeps refusing them.
+pub const MAX_SERVER_WAIT: Duration = Duration::from_secs(24 * 3600);
 /// Jitter added after a server-given wait: at most this, and at most a tenth of the wait.
 const MAX_JITTER: Duration = Duration::from_millis(500);
 
@@ -77,7 +83,11 @@ fn server_now(headers: &HeaderMap, local_now: SystemTime) -> SystemTime {
         .and_then(|v| v.to_str().ok())
         .and_then(|v| httpdate::parse_http_date(v.trim()).ok());
     match date {
-        Some(d) if local_now >= d && local_now < d + Duration::from_secs(2) => local_now,
+        Some(d)
+            if local_now >= d && d.checked_add(Duration::from_secs(2)).is_some_and(|end| local_now < end) =>
+        {
+            local_now
+        }
         Some(d) => d,
         None => local_now,
     }
@@ -151,16 +161,27 @@ fn parse_params(item: &str) -> Vec<(&str, u64)> {
         .collect()
 }
 
-/// A reset value of unknown convention (§4.4 step 5): epoch ms, epoch s or delta s by magnitude;
-/// else an HTTP-date, an RFC 3339 time or a duration like `6m0s`.
+/// A reset value of unknown convention (§4.4 step 5): epoch nanoseconds, microseconds,
+/// milliseconds or seconds, or delta seconds, by magnitude (now is about 1.8e18 ns, 1.8e15 µs,
+/// 1.8e12 ms, 1.8e9 s); else an HTTP-date, an RFC 3339 time or a duration like `6m0s`. A moment
+/// beyond what this platform's clock can hold (Windows' ends in 30828) is "very far away".
 fn reset_value(v: &str, server_now: SystemTime) -> Option<Duration> {
     if let Some(d) = parse_secs(v, true) {
         let secs = d.as_secs_f64();
-        let epoch = |at: Duration| until(UNIX_EPOCH + at, server_now);
-        return Some(if secs >= 1e12 {
-            epoch(Duration::from_secs_f64(secs / 1000.0))
+        let epoch = |per_second: f64| {
+            Duration::try_from_secs_f64(secs / per_second)
+                .ok()
+                .and_then(|at| UNIX_EPOCH.checked_add(at))
+                .map_or(Duration::MAX, |at| until(at, server_now))
+        };
+        return Some(if secs >= 1e18 {
+            epoch(1e9)
+        } else if secs >= 1e15 {
+            epoch(1e6)
+        } else if secs >= 1e12 {
+            epoch(1e3)
         } else if secs >= 1e9 {
-            epoch(d)
+            epoch(1.0)
         } else {
             d
         });
@@ -189,7 +210,8 @@ pub fn asks_to_wait(status: reqwest::StatusCode, headers: &HeaderMap) -> bool {
         || (status == reqwest::StatusCode::SERVICE_UNAVAILABLE && headers.contains_key(RETRY_AFTER))
 }
 
-/// The wait a 429 (or 503) response asks for, if any header says (§4.4 steps 2–6).
+/// The wait a 429 (or 503) response asks for, if any header says (§4.4 steps 2–6), at most
+/// [`MAX_SERVER_WAIT`].
 pub fn server_wait(headers: &HeaderMap, local_now: SystemTime) -> Option<Wait> {
     let now = server_now(headers, local_now);
     let found = retry_after(headers, local_now)
@@ -213,14 +235,14 @@ pub fn server_wait(headers: &HeaderMap, local_now: SystemTime) -> Option<Wait> {
                 .and_then(|v| reset_value(v, now))
                 .map(|d| (d, Source::Reset))
         });
-    found.map(|(delay, source)| Wait { delay, source })
+    found.map(|(delay, source)| Wait { delay: delay.min(MAX_SERVER_WAIT), source })
 }
 
 /// After a success: the wait until the quota refills, when the response says it is spent
 /// (`X-RateLimit-Remaining: 0` with a reset, or a `RateLimit` item with `r=0`).
 pub fn quota_spent(headers: &HeaderMap, local_now: SystemTime) -> Option<Wait> {
     if let Some(d) = ratelimit_field(headers) {
-        return Some(Wait { delay: d, source: Source::RateLimit });
+        return Some(Wait { delay: d.min(MAX_SERVER_WAIT), source: Source::RateLimit });
     }
     if remaining(headers) != Some(0) {
         return None;
@@ -283,6 +305,13 @@ impl RetryPolicy {
 pub fn with_jitter(delay: Duration) -> Duration {
     let cap = MAX_JITTER.min(delay / 10);
     delay.saturating_add(cap.mul_f64(fastrand::f64()))
+}
+
+/// The instant `d` from now. Timeouts come from flags (`--request-timeout 1e19`): when the
+/// sum is past what the clock can hold, a century from now stands in for "never".
+pub fn deadline_after(d: Duration) -> tokio::time::Instant {
+    let now = tokio::time::Instant::now();
+    now.checked_add(d).unwrap_or_else(|| now + Duration::from_secs(100 * 365 * 86400))
 }
 
 /// "3 h 12 min", "45 s", "1.5 s": a wait for people.
@@ -350,9 +379,42 @@ mod tests {
     }
 
     #[test]
-    fn r02_huge_values_saturate_instead_of_failing() {
+    fn r02_huge_values_saturate_at_the_named_maximum_instead_of_failing() {
         let w = server_wait(&headers(&[("Retry-After", "99999999999999999999999")]), now()).unwrap();
-        assert_eq!(w.delay, Duration::MAX);
+        assert_eq!(w.delay, MAX_SERVER_WAIT);
+        // Issue 10.1: a year, or milliseconds read as seconds (41 days), is at most a day.
+        for v in ["31536000", "3600000"] {
+            assert_eq!(
+                wait(&[("Retry-After", v)]),
+                Some((MAX_SERVER_WAIT.as_millis() as u64, Source::RetryAfter))
+            );
+        }
+    }
+
+    /// Issue 10.13: a reset in epoch microseconds or nanoseconds is read as such, and one beyond
+    /// any clock's range (u64::MAX) is a capped wait, not a panic.
+    #[test]
+    fn epoch_micro_and_nanoseconds_and_the_end_of_time() {
+        let at = 1_795_348_800u64 + 42;
+        assert_eq!(
+            wait(&[("X-RateLimit-Reset", &(at * 1_000_000).to_string())]),
+            Some((42_000, Source::Reset))
+        );
+        assert_eq!(
+            wait(&[("X-RateLimit-Reset", &(at as u128 * 1_000_000_000).to_string())]),
+            Some((42_000, Source::Reset))
+        );
+        let capped = Some((MAX_SERVER_WAIT.as_millis() as u64, Source::Reset));
+        assert_eq!(wait(&[("X-RateLimit-Reset", &u64::MAX.to_string())]), capped);
+        assert_eq!(wait(&[("X-RateLimit-Reset", "Fri, 31 Dec 9999 23:59:59 GMT")]), capped);
+        assert_eq!(wait(&[("X-RateLimit-Reset", "Thu, 01 Jan 1970 00:00:00 GMT")]), Some((0, Source::Reset)));
+        assert_eq!(
+            wait(&[
+                ("Retry-After", "Fri, 31 Dec 9999 23:59:59 GMT"),
+                ("Date", "Thu, 01 Jan 1970 00:00:00 GMT")
+            ]),
+            Some((MAX_SERVER_WAIT.as_millis() as u64, Source::RetryAfter))
+        );
     }
 
     #[test]
@@ -541,7 +603,8 @@ mod properties {
         fn seconds_and_epochs_agree(secs in 0u64..10_000_000) {
             let mut h = HeaderMap::new();
             h.insert(RETRY_AFTER, HeaderValue::from(secs));
-            prop_assert_eq!(server_wait(&h, now()).unwrap().delay, Duration::from_secs(secs));
+            let asked = Duration::from_secs(secs).min(MAX_SERVER_WAIT);
+            prop_assert_eq!(server_wait(&h, now()).unwrap().delay, asked);
             let epoch = 1_795_348_800 + secs;
             let mut h = HeaderMap::new();
             h.insert("x-ratelimit-reset", HeaderValue::from(epoch));
@@ -549,8 +612,49 @@ mod properties {
             let mut h = HeaderMap::new();
             h.insert("x-ratelimit-reset", HeaderValue::from(epoch * 1000));
             let by_ms = server_wait(&h, now()).unwrap().delay;
-            prop_assert_eq!(by_s, Duration::from_secs(secs));
+            prop_assert_eq!(by_s, asked);
             prop_assert!(by_ms.abs_diff(by_s) < Duration::from_millis(2));
+        }
+
+        /// Issue 10.13: every rate-limit header, with any number up to u64::MAX in every unit
+        /// a server may mean (seconds, fractions, milliseconds, microseconds, Go durations),
+        /// any date from 1970 to 9999, against any clock and any `Date`: no panic, and never a
+        /// wait beyond MAX_SERVER_WAIT.
+        #[test]
+        fn no_value_panics_or_waits_beyond_the_maximum(
+            name in prop_oneof![Just("retry-after"), Just("x-ratelimit-reset"), Just("x-rate-limit-reset"),
+                Just("ratelimit-reset"), Just("x-ratelimit-reset-after"), Just("ratelimit")],
+            n in prop_oneof![any::<u64>(), 0u64..100_000, Just(u64::MAX), Just(u64::MAX / 1000)],
+            form in 0usize..8,
+            year in 1970u64..=9999,
+            local in prop_oneof![Just(0u64), any::<u32>().prop_map(u64::from), Just(253_402_300_799u64)],
+            date_header in any::<bool>(),
+        ) {
+            let value = match form {
+                0 => n.to_string(),
+                1 => format!("{n}.999"),
+                2 => format!("{n}ms"),
+                3 => format!("{n}us"),
+                4 => format!("{n}h"),
+                5 => format!("\"p\";r=0;t={n}"),
+                6 => {
+                    let at = UNIX_EPOCH + Duration::from_secs((year - 1970) * 31_556_952 % 253_402_300_800);
+                    httpdate::fmt_http_date(at)
+                }
+                _ => format!("{year}-12-31T23:59:59Z"),
+            };
+            let mut h = HeaderMap::new();
+            if let Ok(v) = HeaderValue::from_str(&value) {
+                h.insert(HeaderName::from_static(name), v);
+            }
+            h.insert("x-ratelimit-remaining", HeaderValue::from_static("0"));
+            if date_header {
+                h.insert(reqwest::header::DATE, HeaderValue::from_static("Thu, 01 Jan 1970 00:00:00 GMT"));
+            }
+            let local_now = UNIX_EPOCH + Duration::from_secs(local);
+            for w in [server_wait(&h, local_now), quota_spent(&h, local_now)].into_iter().flatten() {
+                prop_assert!(w.delay <= MAX_SERVER_WAIT, "{name}: {value} -> {:?}", w.delay);
+            }
         }
     }
 }

@@ -569,7 +569,7 @@ fn token_store(dir: &std::path::Path, _keyring: bool) -> Result<TokenStore, Auth
 /// request).
 fn refresh_due(at: u64, issued_at: Option<u64>, now: u64) -> bool {
     let lifetime = issued_at.map_or(u64::MAX, |i| at.saturating_sub(i));
-    at <= now + REFRESH_MARGIN.as_secs().min(lifetime / 4)
+    at <= now.saturating_add(REFRESH_MARGIN.as_secs().min(lifetime / 4))
 }
 
 /// A-32 (RFC 9207 §2.4): the `iss` of the authorization response against the recorded issuer.
@@ -615,7 +615,7 @@ fn tokens_from<R: TokenResponse>(
             .refresh_token()
             .map(|r| SecretString::from(r.secret().clone()))
             .or_else(|| old_refresh.cloned()),
-        expires_at: response.expires_in().map(|d| now() + d.as_secs()),
+        expires_at: response.expires_in().map(|d| now().saturating_add(d.as_secs())),
         issued_at: Some(now()),
         scope: response
             .scopes()
@@ -693,6 +693,20 @@ mod tests {
         assert!(!refresh_due(now + 30, Some(now), now), "a fresh 30 s token is used as is");
         assert!(refresh_due(now + 7, Some(now - 23), now), "its last quarter");
         assert!(refresh_due(now - 1, Some(now - 100), now), "expired");
+    }
+
+    /// Issue 10.13: an `expires_in` of u64::MAX seconds, or a clock at the end of time, is a
+    /// token that expires "never", not an overflow.
+    #[test]
+    fn absurd_lifetimes_do_not_overflow() {
+        let response: oauth2::basic::BasicTokenResponse = serde_json::from_str(
+            r#"{"access_token":"a","token_type":"bearer","expires_in":18446744073709551615}"#,
+        )
+        .unwrap();
+        assert_eq!(tokens_from(&response, None, None).expires_at, Some(u64::MAX));
+        assert!(refresh_due(u64::MAX, Some(0), u64::MAX));
+        assert!(!refresh_due(u64::MAX, None, 0));
+        assert!(refresh_due(0, Some(u64::MAX), u64::MAX - 1));
     }
 
     #[test]

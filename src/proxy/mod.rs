@@ -581,7 +581,7 @@ impl Proxy {
                 }
                 let data = Bytes::from(event.data.unwrap_or_default());
                 if self.deliver(data).await == Delivered::Progress {
-                    deadline = Instant::now() + limit;
+                    deadline = retry::deadline_after(limit);
                 }
                 if !self.any_pending(&ids) {
                     return Ok(());

@@ -31,7 +31,7 @@ impl Proxy {
             let session = if initialize { None } else { Some(self.up.session()) };
             let (request, sent_session) = self.up.post(body.clone(), headers, session.as_ref());
             // The timeout measures the server, not the time spent waiting for the gate.
-            let deadline = Instant::now() + limit;
+            let deadline = retry::deadline_after(limit);
             let response = match timeout_at(deadline, request.send()).await {
                 Err(_) => return Err(self.up.timeout_error(limit)),
                 Ok(Err(e)) => {

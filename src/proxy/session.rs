@@ -36,7 +36,7 @@ impl Proxy {
             err.request_sent = Some(false);
             err
         };
-        let deadline = Instant::now() + limit;
+        let deadline = retry::deadline_after(limit);
         let (request, _) = self.up.post(line, &MessageHeaders::default(), None);
         let response = match timeout_at(deadline, request.send()).await {
             Ok(Ok(r)) if r.status().is_success() => r,

@@ -6,6 +6,7 @@
 //! - `streamable`: the Streamable HTTP happy paths with a real rmcp client (T-01…T-33).
 //! - `bytes`: messages forwarded byte for byte in both directions (J-01, J-11).
 //! - `errors`: HTTP and network failures become one clear JSON-RPC error with the request's id.
+//! - `hardening`: issue 10's promises against hostile servers, absurd values, slow clients.
 //! - `faults`: servers dying mid-request, replies cut off, bodies over the limit.
 //! - `legacy`: the 2024-11-05 HTTP+SSE transport, found by auto or forced (T-60, T-61).
 //! - `load`, `load_driver`: thousands of calls with 429s and expiring sessions (the full run is a bench).
@@ -18,6 +19,7 @@ mod bytes;
 mod commands;
 mod errors;
 mod faults;
+mod hardening;
 mod harness;
 mod legacy;
 mod load;
