@@ -68,9 +68,12 @@ pub enum Command {
     Login(Args),
     /// Forget the stored tokens and client registration of a server.
     Logout(Args),
-    /// Show what is stored per server (client id, scopes, expiry; never a token). Without a
-    /// URL or preset: every server.
-    Status(Args),
+    /// Show what is stored per server: sign-ins (client id, scopes, expiry; never a token) and
+    /// rate-limit deadlines. Without a URL or preset: every server.
+    #[command(
+        after_help = "Example:\n  mcp-sidecar status\n  mcp-sidecar status --clear-limits https://mcp.example.com/mcp"
+    )]
+    Status(StatusArgs),
     /// Connect to a server and report each step (configuration, DNS, TLS, HTTP, MCP handshake,
     /// tools, auth, rate limits) with its timing; exit 0 when healthy.
     Check(CheckArgs),
@@ -105,6 +108,17 @@ pub struct CheckArgs {
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub args: Args,
+}
+
+/// `status`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct StatusArgs {
+    /// Remove the stored rate-limit deadlines (this server's, given a URL or preset; else all),
+    /// so that every mcp-sidecar sends requests again at once.
+    #[arg(long)]
+    pub clear_limits: bool,
     #[command(flatten)]
     pub args: Args,
 }

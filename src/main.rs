@@ -16,15 +16,15 @@ fn main() -> ExitCode {
         None => proxy(cli.args),
         Some(Command::Login(args)) => subcommand(args, |config, rt| rt.block_on(commands::login(config))),
         Some(Command::Logout(args)) => subcommand(args, |config, _| commands::logout(&config)),
-        Some(Command::Status(args))
-            if args.url.is_none() && args.url_flag.is_none() && args.preset.is_none() =>
+        Some(Command::Status(s))
+            if s.args.url.is_none() && s.args.url_flag.is_none() && s.args.preset.is_none() =>
         {
-            let dir = args.state_dir.clone().or_else(default_state_dir);
-            ExitCode::from(commands::status(dir.as_deref(), None))
+            let dir = s.args.state_dir.clone().or_else(default_state_dir);
+            ExitCode::from(commands::status(dir.as_deref(), None, s.clear_limits))
         }
-        Some(Command::Status(args)) => {
-            subcommand(args, |config, _| commands::status(config.state_dir.as_deref(), Some(&config)))
-        }
+        Some(Command::Status(s)) => subcommand(s.args, |config, _| {
+            commands::status(config.state_dir.as_deref(), Some(&config), s.clear_limits)
+        }),
         Some(Command::Check(c)) => {
             subcommand(quiet(c.args), |config, rt| rt.block_on(check::check(config, c.json)))
         }

@@ -102,11 +102,67 @@ pub fn logout(config: &Config) -> u8 {
 }
 
 /// `mcp-sidecar status`: what is stored, for one server (`config`) or all; never a secret.
-pub fn status(state_dir: Option<&Path>, server: Option<&Config>) -> u8 {
+/// With `clear_limits`: removes the stored rate-limit deadlines instead.
+pub fn status(state_dir: Option<&Path>, server: Option<&Config>, clear_limits: bool) -> u8 {
     let Some(dir) = state_dir else {
         eprintln!("mcp-sidecar: no state directory: pass --state-dir");
         return CONFIG;
     };
+    let origin = server.map(|c| c.url.origin().ascii_serialization());
+    if clear_limits {
+        return clear(dir, origin.as_deref());
+    }
+    let code = sign_ins(dir, server);
+    let limits = crate::ratelimit::stored_limits(dir, origin.as_deref());
+    let mut out = std::io::stdout().lock();
+    if limits.is_empty() {
+        let _ = writeln!(out, "no rate-limit deadlines stored");
+    } else {
+        let _ = writeln!(out, "rate-limit deadlines (mcp-sidecar status --clear-limits removes them):");
+        for l in &limits {
+            let _ = writeln!(out, "  {}", describe_limit(l));
+        }
+    }
+    code
+}
+
+/// One stored deadline for people: origin, until when (and in how long), which header.
+fn describe_limit(l: &crate::ratelimit::StoredLimit) -> String {
+    let left = l.until.duration_since(SystemTime::now()).unwrap_or_default();
+    format!(
+        "{}  until {} (in {}), set by {}",
+        l.origin,
+        humantime::format_rfc3339_seconds(l.until),
+        crate::retry::human(left),
+        if l.by.is_empty() { "the server" } else { &l.by }
+    )
+}
+
+/// `status --clear-limits`.
+fn clear(dir: &Path, origin: Option<&str>) -> u8 {
+    match crate::ratelimit::clear_limits(dir, origin) {
+        Ok(cleared) if cleared.is_empty() => {
+            eprintln!("mcp-sidecar: no rate-limit deadlines to clear");
+            OK
+        }
+        Ok(cleared) => {
+            for l in &cleared {
+                eprintln!("mcp-sidecar: cleared {}", describe_limit(l));
+            }
+            OK
+        }
+        Err(e) => {
+            eprintln!(
+                "mcp-sidecar: the rate-limit state under {} cannot be changed ({e}): check --state-dir",
+                dir.display()
+            );
+            FAILED
+        }
+    }
+}
+
+/// The sign-ins part of `status`.
+fn sign_ins(dir: &Path, server: Option<&Config>) -> u8 {
     let store = TokenStore::new(dir);
     let mut out = std::io::stdout().lock();
     let entries: Vec<_> = match server {

@@ -64,8 +64,14 @@ const MAX_SIGN_INS: u32 = 2;
 /// Browser sign-ins per request, the first one and those for more scope after a 403
 /// `insufficient_scope` together (A-12: "no more than a few times").
 const MAX_AUTHORIZATIONS: u32 = 3;
+/// The longest `retry:` of a server's event stream obeyed (T-24): the reconnection hint of a
+/// healthy server is seconds; `retry: 4000000000` must not leave a request unanswered for weeks.
+const MAX_SSE_RETRY: Duration = Duration::from_secs(60);
 /// How many times a broken reply stream is resumed with Last-Event-ID (T-23).
 const MAX_RESUMPTIONS: u32 = 3;
+/// The longest a stream for server messages sits out a rate-limit deadline before it looks at
+/// the gate again (the deadline may have been cleared by a success meanwhile).
+const MAX_STREAM_HOLD: Duration = Duration::from_secs(60);
 /// Consecutive failures after which the GET stream is given up.
 const MAX_GET_STREAM_FAILURES: u32 = 3;
 
@@ -553,10 +559,15 @@ impl Proxy {
                             }
                         };
                         resumed += 1;
-                        let wait = retry_after.unwrap_or(Duration::from_millis(1000) * (resumed + 1) / 2);
+                        let wait = retry_after
+                            .unwrap_or(Duration::from_millis(1000) * (resumed + 1) / 2)
+                            .min(MAX_SSE_RETRY);
                         debug!(what, last_event_id = %id, wait_ms = wait.as_millis() as u64, "resuming the reply stream");
-                        tokio::time::sleep(wait).await;
-                        self.admit(what).await?;
+                        // Issue 10.2: the server's `retry` counts against the request's deadline.
+                        if timeout_at(deadline, tokio::time::sleep(wait)).await.is_err() {
+                            return Err(self.up.timeout_error(limit));
+                        }
+                        let _admitted = self.admit(what).await?;
                         match timeout_at(deadline, self.up.get_stream(Some(&id)).send()).await {
                             Ok(Ok(r)) if r.status().is_success() => {
                                 events = sse::decode(r.bytes_stream(), self.max_message);
@@ -851,7 +862,8 @@ impl Proxy {
         }
         if let Some(delete) = self.up.delete_session() {
             // Same rate-limit rules, within the shutdown budget.
-            if self.gate.admit(DELETE_TIMEOUT, |_, _| {}).await.is_err() {
+            let admitted = timeout(DELETE_TIMEOUT, self.gate.admit(DELETE_TIMEOUT, false, |_, _| {})).await;
+            if !matches!(admitted, Ok(Ok(_))) {
                 debug!("not closing the session: the rate limit holds requests past the shutdown budget");
             } else {
                 match timeout(DELETE_TIMEOUT, delete.send()).await {

@@ -20,7 +20,7 @@ impl Proxy {
         let mut renewals = 0u32;
         let (mut sign_ins, mut authorizations) = (0u32, 0u32);
         loop {
-            self.admit(what).await?;
+            let admitted = self.admit(what).await?;
             let oauth = self.up.oauth();
             if let Some(o) = oauth
                 && o.expiring()
@@ -111,6 +111,10 @@ impl Proxy {
             }
             let limited = retry::asks_to_wait(status, response.headers());
             if !limited {
+                if status.is_success() {
+                    // Issue 10.1: an answer to a request sent after a deadline was set lifts it.
+                    self.gate.succeeded(&admitted).await;
+                }
                 if status.is_success() && self.record_limits.load(Ordering::Relaxed) {
                     let seen = retry::rate_limit_headers(response.headers());
                     if !seen.is_empty() {
@@ -125,7 +129,7 @@ impl Proxy {
                         retry::human(w.delay)
                     );
                     *self.last_limit_headers.locked() = retry::rate_limit_headers(response.headers());
-                    self.gate.block_for(w.delay, w.source.as_str());
+                    self.gate.block_for(w.delay, w.source.as_str(), Some(&admitted)).await;
                 }
                 return Ok((response, sent_session, deadline));
             }
@@ -140,7 +144,7 @@ impl Proxy {
             let source = asked.map_or(retry::Source::Backoff, |w| w.source);
             if let Some(w) = asked {
                 // Whatever happens to this request, the others wait for the same deadline.
-                self.gate.block_for(w.delay, source.as_str());
+                self.gate.block_for(w.delay, source.as_str(), Some(&admitted)).await;
             }
             if wait > self.policy.max_wait || retries >= self.policy.max_retries {
                 let body = read_body(response, MAX_ERROR_BODY_BYTES, deadline).await.unwrap_or_default();
@@ -155,7 +159,7 @@ impl Proxy {
                 ));
             }
             if asked.is_none() {
-                self.gate.block_for(wait, source.as_str());
+                self.gate.block_for(wait, source.as_str(), Some(&admitted)).await;
             }
             drop(response);
             retries += 1;
@@ -163,11 +167,12 @@ impl Proxy {
         }
     }
 
-    /// Waits at the gate, logging each wait; a wait longer than `--max-wait` is an error.
-    pub(super) async fn admit(&self, what: &str) -> Result<(), LocalError> {
+    /// Waits at the gate, logging each wait; a wait longer than `--max-wait` is an error (but
+    /// the gate lets one request a minute through as a probe, issue 10.1).
+    pub(super) async fn admit(&self, what: &str) -> Result<crate::ratelimit::Admission<'_>, LocalError> {
         let max = self.policy.max_wait;
         self.gate
-            .admit(max, |wait, why| match self.wait_observer.get() {
+            .admit(max, true, |wait, why| match self.wait_observer.get() {
                 Some(observe) => observe(wait, why),
                 None => info!("{what}: waiting {} for the rate limit ({why})", retry::human(wait)),
             })
@@ -217,14 +222,20 @@ impl Proxy {
                 .unwrap_or_default();
             format!(" (HTTP {}{said})", s.as_u16())
         });
+        // Issue 10.1: past a long deadline the gate lets a probe through every minute.
+        let sooner = if wait > crate::ratelimit::PROBE_INTERVAL {
+            " (one request a minute is let through to see whether it lifts sooner)"
+        } else {
+            ""
+        };
         let message = if held {
             format!(
-                "rate limit reached at {host}; {resets}, longer than --max-wait {}: try again then",
+                "rate limit reached at {host}; {resets}, longer than --max-wait {}: try again then{sooner}",
                 retry::human(self.policy.max_wait)
             )
         } else if over_cap {
             format!(
-                "rate limit reached at {host}{status}; {resets}, longer than --max-wait {}, so the request was not sent again: try again then",
+                "rate limit reached at {host}{status}; {resets}, longer than --max-wait {}, so the request was not sent again: try again then{sooner}",
                 retry::human(self.policy.max_wait)
             )
         } else {

@@ -140,8 +140,8 @@ impl Proxy {
 
     /// Opens the stream and reads up to its `endpoint` event.
     pub(super) async fn open_legacy(&self) -> Result<LegacyEvents, String> {
-        if let Err(b) = self.gate.admit(self.policy.max_wait, |_, _| {}).await {
-            tokio::time::sleep(b.wait).await;
+        if let Err(b) = self.gate.admit(self.policy.max_wait, false, |_, _| {}).await {
+            tokio::time::sleep(b.wait.min(MAX_STREAM_HOLD)).await;
         }
         let response = self.up.legacy_stream().send().await.map_err(|e| self.up.send_error(&e).message)?;
         let status = response.status();
@@ -207,30 +207,39 @@ impl Proxy {
         let mut problem = String::from("the stream ended");
         loop {
             // The GET stream waits at the gate like everything else; nobody waits on it, so it
-            // sits out even waits longer than --max-wait.
-            if let Err(b) = self.gate.admit(self.policy.max_wait, |_, _| {}).await {
-                tokio::time::sleep(b.wait).await;
-                continue;
-            }
+            // sits out even waits longer than --max-wait (looking again now and then: a success
+            // may clear the deadline), and it never takes the probe of a long deadline.
+            let admitted = match self.gate.admit(self.policy.max_wait, false, |_, _| {}).await {
+                Ok(admitted) => admitted,
+                Err(b) => {
+                    tokio::time::sleep(b.wait.min(MAX_STREAM_HOLD)).await;
+                    continue;
+                }
+            };
+            // What a 429 asked to wait, on top of the usual pause before the next try.
+            let mut asked_wait = Duration::ZERO;
             match self.up.get_stream(last_event_id.as_deref()).send().await {
-                Ok(r) if r.status() == StatusCode::TOO_MANY_REQUESTS => {
+                Ok(r) if retry::asks_to_wait(r.status(), r.headers()) => {
+                    // Issue 10.2: a 429 is a failed try like any other (a server that answers
+                    // `Retry-After: 0` forever must not be asked back to back), and the others
+                    // wait for the same deadline.
                     self.gate.stats.limited.fetch_add(1, Ordering::Relaxed);
                     let asked = retry::server_wait(r.headers(), SystemTime::now());
-                    let wait =
-                        asked.map_or(self.policy.backoff(failures), |w| self.policy.with_jitter(w.delay));
                     let source = asked.map_or(retry::Source::Backoff, |w| w.source).as_str();
-                    info!(
-                        "the stream for server messages is rate limited; reopening it in {} ({source})",
-                        retry::human(wait)
-                    );
-                    self.gate.block_for(wait, source);
-                    continue;
+                    if let Some(w) = asked {
+                        self.gate.block_for(w.delay, source, Some(&admitted)).await;
+                        asked_wait = self.policy.with_jitter(w.delay);
+                    }
+                    info!("the stream for server messages is rate limited ({source})");
+                    problem = format!("HTTP {} ({source})", r.status().as_u16());
                 }
                 Ok(r) if matches!(r.status().as_u16(), 404 | 405) => {
                     debug!(status = r.status().as_u16(), "the server offers no GET stream");
                     return;
                 }
                 Ok(r) if r.status().is_success() => {
+                    self.gate.succeeded(&admitted).await;
+                    drop(admitted);
                     let mut events = sse::decode(r.bytes_stream(), self.max_message);
                     while let Some(Ok(event)) = events.next().await {
                         failures = 0;
@@ -267,7 +276,11 @@ impl Proxy {
                 self.get_stream_lost.store(true, Ordering::Relaxed);
                 return;
             }
-            tokio::time::sleep(retry.unwrap_or(Duration::from_millis(500) * 2u32.pow(failures))).await;
+            // The server's `retry` (bounded, T-24), else backoff; never less than a 429 asked.
+            let pause = retry
+                .map_or(Duration::from_millis(500) * 2u32.pow(failures), |r| r.min(MAX_SSE_RETRY))
+                .max(asked_wait);
+            tokio::time::sleep(pause).await;
         }
     }
 }

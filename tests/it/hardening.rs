@@ -2,6 +2,10 @@
 //! against hostile servers, absurd values and careless or slow clients. Each test names the
 //! point of the issue it holds to.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
 use serde_json::json;
 
 use crate::harness::*;
@@ -23,4 +27,125 @@ async fn absurd_timeouts_from_flags_mean_very_long_not_a_panic() {
     let out = s.finish().await;
     assert!(out.status.success(), "{}", out.stderr);
     assert!(!out.stderr.contains("panicked"), "{}", out.stderr);
+}
+
+/// A 429 with `headers`.
+fn too_many(headers: &[(&str, &str)]) -> axum::response::Response {
+    let mut r = respond(429, "application/json", r#"{"error":"rate_limited"}"#);
+    for (k, v) in headers {
+        r.headers_mut().insert(axum::http::HeaderName::from_bytes(k.as_bytes()).unwrap(), v.parse().unwrap());
+    }
+    r
+}
+
+/// A hook that answers `tools/call` with `make()` while `on` is set.
+fn calls_limited_while(
+    on: Arc<AtomicBool>,
+    make: impl Fn() -> axum::response::Response + Send + Sync + 'static,
+) -> Hook {
+    Arc::new(move |s: &Seen| {
+        if s.rpc_method() == Some("tools/call") && on.load(Ordering::SeqCst) {
+            return Action::Respond(make());
+        }
+        Action::Pass
+    })
+}
+
+/// 10.1: one absurd header (`Retry-After` of a year) used to lock the key out for every sidecar,
+/// across restarts, with no way to clear it. Now the deadline is at most a day, one request a
+/// minute goes through as a probe, its success clears the deadline for every process, `status`
+/// lists what is stored and `status --clear-limits` removes it.
+#[tokio::test]
+async fn one_absurd_429_does_not_lock_the_key_out() {
+    let absurd = Arc::new(AtomicBool::new(true));
+    let server = Server::start(
+        generic(),
+        Some(calls_limited_while(absurd.clone(), || too_many(&[("retry-after", "31536000")]))),
+    )
+    .await;
+    let dir = scratch_dir("absurd-429");
+    let state = dir.to_string_lossy().into_owned();
+    let mut a = sidecar_for(&server, &["--state-dir", &state]);
+    a.handshake().await;
+    a.send_json(&call(1, "sum", json!({"a": 1, "b": 2}))).await;
+    let refused = a.recv().await;
+    let limited_at = std::time::Instant::now();
+    assert_eq!(refused["error"]["data"]["kind"], "rate_limited", "{refused}");
+    let message = refused["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("resets in 1 d 0 h") && message.contains("a minute"),
+        "capped at a day: {message}"
+    );
+    a.finish().await;
+    absurd.store(false, Ordering::SeqCst); // the server recovers
+
+    let (code, listed, _) = run_command(&["status", "--state-dir", &state], &[]).await;
+    assert_eq!(code, 0);
+    let origin = format!("http://{}", server.addr);
+    let line = listed.lines().find(|l| l.contains(&origin)).unwrap_or_else(|| panic!("{listed}"));
+    assert!(line.contains("Retry-After") && line.contains("until "), "{line}");
+
+    // A new process: its first request waits for the probe slot (a minute after the 429, within
+    // its --max-wait), goes through, and its success clears the deadline.
+    let mut b = sidecar_for(&server, &["--state-dir", &state, "--max-wait", "65"]);
+    b.handshake_within(Duration::from_secs(75)).await;
+    b.send_json(&call(2, "sum", json!({"a": 2, "b": 3}))).await;
+    let answer = b.recv().await;
+    assert_eq!(answer["result"]["content"][0]["text"], "5", "{answer}");
+    let took = limited_at.elapsed();
+    assert!(took <= Duration::from_secs(70), "answered {took:?} after the 429");
+    assert!(took >= Duration::from_secs(55), "the probe waited for its minute: {took:?}");
+    b.finish().await;
+    let (_, listed, _) = run_command(&["status", "--state-dir", &state], &[]).await;
+    assert!(listed.contains("no rate-limit deadlines stored"), "the success cleared it:\n{listed}");
+
+    // Set again; `status --clear-limits` removes it, and a new process is served at once.
+    absurd.store(true, Ordering::SeqCst);
+    let mut c = sidecar_for(&server, &["--state-dir", &state]);
+    c.handshake().await;
+    c.send_json(&call(3, "sum", json!({"a": 1, "b": 1}))).await;
+    assert_eq!(c.recv().await["error"]["data"]["kind"], "rate_limited");
+    c.finish().await;
+    absurd.store(false, Ordering::SeqCst);
+    let (code, _, said) = run_command(&["status", "--clear-limits", "--state-dir", &state], &[]).await;
+    assert_eq!(code, 0, "{said}");
+    assert!(said.contains("cleared") && said.contains(&origin), "{said}");
+    let mut d = sidecar_for(&server, &["--state-dir", &state]);
+    d.handshake().await;
+    d.send_json(&call(4, "sum", json!({"a": 4, "b": 4}))).await;
+    assert_eq!(d.recv().await["result"]["content"][0]["text"], "8");
+    d.finish().await;
+}
+
+/// 10.14: another process holding the rate-limit state file's lock used to freeze the sidecar
+/// (its one runtime thread sat in `flock`: no answers, no signals, no timers). Now the gate waits
+/// for the lock asynchronously and, after a second, decides in memory; SIGTERM still works.
+#[tokio::test]
+async fn a_stuck_process_holding_the_state_lock_freezes_nobody() {
+    let server = Server::start(generic(), None).await;
+    let dir = scratch_dir("held-lock");
+    let state = dir.to_string_lossy().into_owned();
+    let mut s = sidecar_for(&server, &["--state-dir", &state, "--rate-limit", "100/min"]);
+    s.handshake().await;
+    // The state file and its lock exist now; a stuck process takes the lock and keeps it.
+    let held: Vec<std::fs::File> = std::fs::read_dir(dir.join("ratelimit"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "lock"))
+        .map(|p| {
+            let f = std::fs::OpenOptions::new().write(true).open(p).unwrap();
+            f.lock().unwrap();
+            f
+        })
+        .collect();
+    assert_eq!(held.len(), 1);
+    s.send_json(&call(1, "sum", json!({"a": 1, "b": 1}))).await;
+    assert_eq!(s.recv().await["result"]["content"][0]["text"], "2", "answered despite the lock");
+    s.send_json(&call(2, "sum", json!({"a": 2, "b": 2}))).await;
+    s.signal("TERM");
+    let out = s.wait().await;
+    assert!(out.status.success(), "SIGTERM ended the run: {}", out.stderr);
+    let answered = out.messages().iter().filter(|m| m["id"] == 2).count();
+    assert_eq!(answered, 1, "the request in flight got exactly one answer:\n{}", out.stdout);
+    drop(held);
 }

@@ -342,7 +342,12 @@ impl Sidecar {
 
     /// The next stdout line, parsed.
     pub async fn recv(&mut self) -> Value {
-        let line = tokio::time::timeout(PATIENCE, self.lines.recv())
+        self.recv_within(PATIENCE).await
+    }
+
+    /// The next stdout line, parsed, waiting at most `limit` (for answers that wait on purpose).
+    pub async fn recv_within(&mut self, limit: Duration) -> Value {
+        let line = tokio::time::timeout(limit, self.lines.recv())
             .await
             .expect("no answer from the sidecar in time")
             .expect("sidecar stdout closed");
@@ -360,10 +365,15 @@ impl Sidecar {
 
     /// Sends `initialize` (2025-11-25) and `notifications/initialized`; returns the result.
     pub async fn handshake(&mut self) -> Value {
+        self.handshake_within(PATIENCE).await
+    }
+
+    /// [`Sidecar::handshake`], waiting at most `limit` for the answer.
+    pub async fn handshake_within(&mut self, limit: Duration) -> Value {
         self.send_json(&serde_json::json!({"jsonrpc":"2.0","id":0,"method":"initialize","params":{
             "protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"it","version":"1"}}}))
             .await;
-        let init = self.recv().await;
+        let init = self.recv_within(limit).await;
         assert!(init.get("result").is_some(), "initialize failed: {init}");
         self.send(r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#).await;
         init
@@ -464,4 +474,27 @@ pub async fn rmcp_client<H: rmcp::ClientHandler>(
         Some(mode) => handler.serve_with_lifecycle((rmcp_read, stdin), mode).await,
     };
     (client, sidecar)
+}
+
+/// A fresh, empty directory for one test (state dirs, config files).
+pub fn scratch_dir(name: &str) -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!("mcp-sidecar-scratch-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// Runs `mcp-sidecar ARGS` to completion with `env` and stdin closed; (exit code, stdout, stderr).
+pub async fn run_command(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
+    let mut cmd = command(args, env);
+    cmd.stdin(Stdio::null());
+    let out = tokio::time::timeout(PATIENCE, cmd.output()).await.expect("command hung").unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    );
+    for text in [&stdout, &stderr] {
+        assert!(!text.contains(KEY), "the key leaked:\n{text}");
+    }
+    (out.status.code().unwrap_or(-1), stdout, stderr)
 }

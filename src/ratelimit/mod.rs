@@ -1,0 +1,703 @@
+//! The rate-limit gate: one per origin and key, shared by all requests of this process and, through
+//! a small locked state file ([`file`]), by every sidecar on the machine that uses the same key
+//! and origin.
+//!
+//! When the server says "not before T" (a 429's headers, or a success that says the quota is
+//! spent), the gate holds *every* request to that origin until T instead of letting each collect
+//! its own 429 (§4.4 step 10). An optional client-side limit (`--rate-limit 10/min`) spaces
+//! requests so a user who knows their plan never sees a 429. The state file keeps the deadline and
+//! the limit's counters in wall-clock milliseconds; a new process reads it before its first
+//! request. Corrupt or stale state is ignored, never fatal.
+//!
+//! No single response can lock a key out (issue 10.1): a deadline is at most
+//! [`crate::retry::MAX_SERVER_WAIT`] away; while it is further than `--max-wait`, requests are
+//! answered at once, but one request every [`PROBE_INTERVAL`] is let through to see whether the
+//! limit has lifted; and a success of any request sent after the deadline was set clears it for
+//! every process. This module waits and keeps time; it does not send anything and does not parse
+//! headers (that is [`crate::retry`]).
+
+mod file;
+
+pub use file::{LOCK_PATIENCE, StoredLimit, clear_limits, stored_limits};
+
+use crate::sync::Locked;
+use std::collections::VecDeque;
+use std::path::Path;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::Notify;
+use tokio::time::Instant;
+use tracing::debug;
+
+use file::StateFile;
+
+/// How often the shared state file is looked at when no client-side limit is set.
+const LOOK_INTERVAL_MS: u64 = 250;
+/// While a deadline is further away than `--max-wait`, one request this often is sent anyway (a
+/// probe): if the server answers it, the limit has lifted and the deadline is cleared; if not,
+/// its new answer sets the deadline afresh. Shared by every sidecar of the origin and key.
+pub const PROBE_INTERVAL: Duration = Duration::from_secs(60);
+
+/// A client-side limit: at most `count` requests per `window`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limit {
+    pub count: u32,
+    pub window: Duration,
+}
+
+impl Limit {
+    /// Parses `N/s`, `N/min`, `N/h` or `N/day`.
+    pub fn parse(s: &str) -> Result<Limit, String> {
+        let (n, unit) =
+            s.trim().split_once('/').ok_or_else(|| format!("{s:?}: write it as N/min or N/day"))?;
+        let count: u32 = n
+            .trim()
+            .parse()
+            .ok()
+            .filter(|c| *c > 0)
+            .ok_or_else(|| format!("{s:?}: {n:?} is not a positive number"))?;
+        let window = match unit.trim() {
+            "s" | "sec" | "second" => Duration::from_secs(1),
+            "m" | "min" | "minute" => Duration::from_secs(60),
+            "h" | "hour" => Duration::from_secs(3600),
+            "d" | "day" => Duration::from_secs(86400),
+            other => return Err(format!("{s:?}: unknown unit {other:?}; use s, min, h or day")),
+        };
+        Ok(Limit { count, window })
+    }
+
+    /// `10/min`, for messages.
+    pub fn describe(&self) -> String {
+        let unit = match self.window.as_secs() {
+            1 => "s",
+            60 => "min",
+            3600 => "h",
+            _ => "day",
+        };
+        format!("{}/{unit}", self.count)
+    }
+}
+
+/// What the gate remembers, in wall-clock milliseconds so that processes can share it.
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+pub struct State {
+    /// The server's origin, for `status` (never the key).
+    #[serde(default)]
+    origin: String,
+    /// No request before this moment (a server-given deadline); 0 for none.
+    #[serde(default)]
+    blocked_until_ms: u64,
+    /// Which header set it.
+    #[serde(default)]
+    blocked_by: String,
+    /// When it was set: a success of a request admitted later proves it stale.
+    #[serde(default)]
+    blocked_at_ms: u64,
+    /// While blocked beyond `--max-wait`: when the next probe may go.
+    #[serde(default)]
+    probe_at_ms: u64,
+    /// When this state last changed (the newer of memory and file wins).
+    #[serde(default)]
+    updated_ms: u64,
+    /// Per limit (in `--rate-limit` order): the send times inside the current window.
+    #[serde(default)]
+    sent: Vec<VecDeque<u64>>,
+}
+
+impl State {
+    /// Forgets the server's deadline.
+    fn clear(&mut self, now: u64) {
+        self.blocked_until_ms = 0;
+        self.blocked_by.clear();
+        self.blocked_at_ms = 0;
+        self.probe_at_ms = 0;
+        self.updated_ms = now;
+    }
+}
+
+/// Why the gate will not let a request through in time.
+#[derive(Debug, Clone)]
+pub struct Blocked {
+    /// How long it would have to wait.
+    pub wait: Duration,
+    /// Who set the limit: a header name, or `--rate-limit N/unit`.
+    pub reason: String,
+    /// Whether it is our own client-side limit (else the server's).
+    pub client_side: bool,
+}
+
+/// Counters for the exit summary.
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// Answers with HTTP 429 (or 503 with Retry-After).
+    pub limited: AtomicU64,
+    /// Waits sat through.
+    pub waits: AtomicU64,
+    /// Total time waited, in milliseconds.
+    pub waited_ms: AtomicU64,
+    /// Messages sent again after a wait.
+    pub retries: AtomicU64,
+    /// Requests let through as probes while a long deadline held the others.
+    pub probes: AtomicU64,
+}
+
+/// A request let through the gate. Hand it back with [`Gate::succeeded`] or
+/// [`Gate::block_for`] when its answer comes; a probe's end wakes the requests of this process
+/// that wait for its outcome.
+#[derive(Debug)]
+pub struct Admission<'a> {
+    gate: &'a Gate,
+    /// When it was let through ([`now_ms`]).
+    at_ms: u64,
+    /// Whether it went through as a probe past a long deadline.
+    pub probe: bool,
+}
+
+impl Drop for Admission<'_> {
+    fn drop(&mut self) {
+        if self.probe {
+            self.gate.probing.store(false, Ordering::Release);
+            self.gate.probe_done.notify_waiters();
+        }
+    }
+}
+
+/// What the state says about one request now.
+#[derive(Debug, PartialEq)]
+enum Verdict {
+    /// Let it through (as a probe past a long deadline, or normally).
+    Go { probe: bool },
+    /// Try again after this long.
+    Wait { wait: Duration, reason: String, client_side: bool },
+    /// Not within the budget.
+    Refuse { wait: Duration, reason: String, client_side: bool },
+}
+
+/// The gate for one origin and key.
+#[derive(Debug)]
+pub struct Gate {
+    origin: String,
+    state: Mutex<State>,
+    limits: Vec<Limit>,
+    file: Option<StateFile>,
+    /// The state file's modification time when last read, to skip unchanged reads.
+    seen_mtime: Mutex<Option<SystemTime>>,
+    /// When the state file may be looked at again (milliseconds, as [`now_ms`]).
+    next_look_ms: AtomicU64,
+    /// A probe of this process is in flight; [`Gate::probe_done`] fires when it ends.
+    probing: AtomicBool,
+    probe_done: Notify,
+    pub stats: Stats,
+}
+
+/// Wall-clock milliseconds (the unit shared with other processes), advanced by tokio's clock
+/// from one anchor: waits follow the monotonic clock (and tokio's paused clock in tests), not
+/// wall-clock jumps.
+fn now_ms() -> u64 {
+    static ANCHOR: std::sync::OnceLock<(u64, Instant)> = std::sync::OnceLock::new();
+    let (wall, mono) = *ANCHOR.get_or_init(|| {
+        let wall = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+        (wall, Instant::now())
+    });
+    wall.saturating_add(Instant::now().saturating_duration_since(mono).as_millis() as u64)
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// Decides about one request at `now` with `budget` left to wait, taking a probe slot or a
+/// client-side slot in `state` when it lets the request through. Times in the state may come
+/// from a file anyone could have written: every sum saturates, and no deadline counts for more
+/// than [`crate::retry::MAX_SERVER_WAIT`] from now.
+fn decide(state: &mut State, limits: &[Limit], now: u64, budget: Duration, may_probe: bool) -> Verdict {
+    let until = state.blocked_until_ms.min(now.saturating_add(millis(crate::retry::MAX_SERVER_WAIT)));
+    let mut probe = false;
+    if until > now {
+        let wait = Duration::from_millis(until - now);
+        let reason = state.blocked_by.clone();
+        if wait <= budget {
+            return Verdict::Wait { wait, reason, client_side: false };
+        }
+        let probe_in = Duration::from_millis(state.probe_at_ms.saturating_sub(now));
+        if !may_probe || probe_in > budget {
+            return Verdict::Refuse { wait, reason, client_side: false };
+        }
+        if !probe_in.is_zero() {
+            return Verdict::Wait { wait: probe_in, reason, client_side: false };
+        }
+        probe = true;
+    }
+    state.sent.resize(limits.len(), VecDeque::new());
+    let mut longest: Option<(Duration, &Limit)> = None;
+    for (limit, sent) in limits.iter().zip(state.sent.iter_mut()) {
+        let window = millis(limit.window);
+        while sent.front().is_some_and(|&t| t.saturating_add(window) <= now || t > now.saturating_add(window))
+        {
+            sent.pop_front();
+        }
+        let count = limit.count as usize;
+        if sent.len() >= count {
+            // The slot frees when the oldest send that counts leaves the window.
+            let oldest = sent[sent.len() - count];
+            let wait = Duration::from_millis(oldest.saturating_add(window).saturating_sub(now));
+            if longest.is_none_or(|(w, _)| wait > w) {
+                longest = Some((wait, limit));
+            }
+        }
+    }
+    if let Some((wait, limit)) = longest {
+        let reason = format!("--rate-limit {}", limit.describe());
+        return if wait <= budget {
+            Verdict::Wait { wait, reason, client_side: true }
+        } else {
+            Verdict::Refuse { wait, reason, client_side: true }
+        };
+    }
+    for sent in &mut state.sent {
+        sent.push_back(now);
+    }
+    if probe {
+        state.probe_at_ms = now.saturating_add(millis(PROBE_INTERVAL));
+        state.updated_ms = now;
+    }
+    Verdict::Go { probe }
+}
+
+impl Gate {
+    /// A gate for `origin` and `key_id` (anything that tells keys apart; it is hashed, never
+    /// stored), sharing state under `state_dir` when given.
+    pub fn new(origin: &str, key_id: &str, state_dir: Option<&Path>, limits: Vec<Limit>) -> Gate {
+        let state = State { sent: vec![VecDeque::new(); limits.len()], ..State::default() };
+        Gate {
+            origin: origin.to_owned(),
+            state: Mutex::new(state),
+            limits,
+            file: state_dir.map(|dir| StateFile::new(dir, origin, key_id)),
+            seen_mtime: Mutex::new(None),
+            next_look_ms: AtomicU64::new(0),
+            probing: AtomicBool::new(false),
+            probe_done: Notify::new(),
+            stats: Stats::default(),
+        }
+    }
+
+    /// Waits until a request may go out: not before a server-given deadline, and within the
+    /// client-side limits (a slot is taken). Fails at once if that is more than `max_wait` away,
+    /// except that, when `may_probe`, one request every [`PROBE_INTERVAL`] goes through past a
+    /// long deadline (and waits for that moment if it comes within `max_wait`). `on_wait` is
+    /// called before each wait (for the log line).
+    pub async fn admit(
+        &self,
+        max_wait: Duration,
+        may_probe: bool,
+        mut on_wait: impl FnMut(Duration, &str),
+    ) -> Result<Admission<'_>, Blocked> {
+        let started = Instant::now();
+        loop {
+            let budget = max_wait.saturating_sub(started.elapsed());
+            // Registered before the check, so a probe that ends in between is not missed.
+            let probe_ended = self.probe_done.notified();
+            tokio::pin!(probe_ended);
+            probe_ended.as_mut().enable();
+            let (wait, reason, client_side) = match self.decide_now(budget, may_probe).await {
+                Verdict::Go { probe } => {
+                    if probe {
+                        self.probing.store(true, Ordering::Release);
+                        self.stats.probes.fetch_add(1, Ordering::Relaxed);
+                        debug!("letting one request through to see whether the rate limit has lifted");
+                    }
+                    return Ok(Admission { gate: self, at_ms: now_ms(), probe });
+                }
+                Verdict::Refuse { wait, reason, client_side } => {
+                    // A probe of ours is out: its answer may lift the limit; wait for it.
+                    if !client_side && may_probe && self.probing.load(Ordering::Acquire) && !budget.is_zero()
+                    {
+                        let _ = tokio::time::timeout(budget, probe_ended).await;
+                        continue;
+                    }
+                    return Err(Blocked { wait, reason, client_side });
+                }
+                Verdict::Wait { wait, reason, client_side } => (wait, reason, client_side),
+            };
+            // Each waiting request adds its own jitter: a held queue does not return all at once.
+            let wait = if client_side { wait } else { crate::retry::with_jitter(wait) };
+            on_wait(wait, &reason);
+            self.stats.waits.fetch_add(1, Ordering::Relaxed);
+            self.stats.waited_ms.fetch_add(millis(wait), Ordering::Relaxed);
+            tokio::time::sleep(wait).await;
+        }
+    }
+
+    /// The verdict for a request now. Without client-side limits the state in memory decides
+    /// (refreshed from the shared file at most every [`LOOK_INTERVAL_MS`]), and the file is
+    /// written only to take a probe slot; with limits, every admission takes a slot in the file.
+    async fn decide_now(&self, budget: Duration, may_probe: bool) -> Verdict {
+        if self.limits.is_empty() {
+            self.refresh_from_file();
+            let now = now_ms();
+            let mut state = {
+                let state = self.state.locked();
+                if state.blocked_until_ms <= now {
+                    return Verdict::Go { probe: false }; // the hot path: nothing holds requests
+                }
+                state.clone()
+            };
+            let verdict = decide(&mut state, &[], now, budget, may_probe);
+            if verdict != (Verdict::Go { probe: true }) {
+                return verdict;
+            }
+        }
+        self.update(|state| decide(state, &self.limits, now_ms(), budget, may_probe)).await
+    }
+
+    /// Holds every request until `delay` from now, as the server asked (`source` names the
+    /// header), at most [`crate::retry::MAX_SERVER_WAIT`]. `admitted` is the request whose
+    /// answer said so: if it was let through after the deadline in force was set (a probe),
+    /// its answer is the newer word and replaces that deadline; otherwise the later one stays.
+    pub async fn block_for(&self, delay: Duration, source: &str, admitted: Option<&Admission<'_>>) {
+        let now = now_ms();
+        let until = now.saturating_add(millis(delay.min(crate::retry::MAX_SERVER_WAIT)));
+        let newer = admitted.map(|a| a.at_ms);
+        let apply = |state: &mut State| {
+            let replaces = newer.is_some_and(|at| at > state.blocked_at_ms) || state.blocked_until_ms <= now;
+            if !replaces && until <= state.blocked_until_ms {
+                return;
+            }
+            state.blocked_until_ms = until;
+            state.blocked_by = source.to_owned();
+            state.blocked_at_ms = now;
+            state.probe_at_ms = now.saturating_add(millis(PROBE_INTERVAL));
+            state.updated_ms = now;
+        };
+        {
+            // Memory first, so a deadline never waits on the file's lock to take effect here.
+            let mut state = self.state.locked();
+            let before = state.updated_ms;
+            apply(&mut state);
+            if state.updated_ms == before {
+                return;
+            }
+        }
+        self.update(apply).await;
+    }
+
+    /// The request `admitted` was answered: if a deadline was set before it was let through,
+    /// the server has lifted the limit, so the deadline goes, for every process.
+    pub async fn succeeded(&self, admitted: &Admission<'_>) {
+        let stale = |state: &State| state.blocked_until_ms != 0 && admitted.at_ms > state.blocked_at_ms;
+        if !stale(&self.state.locked()) {
+            return;
+        }
+        if admitted.probe {
+            tracing::info!("{} answers again; the rate-limit deadline is cleared", self.origin);
+        }
+        self.update(|state| {
+            if stale(state) {
+                state.clear(now_ms());
+            }
+        })
+        .await;
+    }
+
+    /// Merges the shared file into memory when it changed and is newer. Looks at most every
+    /// [`LOOK_INTERVAL_MS`]: a deadline another process learned (or cleared) is honoured within
+    /// that, and the per-message path saves a `stat`.
+    fn refresh_from_file(&self) {
+        let Some(file) = &self.file else { return };
+        let now = now_ms();
+        if now < self.next_look_ms.load(Ordering::Relaxed) {
+            return;
+        }
+        self.next_look_ms.store(now.saturating_add(LOOK_INTERVAL_MS), Ordering::Relaxed);
+        let mtime = file.modified();
+        {
+            let mut seen = self.seen_mtime.locked();
+            if mtime.is_none() || *seen == mtime {
+                return;
+            }
+            *seen = mtime;
+        }
+        if let Some(shared) = file.read() {
+            let mut state = self.state.locked();
+            if shared.updated_ms >= state.updated_ms {
+                *state = shared;
+            }
+        }
+    }
+
+    /// Runs `f` on the shared state under the file's lock and writes it back, mirroring the
+    /// result in memory; on the memory alone when there is no usable state file (or its lock is
+    /// held past [`LOCK_PATIENCE`]).
+    async fn update<T>(&self, f: impl FnOnce(&mut State) -> T) -> T {
+        if let Some(file) = &self.file {
+            match file.lock().await {
+                Ok(locked) => {
+                    let (out, state, written) = locked.update(|state| {
+                        state.origin.clone_from(&self.origin);
+                        f(state)
+                    });
+                    if let Err(e) = written {
+                        self.file_unusable(file, &e);
+                    }
+                    *self.state.locked() = state;
+                    return out;
+                }
+                Err(e) => self.file_unusable(file, &e),
+            }
+        }
+        f(&mut self.state.locked())
+    }
+
+    fn file_unusable(&self, file: &StateFile, e: &std::io::Error) {
+        debug!("rate-limit state file {} not usable ({e}); deciding in memory", file.path().display());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::fs;
+
+    fn temp(name: &str) -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(format!("mcp-sidecar-gate-{name}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        dir
+    }
+
+    const MINUTE: Duration = Duration::from_secs(60);
+
+    #[test]
+    fn limits_parse_and_describe() {
+        assert_eq!(Limit::parse("10/min").unwrap(), Limit { count: 10, window: Duration::from_secs(60) });
+        assert_eq!(Limit::parse(" 100 / day ").unwrap().describe(), "100/day");
+        assert!(Limit::parse("0/min").is_err());
+        assert!(Limit::parse("10").is_err());
+        assert!(Limit::parse("10/fortnight").is_err());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_server_deadline_holds_every_request() {
+        let gate = Gate::new("https://h", "k", None, Vec::new());
+        gate.block_for(Duration::from_secs(3), "Retry-After", None).await;
+        let mut waits = Vec::new();
+        gate.admit(Duration::from_secs(10), true, |w, why| {
+            waits.push((w.as_secs_f64().round(), why.to_owned()))
+        })
+        .await
+        .unwrap();
+        // 3 s and a jitter of at most 0.3 s.
+        assert_eq!(waits.len(), 1);
+        assert!(waits[0].0 == 3.0 && waits[0].1 == "Retry-After", "{waits:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_deadline_beyond_max_wait_fails_at_once() {
+        let gate = Gate::new("https://h", "k", None, Vec::new());
+        gate.block_for(Duration::from_secs(3600), "X-RateLimit-Reset", None).await;
+        let before = Instant::now();
+        let b = gate.admit(Duration::from_secs(45), true, |_, _| {}).await.unwrap_err();
+        assert!(b.wait > Duration::from_secs(3590) && !b.client_side);
+        assert_eq!(Instant::now(), before, "no waiting at all");
+    }
+
+    /// Issue 10.1: past a long deadline, one request a minute goes through as a probe; its
+    /// success clears the deadline; another 429 sets it afresh and starts a new minute.
+    #[tokio::test(start_paused = true)]
+    async fn one_probe_a_minute_passes_a_long_deadline_and_its_success_clears_it() {
+        let gate = Gate::new("https://h", "k", None, Vec::new());
+        gate.block_for(Duration::from_secs(31_536_000), "Retry-After", None).await;
+        let max = Duration::from_secs(45);
+        let b = gate.admit(max, true, |_, _| {}).await.unwrap_err();
+        assert_eq!(b.wait, crate::retry::MAX_SERVER_WAIT, "a year is read as the named maximum");
+        // 20 s later the probe slot (60 s after the 429) is within --max-wait: wait for it.
+        tokio::time::advance(Duration::from_secs(20)).await;
+        let before = Instant::now();
+        let probe = gate.admit(max, true, |_, _| {}).await.unwrap();
+        assert!(probe.probe);
+        let waited = Instant::now() - before;
+        assert!(waited >= Duration::from_secs(40) && waited <= Duration::from_secs(45), "{waited:?}");
+        // While it is out, the next request waits for its outcome instead of failing at once.
+        let (second, _) = tokio::join!(gate.admit(max, true, |_, _| {}), async {
+            tokio::time::advance(Duration::from_secs(1)).await;
+            gate.block_for(Duration::from_secs(31_536_000), "Retry-After", Some(&probe)).await;
+            drop(probe);
+        });
+        assert!(second.is_err(), "the probe got another 429: the others fail");
+        // No second probe within the minute.
+        tokio::time::advance(Duration::from_secs(30)).await;
+        assert!(gate.admit(Duration::ZERO, true, |_, _| {}).await.is_err());
+        tokio::time::advance(Duration::from_secs(31)).await;
+        let probe = gate.admit(Duration::ZERO, true, |_, _| {}).await.unwrap();
+        assert!(probe.probe);
+        gate.succeeded(&probe).await;
+        drop(probe);
+        let next = gate.admit(Duration::ZERO, true, |_, _| {}).await.unwrap();
+        assert!(!next.probe, "the deadline is gone");
+        // Streams (may_probe: false) never take the probe.
+        gate.block_for(Duration::from_secs(3600), "Retry-After", Some(&next)).await;
+        tokio::time::advance(MINUTE * 2).await;
+        assert!(gate.admit(Duration::ZERO, false, |_, _| {}).await.is_err());
+    }
+
+    /// A success of a request let through before the deadline was set (it crossed the 429 on
+    /// the wire) says nothing about the limit now: the deadline stays.
+    #[tokio::test(start_paused = true)]
+    async fn an_older_success_does_not_clear_a_newer_deadline() {
+        let gate = Gate::new("https://h", "k", None, Vec::new());
+        let early = gate.admit(Duration::ZERO, true, |_, _| {}).await.unwrap();
+        tokio::time::advance(Duration::from_millis(5)).await;
+        gate.block_for(Duration::from_secs(30), "Retry-After", None).await;
+        gate.succeeded(&early).await;
+        assert!(gate.admit(Duration::ZERO, true, |_, _| {}).await.is_err());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn client_side_limit_counts_in_memory() {
+        let gate = Gate::new("https://h", "k", None, vec![Limit::parse("2/min").unwrap()]);
+        assert!(gate.admit(Duration::ZERO, true, |_, _| {}).await.is_ok());
+        assert!(gate.admit(Duration::ZERO, true, |_, _| {}).await.is_ok());
+        let b = gate.admit(Duration::ZERO, true, |_, _| {}).await.unwrap_err();
+        assert!(b.client_side && b.wait <= Duration::from_secs(60) && b.wait > Duration::from_secs(58));
+        assert_eq!(b.reason, "--rate-limit 2/min");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn state_is_shared_through_the_file_and_survives_corruption() {
+        let dir = temp("shared");
+        let a = Gate::new("https://h", "key", Some(&dir), Vec::new());
+        let b = Gate::new("https://h", "key", Some(&dir), Vec::new());
+        let other_key = Gate::new("https://h", "other", Some(&dir), Vec::new());
+        a.block_for(Duration::from_secs(30), "Retry-After", None).await;
+        let seen = b.admit(Duration::ZERO, true, |_, _| {}).await.unwrap_err();
+        assert!(seen.wait > Duration::from_secs(28) && seen.reason == "Retry-After");
+        assert!(other_key.admit(Duration::ZERO, true, |_, _| {}).await.is_ok(), "keys do not share");
+
+        // Limits counted across processes.
+        let l = vec![Limit::parse("3/min").unwrap()];
+        let (c, d) = (Gate::new("o", "k2", Some(&dir), l.clone()), Gate::new("o", "k2", Some(&dir), l));
+        for g in [&c, &d, &c] {
+            assert!(g.admit(Duration::ZERO, true, |_, _| {}).await.is_ok());
+        }
+        assert!(
+            d.admit(Duration::ZERO, true, |_, _| {}).await.is_err(),
+            "the fourth request in a minute waits, whichever process sends it"
+        );
+
+        // Corrupt state is ignored, never fatal.
+        for entry in fs::read_dir(dir.join("ratelimit")).unwrap() {
+            let p = entry.unwrap().path();
+            if p.extension().is_some_and(|e| e == "json") {
+                fs::write(&p, b"{not json").unwrap();
+            }
+        }
+        let e = Gate::new("https://h", "key", Some(&dir), Vec::new());
+        assert!(e.admit(Duration::ZERO, true, |_, _| {}).await.is_ok());
+        e.block_for(Duration::from_secs(5), "Retry-After", None).await;
+        let f = Gate::new("https://h", "key", Some(&dir), Vec::new());
+        assert!(f.admit(Duration::ZERO, true, |_, _| {}).await.is_err());
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    /// Issue 10.1: a success in one process clears the deadline for the others, and `status
+    /// --clear-limits` clears it for running ones too; both within the look interval.
+    #[tokio::test(start_paused = true)]
+    async fn clearing_reaches_every_process() {
+        let dir = temp("clear");
+        let a = Gate::new("https://h", "key", Some(&dir), Vec::new());
+        let b = Gate::new("https://h", "key", Some(&dir), Vec::new());
+        a.block_for(Duration::from_secs(3600), "X-RateLimit-Reset", None).await;
+        assert!(b.admit(Duration::ZERO, true, |_, _| {}).await.is_err());
+        let listed = stored_limits(&dir, None);
+        assert_eq!(listed.len(), 1, "{listed:?}");
+        assert_eq!((listed[0].origin.as_str(), listed[0].by.as_str()), ("https://h", "X-RateLimit-Reset"));
+        assert!(stored_limits(&dir, Some("https://other")).is_empty());
+        // A probe of b succeeds: a learns it.
+        tokio::time::advance(MINUTE).await;
+        let probe = b.admit(Duration::ZERO, true, |_, _| {}).await.unwrap();
+        assert!(probe.probe);
+        b.succeeded(&probe).await;
+        tokio::time::advance(Duration::from_millis(300)).await;
+        assert!(a.admit(Duration::ZERO, true, |_, _| {}).await.is_ok(), "a sees b's success");
+        assert!(stored_limits(&dir, None).is_empty());
+        // Set again, then cleared by the command.
+        a.block_for(Duration::from_secs(3600), "Retry-After", Some(&probe)).await;
+        drop(probe);
+        let cleared = clear_limits(&dir, Some("https://h")).unwrap();
+        assert_eq!(cleared.len(), 1);
+        tokio::time::advance(Duration::from_millis(300)).await;
+        assert!(b.admit(Duration::ZERO, true, |_, _| {}).await.is_ok(), "b sees the clearing");
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    /// Issue 10.13: a state file anyone could have written (u64::MAX everywhere) is capped,
+    /// never an overflow.
+    #[tokio::test(start_paused = true)]
+    async fn absurd_stored_times_are_capped() {
+        let dir = temp("absurd");
+        let gate = Gate::new("https://h", "key", Some(&dir), vec![Limit::parse("1/s").unwrap()]);
+        gate.block_for(Duration::from_secs(1), "Retry-After", None).await;
+        let path = gate.file.as_ref().unwrap().path().to_owned();
+        let max = u64::MAX;
+        fs::write(
+            &path,
+            format!(
+                r#"{{"blocked_until_ms":{max},"blocked_by":"x","blocked_at_ms":{max},"probe_at_ms":{max},"updated_ms":{max},"sent":[[{max},0,{max}]]}}"#
+            ),
+        )
+        .unwrap();
+        let b = Gate::new("https://h", "key", Some(&dir), vec![Limit::parse("1/s").unwrap()]);
+        let err = b.admit(Duration::from_secs(45), true, |_, _| {}).await.unwrap_err();
+        assert_eq!(err.wait, crate::retry::MAX_SERVER_WAIT);
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn state_files_hold_no_key_and_are_private() {
+        let dir = temp("priv");
+        let gate = Gate::new("https://h", "inv_SECRET_KEY", Some(&dir), Vec::new());
+        gate.block_for(Duration::from_secs(5), "Retry-After", None).await;
+        for entry in fs::read_dir(dir.join("ratelimit")).unwrap() {
+            let p = entry.unwrap().path();
+            assert!(!p.to_string_lossy().contains("SECRET"));
+            assert!(!fs::read_to_string(&p).unwrap_or_default().contains("SECRET"));
+        }
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = fs::metadata(dir.join("ratelimit")).unwrap().permissions().mode();
+            assert_eq!(mode & 0o077, 0, "state dir must be private");
+        }
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    /// Issue 10.14: a lock another process holds does not freeze the runtime: the gate waits
+    /// for it asynchronously (timers keep running) and decides in memory after LOCK_PATIENCE.
+    #[tokio::test(start_paused = true)]
+    async fn a_held_state_lock_never_blocks_the_runtime() {
+        let dir = temp("held");
+        let gate = Gate::new("https://h", "key", Some(&dir), vec![Limit::parse("5/s").unwrap()]);
+        assert!(gate.admit(Duration::ZERO, true, |_, _| {}).await.is_ok());
+        let lock_path = gate.file.as_ref().unwrap().path().with_extension("lock");
+        let holder = fs::OpenOptions::new().write(true).open(&lock_path).unwrap();
+        holder.lock().unwrap();
+        let ticks = std::sync::Arc::new(AtomicU64::new(0));
+        let t = ticks.clone();
+        let ticker = tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                t.fetch_add(1, Ordering::Relaxed);
+            }
+        });
+        let started = Instant::now();
+        assert!(gate.admit(Duration::ZERO, true, |_, _| {}).await.is_ok(), "decided in memory");
+        assert!(Instant::now() - started >= LOCK_PATIENCE);
+        assert!(ticks.load(Ordering::Relaxed) >= 50, "other tasks ran while the lock was held");
+        ticker.abort();
+        drop(holder);
+        let _ = fs::remove_dir_all(&dir);
+    }
+}
