@@ -149,3 +149,49 @@ async fn a_stuck_process_holding_the_state_lock_freezes_nobody() {
     assert_eq!(answered, 1, "the request in flight got exactly one answer:\n{}", out.stdout);
     drop(held);
 }
+
+/// 10.2: a reply stream's `retry:` was obeyed without bound, outside the request's deadline:
+/// `retry: 4000000000` left the request unanswered for weeks. Now the wait is bounded by a named
+/// maximum and by `--request-timeout`: the client gets its timeout error in time.
+#[tokio::test]
+async fn an_absurd_sse_retry_cannot_outlast_the_request_deadline() {
+    let hook: Hook = Arc::new(|s: &Seen| {
+        if s.rpc_method() == Some("tools/call") {
+            // An event id (so the stream could be resumed), the absurd retry, then the end.
+            let body = "id: 1\nretry: 4000000000\ndata: {\"jsonrpc\":\"2.0\",\"method\":\"notifications/message\",\"params\":{\"level\":\"info\",\"data\":\"working\"}}\n\n";
+            return Action::Respond(respond(200, "text/event-stream", body));
+        }
+        Action::Pass
+    });
+    let server = Server::start(generic(), Some(hook)).await;
+    let mut s = sidecar_for(&server, &["--request-timeout", "2"]);
+    s.handshake().await;
+    s.send_json(&call(5, "sum", json!({"a": 1, "b": 1}))).await;
+    let started = std::time::Instant::now();
+    let answer = loop {
+        let m = s.recv().await;
+        if m["id"] == 5 {
+            break m;
+        }
+    };
+    assert_eq!(answer["error"]["data"]["kind"], "timeout", "{answer}");
+    assert!(started.elapsed() < Duration::from_secs(10), "{:?}", started.elapsed());
+    s.finish().await;
+}
+
+/// 10.2: a GET stream answered `429 Retry-After: 0` was reopened back to back forever. A 429
+/// is a failed try: it backs off and, after the usual number of failures, gives up until the next
+/// answer.
+#[tokio::test]
+async fn a_get_stream_answered_429_retry_after_0_backs_off_and_gives_up() {
+    let hook = nth_get(|_| Action::Respond(too_many(&[("retry-after", "0")])));
+    let server = Server::start(generic(), Some(hook)).await;
+    let mut s = sidecar_for(&server, &[]);
+    s.handshake().await;
+    s.stderr_shows("could not be opened").await;
+    let gets = server.seen().iter().filter(|r| r.method == axum::http::Method::GET).count();
+    assert_eq!(gets, 3, "three tries, not a loop");
+    let out = s.finish().await;
+    let gets_after = server.seen().iter().filter(|r| r.method == axum::http::Method::GET).count();
+    assert_eq!(gets_after, 3, "{}", out.stderr);
+}
