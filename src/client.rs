@@ -10,12 +10,11 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use serde_json::{Value, json};
-use tokio::sync::mpsc;
 
 use crate::RunError;
 use crate::config::Config;
 use crate::proxy::Proxy;
-use crate::stdio::{Frame, Outbox};
+use crate::stdio::{Frame, Inbox, Outbox};
 
 /// The protocol revision one-shot commands ask for.
 pub const PROTOCOL_VERSION: &str = "2025-11-25";
@@ -24,7 +23,7 @@ pub const PROTOCOL_VERSION: &str = "2025-11-25";
 pub struct Client {
     proxy: Arc<Proxy>,
     _outbox: Outbox,
-    rx: mpsc::Receiver<Bytes>,
+    rx: Inbox,
     next_id: u64,
 }
 

@@ -27,6 +27,8 @@ pub const AUTH_ERROR: i64 = -32003;
 pub const RATE_LIMITED: i64 = -32004;
 /// The proxy is shutting down and the request could not finish.
 pub const SHUTTING_DOWN: i64 = -32005;
+/// The requests in flight already hold as many bytes as mcp-sidecar keeps (issue 10.15).
+pub const OVERLOADED: i64 = -32006;
 
 /// The members of a JSON-RPC message the proxy needs, borrowed from the message's bytes.
 #[derive(Debug, Deserialize)]
@@ -195,6 +197,7 @@ pub enum ErrorKind {
     StreamEnded,
     ShuttingDown,
     RateLimited,
+    Overloaded,
 }
 
 impl ErrorKind {
@@ -215,6 +218,7 @@ impl ErrorKind {
             ErrorKind::StreamEnded => "stream_ended",
             ErrorKind::ShuttingDown => "shutting_down",
             ErrorKind::RateLimited => "rate_limited",
+            ErrorKind::Overloaded => "overloaded",
         }
     }
 }

@@ -74,9 +74,7 @@ enum Stop {
 }
 
 /// The proxy for `config`, the outbox it writes to, and the receiving end of that outbox.
-pub(crate) fn build(
-    config: &Config,
-) -> Result<(std::sync::Arc<Proxy>, Outbox, tokio::sync::mpsc::Receiver<bytes::Bytes>), RunError> {
+pub(crate) fn build(config: &Config) -> Result<(std::sync::Arc<Proxy>, Outbox, stdio::Inbox), RunError> {
     let oauth = match &config.oauth {
         Some(settings) => {
             Some(std::sync::Arc::new(auth::OAuth::new(config, settings.clone()).map_err(RunError::Auth)?))
@@ -84,7 +82,7 @@ pub(crate) fn build(
         None => None,
     };
     let up = Upstream::new(config, oauth).map_err(RunError::Client)?;
-    let (outbox, rx) = Outbox::new();
+    let (outbox, rx) = Outbox::new(config.max_message_bytes.max(stdio::DEFAULT_MAX_OUTBOX_BYTES));
     let key_id = config.api_key.as_ref().map(|k| k.secret.expose_secret().to_owned()).unwrap_or_default();
     let gate = ratelimit::Gate::new(
         &config.url.origin().ascii_serialization(),

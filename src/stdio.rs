@@ -7,10 +7,11 @@
 //! goes through [`Outbox`] to the one task running [`write_lines`] (S-04).
 
 use std::io;
+use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufWriter};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 
 /// The default maximum size of one message, on stdin and from the server (`--max-message-bytes`).
 pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
@@ -18,8 +19,6 @@ pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
 const TOO_LONG_PREFIX_BYTES: usize = 4096;
 /// How much stdin is asked for at once.
 const READ_CHUNK_BYTES: usize = 64 * 1024;
-/// How many outgoing lines may wait for stdout before senders wait (backpressure).
-const OUTBOX_CAPACITY: usize = 1024;
 
 /// One unit read from stdin.
 #[derive(Debug, PartialEq, Eq)]
@@ -147,22 +146,97 @@ impl<R: AsyncRead + Unpin> LineReader<R> {
     }
 }
 
-/// The sending side of stdout: cheap to clone, one complete message per item.
+/// How many bytes of outgoing messages may wait for stdout before senders wait (backpressure),
+/// unless one message is larger: then that one message fits when nothing else waits.
+pub const DEFAULT_MAX_OUTBOX_BYTES: usize = 32 * 1024 * 1024;
+
+/// One queued message and the room it takes in the outbox, given back once it is written.
+type Queued = (Bytes, OwnedSemaphorePermit);
+
+/// The sending side of stdout: cheap to clone, one complete message per item. Bounded in bytes:
+/// a sender first reserves room ([`Outbox::reserve`], which may wait and can be cancelled
+/// without effect), then hands the message over with [`Slot::send`], which cannot wait or fail
+/// halfway, so a task aborted while stdout is backed up has either queued its message or
+/// changed nothing.
 #[derive(Clone)]
 pub struct Outbox {
-    tx: mpsc::Sender<Bytes>,
+    tx: mpsc::UnboundedSender<Queued>,
+    room: Arc<Semaphore>,
+    /// The permits that stand for the whole outbox (a larger message takes all of them).
+    all: u32,
+}
+
+/// Room for one message in the outbox.
+#[must_use]
+pub struct Slot {
+    tx: mpsc::UnboundedSender<Queued>,
+    permit: OwnedSemaphorePermit,
+}
+
+impl Slot {
+    /// Queues the message the room was reserved for. Returns false once stdout is gone.
+    pub fn send(self, message: Bytes) -> bool {
+        self.tx.send((message, self.permit)).is_ok()
+    }
+}
+
+/// The receiving side, for [`write_lines`] (or an in-process client). When it goes away, the
+/// outbox is closed: senders waiting for room are told at once instead of waiting forever.
+pub struct Inbox {
+    rx: mpsc::UnboundedReceiver<Queued>,
+    room: Arc<Semaphore>,
+}
+
+impl Inbox {
+    /// The next message; its room is given back.
+    pub async fn recv(&mut self) -> Option<Bytes> {
+        self.rx.recv().await.map(|(message, _room)| message)
+    }
+
+    /// The next message if one is queued, with its room (given back when dropped).
+    fn try_recv(&mut self) -> Option<Queued> {
+        self.rx.try_recv().ok()
+    }
+
+    /// Stops taking messages; those queued can still be received.
+    fn close(&mut self) {
+        self.rx.close();
+    }
+}
+
+impl Drop for Inbox {
+    fn drop(&mut self) {
+        self.room.close();
+    }
 }
 
 impl Outbox {
-    /// An outbox and the receiver to hand to [`write_lines`].
-    pub fn new() -> (Self, mpsc::Receiver<Bytes>) {
-        let (tx, rx) = mpsc::channel(OUTBOX_CAPACITY);
-        (Outbox { tx }, rx)
+    /// An outbox of at most `max_bytes` and the receiving end to hand to [`write_lines`].
+    pub fn new(max_bytes: usize) -> (Self, Inbox) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let all = u32::try_from(max_bytes.clamp(1, Semaphore::MAX_PERMITS)).unwrap_or(u32::MAX);
+        let room = Arc::new(Semaphore::new(all as usize));
+        (Outbox { tx, room: room.clone(), all }, Inbox { rx, room })
     }
 
-    /// Queues one message (a complete JSON text without newline). Returns false once stdout is gone.
+    /// Waits for room for a message of `len` bytes. `None` once stdout is gone. Cancelling the
+    /// wait takes nothing.
+    pub async fn reserve(&self, len: usize) -> Option<Slot> {
+        let need = u32::try_from(len.saturating_add(1)).unwrap_or(u32::MAX).min(self.all);
+        let permit = self.room.clone().acquire_many_owned(need).await.ok()?;
+        if self.tx.is_closed() {
+            return None;
+        }
+        Some(Slot { tx: self.tx.clone(), permit })
+    }
+
+    /// Queues one message (a complete JSON text without newline), waiting for room. Returns
+    /// false once stdout is gone.
     pub async fn send(&self, message: Bytes) -> bool {
-        self.tx.send(message).await.is_ok()
+        match self.reserve(message.len()).await {
+            Some(slot) => slot.send(message),
+            None => false,
+        }
     }
 
     /// Whether stdout has gone away (the writer ended).
@@ -178,25 +252,28 @@ impl Outbox {
 
 /// Writes queued messages to `out`, one per line, until every [`Outbox`] is dropped or `finish`
 /// fires (then what is queued is still written). Flushes whenever the queue runs empty, so lines
-/// go out promptly but bursts share a write.
+/// go out promptly but bursts share a write. A message's room in the outbox is given back once
+/// it is in the write buffer.
 pub async fn write_lines<W: AsyncWrite + Unpin>(
-    mut rx: mpsc::Receiver<Bytes>,
+    mut rx: Inbox,
     out: W,
     mut finish: oneshot::Receiver<()>,
 ) -> io::Result<()> {
     let mut out = BufWriter::with_capacity(64 * 1024, out);
     loop {
         let message = tokio::select! {
-            message = rx.recv() => message,
+            message = rx.rx.recv() => message,
             _ = &mut finish => {
                 rx.close();
-                rx.recv().await
+                rx.rx.recv().await
             }
         };
-        let Some(message) = message else { break };
+        let Some((message, room)) = message else { break };
         write_line(&mut out, &message).await?;
-        while let Ok(message) = rx.try_recv() {
+        drop(room);
+        while let Some((message, room)) = rx.try_recv() {
             write_line(&mut out, &message).await?;
+            drop(room);
         }
         out.flush().await?;
     }
@@ -340,7 +417,7 @@ mod tests {
 
     #[tokio::test]
     async fn writer_puts_one_message_per_line() {
-        let (outbox, rx) = Outbox::new();
+        let (outbox, rx) = Outbox::new(DEFAULT_MAX_OUTBOX_BYTES);
         let (w, mut r) = tokio::io::duplex(1024);
         let (_finish, finished) = oneshot::channel();
         let task = tokio::spawn(write_lines(rx, w, finished));

@@ -40,12 +40,23 @@ pub async fn call(config: Config, method: &str, params: Option<&str>) -> u8 {
     code
 }
 
-/// `tools`: one line per tool, `name  description`.
+/// The most pages of `tools/list` read: a server that keeps paging is cut off here.
+pub const MAX_TOOL_PAGES: usize = 100;
+
+/// `tools`: one line per tool, `name  description`. Pagination ends at the last page, at a
+/// cursor seen before (a cycle of any length, issue 10.15), or after [`MAX_TOOL_PAGES`].
 pub async fn tools(config: Config) -> u8 {
     let Some((mut client, _)) = connect(&config).await else { return FAILED };
     let mut cursor: Option<String> = None;
+    let mut seen = std::collections::HashSet::new();
     let mut lines = Vec::new();
     let code = loop {
+        if seen.len() >= MAX_TOOL_PAGES {
+            eprintln!(
+                "mcp-sidecar: the server kept paging after {MAX_TOOL_PAGES} pages of tools; showing those"
+            );
+            break OK;
+        }
         let params = cursor.as_ref().map_or(json!({}), |c| json!({"cursor": c}));
         match client.request("tools/list", params).await {
             Ok(result) => {
@@ -55,8 +66,14 @@ pub async fn tools(config: Config) -> u8 {
                     lines.push((name.to_owned(), about.to_owned()));
                 }
                 match result["nextCursor"].as_str() {
-                    Some(c) if Some(c) != cursor.as_deref() => cursor = Some(c.to_owned()),
-                    _ => break OK,
+                    Some(c) if seen.insert(c.to_owned()) => cursor = Some(c.to_owned()),
+                    Some(_) => {
+                        eprintln!(
+                            "mcp-sidecar: the server's tool pages loop back to an earlier page; showing each once"
+                        );
+                        break OK;
+                    }
+                    None => break OK,
                 }
             }
             Err(e) => break report(&e),

@@ -37,7 +37,7 @@ use tracing::{debug, info, trace, warn};
 use crate::auth::Renew;
 use crate::cli::Transport;
 use crate::envelope::{
-    self, AUTH_ERROR, Envelope, ErrorKind, INVALID_REQUEST, IdKey, Kind, LocalError, PARSE_ERROR,
+    self, AUTH_ERROR, Envelope, ErrorKind, INVALID_REQUEST, IdKey, Kind, LocalError, OVERLOADED, PARSE_ERROR,
     RATE_LIMITED, SHUTTING_DOWN, UPSTREAM_ERROR,
 };
 use crate::ratelimit::Gate;
@@ -46,6 +46,10 @@ use crate::stdio::{Frame, Outbox};
 use crate::upstream::headers::{MessageHeaders, ParamHeader, SESSION_ID, param_annotations, param_values};
 use crate::upstream::{MAX_ERROR_BODY_BYTES, Upstream, jsonrpc_error, sse};
 
+/// The messages from stdin still being sent or waiting for their answers may hold this many
+/// times `--max-message-bytes` (64 MiB by default); a request past that is answered at once with
+/// an `overloaded` error, and notifications, responses and batches wait for room (issue 10.15).
+pub const IN_FLIGHT_MESSAGES: usize = 4;
 /// `server/discover` probes must be answered soon, whatever the server does (S-09).
 const DISCOVER_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long shutdown waits for requests in flight before answering them with an error.
@@ -150,6 +154,9 @@ pub struct Proxy {
     transport: Transport,
     /// The `x-mcp-header` annotations of each tool, from the last `tools/list` (T-15).
     tool_headers: std::sync::RwLock<HashMap<String, Vec<ParamHeader>>>,
+    /// Room for the bytes of messages in flight, [`IN_FLIGHT_MESSAGES`] × `max_message`.
+    in_flight: Arc<tokio::sync::Semaphore>,
+    in_flight_limit: u32,
 }
 
 impl Proxy {
@@ -174,6 +181,8 @@ impl Proxy {
             renewing: tokio::sync::Mutex::new(()),
             transport,
             tool_headers: std::sync::RwLock::new(HashMap::new()),
+            in_flight: Arc::new(tokio::sync::Semaphore::new(in_flight_limit(max_message) as usize)),
+            in_flight_limit: in_flight_limit(max_message),
             up,
             out,
             pending: Mutex::new(HashMap::new()),
@@ -252,6 +261,19 @@ impl Proxy {
                     headers.params = self.param_headers(&params);
                 }
                 let init = method == "initialize";
+                let Some(room) = self.room_now(line.len()) else {
+                    let mut err = LocalError::new(
+                        OVERLOADED,
+                        ErrorKind::Overloaded,
+                        format!(
+                            "too many requests are in flight: together they hold more than {} bytes ({IN_FLIGHT_MESSAGES} × --max-message-bytes), so this one was not sent: wait for answers before sending more",
+                            self.in_flight_limit
+                        ),
+                    );
+                    err.request_sent = Some(false);
+                    self.report(&err);
+                    return self.write(err.to_response(env.id).into()).await;
+                };
                 let limit = if method == "server/discover" {
                     self.request_timeout.min(DISCOVER_TIMEOUT)
                 } else {
@@ -263,8 +285,10 @@ impl Proxy {
                 }
                 let what = format!("{method} (id {})", env.id.map_or("?", RawValue::get));
                 let ids = vec![(key.clone(), id)];
-                let handle =
-                    self.tasks.spawn(self.clone().run_request(line, headers, ids, init, limit, what));
+                let handle = self.tasks.spawn(holding(
+                    Some(room),
+                    self.clone().run_request(line, headers, ids, init, limit, what),
+                ));
                 if init {
                     // In line: whatever the client sends next needs the session this creates
                     // (a client must wait for the answer anyway, S-11; scripts may not).
@@ -284,21 +308,24 @@ impl Proxy {
                     }
                 }
                 let headers = MessageHeaders::derive(&method, &params);
+                drop(env);
+                let room = self.room(line.len()).await;
                 if method == "notifications/initialized" {
                     // In line: the server must see it before the requests that follow (S-11).
                     if self.clone().send_one_way(line, headers, method).await {
                         self.open_get_stream();
                     }
                 } else {
-                    self.tasks.spawn(self.clone().send_one_way(line, headers, method));
+                    self.tasks.spawn(holding(room, self.clone().send_one_way(line, headers, method)));
                 }
             }
             Ok(Kind::Response) => {
                 // The client's answer to a server request (T-30).
-                self.tasks.spawn(self.clone().send_one_way(
-                    line,
-                    MessageHeaders::default(),
-                    "response".into(),
+                drop(env);
+                let room = self.room(line.len()).await;
+                self.tasks.spawn(holding(
+                    room,
+                    self.clone().send_one_way(line, MessageHeaders::default(), "response".into()),
                 ));
             }
             Err(invalid) => {
@@ -366,20 +393,36 @@ impl Proxy {
         }
         let body: Bytes =
             if valid.len() == members.len() { line.clone() } else { format!("[{}]", valid.join(",")).into() };
+        drop(members);
+        let room = self.room(body.len()).await;
         if ids.is_empty() {
-            self.tasks.spawn(self.clone().send_one_way(body, MessageHeaders::default(), "batch".into()));
+            self.tasks.spawn(holding(
+                room,
+                self.clone().send_one_way(body, MessageHeaders::default(), "batch".into()),
+            ));
         } else {
             let limit = self.request_timeout;
             let what = format!("a batch of {}", valid.len());
-            self.tasks.spawn(self.clone().run_request(
-                body,
-                MessageHeaders::default(),
-                ids,
-                false,
-                limit,
-                what,
+            self.tasks.spawn(holding(
+                room,
+                self.clone().run_request(body, MessageHeaders::default(), ids, false, limit, what),
             ));
         }
+    }
+
+    /// Room for a message of `len` bytes in flight, if there is some now (a message larger
+    /// than all the room fits when nothing else is in flight).
+    fn room_now(&self, len: usize) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        self.in_flight.clone().try_acquire_many_owned(self.room_needed(len)).ok()
+    }
+
+    /// Room for a message of `len` bytes in flight, waiting for it (backpressure on stdin).
+    async fn room(&self, len: usize) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        self.in_flight.clone().acquire_many_owned(self.room_needed(len)).await.ok()
+    }
+
+    fn room_needed(&self, len: usize) -> u32 {
+        u32::try_from(len.max(1)).unwrap_or(u32::MAX).min(self.in_flight_limit)
     }
 
     /// Answers a line that is not JSON (-32700) or not an object (-32600), with id null (J-05).
@@ -591,7 +634,7 @@ impl Proxy {
                     continue;
                 }
                 let data = Bytes::from(event.data.unwrap_or_default());
-                if self.deliver(data).await == Delivered::Progress {
+                if self.deliver_body(data).await {
                     deadline = retry::deadline_after(limit);
                 }
                 if !self.any_pending(&ids) {
@@ -706,17 +749,34 @@ impl Proxy {
         let delivered = match env.kind() {
             Ok(Kind::Response) => {
                 let Some(key) = env.id_key() else { return Delivered::Dropped };
+                let lists_tools = match self.pending.locked().get(&key) {
+                    Some(entry) => entry.lists_tools,
+                    None => {
+                        debug!(id = %env.id.map_or("", RawValue::get), "response for no pending request dropped (cancelled, answered or unknown)");
+                        return Delivered::Dropped;
+                    }
+                };
+                let version = env.result.and_then(|r| {
+                    serde_json::from_str::<envelope::Params>(r.get())
+                        .ok()?
+                        .protocol_version
+                        .map(|v| v.into_owned())
+                });
+                drop(env);
+                let message = match lists_tools.then(|| self.learn_tools(&bytes)).flatten() {
+                    Some(filtered) => one_line(filtered.into()),
+                    None => one_line(bytes),
+                };
+                // Issue 10.4: room first (this may wait, and a task aborted here has changed
+                // nothing: the request is still pending and will be answered by its own task);
+                // then, with no await in between, the entry leaves the table and the answer is
+                // queued. Either both happen or neither.
+                let slot = self.out.reserve(message.len()).await;
                 let Some(mut entry) = self.pending.locked().remove(&key) else {
-                    debug!(id = %env.id.map_or("", RawValue::get), "response for no pending request dropped (cancelled, answered or unknown)");
-                    return Delivered::Dropped;
+                    return Delivered::Dropped; // answered meanwhile (a timeout, a cancel)
                 };
                 if entry.initialize
-                    && let Some(version) = env.result.and_then(|r| {
-                        serde_json::from_str::<envelope::Params>(r.get())
-                            .ok()?
-                            .protocol_version
-                            .map(|v| v.into_owned())
-                    })
+                    && let Some(version) = version
                 {
                     debug!(version, "protocol version negotiated");
                     self.up.set_protocol_version(&version);
@@ -724,14 +784,10 @@ impl Proxy {
                 if let Some(done) = entry.done.take() {
                     let _ = done.send(());
                 }
-                if entry.lists_tools
-                    && let Some(filtered) = self.learn_tools(&bytes)
-                {
-                    drop(env);
-                    self.write(one_line(filtered.into())).await;
-                    return Delivered::Answer;
+                if !slot.is_some_and(|slot| slot.send(message)) {
+                    debug!("stdout is closed; answer dropped");
                 }
-                Delivered::Answer
+                return Delivered::Answer;
             }
             Ok(Kind::Notification) if env.method.as_deref() == Some("notifications/progress") => {
                 Delivered::Progress
@@ -749,30 +805,41 @@ impl Proxy {
         delivered
     }
 
-    /// Delivers a JSON body: one message, or a 2025-03-26 batch of them (J-07).
-    async fn deliver_body(&self, body: Bytes) {
-        if body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[') {
-            match serde_json::from_slice::<Vec<&RawValue>>(&body) {
-                Ok(members) => {
-                    for m in members {
-                        self.deliver(Bytes::copy_from_slice(m.get().as_bytes())).await;
-                    }
-                }
-                Err(_) => {
-                    self.report(&bad_response("the server's reply is not valid JSON; it was dropped".into()))
-                }
-            }
-        } else {
-            self.deliver(body).await;
+    /// Delivers a JSON body or an SSE event's data: one message, or a 2025-03-26 batch of them
+    /// (J-07; in an SSE event too, issue 10.5). Returns whether one of them was a progress
+    /// notification.
+    async fn deliver_body(&self, body: Bytes) -> bool {
+        if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'[') {
+            return self.deliver(body).await == Delivered::Progress;
         }
+        let members: Vec<Bytes> = match serde_json::from_slice::<Vec<&RawValue>>(&body) {
+            Ok(members) => members.iter().map(|m| body.slice_ref(m.get().as_bytes())).collect(),
+            Err(_) => {
+                self.report(&bad_response("the server's reply is not valid JSON; it was dropped".into()));
+                return false;
+            }
+        };
+        let mut progress = false;
+        for m in members {
+            progress |= self.deliver(m).await == Delivered::Progress;
+        }
+        progress
     }
 
-    /// Answers a pending request with a local error, unless it was answered already.
+    /// Answers a pending request with a local error, unless it was answered already. Like
+    /// [`Proxy::deliver`], it takes room in the outbox before the entry leaves the table.
     async fn fail(&self, key: &IdKey, err: &LocalError) {
-        let Some(entry) = self.pending.locked().remove(key) else { return };
+        let Some(id) = self.pending.locked().get(key).map(|p| p.id.clone()) else { return };
+        let message: Bytes = err.to_response(Some(&id)).into();
+        let slot = self.out.reserve(message.len()).await;
+        if self.pending.locked().remove(key).is_none() {
+            return;
+        }
         self.stats.local_errors.fetch_add(1, Ordering::Relaxed);
         self.report(err);
-        self.write(err.to_response(Some(&entry.id)).into()).await;
+        if !slot.is_some_and(|slot| slot.send(message)) {
+            debug!("stdout is closed; error answer dropped");
+        }
     }
 
     fn is_pending(&self, key: &IdKey) -> bool {
@@ -840,15 +907,20 @@ impl Proxy {
     /// Stops everything in order (S-06, T-22): waits up to [`DRAIN_TIMEOUT`] for requests in
     /// flight, answers the rest with an error, ends the session with DELETE.
     pub async fn shutdown(self: &Arc<Self>, drain: bool) {
+        let started = Instant::now();
         self.shutting_down.store(true, Ordering::Relaxed);
-        if let Some(get) = self.get_stream.locked().take() {
-            get.abort();
-        }
         self.tasks.close();
+        // Issue 10.3: the stream for server messages stays open while requests drain: answers
+        // of the HTTP+SSE transport, and of requests the server accepted with 202, come on it.
         if drain && timeout(DRAIN_TIMEOUT, self.tasks.wait()).await.is_err() {
             info!("shutting down with requests still in flight; answering them with an error");
         }
+        if let Some(get) = self.get_stream.locked().take() {
+            get.abort();
+        }
         let left: Vec<Pending> = self.pending.locked().drain().map(|(_, p)| p).collect();
+        // Within the 2 s the whole shutdown has, whatever the client does with stdout.
+        let budget = DRAIN_TIMEOUT + DELETE_TIMEOUT;
         for entry in left {
             if let Some(abort) = &entry.abort {
                 abort.abort();
@@ -858,7 +930,14 @@ impl Proxy {
                 ErrorKind::ShuttingDown,
                 "mcp-sidecar is shutting down and the server had not answered yet; the request may have been processed",
             );
-            self.write(err.to_response(Some(&entry.id)).into()).await;
+            let message: Bytes = err.to_response(Some(&entry.id)).into();
+            let left = budget.saturating_sub(started.elapsed());
+            match timeout(left, self.out.reserve(message.len())).await {
+                Ok(Some(slot)) => {
+                    slot.send(message);
+                }
+                _ => debug!("stdout takes nothing more; a shutdown answer was not written"),
+            }
         }
         if let Some(delete) = self.up.delete_session() {
             // Same rate-limit rules, within the shutdown budget.
@@ -892,6 +971,21 @@ impl Proxy {
             );
         }
     }
+}
+
+/// Runs `task` holding `room` in flight; the room is given back when it ends or is aborted.
+async fn holding<F: std::future::Future>(
+    room: Option<tokio::sync::OwnedSemaphorePermit>,
+    task: F,
+) -> F::Output {
+    let _room = room;
+    task.await
+}
+
+/// The room for messages in flight, in bytes (at most what a semaphore counts).
+fn in_flight_limit(max_message: usize) -> u32 {
+    u32::try_from(max_message.saturating_mul(IN_FLIGHT_MESSAGES).min(tokio::sync::Semaphore::MAX_PERMITS))
+        .unwrap_or(u32::MAX)
 }
 
 /// A valid JSON text on one line: its CR/LF can only be whitespace, so they become spaces (S-02).

@@ -116,7 +116,7 @@ impl Proxy {
                     failures = 0;
                     while let Some(Ok(event)) = events.next().await {
                         if sse::is_message(&event) {
-                            self.deliver(Bytes::from(event.data.unwrap_or_default())).await;
+                            self.deliver_body(Bytes::from(event.data.unwrap_or_default())).await;
                         }
                     }
                     info!("the HTTP+SSE stream ended; reopening it");
@@ -250,7 +250,7 @@ impl Proxy {
                             retry = Some(Duration::from_millis(ms));
                         }
                         if sse::is_message(&event) {
-                            self.deliver(Bytes::from(event.data.unwrap_or_default())).await;
+                            self.deliver_body(Bytes::from(event.data.unwrap_or_default())).await;
                         }
                     }
                 }
