@@ -82,7 +82,7 @@ pub(crate) fn build(config: &Config) -> Result<(std::sync::Arc<Proxy>, Outbox, s
         None => None,
     };
     let up = Upstream::new(config, oauth).map_err(RunError::Client)?;
-    let (outbox, rx) = Outbox::new(config.max_message_bytes.max(stdio::DEFAULT_MAX_OUTBOX_BYTES));
+    let (outbox, rx) = Outbox::new(config.max_message_bytes.saturating_mul(stdio::OUTBOX_MESSAGES));
     let key_id = config.api_key.as_ref().map(|k| k.secret.expose_secret().to_owned()).unwrap_or_default();
     let gate = ratelimit::Gate::new(
         &config.url.origin().ascii_serialization(),

@@ -146,9 +146,10 @@ impl<R: AsyncRead + Unpin> LineReader<R> {
     }
 }
 
-/// How many bytes of outgoing messages may wait for stdout before senders wait (backpressure),
-/// unless one message is larger: then that one message fits when nothing else waits.
-pub const DEFAULT_MAX_OUTBOX_BYTES: usize = 32 * 1024 * 1024;
+/// Outgoing messages waiting for stdout may hold this many times `--max-message-bytes` (32 MiB
+/// by default) before senders wait (backpressure); one message larger than that fits when
+/// nothing else waits.
+pub const OUTBOX_MESSAGES: usize = 2;
 
 /// One queued message and the room it takes in the outbox, given back once it is written.
 type Queued = (Bytes, OwnedSemaphorePermit);
@@ -415,9 +416,31 @@ mod tests {
         assert!(matches!(got.as_slice(), [Frame::TooLong { len: 50, .. }]));
     }
 
+    /// Issue 10.15: the outbox is bounded in bytes, a message larger than the bound still goes
+    /// when nothing else waits, a cancelled reservation takes nothing, and once the writer is
+    /// gone nobody waits for room.
+    #[tokio::test]
+    async fn the_outbox_is_bounded_in_bytes() {
+        let (outbox, mut inbox) = Outbox::new(100);
+        let first = outbox.reserve(60).await.unwrap();
+        // 60 + 1 of 100 taken: another 60 does not fit now.
+        let waiting = tokio::time::timeout(std::time::Duration::from_millis(50), outbox.reserve(60)).await;
+        assert!(waiting.is_err(), "no room for a second 60-byte message");
+        assert!(first.send(Bytes::from(vec![b'a'; 60])));
+        assert_eq!(inbox.recv().await.unwrap().len(), 60);
+        // Given back on receipt; a message over the whole bound fits into an empty outbox.
+        let huge = outbox.reserve(10_000).await.unwrap();
+        assert!(tokio::time::timeout(std::time::Duration::from_millis(50), outbox.reserve(1)).await.is_err());
+        drop(huge);
+        assert!(outbox.reserve(99).await.is_some(), "a dropped slot gives its room back");
+        drop(inbox);
+        assert!(outbox.reserve(1).await.is_none(), "the writer is gone: no waiting");
+        assert!(!outbox.send(Bytes::from_static(b"{}")).await);
+    }
+
     #[tokio::test]
     async fn writer_puts_one_message_per_line() {
-        let (outbox, rx) = Outbox::new(DEFAULT_MAX_OUTBOX_BYTES);
+        let (outbox, rx) = Outbox::new(DEFAULT_MAX_MESSAGE_BYTES * OUTBOX_MESSAGES);
         let (w, mut r) = tokio::io::duplex(1024);
         let (_finish, finished) = oneshot::channel();
         let task = tokio::spawn(write_lines(rx, w, finished));

@@ -195,3 +195,218 @@ async fn a_get_stream_answered_429_retry_after_0_backs_off_and_gives_up() {
     let gets_after = server.seen().iter().filter(|r| r.method == axum::http::Method::GET).count();
     assert_eq!(gets_after, 3, "{}", out.stderr);
 }
+
+/// A hook for a server that accepts `tools/call` with 202 and answers it on the GET stream
+/// (T-20), which the test controls through `stream`. `answer` makes the result for a call.
+fn answers_on_the_get_stream(stream: Arc<PushStream>, answer: fn(&Seen) -> Option<String>) -> Hook {
+    Arc::new(move |s: &Seen| {
+        if s.method == axum::http::Method::GET {
+            return Action::Respond(stream.response());
+        }
+        if s.rpc_method() == Some("tools/call") {
+            if let Some(reply) = answer(s) {
+                stream.push(&reply);
+            }
+            return Action::Respond(respond(202, "text/plain", ""));
+        }
+        Action::Pass
+    })
+}
+
+/// The sum a `tools/call` of the example server's `sum` tool would give, as an answer line.
+fn sum_answer(s: &Seen) -> Option<String> {
+    let a = &s.json["params"]["arguments"];
+    let text = (a["a"].as_i64()? + a["b"].as_i64()?).to_string();
+    Some(
+        json!({"jsonrpc":"2.0","id":s.json["id"],"result":{"content":[{"type":"text","text":text}]}})
+            .to_string(),
+    )
+}
+
+/// 10.3: at stdin EOF, shutdown used to close the GET stream before letting requests drain,
+/// so a request the server accepted with 202 got "shutting down" although its answer came at
+/// once on that stream. Now the stream stays open while requests drain.
+#[tokio::test]
+async fn answers_on_the_get_stream_still_arrive_during_shutdown() {
+    let stream = PushStream::new();
+    let server = Server::start(generic(), Some(answers_on_the_get_stream(stream, sum_answer))).await;
+    let mut s = sidecar_for(&server, &[]);
+    s.handshake().await;
+    s.send_json(&call(1, "sum", json!({"a": 40, "b": 2}))).await;
+    let out = s.finish().await; // stdin closes right after the request
+    let answers: Vec<_> = out.messages().into_iter().filter(|m| m["id"] == 1).collect();
+    assert_eq!(answers.len(), 1, "{}", out.stdout);
+    assert_eq!(answers[0]["result"]["content"][0]["text"], "42", "{}", out.stdout);
+}
+
+/// 10.5: a 2025-03-26 server may put a JSON-RPC batch in one SSE event; it used to be dropped
+/// as "not a JSON-RPC object" (JSON bodies were split, SSE events were not).
+#[tokio::test]
+async fn a_batch_inside_an_sse_event_is_split() {
+    let hook: Hook = Arc::new(|s: &Seen| {
+        if s.rpc_method() == Some("tools/call") {
+            let id = &s.json["id"];
+            let batch = json!([
+                {"jsonrpc":"2.0","method":"notifications/message","params":{"level":"info","data":"before"}},
+                {"jsonrpc":"2.0","id":id,"result":{"content":[{"type":"text","text":"batched"}]}}
+            ]);
+            return Action::Respond(respond(200, "text/event-stream", format!("data: {batch}\n\n")));
+        }
+        Action::Pass
+    });
+    let server = Server::start(generic(), Some(hook)).await;
+    let mut s = sidecar_for(&server, &[]);
+    s.handshake().await;
+    s.send_json(&call(9, "sum", json!({"a": 1, "b": 1}))).await;
+    let note = s.recv().await;
+    assert_eq!(note["method"], "notifications/message", "{note}");
+    let answer = s.recv().await;
+    assert_eq!(answer["id"], 9);
+    assert_eq!(answer["result"]["content"][0]["text"], "batched", "{answer}");
+    s.finish().await;
+}
+
+/// 10.15: requests in flight used to be unbounded. Now they hold at most 4 × --max-message-bytes;
+/// a request past that is answered at once with an `overloaded` error (and the proxy goes on).
+#[tokio::test]
+async fn requests_in_flight_are_bounded_in_bytes() {
+    let release = Arc::new(tokio::sync::Notify::new());
+    let r = release.clone();
+    let hook: Hook = Arc::new(move |s: &Seen| {
+        if s.rpc_method() == Some("tools/call") {
+            return Action::Hold(r.clone());
+        }
+        Action::Pass
+    });
+    let server = Server::start(generic(), Some(hook)).await;
+    // 1,024 bytes per message: 4,096 bytes in flight.
+    let mut s = sidecar_for(&server, &["--max-message-bytes", "1024"]);
+    s.handshake().await;
+    let padded = |id: i64| call(id, "sum", json!({"a": id, "b": 1, "pad": "x".repeat(850)}));
+    for id in 1..=4 {
+        s.send_json(&padded(id)).await;
+    }
+    // Wait until the four are at the server (held), then one more does not fit.
+    tokio::time::timeout(PATIENCE, async {
+        while server.posts("tools/call").len() < 4 {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .unwrap();
+    s.send_json(&padded(5)).await;
+    let refused = s.recv().await;
+    assert_eq!(refused["id"], 5, "{refused}");
+    assert_eq!(refused["error"]["data"]["kind"], "overloaded", "{refused}");
+    assert_eq!(refused["error"]["code"], -32006);
+    assert_eq!(server.posts("tools/call").len(), 4, "the fifth was not sent");
+    release.notify_waiters();
+    let mut answered = Vec::new();
+    for _ in 0..4 {
+        let m = s.recv().await;
+        assert!(m["result"].is_object(), "{m}");
+        answered.push(m["id"].as_i64().unwrap());
+    }
+    answered.sort();
+    assert_eq!(answered, [1, 2, 3, 4]);
+    // Room again.
+    let r2 = release.clone();
+    tokio::spawn(async move {
+        loop {
+            r2.notify_waiters();
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    });
+    s.send_json(&padded(6)).await;
+    assert!(s.recv().await["result"].is_object());
+    s.finish().await;
+}
+
+/// 10.15: `tools` stopped only when a page repeated the cursor it was asked with; a cycle of
+/// two pages (a → b → a) made it page forever. Now any cursor seen before ends it.
+#[tokio::test]
+async fn tools_stops_on_a_cursor_cycle() {
+    let hook: Hook = Arc::new(|s: &Seen| {
+        if s.rpc_method() == Some("tools/list") {
+            let (name, next) = match s.json["params"]["cursor"].as_str() {
+                None => ("first", "a"),
+                Some("a") => ("second", "b"),
+                _ => ("third", "a"),
+            };
+            let body = json!({"jsonrpc":"2.0","id":s.json["id"],"result":{
+                "tools":[{"name":name,"description":"d","inputSchema":{"type":"object"}}],"nextCursor":next}});
+            return Action::Respond(respond(200, "application/json", body.to_string()));
+        }
+        Action::Pass
+    });
+    let server = Server::start(generic(), Some(hook)).await;
+    let (code, stdout, stderr) =
+        run_command(&["tools", "--url", &server.url, "--api-key-env", "TEST_KEY"], ENV).await;
+    assert_eq!(code, 0, "{stderr}");
+    let names: Vec<&str> = stdout.lines().map(|l| l.split_whitespace().next().unwrap_or("")).collect();
+    assert_eq!(names, ["first", "second", "third"], "{stdout}");
+    assert!(server.posts("tools/list").len() <= 4);
+}
+
+/// 10.4: an answer used to leave the pending table before it was queued for stdout; when the
+/// task delivering it was aborted while stdout was backed up (here: a session renewal restarts
+/// the GET stream), the answer was lost and the request answered zero times. Now room in the
+/// outbox is reserved first and the hand-over is one step: the request is answered exactly once.
+#[tokio::test]
+async fn an_answer_stuck_behind_a_full_stdout_survives_a_session_renewal() {
+    let stream = PushStream::new();
+    let expired_once = Arc::new(AtomicBool::new(false));
+    let (get, expired) = (stream.clone(), expired_once.clone());
+    let hook: Hook = Arc::new(move |s: &Seen| {
+        if s.method == axum::http::Method::GET {
+            return Action::Respond(get.response());
+        }
+        if s.rpc_method() == Some("tools/call") {
+            match s.json["params"]["arguments"]["a"].as_i64() {
+                // X: accepted; its (large) answer follows the flood on the GET stream.
+                Some(1) => {
+                    let big = "x".repeat(1_950_000);
+                    let reply = json!({"jsonrpc":"2.0","id":s.json["id"],"result":{"content":[{"type":"text","text":"marker-x"}],"padding":big}});
+                    get.push(&reply.to_string());
+                    return Action::Respond(respond(202, "text/plain", ""));
+                }
+                // Z: its session has expired, once: the sidecar renews it (and restarts the GET stream).
+                Some(3) if !expired.swap(true, Ordering::SeqCst) => {
+                    return Action::Respond(respond(404, "text/plain", "session expired"));
+                }
+                _ => {}
+            }
+        }
+        Action::Pass
+    });
+    let server = Server::start(generic(), Some(hook)).await;
+    let mut s = sidecar_for(
+        &server,
+        &["--request-timeout", "3", "--max-message-bytes", "2000000", "--log-level", "trace"],
+    );
+    s.handshake().await;
+    s.pause_stdout();
+    // The flood: one message larger than the pipe (the writer blocks in it), then 1,024 small
+    // ones (the old outbox's count; the new one's bytes are what X's answer does not fit into).
+    let note = |text: &str| json!({"jsonrpc":"2.0","method":"notifications/message","params":{"level":"info","data":text}});
+    stream.push(&note(&"b".repeat(1_900_000)).to_string());
+    for i in 0..1024 {
+        stream.push(&note(&format!("small {i:0>100}")).to_string());
+    }
+    s.send_json(&call(100, "sum", json!({"a": 1, "b": 0}))).await;
+    // X's answer has reached the sidecar (logged as it arrives) and waits for room.
+    s.stderr_shows("marker-x").await;
+    s.send_json(&call(300, "sum", json!({"a": 3, "b": 4}))).await;
+    s.stderr_shows("new MCP session started").await;
+    s.resume_stdout();
+    let z = loop {
+        let m = s.recv().await;
+        if m["id"] == 300 {
+            break m;
+        }
+    };
+    assert_eq!(z["result"]["content"][0]["text"], "7", "{z}");
+    let out = s.finish().await;
+    let x: Vec<_> = out.messages().into_iter().filter(|m| m["id"] == 100).collect();
+    assert_eq!(x.len(), 1, "X must be answered exactly once (its answer, or an error)");
+}

@@ -252,8 +252,10 @@ pub struct Sidecar {
     stdout: Arc<Mutex<String>>,
     stderr: Arc<Mutex<String>>,
     readers: Vec<tokio::task::JoinHandle<()>>,
-    /// Raw stdout bytes for an rmcp client, when one is attached.
+    /// Strings that must never appear in any output.
     secrets: Vec<String>,
+    /// Whether stdout is read (a client that stops reading is simulated by setting it false).
+    reading: tokio::sync::watch::Sender<bool>,
 }
 
 impl Sidecar {
@@ -272,11 +274,15 @@ impl Sidecar {
         let stderr = Arc::new(Mutex::new(String::new()));
         let (tx, lines) = mpsc::unbounded_channel();
         let out_log = stdout.clone();
+        let (reading, mut may_read) = tokio::sync::watch::channel(true);
         let out_task = tokio::spawn(async move {
             let mut tee = tee;
             let mut buf = vec![0u8; 64 * 1024];
             let mut partial = String::new();
             loop {
+                if may_read.wait_for(|r| *r).await.is_err() {
+                    break;
+                }
                 let n = match out.read(&mut buf).await {
                     Ok(0) | Err(_) => break,
                     Ok(n) => n,
@@ -313,7 +319,18 @@ impl Sidecar {
             stderr,
             readers: vec![out_task, err_task],
             secrets: Vec::new(),
+            reading,
         }
+    }
+
+    /// Stops reading stdout (once the read in progress ends), like a client that hangs.
+    pub fn pause_stdout(&self) {
+        let _ = self.reading.send(false);
+    }
+
+    /// Reads stdout again.
+    pub fn resume_stdout(&self) {
+        let _ = self.reading.send(true);
     }
 
     /// Adds a string that must never appear in any output.
@@ -404,6 +421,7 @@ impl Sidecar {
 
     /// Waits for the exit without closing stdin.
     pub async fn wait(mut self) -> Outcome {
+        self.resume_stdout();
         let status =
             tokio::time::timeout(PATIENCE, self.child.wait()).await.expect("sidecar did not exit").unwrap();
         for r in self.readers.drain(..) {
@@ -497,4 +515,38 @@ pub async fn run_command(args: &[&str], env: &[(&str, &str)]) -> (i32, String, S
         assert!(!text.contains(KEY), "the key leaked:\n{text}");
     }
     (out.status.code().unwrap_or(-1), stdout, stderr)
+}
+
+/// An SSE response whose events the test pushes while it is open (a GET stream, or a reply
+/// stream, under the test's control). [`PushStream::response`] hands out the response once.
+pub struct PushStream {
+    tx: mpsc::UnboundedSender<Bytes>,
+    rx: Mutex<Option<mpsc::UnboundedReceiver<Bytes>>>,
+}
+
+impl PushStream {
+    pub fn new() -> Arc<PushStream> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        Arc::new(PushStream { tx, rx: Mutex::new(Some(rx)) })
+    }
+
+    /// Sends one `message` event with `data`.
+    pub fn push(&self, data: &str) {
+        let _ = self.tx.send(Bytes::from(format!("data: {data}\n\n")));
+    }
+
+    /// The streaming response (the first call), or a 405 (no second stream).
+    pub fn response(&self) -> Response {
+        let Some(rx) = self.rx.lock().unwrap().take() else {
+            return respond(405, "text/plain", "no second stream");
+        };
+        let body = futures_util::stream::unfold(rx, |mut rx| async move {
+            rx.recv().await.map(|b| (Ok::<_, std::convert::Infallible>(b), rx))
+        });
+        Response::builder()
+            .status(200)
+            .header("content-type", "text/event-stream")
+            .body(Body::from_stream(body))
+            .unwrap()
+    }
 }

@@ -200,3 +200,18 @@ async fn a_dropped_stream_is_reopened_with_the_handshake_replayed() {
         "the replayed initialize's answer is not the client's"
     );
 }
+
+/// Issue 10.3: with the HTTP+SSE transport every answer comes on the stream; a request in
+/// flight at stdin EOF used to get "shutting down" because the stream was closed before the
+/// drain. Now it gets its answer.
+#[tokio::test]
+async fn a_request_in_flight_at_stdin_eof_gets_its_answer_from_the_stream() {
+    let (url, _server) = start(Legacy::default()).await;
+    let mut s = Sidecar::spawn(&[&url, "--api-key-env", "TEST_KEY"], ENV);
+    s.handshake().await;
+    s.send_json(&call(7, "sum", json!({"a": 7, "b": 1}))).await;
+    let out = s.finish().await;
+    let answers: Vec<Value> = out.messages().into_iter().filter(|m| m["id"] == 7).collect();
+    assert_eq!(answers.len(), 1, "{}", out.stdout);
+    assert_eq!(answers[0]["result"]["content"][0]["text"], "8", "{}", out.stdout);
+}
