@@ -24,9 +24,11 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 const MAX_BODY: usize = 256 * 1024;
 
 /// The sign-in's HTTP client, built on first use: most runs never sign in, and building one
-/// loads the system's CA store (milliseconds of startup).
+/// loads the system's CA store (milliseconds of startup). Requests to loopback addresses go
+/// through a second client that never uses a proxy (issue 10.7).
 pub struct AuthHttp {
     client: std::sync::OnceLock<Result<reqwest::Client, String>>,
+    direct: std::sync::OnceLock<Result<reqwest::Client, String>>,
     connect_timeout: Duration,
     ca_certs: Vec<reqwest::Certificate>,
     policy: RetryPolicy,
@@ -49,26 +51,42 @@ impl AuthHttp {
     pub fn new(config: &Config) -> Self {
         AuthHttp {
             client: std::sync::OnceLock::new(),
+            direct: std::sync::OnceLock::new(),
             connect_timeout: config.connect_timeout,
             ca_certs: config.ca_certs.clone(),
             policy: config.retry.clone(),
         }
     }
 
+    /// The client that builds requests (any of the two does).
     fn client(&self) -> Result<&reqwest::Client, AuthError> {
-        self.client
-            .get_or_init(|| {
-                reqwest::Client::builder()
-                    .redirect(reqwest::redirect::Policy::none())
-                    .connect_timeout(self.connect_timeout)
-                    .timeout(REQUEST_TIMEOUT)
-                    .user_agent(concat!("mcp-sidecar/", env!("CARGO_PKG_VERSION")))
-                    .tls_certs_merge(self.ca_certs.iter().cloned())
-                    .build()
-                    .map_err(|e| e.to_string())
-            })
-            .as_ref()
-            .map_err(|e| AuthError(format!("could not set up the sign-in HTTP client: {e}")))
+        self.build(&self.client, false)
+    }
+
+    /// The client that sends to `url`: without a proxy when it is loopback.
+    fn client_for(&self, url: &Url) -> Result<&reqwest::Client, AuthError> {
+        if crate::config::is_loopback(url) { self.build(&self.direct, true) } else { self.client() }
+    }
+
+    fn build<'a>(
+        &self,
+        slot: &'a std::sync::OnceLock<Result<reqwest::Client, String>>,
+        direct: bool,
+    ) -> Result<&'a reqwest::Client, AuthError> {
+        slot.get_or_init(|| {
+            let builder = reqwest::Client::builder();
+            let builder = if direct { builder.no_proxy() } else { builder };
+            builder
+                .redirect(reqwest::redirect::Policy::none())
+                .connect_timeout(self.connect_timeout)
+                .timeout(REQUEST_TIMEOUT)
+                .user_agent(concat!("mcp-sidecar/", env!("CARGO_PKG_VERSION")))
+                .tls_certs_merge(self.ca_certs.iter().cloned())
+                .build()
+                .map_err(|e| e.to_string())
+        })
+        .as_ref()
+        .map_err(|e| AuthError(format!("could not set up the sign-in HTTP client: {e}")))
     }
 
     /// Sends `request`, waiting out rate limits; the final response, whatever its status.
@@ -79,7 +97,7 @@ impl AuthHttp {
             let Some(attempt) = request.try_clone() else {
                 return Err(AuthError(format!("the request to {shown} cannot be sent (streamed body)")));
             };
-            let response = self.client()?.execute(attempt).await.map_err(|e| {
+            let response = self.client_for(attempt.url())?.execute(attempt).await.map_err(|e| {
                 AuthError(format!(
                     "the sign-in request to {shown} failed ({}): check the network and the server's address",
                     crate::upstream::error_chain(&e)

@@ -214,7 +214,7 @@ async fn run(config: &Config, steps: &mut Vec<Step>, server: &mut Value) -> bool
 /// TLS (issuer, expiry) and HTTP reachability, from one GET.
 async fn http_step(config: &Config, steps: &mut Vec<Step>) -> bool {
     let started = Instant::now();
-    let client = reqwest::Client::builder()
+    let client = crate::upstream::direct_to_loopback(reqwest::Client::builder(), &config.url)
         .redirect(reqwest::redirect::Policy::none())
         .connect_timeout(config.connect_timeout)
         .timeout(Duration::from_secs(30))

@@ -84,7 +84,7 @@ impl Upstream {
                 attempt.stop()
             }
         });
-        let mut builder = reqwest::Client::builder();
+        let mut builder = direct_to_loopback(reqwest::Client::builder(), &config.url);
         if config.url.scheme() == "http" {
             // No TLS can happen (a redirect to https is another origin, never followed): do not
             // load the system's CA store, which costs a file read per certificate at startup.
@@ -452,6 +452,14 @@ impl Upstream {
         err.server_body = server_body(body).map(|v| redact_value(v, self));
         err
     }
+}
+
+/// Loopback traffic never goes through a proxy (issue 10.7): it stays on this machine, which is
+/// why plain http is allowed to it without `--allow-http`, and an `HTTP_PROXY` would carry it,
+/// credentials included, in clear text to another host. A client for one origin (redirects are
+/// followed only on it) gets no proxy at all when that origin is loopback.
+pub fn direct_to_loopback(builder: reqwest::ClientBuilder, url: &Url) -> reqwest::ClientBuilder {
+    if crate::config::is_loopback(url) { builder.no_proxy() } else { builder }
 }
 
 /// The JSON-RPC error object of an HTTP error body, if it is one (T-40): `{"error":{"code":int,…}}`.

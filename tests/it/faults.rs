@@ -113,24 +113,69 @@ async fn bodies_over_the_limit_are_refused_not_buffered() {
     }
 }
 
+/// `HTTP_PROXY` carries requests to remote hosts; loopback never goes through it (issue 10.7:
+/// plain http is allowed to loopback because it stays on the machine, so a proxy must not carry
+/// it, key included, elsewhere); `NO_PROXY` is honoured for remote hosts.
 #[tokio::test]
-async fn proxies_from_the_environment_are_used_and_no_proxy_is_honoured() {
+async fn proxies_carry_remote_hosts_never_loopback_and_no_proxy_is_honoured() {
     let target = Server::start(generic(), None).await;
-    let proxy = Server::start(generic(), None).await;
-    // Address the target by name, so that NO_PROXY can name it.
-    let url = target.url.replace("127.0.0.1", "localhost");
+    // The proxy answers for the remote host itself (the example server would refuse its name).
+    let as_remote: Hook = Arc::new(|s: &Seen| match (s.method.as_str(), s.json.get("id")) {
+        ("POST", Some(id)) => Action::Respond(respond(
+            200,
+            "application/json",
+            json!({"jsonrpc":"2.0","id":id,"result":{"protocolVersion":"2025-11-25","capabilities":{},
+                "serverInfo":{"name":"remote","version":"1"}}})
+            .to_string(),
+        )),
+        ("POST", None) => Action::Respond(respond(202, "text/plain", "")),
+        _ => Action::Respond(respond(405, "text/plain", "")),
+    });
+    let proxy = Server::start(generic(), Some(as_remote)).await;
     let proxy_url = format!("http://{}", proxy.addr);
-    for (no_proxy, via_proxy) in [("", true), ("localhost", false)] {
-        let env = [("TEST_KEY", KEY), ("HTTP_PROXY", proxy_url.as_str()), ("NO_PROXY", no_proxy)];
-        let mut s = Sidecar::spawn(&[&url, "--api-key-env", "TEST_KEY"], &env);
-        s.handshake().await;
-        s.finish().await;
-        let (hit, missed) = if via_proxy { (&proxy, &target) } else { (&target, &proxy) };
-        assert!(!hit.posts("initialize").is_empty(), "NO_PROXY={no_proxy:?}: the request went the wrong way");
-        assert!(missed.posts("initialize").is_empty() || !via_proxy, "NO_PROXY={no_proxy:?}");
+    // A remote name: only the proxy can reach it (the request line names it, absolute form).
+    let remote = format!("http://mcp.example.test:{}/mcp", proxy.addr.port());
+    let env = [("TEST_KEY", KEY), ("HTTP_PROXY", proxy_url.as_str()), ("NO_PROXY", "")];
+    let mut s = Sidecar::spawn(&[&remote, "--api-key-env", "TEST_KEY", "--allow-http"], &env);
+    s.handshake().await;
+    s.finish().await;
+    let via = proxy.posts("initialize");
+    assert_eq!(via.len(), 1, "the remote host was reached through the proxy");
+    assert!(via[0].header("host").is_some_and(|h| h.starts_with("mcp.example.test:")));
+    // Loopback, by address and by name: straight to the target, the proxy sees nothing.
+    for url in [target.url.clone(), target.url.replace("127.0.0.1", "localhost")] {
+        for var in ["HTTP_PROXY", "http_proxy", "ALL_PROXY"] {
+            // (The harness's NO_PROXY would exempt loopback anyway: cleared.)
+            let env = [("TEST_KEY", KEY), (var, proxy_url.as_str()), ("NO_PROXY", "")];
+            let mut s = Sidecar::spawn(&[&url, "--api-key-env", "TEST_KEY"], &env);
+            s.handshake().await;
+            s.finish().await;
+        }
     }
-    // Through the proxy the request line named the target (absolute form).
-    assert!(proxy.posts("initialize")[0].header("host").is_some_and(|h| h.starts_with("localhost:")));
+    assert_eq!(target.posts("initialize").len(), 6, "every loopback run went straight to the target");
+    assert_eq!(proxy.posts("initialize").len(), 1, "and none through the proxy");
+    // NO_PROXY names the remote host: it is tried directly. In an empty network namespace its
+    // name cannot be resolved (through the proxy it would be "could not connect" instead).
+    let bin = env!("CARGO_BIN_EXE_mcp-sidecar");
+    let mut cmd = tokio::process::Command::new("unshare");
+    cmd.args(["-n", bin, &remote, "--api-key-env", "TEST_KEY", "--allow-http", "--max-retries", "0"])
+        .env_clear()
+        .envs([("TEST_KEY", KEY), ("HTTP_PROXY", proxy_url.as_str()), ("NO_PROXY", "example.test")])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true);
+    let mut s = Sidecar::spawn_with(cmd, None);
+    s.send_json(&request(
+        1,
+        "initialize",
+        json!({"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"t","version":"1"}}),
+    ))
+    .await;
+    let e = s.recv().await;
+    let msg = e["error"]["message"].as_str().unwrap_or_default();
+    assert!(msg.contains("could not resolve the host mcp.example.test"), "{e}");
+    s.finish().await;
 }
 
 #[tokio::test]

@@ -729,3 +729,31 @@ async fn a_script_is_told_to_log_in_first_instead_of_getting_a_browser() {
     let out = browser.run(vec!["tools", "--url", &server.url, "--state-dir", &state]).await.unwrap();
     assert!(out.status.success() && String::from_utf8_lossy(&out.stdout).contains("echo"));
 }
+
+/// Issue 10.7: with a proxy in the environment, every request to loopback (the MCP server, its
+/// metadata, registration, token endpoint) still goes straight there, never through the proxy
+/// (here a dead one: anything sent through it would fail).
+#[tokio::test]
+async fn loopback_sign_in_never_goes_through_a_proxy() {
+    let auth = AuthServer::start(|_| {}).await;
+    let server = auth.protect().await;
+    let dir = temp_dir("proxy");
+    let browser = Browser::start(&dir, Agent::Follow).await;
+    let state = dir.join("state").to_string_lossy().into_owned();
+    let dead = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let proxy = format!("http://{}", dead.local_addr().unwrap());
+    drop(dead);
+    // (The harness's NO_PROXY would exempt loopback anyway: cleared.)
+    let env = [
+        ("BROWSER", browser.script.as_str()),
+        ("HTTP_PROXY", &proxy),
+        ("HTTPS_PROXY", &proxy),
+        ("NO_PROXY", ""),
+    ];
+    let mut sc = Sidecar::spawn(&[&server.url, "--state-dir", &state], &env);
+    sc.handshake().await;
+    let r = call(&mut sc, 1, "echo", json!({"text":"direct"})).await;
+    assert_eq!(r["result"]["content"][0]["text"], "direct", "{r}");
+    finish_checked(sc, &auth).await;
+    assert_eq!(auth.authorizes(), 1);
+}
