@@ -127,6 +127,8 @@ pub struct Config {
     pub oauth: Option<crate::auth::Settings>,
     /// Extra headers, `${VAR}` already expanded; values marked sensitive.
     pub headers: HeaderMap,
+    /// The values `${VAR}` put into those headers (secrets, by assumption).
+    pub header_secrets: Vec<SecretString>,
     /// `--transport`.
     pub transport: Transport,
     /// Extra trusted CA certificates (`--ca-file`).
@@ -208,7 +210,8 @@ impl Config {
             None => None,
         };
 
-        let headers = parse_headers(&cli.headers, env)?;
+        let mut header_secrets = Vec::new();
+        let headers = parse_headers(&cli.headers, env, &mut header_secrets)?;
         let oauth = if api_key.is_none() && cli.auth != Some(AuthMethod::None) {
             Some(oauth_settings(&cli, env)?)
         } else {
@@ -234,6 +237,7 @@ impl Config {
             api_key,
             oauth,
             headers,
+            header_secrets,
             transport: cli.transport,
             ca_certs: match &cli.ca_file {
                 Some(path) => read_ca_file(path)?,
@@ -259,6 +263,22 @@ impl Config {
             log_format: cli.log_format,
             warnings,
         })
+    }
+}
+
+impl Config {
+    /// Tells [`crate::secrets`] every secret this configuration holds (the key, the values of
+    /// variables in headers, the client secret), so no error or log line can show one.
+    pub fn remember_secrets(&self) {
+        if let Some(key) = &self.api_key {
+            crate::secrets::remember(key.secret.expose_secret());
+        }
+        for value in &self.header_secrets {
+            crate::secrets::remember(value.expose_secret());
+        }
+        if let Some((_, secret)) = self.oauth.as_ref().and_then(|o| o.client_secret.as_ref()) {
+            crate::secrets::remember(secret.expose_secret());
+        }
     }
 }
 
@@ -420,8 +440,13 @@ fn api_key(env_name: String, secret: SecretString, style: AuthStyle) -> Result<A
     Ok(ApiKey { env_name, secret, header, value })
 }
 
-/// Parses `Name: value` headers, expanding `${VAR}` from the environment.
-fn parse_headers(raw: &[String], env: &dyn Fn(&str) -> Option<String>) -> Result<HeaderMap, ConfigError> {
+/// Parses `Name: value` headers, expanding `${VAR}` from the environment; the values the
+/// variables held go to `secrets`.
+fn parse_headers(
+    raw: &[String],
+    env: &dyn Fn(&str) -> Option<String>,
+    secrets: &mut Vec<SecretString>,
+) -> Result<HeaderMap, ConfigError> {
     let mut map = HeaderMap::new();
     for h in raw.iter().filter(|h| !h.trim().is_empty()) {
         let (name, value) = h
@@ -430,7 +455,7 @@ fn parse_headers(raw: &[String], env: &dyn Fn(&str) -> Option<String>) -> Result
         let name = HeaderName::from_bytes(name.trim().as_bytes()).map_err(|_| {
             ConfigError(format!("--header {:?}: {:?} is not a valid header name", h, name.trim()))
         })?;
-        let expanded = expand_vars(value.trim(), env).map_err(|var| {
+        let expanded = expand_vars(value.trim(), env, secrets).map_err(|var| {
             ConfigError(format!(
                 "--header {name}: the variable {var} is not set: export it, or remove the header"
             ))
@@ -447,8 +472,13 @@ fn parse_headers(raw: &[String], env: &dyn Fn(&str) -> Option<String>) -> Result
     Ok(map)
 }
 
-/// Replaces every `${VAR}` with its value; `$$` stands for `$`. Returns the name of an unset variable.
-fn expand_vars(s: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<String, String> {
+/// Replaces every `${VAR}` with its value (kept in `values` too); `$$` stands for `$`. Returns
+/// the name of an unset variable.
+fn expand_vars(
+    s: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+    values: &mut Vec<SecretString>,
+) -> Result<String, String> {
     let mut out = String::with_capacity(s.len());
     let mut rest = s;
     while let Some(i) = rest.find('$') {
@@ -459,7 +489,9 @@ fn expand_vars(s: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<String, 
             rest = after;
         } else if let Some(end) = rest.strip_prefix("${").and_then(|r| r.find('}')) {
             let name = &rest[2..2 + end];
-            out.push_str(&env(name).ok_or_else(|| name.to_owned())?);
+            let value = env(name).ok_or_else(|| name.to_owned())?;
+            out.push_str(&value);
+            values.push(SecretString::from(value));
             rest = &rest[3 + end..];
         } else {
             out.push('$');

@@ -281,11 +281,12 @@ impl LocalError {
                 self.rate_limit_headers.iter().map(|(k, v)| (k.clone(), v.clone().into())).collect();
             data.insert("rateLimitHeaders".into(), headers.into());
         }
-        let error = serde_json::json!({
+        // Issue 10.9: no secret the process holds, whatever a server echoed into the text.
+        let error = crate::secrets::redact_json(serde_json::json!({
             "code": self.code,
             "message": self.message,
             "data": data,
-        });
+        }));
         let id = id.map_or("null", RawValue::get);
         let mut out = Vec::with_capacity(64 + self.message.len());
         out.extend_from_slice(b"{\"jsonrpc\":\"2.0\",\"id\":");

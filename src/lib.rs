@@ -18,6 +18,7 @@
 //! - [`auth`]: OAuth 2.1 sign-in (discovery, PKCE, the loopback callback, refresh, token store).
 //! - [`retry`] and [`ratelimit`]: how long the server asks us to wait; the per-origin gate that
 //!   makes every request (and every sidecar with the same key) wait for it.
+//! - [`secrets`]: every secret the process holds, redacted from whatever a server echoes back.
 //! - [`platform`]: what differs between operating systems (signals, the parent-process watch).
 //!
 //! [`run`] ties them together; `main.rs` only parses flags, sets up logging and calls it.
@@ -34,6 +35,7 @@ pub mod platform;
 pub mod proxy;
 pub mod ratelimit;
 pub mod retry;
+pub mod secrets;
 pub mod stdio;
 mod sync;
 pub mod upstream;
@@ -75,6 +77,7 @@ enum Stop {
 
 /// The proxy for `config`, the outbox it writes to, and the receiving end of that outbox.
 pub(crate) fn build(config: &Config) -> Result<(std::sync::Arc<Proxy>, Outbox, stdio::Inbox), RunError> {
+    config.remember_secrets();
     let oauth = match &config.oauth {
         Some(settings) => {
             Some(std::sync::Arc::new(auth::OAuth::new(config, settings.clone()).map_err(RunError::Auth)?))

@@ -76,6 +76,7 @@ fn configure(args: Args) -> Result<Config, ExitCode> {
         eprintln!("mcp-sidecar: {e}");
         ExitCode::from(2)
     })?;
+    config.remember_secrets();
     init_logging(config.log_level, config.log_format);
     for warning in &config.warnings {
         tracing::warn!("{warning}");
@@ -144,7 +145,10 @@ fn init_logging(level: LogLevel, format: LogFormat) {
     };
     let deps = if level == LevelFilter::TRACE { LevelFilter::DEBUG } else { LevelFilter::WARN };
     let filter = Targets::new().with_default(deps).with_target("mcp_sidecar", level);
-    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_target(false);
+    // Every line passes the redaction of the secrets this process holds (issue 10.9).
+    let fmt = tracing_subscriber::fmt::layer()
+        .with_writer(|| mcp_sidecar::secrets::RedactingWriter(std::io::stderr()))
+        .with_target(false);
     let registry = tracing_subscriber::registry().with(filter);
     match format {
         LogFormat::Text => registry.with(fmt.with_ansi(false)).init(),

@@ -132,6 +132,7 @@ impl OAuth {
             flow: tokio::sync::Mutex::new(None),
         };
         if let Some(entry) = oauth.store.load(&oauth.origin, &oauth.key)? {
+            entry.remember_secrets();
             if let Some(tokens) = &entry.tokens {
                 debug!("using the stored sign-in for {}", redact_url(&oauth.mcp));
                 oauth.adopt(tokens);
@@ -160,6 +161,7 @@ impl OAuth {
     }
 
     fn adopt(&self, tokens: &Tokens) {
+        tokens.remember();
         let value = HeaderValue::from_str(&format!("Bearer {}", tokens.access_token.expose_secret()))
             .ok()
             .map(|mut v| {
@@ -193,6 +195,7 @@ impl OAuth {
             .await
             .map_err(|_| AuthError("the sign-in lock could not be taken".into()))??;
         let mut entry = self.store.load(&self.origin, &self.key)?.unwrap_or_default();
+        entry.remember_secrets();
         entry.server = redact_url(&self.mcp);
         if refused && let Some(tokens) = &entry.tokens {
             let stored =
@@ -478,6 +481,9 @@ impl OAuth {
             if r.client_secret.is_some() { TokenAuth::ClientSecretBasic } else { TokenAuth::None },
         );
         debug!("registered as client {} at {}", r.client_id, server.issuer);
+        if let Some(secret) = &r.client_secret {
+            crate::secrets::remember(secret);
+        }
         Ok(Client {
             client_id: r.client_id,
             client_secret: r.client_secret.map(SecretString::from),
@@ -638,9 +644,11 @@ fn token_error<RE: std::error::Error + 'static>(
     }
 }
 
-/// Server-provided text made safe for one log line: no control characters, bounded length.
+/// Server-provided text made safe for one log line: no control characters, bounded length, no
+/// secret of ours echoed back (issue 10.9).
 fn clean(s: &str) -> String {
-    s.chars().filter(|c| !c.is_control()).take(200).collect()
+    let text: String = s.chars().filter(|c| !c.is_control()).collect();
+    crate::secrets::redact(&text).chars().take(200).collect()
 }
 
 fn now() -> u64 {

@@ -40,6 +40,16 @@ impl std::fmt::Debug for Tokens {
     }
 }
 
+impl Tokens {
+    /// Tells [`crate::secrets`] about these tokens, so no error or log line shows them.
+    pub fn remember(&self) {
+        crate::secrets::remember(self.access_token.expose_secret());
+        if let Some(r) = &self.refresh_token {
+            crate::secrets::remember(r.expose_secret());
+        }
+    }
+}
+
 /// How the client authenticates at the token endpoint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -104,6 +114,18 @@ pub struct Entry {
     pub resource: Option<String>,
     pub client: Option<Client>,
     pub tokens: Option<Tokens>,
+}
+
+impl Entry {
+    /// Tells [`crate::secrets`] about the tokens and the client secret stored here.
+    pub fn remember_secrets(&self) {
+        if let Some(t) = &self.tokens {
+            t.remember();
+        }
+        if let Some(s) = self.client.as_ref().and_then(|c| c.client_secret.as_ref()) {
+            crate::secrets::remember(s.expose_secret());
+        }
+    }
 }
 
 /// The file format; built from [`Entry`] only at the moment of writing.

@@ -699,6 +699,11 @@ impl Proxy {
                     None => return Ok(()),
                 }
             };
+            // The server's error as it sent it, unless it echoes a secret of ours (issue 10.9).
+            if let std::borrow::Cow::Owned(clean) = crate::secrets::redact(&String::from_utf8_lossy(&message))
+            {
+                message = clean.into_bytes();
+            }
             envelope::flatten_lines(&mut message);
             self.deliver(message.into()).await;
             return Ok(());

@@ -18,7 +18,6 @@ use std::time::Duration;
 use bytes::Bytes;
 use reqwest::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderValue, LOCATION, RETRY_AFTER};
 use reqwest::{Method, RequestBuilder, StatusCode};
-use secrecy::ExposeSecret;
 use serde_json::value::RawValue;
 use url::Url;
 
@@ -272,14 +271,10 @@ impl Upstream {
         Some(self.with_session(self.request(Method::DELETE), &session, true))
     }
 
-    /// Replaces the key wherever a server echoed it back, so no message of ours ever carries it.
+    /// Replaces every secret the process holds (the key, tokens, header values from variables,
+    /// client secrets) wherever a server echoed it back, so no message of ours carries it.
     pub fn redact(&self, text: &str) -> String {
-        match &self.api_key {
-            Some(key) if !key.secret.expose_secret().is_empty() => {
-                text.replace(key.secret.expose_secret(), "[redacted]")
-            }
-            _ => text.to_owned(),
-        }
+        crate::secrets::redact(text).into_owned()
     }
 
     /// What a failed send means: unreachable (nothing sent), or broken after sending.
@@ -449,7 +444,7 @@ impl Upstream {
         let mut err = LocalError::new(code_rpc, kind, message);
         err.http_status = Some(code);
         err.request_sent = Some(code != 429 && !(300..400).contains(&code));
-        err.server_body = server_body(body).map(|v| redact_value(v, self));
+        err.server_body = server_body(body).map(crate::secrets::redact_json);
         err
     }
 }
@@ -528,17 +523,6 @@ fn server_body(body: &[u8]) -> Option<serde_json::Value> {
     serde_json::from_slice(body)
         .ok()
         .or_else(|| Some(serde_json::Value::String(cut(&String::from_utf8_lossy(body), 1000))))
-}
-
-fn redact_value(v: serde_json::Value, up: &Upstream) -> serde_json::Value {
-    match &up.api_key {
-        Some(_) => {
-            let text = v.to_string();
-            let clean = up.redact(&text);
-            if clean == text { v } else { serde_json::from_str(&clean).unwrap_or(serde_json::Value::Null) }
-        }
-        None => v,
-    }
 }
 
 /// Cuts `text` to at most `max` characters, marking the cut.

@@ -46,6 +46,9 @@ struct AsState {
     token_auth: Vec<Option<String>>,
     /// MCP requests refused with 401.
     rejected: usize,
+    /// Refuse refreshes with an `error_description` that echoes the refresh token and the client
+    /// secret (a hostile or careless server).
+    echo_secrets: bool,
     n: u64,
     /// code → (challenge, scope, resource)
     codes: HashMap<String, (String, String, String)>,
@@ -128,6 +131,15 @@ impl AuthServer {
                             .body(axum::body::Body::empty())
                             .unwrap(),
                     )
+                }
+                // A careless server: a 500 whose body echoes the request's credentials.
+                Some(_) if s.rpc_method() == Some("tools/call") && s.json["params"]["name"] == "leak" => {
+                    let said = format!(
+                        "cannot serve {} with tenant {}",
+                        s.header("authorization").unwrap_or(""),
+                        s.header("x-echo").unwrap_or("")
+                    );
+                    Action::Respond(respond(500, "application/json", json!({"error": {"message": said}}).to_string()))
                 }
                 Some(_) => Action::Pass,
             }
@@ -226,6 +238,18 @@ async fn token(
         Some("refresh_token") => {
             if st.revoked {
                 return bad("invalid_grant");
+            }
+            if st.echo_secrets {
+                let said = format!(
+                    "refresh token {} with client secret {} is not accepted",
+                    f.get("refresh_token").map_or("", String::as_str),
+                    f.get("client_secret").map_or("", String::as_str)
+                );
+                return (
+                    StatusCode::BAD_REQUEST,
+                    Json(json!({"error": "invalid_request", "error_description": said})),
+                )
+                    .into_response();
             }
             match f.get("refresh_token").and_then(|r| st.refresh_tokens.remove(r)) {
                 Some(scope) => scope,
@@ -756,4 +780,48 @@ async fn loopback_sign_in_never_goes_through_a_proxy() {
     assert_eq!(r["result"]["content"][0]["text"], "direct", "{r}");
     finish_checked(sc, &auth).await;
     assert_eq!(auth.authorizes(), 1);
+}
+
+/// Issue 10.9: redaction used to cover only the API key. A server that echoes the OAuth access
+/// token, a `${VAR}` header value, the refresh token or the client secret into an error body or
+/// an `error_description` must not get any of them into an error, `data.serverBody` or a log.
+#[tokio::test]
+async fn secrets_a_server_echoes_are_redacted_everywhere() {
+    let auth = AuthServer::start(|s| s.auth_methods = Some(vec!["client_secret_post"])).await;
+    let server = auth.protect().await;
+    let dir = temp_dir("echo");
+    let browser = Browser::start(&dir, Agent::Follow).await;
+    let state = dir.join("state").to_string_lossy().into_owned();
+    let (header_value, client_secret) = ("hdr-SECRET-tenant-7f3a", "cs-SECRET-client-91b2");
+    let env = [("BROWSER", browser.script.as_str()), ("ECHO_SECRET", header_value), ("CS", client_secret)];
+    let args = [
+        server.url.as_str(),
+        "--state-dir",
+        &state,
+        "--header",
+        "X-Echo: ${ECHO_SECRET}",
+        "--client-id",
+        "pre-registered",
+        "--client-secret-env",
+        "CS",
+        "-v",
+    ];
+    let mut sc = Sidecar::spawn(&args, &env).secret(header_value).secret(client_secret);
+    sc.handshake().await;
+    let r = call(&mut sc, 1, "leak", json!({})).await;
+    let shown = r.to_string();
+    assert!(shown.contains("[redacted]"), "{shown}");
+    assert_eq!(r["error"]["data"]["kind"], "server_error", "{r}");
+    // The token stops working; the refresh is refused with the secrets echoed back.
+    {
+        let mut st = auth.s();
+        st.access.clear();
+        st.echo_secrets = true;
+    }
+    let r = call(&mut sc, 2, "echo", json!({"text": "x"})).await;
+    assert!(r["error"].is_object(), "{r}");
+    assert!(r.to_string().contains("[redacted]"), "{r}");
+    // Every token issued, the header value and the client secret: nowhere in stdout or stderr.
+    let out = finish_checked(sc, &auth).await;
+    assert!(out.stderr.contains("[redacted]"), "the log lines were redacted too:\n{}", out.stderr);
 }

@@ -1,0 +1,100 @@
+//! Every secret this process holds, so that none is ever shown (issue 10.9).
+//!
+//! The API key, the values `${VAR}` put into headers, a client secret, and every OAuth access and
+//! refresh token are [`remember`]ed as soon as the process has them. Whatever text a server
+//! sends back (error bodies, `error_description`s) passes [`redact`] before it becomes an error
+//! message, `data.serverBody` or a log line; the log writer redacts every line as a last guard.
+//! Matching is by value, so a server that echoes a token in any shape of body is caught.
+//! Messages forwarded between client and server are not touched (their bytes are the protocol).
+
+use std::borrow::Cow;
+use std::sync::RwLock;
+
+use crate::sync::ReadWrite;
+
+/// Values shorter than this are not treated as secrets: redacting a two-digit tenant id from
+/// every message would garble them and protect nothing.
+pub const MIN_SECRET_CHARS: usize = 6;
+
+/// What replaces a secret.
+pub const REDACTED: &str = "[redacted]";
+
+/// The secrets, longest first (a secret that contains another is replaced whole).
+static KNOWN: RwLock<Vec<String>> = RwLock::new(Vec::new());
+
+/// Adds `secret` to what is never shown.
+pub fn remember(secret: &str) {
+    let secret = secret.trim();
+    if secret.chars().count() < MIN_SECRET_CHARS {
+        return;
+    }
+    if KNOWN.reading().iter().any(|s| s == secret) {
+        return;
+    }
+    let mut known = KNOWN.writing();
+    if !known.iter().any(|s| s == secret) {
+        known.push(secret.to_owned());
+        known.sort_by_key(|s| std::cmp::Reverse(s.len()));
+    }
+}
+
+/// `text` with every known secret replaced by [`REDACTED`].
+pub fn redact(text: &str) -> Cow<'_, str> {
+    let known = KNOWN.reading();
+    if !known.iter().any(|s| text.contains(s.as_str())) {
+        return Cow::Borrowed(text);
+    }
+    let mut out = text.to_owned();
+    for s in known.iter() {
+        if out.contains(s.as_str()) {
+            out = out.replace(s.as_str(), REDACTED);
+        }
+    }
+    Cow::Owned(out)
+}
+
+/// A JSON value with every known secret redacted inside its strings (and keys).
+pub fn redact_json(value: serde_json::Value) -> serde_json::Value {
+    let text = value.to_string();
+    match redact(&text) {
+        Cow::Borrowed(_) => value,
+        Cow::Owned(clean) => serde_json::from_str(&clean).unwrap_or(serde_json::Value::String(clean)),
+    }
+}
+
+/// A writer for log lines that redacts each write (the log formatter writes an event at once).
+pub struct RedactingWriter<W>(pub W);
+
+impl<W: std::io::Write> std::io::Write for RedactingWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match std::str::from_utf8(buf).map(redact) {
+            Ok(Cow::Owned(clean)) => self.0.write_all(clean.as_bytes()).map(|()| buf.len()),
+            _ => self.0.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.0.flush()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn known_secrets_are_replaced_wherever_they_appear() {
+        remember("tok-SECRET-redaction-test-1");
+        remember("tok-SECRET-redaction-test-1-and-more");
+        remember("short");
+        let text = "a tok-SECRET-redaction-test-1-and-more b tok-SECRET-redaction-test-1 c short";
+        assert_eq!(redact(text), "a [redacted] b [redacted] c short");
+        assert!(matches!(redact("nothing here"), Cow::Borrowed(_)));
+        let v = serde_json::json!({"echo": "Bearer tok-SECRET-redaction-test-1", "n": 1});
+        assert_eq!(redact_json(v), serde_json::json!({"echo": "Bearer [redacted]", "n": 1}));
+        let mut out = Vec::new();
+        std::io::Write::write_all(&mut RedactingWriter(&mut out), b"WARN x tok-SECRET-redaction-test-1\n")
+            .unwrap();
+        assert_eq!(String::from_utf8(out).unwrap(), "WARN x [redacted]\n");
+    }
+}
