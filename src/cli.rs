@@ -25,8 +25,10 @@ Examples:
   mcp-sidecar login https://mcp.example.com/mcp
   mcp-sidecar https://mcp.example.com/mcp
 
-Claude Code:
-  claude mcp add investra -e INVESTRA_API_KEY=inv_... -- mcp-sidecar --preset investra
+Claude Code (it passes its environment on: export the key where you start claude, or let
+install keep it in Claude Code's config file; never put a key on a command line):
+  claude mcp add investra -- mcp-sidecar --preset investra
+  mcp-sidecar install --client claude-code --store-key --preset investra
 
 Exit status: 0 after a clean shutdown (stdin closed, SIGTERM, SIGINT, or the client went away),
 2 for a configuration error (reported before stdin is read), 1 for any other failure.
@@ -90,7 +92,7 @@ pub enum Command {
     )]
     Tool(ToolArgs),
     /// Add the server to Claude Desktop's or Claude Code's configuration (the key goes in env,
-    /// never in args).
+    /// never in any command line).
     Install(InstallArgs),
     /// Print a shell completion script.
     Completions {
@@ -164,9 +166,15 @@ pub struct InstallArgs {
     /// Show the change without making it.
     #[arg(long)]
     pub dry_run: bool,
-    /// Claude Desktop: the config file to change [default: the platform's location].
+    /// The config file to change [default: Claude Desktop's at the platform's location; with
+    /// --store-key, Claude Code's ~/.claude.json].
     #[arg(long, value_name = "FILE")]
     pub config_file: Option<PathBuf>,
+    /// Claude Code: keep the key (and other secrets from variables) in Claude Code's own config
+    /// file (user scope, private to you) instead of expecting them exported where claude runs.
+    /// Secrets never go on a command line.
+    #[arg(long)]
+    pub store_key: bool,
     #[command(flatten)]
     pub args: Args,
 }
@@ -176,7 +184,8 @@ pub struct InstallArgs {
 pub enum InstallClient {
     /// claude_desktop_config.json, merged (a backup of the old file is kept).
     ClaudeDesktop,
-    /// Runs (or with --dry-run prints) the matching claude mcp add command.
+    /// Runs (or with --dry-run prints) the matching claude mcp add command, without secrets;
+    /// with --store-key, writes Claude Code's config file instead.
     ClaudeCode,
 }
 

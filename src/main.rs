@@ -40,14 +40,14 @@ fn main() -> ExitCode {
         Some(Command::Install(i)) => {
             let args = i.args.clone();
             subcommand(i.args, |config, _| {
-                install::install(
-                    &config,
-                    &args,
-                    i.client,
-                    i.name.as_deref(),
-                    i.dry_run,
-                    i.config_file.as_deref(),
-                )
+                let request = install::Request {
+                    client: i.client,
+                    name: i.name.as_deref(),
+                    dry_run: i.dry_run,
+                    config_file: i.config_file.as_deref(),
+                    store_key: i.store_key,
+                };
+                install::install(&config, &args, request)
             })
         }
         Some(Command::Completions { shell }) => {

@@ -2,43 +2,84 @@
 //!
 //! Claude Desktop: `claude_desktop_config.json` at the platform's location (or `--config-file`)
 //! is merged, not replaced: other servers and settings stay; the old file is kept as a backup
-//! next to it; the new one is written atomically and private (it now holds a key). Claude Code:
-//! the matching `claude mcp add` command is printed, and run when `claude` is on PATH. The key
-//! always goes in the entry's `env`, never in `args`. `--dry-run` shows the change only.
+//! next to it; the new one is written atomically and private (it now holds a key). The key goes
+//! in the entry's `env`, never in `args`.
+//!
+//! Claude Code: by default the matching `claude mcp add` command is printed, and run when
+//! `claude` is on PATH, without any secret: no secret goes into any process's argv, ours or a
+//! child's (issue 10.6), and Claude Code passes its own environment to the servers it starts, so
+//! an exported variable reaches mcp-sidecar. With `--store-key` the entry is instead merged into
+//! Claude Code's own config file (user scope, `~/.claude.json`) with the secrets in its `env`,
+//! the same way as for Claude Desktop. `--dry-run` shows the change only.
+//!
+//! The entry's arguments carry every option the server's state depends on (`--state-dir`,
+//! `--token-store`, `--callback-port`, the timeouts; issue 10.10), so the installed sidecar
+//! finds the sign-in and the rate-limit state that `login` and this shell see.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
+use clap::CommandFactory;
 use secrecy::ExposeSecret;
 use serde_json::{Map, Value, json};
 
 use super::{CONFIG, FAILED, OK};
-use crate::cli::{Args, InstallClient, Transport};
+use crate::cli::{Args, Cli, InstallClient, TokenStoreKind, Transport};
 use crate::config::Config;
 
+/// What `install` was asked to do.
+#[derive(Debug, Clone, Copy)]
+pub struct Request<'a> {
+    pub client: InstallClient,
+    pub name: Option<&'a str>,
+    pub dry_run: bool,
+    pub config_file: Option<&'a Path>,
+    /// Claude Code: keep the secrets in its config file instead of relying on the environment.
+    pub store_key: bool,
+}
+
 /// `install`.
-pub fn install(
-    config: &Config,
-    args: &Args,
-    client: InstallClient,
-    name: Option<&str>,
-    dry_run: bool,
-    config_file: Option<&Path>,
-) -> u8 {
-    let name = name.map(str::to_owned).unwrap_or_else(|| default_name(config, args));
-    let server_args = server_args(args);
+pub fn install(config: &Config, args: &Args, request: Request<'_>) -> u8 {
+    let name = request.name.map(str::to_owned).unwrap_or_else(|| default_name(config, args));
+    let server_args = server_args(args, config);
     let env = env_block(config, args);
-    match client {
+    let command =
+        std::env::current_exe().map(|p| p.display().to_string()).unwrap_or_else(|_| "mcp-sidecar".into());
+    match request.client {
         InstallClient::ClaudeDesktop => {
-            let Some(path) = config_file.map(Path::to_path_buf).or_else(desktop_config_path) else {
+            let Some(path) = request.config_file.map(Path::to_path_buf).or_else(desktop_config_path) else {
                 eprintln!(
                     "mcp-sidecar: cannot tell where Claude Desktop keeps its config here: pass --config-file"
                 );
                 return CONFIG;
             };
-            desktop(&path, &name, &server_args, &env, dry_run)
+            let mut entry = json!({"command": command, "args": server_args});
+            if !env.is_empty() {
+                entry["env"] = Value::Object(env);
+            }
+            merge_entry(&path, &name, entry, request.dry_run, "restart Claude Desktop to use it")
         }
-        InstallClient::ClaudeCode => code(&name, &server_args, &env, dry_run),
+        InstallClient::ClaudeCode if request.store_key => {
+            let Some(path) = request.config_file.map(Path::to_path_buf).or_else(claude_code_config_path)
+            else {
+                eprintln!(
+                    "mcp-sidecar: cannot tell where Claude Code keeps its config here: pass --config-file"
+                );
+                return CONFIG;
+            };
+            let mut entry = json!({"type": "stdio", "command": command, "args": server_args});
+            if !env.is_empty() {
+                entry["env"] = Value::Object(env);
+            }
+            merge_entry(
+                &path,
+                &name,
+                entry,
+                request.dry_run,
+                "restart Claude Code to use it (user scope: every project)",
+            )
+        }
+        InstallClient::ClaudeCode => code(&name, &server_args, &env, request.dry_run),
     }
 }
 
@@ -62,9 +103,19 @@ fn name_of(v: impl clap::ValueEnum) -> String {
     v.to_possible_value().map(|p| p.get_name().to_owned()).unwrap_or_default()
 }
 
+/// The built-in default of a flag (not what the environment says: the client that starts the
+/// installed entry does not have this shell's `MCP_SIDECAR_*` variables).
+fn default_of(long: &str) -> Option<String> {
+    Cli::command()
+        .get_arguments()
+        .find(|a| a.get_long() == Some(long))
+        .and_then(|a| a.get_default_values().first().map(|v| v.to_string_lossy().into_owned()))
+}
+
 /// The arguments the client will start mcp-sidecar with: the options given here that describe
-/// the server, never a secret (`${VAR}` in headers stays as written).
-pub fn server_args(a: &Args) -> Vec<String> {
+/// the server or that its state depends on, never a secret (`${VAR}` in headers stays as
+/// written). Numbers are written when they differ from the built-in default.
+pub fn server_args(a: &Args, config: &Config) -> Vec<String> {
     let mut out = Vec::new();
     if let Some(u) = a.url.as_ref().or(a.url_flag.as_ref()) {
         out.push(u.clone());
@@ -82,8 +133,29 @@ pub fn server_args(a: &Args) -> Vec<String> {
     opt("--client-id", a.client_id.clone());
     opt("--client-secret-env", a.client_secret_env.clone());
     opt("--client-metadata-url", a.client_metadata_url.clone());
-    opt("--ca-file", a.ca_file.as_ref().map(|p| p.display().to_string()));
+    opt("--ca-file", a.ca_file.as_ref().map(|p| absolute(p).display().to_string()));
     opt("--transport", (a.transport != Transport::Auto).then(|| name_of(a.transport)));
+    // Where the sign-in and the rate-limit state live: given, or (for OAuth, whose tokens are
+    // there) the directory this shell resolves, since the client's environment may differ.
+    let state_dir = a.state_dir.clone().or_else(|| config.oauth.as_ref().and(config.state_dir.clone()));
+    opt("--state-dir", state_dir.map(|d| absolute(&d).display().to_string()));
+    opt("--token-store", (a.token_store != TokenStoreKind::File).then(|| name_of(a.token_store)));
+    opt("--callback-port", a.callback_port.map(|p| p.to_string()));
+    let numbers = [
+        ("--auth-timeout", a.auth_timeout.to_string()),
+        ("--connect-timeout", a.connect_timeout.to_string()),
+        ("--request-timeout", a.request_timeout.to_string()),
+        ("--max-wait", a.max_wait.to_string()),
+        ("--max-retries", a.max_retries.to_string()),
+        ("--max-message-bytes", a.max_message_bytes.to_string()),
+    ];
+    for (flag, value) in numbers {
+        let default = default_of(&flag[2..]);
+        let same = default.as_deref().is_some_and(|d| {
+            d == value || d.parse::<f64>().ok().zip(value.parse::<f64>().ok()).is_some_and(|(x, y)| x == y)
+        });
+        opt(flag, (!same).then_some(value));
+    }
     for h in &a.headers {
         opt("--header", Some(h.clone()));
     }
@@ -96,12 +168,27 @@ pub fn server_args(a: &Args) -> Vec<String> {
     out
 }
 
+/// `path` made absolute against the current directory (the client starts us elsewhere).
+fn absolute(path: &Path) -> PathBuf {
+    std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf())
+}
+
 /// The entry's `env`: the key's variable, the client secret's, and those `${VAR}` headers use.
 fn env_block(config: &Config, a: &Args) -> Map<String, Value> {
     let mut env = Map::new();
     if let Some(key) = &config.api_key {
         env.insert(key.env_name.clone(), json!(key.secret.expose_secret()));
     }
+    for n in secret_vars(a) {
+        if let Ok(v) = std::env::var(&n) {
+            env.insert(n, json!(v));
+        }
+    }
+    env
+}
+
+/// The variables besides the key that the entry needs: the client secret's and those in headers.
+fn secret_vars(a: &Args) -> Vec<String> {
     let mut names: Vec<String> = a.client_secret_env.iter().cloned().collect();
     for h in &a.headers {
         let mut rest = h.as_str();
@@ -111,12 +198,16 @@ fn env_block(config: &Config, a: &Args) -> Map<String, Value> {
             rest = &rest[i + end..];
         }
     }
-    for n in names {
-        if let Ok(v) = std::env::var(&n) {
-            env.insert(n, json!(v));
-        }
+    names
+}
+
+/// Where Claude Code keeps its user-scope servers: `$CLAUDE_CONFIG_DIR/.claude.json`, else
+/// `~/.claude.json`.
+fn claude_code_config_path() -> Option<PathBuf> {
+    if let Some(dir) = std::env::var_os("CLAUDE_CONFIG_DIR").filter(|d| !d.is_empty()) {
+        return Some(PathBuf::from(dir).join(".claude.json"));
     }
-    env
+    etcetera::home_dir().ok().map(|h| h.join(".claude.json"))
 }
 
 /// Where Claude Desktop reads its config on this platform.
@@ -130,7 +221,10 @@ fn desktop_config_path() -> Option<PathBuf> {
     etcetera::choose_base_strategy().ok().map(|s| s.config_dir().join("Claude/claude_desktop_config.json"))
 }
 
-fn desktop(path: &Path, name: &str, args: &[String], env: &Map<String, Value>, dry_run: bool) -> u8 {
+/// Merges `entry` as `mcpServers.<name>` into the JSON config at `path`: other settings stay,
+/// the old file is kept as a backup, the new one is written atomically and private (it may hold
+/// a key). With `dry_run`, shows the entry (secrets masked) instead.
+fn merge_entry(path: &Path, name: &str, entry: Value, dry_run: bool, then: &str) -> u8 {
     let old = match std::fs::read(path) {
         Ok(bytes) => match serde_json::from_slice::<Value>(&bytes) {
             Ok(v) if v.is_object() => Some((bytes, v)),
@@ -149,12 +243,6 @@ fn desktop(path: &Path, name: &str, args: &[String], env: &Map<String, Value>, d
         }
     };
     let mut doc = old.as_ref().map_or_else(|| json!({}), |(_, v)| v.clone());
-    let command =
-        std::env::current_exe().map(|p| p.display().to_string()).unwrap_or_else(|_| "mcp-sidecar".into());
-    let mut entry = json!({"command": command, "args": args});
-    if !env.is_empty() {
-        entry["env"] = Value::Object(env.clone());
-    }
     let Some(servers) = doc
         .as_object_mut()
         .map(|d| d.entry("mcpServers").or_insert_with(|| json!({})))
@@ -199,10 +287,7 @@ fn desktop(path: &Path, name: &str, args: &[String], env: &Map<String, Value>, d
     let tmp = path.with_extension("json.tmp");
     match write_private(&tmp, text.as_bytes()).and_then(|()| std::fs::rename(&tmp, path)) {
         Ok(()) => {
-            eprintln!(
-                "mcp-sidecar: {verb}ed \"{name}\" in {}; restart Claude Desktop to use it",
-                path.display()
-            );
+            eprintln!("mcp-sidecar: {verb}ed \"{name}\" in {}; {then}", path.display());
             OK
         }
         Err(e) => {
@@ -224,6 +309,7 @@ fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     f.sync_all()
 }
 
+/// `claude mcp add NAME -- mcp-sidecar ARGS`, printed and run: no secret in its arguments.
 fn code(name: &str, args: &[String], env: &Map<String, Value>, dry_run: bool) -> u8 {
     let quote = |s: &str| {
         if s.chars().all(|c| c.is_ascii_alphanumeric() || "-_./:=@,+".contains(c)) {
@@ -232,24 +318,19 @@ fn code(name: &str, args: &[String], env: &Map<String, Value>, dry_run: bool) ->
             format!("'{}'", s.replace('\'', r"'\''"))
         }
     };
-    // Shown with "$VAR" so the key is never printed; run with the value, as claude needs it.
-    let mut shown = vec!["claude".to_owned(), "mcp".into(), "add".into(), quote(name)];
-    let mut argv = vec!["mcp".to_owned(), "add".into(), name.to_owned()];
-    for (k, v) in env {
-        shown.push("-e".into());
-        shown.push(format!("{k}=\"${k}\""));
-        argv.push("-e".into());
-        argv.push(format!("{k}={}", v.as_str().unwrap_or("")));
-    }
-    shown.push("--".into());
-    shown.push("mcp-sidecar".into());
-    argv.push("--".into());
-    argv.push("mcp-sidecar".into());
-    for a in args {
-        shown.push(quote(a));
-        argv.push(a.clone());
-    }
+    let mut argv = vec!["mcp".to_owned(), "add".into(), name.to_owned(), "--".into(), "mcp-sidecar".into()];
+    argv.extend(args.iter().cloned());
+    let shown: Vec<String> =
+        std::iter::once("claude".to_owned()).chain(argv.iter().map(|a| quote(a))).collect();
     let _ = writeln!(std::io::stdout().lock(), "{}", shown.join(" "));
+    if !env.is_empty() {
+        let vars: Vec<&str> = env.keys().map(String::as_str).collect();
+        eprintln!(
+            "mcp-sidecar: Claude Code passes its environment to the servers it starts: export {} where you start claude (e.g. in your shell profile), or run install again with --store-key to keep {} in Claude Code's config file (private to you)",
+            vars.join(", "),
+            if vars.len() == 1 { "it" } else { "them" }
+        );
+    }
     if dry_run {
         return OK;
     }
@@ -268,5 +349,30 @@ fn code(name: &str, args: &[String], env: &Map<String, Value>, dry_run: bool) ->
             );
             FAILED
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    fn args_for(line: &[&str]) -> Vec<String> {
+        let cli = Cli::try_parse_from(std::iter::once("mcp-sidecar").chain(line.iter().copied())).unwrap();
+        let config = Config::from_cli(cli.args.clone(), &|_| None).unwrap();
+        server_args(&cli.args, &config)
+    }
+
+    /// Issue 10.10: the token store and the state directory travel with the entry; defaults do not.
+    #[test]
+    fn the_entry_names_the_token_store_and_leaves_defaults_out() {
+        let args =
+            args_for(&["https://h/mcp", "--auth", "none", "--token-store", "keyring", "--max-retries", "3"]);
+        assert_eq!(args, ["https://h/mcp", "--auth", "none", "--token-store", "keyring"]);
+        let args =
+            args_for(&["https://h/mcp", "--auth", "none", "--state-dir", "rel/dir", "--max-retries", "5"]);
+        let at = args.iter().position(|a| a == "--state-dir").unwrap();
+        assert!(Path::new(&args[at + 1]).is_absolute(), "{args:?}");
+        assert!(args.ends_with(&["--max-retries".to_owned(), "5".to_owned()]), "{args:?}");
     }
 }

@@ -218,7 +218,7 @@ async fn install_merges_into_claude_desktops_config_with_the_key_in_env_only() {
 
 #[tokio::test]
 async fn install_for_claude_code_prints_the_command_without_the_key() {
-    let (code, stdout, _) = run(
+    let (code, stdout, stderr) = run(
         &[
             "install",
             "--client",
@@ -235,8 +235,9 @@ async fn install_for_claude_code_prints_the_command_without_the_key() {
     assert_eq!(code, 0);
     assert_eq!(
         stdout.trim(),
-        r#"claude mcp add example -e TEST_KEY="$TEST_KEY" -- mcp-sidecar https://mcp.example.com/mcp --api-key-env TEST_KEY"#
+        "claude mcp add example -- mcp-sidecar https://mcp.example.com/mcp --api-key-env TEST_KEY"
     );
+    assert!(stderr.contains("export TEST_KEY") && stderr.contains("--store-key"), "{stderr}");
 }
 
 #[tokio::test]
@@ -344,7 +345,9 @@ async fn on_a_terminal_a_rate_limit_wait_is_a_countdown() {
 }
 
 #[tokio::test]
-async fn install_for_claude_code_runs_claude_with_the_key_only_in_its_env_option() {
+/// Issue 10.6: `claude mcp add -e KEY=<key>` put the key in a child's argv, readable by every
+/// local user; now no secret is in any argv (Claude Code passes its environment on).
+async fn install_for_claude_code_runs_claude_with_no_secret_in_any_argv() {
     let dir = temp("claude");
     let log = dir.join("argv");
     std::fs::write(
@@ -361,11 +364,125 @@ async fn install_for_claude_code_runs_claude_with_the_key_only_in_its_env_option
     )
     .await;
     assert_eq!(code, 0, "{stderr}");
-    assert!(stdout.contains(r#"-e INVESTRA_API_KEY="$INVESTRA_API_KEY""#), "{stdout}");
+    assert!(!stdout.contains(" -e "), "{stdout}");
     let argv: Vec<String> = std::fs::read_to_string(&log).unwrap().lines().map(str::to_owned).collect();
-    let dashes = argv.iter().position(|a| a == "--").unwrap();
-    assert_eq!(&argv[..dashes], ["mcp", "add", "inv", "-e", &format!("INVESTRA_API_KEY={KEY}")]);
-    assert_eq!(&argv[dashes + 1..], ["mcp-sidecar", "--preset", "investra"], "no key in the server's args");
+    assert_eq!(argv, ["mcp", "add", "inv", "--", "mcp-sidecar", "--preset", "investra"]);
+    assert!(argv.iter().all(|a| !a.contains(KEY) && !a.contains("inv_test")), "{argv:?}");
+    assert!(stderr.contains("export INVESTRA_API_KEY"), "{stderr}");
+}
+
+/// Issue 10.6: `--store-key` keeps the key in Claude Code's own config file (user scope: the
+/// top-level mcpServers of .claude.json), merged, backed up, private; `claude` is not run, so
+/// nothing carries the key on a command line.
+#[tokio::test]
+async fn install_for_claude_code_with_store_key_writes_its_config_file() {
+    let dir = temp("claude-store");
+    let log = dir.join("argv");
+    std::fs::write(dir.join("claude"), format!("#!/bin/sh\necho \"$@\" > {}\n", log.display())).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dir.join("claude"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let file = dir.join(".claude.json");
+    let before = json!({"numStartups": 3, "mcpServers": {"other": {"type": "stdio", "command": "x", "args": []}},
+        "projects": {"/p": {"mcpServers": {}}}});
+    std::fs::write(&file, before.to_string()).unwrap();
+    let path = format!("{}:/usr/bin:/bin", dir.display());
+    let config_dir = dir.to_string_lossy().into_owned();
+    let env =
+        [("PATH", path.as_str()), ("INVESTRA_API_KEY", KEY), ("CLAUDE_CONFIG_DIR", config_dir.as_str())];
+    let base = ["install", "--client", "claude-code", "--store-key", "--preset", "investra"];
+    let (code, shown, _) = run(&[&base[..], &["--dry-run"]].concat(), &env).await;
+    assert_eq!(code, 0);
+    assert!(shown.contains("would add \"investra\"") && shown.contains("inv_…b204"), "{shown}");
+    let (code, _, stderr) = run(&base, &env).await;
+    assert_eq!(code, 0, "{stderr}");
+    assert!(!log.exists(), "claude was not run");
+    let after: Value = serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
+    assert_eq!(after["numStartups"], 3);
+    assert_eq!(after["projects"], before["projects"]);
+    assert_eq!(after["mcpServers"]["other"], before["mcpServers"]["other"]);
+    let entry = &after["mcpServers"]["investra"];
+    assert_eq!(entry["type"], "stdio");
+    assert_eq!(entry["args"], json!(["--preset", "investra"]));
+    assert_eq!(entry["env"]["INVESTRA_API_KEY"], KEY);
+    assert_eq!(std::fs::metadata(&file).unwrap().permissions().mode() & 0o777, 0o600);
+    let backups = std::fs::read_dir(&dir)
+        .unwrap()
+        .filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().starts_with(".claude.json.bak-"));
+    assert_eq!(backups.count(), 1);
+}
+
+/// Issue 10.10: the installed entry carries every option the state depends on: after
+/// `login --state-dir D --callback-port P`, an entry without them would look for the sign-in
+/// elsewhere (and, with `--token-store keyring`, refresh into the plain file).
+#[tokio::test]
+async fn install_carries_the_options_the_sign_in_state_depends_on() {
+    let dir = temp("state-options");
+    let file = dir.join("claude_desktop_config.json").to_string_lossy().into_owned();
+    let state = dir.join("state").to_string_lossy().into_owned();
+    let (code, _, stderr) = run(
+        &[
+            "install",
+            "--client",
+            "claude-desktop",
+            "--config-file",
+            &file,
+            "https://mcp.example.com/mcp",
+            "--auth",
+            "oauth",
+            "--state-dir",
+            &state,
+            "--callback-port",
+            "8765",
+            "--auth-timeout",
+            "60",
+            "--request-timeout",
+            "120",
+            "--connect-timeout",
+            "5",
+            "--max-wait",
+            "30",
+        ],
+        &[],
+    )
+    .await;
+    assert_eq!(code, 0, "{stderr}");
+    let after: Value = serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
+    let args: Vec<String> = serde_json::from_value(after["mcpServers"]["example"]["args"].clone()).unwrap();
+    let pairs = [
+        ("--state-dir", state.as_str()),
+        ("--callback-port", "8765"),
+        ("--auth-timeout", "60"),
+        ("--request-timeout", "120"),
+        ("--connect-timeout", "5"),
+        ("--max-wait", "30"),
+        ("--auth", "oauth"),
+    ];
+    for (flag, value) in pairs {
+        let at = args.iter().position(|a| a == flag).unwrap_or_else(|| panic!("{flag} missing: {args:?}"));
+        assert_eq!(args[at + 1], value, "{args:?}");
+    }
+    // Defaults stay out; without --state-dir, an OAuth entry still names the directory this
+    // shell resolves (the client's environment may resolve another).
+    let (code, _, stderr) = run(
+        &[
+            "install",
+            "--client",
+            "claude-desktop",
+            "--config-file",
+            &file,
+            "--name",
+            "plain",
+            "https://mcp.example.com/mcp",
+            "--request-timeout",
+            "300",
+        ],
+        &[("XDG_STATE_HOME", &state)],
+    )
+    .await;
+    assert_eq!(code, 0, "{stderr}");
+    let after: Value = serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
+    let args: Vec<String> = serde_json::from_value(after["mcpServers"]["plain"]["args"].clone()).unwrap();
+    assert_eq!(args, ["https://mcp.example.com/mcp", "--state-dir", &format!("{state}/mcp-sidecar")]);
 }
 
 /// Issue 10.8: `check` and `install --dry-run` used to print a 12-character key whole (9
