@@ -3,7 +3,7 @@
 //! A-05…A-08), each checked before it is used.
 
 use serde::Deserialize;
-use tracing::debug;
+use tracing::{debug, warn};
 use url::Url;
 
 use super::AuthError;
@@ -85,7 +85,7 @@ pub async fn discover(
         }
     };
     check_url(&issuer)?;
-    match authorization_server(http, &issuer).await? {
+    match authorization_server(http, &issuer, legacy).await? {
         Some(server) => Ok(Discovered { resource, scopes_supported, server, from_metadata: true }),
         None if legacy => {
             // A-08 fallback: the default endpoints at the authorization base URL.
@@ -116,6 +116,19 @@ async fn protected_resource(
     mcp: &Url,
     resource_metadata: Option<&str>,
 ) -> Result<Option<ProtectedResource>, AuthError> {
+    // Issue 10.11: the challenge may name any URL; one that is neither on the server's own
+    // origin nor https (say another port of 127.0.0.1) would make us send a blind request to a
+    // local service. It is ignored, and the well-known locations are used instead.
+    let resource_metadata = resource_metadata.filter(|u| {
+        let allowed = resource_metadata_allowed(u, mcp);
+        if !allowed {
+            warn!(
+                "the server's challenge names resource metadata at {}, which is neither on its own origin nor https: ignored",
+                mcp.join(u).map_or_else(|_| "an invalid URL".to_owned(), |u| redact_url(&u))
+            );
+        }
+        allowed
+    });
     for url in protected_resource_urls(mcp, resource_metadata) {
         check_url(&url)?;
         match http.get_json::<ProtectedResource>(&url).await? {
@@ -137,14 +150,33 @@ async fn protected_resource(
     Ok(None)
 }
 
-/// the first authorization-server metadata found, validated.
-async fn authorization_server(http: &AuthHttp, issuer: &Url) -> Result<Option<AuthServer>, AuthError> {
+/// Whether a challenge's `resource_metadata` may be fetched for `mcp`: same origin, or https.
+pub fn resource_metadata_allowed(url: &str, mcp: &Url) -> bool {
+    mcp.join(url).is_ok_and(|u| u.origin() == mcp.origin() || u.scheme() == "https")
+}
+
+/// the first authorization-server metadata found, validated. `legacy`: the
+/// 2025-03-26 fallback (no protected-resource metadata; the MCP origin is the authorization
+/// base), where an `issuer` with a path on that same origin is accepted with a warning (servers
+/// of that era often put their OAuth routes under a prefix such as `/oauth`).
+async fn authorization_server(
+    http: &AuthHttp,
+    issuer: &Url,
+    legacy: bool,
+) -> Result<Option<AuthServer>, AuthError> {
     let expected = issuer.as_str().trim_end_matches('/');
     for url in authorization_server_urls(issuer) {
         match http.get_json::<AuthServer>(&url).await? {
             Fetched::Found(server) => {
-                // the metadata must be about the issuer it was looked up for.
-                if server.issuer.trim_end_matches('/') != expected {
+                let same_origin = Url::parse(&server.issuer).is_ok_and(|u| u.origin() == issuer.origin());
+                if legacy && server.issuer.trim_end_matches('/') != expected && same_origin {
+                    warn!(
+                        "the authorization server's metadata at {} names the issuer {:?} on the same origin (a 2025-03-26 server without protected-resource metadata): using it",
+                        redact_url(&url),
+                        server.issuer
+                    );
+                } else if server.issuer.trim_end_matches('/') != expected {
+                    // the metadata must be about the issuer it was looked up for.
                     return Err(AuthError(format!(
                         "the authorization server's metadata at {} names the issuer {:?}, not {expected:?}: refusing to sign in there",
                         redact_url(&url),

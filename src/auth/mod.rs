@@ -307,6 +307,7 @@ impl OAuth {
             metadata::discover(&self.http, &self.mcp, challenge.and_then(|c| c.resource_metadata.as_deref()))
                 .await?;
         let server = &discovered.server;
+        self.check_pinned_issuer(entry, &server.issuer)?;
         // the challenge's scope, else everything the resource supports, else none.
         let mut scope = scope.or_else(|| discovered.scopes_supported.as_ref().map(|s| s.join(" ")));
         // ask for a refresh token where the server offers offline_access.
@@ -412,6 +413,28 @@ impl OAuth {
         let tokens = tokens_from(&response, None, scope);
         info!("signed in to {host}");
         Ok((tokens, discovered, client))
+    }
+
+    /// Issue 10.11: the issuer recorded at the first sign-in is pinned for a pre-registered
+    /// client, whose secret was issued by that authorization server alone: discovery that now
+    /// leads elsewhere (a moved service, or a tampered metadata document) must not receive it.
+    /// A dynamically registered client follows the change with a fresh registration at the new
+    /// server, never reusing the old one's credentials (SEP-2352), and says so.
+    fn check_pinned_issuer(&self, entry: &Entry, issuer: &str) -> Result<(), AuthError> {
+        let Some(pinned) = entry.issuer.as_deref().filter(|p| *p != issuer) else { return Ok(()) };
+        let host = self.mcp.host_str().unwrap_or("the server");
+        if let Some(id) = &self.settings.client_id {
+            return Err(AuthError(format!(
+                "{host} now names the authorization server {:?}, not {pinned:?} where client {id} signed in, so its secret is not sent there: if the service really moved, run mcp-sidecar logout {} and sign in again",
+                clean(issuer),
+                redact_url(&self.mcp)
+            )));
+        }
+        warn!(
+            "{host} now names the authorization server {:?} instead of {pinned:?}; registering there afresh",
+            clean(issuer)
+        );
+        Ok(())
     }
 
     /// pre-registered, then stored, then CIMD, then dynamic registration.

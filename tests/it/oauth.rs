@@ -49,6 +49,16 @@ struct AsState {
     /// Refuse refreshes with an `error_description` that echoes the refresh token and the client
     /// secret (a hostile or careless server).
     echo_secrets: bool,
+    /// The challenge names this server's `/prm` (another origin, plain http) instead of the MCP
+    /// server's own; the MCP server then serves its PRM at the well-known location only.
+    foreign_prm: bool,
+    /// The authorization server the MCP server's PRM names, instead of this one.
+    prm_names: Option<String>,
+    /// A 2025-03-26 server: no PRM; this server's metadata at the MCP origin's root, with an
+    /// issuer under `/oauth` on that origin; the challenge is a bare `Bearer`.
+    legacy_root: bool,
+    /// Requests this server's `/prm` saw.
+    prm_hits: usize,
     n: u64,
     /// code → (challenge, scope, resource)
     codes: HashMap<String, (String, String, String)>,
@@ -97,12 +107,40 @@ impl AuthServer {
         let state = self.state.clone();
         let hook: Hook = Arc::new(move |s: &Seen| {
             let mut st = state.lock().unwrap();
+            let origin = st.mcp.trim_end_matches("/mcp").to_owned();
+            // The MCP server's own metadata documents, on its origin.
+            let prm = json!({"resource": st.mcp, "authorization_servers": [st.prm_names.clone().unwrap_or(st.base.clone())],
+                "scopes_supported": ["mcp:read"]});
+            match s.path.as_str() {
+                "/prm" if !st.foreign_prm && !st.legacy_root => {
+                    return Action::Respond(respond(200, "application/json", prm.to_string()));
+                }
+                "/.well-known/oauth-protected-resource/mcp" if st.foreign_prm => {
+                    return Action::Respond(respond(200, "application/json", prm.to_string()));
+                }
+                "/.well-known/oauth-authorization-server" if st.legacy_root => {
+                    let b = &st.base;
+                    let metadata = json!({"issuer": format!("{origin}/oauth"), "authorization_endpoint": format!("{b}/authorize"),
+                        "token_endpoint": format!("{b}/token"), "registration_endpoint": format!("{b}/register"),
+                        "code_challenge_methods_supported": ["S256"], "response_types_supported": ["code"]});
+                    return Action::Respond(respond(200, "application/json", metadata.to_string()));
+                }
+                p if p.starts_with("/.well-known/") => {
+                    return Action::Respond(respond(404, "text/plain", ""));
+                }
+                _ => {}
+            }
             let token = s.header("authorization").and_then(|h| h.strip_prefix("Bearer "));
             if token.and_then(|t| st.access.get(t)).is_none() {
                 st.rejected += 1;
             }
+            let prm_at = if st.foreign_prm { format!("{}/prm", st.base) } else { format!("{origin}/prm") };
+            let legacy = st.legacy_root;
             let challenge = |extra: &str| {
-                format!("Bearer resource_metadata=\"{}/prm\", scope=\"mcp:read\"{extra}", st.base)
+                if legacy {
+                    return format!("Bearer{}", extra.trim_start_matches(','));
+                }
+                format!("Bearer resource_metadata=\"{prm_at}\", scope=\"mcp:read\"{extra}")
             };
             let token = s.header("authorization").and_then(|h| h.strip_prefix("Bearer "));
             match token.and_then(|t| st.access.get(t)) {
@@ -124,8 +162,7 @@ impl AuthServer {
                             .header(
                                 "www-authenticate",
                                 format!(
-                                    "Bearer error=\"insufficient_scope\", scope=\"mcp:write\", resource_metadata=\"{}/prm\"",
-                                    st.base
+                                    "Bearer error=\"insufficient_scope\", scope=\"mcp:write\", resource_metadata=\"{origin}/prm\""
                                 ),
                             )
                             .body(axum::body::Body::empty())
@@ -175,7 +212,8 @@ async fn as_metadata(State(st): State<Shared>) -> Json<Value> {
 }
 
 async fn prm(State(st): State<Shared>) -> Json<Value> {
-    let st = st.lock().unwrap();
+    let mut st = st.lock().unwrap();
+    st.prm_hits += 1;
     Json(json!({"resource": st.mcp, "authorization_servers": [st.base], "scopes_supported": ["mcp:read"]}))
 }
 
@@ -824,4 +862,75 @@ async fn secrets_a_server_echoes_are_redacted_everywhere() {
     // Every token issued, the header value and the client secret: nowhere in stdout or stderr.
     let out = finish_checked(sc, &auth).await;
     assert!(out.stderr.contains("[redacted]"), "the log lines were redacted too:\n{}", out.stderr);
+}
+
+/// Issue 10.11: a challenge's `resource_metadata` that is neither on the MCP server's origin
+/// nor https (here: another port of 127.0.0.1) is not fetched (a blind request to a local
+/// service); the well-known location on the server's own origin is used instead.
+#[tokio::test]
+async fn a_resource_metadata_url_off_origin_and_not_https_is_not_fetched() {
+    let auth = AuthServer::start(|s| s.foreign_prm = true).await;
+    let server = auth.protect().await;
+    let dir = temp_dir("foreign-prm");
+    let browser = Browser::start(&dir, Agent::Follow).await;
+    let mut sc = sidecar(&server, &dir.join("state"), &browser, &[]);
+    sc.handshake().await;
+    let r = call(&mut sc, 1, "echo", json!({"text":"ok"})).await;
+    assert_eq!(r["result"]["content"][0]["text"], "ok", "{r}");
+    let out = finish_checked(sc, &auth).await;
+    assert_eq!(auth.s().prm_hits, 0, "the off-origin http URL was never requested");
+    assert!(out.stderr.contains("neither on its own origin nor https"), "{}", out.stderr);
+}
+
+/// Issue 10.11: a pre-registered client's secret was sent to whatever token endpoint discovery
+/// found. The issuer of the first sign-in is pinned: when the server later names another
+/// authorization server, the sign-in is refused with the fix, and the new server never sees
+/// the client or its secret.
+#[tokio::test]
+async fn a_pre_registered_client_is_pinned_to_its_first_issuer() {
+    let auth = AuthServer::start(|s| s.auth_methods = Some(vec!["client_secret_post"])).await;
+    let other = AuthServer::start(|s| s.auth_methods = Some(vec!["client_secret_post"])).await;
+    let server = auth.protect().await;
+    let dir = temp_dir("pinned");
+    let browser = Browser::start(&dir, Agent::Follow).await;
+    let state = dir.join("state").to_string_lossy().into_owned();
+    let secret = "cs-SECRET-pinned-4411";
+    let args =
+        [server.url.as_str(), "--state-dir", &state, "--client-id", "pre-1", "--client-secret-env", "CS"];
+    let mut sc =
+        Sidecar::spawn(&args, &[("BROWSER", browser.script.as_str()), ("CS", secret)]).secret(secret);
+    sc.handshake().await;
+    assert_eq!(call(&mut sc, 1, "echo", json!({"text":"a"})).await["result"]["content"][0]["text"], "a");
+    // The server now names another authorization server, and the old grant is gone.
+    let other_base = other.s().base.clone();
+    {
+        let mut st = auth.s();
+        st.prm_names = Some(other_base.clone());
+        st.access.clear();
+        st.revoked = true;
+    }
+    let r = call(&mut sc, 2, "echo", json!({"text":"b"})).await;
+    let message = r["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("not sent there") && message.contains("mcp-sidecar logout"), "{r}");
+    finish_checked(sc, &auth).await;
+    let seen = other.s();
+    assert!(seen.tokens.is_empty() && seen.authorizes.is_empty(), "the new server saw nothing");
+}
+
+/// Issue 10.11: the 2025-03-26 fallback (no protected-resource metadata; the metadata at the
+/// MCP origin's root) accepts an issuer with a path on that same origin, with a warning.
+#[tokio::test]
+async fn a_2025_03_26_server_with_an_issuer_path_on_its_origin_is_accepted() {
+    let auth = AuthServer::start(|s| s.legacy_root = true).await;
+    let server = auth.protect().await;
+    let origin = server.url.trim_end_matches("/mcp").to_owned();
+    auth.s().wrong_iss = Some(format!("{origin}/oauth")); // the authorization response names it
+    let dir = temp_dir("legacy-root");
+    let browser = Browser::start(&dir, Agent::Follow).await;
+    let mut sc = sidecar(&server, &dir.join("state"), &browser, &[]);
+    sc.handshake().await;
+    let r = call(&mut sc, 1, "echo", json!({"text":"old"})).await;
+    assert_eq!(r["result"]["content"][0]["text"], "old", "{r}");
+    let out = finish_checked(sc, &auth).await;
+    assert!(out.stderr.contains("on the same origin"), "{}", out.stderr);
 }
