@@ -32,8 +32,8 @@ pub type Answer = Result<Value, Value>;
 
 impl Client {
     /// Sets up the proxy for `config`.
-    pub fn new(config: &Config) -> Result<Client, RunError> {
-        let (proxy, outbox, rx) = crate::build(config)?;
+    pub async fn new(config: &Config) -> Result<Client, RunError> {
+        let (proxy, outbox, rx) = crate::build(config).await?;
         proxy.record_limits();
         Ok(Client { proxy, _outbox: outbox, rx, next_id: 0 })
     }

@@ -76,12 +76,14 @@ enum Stop {
 }
 
 /// The proxy for `config`, the outbox it writes to, and the receiving end of that outbox.
-pub(crate) fn build(config: &Config) -> Result<(std::sync::Arc<Proxy>, Outbox, stdio::Inbox), RunError> {
+pub(crate) async fn build(
+    config: &Config,
+) -> Result<(std::sync::Arc<Proxy>, Outbox, stdio::Inbox), RunError> {
     config.remember_secrets();
     let oauth = match &config.oauth {
-        Some(settings) => {
-            Some(std::sync::Arc::new(auth::OAuth::new(config, settings.clone()).map_err(RunError::Auth)?))
-        }
+        Some(settings) => Some(std::sync::Arc::new(
+            auth::OAuth::open(config, settings.clone()).await.map_err(RunError::Auth)?,
+        )),
         None => None,
     };
     let up = Upstream::new(config, oauth).map_err(RunError::Client)?;
@@ -114,7 +116,7 @@ where
     W: AsyncWrite + Unpin + Send + 'static,
     F: Future<Output = ()>,
 {
-    let (proxy, outbox, rx) = build(&config)?;
+    let (proxy, outbox, rx) = build(&config).await?;
     let (finish, finished) = tokio::sync::oneshot::channel();
     let writer = tokio::spawn(stdio::write_lines(rx, output, finished));
     let mut reader = LineReader::new(input, config.max_message_bytes);

@@ -115,23 +115,27 @@ pub struct OAuth {
 }
 
 impl OAuth {
-    /// Sets up sign-in for `config`'s server, with what the store holds.
-    pub fn new(config: &crate::config::Config, settings: Settings) -> Result<OAuth, AuthError> {
+    /// Sets up sign-in for `config`'s server, with what the store holds. The store (a file, or
+    /// the OS keyring, which may wait for the user to unlock it) is read off the runtime's
+    /// thread (issue 10.14).
+    pub async fn open(config: &crate::config::Config, settings: Settings) -> Result<OAuth, AuthError> {
         let state_dir = config.state_dir.clone().ok_or_else(|| {
             AuthError("no state directory to keep sign-in tokens in: set --state-dir (or HOME)".into())
         })?;
         let http = http::AuthHttp::new(config);
+        let keyring = settings.keyring;
+        let store = off_thread(move || token_store(&state_dir, keyring)).await?;
         let oauth = OAuth {
             http,
             origin: config.url.origin().ascii_serialization(),
             key: discovery::canonical_resource(&config.url),
             mcp: config.url.clone(),
-            store: token_store(&state_dir, settings.keyring)?,
+            store,
             settings,
             current: RwLock::new(Current::default()),
             flow: tokio::sync::Mutex::new(None),
         };
-        if let Some(entry) = oauth.store.load(&oauth.origin, &oauth.key)? {
+        if let Some(entry) = oauth.load_entry().await? {
             entry.remember_secrets();
             if let Some(tokens) = &entry.tokens {
                 debug!("using the stored sign-in for {}", redact_url(&oauth.mcp));
@@ -153,6 +157,20 @@ impl OAuth {
         let c = self.current.reading();
         let Some(at) = c.expires_at.filter(|_| c.header.is_some() && c.has_refresh) else { return false };
         refresh_due(at, c.issued_at, now())
+    }
+
+    /// What the store holds for this server, read off the runtime's thread.
+    async fn load_entry(&self) -> Result<Option<Entry>, AuthError> {
+        let (store, origin, key) = (self.store.clone(), self.origin.clone(), self.key.clone());
+        off_thread(move || store.load(&origin, &key)).await
+    }
+
+    /// Stores `entry` for this server, off the runtime's thread (the write is fsynced, and the
+    /// keyring may be slow).
+    async fn save_entry(&self, entry: &Entry) -> Result<(), AuthError> {
+        let (store, origin, key, entry) =
+            (self.store.clone(), self.origin.clone(), self.key.clone(), entry.clone());
+        off_thread(move || store.save(&origin, &key, &entry)).await
     }
 
     /// The store and the key of this server in it (for `logout` and `status`).
@@ -194,7 +212,7 @@ impl OAuth {
         let lock = tokio::task::spawn_blocking(move || store.lock(&origin, &key))
             .await
             .map_err(|_| AuthError("the sign-in lock could not be taken".into()))??;
-        let mut entry = self.store.load(&self.origin, &self.key)?.unwrap_or_default();
+        let mut entry = self.load_entry().await?.unwrap_or_default();
         entry.remember_secrets();
         entry.server = redact_url(&self.mcp);
         if refused && let Some(tokens) = &entry.tokens {
@@ -211,7 +229,7 @@ impl OAuth {
                 Ok(tokens) => {
                     self.adopt(&tokens);
                     entry.tokens = Some(tokens);
-                    self.store.save(&self.origin, &self.key, &entry)?;
+                    self.save_entry(&entry).await?;
                     info!("renewed the access token for {}", redact_url(&self.mcp));
                     return Ok(false);
                 }
@@ -221,7 +239,7 @@ impl OAuth {
                         "the authorization server no longer accepts the refresh token ({why}); signing in again"
                     );
                     entry.tokens = None;
-                    self.store.save(&self.origin, &self.key, &entry)?;
+                    self.save_entry(&entry).await?;
                 }
                 Err(Refresh::Failed(e)) => return Err(e),
             }
@@ -249,7 +267,7 @@ impl OAuth {
         self.adopt(&tokens);
         *requested = scope.or_else(|| tokens.scope.clone());
         entry.tokens = Some(tokens);
-        self.store.save(&self.origin, &self.key, &entry)?;
+        self.save_entry(&entry).await?;
         drop(lock);
         Ok(true)
     }
@@ -583,6 +601,17 @@ enum Refresh {
     Failed(AuthError),
 }
 
+/// Runs blocking store work (file I/O with fsync, the OS keyring) on tokio's blocking pool, so
+/// that the one runtime thread keeps answering, timing out and handling signals meanwhile.
+async fn off_thread<T: Send + 'static, E: Into<AuthError> + Send + 'static>(
+    work: impl FnOnce() -> Result<T, E> + Send + 'static,
+) -> Result<T, AuthError> {
+    match tokio::task::spawn_blocking(work).await {
+        Ok(result) => result.map_err(Into::into),
+        Err(_) => Err(AuthError("the token store could not be used (its worker stopped)".into())),
+    }
+}
+
 #[cfg(feature = "keyring")]
 fn token_store(dir: &std::path::Path, keyring: bool) -> Result<TokenStore, AuthError> {
     Ok(if keyring { TokenStore::with_keyring(dir)? } else { TokenStore::new(dir) })
@@ -738,6 +767,14 @@ mod tests {
         assert!(refresh_due(u64::MAX, Some(0), u64::MAX));
         assert!(!refresh_due(u64::MAX, None, 0));
         assert!(refresh_due(0, Some(u64::MAX), u64::MAX - 1));
+    }
+
+    /// Issue 10.14: token-store work (fsync, the keyring) never runs on the runtime's thread.
+    #[tokio::test]
+    async fn store_work_runs_off_the_runtime_thread() {
+        let here = std::thread::current().id();
+        let there = off_thread(|| Ok::<_, AuthError>(std::thread::current().id())).await.unwrap();
+        assert_ne!(here, there);
     }
 
     #[test]

@@ -22,7 +22,7 @@ pub async fn login(config: Config) -> u8 {
         );
         return CONFIG;
     };
-    let oauth = match OAuth::new(&config, settings) {
+    let oauth = match OAuth::open(&config, settings).await {
         Ok(o) => o,
         Err(e) => {
             eprintln!("mcp-sidecar: {e}");

@@ -111,7 +111,7 @@ async fn run(config: &Config, steps: &mut Vec<Step>, server: &mut Value) -> bool
     }
 
     // The MCP handshake, through the proxy.
-    let mut client = match Client::new(config) {
+    let mut client = match Client::new(config).await {
         Ok(c) => c,
         Err(e) => return fail(steps, "mcp", Instant::now(), e.to_string(), "see the message".into()),
     };

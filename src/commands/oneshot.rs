@@ -151,7 +151,7 @@ async fn connect(config: &Config) -> Option<(Client, Value)> {
         oauth.interactive = std::io::stdin().is_terminal() && std::io::stderr().is_terminal();
     }
     let config = &config;
-    let mut client = match Client::new(config) {
+    let mut client = match Client::new(config).await {
         Ok(c) => c,
         Err(e) => {
             eprintln!("mcp-sidecar: {e}");
