@@ -124,7 +124,12 @@ impl OAuth {
         })?;
         let http = http::AuthHttp::new(config);
         let keyring = settings.keyring;
-        let store = off_thread(move || token_store(&state_dir, keyring)).await?;
+        // The file store takes no I/O to set up; the keyring does (D-Bus, Keychain).
+        let store = if keyring {
+            off_thread(move || token_store(&state_dir, keyring)).await?
+        } else {
+            TokenStore::new(&state_dir)
+        };
         let oauth = OAuth {
             http,
             origin: config.url.origin().ascii_serialization(),
@@ -159,8 +164,12 @@ impl OAuth {
         refresh_due(at, c.issued_at, now())
     }
 
-    /// What the store holds for this server, read off the runtime's thread.
+    /// What the store holds for this server, read off the runtime's thread. Nothing stored (the
+    /// usual case at start: one `stat`) costs no thread.
     async fn load_entry(&self) -> Result<Option<Entry>, AuthError> {
+        if !self.store.has(&self.origin, &self.key) {
+            return Ok(None);
+        }
         let (store, origin, key) = (self.store.clone(), self.origin.clone(), self.key.clone());
         off_thread(move || store.load(&origin, &key)).await
     }

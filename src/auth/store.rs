@@ -360,6 +360,12 @@ impl TokenStore {
         self.dir.join(format!("{name}.json"))
     }
 
+    /// Whether anything is stored for the server (a `stat`; the keyring is only read by
+    /// [`TokenStore::load`], which a file entry points to).
+    pub fn has(&self, origin: &str, resource: &str) -> bool {
+        fs::symlink_metadata(self.path(origin, resource)).is_ok()
+    }
+
     /// What is stored for the server, or `None` if nothing is.
     pub fn load(&self, origin: &str, resource: &str) -> Result<Option<Entry>, StoreError> {
         self.load_path(self.path(origin, resource))

@@ -520,7 +520,7 @@ impl Proxy {
         if initialize {
             self.up.reset_session();
             if self.transport == Transport::Sse && !self.up.is_legacy() {
-                self.start_legacy().await.map_err(|reason| self.legacy_error(&reason))?;
+                Box::pin(self.start_legacy()).await.map_err(|reason| self.legacy_error(&reason))?;
             }
         }
         let mut headers = headers.clone();
@@ -543,7 +543,7 @@ impl Proxy {
                 && Envelope::parse(&body).is_ok_and(|e| e.method.as_deref() == Some("tools/call"))
             {
                 relisted = true;
-                if self.relist_tools(&body, limit).await {
+                if Box::pin(self.relist_tools(&body, limit)).await {
                     let env =
                         Envelope::parse(&body).map_err(|_| bad_response("unreadable request".into()))?;
                     headers.params = self.param_headers(&env.params());
@@ -558,12 +558,13 @@ impl Proxy {
                 && matches!(status.as_u16(), 400 | 404 | 405)
                 && jsonrpc_error(&error_body).is_none()
             {
-                match self.start_legacy().await {
+                match Box::pin(self.start_legacy()).await {
                     Ok(()) => continue,
                     Err(reason) => debug!("no HTTP+SSE fallback either: {reason}"),
                 }
             }
-            return self.answer_http_error(status, &resp_headers, &error_body, sent_session, &ids).await;
+            return Box::pin(self.answer_http_error(status, &resp_headers, &error_body, sent_session, &ids))
+                .await;
         };
         let status = response.status();
         // The server answers again: if the GET stream had given up, it is worth another try.
@@ -754,14 +755,16 @@ impl Proxy {
         let delivered = match env.kind() {
             Ok(Kind::Response) => {
                 let Some(key) = env.id_key() else { return Delivered::Dropped };
-                let lists_tools = match self.pending.locked().get(&key) {
-                    Some(entry) => entry.lists_tools,
+                let (initialize, lists_tools) = match self.pending.locked().get(&key) {
+                    Some(entry) => (entry.initialize, entry.lists_tools),
                     None => {
                         debug!(id = %env.id.map_or("", RawValue::get), "response for no pending request dropped (cancelled, answered or unknown)");
                         return Delivered::Dropped;
                     }
                 };
-                let version = env.result.and_then(|r| {
+                // Only an `initialize` result is read (for the negotiated version): a 1 MB tool
+                // result is not parsed a second time.
+                let version = env.result.filter(|_| initialize).and_then(|r| {
                     serde_json::from_str::<envelope::Params>(r.get())
                         .ok()?
                         .protocol_version
@@ -780,9 +783,7 @@ impl Proxy {
                 let Some(mut entry) = self.pending.locked().remove(&key) else {
                     return Delivered::Dropped; // answered meanwhile (a timeout, a cancel)
                 };
-                if entry.initialize
-                    && let Some(version) = version
-                {
+                if let Some(version) = version {
                     debug!(version, "protocol version negotiated");
                     self.up.set_protocol_version(&version);
                 }
@@ -1080,4 +1081,38 @@ async fn read_body(
             body.into()
         }
     })
+}
+
+#[cfg(test)]
+mod future_sizes {
+    use super::*;
+    use clap::Parser;
+
+    /// The task of each request is copied whole at every spawn (and glibc copies blocks over a
+    /// few KiB differently): cold paths (sign-in, session renewal, the HTTP+SSE fallback) are
+    /// boxed so that the hot path's future stays small. Measured: 3.2 KiB (6.7 KiB before).
+    #[tokio::test]
+    async fn request_futures_stay_small() {
+        const BUDGET: usize = 4096;
+        let cli =
+            crate::cli::Cli::try_parse_from(["mcp-sidecar", "http://127.0.0.1:1/mcp", "--auth", "none"])
+                .unwrap();
+        let config = crate::config::Config::from_cli(cli.args, &|_| None).unwrap();
+        let (proxy, _out, _rx) = crate::build(&config).await.unwrap();
+        let (body, headers) = (Bytes::from_static(b"{}"), MessageHeaders::default());
+        let limit = Duration::from_secs(1);
+        let request =
+            proxy.clone().run_request(body.clone(), headers.clone(), Vec::new(), false, limit, String::new());
+        assert!(
+            std::mem::size_of_val(&request) <= BUDGET,
+            "run_request: {}",
+            std::mem::size_of_val(&request)
+        );
+        let one_way = proxy.clone().send_one_way(body, headers, String::new());
+        assert!(
+            std::mem::size_of_val(&one_way) <= BUDGET,
+            "send_one_way: {}",
+            std::mem::size_of_val(&one_way)
+        );
+    }
 }

@@ -25,7 +25,9 @@ impl Proxy {
             if let Some(o) = oauth
                 && o.expiring()
             {
-                o.refresh_ahead().await;
+                // Cold paths are boxed: their futures (a whole sign-in) would otherwise sit in
+                // every request's task, copied at each spawn.
+                Box::pin(o.refresh_ahead()).await;
             }
             let token = oauth.and_then(|o| o.header());
             let session = if initialize { None } else { Some(self.up.session()) };
@@ -82,12 +84,13 @@ impl Proxy {
                 };
                 if let Some(how) = how {
                     drop(response);
-                    let signed_in = o.renew(token.as_ref(), challenge.as_ref(), how).await.map_err(|e| {
-                        let mut err = LocalError::new(AUTH_ERROR, ErrorKind::AuthRejected, e.0);
-                        err.http_status = Some(status.as_u16());
-                        err.request_sent = Some(false);
-                        err
-                    })?;
+                    let signed_in =
+                        Box::pin(o.renew(token.as_ref(), challenge.as_ref(), how)).await.map_err(|e| {
+                            let mut err = LocalError::new(AUTH_ERROR, ErrorKind::AuthRejected, e.0);
+                            err.http_status = Some(status.as_u16());
+                            err.request_sent = Some(false);
+                            err
+                        })?;
                     if signed_in {
                         authorizations += 1;
                         sign_ins = MAX_SIGN_INS; // a fresh sign-in that is refused is not retried
@@ -104,7 +107,7 @@ impl Proxy {
                 && self.init_line.locked().is_some()
             {
                 drop(response);
-                if self.renew_session(&expired, limit).await? {
+                if Box::pin(self.renew_session(&expired, limit)).await? {
                     renewals += 1;
                 }
                 continue;
@@ -129,7 +132,7 @@ impl Proxy {
                         retry::human(w.delay)
                     );
                     *self.last_limit_headers.locked() = retry::rate_limit_headers(response.headers());
-                    self.gate.block_for(w.delay, w.source.as_str(), Some(&admitted)).await;
+                    Box::pin(self.gate.block_for(w.delay, w.source.as_str(), Some(&admitted))).await;
                 }
                 return Ok((response, sent_session, deadline));
             }
@@ -144,7 +147,7 @@ impl Proxy {
             let source = asked.map_or(retry::Source::Backoff, |w| w.source);
             if let Some(w) = asked {
                 // Whatever happens to this request, the others wait for the same deadline.
-                self.gate.block_for(w.delay, source.as_str(), Some(&admitted)).await;
+                Box::pin(self.gate.block_for(w.delay, source.as_str(), Some(&admitted))).await;
             }
             if wait > self.policy.max_wait || retries >= self.policy.max_retries {
                 let body = read_body(response, MAX_ERROR_BODY_BYTES, deadline).await.unwrap_or_default();
@@ -159,7 +162,7 @@ impl Proxy {
                 ));
             }
             if asked.is_none() {
-                self.gate.block_for(wait, source.as_str(), Some(&admitted)).await;
+                Box::pin(self.gate.block_for(wait, source.as_str(), Some(&admitted))).await;
             }
             drop(response);
             retries += 1;
