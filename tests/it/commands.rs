@@ -12,17 +12,13 @@ use crate::harness::*;
 
 /// Runs `mcp-sidecar ARGS` to completion with `env`; (exit code, stdout, stderr).
 async fn run(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
-    let mut cmd = command(args, env);
-    cmd.stdin(std::process::Stdio::null());
-    let out = tokio::time::timeout(PATIENCE, cmd.output()).await.expect("command hung").unwrap();
-    let (stdout, stderr) = (
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    );
-    for text in [&stdout, &stderr] {
-        assert!(!text.contains(KEY), "the key leaked:\n{text}");
-    }
-    (out.status.code().unwrap_or(-1), stdout, stderr)
+    run_command(args, env).await
+}
+
+/// The `args` of the entry `name` in the MCP client config `file`.
+fn entry_args(file: &str, name: &str) -> Vec<String> {
+    let doc: Value = serde_json::from_slice(&std::fs::read(file).unwrap()).unwrap();
+    serde_json::from_value(doc["mcpServers"][name]["args"].clone()).unwrap()
 }
 
 /// Replaces what changes between runs: timings, ports, dates.
@@ -419,69 +415,32 @@ async fn install_carries_the_options_the_sign_in_state_depends_on() {
     let dir = temp("state-options");
     let file = dir.join("claude_desktop_config.json").to_string_lossy().into_owned();
     let state = dir.join("state").to_string_lossy().into_owned();
-    let (code, _, stderr) = run(
-        &[
-            "install",
-            "--client",
-            "claude-desktop",
-            "--config-file",
-            &file,
-            "https://mcp.example.com/mcp",
-            "--auth",
-            "oauth",
-            "--state-dir",
-            &state,
-            "--callback-port",
-            "8765",
-            "--auth-timeout",
-            "60",
-            "--request-timeout",
-            "120",
-            "--connect-timeout",
-            "5",
-            "--max-wait",
-            "30",
-        ],
-        &[],
-    )
-    .await;
-    assert_eq!(code, 0, "{stderr}");
-    let after: Value = serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
-    let args: Vec<String> = serde_json::from_value(after["mcpServers"]["example"]["args"].clone()).unwrap();
-    let pairs = [
+    let install =
+        ["install", "--client", "claude-desktop", "--config-file", &file, "https://mcp.example.com/mcp"];
+    let given = [
+        ("--auth", "oauth"),
         ("--state-dir", state.as_str()),
         ("--callback-port", "8765"),
         ("--auth-timeout", "60"),
         ("--request-timeout", "120"),
         ("--connect-timeout", "5"),
         ("--max-wait", "30"),
-        ("--auth", "oauth"),
     ];
-    for (flag, value) in pairs {
+    let line: Vec<&str> = install.iter().copied().chain(given.iter().flat_map(|(f, v)| [*f, *v])).collect();
+    let (code, _, stderr) = run(&line, &[]).await;
+    assert_eq!(code, 0, "{stderr}");
+    let args = entry_args(&file, "example");
+    for (flag, value) in given {
         let at = args.iter().position(|a| a == flag).unwrap_or_else(|| panic!("{flag} missing: {args:?}"));
         assert_eq!(args[at + 1], value, "{args:?}");
     }
     // Defaults stay out; without --state-dir, an OAuth entry still names the directory this
     // shell resolves (the client's environment may resolve another).
-    let (code, _, stderr) = run(
-        &[
-            "install",
-            "--client",
-            "claude-desktop",
-            "--config-file",
-            &file,
-            "--name",
-            "plain",
-            "https://mcp.example.com/mcp",
-            "--request-timeout",
-            "300",
-        ],
-        &[("XDG_STATE_HOME", &state)],
-    )
-    .await;
+    let line: Vec<&str> =
+        install.iter().copied().chain(["--name", "plain", "--request-timeout", "300"]).collect();
+    let (code, _, stderr) = run(&line, &[("XDG_STATE_HOME", &state)]).await;
     assert_eq!(code, 0, "{stderr}");
-    let after: Value = serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
-    let args: Vec<String> = serde_json::from_value(after["mcpServers"]["plain"]["args"].clone()).unwrap();
+    let args = entry_args(&file, "plain");
     assert_eq!(args, ["https://mcp.example.com/mcp", "--state-dir", &format!("{state}/mcp-sidecar")]);
 }
 

@@ -156,11 +156,27 @@ async fn proxies_carry_remote_hosts_never_loopback_and_no_proxy_is_honoured() {
     assert_eq!(proxy.posts("initialize").len(), 1, "and none through the proxy");
     // NO_PROXY names the remote host: it is tried directly. In an empty network namespace its
     // name cannot be resolved (through the proxy it would be "could not connect" instead).
+    let env = [("TEST_KEY", KEY), ("HTTP_PROXY", proxy_url.as_str()), ("NO_PROXY", "example.test")];
+    let (mut s, e) = initialize_unconnected(
+        &[&remote, "--api-key-env", "TEST_KEY", "--allow-http", "--max-retries", "0"],
+        &env,
+    )
+    .await;
+    let msg = e["error"]["message"].as_str().unwrap_or_default();
+    assert!(msg.contains("could not resolve the host mcp.example.test"), "{e}");
+    s.finish().await;
+}
+
+/// Starts the sidecar in a fresh network namespace (no route anywhere: no name resolves and no
+/// packet leaves this machine) and sends `initialize`; the sidecar and its answer.
+async fn initialize_unconnected(args: &[&str], env: &[(&str, &str)]) -> (Sidecar, serde_json::Value) {
     let bin = env!("CARGO_BIN_EXE_mcp-sidecar");
     let mut cmd = tokio::process::Command::new("unshare");
-    cmd.args(["-n", bin, &remote, "--api-key-env", "TEST_KEY", "--allow-http", "--max-retries", "0"])
+    cmd.arg("-n")
+        .arg(bin)
+        .args(args)
         .env_clear()
-        .envs([("TEST_KEY", KEY), ("HTTP_PROXY", proxy_url.as_str()), ("NO_PROXY", "example.test")])
+        .envs(env.iter().copied())
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
@@ -172,41 +188,14 @@ async fn proxies_carry_remote_hosts_never_loopback_and_no_proxy_is_honoured() {
         json!({"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"t","version":"1"}}),
     ))
     .await;
-    let e = s.recv().await;
-    let msg = e["error"]["message"].as_str().unwrap_or_default();
-    assert!(msg.contains("could not resolve the host mcp.example.test"), "{e}");
-    s.finish().await;
+    let answer = s.recv().await;
+    (s, answer)
 }
 
 #[tokio::test]
 async fn dns_failures_are_explained() {
-    // A fresh network namespace has no route anywhere: the name cannot be resolved and no packet
-    // leaves this machine.
-    let bin = env!("CARGO_BIN_EXE_mcp-sidecar");
-    let mut cmd = tokio::process::Command::new("unshare");
-    cmd.args([
-        "-n",
-        bin,
-        "https://mcp.no-such-host.invalid/mcp",
-        "--api-key-env",
-        "TEST_KEY",
-        "--max-retries",
-        "0",
-    ])
-    .env_clear()
-    .envs(ENV.iter().copied())
-    .stdin(std::process::Stdio::piped())
-    .stdout(std::process::Stdio::piped())
-    .stderr(std::process::Stdio::piped())
-    .kill_on_drop(true);
-    let mut s = Sidecar::spawn_with(cmd, None);
-    s.send_json(&request(
-        1,
-        "initialize",
-        json!({"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"t","version":"1"}}),
-    ))
-    .await;
-    let e = s.recv().await;
+    let args = ["https://mcp.no-such-host.invalid/mcp", "--api-key-env", "TEST_KEY", "--max-retries", "0"];
+    let (s, e) = initialize_unconnected(&args, ENV).await;
     let msg = e["error"]["message"].as_str().unwrap_or_default();
     assert!(msg.contains("could not resolve the host mcp.no-such-host.invalid"), "{e}");
     assert_eq!(e["error"]["data"]["requestSent"], false);
