@@ -157,7 +157,7 @@ async fn proxies_carry_remote_hosts_never_loopback_and_no_proxy_is_honoured() {
     // NO_PROXY names the remote host: it is tried directly. In an empty network namespace its
     // name cannot be resolved (through the proxy it would be "could not connect" instead).
     let env = [("TEST_KEY", KEY), ("HTTP_PROXY", proxy_url.as_str()), ("NO_PROXY", "example.test")];
-    let (mut s, e) = initialize_unconnected(
+    let (s, e) = initialize_unconnected(
         &[&remote, "--api-key-env", "TEST_KEY", "--allow-http", "--max-retries", "0"],
         &env,
     )
