@@ -75,6 +75,9 @@ enum Stop {
     ReadError(std::io::Error),
 }
 
+/// How long the last lines may take to reach a client at exit.
+const FINAL_FLUSH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// The proxy for `config`, the outbox it writes to, and the receiving end of that outbox.
 pub(crate) async fn build(
     config: &Config,
@@ -151,8 +154,11 @@ where
     proxy.shutdown(!matches!(stop, Stop::StdoutClosed | Stop::ParentGone)).await;
     drop(outbox);
     let _ = finish.send(());
-    match writer.await {
-        Ok(Err(e)) if e.kind() != std::io::ErrorKind::BrokenPipe => error!("writing stdout failed: {e}"),
+    // What is queued still goes out, unless the client has stopped reading: then mcp-sidecar
+    // exits anyway rather than wait forever on a full pipe.
+    match tokio::time::timeout(FINAL_FLUSH_TIMEOUT, writer).await {
+        Ok(Ok(Err(e))) if e.kind() != std::io::ErrorKind::BrokenPipe => error!("writing stdout failed: {e}"),
+        Err(_) => debug!("the client reads stdout no more; exiting with lines unwritten"),
         _ => {}
     }
     match stop {

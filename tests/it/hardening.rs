@@ -410,3 +410,28 @@ async fn an_answer_stuck_behind_a_full_stdout_survives_a_session_renewal() {
     let x: Vec<_> = out.messages().into_iter().filter(|m| m["id"] == 100).collect();
     assert_eq!(x.len(), 1, "X must be answered exactly once (its answer, or an error)");
 }
+
+/// A client that stops reading stdout and then closes stdin: mcp-sidecar still exits (the last
+/// flush is bounded) instead of waiting forever on a full pipe.
+#[tokio::test]
+async fn a_client_that_stops_reading_stdout_does_not_keep_the_proxy_alive() {
+    let stream = PushStream::new();
+    let server = Server::start(generic(), Some(answers_on_the_get_stream(stream.clone(), sum_answer))).await;
+    let mut s = sidecar_for(&server, &["--log-level", "trace"]);
+    s.handshake().await;
+    s.pause_stdout();
+    // More than the pipe holds; the last one's arrival is logged (trace) before it is queued.
+    for i in 0..4 {
+        let data = format!("{}note-{i}", "z".repeat(600_000));
+        stream.push(
+            &json!({"jsonrpc":"2.0","method":"notifications/message","params":{"level":"info","data":data}})
+                .to_string(),
+        );
+    }
+    s.stderr_shows("note-3").await;
+    drop(s.take_stdin());
+    let started = std::time::Instant::now();
+    let status = s.exit_status_within(Duration::from_secs(10)).await;
+    assert!(status.is_some_and(|s| s.success()), "the proxy kept running with stdout full");
+    assert!(started.elapsed() < Duration::from_secs(8), "{:?}", started.elapsed());
+}

@@ -419,6 +419,11 @@ impl Sidecar {
         self.wait().await
     }
 
+    /// The exit status if the process exits within `limit` (stdout left as it is).
+    pub async fn exit_status_within(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        tokio::time::timeout(limit, self.child.wait()).await.ok().and_then(Result::ok)
+    }
+
     /// Waits for the exit without closing stdin.
     pub async fn wait(mut self) -> Outcome {
         self.resume_stdout();
