@@ -203,6 +203,63 @@ fn remaining(headers: &HeaderMap) -> Option<u64> {
         .and_then(|v| v.parse().ok())
 }
 
+/// The budget a response reports (issue 11): requests left in the current window, when the
+/// window resets, and its size when said.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Budget {
+    /// Requests the window allows (`X-RateLimit-Limit`, the policy's `q`), when said.
+    pub limit: Option<u64>,
+    /// Requests left in it.
+    pub remaining: u64,
+    /// How long until it resets, from the response (at most [`MAX_SERVER_WAIT`]).
+    pub resets_in: Duration,
+}
+
+/// The budget a response reports, from `X-RateLimit-Remaining` with `-Reset` (and `-Limit`),
+/// their `x-rate-limit-*` and `RateLimit-*` spellings, or the IETF `RateLimit` field (the item
+/// with the fewest requests left) with `RateLimit-Policy` for its quota. `None` when no
+/// remaining count and reset are given: then the gate behaves as without a budget.
+pub fn budget(headers: &HeaderMap, local_now: SystemTime) -> Option<Budget> {
+    if let Some(b) = ietf_budget(headers) {
+        return Some(b);
+    }
+    let remaining = remaining(headers)?;
+    let now = server_now(headers, local_now);
+    let resets_in = ["x-ratelimit-reset", "x-rate-limit-reset", "ratelimit-reset"]
+        .iter()
+        .find_map(|n| header(headers, n))
+        .and_then(|v| reset_value(v, now))?;
+    let limit = ["x-ratelimit-limit", "x-rate-limit-limit", "ratelimit-limit"]
+        .iter()
+        .find_map(|n| header(headers, n))
+        .and_then(|v| v.parse().ok());
+    Some(Budget { limit, remaining, resets_in: resets_in.min(MAX_SERVER_WAIT) })
+}
+
+/// The IETF `RateLimit` field's most constrained item (`r`, `t`) and its policy's quota `q`.
+fn ietf_budget(headers: &HeaderMap) -> Option<Budget> {
+    let field = headers.get("ratelimit")?.to_str().ok()?;
+    let mut best: Option<(String, u64, u64)> = None;
+    for item in split_outside_quotes(field, ',') {
+        let name = item.split(';').next().unwrap_or("").trim().trim_matches('"').to_owned();
+        let params = parse_params(item);
+        let get = |k: &str| params.iter().find(|(n, _)| *n == k).map(|(_, v)| *v);
+        if let (Some(r), Some(t)) = (get("r"), get("t"))
+            && best.as_ref().is_none_or(|(_, br, _)| r < *br)
+        {
+            best = Some((name, r, t));
+        }
+    }
+    let (name, remaining, t) = best?;
+    let limit = headers.get("ratelimit-policy").and_then(|v| v.to_str().ok()).and_then(|policy| {
+        split_outside_quotes(policy, ',').into_iter().find_map(|item| {
+            let n = item.split(';').next().unwrap_or("").trim().trim_matches('"');
+            (n == name).then(|| parse_params(item).into_iter().find(|(k, _)| *k == "q").map(|(_, q)| q))?
+        })
+    });
+    Some(Budget { limit, remaining, resets_in: Duration::from_secs(t).min(MAX_SERVER_WAIT) })
+}
+
 /// Whether a response asks the client to come back later: a 429, or a 503 with `Retry-After`
 /// (R-01, R-05). Such a request was not processed, so it may be sent again.
 pub fn asks_to_wait(status: reqwest::StatusCode, headers: &HeaderMap) -> bool {
@@ -537,6 +594,37 @@ mod tests {
         assert_eq!(quota_spent(&headers(&[]), now()), None);
     }
 
+    /// Issue 11: the budget from each header family; `None` without a remaining count and reset.
+    #[test]
+    fn budgets_from_every_header_family() {
+        let b = |pairs: &[(&str, &str)]| budget(&headers(pairs), now());
+        let epoch = (1_795_348_800u64 + 30).to_string();
+        assert_eq!(
+            b(&[("X-RateLimit-Limit", "60"), ("X-RateLimit-Remaining", "7"), ("X-RateLimit-Reset", &epoch)]),
+            Some(Budget { limit: Some(60), remaining: 7, resets_in: Duration::from_secs(30) })
+        );
+        assert_eq!(
+            b(&[("x-rate-limit-remaining", "0"), ("x-rate-limit-reset", "12")]),
+            Some(Budget { limit: None, remaining: 0, resets_in: Duration::from_secs(12) })
+        );
+        assert_eq!(
+            b(&[("RateLimit-Limit", "100"), ("RateLimit-Remaining", "99"), ("RateLimit-Reset", "5")]),
+            Some(Budget { limit: Some(100), remaining: 99, resets_in: Duration::from_secs(5) })
+        );
+        assert_eq!(
+            b(&[
+                ("RateLimit", r#""burst";r=8;t=1, "day";r=3;t=3600"#),
+                ("RateLimit-Policy", r#""burst";q=10;w=1, "day";q=1000;w=86400"#)
+            ]),
+            Some(Budget { limit: Some(1000), remaining: 3, resets_in: Duration::from_secs(3600) })
+        );
+        assert_eq!(b(&[("X-RateLimit-Remaining", "7")]), None, "no reset: no budget");
+        assert_eq!(b(&[("X-RateLimit-Reset", "7")]), None, "no remaining: no budget");
+        assert_eq!(b(&[]), None);
+        let far = b(&[("X-RateLimit-Remaining", "0"), ("X-RateLimit-Reset", "99999999999999")]).unwrap();
+        assert!(far.resets_in <= MAX_SERVER_WAIT);
+    }
+
     #[test]
     fn backoff_grows_with_full_jitter_and_is_capped() {
         let p = RetryPolicy { max_retries: 5, max_wait: Duration::from_secs(5) };
@@ -654,6 +742,9 @@ mod properties {
             let local_now = UNIX_EPOCH + Duration::from_secs(local);
             for w in [server_wait(&h, local_now), quota_spent(&h, local_now)].into_iter().flatten() {
                 prop_assert!(w.delay <= MAX_SERVER_WAIT, "{name}: {value} -> {:?}", w.delay);
+            }
+            if let Some(b) = budget(&h, local_now) {
+                prop_assert!(b.resets_in <= MAX_SERVER_WAIT, "{name}: {value} -> {:?}", b.resets_in);
             }
         }
     }
