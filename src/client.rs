@@ -137,6 +137,11 @@ impl Client {
         self.proxy.rate_limit_headers()
     }
 
+    /// What the rate limits did during this run, for people (`None`: nothing).
+    pub fn rate_limit_summary(&self) -> Option<String> {
+        self.proxy.rate_limit_summary()
+    }
+
     /// Ends the session (DELETE) and stops.
     pub async fn close(self) {
         self.proxy.shutdown(true).await;

@@ -295,18 +295,6 @@ pub fn server_wait(headers: &HeaderMap, local_now: SystemTime) -> Option<Wait> {
     found.map(|(delay, source)| Wait { delay: delay.min(MAX_SERVER_WAIT), source })
 }
 
-/// After a success: the wait until the quota refills, when the response says it is spent
-/// (`X-RateLimit-Remaining: 0` with a reset, or a `RateLimit` item with `r=0`).
-pub fn quota_spent(headers: &HeaderMap, local_now: SystemTime) -> Option<Wait> {
-    if let Some(d) = ratelimit_field(headers) {
-        return Some(Wait { delay: d.min(MAX_SERVER_WAIT), source: Source::RateLimit });
-    }
-    if remaining(headers) != Some(0) {
-        return None;
-    }
-    server_wait(headers, local_now).filter(|w| w.source != Source::RetryAfter)
-}
-
 /// The rate-limit headers of a response, for `data.rateLimitHeaders` and logs.
 pub fn rate_limit_headers(headers: &HeaderMap) -> Vec<(String, String)> {
     headers
@@ -584,18 +572,6 @@ mod tests {
     }
 
     #[test]
-    fn quota_spent_after_success() {
-        let h = headers(&[("X-RateLimit-Remaining", "0"), ("X-RateLimit-Reset", "20")]);
-        assert_eq!(quota_spent(&h, now()).map(|w| w.delay), Some(Duration::from_secs(20)));
-        let h = headers(&[("X-RateLimit-Remaining", "3"), ("X-RateLimit-Reset", "20")]);
-        assert_eq!(quota_spent(&h, now()), None);
-        let h = headers(&[("RateLimit", r#""m";r=0;t=8"#)]);
-        assert_eq!(quota_spent(&h, now()).map(|w| w.delay), Some(Duration::from_secs(8)));
-        assert_eq!(quota_spent(&headers(&[]), now()), None);
-    }
-
-    /// Issue 11: the budget from each header family; `None` without a remaining count and reset.
-    #[test]
     fn budgets_from_every_header_family() {
         let b = |pairs: &[(&str, &str)]| budget(&headers(pairs), now());
         let epoch = (1_795_348_800u64 + 30).to_string();
@@ -682,7 +658,7 @@ mod properties {
             if name == "date" || name == "x-other" {
                 prop_assert!(w.is_none());
             }
-            let _ = quota_spent(&h, now());
+            let _ = budget(&h, now());
         }
 
         /// Delay-seconds are taken exactly; epoch seconds and milliseconds in the future mean
@@ -740,7 +716,7 @@ mod properties {
                 h.insert(reqwest::header::DATE, HeaderValue::from_static("Thu, 01 Jan 1970 00:00:00 GMT"));
             }
             let local_now = UNIX_EPOCH + Duration::from_secs(local);
-            for w in [server_wait(&h, local_now), quota_spent(&h, local_now)].into_iter().flatten() {
+            if let Some(w) = server_wait(&h, local_now) {
                 prop_assert!(w.delay <= MAX_SERVER_WAIT, "{name}: {value} -> {:?}", w.delay);
             }
             if let Some(b) = budget(&h, local_now) {

@@ -199,11 +199,15 @@ async fn run(config: &Config, steps: &mut Vec<Step>, server: &mut Value) -> bool
     };
     push(steps, "auth", started, true, auth);
     let limits = client.rate_limit_headers();
-    let detail = if limits.is_empty() {
+    let mut detail = if limits.is_empty() {
         "no rate-limit headers seen".to_owned()
     } else {
         limits.iter().map(|(k, v)| format!("{k}: {v}")).collect::<Vec<_>>().join(", ")
     };
+    if let Some(summary) = client.rate_limit_summary() {
+        detail.push_str(&format!("; during this check: {summary}"));
+        server["rateLimitSummary"] = json!(summary);
+    }
     server["rateLimitHeaders"] =
         limits.iter().map(|(k, v)| (k.clone(), json!(v))).collect::<serde_json::Map<_, _>>().into();
     push(steps, "rate limits", started, true, detail);

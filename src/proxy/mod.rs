@@ -212,6 +212,31 @@ impl Proxy {
         self.up.oauth().map(|o| o.header().is_some())
     }
 
+    /// What the rate limits did so far, for people (`None` when they did nothing): requests the
+    /// server's budget held and for how long, 429s still received, waits, requests sent again
+    /// (issue 11).
+    pub fn rate_limit_summary(&self) -> Option<String> {
+        let s = &self.gate.stats;
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let (limited, waits, held) = (load(&s.limited), load(&s.waits), load(&s.budget_waits));
+        if limited == 0 && waits == 0 {
+            return None;
+        }
+        let human = |ms: u64| retry::human(Duration::from_millis(ms));
+        let mut parts = vec![
+            format!("{limited} answers with HTTP 429"),
+            format!("{waits} waits totalling {}", human(load(&s.waited_ms))),
+        ];
+        if held > 0 {
+            parts.push(format!(
+                "{held} of them held by the server's budget for {} (instead of 429s)",
+                human(load(&s.budget_waited_ms))
+            ));
+        }
+        parts.push(format!("{} requests sent again", load(&s.retries)));
+        Some(parts.join(", "))
+    }
+
     /// Records the rate-limit headers of successful responses too (for `check`).
     pub fn record_limits(&self) {
         self.record_limits.store(true, Ordering::Relaxed);
@@ -947,25 +972,23 @@ impl Proxy {
         }
         if let Some(delete) = self.up.delete_session() {
             // Same rate-limit rules, within the shutdown budget.
-            let admitted = timeout(DELETE_TIMEOUT, self.gate.admit(DELETE_TIMEOUT, false, |_, _| {})).await;
-            if !matches!(admitted, Ok(Ok(_))) {
-                debug!("not closing the session: the rate limit holds requests past the shutdown budget");
-            } else {
-                match timeout(DELETE_TIMEOUT, delete.send()).await {
-                    Ok(Ok(r)) => debug!(status = r.status().as_u16(), "session closed"),
+            match timeout(DELETE_TIMEOUT, self.gate.admit(DELETE_TIMEOUT, false, |_, _| {})).await {
+                Ok(Ok(admitted)) => match timeout(DELETE_TIMEOUT, delete.send()).await {
+                    Ok(Ok(r)) => {
+                        debug!(status = r.status().as_u16(), "session closed");
+                        let budget = retry::budget(r.headers(), SystemTime::now());
+                        let _ = timeout(DELETE_TIMEOUT, self.gate.answered(&admitted, budget)).await;
+                    }
                     Ok(Err(e)) => debug!(error = %e.without_url(), "closing the session failed"),
                     Err(_) => debug!("closing the session timed out"),
+                },
+                _ => {
+                    debug!("not closing the session: the rate limit holds requests past the shutdown budget")
                 }
             }
         }
-        let limited = self.gate.stats.limited.load(Ordering::Relaxed);
-        let waits = self.gate.stats.waits.load(Ordering::Relaxed);
-        if limited > 0 || waits > 0 {
-            info!(
-                "rate limits: {limited} answers with HTTP 429, {waits} waits totalling {}, {} requests sent again",
-                retry::human(Duration::from_millis(self.gate.stats.waited_ms.load(Ordering::Relaxed))),
-                self.gate.stats.retries.load(Ordering::Relaxed)
-            );
+        if let Some(summary) = self.rate_limit_summary() {
+            info!("rate limits: {summary}");
         }
         let requests = self.stats.requests.load(Ordering::Relaxed);
         let errors = self.stats.local_errors.load(Ordering::Relaxed);

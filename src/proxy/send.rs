@@ -59,6 +59,15 @@ impl Proxy {
                 Ok(Ok(r)) => r,
             };
             let status = response.status();
+            // Issue 11: what the answer says of the server's budget (and the unit this request
+            // took from it) goes back to the gate, whatever the status.
+            let budget = retry::budget(response.headers(), SystemTime::now());
+            if budget.is_some() || admitted.tracked() {
+                if budget.is_some_and(|b| b.remaining == 0) {
+                    *self.last_limit_headers.locked() = retry::rate_limit_headers(response.headers());
+                }
+                Box::pin(self.gate.answered(&admitted, budget)).await;
+            }
             // Issue 5: a refused token is renewed (stored, refreshed, or a new sign-in) and the
             // request sent again: a 401 or 403 means it was not processed.
             if let Some(o) = oauth
@@ -124,16 +133,6 @@ impl Proxy {
                         *self.seen_limit_headers.locked() = seen;
                     }
                 }
-                if status.is_success()
-                    && let Some(w) = retry::quota_spent(response.headers(), SystemTime::now())
-                {
-                    debug!(
-                        "the server says the quota is spent; holding requests for {}",
-                        retry::human(w.delay)
-                    );
-                    *self.last_limit_headers.locked() = retry::rate_limit_headers(response.headers());
-                    Box::pin(self.gate.block_for(w.delay, w.source.as_str(), Some(&admitted))).await;
-                }
                 return Ok((response, sent_session, deadline));
             }
             self.gate.stats.limited.fetch_add(1, Ordering::Relaxed);
@@ -182,16 +181,20 @@ impl Proxy {
             .await
             .map_err(|b| {
                 if b.client_side {
-                    let mut err = LocalError::new(
-                        RATE_LIMITED,
-                        ErrorKind::RateLimited,
-                        format!(
-                            "the client-side limit {} is used up; a slot frees in {}, longer than --max-wait {}: try again then, or raise the limit",
-                            b.reason.trim_start_matches("--rate-limit "),
+                    let limit = b.reason.trim_start_matches("--rate-limit ");
+                    let message = match limit.strip_suffix("/day") {
+                        // Issue 11: a plan's daily budget, said the way the plan says it.
+                        Some(n) => format!(
+                            "daily limit of {n} spent; next request allowed in {} (--rate-limit {limit}): try again then",
+                            retry::human(b.wait)
+                        ),
+                        None => format!(
+                            "the client-side limit {limit} is used up; a slot frees in {}, longer than --max-wait {}: try again then, or raise the limit",
                             retry::human(b.wait),
                             retry::human(max)
                         ),
-                    );
+                    };
+                    let mut err = LocalError::new(RATE_LIMITED, ErrorKind::RateLimited, message);
                     err.request_sent = Some(false);
                     err.retry_after = Some(b.wait);
                     err

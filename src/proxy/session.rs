@@ -140,10 +140,18 @@ impl Proxy {
 
     /// Opens the stream and reads up to its `endpoint` event.
     pub(super) async fn open_legacy(&self) -> Result<LegacyEvents, String> {
-        if let Err(b) = self.gate.admit(self.policy.max_wait, false, |_, _| {}).await {
-            tokio::time::sleep(b.wait.min(MAX_STREAM_HOLD)).await;
-        }
+        let admitted = match self.gate.admit(self.policy.max_wait, false, |_, _| {}).await {
+            Ok(admitted) => Some(admitted),
+            Err(b) => {
+                tokio::time::sleep(b.wait.min(MAX_STREAM_HOLD)).await;
+                None
+            }
+        };
         let response = self.up.legacy_stream().send().await.map_err(|e| self.up.send_error(&e).message)?;
+        if let Some(admitted) = &admitted {
+            let budget = retry::budget(response.headers(), SystemTime::now());
+            Box::pin(self.gate.answered(admitted, budget)).await;
+        }
         let status = response.status();
         let is_sse = response
             .headers()
@@ -218,7 +226,14 @@ impl Proxy {
             };
             // What a 429 asked to wait, on top of the usual pause before the next try.
             let mut asked_wait = Duration::ZERO;
-            match self.up.get_stream(last_event_id.as_deref()).send().await {
+            let opened = self.up.get_stream(last_event_id.as_deref()).send().await;
+            if let Ok(r) = &opened {
+                let budget = retry::budget(r.headers(), SystemTime::now());
+                if budget.is_some() || admitted.tracked() {
+                    Box::pin(self.gate.answered(&admitted, budget)).await;
+                }
+            }
+            match opened {
                 Ok(r) if retry::asks_to_wait(r.status(), r.headers()) => {
                     // Issue 10.2: a 429 is a failed try like any other (a server that answers
                     // `Retry-After: 0` forever must not be asked back to back), and the others

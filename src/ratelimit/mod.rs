@@ -16,6 +16,7 @@
 //! every process. This module waits and keeps time; it does not send anything and does not parse
 //! headers (that is [`crate::retry`]).
 
+mod budget;
 mod file;
 
 pub use file::{LOCK_PATIENCE, StoredLimit, clear_limits, stored_limits};
@@ -32,10 +33,14 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 use tracing::debug;
 
+use budget::{BudgetState, Room};
 use file::StateFile;
 
 /// How often the shared state file is looked at when no client-side limit is set.
 const LOOK_INTERVAL_MS: u64 = 250;
+/// While the budget is spent by requests in flight in a window whose end no answer has said,
+/// how often a held request looks again (an answer of this process wakes it sooner).
+const BUDGET_RECHECK: Duration = Duration::from_millis(100);
 /// While a deadline is further away than `--max-wait`, one request this often is sent anyway (a
 /// probe): if the server answers it, the limit has lifted and the deadline is cleared; if not,
 /// its new answer sets the deadline afresh. Shared by every sidecar of the origin and key.
@@ -105,9 +110,28 @@ pub struct State {
     /// Per limit (in `--rate-limit` order): the send times inside the current window.
     #[serde(default)]
     sent: Vec<VecDeque<u64>>,
+    /// The server's budget, from the rate-limit headers of its answers (issue 11).
+    #[serde(default)]
+    budget: Option<BudgetState>,
 }
 
 impl State {
+    /// Takes in what another process wrote: its deadline if that state is newer, and its
+    /// budget by the budget's own rules (newer window, else the lower count).
+    fn merge_from(&mut self, shared: State) {
+        let budget = match (self.budget.take(), shared.budget.clone()) {
+            (Some(mut mine), Some(theirs)) => {
+                mine.merge(&theirs);
+                Some(mine)
+            }
+            (mine, theirs) => theirs.or(mine),
+        };
+        if shared.updated_ms >= self.updated_ms {
+            *self = shared;
+        }
+        self.budget = budget;
+    }
+
     /// Forgets the server's deadline.
     fn clear(&mut self, now: u64) {
         self.blocked_until_ms = 0;
@@ -142,6 +166,10 @@ pub struct Stats {
     pub retries: AtomicU64,
     /// Requests let through as probes while a long deadline held the others.
     pub probes: AtomicU64,
+    /// Waits because the server's budget was spent (or taken by requests in flight), and
+    /// their total in milliseconds: what the budget held back instead of a 429.
+    pub budget_waits: AtomicU64,
+    pub budget_waited_ms: AtomicU64,
 }
 
 /// A request let through the gate. Hand it back with [`Gate::succeeded`] or
@@ -154,6 +182,15 @@ pub struct Admission<'a> {
     at_ms: u64,
     /// Whether it went through as a probe past a long deadline.
     pub probe: bool,
+    /// Whether it took a unit of the shared budget (its answer must give it back there).
+    tracked: bool,
+}
+
+impl Admission<'_> {
+    /// Whether this admission took a unit of the shared budget (its answer must give it back).
+    pub fn tracked(&self) -> bool {
+        self.tracked
+    }
 }
 
 impl Drop for Admission<'_> {
@@ -168,10 +205,11 @@ impl Drop for Admission<'_> {
 /// What the state says about one request now.
 #[derive(Debug, PartialEq)]
 enum Verdict {
-    /// Let it through (as a probe past a long deadline, or normally).
-    Go { probe: bool },
-    /// Try again after this long.
-    Wait { wait: Duration, reason: String, client_side: bool },
+    /// Let it through at `at` (as a probe past a long deadline, or normally); `tracked`: it took
+    /// a unit of the budget.
+    Go { probe: bool, at: u64, tracked: bool },
+    /// Try again after this long; `budget`: the server's budget is what holds it.
+    Wait { wait: Duration, reason: String, client_side: bool, budget: bool },
     /// Not within the budget.
     Refuse { wait: Duration, reason: String, client_side: bool },
 }
@@ -190,6 +228,8 @@ pub struct Gate {
     /// A probe of this process is in flight; [`Gate::probe_done`] fires when it ends.
     probing: AtomicBool,
     probe_done: Notify,
+    /// Fires when an answer of this process changed the budget (held requests look again).
+    budget_changed: Notify,
     pub stats: Stats,
 }
 
@@ -209,25 +249,57 @@ fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
-/// Decides about one request at `now` with `budget` left to wait, taking a probe slot or a
-/// client-side slot in `state` when it lets the request through. Times in the state may come
-/// from a file anyone could have written: every sum saturates, and no deadline counts for more
-/// than [`crate::retry::MAX_SERVER_WAIT`] from now.
-fn decide(state: &mut State, limits: &[Limit], now: u64, budget: Duration, may_probe: bool) -> Verdict {
-    let until = state.blocked_until_ms.min(now.saturating_add(millis(crate::retry::MAX_SERVER_WAIT)));
+/// Decides about one request at `now` with `patience` left to wait, taking a probe slot, a unit
+/// of the server's budget or a client-side slot in `state` when it lets the request through.
+/// Times in the state may come from a file anyone could have written: every sum saturates, and
+/// no hold counts for more than [`crate::retry::MAX_SERVER_WAIT`] from now.
+fn decide(state: &mut State, limits: &[Limit], now: u64, patience: Duration, may_probe: bool) -> Verdict {
+    let cap = now.saturating_add(millis(crate::retry::MAX_SERVER_WAIT));
+    // The server's hold: a deadline, or a spent budget until its window resets.
+    let mut until = state.blocked_until_ms.min(cap);
+    let mut reason = state.blocked_by.clone();
+    let mut by_budget = false;
+    if let Some(b) = state.budget.as_mut()
+        && !b.roll(now)
+    {
+        state.budget = None;
+    }
+    match state.budget.as_ref().map(|b| b.room(now)) {
+        Some(Room::SpentUntil(d)) => {
+            let spent_until = now.saturating_add(millis(d)).min(cap);
+            if spent_until > until {
+                until = spent_until;
+                reason = "the server's budget for this window is spent".into();
+                by_budget = true;
+            }
+        }
+        Some(Room::AwaitingAnswers) if until <= now => {
+            let reason = "the rest of the server's budget is taken by requests in flight".to_owned();
+            return if patience.is_zero() {
+                Verdict::Refuse { wait: BUDGET_RECHECK, reason, client_side: false }
+            } else {
+                Verdict::Wait { wait: BUDGET_RECHECK.min(patience), reason, client_side: false, budget: true }
+            };
+        }
+        _ => {}
+    }
     let mut probe = false;
     if until > now {
         let wait = Duration::from_millis(until - now);
-        let reason = state.blocked_by.clone();
-        if wait <= budget {
-            return Verdict::Wait { wait, reason, client_side: false };
+        if wait <= patience {
+            return Verdict::Wait { wait, reason, client_side: false, budget: by_budget };
+        }
+        if state.probe_at_ms == 0 {
+            // A hold that no 429 set (a spent budget): its probe clock starts now.
+            state.probe_at_ms = now.saturating_add(millis(PROBE_INTERVAL));
+            state.updated_ms = now;
         }
         let probe_in = Duration::from_millis(state.probe_at_ms.saturating_sub(now));
-        if !may_probe || probe_in > budget {
+        if !may_probe || probe_in > patience {
             return Verdict::Refuse { wait, reason, client_side: false };
         }
         if !probe_in.is_zero() {
-            return Verdict::Wait { wait: probe_in, reason, client_side: false };
+            return Verdict::Wait { wait: probe_in, reason, client_side: false, budget: by_budget };
         }
         probe = true;
     }
@@ -251,8 +323,8 @@ fn decide(state: &mut State, limits: &[Limit], now: u64, budget: Duration, may_p
     }
     if let Some((wait, limit)) = longest {
         let reason = format!("--rate-limit {}", limit.describe());
-        return if wait <= budget {
-            Verdict::Wait { wait, reason, client_side: true }
+        return if wait <= patience {
+            Verdict::Wait { wait, reason, client_side: true, budget: false }
         } else {
             Verdict::Refuse { wait, reason, client_side: true }
         };
@@ -264,7 +336,14 @@ fn decide(state: &mut State, limits: &[Limit], now: u64, budget: Duration, may_p
         state.probe_at_ms = now.saturating_add(millis(PROBE_INTERVAL));
         state.updated_ms = now;
     }
-    Verdict::Go { probe }
+    let tracked = match state.budget.as_mut() {
+        Some(b) => {
+            b.take(now);
+            true
+        }
+        None => false,
+    };
+    Verdict::Go { probe, at: now, tracked }
 }
 
 impl Gate {
@@ -281,6 +360,7 @@ impl Gate {
             next_look_ms: AtomicU64::new(0),
             probing: AtomicBool::new(false),
             probe_done: Notify::new(),
+            budget_changed: Notify::new(),
             stats: Stats::default(),
         }
     }
@@ -299,18 +379,22 @@ impl Gate {
         let started = Instant::now();
         loop {
             let budget = max_wait.saturating_sub(started.elapsed());
-            // Registered before the check, so a probe that ends in between is not missed.
+            // Registered before the check, so a probe or an answer that ends in between is not
+            // missed.
             let probe_ended = self.probe_done.notified();
             tokio::pin!(probe_ended);
             probe_ended.as_mut().enable();
-            let (wait, reason, client_side) = match self.decide_now(budget, may_probe).await {
-                Verdict::Go { probe } => {
+            let budget_changed = self.budget_changed.notified();
+            tokio::pin!(budget_changed);
+            budget_changed.as_mut().enable();
+            let (wait, reason, client_side, by_budget) = match self.decide_now(budget, may_probe).await {
+                Verdict::Go { probe, at, tracked } => {
                     if probe {
                         self.probing.store(true, Ordering::Release);
                         self.stats.probes.fetch_add(1, Ordering::Relaxed);
                         debug!("letting one request through to see whether the rate limit has lifted");
                     }
-                    return Ok(Admission { gate: self, at_ms: now_ms(), probe });
+                    return Ok(Admission { gate: self, at_ms: at, probe, tracked });
                 }
                 Verdict::Refuse { wait, reason, client_side } => {
                     // A probe of ours is out: its answer may lift the limit; wait for it.
@@ -321,37 +405,108 @@ impl Gate {
                     }
                     return Err(Blocked { wait, reason, client_side });
                 }
-                Verdict::Wait { wait, reason, client_side } => (wait, reason, client_side),
+                Verdict::Wait { wait, reason, client_side, budget } => (wait, reason, client_side, budget),
             };
             // Each waiting request adds its own jitter: a held queue does not return all at once.
             let wait = if client_side { wait } else { crate::retry::with_jitter(wait) };
             on_wait(wait, &reason);
+            if by_budget {
+                self.stats.budget_waits.fetch_add(1, Ordering::Relaxed);
+                self.stats.budget_waited_ms.fetch_add(millis(wait), Ordering::Relaxed);
+            }
             self.stats.waits.fetch_add(1, Ordering::Relaxed);
             self.stats.waited_ms.fetch_add(millis(wait), Ordering::Relaxed);
-            tokio::time::sleep(wait).await;
+            if by_budget {
+                // An answer may free room before the window resets.
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = budget_changed => {}
+                }
+            } else {
+                tokio::time::sleep(wait).await;
+            }
         }
     }
 
     /// The verdict for a request now. Without client-side limits the state in memory decides
     /// (refreshed from the shared file at most every [`LOOK_INTERVAL_MS`]), and the file is
     /// written only to take a probe slot; with limits, every admission takes a slot in the file.
-    async fn decide_now(&self, budget: Duration, may_probe: bool) -> Verdict {
+    async fn decide_now(&self, patience: Duration, may_probe: bool) -> Verdict {
         if self.limits.is_empty() {
             self.refresh_from_file();
             let now = now_ms();
-            let mut state = {
-                let state = self.state.locked();
+            let (verdict, changed) = {
+                let mut state = self.state.locked();
+                // The hot path: no deadline, and no budget or one far from spent (then only this
+                // process's copy counts the request).
                 if state.blocked_until_ms <= now {
-                    return Verdict::Go { probe: false }; // the hot path: nothing holds requests
+                    let Some(b) = state.budget.as_mut() else {
+                        return Verdict::Go { probe: false, at: now, tracked: false };
+                    };
+                    if b.roll(now) && b.far() {
+                        b.take_untracked();
+                        return Verdict::Go { probe: false, at: now, tracked: false };
+                    }
                 }
-                state.clone()
+                let mut copy = state.clone();
+                let verdict = decide(&mut copy, &[], now, patience, may_probe);
+                (verdict, copy.updated_ms != state.updated_ms)
             };
-            let verdict = decide(&mut state, &[], now, budget, may_probe);
-            if verdict != (Verdict::Go { probe: true }) {
+            // A hold is answered from this copy; a unit of a budget near its end, a probe slot
+            // or a probe clock started is taken in the shared state.
+            if !changed && !matches!(verdict, Verdict::Go { .. }) {
                 return verdict;
             }
         }
-        self.update(|state| decide(state, &self.limits, now_ms(), budget, may_probe)).await
+        let mine = self.state.locked().budget.clone();
+        self.update(|state| {
+            if let Some(mine) = &mine {
+                match state.budget.as_mut() {
+                    Some(shared) => shared.merge(mine),
+                    None => state.budget = Some(mine.clone()),
+                }
+            }
+            decide(state, &self.limits, now_ms(), patience, may_probe)
+        })
+        .await
+    }
+
+    /// The answer to `admitted` came, with the server's budget when its headers said one. A
+    /// unit taken from the shared budget is given back there; what the answer says is merged
+    /// (shared too when the budget is near its end); requests waiting on the budget look again.
+    pub async fn answered(&self, admitted: &Admission<'_>, budget: Option<crate::retry::Budget>) {
+        if budget.is_none() && !admitted.tracked {
+            return;
+        }
+        let now = now_ms();
+        let at = admitted.tracked.then_some(admitted.at_ms);
+        let apply = |state: &mut State| match (state.budget.as_mut(), budget) {
+            (Some(b), Some(seen)) => {
+                b.observe(seen.limit, seen.remaining, now.saturating_add(millis(seen.resets_in)), at)
+            }
+            (None, Some(seen)) => {
+                state.budget = Some(BudgetState::new(
+                    seen.limit,
+                    seen.remaining,
+                    now.saturating_add(millis(seen.resets_in)),
+                ))
+            }
+            (Some(b), None) => {
+                if let Some(i) = at.and_then(|at| b.pending.iter().position(|&t| t == at)) {
+                    b.pending.remove(i);
+                }
+            }
+            (None, None) => {}
+        };
+        let shared = {
+            let mut state = self.state.locked();
+            apply(&mut state);
+            admitted.tracked || state.budget.as_ref().is_some_and(|b| !b.far())
+        };
+        if shared {
+            Box::pin(self.update(apply)).await;
+        }
+        self.budget_changed.notify_waiters();
     }
 
     /// Holds every request until `delay` from now, as the server asked (`source` names the
@@ -422,10 +577,7 @@ impl Gate {
             *seen = mtime;
         }
         if let Some(shared) = file.read() {
-            let mut state = self.state.locked();
-            if shared.updated_ms >= state.updated_ms {
-                *state = shared;
-            }
+            self.state.locked().merge_from(shared);
         }
     }
 

@@ -1,0 +1,274 @@
+//! The server's budget (issue 11): how many requests the current window still allows, from the
+//! rate-limit headers of every answer, so that the gate spends the window to the last request
+//! without provoking a 429.
+//!
+//! The server counts a request when it arrives; its answer reports what is left. Between the
+//! two, a request admitted here is *pending*: it may already be counted or not. The gate admits
+//! a request only while `remaining − pending > 0`, so requests in flight never overrun the
+//! window. An answer for an older window never raises the count of a newer one; within a window
+//! the lowest count reported wins (answers arrive out of order). When the window's reset passes,
+//! a window of `limit` requests begins, its end unknown until an answer says (a foreseen end
+//! could be wrong by whole windows after a quiet spell, and would hold requests needlessly).
+//! Spent before any answer said when it ends, the gate waits for the answers of the requests in
+//! flight; with none in flight, it lets one go (its answer will tell). Pending admissions older than
+//! [`PENDING_TTL`] are forgotten: a process that died with requests in flight cannot hold the
+//! budget back for long. Times are milliseconds of the gate's clock; every sum saturates.
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// How long an admission stays pending without its answer (a request this old has long been
+/// counted by the server, and its answer would have said so).
+pub const PENDING_TTL: Duration = Duration::from_secs(60);
+/// Below this many requests left (or half the window, whichever is more), admissions are counted
+/// in the shared state under its lock; above, each process goes on its own copy: far from the
+/// limit the budget costs nothing per request.
+pub const NEAR: u64 = 32;
+/// Resets this close are the same window: an epoch reset is exact to the millisecond here, a
+/// reset in delta seconds to under a second; windows are a second or longer.
+const SAME_WINDOW_MS: u64 = 999;
+
+/// What the gate knows of the server's budget.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BudgetState {
+    /// Requests a window allows, when the server said.
+    #[serde(default)]
+    pub limit: Option<u64>,
+    /// Requests left in the current window, as the server last said (lowest report wins).
+    #[serde(default)]
+    pub remaining: u64,
+    /// When the current window ends; `u64::MAX` while no answer has said (after a reset).
+    #[serde(default)]
+    pub reset_ms: u64,
+    /// Admissions not yet answered (when they were let through).
+    #[serde(default)]
+    pub pending: VecDeque<u64>,
+}
+
+/// What the budget says about one more request now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Room {
+    /// There is room: one unit may be taken.
+    Free,
+    /// Spent until the window resets, this far ahead.
+    SpentUntil(Duration),
+    /// Spent by requests in flight, in a window whose end no answer has said yet: look again
+    /// when an answer comes.
+    AwaitingAnswers,
+}
+
+impl BudgetState {
+    /// A budget from one answer.
+    pub fn new(limit: Option<u64>, remaining: u64, reset_ms: u64) -> Self {
+        BudgetState { limit, remaining, reset_ms, pending: VecDeque::new() }
+    }
+
+    /// Starts the next window when the current one has ended; forgets stale admissions.
+    /// Returns false when the budget means nothing any more (a reset passed and the window's
+    /// size was never said): the gate then behaves as without one until an answer says more.
+    pub fn roll(&mut self, now: u64) -> bool {
+        let ttl = PENDING_TTL.as_millis() as u64;
+        while self
+            .pending
+            .front()
+            .is_some_and(|&t| t.saturating_add(ttl) <= now || t > now.saturating_add(ttl))
+        {
+            self.pending.pop_front();
+        }
+        if self.reset_ms == u64::MAX || now < self.reset_ms {
+            return true;
+        }
+        let Some(limit) = self.limit else { return false };
+        self.remaining = limit;
+        self.reset_ms = u64::MAX;
+        true
+    }
+
+    /// Whether one more request fits now.
+    pub fn room(&self, now: u64) -> Room {
+        if self.remaining > self.pending.len() as u64 {
+            return Room::Free;
+        }
+        if self.reset_ms == u64::MAX {
+            return if self.pending.is_empty() { Room::Free } else { Room::AwaitingAnswers };
+        }
+        Room::SpentUntil(Duration::from_millis(self.reset_ms.saturating_sub(now)))
+    }
+
+    /// Whether the budget is far from spent: admissions need not be shared under the lock.
+    pub fn far(&self) -> bool {
+        let margin = NEAR.max(self.limit.unwrap_or(0) / 2);
+        self.reset_ms != u64::MAX && self.remaining.saturating_sub(self.pending.len() as u64) > margin
+    }
+
+    /// Takes one unit for a request let through at `now`.
+    pub fn take(&mut self, now: u64) {
+        self.pending.push_back(now);
+    }
+
+    /// Takes one unit without tracking it (far from the limit, in this process's copy only).
+    pub fn take_untracked(&mut self) {
+        self.remaining = self.remaining.saturating_sub(1);
+    }
+
+    /// Learns from an answer: `remaining` left in the window that resets at `reset_ms`, of
+    /// `limit`; the request it answers was let through at `admitted_at` (no longer pending).
+    pub fn observe(&mut self, limit: Option<u64>, remaining: u64, reset_ms: u64, admitted_at: Option<u64>) {
+        if let Some(at) = admitted_at
+            && let Some(i) = self.pending.iter().position(|&t| t == at)
+        {
+            self.pending.remove(i);
+        }
+        let newer = self.reset_ms == u64::MAX || reset_ms > self.reset_ms.saturating_add(SAME_WINDOW_MS);
+        let older = reset_ms.saturating_add(SAME_WINDOW_MS) < self.reset_ms && self.reset_ms != u64::MAX;
+        if older {
+            return; // an answer from a window that has ended says nothing of this one
+        }
+        if limit.is_some() {
+            self.limit = limit;
+        }
+        if newer {
+            self.remaining = remaining;
+            self.reset_ms = reset_ms;
+        } else {
+            self.remaining = self.remaining.min(remaining);
+        }
+    }
+
+    /// Merges what another process knows (`other`, from the shared state) into this copy: the
+    /// newer window wins; in the same window the lower count, and the shared pending list.
+    pub fn merge(&mut self, other: &BudgetState) {
+        let other_newer = self.reset_ms != u64::MAX
+            && (other.reset_ms == u64::MAX || other.reset_ms > self.reset_ms.saturating_add(SAME_WINDOW_MS));
+        let other_older = other.reset_ms != u64::MAX
+            && self.reset_ms != u64::MAX
+            && other.reset_ms.saturating_add(SAME_WINDOW_MS) < self.reset_ms;
+        if other_older {
+            return;
+        }
+        if other_newer {
+            *self = other.clone();
+            return;
+        }
+        self.remaining = self.remaining.min(other.remaining);
+        self.pending = other.pending.clone();
+        self.limit = other.limit.or(self.limit);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const S: u64 = 1000;
+
+    #[test]
+    fn requests_in_flight_count_against_what_is_left() {
+        let mut b = BudgetState::new(Some(10), 2, 10 * S);
+        assert_eq!(b.room(0), Room::Free);
+        b.take(1);
+        assert_eq!(b.room(1), Room::Free);
+        b.take(2);
+        assert_eq!(b.room(2), Room::SpentUntil(Duration::from_millis(10 * S - 2)), "two in flight, two left");
+        // The first answer says one is left: one still in flight, so no room.
+        b.observe(Some(10), 1, 10 * S, Some(1));
+        assert_eq!(b.room(3), Room::SpentUntil(Duration::from_millis(10 * S - 3)));
+        b.observe(Some(10), 0, 10 * S, Some(2));
+        assert!(b.pending.is_empty());
+        assert!(matches!(b.room(4), Room::SpentUntil(_)));
+    }
+
+    #[test]
+    fn out_of_order_answers_never_raise_the_count_within_a_window() {
+        let mut b = BudgetState::new(Some(10), 5, 10 * S);
+        b.observe(Some(10), 3, 10 * S, None);
+        b.observe(Some(10), 4, 10 * S + 700, None); // a delta-seconds reset, rounded differently
+        assert_eq!(b.remaining, 3);
+        // A server whose Remaining goes up mid-window is not believed until the window ends.
+        b.observe(Some(10), 9, 10 * S, None);
+        assert_eq!(b.remaining, 3);
+    }
+
+    #[test]
+    fn an_answer_for_an_older_window_never_raises_a_newer_one() {
+        let mut b = BudgetState::new(Some(10), 2, 20 * S);
+        b.observe(Some(10), 8, 10 * S, None);
+        assert_eq!((b.remaining, b.reset_ms), (2, 20 * S));
+    }
+
+    #[test]
+    fn windows_roll_over_to_the_limit_until_an_answer_says_more() {
+        let mut b = BudgetState::new(Some(10), 0, 10 * S);
+        assert!(b.roll(10 * S));
+        assert_eq!((b.remaining, b.reset_ms), (10, u64::MAX), "a new window, its end not yet said");
+        assert_eq!(b.room(10 * S), Room::Free);
+        b.observe(Some(10), 9, 11 * S, None);
+        assert_eq!((b.remaining, b.reset_ms), (9, 11 * S));
+        // A late answer from the window that ended: not believed.
+        b.observe(Some(10), 0, 10 * S, None);
+        assert_eq!(b.remaining, 9);
+    }
+
+    #[test]
+    fn a_window_of_unknown_size_is_forgotten_when_it_ends() {
+        let mut b = BudgetState::new(None, 0, 10 * S);
+        assert!(b.roll(9 * S));
+        assert!(!b.roll(10 * S), "no limit known: behave as without a budget");
+    }
+
+    #[test]
+    fn a_spent_window_without_a_known_end_waits_for_answers() {
+        let mut b = BudgetState::new(Some(2), 0, 10 * S);
+        b.roll(10 * S);
+        b.take(10 * S);
+        b.take(10 * S + 1);
+        assert_eq!(b.room(10 * S + 2), Room::AwaitingAnswers);
+        b.pending.clear();
+        b.remaining = 0;
+        assert_eq!(b.room(10 * S + 3), Room::Free, "nobody in flight to say more: one goes and finds out");
+    }
+
+    #[test]
+    fn stale_admissions_are_forgotten() {
+        let mut b = BudgetState::new(Some(10), 1, 100 * S);
+        b.take(0);
+        assert!(matches!(b.room(1), Room::SpentUntil(_)));
+        b.roll(PENDING_TTL.as_millis() as u64);
+        assert_eq!(b.room(61 * S), Room::Free, "a process that died with a request in flight");
+    }
+
+    #[test]
+    fn far_from_the_limit_nothing_is_shared() {
+        let b = BudgetState::new(Some(1000), 900, 10 * S);
+        assert!(b.far());
+        let b = BudgetState::new(Some(1000), 400, 10 * S);
+        assert!(!b.far(), "under half the window");
+        let b = BudgetState::new(Some(10), 10, 10 * S);
+        assert!(!b.far(), "small windows are always shared");
+    }
+
+    #[test]
+    fn merging_takes_the_newer_window_or_the_lower_count() {
+        let mut a = BudgetState::new(Some(10), 6, 10 * S);
+        let mut b = BudgetState::new(Some(10), 4, 10 * S);
+        b.take(5);
+        a.merge(&b);
+        assert_eq!((a.remaining, a.pending.len()), (4, 1));
+        let newer = BudgetState::new(Some(10), 9, 20 * S);
+        a.merge(&newer);
+        assert_eq!((a.remaining, a.reset_ms), (9, 20 * S));
+        a.merge(&BudgetState::new(Some(10), 1, 10 * S));
+        assert_eq!(a.remaining, 9, "an older window never lowers a newer one");
+    }
+
+    #[test]
+    fn absurd_values_saturate() {
+        let mut b = BudgetState::new(Some(u64::MAX), u64::MAX, u64::MAX - 1);
+        b.take(u64::MAX);
+        b.observe(Some(u64::MAX), u64::MAX, u64::MAX, Some(u64::MAX));
+        assert!(b.roll(u64::MAX));
+        let _ = b.room(u64::MAX);
+    }
+}
