@@ -34,6 +34,11 @@ struct Args {
     /// The length of the rate-limit window in seconds (the vendors use 60).
     #[arg(long, value_name = "SECS", default_value_t = 60)]
     window_secs: u64,
+    /// A fixed window of N POSTs per S seconds per key that sends X-RateLimit-Limit,
+    /// -Remaining and -Reset with every answer, whatever the vendor (sets --per-minute N
+    /// --window-secs S).
+    #[arg(long, value_name = "N/S")]
+    window: Option<String>,
     /// Answer with plain JSON and no sessions (default: sessions and SSE).
     #[arg(long)]
     json: bool,
@@ -49,13 +54,22 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     if keys.is_empty() && vendor != server::Vendor::Generic {
         return Err(format!("{key_env} is not set: export the key this server should accept").into());
     }
+    let window = match args.window.as_deref() {
+        Some(w) => {
+            let (n, s) = w.split_once('/').ok_or("--window takes N/S, e.g. 10/1")?;
+            Some((n.trim().parse::<u32>()?, s.trim().parse::<u64>()?))
+        }
+        None => None,
+    };
     let opts = server::Options {
         vendor,
         read_only_keys: if args.read_only { keys.clone() } else { Vec::new() },
         keys,
-        per_minute: args.per_minute,
-        window_secs: args.window_secs,
+        per_minute: window.map(|(n, _)| n).or(args.per_minute),
+        window_secs: window.map_or(args.window_secs, |(_, s)| s),
+        limit_headers: window.is_some(),
         json: args.json,
+        ..server::Options::default()
     };
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", args.port)).await?;
     let url = format!("http://{}{}", listener.local_addr()?, vendor.path());

@@ -83,6 +83,11 @@ pub struct Options {
     pub per_minute: Option<u32>,
     /// The rate-limit window in seconds (60 for the vendors; tests use shorter ones).
     pub window_secs: u64,
+    /// Send `X-RateLimit-Limit/-Remaining/-Reset` (epoch seconds) with every answer, whatever
+    /// the vendor: a fixed-window server like `shared/bench`'s mock with `--window N/S`.
+    pub limit_headers: bool,
+    /// What the limiter let through per window, and the 429s it sent (for tests).
+    pub log: Arc<Mutex<WindowLog>>,
     /// Plain JSON answers, no sessions (else sessions and SSE answers).
     pub json: bool,
 }
@@ -95,9 +100,18 @@ impl Default for Options {
             read_only_keys: Vec::new(),
             per_minute: None,
             window_secs: 60,
+            limit_headers: false,
+            log: Arc::default(),
             json: false,
         }
     }
+}
+
+/// What the rate limiter did: requests accepted per window (by window number), 429s sent.
+#[derive(Debug, Default)]
+pub struct WindowLog {
+    pub accepted: std::collections::BTreeMap<u64, u32>,
+    pub rejected: u32,
 }
 
 /// `echo` arguments.
@@ -333,7 +347,15 @@ async fn gate_layer(State(gate): State<Arc<Gate>>, request: Request, next: Next)
             entry.1 += 1;
             entry.1
         };
-        if vendor == Vendor::Converra {
+        {
+            let mut log = gate.opts.log.lock().unwrap();
+            if used > limit {
+                log.rejected += 1;
+            } else {
+                *log.accepted.entry(window).or_default() += 1;
+            }
+        }
+        if vendor == Vendor::Converra || gate.opts.limit_headers {
             limit_headers.push(("x-ratelimit-limit", limit.to_string()));
             limit_headers.push(("x-ratelimit-remaining", limit.saturating_sub(used).to_string()));
             limit_headers.push(("x-ratelimit-reset", reset.to_string()));

@@ -136,6 +136,7 @@ impl Proxy {
                 return Ok((response, sent_session, deadline));
             }
             self.gate.stats.limited.fetch_add(1, Ordering::Relaxed);
+            debug!(status = status.as_u16(), what, "the server asks to wait");
             let resp_headers = response.headers().clone();
             *self.last_limit_headers.locked() = retry::rate_limit_headers(&resp_headers);
             let asked = retry::server_wait(&resp_headers, SystemTime::now());

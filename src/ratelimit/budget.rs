@@ -26,9 +26,15 @@ pub const PENDING_TTL: Duration = Duration::from_secs(60);
 /// in the shared state under its lock; above, each process goes on its own copy: far from the
 /// limit the budget costs nothing per request.
 pub const NEAR: u64 = 32;
-/// Resets this close are the same window: an epoch reset is exact to the millisecond here, a
-/// reset in delta seconds to under a second; windows are a second or longer.
-const SAME_WINDOW_MS: u64 = 999;
+/// A new window is used only this long after the reset an answer named: a request sent at the
+/// very moment must not reach the server while its old window is still counting.
+pub const ROLL_MARGIN_MS: u64 = 50;
+/// Resets this close are the same window. A reset given in epoch seconds or milliseconds lands
+/// within a few milliseconds whoever computes it; windows are a second or longer, so the next
+/// window's reset is at least a second later. (A reset given as delta seconds is only exact to
+/// a second: answers from one window may then look half a window apart, and are still told
+/// apart from the next window's.)
+const SAME_WINDOW_MS: u64 = 500;
 
 /// What the gate knows of the server's budget.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -42,6 +48,10 @@ pub struct BudgetState {
     /// When the current window ends; `u64::MAX` while no answer has said (after a reset).
     #[serde(default)]
     pub reset_ms: u64,
+    /// While the end is unknown: when the window began (the reset that ended the one before),
+    /// so that answers from that earlier window are told apart.
+    #[serde(default)]
+    pub began_ms: u64,
     /// Admissions not yet answered (when they were let through).
     #[serde(default)]
     pub pending: VecDeque<u64>,
@@ -62,7 +72,7 @@ pub enum Room {
 impl BudgetState {
     /// A budget from one answer.
     pub fn new(limit: Option<u64>, remaining: u64, reset_ms: u64) -> Self {
-        BudgetState { limit, remaining, reset_ms, pending: VecDeque::new() }
+        BudgetState { limit, remaining, reset_ms, began_ms: 0, pending: VecDeque::new() }
     }
 
     /// Starts the next window when the current one has ended; forgets stale admissions.
@@ -77,11 +87,12 @@ impl BudgetState {
         {
             self.pending.pop_front();
         }
-        if self.reset_ms == u64::MAX || now < self.reset_ms {
+        if self.reset_ms == u64::MAX || now < self.reset_ms.saturating_add(ROLL_MARGIN_MS) {
             return true;
         }
         let Some(limit) = self.limit else { return false };
         self.remaining = limit;
+        self.began_ms = self.reset_ms;
         self.reset_ms = u64::MAX;
         true
     }
@@ -94,7 +105,9 @@ impl BudgetState {
         if self.reset_ms == u64::MAX {
             return if self.pending.is_empty() { Room::Free } else { Room::AwaitingAnswers };
         }
-        Room::SpentUntil(Duration::from_millis(self.reset_ms.saturating_sub(now)))
+        Room::SpentUntil(Duration::from_millis(
+            self.reset_ms.saturating_add(ROLL_MARGIN_MS).saturating_sub(now),
+        ))
     }
 
     /// Whether the budget is far from spent: admissions need not be shared under the lock.
@@ -121,8 +134,8 @@ impl BudgetState {
         {
             self.pending.remove(i);
         }
-        let newer = self.reset_ms == u64::MAX || reset_ms > self.reset_ms.saturating_add(SAME_WINDOW_MS);
-        let older = reset_ms.saturating_add(SAME_WINDOW_MS) < self.reset_ms && self.reset_ms != u64::MAX;
+        let seen = BudgetState::new(limit, remaining, reset_ms);
+        let (newer, older) = (seen.later_than(self), self.later_than(&seen));
         if older {
             return; // an answer from a window that has ended says nothing of this one
         }
@@ -137,24 +150,34 @@ impl BudgetState {
         }
     }
 
-    /// Merges what another process knows (`other`, from the shared state) into this copy: the
-    /// newer window wins; in the same window the lower count, and the shared pending list.
+    /// Whether this budget's window comes after `other`'s. A window of unknown end began when
+    /// the one before it reset: it is later than that one, earlier than any that ends after.
+    fn later_than(&self, other: &BudgetState) -> bool {
+        let same = SAME_WINDOW_MS;
+        match (self.reset_ms == u64::MAX, other.reset_ms == u64::MAX) {
+            (false, false) => self.reset_ms > other.reset_ms.saturating_add(same),
+            (true, false) => self.began_ms.saturating_add(same) >= other.reset_ms,
+            (false, true) => self.reset_ms > other.began_ms.saturating_add(same),
+            (true, true) => self.began_ms > other.began_ms.saturating_add(same),
+        }
+    }
+
+    /// Merges what the shared state knows (`other`) into this copy: the later window wins, in
+    /// the same window the lower count; the shared list of requests in flight always counts
+    /// (it spans windows: a request may be counted in the next one).
     pub fn merge(&mut self, other: &BudgetState) {
-        let other_newer = self.reset_ms != u64::MAX
-            && (other.reset_ms == u64::MAX || other.reset_ms > self.reset_ms.saturating_add(SAME_WINDOW_MS));
-        let other_older = other.reset_ms != u64::MAX
-            && self.reset_ms != u64::MAX
-            && other.reset_ms.saturating_add(SAME_WINDOW_MS) < self.reset_ms;
-        if other_older {
-            return;
-        }
-        if other_newer {
+        let pending = other.pending.clone();
+        if other.later_than(self) {
             *self = other.clone();
-            return;
+        } else if !self.later_than(other) {
+            if self.reset_ms == u64::MAX && other.reset_ms != u64::MAX {
+                // The same window, its end now known.
+                self.reset_ms = other.reset_ms;
+            }
+            self.remaining = self.remaining.min(other.remaining);
+            self.limit = other.limit.or(self.limit);
         }
-        self.remaining = self.remaining.min(other.remaining);
-        self.pending = other.pending.clone();
-        self.limit = other.limit.or(self.limit);
+        self.pending = pending;
     }
 }
 
@@ -163,6 +186,10 @@ mod tests {
     use super::*;
 
     const S: u64 = 1000;
+    /// A moment just past a reset at `at` (the roll margin).
+    fn past(at: u64) -> u64 {
+        at + ROLL_MARGIN_MS
+    }
 
     #[test]
     fn requests_in_flight_count_against_what_is_left() {
@@ -171,10 +198,14 @@ mod tests {
         b.take(1);
         assert_eq!(b.room(1), Room::Free);
         b.take(2);
-        assert_eq!(b.room(2), Room::SpentUntil(Duration::from_millis(10 * S - 2)), "two in flight, two left");
+        assert_eq!(
+            b.room(2),
+            Room::SpentUntil(Duration::from_millis(past(10 * S) - 2)),
+            "two in flight, two left"
+        );
         // The first answer says one is left: one still in flight, so no room.
         b.observe(Some(10), 1, 10 * S, Some(1));
-        assert_eq!(b.room(3), Room::SpentUntil(Duration::from_millis(10 * S - 3)));
+        assert_eq!(b.room(3), Room::SpentUntil(Duration::from_millis(past(10 * S) - 3)));
         b.observe(Some(10), 0, 10 * S, Some(2));
         assert!(b.pending.is_empty());
         assert!(matches!(b.room(4), Room::SpentUntil(_)));
@@ -184,7 +215,7 @@ mod tests {
     fn out_of_order_answers_never_raise_the_count_within_a_window() {
         let mut b = BudgetState::new(Some(10), 5, 10 * S);
         b.observe(Some(10), 3, 10 * S, None);
-        b.observe(Some(10), 4, 10 * S + 700, None); // a delta-seconds reset, rounded differently
+        b.observe(Some(10), 4, 10 * S + 400, None); // a delta-seconds reset, rounded differently
         assert_eq!(b.remaining, 3);
         // A server whose Remaining goes up mid-window is not believed until the window ends.
         b.observe(Some(10), 9, 10 * S, None);
@@ -202,8 +233,10 @@ mod tests {
     fn windows_roll_over_to_the_limit_until_an_answer_says_more() {
         let mut b = BudgetState::new(Some(10), 0, 10 * S);
         assert!(b.roll(10 * S));
+        assert_eq!(b.remaining, 0, "not before the margin past the reset");
+        assert!(b.roll(past(10 * S)));
         assert_eq!((b.remaining, b.reset_ms), (10, u64::MAX), "a new window, its end not yet said");
-        assert_eq!(b.room(10 * S), Room::Free);
+        assert_eq!(b.room(past(10 * S)), Room::Free);
         b.observe(Some(10), 9, 11 * S, None);
         assert_eq!((b.remaining, b.reset_ms), (9, 11 * S));
         // A late answer from the window that ended: not believed.
@@ -215,19 +248,23 @@ mod tests {
     fn a_window_of_unknown_size_is_forgotten_when_it_ends() {
         let mut b = BudgetState::new(None, 0, 10 * S);
         assert!(b.roll(9 * S));
-        assert!(!b.roll(10 * S), "no limit known: behave as without a budget");
+        assert!(!b.roll(past(10 * S)), "no limit known: behave as without a budget");
     }
 
     #[test]
     fn a_spent_window_without_a_known_end_waits_for_answers() {
         let mut b = BudgetState::new(Some(2), 0, 10 * S);
-        b.roll(10 * S);
-        b.take(10 * S);
-        b.take(10 * S + 1);
-        assert_eq!(b.room(10 * S + 2), Room::AwaitingAnswers);
+        b.roll(past(10 * S));
+        b.take(past(10 * S));
+        b.take(past(10 * S) + 1);
+        assert_eq!(b.room(past(10 * S) + 2), Room::AwaitingAnswers);
         b.pending.clear();
         b.remaining = 0;
-        assert_eq!(b.room(10 * S + 3), Room::Free, "nobody in flight to say more: one goes and finds out");
+        assert_eq!(
+            b.room(past(10 * S) + 3),
+            Room::Free,
+            "nobody in flight to say more: one goes and finds out"
+        );
     }
 
     #[test]
@@ -261,6 +298,42 @@ mod tests {
         assert_eq!((a.remaining, a.reset_ms), (9, 20 * S));
         a.merge(&BudgetState::new(Some(10), 1, 10 * S));
         assert_eq!(a.remaining, 9, "an older window never lowers a newer one");
+    }
+
+    /// A copy that rolled into a new window (end unknown) meets the shared state of the window
+    /// that ended: the older count must not empty the new window (found by the end-to-end test).
+    #[test]
+    fn a_rolled_window_is_later_than_the_one_it_followed() {
+        let mut mine = BudgetState::new(Some(10), 0, 10 * S);
+        mine.roll(past(10 * S) + 100);
+        let shared = BudgetState::new(Some(10), 0, 10 * S);
+        let mut merged = mine.clone();
+        merged.merge(&shared);
+        assert_eq!((merged.remaining, merged.reset_ms), (10, u64::MAX));
+        let mut shared = shared;
+        shared.merge(&mine);
+        assert_eq!((shared.remaining, shared.reset_ms), (10, u64::MAX), "and the other way round");
+        // The new window's first answer is later than the unknown-end copy: adopted.
+        let first = BudgetState::new(Some(10), 9, 11 * S);
+        merged.merge(&first);
+        assert_eq!((merged.remaining, merged.reset_ms), (9, 11 * S));
+        // A late answer from the ended window changes nothing.
+        mine.observe(Some(10), 0, 10 * S, None);
+        assert_eq!((mine.remaining, mine.reset_ms), (10, u64::MAX));
+    }
+
+    /// One-second windows: the next window's answer, its reset computed a few milliseconds
+    /// early by another process's clock, is still the next window (found end to end).
+    #[test]
+    fn the_next_one_second_window_is_told_apart_despite_clock_jitter() {
+        let mut b = BudgetState::new(Some(10), 0, 10 * S);
+        b.roll(past(10 * S));
+        b.observe(Some(10), 9, 11 * S - 3, None);
+        assert_eq!((b.remaining, b.reset_ms), (9, 11 * S - 3));
+        let mut rolled = BudgetState::new(Some(10), 0, 10 * S);
+        rolled.roll(past(10 * S));
+        rolled.merge(&b);
+        assert_eq!(rolled.remaining, 9);
     }
 
     #[test]

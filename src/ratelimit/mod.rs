@@ -460,13 +460,20 @@ impl Gate {
         }
         let mine = self.state.locked().budget.clone();
         self.update(|state| {
+            // What this process learned joins the shared budget; the shared list of requests in
+            // flight (every process's) is the one that counts.
             if let Some(mine) = &mine {
-                match state.budget.as_mut() {
-                    Some(shared) => shared.merge(mine),
-                    None => state.budget = Some(mine.clone()),
+                let mut merged = mine.clone();
+                if let Some(shared) = &state.budget {
+                    merged.merge(shared);
                 }
+                state.budget = Some(merged);
             }
-            decide(state, &self.limits, now_ms(), patience, may_probe)
+            let verdict = decide(state, &self.limits, now_ms(), patience, may_probe);
+            if let (Verdict::Go { at, .. }, Some(b)) = (&verdict, &state.budget) {
+                tracing::trace!(pid = std::process::id(), at, remaining = b.remaining, pending = ?b.pending, reset = b.reset_ms, began = b.began_ms, "budget: a unit taken");
+            }
+            verdict
         })
         .await
     }
@@ -480,6 +487,14 @@ impl Gate {
         }
         let now = now_ms();
         let at = admitted.tracked.then_some(admitted.at_ms);
+        if let Some(b) = budget {
+            tracing::trace!(
+                remaining = b.remaining,
+                resets_in_ms = b.resets_in.as_millis() as u64,
+                tracked = admitted.tracked,
+                "budget: an answer says"
+            );
+        }
         let apply = |state: &mut State| match (state.budget.as_mut(), budget) {
             (Some(b), Some(seen)) => {
                 b.observe(seen.limit, seen.remaining, now.saturating_add(millis(seen.resets_in)), at)

@@ -8,6 +8,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use axum::response::Response;
 use serde_json::json;
 
+use crate::harness::example::WindowLog;
 use crate::harness::*;
 
 /// A 429 with these headers.
@@ -392,4 +393,54 @@ async fn the_get_stream_waits_out_a_429_too() {
     s.finish().await;
     let gets: Vec<_> = server.seen().into_iter().filter(|r| r.method == "GET").collect();
     assert!(gets[1].at - gets[0].at >= Duration::from_secs(1), "reopened before Retry-After");
+}
+
+/// Issue 11: three sidecars sharing one key and one state directory, eight calls in flight
+/// each, against a fixed-window server (10 POSTs a second) that states its budget in every
+/// answer: every call is answered exactly once, no 429 is provoked, and no window of the server
+/// took more than its limit.
+#[tokio::test]
+async fn a_shared_budget_is_spent_to_the_last_request_without_a_429() {
+    let log = Arc::new(std::sync::Mutex::new(WindowLog::default()));
+    let opts = Options {
+        keys: vec![KEY.into()],
+        per_minute: Some(10),
+        window_secs: 1,
+        limit_headers: true,
+        log: log.clone(),
+        ..Options::default()
+    };
+    let server = Server::start(opts, None).await;
+    let dir = scratch_dir("shared-budget");
+    let state = dir.to_string_lossy().into_owned();
+    let mut sidecars: Vec<Sidecar> = (0..3).map(|_| sidecar_for(&server, &["--state-dir", &state])).collect();
+    for s in &mut sidecars {
+        s.handshake().await;
+    }
+    for s in &mut sidecars {
+        for i in 1..=8 {
+            s.send_json(&call(i, "sum", json!({"a": i, "b": 100}))).await;
+        }
+    }
+    for s in &mut sidecars {
+        let mut answered = Vec::new();
+        for _ in 0..8 {
+            let m = s.recv().await;
+            assert_eq!(
+                m["result"]["content"][0]["text"],
+                (m["id"].as_i64().unwrap() + 100).to_string(),
+                "{m}"
+            );
+            answered.push(m["id"].as_i64().unwrap());
+        }
+        answered.sort();
+        assert_eq!(answered, (1..=8).collect::<Vec<_>>());
+    }
+    for s in sidecars {
+        s.finish().await;
+    }
+    let log = log.lock().unwrap();
+    assert_eq!(log.rejected, 0, "429s provoked: {log:?}");
+    assert!(log.accepted.values().all(|n| *n <= 10), "a window over its limit: {log:?}");
+    assert!(log.accepted.values().sum::<u32>() >= 30, "{log:?}");
 }
