@@ -972,7 +972,9 @@ impl Proxy {
         }
         if let Some(delete) = self.up.delete_session() {
             // Same rate-limit rules, within the shutdown budget.
-            match timeout(DELETE_TIMEOUT, self.gate.admit(DELETE_TIMEOUT, false, |_, _| {})).await {
+            // Only if the rate limit lets it through at once: a session the server cannot be told
+            // about expires by itself, and exit must not wait for the next window.
+            match timeout(DELETE_TIMEOUT, self.gate.admit(Duration::ZERO, false, |_, _| {})).await {
                 Ok(Ok(admitted)) => match timeout(DELETE_TIMEOUT, delete.send()).await {
                     Ok(Ok(r)) => {
                         debug!(status = r.status().as_u16(), "session closed");

@@ -28,7 +28,7 @@ pub const PENDING_TTL: Duration = Duration::from_secs(60);
 pub const NEAR: u64 = 32;
 /// A new window is used only this long after the reset an answer named: a request sent at the
 /// very moment must not reach the server while its old window is still counting.
-pub const ROLL_MARGIN_MS: u64 = 50;
+pub const ROLL_MARGIN_MS: u64 = 25;
 /// Resets this close are the same window. A reset given in epoch seconds or milliseconds lands
 /// within a few milliseconds whoever computes it; windows are a second or longer, so the next
 /// window's reset is at least a second later. (A reset given as delta seconds is only exact to

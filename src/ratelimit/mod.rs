@@ -377,6 +377,7 @@ impl Gate {
         mut on_wait: impl FnMut(Duration, &str),
     ) -> Result<Admission<'_>, Blocked> {
         let started = Instant::now();
+        let mut waited = false;
         loop {
             let budget = max_wait.saturating_sub(started.elapsed());
             // Registered before the check, so a probe or an answer that ends in between is not
@@ -407,9 +408,15 @@ impl Gate {
                 }
                 Verdict::Wait { wait, reason, client_side, budget } => (wait, reason, client_side, budget),
             };
-            // Each waiting request adds its own jitter: a held queue does not return all at once.
-            let wait = if client_side { wait } else { crate::retry::with_jitter(wait) };
-            on_wait(wait, &reason);
+            // Each request held by a server deadline adds its own jitter, so that a held queue does
+            // not return all at once; the budget needs none (it lets through only what fits, one
+            // unit at a time), nor do our own client-side limits.
+            let wait = if client_side || by_budget { wait } else { crate::retry::with_jitter(wait) };
+            // Told once per request (a request woken by an answer that left no room waits on).
+            if !waited || !by_budget {
+                on_wait(wait, &reason);
+            }
+            waited = true;
             if by_budget {
                 self.stats.budget_waits.fetch_add(1, Ordering::Relaxed);
                 self.stats.budget_waited_ms.fetch_add(millis(wait), Ordering::Relaxed);
