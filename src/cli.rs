@@ -301,11 +301,16 @@ pub struct Args {
     #[arg(long, value_name = "SECS", env = "MCP_SIDECAR_MAX_WAIT", default_value = "45")]
     pub max_wait: f64,
 
-    /// A client-side limit such as 10/min or 1000/day (repeatable, or comma-separated), shared
-    /// by every mcp-sidecar on this machine that uses the same key, so the server's limit is
-    /// never hit.
+    /// A client-side limit such as 10/min or 1000/day (repeatable, or comma-separated:
+    /// 60/min,5000/day), shared by every mcp-sidecar on this machine that uses the same key, so
+    /// the server's limit is never hit.
     #[arg(long, value_name = "N/UNIT", env = "MCP_SIDECAR_RATE_LIMIT", value_delimiter = ',')]
     pub rate_limit: Vec<String>,
+
+    /// Your plan with the preset's service, for its published limits as --rate-limit (Investra:
+    /// free 10/min and 100/day, pro 30/min and 1000/day, pro-plus 60/min and 5000/day).
+    #[arg(long, value_name = "PLAN", env = "MCP_SIDECAR_PLAN")]
+    pub plan: Option<Plan>,
 
     /// The largest message accepted, in bytes, on stdin and from the server.
     #[arg(
@@ -342,6 +347,17 @@ pub enum Preset {
     Ai2fin,
     /// Converra: https://converra.ai/api/mcp, CONVERRA_API_KEY, Bearer, sk_live_ or sk_test_.
     Converra,
+}
+
+/// `--plan` (Investra's published tiers, vendor-investra-auth.txt "Rate Limits").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Plan {
+    /// 10 requests a minute, 100 a day.
+    Free,
+    /// 30 requests a minute, 1,000 a day.
+    Pro,
+    /// 60 requests a minute, 5,000 a day.
+    ProPlus,
 }
 
 /// `--auth`.

@@ -13,7 +13,7 @@ use reqwest::header::{AUTHORIZATION, HeaderMap, HeaderName, HeaderValue};
 use secrecy::{ExposeSecret, SecretString};
 use url::{Host, Url};
 
-use crate::cli::{Args, AuthMethod, LogFormat, LogLevel, Preset, Transport};
+use crate::cli::{Args, AuthMethod, LogFormat, LogLevel, Plan, Preset, Transport};
 use crate::ratelimit::Limit;
 use crate::retry::RetryPolicy;
 
@@ -253,12 +253,7 @@ impl Config {
                     ConfigError(format!("--max-wait {} is not a number of seconds (0 or more)", cli.max_wait))
                 })?,
             },
-            rate_limits: cli
-                .rate_limit
-                .iter()
-                .filter(|l| !l.trim().is_empty())
-                .map(|l| Limit::parse(l).map_err(|e| ConfigError(format!("--rate-limit {e}"))))
-                .collect::<Result<_, _>>()?,
+            rate_limits: rate_limits(&cli.rate_limit, cli.plan, cli.preset)?,
             log_level: adjust_level(cli.log_level, cli.verbose, cli.quiet),
             log_format: cli.log_format,
             warnings,
@@ -280,6 +275,39 @@ impl Config {
             crate::secrets::remember(secret.expose_secret());
         }
     }
+}
+
+/// `--rate-limit` and the limits of `--plan` (issue 11), the strictest of each window kept.
+fn rate_limits(
+    given: &[String],
+    plan: Option<Plan>,
+    preset: Option<Preset>,
+) -> Result<Vec<Limit>, ConfigError> {
+    let mut limits: Vec<Limit> = given
+        .iter()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| Limit::parse(l).map_err(|e| ConfigError(format!("--rate-limit {e}"))))
+        .collect::<Result<_, _>>()?;
+    if let Some(plan) = plan {
+        if preset != Some(Preset::Investra) {
+            return Err(ConfigError(
+                "--plan goes with --preset investra (the only service whose plans mcp-sidecar knows): for another service, give its limits with --rate-limit, e.g. 60/min,5000/day".into(),
+            ));
+        }
+        let (per_minute, per_day) = match plan {
+            Plan::Free => (10, 100),
+            Plan::Pro => (30, 1000),
+            Plan::ProPlus => (60, 5000),
+        };
+        for (count, secs) in [(per_minute, 60), (per_day, 86_400)] {
+            let window = Duration::from_secs(secs);
+            if !limits.iter().any(|l| l.window == window && l.count <= count) {
+                limits.retain(|l| l.window != window);
+                limits.push(Limit { count, window });
+            }
+        }
+    }
+    Ok(limits)
 }
 
 /// `--log-level`, moved up by each `-v` and down by each `-q`.
@@ -667,6 +695,23 @@ mod tests {
         let e = err(&["http://127.0.0.1:1/mcp", "--rate-limit", "10/fortnight"], &[]);
         assert!(e.starts_with("--rate-limit") && e.contains("unit"), "{e}");
         assert!(err(&["http://127.0.0.1:1/mcp", "--max-wait=-1"], &[]).contains("--max-wait"));
+    }
+
+    /// Issue 11: `--plan` adds Investra's published limits; a stricter --rate-limit wins.
+    #[test]
+    fn plans_add_their_limits() {
+        let key = [("INVESTRA_API_KEY", "inv_abc")];
+        let c = config(&["--preset", "investra", "--plan", "pro"], &key).unwrap();
+        let shown: Vec<String> = c.rate_limits.iter().map(Limit::describe).collect();
+        assert_eq!(shown, ["30/min", "1000/day"]);
+        let c =
+            config(&["--preset", "investra", "--plan", "pro-plus", "--rate-limit", "20/min"], &key).unwrap();
+        let shown: Vec<String> = c.rate_limits.iter().map(Limit::describe).collect();
+        assert_eq!(shown, ["20/min", "5000/day"]);
+        let c = config(&["--preset", "investra", "--rate-limit", "60/min,5000/day"], &key).unwrap();
+        assert_eq!(c.rate_limits.len(), 2, "several limits in one value");
+        let e = err(&["http://127.0.0.1:1/mcp", "--plan", "free"], &[]);
+        assert!(e.contains("--preset investra"), "{e}");
     }
 
     #[test]

@@ -162,6 +162,7 @@ pub fn server_args(a: &Args, config: &Config) -> Vec<String> {
     for l in &a.rate_limit {
         opt("--rate-limit", Some(l.clone()));
     }
+    opt("--plan", a.plan.map(name_of));
     if a.allow_http {
         out.push("--allow-http".into());
     }

@@ -848,6 +848,67 @@ mod tests {
         let _ = fs::remove_dir_all(&dir);
     }
 
+    fn seen(remaining: u64, resets_in: Duration) -> crate::retry::Budget {
+        crate::retry::Budget { limit: Some(3), remaining, resets_in }
+    }
+
+    /// Issue 11: with a budget of three in the window, three requests go at once, the fourth
+    /// waits for the reset (not for a 429), and an answer that leaves no room keeps it waiting.
+    #[tokio::test(start_paused = true)]
+    async fn the_budget_admits_what_is_left_and_holds_the_rest_until_the_reset() {
+        let gate = Gate::new("https://h", "k", None, Vec::new());
+        let first = gate.admit(Duration::ZERO, true, |_, _| {}).await.unwrap();
+        gate.answered(&first, Some(seen(2, Duration::from_secs(10)))).await;
+        drop(first);
+        let a = gate.admit(Duration::ZERO, true, |_, _| {}).await.unwrap();
+        let b = gate.admit(Duration::ZERO, true, |_, _| {}).await.unwrap();
+        assert!(a.tracked() && b.tracked());
+        let refused = gate.admit(Duration::from_secs(5), true, |_, _| {}).await.unwrap_err();
+        assert!(refused.wait > Duration::from_secs(9) && refused.reason.contains("budget"), "{refused:?}");
+        // Within --max-wait it waits for the window, and counts the wait as the budget's.
+        let before = Instant::now();
+        let (c, _) = tokio::join!(gate.admit(Duration::from_secs(45), true, |_, _| {}), async {
+            gate.answered(&a, Some(seen(1, Duration::from_secs(10)))).await;
+            gate.answered(&b, Some(seen(0, Duration::from_secs(10)))).await;
+        });
+        let waited = Instant::now() - before;
+        assert!(c.is_ok() && waited >= Duration::from_secs(10), "{waited:?}");
+        assert!(gate.stats.budget_waits.load(Ordering::Relaxed) >= 1);
+    }
+
+    /// Issue 11: an answer of a request in flight frees its unit at once: a request held only
+    /// by requests in flight goes as soon as an answer says room is left.
+    #[tokio::test(start_paused = true)]
+    async fn an_answer_frees_the_unit_its_request_held() {
+        let gate = Gate::new("https://h", "k", None, Vec::new());
+        let first = gate.admit(Duration::ZERO, true, |_, _| {}).await.unwrap();
+        gate.answered(&first, Some(seen(1, Duration::from_secs(60)))).await;
+        drop(first);
+        let a = gate.admit(Duration::ZERO, true, |_, _| {}).await.unwrap();
+        assert!(gate.admit(Duration::ZERO, true, |_, _| {}).await.is_err(), "the last unit is in flight");
+        // The server counted it in another window after all: room again.
+        gate.answered(&a, Some(seen(3, Duration::from_secs(120)))).await;
+        assert!(gate.admit(Duration::ZERO, true, |_, _| {}).await.is_ok());
+    }
+
+    /// Issue 11: two processes (gates on one state file) share one budget near its end.
+    #[tokio::test(start_paused = true)]
+    async fn processes_share_one_budget() {
+        let dir = temp("budget-shared");
+        let a = Gate::new("https://h", "k", Some(&dir), Vec::new());
+        let b = Gate::new("https://h", "k", Some(&dir), Vec::new());
+        let first = a.admit(Duration::ZERO, true, |_, _| {}).await.unwrap();
+        a.answered(&first, Some(seen(2, Duration::from_secs(30)))).await;
+        drop(first);
+        let x = a.admit(Duration::ZERO, true, |_, _| {}).await.unwrap();
+        tokio::time::advance(Duration::from_millis(300)).await;
+        let y = b.admit(Duration::ZERO, true, |_, _| {}).await.unwrap();
+        assert!(x.tracked() && y.tracked());
+        assert!(a.admit(Duration::ZERO, true, |_, _| {}).await.is_err(), "b took the last unit");
+        assert!(b.admit(Duration::ZERO, true, |_, _| {}).await.is_err());
+        let _ = fs::remove_dir_all(&dir);
+    }
+
     /// Issue 10.14: a lock another process holds does not freeze the runtime: the gate waits
     /// for it asynchronously (timers keep running) and decides in memory after LOCK_PATIENCE.
     #[tokio::test(start_paused = true)]

@@ -444,3 +444,59 @@ async fn a_shared_budget_is_spent_to_the_last_request_without_a_429() {
     assert!(log.accepted.values().all(|n| *n <= 10), "a window over its limit: {log:?}");
     assert!(log.accepted.values().sum::<u32>() >= 30, "{log:?}");
 }
+
+/// Issue 11: a spent daily budget (here `--rate-limit 2/day`, as `--plan` sets them) answers at
+/// once with when the next request is allowed; nothing is sent.
+#[tokio::test]
+async fn a_spent_daily_budget_is_answered_at_once() {
+    let server = Server::start(generic(), None).await;
+    let dir = scratch_dir("daily");
+    let state = dir.to_string_lossy().into_owned();
+    let mut s = sidecar_for(&server, &["--state-dir", &state, "--rate-limit", "4/day"]);
+    s.handshake().await; // initialize, notifications/initialized and the GET stream: three of four
+    s.send_json(&call(1, "sum", json!({"a": 1, "b": 1}))).await;
+    assert_eq!(s.recv().await["result"]["content"][0]["text"], "2");
+    s.send_json(&call(2, "sum", json!({"a": 1, "b": 1}))).await;
+    let refused = s.recv().await;
+    let message = refused["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.starts_with("daily limit of 4 spent; next request allowed in 23 h"), "{refused}");
+    assert_eq!(refused["error"]["data"]["requestSent"], false);
+    assert_eq!(server.posts("tools/call").len(), 1);
+    s.finish().await;
+}
+
+/// Issue 11: the handshake is inside the budget: a fresh process whose key's window another
+/// process has spent waits for the next window for `initialize` itself, instead of provoking
+/// a 429 that strict servers send for the handshake too.
+#[tokio::test]
+async fn a_fresh_process_does_not_burst_its_handshake_past_a_spent_window() {
+    let log = Arc::new(std::sync::Mutex::new(WindowLog::default()));
+    let opts = Options {
+        keys: vec![KEY.into()],
+        per_minute: Some(4),
+        window_secs: 2,
+        limit_headers: true,
+        log: log.clone(),
+        ..Options::default()
+    };
+    let server = Server::start(opts, None).await;
+    let dir = scratch_dir("handshake-budget");
+    let state = dir.to_string_lossy().into_owned();
+    let mut a = sidecar_for(&server, &["--state-dir", &state]);
+    a.handshake().await;
+    for i in 1..=4 {
+        a.send_json(&call(i, "sum", json!({"a": i, "b": 0}))).await;
+    }
+    for _ in 1..=4 {
+        assert!(a.recv().await["result"].is_object());
+    }
+    let mut b = sidecar_for(&server, &["--state-dir", &state]);
+    b.handshake().await;
+    b.send_json(&call(9, "sum", json!({"a": 9, "b": 0}))).await;
+    assert_eq!(b.recv().await["result"]["content"][0]["text"], "9");
+    a.finish().await;
+    let out = b.finish().await;
+    let log = log.lock().unwrap();
+    assert_eq!(log.rejected, 0, "{log:?}\n{}", out.stderr);
+    assert!(log.accepted.values().all(|n| *n <= 4), "{log:?}");
+}
