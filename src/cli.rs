@@ -307,6 +307,18 @@ pub struct Args {
     #[arg(long, value_name = "N/UNIT", env = "MCP_SIDECAR_RATE_LIMIT", value_delimiter = ',')]
     pub rate_limit: Vec<String>,
 
+    /// Share the rate-limit state (deadlines, the server's budget, client-side limits) in Redis
+    /// or Valkey, so that every mcp-sidecar on every machine using the same key keeps one
+    /// budget: redis://HOST:PORT[/DB] or rediss:// (TLS). No password here: see
+    /// --rate-limit-store-password-env. While the store cannot be reached, the local state is
+    /// used.
+    #[arg(long, value_name = "URL", env = "MCP_SIDECAR_RATE_LIMIT_STORE")]
+    pub rate_limit_store: Option<String>,
+
+    /// The environment variable that holds the store's password (or USER:PASSWORD).
+    #[arg(long, value_name = "NAME", env = "MCP_SIDECAR_RATE_LIMIT_STORE_PASSWORD_ENV")]
+    pub rate_limit_store_password_env: Option<String>,
+
     /// Your plan with the preset's service, for its published limits as --rate-limit (Investra:
     /// free 10/min and 100/day, pro 30/min and 1000/day, pro-plus 60/min and 5000/day).
     #[arg(long, value_name = "PLAN", env = "MCP_SIDECAR_PLAN")]

@@ -145,6 +145,8 @@ pub struct Config {
     pub retry: RetryPolicy,
     /// `--rate-limit`.
     pub rate_limits: Vec<Limit>,
+    /// `--rate-limit-store` and its password.
+    pub rate_limit_store: Option<crate::ratelimit::StoreSettings>,
     /// `--log-level`.
     pub log_level: LogLevel,
     /// `--log-format`.
@@ -232,6 +234,7 @@ impl Config {
             )));
         }
 
+        let rate_limit_store = rate_limit_store(&cli, env)?;
         Ok(Config {
             url,
             api_key,
@@ -254,6 +257,7 @@ impl Config {
                 })?,
             },
             rate_limits: rate_limits(&cli.rate_limit, cli.plan, cli.preset)?,
+            rate_limit_store,
             log_level: adjust_level(cli.log_level, cli.verbose, cli.quiet),
             log_format: cli.log_format,
             warnings,
@@ -274,7 +278,52 @@ impl Config {
         if let Some((_, secret)) = self.oauth.as_ref().and_then(|o| o.client_secret.as_ref()) {
             crate::secrets::remember(secret.expose_secret());
         }
+        if let Some(password) = self.rate_limit_store.as_ref().and_then(|s| s.password.as_ref()) {
+            crate::secrets::remember(password.expose_secret());
+        }
     }
+}
+
+/// `--rate-limit-store` (issue 11): a redis:// or rediss:// URL without a password; the
+/// password comes from the variable named by `--rate-limit-store-password-env`.
+fn rate_limit_store(
+    cli: &Args,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Option<crate::ratelimit::StoreSettings>, ConfigError> {
+    let Some(text) = cli.rate_limit_store.as_deref().filter(|t| !t.trim().is_empty()) else {
+        if cli.rate_limit_store_password_env.is_some() {
+            return Err(ConfigError(
+                "--rate-limit-store-password-env needs --rate-limit-store: name the store too".into(),
+            ));
+        }
+        return Ok(None);
+    };
+    let url = Url::parse(text.trim())
+        .ok()
+        .filter(|u| matches!(u.scheme(), "redis" | "rediss") && u.host().is_some())
+        .ok_or_else(|| {
+            ConfigError(format!(
+                "--rate-limit-store {:?} is not a Redis URL: write it as redis://HOST:PORT/DB (or rediss:// for TLS)",
+                text.split('@').next_back().unwrap_or("")
+            ))
+        })?;
+    if url.password().is_some() {
+        return Err(ConfigError(
+            "--rate-limit-store holds a password, which any local user could read in the process list: take it out of the URL and name the variable that holds it with --rate-limit-store-password-env".into(),
+        ));
+    }
+    let password = match &cli.rate_limit_store_password_env {
+        Some(name) => match env(name) {
+            Some(v) if !v.is_empty() => Some(SecretString::from(v)),
+            _ => {
+                return Err(ConfigError(format!(
+                    "{name} (--rate-limit-store-password-env) is not set: export the store's password in it"
+                )));
+            }
+        },
+        None => None,
+    };
+    Ok(Some(crate::ratelimit::StoreSettings { url, password }))
 }
 
 /// `--rate-limit` and the limits of `--plan` (issue 11), the strictest of each window kept.
@@ -712,6 +761,22 @@ mod tests {
         assert_eq!(c.rate_limits.len(), 2, "several limits in one value");
         let e = err(&["http://127.0.0.1:1/mcp", "--plan", "free"], &[]);
         assert!(e.contains("--preset investra"), "{e}");
+    }
+
+    /// Issue 11: the store's URL is checked and never holds the password.
+    #[test]
+    fn the_rate_limit_store_takes_its_password_from_a_variable() {
+        let base = ["http://127.0.0.1:1/mcp", "--rate-limit-store"];
+        let c = config(&[&base[..], &["redis://127.0.0.1:6380/2"]].concat(), &[]).unwrap();
+        assert_eq!(c.rate_limit_store.unwrap().url.as_str(), "redis://127.0.0.1:6380/2");
+        let e = err(&[&base[..], &["redis://:SECRETPW@h:6379"]].concat(), &[]);
+        assert!(e.contains("--rate-limit-store-password-env") && !e.contains("SECRETPW"), "{e}");
+        let e = err(&[&base[..], &["http://h:6379"]].concat(), &[]);
+        assert!(e.contains("not a Redis URL"), "{e}");
+        let line = [&base[..], &["rediss://h:6380", "--rate-limit-store-password-env", "RP"]].concat();
+        let c = config(&line, &[("RP", "fleet:pw-1")]).unwrap();
+        assert_eq!(c.rate_limit_store.unwrap().password.unwrap().expose_secret(), "fleet:pw-1");
+        assert!(err(&line, &[]).contains("RP (--rate-limit-store-password-env) is not set"));
     }
 
     #[test]

@@ -92,11 +92,12 @@ pub(crate) async fn build(
     let up = Upstream::new(config, oauth).map_err(RunError::Client)?;
     let (outbox, rx) = Outbox::new(config.max_message_bytes.saturating_mul(stdio::OUTBOX_MESSAGES));
     let key_id = config.api_key.as_ref().map(|k| k.secret.expose_secret().to_owned()).unwrap_or_default();
-    let gate = ratelimit::Gate::new(
+    let gate = ratelimit::Gate::with_store(
         &config.url.origin().ascii_serialization(),
         &key_id,
         config.state_dir.as_deref(),
         config.rate_limits.clone(),
+        config.rate_limit_store.as_ref(),
     );
     drop(key_id);
     let proxy = Proxy::new(

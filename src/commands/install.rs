@@ -163,6 +163,8 @@ pub fn server_args(a: &Args, config: &Config) -> Vec<String> {
         opt("--rate-limit", Some(l.clone()));
     }
     opt("--plan", a.plan.map(name_of));
+    opt("--rate-limit-store", a.rate_limit_store.clone());
+    opt("--rate-limit-store-password-env", a.rate_limit_store_password_env.clone());
     if a.allow_http {
         out.push("--allow-http".into());
     }

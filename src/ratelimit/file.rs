@@ -26,6 +26,15 @@ pub const LOCK_PATIENCE: Duration = Duration::from_secs(1);
 const LOCK_FIRST_PAUSE: Duration = Duration::from_millis(1);
 const LOCK_MAX_PAUSE: Duration = Duration::from_millis(20);
 
+/// The name of the state of `origin` and `key_id`: a hash that says nothing about either.
+pub fn state_name(origin: &str, key_id: &str) -> String {
+    let mut h = Sha256::new();
+    h.update(origin.as_bytes());
+    h.update([0]);
+    h.update(key_id.as_bytes());
+    h.finalize()[..12].iter().map(|b| format!("{b:02x}")).collect()
+}
+
 /// The state file of one origin and key, and its lock file.
 #[derive(Debug, Clone)]
 pub struct StateFile {
@@ -42,11 +51,7 @@ pub struct Locked<'a> {
 impl StateFile {
     /// The file for `origin` and `key_id` under `state_dir`.
     pub fn new(state_dir: &Path, origin: &str, key_id: &str) -> StateFile {
-        let mut h = Sha256::new();
-        h.update(origin.as_bytes());
-        h.update([0]);
-        h.update(key_id.as_bytes());
-        let name: String = h.finalize()[..12].iter().map(|b| format!("{b:02x}")).collect();
+        let name = state_name(origin, key_id);
         let dir = state_dir.join("ratelimit");
         StateFile { path: dir.join(format!("{name}.json")), lock: dir.join(format!("{name}.lock")) }
     }

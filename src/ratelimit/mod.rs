@@ -18,8 +18,10 @@
 
 mod budget;
 mod file;
+mod store;
 
 pub use file::{LOCK_PATIENCE, StoredLimit, clear_limits, stored_limits};
+pub use store::{STORE_TIMEOUT, StoreSettings};
 
 use crate::sync::Locked;
 use std::collections::VecDeque;
@@ -35,12 +37,15 @@ use tracing::debug;
 
 use budget::{BudgetState, Room};
 use file::StateFile;
+use store::{RedisStore, SharedState};
 
 /// How often the shared state file is looked at when no client-side limit is set.
 const LOOK_INTERVAL_MS: u64 = 250;
 /// While the budget is spent by requests in flight in a window whose end no answer has said,
 /// how often a held request looks again (an answer of this process wakes it sooner).
 const BUDGET_RECHECK: Duration = Duration::from_millis(100);
+/// After the store failed, how long the gate keeps to the local state before trying it again.
+const STORE_RETRY: Duration = Duration::from_secs(5);
 /// While a deadline is further away than `--max-wait`, one request this often is sent anyway (a
 /// probe): if the server answers it, the limit has lifted and the deadline is cleared; if not,
 /// its new answer sets the deadline afresh. Shared by every sidecar of the origin and key.
@@ -221,6 +226,13 @@ pub struct Gate {
     state: Mutex<State>,
     limits: Vec<Limit>,
     file: Option<StateFile>,
+    /// `--rate-limit-store`: the state of every machine's sidecars (the file stands in while it
+    /// cannot be reached).
+    store: Option<Box<dyn SharedState>>,
+    /// While the store is down: when to try it again ([`now_ms`]); 0 while it answers.
+    store_down_until: AtomicU64,
+    /// Whether its being down was said (once per outage).
+    store_down_said: AtomicBool,
     /// The state file's modification time when last read, to skip unchanged reads.
     seen_mtime: Mutex<Option<SystemTime>>,
     /// When the state file may be looked at again (milliseconds, as [`now_ms`]).
@@ -350,11 +362,34 @@ impl Gate {
     /// A gate for `origin` and `key_id` (anything that tells keys apart; it is hashed, never
     /// stored), sharing state under `state_dir` when given.
     pub fn new(origin: &str, key_id: &str, state_dir: Option<&Path>, limits: Vec<Limit>) -> Gate {
+        Gate::with_store(origin, key_id, state_dir, limits, None)
+    }
+
+    /// A gate that shares its state through `store` (Redis or Valkey) as well: every sidecar of
+    /// every machine with the same origin and key keeps one budget.
+    pub fn with_store(
+        origin: &str,
+        key_id: &str,
+        state_dir: Option<&Path>,
+        limits: Vec<Limit>,
+        store: Option<&StoreSettings>,
+    ) -> Gate {
         let state = State { sent: vec![VecDeque::new(); limits.len()], ..State::default() };
+        let store =
+            store.and_then(|settings| match RedisStore::new(settings, &file::state_name(origin, key_id)) {
+                Ok(store) => Some(Box::new(store) as Box<dyn SharedState>),
+                Err(e) => {
+                    tracing::warn!("{e}; the rate-limit state stays on this machine");
+                    None
+                }
+            });
         Gate {
             origin: origin.to_owned(),
             state: Mutex::new(state),
             limits,
+            store,
+            store_down_until: AtomicU64::new(0),
+            store_down_said: AtomicBool::new(false),
             file: state_dir.map(|dir| StateFile::new(dir, origin, key_id)),
             seen_mtime: Mutex::new(None),
             next_look_ms: AtomicU64::new(0),
@@ -440,7 +475,7 @@ impl Gate {
     /// written only to take a probe slot; with limits, every admission takes a slot in the file.
     async fn decide_now(&self, patience: Duration, may_probe: bool) -> Verdict {
         if self.limits.is_empty() {
-            self.refresh_from_file();
+            self.refresh().await;
             let now = now_ms();
             let (verdict, changed) = {
                 let mut state = self.state.locked();
@@ -580,16 +615,30 @@ impl Gate {
         .await;
     }
 
-    /// Merges the shared file into memory when it changed and is newer. Looks at most every
-    /// [`LOOK_INTERVAL_MS`]: a deadline another process learned (or cleared) is honoured within
-    /// that, and the per-message path saves a `stat`.
-    fn refresh_from_file(&self) {
-        let Some(file) = &self.file else { return };
+    /// Merges the shared state into memory: from the store when it answers, else from the file
+    /// when it changed. Looks at most every [`LOOK_INTERVAL_MS`]: a deadline or budget another
+    /// process learned (or cleared) is honoured within that, and the per-message path saves a
+    /// round trip (or a `stat`).
+    async fn refresh(&self) {
         let now = now_ms();
         if now < self.next_look_ms.load(Ordering::Relaxed) {
             return;
         }
         self.next_look_ms.store(now.saturating_add(LOOK_INTERVAL_MS), Ordering::Relaxed);
+        if let Some(store) = self.usable_store(now) {
+            match tokio::time::timeout(STORE_TIMEOUT, store.load()).await {
+                Ok(Ok(shared)) => {
+                    self.store_answers(store);
+                    if let Some(shared) = shared {
+                        self.state.locked().merge_from(shared);
+                    }
+                    return;
+                }
+                Ok(Err(e)) => self.store_fails(store, &e.0),
+                Err(_) => self.store_fails(store, "no answer in time"),
+            }
+        }
+        let Some(file) = &self.file else { return };
         let mtime = file.modified();
         {
             let mut seen = self.seen_mtime.locked();
@@ -603,31 +652,75 @@ impl Gate {
         }
     }
 
-    /// Runs `f` on the shared state under the file's lock and writes it back, mirroring the
-    /// result in memory; on the memory alone when there is no usable state file (or its lock is
-    /// held past [`LOCK_PATIENCE`]).
-    async fn update<T>(&self, f: impl FnOnce(&mut State) -> T) -> T {
-        if let Some(file) = &self.file {
-            match file.lock().await {
-                Ok(locked) => {
-                    let (out, state, written) = locked.update(|state| {
-                        state.origin.clone_from(&self.origin);
-                        f(state)
-                    });
-                    if let Err(e) = written {
-                        self.file_unusable(file, &e);
+    /// The store, unless it failed less than [`STORE_RETRY`] ago.
+    fn usable_store(&self, now: u64) -> Option<&dyn SharedState> {
+        let store = self.store.as_deref()?;
+        (now >= self.store_down_until.load(Ordering::Relaxed)).then_some(store)
+    }
+
+    /// The store answered: if it had been down, say it is back.
+    fn store_answers(&self, store: &dyn SharedState) {
+        if self.store_down_until.swap(0, Ordering::Relaxed) != 0
+            && self.store_down_said.swap(false, Ordering::Relaxed)
+        {
+            tracing::info!(
+                "the rate-limit store {} is reachable again; sharing the budget through it",
+                store.describe()
+            );
+        }
+    }
+
+    /// The store failed: keep to the local state for a while, and say so once per outage.
+    fn store_fails(&self, store: &dyn SharedState, why: &str) {
+        self.store_down_until.store(now_ms().saturating_add(millis(STORE_RETRY)).max(1), Ordering::Relaxed);
+        if !self.store_down_said.swap(true, Ordering::Relaxed) {
+            tracing::warn!(
+                "the rate-limit store {} cannot be reached ({why}); using this machine's state until it answers again",
+                store.describe()
+            );
+        }
+    }
+
+    /// Runs `f` on the shared state and stores the result, mirroring it in memory: in the store
+    /// when it answers, else under the state file's lock, else (no usable file, or its lock held
+    /// past [`LOCK_PATIENCE`]) in memory alone. `f` may run more than once (on newer state).
+    async fn update<T: Send>(&self, mut f: impl FnMut(&mut State) -> T + Send) -> T {
+        let store = self.usable_store(now_ms());
+        let file = self.file.as_ref().map(|f| f as &dyn SharedState);
+        for (shared, remote) in [(store, true), (file, false)] {
+            let Some(shared) = shared else { continue };
+            let mut out = None;
+            let result = {
+                let origin = &self.origin;
+                let mut change = |state: &mut State| {
+                    state.origin.clone_from(origin);
+                    out = Some(f(state));
+                };
+                // The file bounds its own wait (the lock's patience); the store gets a timeout.
+                let patience = if remote { STORE_TIMEOUT } else { LOCK_PATIENCE * 2 };
+                tokio::time::timeout(patience, shared.update(&mut change)).await
+            };
+            match result {
+                Ok(Ok(state)) => {
+                    if remote {
+                        self.store_answers(shared);
                     }
                     *self.state.locked() = state;
-                    return out;
+                    if let Some(out) = out {
+                        return out;
+                    }
                 }
-                Err(e) => self.file_unusable(file, &e),
+                Ok(Err(e)) if remote => self.store_fails(shared, &e.0),
+                Err(_) if remote => self.store_fails(shared, "no answer in time"),
+                Ok(Err(e)) => {
+                    debug!("rate-limit state {} not usable ({e}); deciding in memory", shared.describe())
+                }
+                Err(_) => {
+                    debug!("rate-limit state {} not usable in time; deciding in memory", shared.describe())
+                }
             }
         }
         f(&mut self.state.locked())
-    }
-
-    fn file_unusable(&self, file: &StateFile, e: &std::io::Error) {
-        debug!("rate-limit state file {} not usable ({e}); deciding in memory", file.path().display());
     }
 }
 

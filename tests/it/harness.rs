@@ -396,6 +396,11 @@ impl Sidecar {
         init
     }
 
+    /// Whether stderr contains `needle` now.
+    pub fn stderr_contains(&self, needle: &str) -> bool {
+        self.stderr.lock().unwrap().contains(needle)
+    }
+
     /// Waits until stderr contains `needle` (a log line marks a state the test depends on).
     pub async fn stderr_shows(&self, needle: &str) {
         tokio::time::timeout(PATIENCE, async {
@@ -553,5 +558,61 @@ impl PushStream {
             .header("content-type", "text/event-stream")
             .body(Body::from_stream(body))
             .unwrap()
+    }
+}
+
+/// A real `redis-server` on a free 127.0.0.1 port (nothing saved to disk), stopped on drop.
+pub struct RedisServer {
+    pub port: u16,
+    child: Option<Child>,
+}
+
+impl RedisServer {
+    /// Starts one and waits until it accepts connections.
+    pub async fn start() -> RedisServer {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let mut server = RedisServer { port, child: None };
+        server.restart().await;
+        server
+    }
+
+    /// `redis://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Starts it (again) on its port.
+    pub async fn restart(&mut self) {
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                &self.port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("redis-server must be installed (.ci/run installs it)");
+        self.child = Some(child);
+        tokio::time::timeout(PATIENCE, async {
+            while tokio::net::TcpStream::connect(("127.0.0.1", self.port)).await.is_err() {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await
+        .expect("redis-server did not start");
+    }
+
+    /// Kills it (a store that went down).
+    pub async fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill().await;
+        }
     }
 }

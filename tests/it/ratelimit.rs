@@ -500,3 +500,92 @@ async fn a_fresh_process_does_not_burst_its_handshake_past_a_spent_window() {
     assert_eq!(log.rejected, 0, "{log:?}\n{}", out.stderr);
     assert!(log.accepted.values().all(|n| *n <= 4), "{log:?}");
 }
+
+/// Issue 11: two sidecars with their own state directories (two machines) share one budget
+/// through Redis: no 429, no window over its limit (without the store they provoke 429s).
+#[tokio::test]
+async fn two_machines_share_one_budget_through_redis() {
+    let redis = RedisServer::start().await;
+    let log = Arc::new(std::sync::Mutex::new(WindowLog::default()));
+    let opts = Options {
+        keys: vec![KEY.into()],
+        per_minute: Some(8),
+        window_secs: 1,
+        limit_headers: true,
+        log: log.clone(),
+        ..Options::default()
+    };
+    let server = Server::start(opts, None).await;
+    let store = redis.url();
+    let mut sidecars: Vec<Sidecar> = (0..2)
+        .map(|i| {
+            let dir = scratch_dir(&format!("redis-machine-{i}")).to_string_lossy().into_owned();
+            sidecar_for(&server, &["--state-dir", &dir, "--rate-limit-store", &store])
+        })
+        .collect();
+    for s in &mut sidecars {
+        s.handshake().await;
+    }
+    for s in &mut sidecars {
+        for i in 1..=8 {
+            s.send_json(&call(i, "sum", json!({"a": i, "b": 0}))).await;
+        }
+    }
+    for s in &mut sidecars {
+        for _ in 1..=8 {
+            assert!(s.recv().await["result"].is_object());
+        }
+    }
+    for s in sidecars {
+        let out = s.finish().await;
+        assert!(!out.stderr.contains("cannot be reached"), "{}", out.stderr);
+    }
+    let log = log.lock().unwrap();
+    assert_eq!(log.rejected, 0, "{log:?}");
+    assert!(log.accepted.values().all(|n| *n <= 8), "{log:?}");
+}
+
+/// Issue 11: the store killed mid-run: requests keep flowing on the local state with one
+/// warning; restarted, the store is used again (said once).
+#[tokio::test]
+async fn requests_flow_while_the_store_is_down_and_it_is_used_again_when_back() {
+    let mut redis = RedisServer::start().await;
+    let server = Server::start(generic(), None).await;
+    let dir = scratch_dir("redis-down").to_string_lossy().into_owned();
+    let store = redis.url();
+    let mut s = sidecar_for(
+        &server,
+        &["--state-dir", &dir, "--rate-limit-store", &store, "--rate-limit", "1000/min"],
+    );
+    s.handshake().await;
+    s.send_json(&call(1, "sum", json!({"a": 1, "b": 1}))).await;
+    assert_eq!(s.recv().await["result"]["content"][0]["text"], "2");
+    redis.stop().await;
+    for i in 2..=4 {
+        s.send_json(&call(i, "sum", json!({"a": i, "b": 1}))).await;
+        assert_eq!(
+            s.recv().await["result"]["content"][0]["text"],
+            (i + 1).to_string(),
+            "answered while the store is down"
+        );
+    }
+    s.stderr_shows("cannot be reached").await;
+    redis.restart().await;
+    // The gate tries the store again a few seconds after the failure: keep calling until it
+    // says the store is back.
+    let mut id = 10;
+    tokio::time::timeout(PATIENCE, async {
+        loop {
+            s.send_json(&call(id, "sum", json!({"a": 1, "b": 1}))).await;
+            assert!(s.recv().await["result"].is_object());
+            id += 1;
+            if s.stderr_contains("is reachable again") {
+                break;
+            }
+        }
+    })
+    .await
+    .expect("the store was never used again");
+    let out = s.finish().await;
+    assert_eq!(out.stderr.matches("cannot be reached").count(), 1, "one warning per outage:\n{}", out.stderr);
+}

@@ -1,0 +1,190 @@
+//! Where the gate's shared state lives: [`SharedState`], one trait with two implementations,
+//! chosen at start. [`StateFile`] (`--state-dir`) shares it between the sidecars of one machine;
+//! [`RedisStore`] (`--rate-limit-store redis://…`) between every sidecar of a fleet (issue 11).
+//!
+//! Both run the same decision code on the state ([`super::decide`] and friends): an update reads
+//! the state, lets the gate change it, and writes it back atomically. The file does so under an
+//! exclusive lock; Redis with a compare-and-set script (the write goes through only if nobody
+//! wrote since the read, else the update runs again on the newer state), so Redis and the file
+//! can never disagree on a rule. The gate falls back to the file when the store cannot be
+//! reached and returns to it when it answers again.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::time::Duration;
+
+use secrecy::{ExposeSecret, SecretString};
+
+use super::State;
+use super::file::StateFile;
+
+/// A boxed future (the trait is used behind `dyn`).
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Why shared state could not be read or written.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct StoreError(pub String);
+
+/// The state the gates of one origin and key share.
+pub trait SharedState: Send + Sync + std::fmt::Debug {
+    /// The state as stored (`None`: nothing stored, or not readable as state).
+    fn load(&self) -> BoxFuture<'_, Result<Option<State>, StoreError>>;
+
+    /// Reads the state (a fresh one when nothing is stored), runs `change` on it and stores the
+    /// result atomically; `change` may run more than once (on a newer state each time) and must
+    /// depend on nothing but the state. Returns the state as stored.
+    fn update<'a>(
+        &'a self,
+        change: &'a mut (dyn FnMut(&mut State) + Send),
+    ) -> BoxFuture<'a, Result<State, StoreError>>;
+
+    /// Where it lives, for messages (no credentials).
+    fn describe(&self) -> String;
+}
+
+impl SharedState for StateFile {
+    fn load(&self) -> BoxFuture<'_, Result<Option<State>, StoreError>> {
+        Box::pin(async move { Ok(self.read()) })
+    }
+
+    fn update<'a>(
+        &'a self,
+        change: &'a mut (dyn FnMut(&mut State) + Send),
+    ) -> BoxFuture<'a, Result<State, StoreError>> {
+        Box::pin(async move {
+            let locked = self.lock().await.map_err(|e| StoreError(e.to_string()))?;
+            let ((), state, written) = locked.update(|state| change(state));
+            written.map_err(|e| StoreError(e.to_string()))?;
+            Ok(state)
+        })
+    }
+
+    fn describe(&self) -> String {
+        self.path().display().to_string()
+    }
+}
+
+/// How long one operation on the store may take before the gate decides without it.
+pub const STORE_TIMEOUT: Duration = Duration::from_millis(500);
+/// How long stored state lives without a write (the longest window that matters is a day).
+const STORE_TTL: Duration = Duration::from_secs(2 * 86_400);
+/// Updates that lose the compare-and-set this many times in a row give up (the gate then
+/// decides on the local state for this request).
+const MAX_CAS_TRIES: usize = 32;
+
+/// Sets the key to the new state only if it still holds what was read (empty: nothing).
+const COMPARE_AND_SET: &str = r"
+local current = redis.call('GET', KEYS[1])
+if (current == false and ARGV[1] == '') or current == ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+  return 1
+end
+return 0
+";
+
+/// The gate's state in Redis or Valkey: one key per origin and key (the same hash as the state
+/// file's name; never the key itself).
+pub struct RedisStore {
+    connection: redis::aio::ConnectionManager,
+    key: String,
+    shown: String,
+    script: redis::Script,
+}
+
+/// Where `--rate-limit-store` points, and the password from its variable.
+#[derive(Debug, Clone)]
+pub struct StoreSettings {
+    /// `redis://host:port/db` or `rediss://…`, without a password.
+    pub url: url::Url,
+    /// The password (or `user:password`) from the variable named by
+    /// `--rate-limit-store-password-env`.
+    pub password: Option<SecretString>,
+}
+
+impl RedisStore {
+    /// A store for the state named `name` (the hash of origin and key). Connects lazily: the
+    /// first update does, and the connection manager reconnects after failures.
+    pub fn new(settings: &StoreSettings, name: &str) -> Result<RedisStore, StoreError> {
+        let mut info = redis::IntoConnectionInfo::into_connection_info(settings.url.as_str())
+            .map_err(|e| StoreError(format!("--rate-limit-store is not a Redis URL ({e})")))?;
+        if let Some(secret) = &settings.password {
+            let secret = secret.expose_secret();
+            let mut redis = info.redis_settings().clone();
+            redis = match secret.split_once(':') {
+                Some((user, password)) if !user.is_empty() => redis.set_username(user).set_password(password),
+                _ => redis.set_password(secret),
+            };
+            info = info.set_redis_settings(redis);
+        }
+        let client = redis::Client::open(info).map_err(|e| StoreError(format!("--rate-limit-store: {e}")))?;
+        let config = redis::aio::ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(STORE_TIMEOUT))
+            .set_response_timeout(Some(STORE_TIMEOUT))
+            .set_number_of_retries(1)
+            .set_max_delay(Duration::from_secs(2));
+        let connection = redis::aio::ConnectionManager::new_lazy_with_config(client, config)
+            .map_err(|e| StoreError(format!("--rate-limit-store: {e}")))?;
+        Ok(RedisStore {
+            connection,
+            key: format!("mcp-sidecar:ratelimit:{name}"),
+            shown: crate::config::redact_url(&settings.url),
+            script: redis::Script::new(COMPARE_AND_SET),
+        })
+    }
+
+    async fn get(&self) -> Result<Option<Vec<u8>>, StoreError> {
+        let mut connection = self.connection.clone();
+        redis::cmd("GET").arg(&self.key).query_async(&mut connection).await.map_err(failed)
+    }
+}
+
+impl std::fmt::Debug for RedisStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisStore").field("at", &self.shown).finish_non_exhaustive()
+    }
+}
+
+fn failed(e: redis::RedisError) -> StoreError {
+    StoreError(crate::secrets::redact(&e.to_string()).into_owned())
+}
+
+impl SharedState for RedisStore {
+    fn load(&self) -> BoxFuture<'_, Result<Option<State>, StoreError>> {
+        Box::pin(async move { Ok(self.get().await?.and_then(|raw| serde_json::from_slice(&raw).ok())) })
+    }
+
+    fn update<'a>(
+        &'a self,
+        change: &'a mut (dyn FnMut(&mut State) + Send),
+    ) -> BoxFuture<'a, Result<State, StoreError>> {
+        Box::pin(async move {
+            let ttl = STORE_TTL.as_millis() as u64;
+            for _ in 0..MAX_CAS_TRIES {
+                let raw = self.get().await?;
+                let mut state: State =
+                    raw.as_deref().and_then(|r| serde_json::from_slice(r).ok()).unwrap_or_default();
+                change(&mut state);
+                let new = serde_json::to_vec(&state).unwrap_or_default();
+                let mut connection = self.connection.clone();
+                let stored: i64 = self
+                    .script
+                    .key(&self.key)
+                    .arg(raw.unwrap_or_default())
+                    .arg(new)
+                    .arg(ttl)
+                    .invoke_async(&mut connection)
+                    .await
+                    .map_err(failed)?;
+                if stored == 1 {
+                    return Ok(state);
+                }
+            }
+            Err(StoreError(format!("{} kept changing under {MAX_CAS_TRIES} tries", self.shown)))
+        })
+    }
+
+    fn describe(&self) -> String {
+        self.shown.clone()
+    }
+}
