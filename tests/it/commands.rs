@@ -466,3 +466,25 @@ async fn a_short_key_is_never_printed_by_check_or_install() {
         assert!(!text.contains(short) && !text.contains("a1b2c3d4"), "the key leaked:\n{text}");
     }
 }
+
+/// Issue 11: `check` reports what the server's budget held back during the check.
+#[tokio::test]
+async fn check_reports_the_budget_it_waited_for() {
+    let opts = Options {
+        keys: vec![KEY.into()],
+        per_minute: Some(2),
+        window_secs: 1,
+        limit_headers: true,
+        ..Options::default()
+    };
+    let server = Server::start(opts, None).await;
+    let ka = key_args(&server);
+    let (code, stdout, stderr) = run(&with(&["check"], &ka), ENV).await;
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    let limits = stdout.lines().find(|l| l.contains("rate limits")).unwrap_or_default();
+    assert!(
+        limits.contains("x-ratelimit-remaining") && limits.contains("held by the server's budget"),
+        "{stdout}"
+    );
+    assert!(limits.contains("0 answers with HTTP 429"), "{limits}");
+}

@@ -496,6 +496,13 @@ async fn a_fresh_process_does_not_burst_its_handshake_past_a_spent_window() {
     assert_eq!(b.recv().await["result"]["content"][0]["text"], "9");
     a.finish().await;
     let out = b.finish().await;
+    // The exit summary says what the budget held back, next to the 429s (none).
+    assert!(
+        out.stderr.contains("rate limits: 0 answers with HTTP 429")
+            && out.stderr.contains("held by the server's budget"),
+        "{}",
+        out.stderr
+    );
     let log = log.lock().unwrap();
     assert_eq!(log.rejected, 0, "{log:?}\n{}", out.stderr);
     assert!(log.accepted.values().all(|n| *n <= 4), "{log:?}");
