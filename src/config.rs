@@ -286,7 +286,7 @@ impl Config {
 
 /// `--rate-limit-store` (issue 11): a redis:// or rediss:// URL without a password; the
 /// password comes from the variable named by `--rate-limit-store-password-env`.
-fn rate_limit_store(
+pub fn rate_limit_store(
     cli: &Args,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<Option<crate::ratelimit::StoreSettings>, ConfigError> {

@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use clap::{CommandFactory, Parser};
 use mcp_sidecar::cli::{Args, Cli, Command, LogFormat, LogLevel};
 use mcp_sidecar::commands::{self, check, install, oneshot};
-use mcp_sidecar::config::{Config, default_state_dir};
+use mcp_sidecar::config::{Config, default_state_dir, rate_limit_store};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -20,10 +20,18 @@ fn main() -> ExitCode {
             if s.args.url.is_none() && s.args.url_flag.is_none() && s.args.preset.is_none() =>
         {
             let dir = s.args.state_dir.clone().or_else(default_state_dir);
-            ExitCode::from(commands::status(dir.as_deref(), None, s.clear_limits))
+            let store = match rate_limit_store(&s.args, &|name| std::env::var(name).ok()) {
+                Ok(store) => store,
+                Err(e) => {
+                    eprintln!("mcp-sidecar: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            ExitCode::from(commands::status(dir.as_deref(), None, s.clear_limits, store.as_ref()))
         }
         Some(Command::Status(s)) => subcommand(s.args, |config, _| {
-            commands::status(config.state_dir.as_deref(), Some(&config), s.clear_limits)
+            let store = config.rate_limit_store.clone();
+            commands::status(config.state_dir.as_deref(), Some(&config), s.clear_limits, store.as_ref())
         }),
         Some(Command::Check(c)) => {
             subcommand(quiet(c.args), |config, rt| rt.block_on(check::check(config, c.json)))

@@ -102,18 +102,38 @@ pub fn logout(config: &Config) -> u8 {
 }
 
 /// `mcp-sidecar status`: what is stored, for one server (`config`) or all; never a secret.
-/// With `clear_limits`: removes the stored rate-limit deadlines instead.
-pub fn status(state_dir: Option<&Path>, server: Option<&Config>, clear_limits: bool) -> u8 {
+/// With `clear_limits`: removes the stored rate-limit deadlines instead. With `store`
+/// (`--rate-limit-store`), the deadlines in the store too.
+pub fn status(
+    state_dir: Option<&Path>,
+    server: Option<&Config>,
+    clear_limits: bool,
+    store: Option<&crate::ratelimit::StoreSettings>,
+) -> u8 {
     let Some(dir) = state_dir else {
         eprintln!("mcp-sidecar: no state directory: pass --state-dir");
         return CONFIG;
     };
     let origin = server.map(|c| c.url.origin().ascii_serialization());
+    let in_store = match store {
+        Some(settings) => match in_the_store(settings, origin.as_deref(), clear_limits) {
+            Ok(found) => found,
+            Err(e) => {
+                eprintln!("mcp-sidecar: {e}: check --rate-limit-store and that the store is running");
+                return FAILED;
+            }
+        },
+        None => Vec::new(),
+    };
     if clear_limits {
-        return clear(dir, origin.as_deref());
+        for l in &in_store {
+            eprintln!("mcp-sidecar: cleared in the store {}", describe_limit(l));
+        }
+        return clear(dir, origin.as_deref(), !in_store.is_empty());
     }
     let code = sign_ins(dir, server);
-    let limits = crate::ratelimit::stored_limits(dir, origin.as_deref());
+    let mut limits = crate::ratelimit::stored_limits(dir, origin.as_deref());
+    limits.extend(in_store);
     let mut out = std::io::stdout().lock();
     if limits.is_empty() {
         let _ = writeln!(out, "no rate-limit deadlines stored");
@@ -138,9 +158,20 @@ fn describe_limit(l: &crate::ratelimit::StoredLimit) -> String {
     )
 }
 
+/// The deadlines in the store (cleared with `clear`), on a runtime of their own.
+fn in_the_store(
+    settings: &crate::ratelimit::StoreSettings,
+    origin: Option<&str>,
+    clear: bool,
+) -> Result<Vec<crate::ratelimit::StoredLimit>, String> {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
+    rt.block_on(crate::ratelimit::store_limits(settings, origin, clear)).map_err(|e| e.0)
+}
+
 /// `status --clear-limits`.
-fn clear(dir: &Path, origin: Option<&str>) -> u8 {
+fn clear(dir: &Path, origin: Option<&str>, cleared_elsewhere: bool) -> u8 {
     match crate::ratelimit::clear_limits(dir, origin) {
+        Ok(cleared) if cleared.is_empty() && cleared_elsewhere => OK,
         Ok(cleared) if cleared.is_empty() => {
             eprintln!("mcp-sidecar: no rate-limit deadlines to clear");
             OK

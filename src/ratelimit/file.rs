@@ -167,7 +167,7 @@ fn state_files(state_dir: &Path) -> Vec<StateFile> {
 }
 
 /// The deadline `state` holds at `now_ms`, if one is still ahead.
-fn active(state: &State, now_ms: u64) -> Option<StoredLimit> {
+pub(super) fn active(state: &State, now_ms: u64) -> Option<StoredLimit> {
     (state.blocked_until_ms > now_ms).then(|| StoredLimit {
         origin: if state.origin.is_empty() { "(unknown origin)".into() } else { state.origin.clone() },
         until: UNIX_EPOCH.checked_add(Duration::from_millis(state.blocked_until_ms)).unwrap_or(UNIX_EPOCH),

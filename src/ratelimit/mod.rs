@@ -21,7 +21,7 @@ mod file;
 mod store;
 
 pub use file::{LOCK_PATIENCE, StoredLimit, clear_limits, stored_limits};
-pub use store::{STORE_TIMEOUT, StoreSettings};
+pub use store::{STORE_TIMEOUT, StoreSettings, store_limits};
 
 use crate::sync::Locked;
 use std::collections::VecDeque;
@@ -43,7 +43,7 @@ use store::{RedisStore, SharedState};
 const LOOK_INTERVAL_MS: u64 = 250;
 /// While the budget is spent by requests in flight in a window whose end no answer has said,
 /// how often a held request looks again (an answer of this process wakes it sooner).
-const BUDGET_RECHECK: Duration = Duration::from_millis(100);
+const BUDGET_RECHECK: Duration = Duration::from_millis(25);
 /// After the store failed, how long the gate keeps to the local state before trying it again.
 const STORE_RETRY: Duration = Duration::from_secs(5);
 /// While a deadline is further away than `--max-wait`, one request this often is sent anyway (a

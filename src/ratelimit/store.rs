@@ -139,6 +139,59 @@ impl RedisStore {
     }
 }
 
+/// The deadlines stored in the store at `settings` (for `status`), of `origin` only when given;
+/// with `clear`, removed (under the same compare-and-set as every update). Returns them.
+pub async fn store_limits(
+    settings: &StoreSettings,
+    origin: Option<&str>,
+    clear: bool,
+) -> Result<Vec<super::StoredLimit>, StoreError> {
+    let probe = RedisStore::new(settings, "")?;
+    let mut connection = probe.connection.clone();
+    let keys: Vec<String> = tokio::time::timeout(STORE_TIMEOUT * 4, async {
+        let mut keys = Vec::new();
+        let mut cursor = 0u64;
+        loop {
+            let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg("mcp-sidecar:ratelimit:*")
+                .arg("COUNT")
+                .arg(200)
+                .query_async(&mut connection)
+                .await
+                .map_err(failed)?;
+            keys.extend(batch);
+            if next == 0 {
+                return Ok::<_, StoreError>(keys);
+            }
+            cursor = next;
+        }
+    })
+    .await
+    .map_err(|_| StoreError(format!("{} did not answer in time", probe.shown)))??;
+    let now = super::now_ms();
+    let mut found = Vec::new();
+    for key in keys {
+        let store = RedisStore {
+            key,
+            connection: probe.connection.clone(),
+            shown: probe.shown.clone(),
+            script: redis::Script::new(COMPARE_AND_SET),
+        };
+        let Some(state) = store.load().await? else { continue };
+        let Some(limit) = super::file::active(&state, now).filter(|l| origin.is_none_or(|o| l.origin == o))
+        else {
+            continue;
+        };
+        if clear {
+            store.update(&mut |state: &mut State| state.clear(now)).await?;
+        }
+        found.push(limit);
+    }
+    Ok(found)
+}
+
 impl std::fmt::Debug for RedisStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RedisStore").field("at", &self.shown).finish_non_exhaustive()

@@ -596,3 +596,46 @@ async fn requests_flow_while_the_store_is_down_and_it_is_used_again_when_back() 
     let out = s.finish().await;
     assert_eq!(out.stderr.matches("cannot be reached").count(), 1, "one warning per outage:\n{}", out.stderr);
 }
+
+/// Issue 11 (and 10.1 for the store): a deadline kept in the store is listed by `status
+/// --rate-limit-store` and removed by `status --clear-limits --rate-limit-store`.
+#[tokio::test]
+async fn status_lists_and_clears_the_deadlines_in_the_store() {
+    let redis = RedisServer::start().await;
+    let store = redis.url();
+    let limited = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let on = limited.clone();
+    let hook: Hook = Arc::new(move |s: &Seen| {
+        if s.rpc_method() == Some("tools/call") && on.load(Ordering::SeqCst) {
+            return Action::Respond(too_many(&[("retry-after", "7200".into())]));
+        }
+        Action::Pass
+    });
+    let server = Server::start(generic(), Some(hook)).await;
+    let dir = scratch_dir("store-status").to_string_lossy().into_owned();
+    let mut s = sidecar_for(&server, &["--state-dir", &dir, "--rate-limit-store", &store]);
+    s.handshake().await;
+    s.send_json(&call(1, "sum", json!({"a": 1, "b": 1}))).await;
+    assert_eq!(s.recv().await["error"]["data"]["kind"], "rate_limited");
+    s.finish().await;
+    limited.store(false, Ordering::SeqCst);
+    // Listed from the store (another machine's state directory is empty).
+    let elsewhere = scratch_dir("store-status-other").to_string_lossy().into_owned();
+    let (code, listed, stderr) =
+        run_command(&["status", "--state-dir", &elsewhere, "--rate-limit-store", &store], &[]).await;
+    assert_eq!(code, 0, "{stderr}");
+    let origin = format!("http://{}", server.addr);
+    assert!(listed.lines().any(|l| l.contains(&origin) && l.contains("Retry-After")), "{listed}");
+    let (code, _, said) = run_command(
+        &["status", "--clear-limits", "--state-dir", &elsewhere, "--rate-limit-store", &store],
+        &[],
+    )
+    .await;
+    assert_eq!(code, 0, "{said}");
+    assert!(said.contains("cleared in the store"), "{said}");
+    let mut t = sidecar_for(&server, &["--state-dir", &elsewhere, "--rate-limit-store", &store]);
+    t.handshake().await;
+    t.send_json(&call(2, "sum", json!({"a": 2, "b": 2}))).await;
+    assert_eq!(t.recv().await["result"]["content"][0]["text"], "4", "served at once after the clearing");
+    t.finish().await;
+}
