@@ -323,7 +323,16 @@ pub fn rate_limit_store(
         },
         None => None,
     };
-    Ok(Some(crate::ratelimit::StoreSettings { url, password }))
+    let ca_pem = match &cli.ca_file {
+        Some(path) => Some(std::fs::read(path).map_err(|e| {
+            ConfigError(format!(
+                "--ca-file {} cannot be read ({e}): give the path of a PEM file",
+                path.display()
+            ))
+        })?),
+        None => None,
+    };
+    Ok(Some(crate::ratelimit::StoreSettings { url, password, ca_pem }))
 }
 
 /// `--rate-limit` and the limits of `--plan` (issue 11), the strictest of each window kept.

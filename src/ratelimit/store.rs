@@ -100,6 +100,9 @@ pub struct StoreSettings {
     /// The password (or `user:password`) from the variable named by
     /// `--rate-limit-store-password-env`.
     pub password: Option<SecretString>,
+    /// `--ca-file`'s certificates (PEM), trusted for `rediss://` instead of the system's store
+    /// (a private CA, as for the MCP server).
+    pub ca_pem: Option<Vec<u8>>,
 }
 
 impl RedisStore {
@@ -117,7 +120,14 @@ impl RedisStore {
             };
             info = info.set_redis_settings(redis);
         }
-        let client = redis::Client::open(info).map_err(|e| StoreError(format!("--rate-limit-store: {e}")))?;
+        let client = match (&settings.ca_pem, settings.url.scheme()) {
+            (Some(pem), "rediss") => redis::Client::build_with_tls(
+                info,
+                redis::TlsCertificates { client_tls: None, root_cert: Some(pem.clone()) },
+            ),
+            _ => redis::Client::open(info),
+        }
+        .map_err(|e| StoreError(format!("--rate-limit-store: {e}")))?;
         let config = redis::aio::ConnectionManagerConfig::new()
             .set_connection_timeout(Some(STORE_TIMEOUT))
             .set_response_timeout(Some(STORE_TIMEOUT))

@@ -565,35 +565,57 @@ impl PushStream {
 pub struct RedisServer {
     pub port: u16,
     child: Option<Child>,
+    /// TLS only: the certificate, key and CA files (then `url` is rediss://).
+    tls: Option<[String; 3]>,
 }
 
 impl RedisServer {
     /// Starts one and waits until it accepts connections.
     pub async fn start() -> RedisServer {
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let mut server = RedisServer { port, child: None };
+        let mut server = RedisServer { port, child: None, tls: None };
         server.restart().await;
         server
     }
 
-    /// `redis://127.0.0.1:PORT`.
+    /// One that speaks only TLS, with the certificate and key in `cert`/`key` (PEM files) and
+    /// clients not asked for certificates.
+    pub async fn start_tls(cert: &str, key: &str, ca: &str) -> RedisServer {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let mut server = RedisServer { port, child: None, tls: Some([cert.into(), key.into(), ca.into()]) };
+        server.restart().await;
+        server
+    }
+
+    /// `redis://127.0.0.1:PORT` (`rediss://` for TLS).
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        let scheme = if self.tls.is_some() { "rediss" } else { "redis" };
+        format!("{scheme}://127.0.0.1:{}", self.port)
     }
 
     /// Starts it (again) on its port.
     pub async fn restart(&mut self) {
-        let child = Command::new("redis-server")
-            .args([
+        let port = self.port.to_string();
+        let mut args: Vec<&str> = vec!["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"];
+        match &self.tls {
+            None => args.extend(["--port", &port]),
+            Some([cert, key, ca]) => args.extend([
                 "--port",
-                &self.port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
+                "0",
+                "--tls-port",
+                &port,
+                "--tls-cert-file",
+                cert,
+                "--tls-key-file",
+                key,
+                "--tls-ca-cert-file",
+                ca,
+                "--tls-auth-clients",
                 "no",
-            ])
+            ]),
+        }
+        let child = Command::new("redis-server")
+            .args(&args)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .kill_on_drop(true)

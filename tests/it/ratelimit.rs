@@ -639,3 +639,47 @@ async fn status_lists_and_clears_the_deadlines_in_the_store() {
     assert_eq!(t.recv().await["result"]["content"][0]["text"], "4", "served at once after the clearing");
     t.finish().await;
 }
+
+/// Issue 11: `rediss://` with a private CA given by `--ca-file`: the budget is shared over TLS.
+#[tokio::test]
+async fn the_store_speaks_tls_with_a_private_ca() {
+    let pki = crate::tls::pki(&["127.0.0.1"], false);
+    let dir = scratch_dir("redis-tls");
+    let write = |name: &str, text: &str| {
+        let path = dir.join(name);
+        std::fs::write(&path, text).unwrap();
+        path.to_string_lossy().into_owned()
+    };
+    let (cert, key, ca) =
+        (write("cert.pem", &pki.cert_pem), write("key.pem", &pki.key_pem), write("ca.pem", &pki.ca_pem));
+    let redis = RedisServer::start_tls(&cert, &key, &ca).await;
+    let server = Server::start(generic(), None).await;
+    let state = dir.join("state").to_string_lossy().into_owned();
+    let store = redis.url();
+    let mut s = sidecar_for(
+        &server,
+        &["--state-dir", &state, "--rate-limit-store", &store, "--rate-limit", "100/min", "--ca-file", &ca],
+    );
+    s.handshake().await;
+    s.send_json(&call(1, "sum", json!({"a": 5, "b": 5}))).await;
+    assert_eq!(s.recv().await["result"]["content"][0]["text"], "10");
+    let out = s.finish().await;
+    assert!(!out.stderr.contains("cannot be reached"), "{}", out.stderr);
+    // The state went to the store: status reads it there (a client-side limit leaves no
+    // deadline, so check the key exists through the listing's success).
+    let (code, _, stderr) =
+        run_command(&["status", "--state-dir", &state, "--rate-limit-store", &store, "--ca-file", &ca], &[])
+            .await;
+    assert_eq!(code, 0, "{stderr}");
+    // Without the CA, the store's certificate is not trusted: the local state stands in (and
+    // the call is still answered).
+    let mut s = sidecar_for(
+        &server,
+        &["--state-dir", &state, "--rate-limit-store", &store, "--rate-limit", "100/min"],
+    );
+    s.handshake().await;
+    s.send_json(&call(2, "sum", json!({"a": 5, "b": 6}))).await;
+    assert_eq!(s.recv().await["result"]["content"][0]["text"], "11");
+    let out = s.finish().await;
+    assert!(out.stderr.contains("cannot be reached"), "{}", out.stderr);
+}

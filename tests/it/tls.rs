@@ -11,9 +11,11 @@ use crate::harness::*;
 
 /// A private CA, and a server certificate it signed.
 pub(crate) struct Pki {
-    ca_pem: String,
+    pub(crate) ca_pem: String,
     cert_der: Vec<u8>,
     key_der: Vec<u8>,
+    pub(crate) cert_pem: String,
+    pub(crate) key_pem: String,
 }
 
 pub(crate) fn pki(names: &[&str], expired: bool) -> Pki {
@@ -31,7 +33,13 @@ pub(crate) fn pki(names: &[&str], expired: bool) -> Pki {
         leaf.not_after = rcgen::date_time_ymd(2021, 1, 1);
     }
     let cert = leaf.signed_by(&key, &issuer).unwrap();
-    Pki { ca_pem: ca_cert.pem(), cert_der: cert.der().to_vec(), key_der: key.serialize_der() }
+    Pki {
+        ca_pem: ca_cert.pem(),
+        cert_der: cert.der().to_vec(),
+        key_der: key.serialize_der(),
+        cert_pem: cert.pem(),
+        key_pem: key.serialize_pem(),
+    }
 }
 
 /// The example server over TLS with `pki`'s certificate; returns its https URL.
