@@ -395,22 +395,28 @@ async fn the_get_stream_waits_out_a_429_too() {
     assert!(gets[1].at - gets[0].at >= Duration::from_secs(1), "reopened before Retry-After");
 }
 
+/// A fixed-window server (`limit` POSTs per `secs` seconds per key) that states its budget in
+/// every answer, and the log of what it let through.
+async fn window_server(limit: u32, secs: u64) -> (Server, Arc<std::sync::Mutex<WindowLog>>) {
+    let log = Arc::new(std::sync::Mutex::new(WindowLog::default()));
+    let opts = Options {
+        keys: vec![KEY.into()],
+        per_minute: Some(limit),
+        window_secs: secs,
+        limit_headers: true,
+        log: log.clone(),
+        ..Options::default()
+    };
+    (Server::start(opts, None).await, log)
+}
+
 /// Issue 11: three sidecars sharing one key and one state directory, eight calls in flight
 /// each, against a fixed-window server (10 POSTs a second) that states its budget in every
 /// answer: every call is answered exactly once, no 429 is provoked, and no window of the server
 /// took more than its limit.
 #[tokio::test]
 async fn a_shared_budget_is_spent_to_the_last_request_without_a_429() {
-    let log = Arc::new(std::sync::Mutex::new(WindowLog::default()));
-    let opts = Options {
-        keys: vec![KEY.into()],
-        per_minute: Some(10),
-        window_secs: 1,
-        limit_headers: true,
-        log: log.clone(),
-        ..Options::default()
-    };
-    let server = Server::start(opts, None).await;
+    let (server, log) = window_server(10, 1).await;
     let dir = scratch_dir("shared-budget");
     let state = dir.to_string_lossy().into_owned();
     let mut sidecars: Vec<Sidecar> = (0..3).map(|_| sidecar_for(&server, &["--state-dir", &state])).collect();
@@ -470,16 +476,7 @@ async fn a_spent_daily_budget_is_answered_at_once() {
 /// a 429 that strict servers send for the handshake too.
 #[tokio::test]
 async fn a_fresh_process_does_not_burst_its_handshake_past_a_spent_window() {
-    let log = Arc::new(std::sync::Mutex::new(WindowLog::default()));
-    let opts = Options {
-        keys: vec![KEY.into()],
-        per_minute: Some(4),
-        window_secs: 2,
-        limit_headers: true,
-        log: log.clone(),
-        ..Options::default()
-    };
-    let server = Server::start(opts, None).await;
+    let (server, log) = window_server(4, 2).await;
     let dir = scratch_dir("handshake-budget");
     let state = dir.to_string_lossy().into_owned();
     let mut a = sidecar_for(&server, &["--state-dir", &state]);
@@ -513,16 +510,7 @@ async fn a_fresh_process_does_not_burst_its_handshake_past_a_spent_window() {
 #[tokio::test]
 async fn two_machines_share_one_budget_through_redis() {
     let redis = RedisServer::start().await;
-    let log = Arc::new(std::sync::Mutex::new(WindowLog::default()));
-    let opts = Options {
-        keys: vec![KEY.into()],
-        per_minute: Some(8),
-        window_secs: 1,
-        limit_headers: true,
-        log: log.clone(),
-        ..Options::default()
-    };
-    let server = Server::start(opts, None).await;
+    let (server, log) = window_server(8, 1).await;
     let store = redis.url();
     let mut sidecars: Vec<Sidecar> = (0..2)
         .map(|i| {
