@@ -356,7 +356,7 @@ pub fn with_jitter(delay: Duration) -> Duration {
 /// sum is past what the clock can hold, a century from now stands in for "never".
 pub fn deadline_after(d: Duration) -> tokio::time::Instant {
     let now = tokio::time::Instant::now();
-    now.checked_add(d).unwrap_or_else(|| now + Duration::from_secs(100 * 365 * 86400))
+    now.checked_add(d).or_else(|| now.checked_add(Duration::from_secs(100 * 365 * 86400))).unwrap_or(now)
 }
 
 /// "3 h 12 min", "45 s", "1.5 s": a wait for people.

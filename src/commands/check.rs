@@ -279,14 +279,23 @@ fn describe_certificate(der: &[u8]) -> Option<String> {
         .next()
         .unwrap_or("unknown issuer")
         .to_owned();
-    let expires = cert.validity().not_after.timestamp();
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0);
-    let days = (expires - now) / 86_400;
-    let when = httpdate::fmt_http_date(std::time::UNIX_EPOCH + Duration::from_secs(expires.max(0) as u64));
-    Some(format!("issued by {issuer}, expires {when} (in {days} days)"))
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+    Some(format!("issued by {issuer}, expires {}", expiry(cert.validity().not_after.timestamp(), now)))
+}
+
+/// A certificate's expiry for people, from epoch seconds a server chose: checked arithmetic,
+/// and a date past what HTTP dates can say (or this platform's clock can hold) shown as such.
+fn expiry(expires: i64, now: i64) -> String {
+    /// 9999-12-31T23:59:59Z, the last moment an HTTP date can name.
+    const LAST_HTTP_DATE: u64 = 253_402_300_799;
+    let days = expires.saturating_sub(now) / 86_400;
+    let at = u64::try_from(expires.max(0)).unwrap_or(0);
+    match std::time::UNIX_EPOCH.checked_add(Duration::from_secs(at)).filter(|_| at <= LAST_HTTP_DATE) {
+        Some(when) => format!("{} (in {days} days)", httpdate::fmt_http_date(when)),
+        None => format!("after the year 9999 (in {days} days)"),
+    }
 }
 
 /// Splits "cause: fix" at the first ": " outside parentheses (the proxy's messages quote the
@@ -343,6 +352,15 @@ mod tests {
             Some(("the server rejected the key (HTTP 401: bad key)", "create a new key"))
         );
         assert_eq!(split_fix("no fix here"), None);
+    }
+
+    /// A hostile certificate's dates (far past, far future) are text, never a panic.
+    #[test]
+    fn certificate_expiry_never_overflows() {
+        assert_eq!(expiry(86_400 * 10, 0), "Sun, 11 Jan 1970 00:00:00 GMT (in 10 days)");
+        assert!(expiry(i64::MAX, i64::MIN).starts_with("after the year 9999"));
+        assert!(expiry(i64::MIN, i64::MAX).starts_with("Thu, 01 Jan 1970"));
+        assert!(expiry(253_402_300_800, 0).starts_with("after the year 9999"));
     }
 
     #[test]

@@ -753,7 +753,7 @@ impl Proxy {
             Ok((response, sent_session, _)) => {
                 let status = response.status();
                 let resp_headers = response.headers().clone();
-                let deadline = Instant::now() + Duration::from_secs(5);
+                let deadline = retry::deadline_after(Duration::from_secs(5));
                 let body = read_body(response, MAX_ERROR_BODY_BYTES, deadline).await.unwrap_or_default();
                 let err = self.up.status_error(status, &resp_headers, &body, sent_session);
                 self.report_with(&err, &format!("the server did not accept a {what}"));
