@@ -218,8 +218,9 @@ impl Proxy {
     pub fn rate_limit_summary(&self) -> Option<String> {
         let s = &self.gate.stats;
         let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        let (limited, waits, held) = (load(&s.limited), load(&s.waits), load(&s.budget_waits));
-        if limited == 0 && waits == 0 {
+        let (limited, waits, held, probes) =
+            (load(&s.limited), load(&s.waits), load(&s.budget_waits), load(&s.probes));
+        if limited == 0 && waits == 0 && probes == 0 {
             return None;
         }
         let human = |ms: u64| retry::human(Duration::from_millis(ms));
@@ -232,6 +233,9 @@ impl Proxy {
                 "{held} of them held by the server's budget for {} (instead of 429s)",
                 human(load(&s.budget_waited_ms))
             ));
+        }
+        if probes > 0 {
+            parts.push(format!("{probes} requests let through as probes past a long deadline"));
         }
         parts.push(format!("{} requests sent again", load(&s.retries)));
         Some(parts.join(", "))

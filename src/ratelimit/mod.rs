@@ -20,8 +20,8 @@ mod budget;
 mod file;
 mod store;
 
-pub use file::{LOCK_PATIENCE, StoredLimit, clear_limits, stored_limits};
-pub use store::{STORE_TIMEOUT, StoreSettings, store_limits};
+pub use file::{StoredLimit, clear_limits, stored_limits};
+pub use store::{StoreSettings, store_limits};
 
 use crate::sync::Locked;
 use std::collections::VecDeque;
@@ -36,8 +36,8 @@ use tokio::time::Instant;
 use tracing::debug;
 
 use budget::{BudgetState, Room};
-use file::StateFile;
-use store::{RedisStore, SharedState};
+use file::{LOCK_PATIENCE, StateFile};
+use store::{RedisStore, STORE_TIMEOUT, SharedState};
 
 /// How often the shared state file is looked at when no client-side limit is set.
 const LOOK_INTERVAL_MS: u64 = 250;

@@ -95,7 +95,12 @@ async fn one_absurd_429_does_not_lock_the_key_out() {
     let took = limited_at.elapsed();
     assert!(took <= Duration::from_secs(70), "answered {took:?} after the 429");
     assert!(took >= Duration::from_secs(55), "the probe waited for its minute: {took:?}");
-    b.finish().await;
+    let out = b.finish().await;
+    assert!(
+        out.stderr.contains("1 requests let through as probes"),
+        "the summary counts it:\n{}",
+        out.stderr
+    );
     let (_, listed, _) = run_command(&["status", "--state-dir", &state], &[]).await;
     assert!(listed.contains("no rate-limit deadlines stored"), "the success cleared it:\n{listed}");
 
