@@ -10,11 +10,6 @@ use serde_json::{Value, json};
 
 use crate::harness::*;
 
-/// Runs `mcp-sidecar ARGS` to completion with `env`; (exit code, stdout, stderr).
-async fn run(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
-    run_command(args, env).await
-}
-
 /// The `args` of the entry `name` in the MCP client config `file`.
 fn entry_args(file: &str, name: &str) -> Vec<String> {
     let doc: Value = serde_json::from_slice(&std::fs::read(file).unwrap()).unwrap();
@@ -51,11 +46,11 @@ fn with<'a>(head: &[&'a str], tail: &'a [String]) -> Vec<&'a str> {
 async fn check_reports_each_step_of_a_healthy_server() {
     let server = Server::start(generic(), None).await;
     let ka = key_args(&server);
-    let (code, stdout, _) = run(&with(&["check"], &ka), ENV).await;
+    let (code, stdout, _) = run_command(&with(&["check"], &ka), ENV).await;
     assert_eq!(code, 0, "{stdout}");
     insta::assert_snapshot!("check_healthy", stable(&stdout, &server));
 
-    let (code, stdout, _) = run(&with(&["check", "--json"], &ka), ENV).await;
+    let (code, stdout, _) = run_command(&with(&["check", "--json"], &ka), ENV).await;
     assert_eq!(code, 0);
     let report: Value = serde_json::from_str(&stdout).unwrap();
     assert_eq!(report["healthy"], true);
@@ -71,16 +66,17 @@ async fn check_names_the_cause_and_the_fix() {
     let server = Server::start(generic(), None).await;
     // Wrong key.
     let ka = key_args(&server);
-    let (code, stdout, _) = run(&with(&["check"], &ka), &[("TEST_KEY", "inv_wrong_key_0000")]).await;
+    let (code, stdout, _) = run_command(&with(&["check"], &ka), &[("TEST_KEY", "inv_wrong_key_0000")]).await;
     assert_eq!(code, 1);
     insta::assert_snapshot!("check_wrong_key", stable(&stdout, &server));
     // Wrong URL.
     let wrong = server.url.replace("/mcp", "/nope");
-    let (code, stdout, _) = run(&["check", "--url", &wrong, "--api-key-env", "TEST_KEY"], ENV).await;
+    let (code, stdout, _) = run_command(&["check", "--url", &wrong, "--api-key-env", "TEST_KEY"], ENV).await;
     assert_eq!(code, 1);
     assert!(stdout.contains("FAIL") && stdout.contains("MCP endpoints usually end in /mcp"), "{stdout}");
     // Nothing listening.
-    let (code, stdout, _) = run(&["check", "--url", "http://127.0.0.1:1/mcp", "--auth", "none"], &[]).await;
+    let (code, stdout, _) =
+        run_command(&["check", "--url", "http://127.0.0.1:1/mcp", "--auth", "none"], &[]).await;
     assert_eq!(code, 1);
     assert!(stdout.contains("connection refused"), "{stdout}");
 }
@@ -90,13 +86,13 @@ async fn check_explains_an_untrusted_certificate_and_shows_a_trusted_ones_issuer
     let pki = crate::tls::pki(&["127.0.0.1"], false);
     let ct = tokio_util::sync::CancellationToken::new();
     let url = crate::tls::serve_tls(&pki, ct.clone()).await;
-    let (code, stdout, _) = run(&["check", "--url", &url, "--api-key-env", "TEST_KEY"], ENV).await;
+    let (code, stdout, _) = run_command(&["check", "--url", &url, "--api-key-env", "TEST_KEY"], ENV).await;
     assert_eq!(code, 1);
     assert!(stdout.contains("FAIL tls") && stdout.contains("--ca-file"), "{stdout}");
     let ca = crate::tls::ca_file(&pki, "check");
     let ca = ca.to_string_lossy();
     let (code, stdout, _) =
-        run(&["check", "--url", &url, "--api-key-env", "TEST_KEY", "--ca-file", &ca], ENV).await;
+        run_command(&["check", "--url", &url, "--api-key-env", "TEST_KEY", "--ca-file", &ca], ENV).await;
     assert_eq!(code, 0, "{stdout}");
     assert!(stdout.contains("issued by mcp-sidecar test CA") && stdout.contains("days)"), "{stdout}");
     ct.cancel();
@@ -107,35 +103,38 @@ async fn call_tools_and_tool_print_results_for_scripts() {
     let server = Server::start(generic(), None).await;
     let ka = key_args(&server);
     let (code, stdout, stderr) =
-        run(&with(&["call", "tools/call", r#"{"name":"sum","arguments":{"a":2,"b":3}}"#], &ka), ENV).await;
+        run_command(&with(&["call", "tools/call", r#"{"name":"sum","arguments":{"a":2,"b":3}}"#], &ka), ENV)
+            .await;
     assert_eq!(code, 0, "{stderr}");
     let v: Value = serde_json::from_str(&stdout).unwrap();
     assert_eq!(v["content"][0]["text"], "5");
     assert!(stderr.is_empty(), "nothing on stderr when all is well: {stderr}");
 
-    let (code, stdout, _) = run(&with(&["tools"], &ka), ENV).await;
+    let (code, stdout, _) = run_command(&with(&["tools"], &ka), ENV).await;
     assert_eq!(code, 0);
     assert!(stdout.lines().any(|l| l.starts_with("echo ") && l.contains("Send the text back")), "{stdout}");
 
-    let (code, stdout, _) = run(&with(&["tool", "echo", "--arg", "text=hi there"], &ka), ENV).await;
+    let (code, stdout, _) = run_command(&with(&["tool", "echo", "--arg", "text=hi there"], &ka), ENV).await;
     assert_eq!(code, 0);
     assert_eq!(serde_json::from_str::<Value>(&stdout).unwrap()["content"][0]["text"], "hi there");
-    let (code, stdout, _) = run(&with(&["tool", "sum", "--json", r#"{"a":40,"b":2}"#], &ka), ENV).await;
+    let (code, stdout, _) =
+        run_command(&with(&["tool", "sum", "--json", r#"{"a":40,"b":2}"#], &ka), ENV).await;
     assert_eq!(
         (code, serde_json::from_str::<Value>(&stdout).unwrap()["content"][0]["text"].clone()),
         (0, json!("42"))
     );
 
     // The server's error: exit 3, one sentence on stderr; a wrong key: exit 1.
-    let (code, _, stderr) = run(&with(&["call", "no/such/method"], &ka), ENV).await;
+    let (code, _, stderr) = run_command(&with(&["call", "no/such/method"], &ka), ENV).await;
     assert_eq!(code, 3, "{stderr}");
     assert!(stderr.starts_with("mcp-sidecar: the server answered with an error"), "{stderr}");
-    let (code, stdout, stderr) = run(&with(&["tools"], &ka), &[("TEST_KEY", "inv_wrong_key_0000")]).await;
+    let (code, stdout, stderr) =
+        run_command(&with(&["tools"], &ka), &[("TEST_KEY", "inv_wrong_key_0000")]).await;
     assert_eq!(code, 1);
     assert!(stdout.is_empty() && stderr.contains("rejected the API key in TEST_KEY"), "{stderr}");
     assert_eq!(stderr.lines().count(), 1, "one sentence: {stderr}");
     // Bad arguments: exit 2.
-    let (code, _, stderr) = run(&with(&["call", "tools/list", "not json"], &ka), ENV).await;
+    let (code, _, stderr) = run_command(&with(&["call", "tools/list", "not json"], &ka), ENV).await;
     assert_eq!(code, 2, "{stderr}");
 }
 
@@ -144,7 +143,7 @@ async fn call_waits_out_a_rate_limit_with_a_plain_line_when_stderr_is_not_a_term
     let (hook, count) = first_tools_list_429(1);
     let server = Server::start(generic(), Some(hook)).await;
     let ka = key_args(&server);
-    let (code, stdout, stderr) = run(&with(&["call", "tools/list"], &ka), ENV).await;
+    let (code, stdout, stderr) = run_command(&with(&["call", "tools/list"], &ka), ENV).await;
     assert_eq!(code, 0, "{stderr}");
     assert!(stdout.contains("\"tools\""));
     assert!(stderr.contains("waiting 1") && stderr.contains("Retry-After"), "{stderr}");
@@ -186,12 +185,12 @@ async fn install_merges_into_claude_desktops_config_with_the_key_in_env_only() {
     let env = [("INVESTRA_API_KEY", KEY)];
 
     // --dry-run: shows, changes nothing, never shows the key.
-    let (code, stdout, _) = run(&[&base[..], &["--dry-run"]].concat(), &env).await;
+    let (code, stdout, _) = run_command(&[&base[..], &["--dry-run"]].concat(), &env).await;
     assert_eq!(code, 0);
     assert!(stdout.contains("would add \"investra\"") && stdout.contains("inv_…b204"), "{stdout}");
     assert_eq!(serde_json::from_slice::<Value>(&std::fs::read(&file).unwrap()).unwrap(), before);
 
-    let (code, _, stderr) = run(&base, &env).await;
+    let (code, _, stderr) = run_command(&base, &env).await;
     assert_eq!(code, 0, "{stderr}");
     let after: Value = serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
     assert_eq!(after["theme"], "dark", "other settings kept");
@@ -214,7 +213,7 @@ async fn install_merges_into_claude_desktops_config_with_the_key_in_env_only() {
 
 #[tokio::test]
 async fn install_for_claude_code_prints_the_command_without_the_key() {
-    let (code, stdout, stderr) = run(
+    let (code, stdout, stderr) = run_command(
         &[
             "install",
             "--client",
@@ -238,23 +237,23 @@ async fn install_for_claude_code_prints_the_command_without_the_key() {
 
 #[tokio::test]
 async fn version_help_completions_and_man_page() {
-    let (code, stdout, _) = run(&["--version"], &[]).await;
+    let (code, stdout, _) = run_command(&["--version"], &[]).await;
     assert_eq!(code, 0);
     assert!(
         stdout.contains(env!("CARGO_PKG_VERSION"))
             && stdout.contains("2026-07-28")
             && stdout.contains("2024-11-05")
     );
-    let (_, help, _) = run(&["--help"], &[]).await;
+    let (_, help, _) = run_command(&["--help"], &[]).await;
     insta::assert_snapshot!("help", help);
-    let (_, check_help, _) = run(&["check", "--help"], &[]).await;
+    let (_, check_help, _) = run_command(&["check", "--help"], &[]).await;
     insta::assert_snapshot!("check_help", check_help);
     for shell in ["bash", "zsh", "fish"] {
-        let (code, script, _) = run(&["completions", shell], &[]).await;
+        let (code, script, _) = run_command(&["completions", shell], &[]).await;
         assert_eq!(code, 0);
         assert!(script.contains("mcp-sidecar") && script.contains("--api-key-env"), "{shell}");
     }
-    let (code, man, _) = run(&["man"], &[]).await;
+    let (code, man, _) = run_command(&["man"], &[]).await;
     assert_eq!(code, 0);
     assert!(man.starts_with(".ie") || man.contains(".TH mcp-sidecar"), "{}", &man[..200.min(man.len())]);
     assert!(man.contains("api\\-key\\-env"));
@@ -284,7 +283,8 @@ async fn check_shows_the_rate_limit_headers_the_server_sends() {
     };
     let server = Server::start(opts, None).await;
     let (code, stdout, _) =
-        run(&["check", "--preset", "converra", "--url", &server.url], &[("CONVERRA_API_KEY", key)]).await;
+        run_command(&["check", "--preset", "converra", "--url", &server.url], &[("CONVERRA_API_KEY", key)])
+            .await;
     assert_eq!(code, 0, "{stdout}");
     assert!(!stdout.contains(key));
     assert!(stdout.contains("sk_test_…0001"), "{stdout}");
@@ -305,7 +305,7 @@ async fn one_shot_commands_explain_a_wrong_url_and_an_untrusted_certificate_in_o
     for url in [wrong.as_str(), tls.as_str()] {
         for cmd in [&["call", "tools/list"][..], &["tools"], &["tool", "echo", "--arg", "text=x"]] {
             let args = [cmd, &["--url", url, "--api-key-env", "TEST_KEY"]].concat();
-            let (code, stdout, stderr) = run(&args, ENV).await;
+            let (code, stdout, stderr) = run_command(&args, ENV).await;
             assert_eq!(code, 1, "{args:?}: {stderr}");
             assert!(stdout.is_empty(), "{args:?}: {stdout}");
             assert_eq!(stderr.lines().count(), 1, "{args:?}: {stderr}");
@@ -354,7 +354,7 @@ async fn install_for_claude_code_runs_claude_with_no_secret_in_any_argv() {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(dir.join("claude"), std::fs::Permissions::from_mode(0o755)).unwrap();
     let path = format!("{}:/usr/bin:/bin", dir.display());
-    let (code, stdout, stderr) = run(
+    let (code, stdout, stderr) = run_command(
         &["install", "--client", "claude-code", "--name", "inv", "--preset", "investra"],
         &[("PATH", &path), ("INVESTRA_API_KEY", KEY)],
     )
@@ -386,10 +386,10 @@ async fn install_for_claude_code_with_store_key_writes_its_config_file() {
     let env =
         [("PATH", path.as_str()), ("INVESTRA_API_KEY", KEY), ("CLAUDE_CONFIG_DIR", config_dir.as_str())];
     let base = ["install", "--client", "claude-code", "--store-key", "--preset", "investra"];
-    let (code, shown, _) = run(&[&base[..], &["--dry-run"]].concat(), &env).await;
+    let (code, shown, _) = run_command(&[&base[..], &["--dry-run"]].concat(), &env).await;
     assert_eq!(code, 0);
     assert!(shown.contains("would add \"investra\"") && shown.contains("inv_…b204"), "{shown}");
-    let (code, _, stderr) = run(&base, &env).await;
+    let (code, _, stderr) = run_command(&base, &env).await;
     assert_eq!(code, 0, "{stderr}");
     assert!(!log.exists(), "claude was not run");
     let after: Value = serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
@@ -427,7 +427,7 @@ async fn install_carries_the_options_the_sign_in_state_depends_on() {
         ("--max-wait", "30"),
     ];
     let line: Vec<&str> = install.iter().copied().chain(given.iter().flat_map(|(f, v)| [*f, *v])).collect();
-    let (code, _, stderr) = run(&line, &[]).await;
+    let (code, _, stderr) = run_command(&line, &[]).await;
     assert_eq!(code, 0, "{stderr}");
     let args = entry_args(&file, "example");
     for (flag, value) in given {
@@ -438,7 +438,7 @@ async fn install_carries_the_options_the_sign_in_state_depends_on() {
     // shell resolves (the client's environment may resolve another).
     let line: Vec<&str> =
         install.iter().copied().chain(["--name", "plain", "--request-timeout", "300"]).collect();
-    let (code, _, stderr) = run(&line, &[("XDG_STATE_HOME", &state)]).await;
+    let (code, _, stderr) = run_command(&line, &[("XDG_STATE_HOME", &state)]).await;
     assert_eq!(code, 0, "{stderr}");
     let args = entry_args(&file, "plain");
     assert_eq!(args, ["https://mcp.example.com/mcp", "--state-dir", &format!("{state}/mcp-sidecar")]);
@@ -453,13 +453,13 @@ async fn a_short_key_is_never_printed_by_check_or_install() {
     let server = Server::start(opts, None).await;
     let env = [("TEST_KEY", short)];
     let ka = key_args(&server);
-    let (code, stdout, stderr) = run(&with(&["check"], &ka), &env).await;
+    let (code, stdout, stderr) = run_command(&with(&["check"], &ka), &env).await;
     assert_eq!(code, 0, "{stdout}{stderr}");
     assert!(stdout.contains("(12 characters)"), "{stdout}");
     let dir = temp("short-key");
     let file = dir.join("claude_desktop_config.json").to_string_lossy().into_owned();
     let install = ["install", "--client", "claude-desktop", "--dry-run", "--config-file", &file];
-    let (code, shown, stderr) = run(&with(&install, &ka), &env).await;
+    let (code, shown, stderr) = run_command(&with(&install, &ka), &env).await;
     assert_eq!(code, 0, "{stderr}");
     assert!(shown.contains("12 characters"), "{shown}");
     for text in [&stdout, &stderr, &shown] {
@@ -479,7 +479,7 @@ async fn check_reports_the_budget_it_waited_for() {
     };
     let server = Server::start(opts, None).await;
     let ka = key_args(&server);
-    let (code, stdout, stderr) = run(&with(&["check"], &ka), ENV).await;
+    let (code, stdout, stderr) = run_command(&with(&["check"], &ka), ENV).await;
     assert_eq!(code, 0, "{stdout}{stderr}");
     let limits = stdout.lines().find(|l| l.contains("rate limits")).unwrap_or_default();
     assert!(
