@@ -982,8 +982,7 @@ impl Proxy {
                 Ok(Ok(admitted)) => match timeout(DELETE_TIMEOUT, delete.send()).await {
                     Ok(Ok(r)) => {
                         debug!(status = r.status().as_u16(), "session closed");
-                        let budget = retry::budget(r.headers(), SystemTime::now());
-                        let _ = timeout(DELETE_TIMEOUT, self.gate.answered(&admitted, budget)).await;
+                        let _ = timeout(DELETE_TIMEOUT, self.answered(&admitted, r.headers())).await;
                     }
                     Ok(Err(e)) => debug!(error = %e.without_url(), "closing the session failed"),
                     Err(_) => debug!("closing the session timed out"),

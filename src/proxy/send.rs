@@ -61,13 +61,7 @@ impl Proxy {
             let status = response.status();
             // Issue 11: what the answer says of the server's budget (and the unit this request
             // took from it) goes back to the gate, whatever the status.
-            let budget = retry::budget(response.headers(), SystemTime::now());
-            if budget.is_some() || admitted.tracked() {
-                if budget.is_some_and(|b| b.remaining == 0) {
-                    *self.last_limit_headers.locked() = retry::rate_limit_headers(response.headers());
-                }
-                Box::pin(self.gate.answered(&admitted, budget)).await;
-            }
+            self.answered(&admitted, response.headers()).await;
             // Issue 5: a refused token is renewed (stored, refreshed, or a new sign-in) and the
             // request sent again: a 401 or 403 means it was not processed.
             if let Some(o) = oauth
@@ -168,6 +162,23 @@ impl Proxy {
             retries += 1;
             self.gate.stats.retries.fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    /// Gives the gate what an answer says of the server's budget, and the unit the request took
+    /// from it (issue 11); a spent budget's headers are kept for the error that may follow.
+    pub(super) async fn answered(
+        &self,
+        admitted: &crate::ratelimit::Admission<'_>,
+        headers: &reqwest::header::HeaderMap,
+    ) {
+        let budget = retry::budget(headers, SystemTime::now());
+        if budget.is_none() && !admitted.tracked() {
+            return;
+        }
+        if budget.is_some_and(|b| b.remaining == 0) {
+            *self.last_limit_headers.locked() = retry::rate_limit_headers(headers);
+        }
+        Box::pin(self.gate.answered(admitted, budget)).await;
     }
 
     /// Waits at the gate, logging each wait; a wait longer than `--max-wait` is an error (but

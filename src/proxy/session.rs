@@ -149,8 +149,7 @@ impl Proxy {
         };
         let response = self.up.legacy_stream().send().await.map_err(|e| self.up.send_error(&e).message)?;
         if let Some(admitted) = &admitted {
-            let budget = retry::budget(response.headers(), SystemTime::now());
-            Box::pin(self.gate.answered(admitted, budget)).await;
+            self.answered(admitted, response.headers()).await;
         }
         let status = response.status();
         let is_sse = response
@@ -228,10 +227,7 @@ impl Proxy {
             let mut asked_wait = Duration::ZERO;
             let opened = self.up.get_stream(last_event_id.as_deref()).send().await;
             if let Ok(r) = &opened {
-                let budget = retry::budget(r.headers(), SystemTime::now());
-                if budget.is_some() || admitted.tracked() {
-                    Box::pin(self.gate.answered(&admitted, budget)).await;
-                }
+                self.answered(&admitted, r.headers()).await;
             }
             match opened {
                 Ok(r) if retry::asks_to_wait(r.status(), r.headers()) => {
