@@ -609,13 +609,18 @@ fn seconds(flag: &str, secs: f64) -> Result<Duration, ConfigError> {
         .ok_or_else(|| ConfigError(format!("{flag} {secs} is not a positive number of seconds")))
 }
 
-/// `$XDG_STATE_HOME/mcp-sidecar` (or `~/.local/state/mcp-sidecar`; Windows: the local app data).
-/// `$XDG_STATE_HOME/mcp-sidecar` (or the platform's equivalent).
+/// Where tokens and rate-limit state live: `$XDG_STATE_HOME/mcp-sidecar` (or
+/// `~/.local/state/mcp-sidecar`) on Linux and macOS (a command-line tool's XDG layout, which
+/// etcetera chooses on macOS too); `%LOCALAPPDATA%\mcp-sidecar` on Windows: local, not roaming
+/// (issue 12), since tokens and windows belong to this machine, and a roaming profile would copy
+/// them to others.
 pub fn default_state_dir() -> Option<PathBuf> {
     use etcetera::BaseStrategy;
-    etcetera::choose_base_strategy()
-        .ok()
-        .map(|s| s.state_dir().unwrap_or_else(|| s.data_dir()).join("mcp-sidecar"))
+    let base = etcetera::choose_base_strategy().ok()?;
+    // Windows has no state directory; etcetera's cache directory there is %LOCALAPPDATA%.
+    let dir =
+        if cfg!(windows) { base.cache_dir() } else { base.state_dir().unwrap_or_else(|| base.data_dir()) };
+    Some(dir.join("mcp-sidecar"))
 }
 
 /// A URL fit for logs and messages: no user info, no query, no fragment.
@@ -631,6 +636,14 @@ pub fn redact_url(url: &Url) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Issue 12: Windows keeps tokens and state in the local app data, not the roaming one.
+    #[cfg(windows)]
+    #[test]
+    fn windows_state_lives_in_local_app_data() {
+        let local = std::env::var_os("LOCALAPPDATA").expect("Windows sets LOCALAPPDATA");
+        assert_eq!(default_state_dir(), Some(PathBuf::from(local).join("mcp-sidecar")));
+    }
     use clap::Parser;
     use std::collections::HashMap;
 

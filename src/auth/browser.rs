@@ -1,23 +1,42 @@
 //! Opening the authorization URL in the user's browser.
 //!
-//! `$BROWSER` is honoured (a `:`-separated list of commands, `%s` standing for the URL, else the
-//! URL is the last argument; the convention of xdg-utils and Python's `webbrowser`), which is
-//! also how tests and headless machines drive the flow. Without it: `xdg-open` on Linux and the
-//! BSDs, `open` on macOS. The command runs directly, never through a shell (A-31), with stdin,
-//! stdout and stderr closed: nothing it prints can reach the MCP client on our stdout. The URL
-//! is printed on stderr too, for when no browser opens.
+//! `$BROWSER` is honoured first, which is also how tests and headless machines drive the flow:
+//! a list of commands separated like `PATH` (`:` on Unix, `;` on Windows, where `:` is part of
+//! `C:\…`; the convention of xdg-utils and Python's `webbrowser`), each with `%s` standing for the
+//! URL, else the URL as the last argument. A program path with spaces (`C:\Program Files\…`) is
+//! written in double quotes, or given alone. Without `$BROWSER`, the `open` crate picks the
+//! platform's launcher: `ShellExecuteW` on Windows, `open` on macOS, `xdg-open` (then `gio`,
+//! `wslview`, …) elsewhere. Commands run directly, never through a shell (A-31), with stdin,
+//! stdout and stderr closed: nothing they print can reach the MCP client on our stdout. The URL is
+//! printed on stderr too, for when no browser opens.
 
 use std::process::{Command, Stdio};
 
 use tracing::debug;
 use url::Url;
 
-/// Opens `url`; returns whether a launcher started. Only http(s) URLs are ever opened.
-pub fn open(url: &Url, browser_var: Option<&str>) -> bool {
+/// Opens `url`; returns whether a launcher started. Only http(s) URLs are ever opened. Runs on
+/// the blocking pool: starting a process (or `ShellExecuteW`) must not stall the runtime thread.
+pub async fn open(url: &Url, browser_var: Option<&str>) -> bool {
     if !matches!(url.scheme(), "http" | "https") {
         return false;
     }
-    for argv in commands(url.as_str(), browser_var) {
+    let url = url.as_str().to_owned();
+    let browser_var = browser_var.map(str::to_owned);
+    tokio::task::spawn_blocking(move || open_now(&url, browser_var.as_deref())).await.unwrap_or(false)
+}
+
+fn open_now(url: &str, browser_var: Option<&str>) -> bool {
+    let Some(var) = browser_var.filter(|v| !v.trim().is_empty()) else {
+        return match open::that_detached(url) {
+            Ok(()) => true,
+            Err(e) => {
+                debug!("could not open a browser: {e}");
+                false
+            }
+        };
+    };
+    for argv in commands(url, var) {
         let Some((program, args)) = argv.split_first() else { continue };
         let started = Command::new(program)
             .args(args)
@@ -37,25 +56,59 @@ pub fn open(url: &Url, browser_var: Option<&str>) -> bool {
     false
 }
 
-/// The commands to try, in order, each as argv.
-fn commands(url: &str, browser_var: Option<&str>) -> Vec<Vec<String>> {
+/// What separates the commands of `$BROWSER`: the platform's `PATH` separator.
+const SEPARATOR: char = if cfg!(windows) { ';' } else { ':' };
+
+/// The commands of `$BROWSER` to try, in order, each as argv.
+fn commands(url: &str, var: &str) -> Vec<Vec<String>> {
     let mut out = Vec::new();
-    if let Some(var) = browser_var.filter(|v| !v.trim().is_empty()) {
-        for entry in var.split(':').filter(|e| !e.trim().is_empty()) {
-            let mut argv: Vec<String> = entry.split_whitespace().map(str::to_owned).collect();
-            if argv.iter().any(|a| a.contains("%s")) {
-                for a in &mut argv {
-                    *a = a.replace("%s", url);
-                }
-            } else {
-                argv.push(url.to_owned());
+    for entry in var.split(SEPARATOR).map(str::trim).filter(|e| !e.is_empty()) {
+        let mut argv = if std::path::Path::new(entry).is_file() {
+            // A program path given alone, spaces and all.
+            vec![entry.to_owned()]
+        } else {
+            words(entry)
+        };
+        if argv.iter().any(|a| a.contains("%s")) {
+            for a in &mut argv {
+                *a = a.replace("%s", url);
             }
-            out.push(argv);
+        } else {
+            argv.push(url.to_owned());
         }
-        return out;
+        out.push(argv);
     }
-    let default = if cfg!(target_os = "macos") { "open" } else { "xdg-open" };
-    out.push(vec![default.to_owned(), url.to_owned()]);
+    out
+}
+
+/// Splits a command at whitespace, keeping "double-quoted parts" together. Backslashes are plain
+/// characters (they are Windows path separators), so there is no escaping.
+fn words(entry: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut word = String::new();
+    let mut quoted = false;
+    let mut started = false;
+    for c in entry.chars() {
+        match c {
+            '"' => {
+                quoted = !quoted;
+                started = true;
+            }
+            c if c.is_whitespace() && !quoted => {
+                if started {
+                    out.push(std::mem::take(&mut word));
+                    started = false;
+                }
+            }
+            c => {
+                word.push(c);
+                started = true;
+            }
+        }
+    }
+    if started {
+        out.push(word);
+    }
     out
 }
 
@@ -66,23 +119,42 @@ mod tests {
     #[test]
     fn browser_variable_forms() {
         let u = "https://as.example/authorize?a=1&b=2";
-        assert_eq!(commands(u, Some("firefox")), vec![vec!["firefox".to_owned(), u.to_owned()]]);
-        assert_eq!(
-            commands(u, Some("my-browser --new-tab %s:lynx")),
-            vec![
-                vec!["my-browser".to_owned(), "--new-tab".to_owned(), u.to_owned()],
-                vec!["lynx".to_owned(), u.to_owned()]
-            ]
-        );
-        let default = commands(u, None);
-        assert_eq!(default.len(), 1);
-        assert_eq!(default[0][1], u, "the URL is one argument, never shell text");
+        let s = |v: &[&str]| v.iter().map(|a| (*a).to_owned()).collect::<Vec<_>>();
+        assert_eq!(commands(u, "firefox"), vec![s(&["firefox", u])]);
+        let two = format!("my-browser --new-tab %s{SEPARATOR}lynx");
+        assert_eq!(commands(u, &two), vec![s(&["my-browser", "--new-tab", u]), s(&["lynx", u])]);
+        assert_eq!(commands(u, &format!("{SEPARATOR}{SEPARATOR} ")), Vec::<Vec<String>>::new());
     }
 
+    /// Issue 12: a Windows program path has a drive letter and spaces; `:` does not split it there.
     #[test]
-    fn only_web_urls_are_opened() {
+    fn program_paths_with_spaces_and_drive_letters() {
+        let u = "https://as.example/authorize";
+        let s = |v: &[&str]| v.iter().map(|a| (*a).to_owned()).collect::<Vec<_>>();
+        assert_eq!(
+            words(r#""C:\Program Files\Mozilla Firefox\firefox.exe" -new-tab %s"#),
+            s(&[r"C:\Program Files\Mozilla Firefox\firefox.exe", "-new-tab", "%s"])
+        );
+        assert_eq!(words(r#"a "" b"#), s(&["a", "", "b"]), "an empty quoted argument stays");
+        #[cfg(windows)]
+        assert_eq!(
+            commands(u, r#""C:\Program Files\Firefox\firefox.exe";C:\Tools\lynx.exe"#),
+            vec![s(&[r"C:\Program Files\Firefox\firefox.exe", u]), s(&[r"C:\Tools\lynx.exe", u])]
+        );
+        // A program given alone, unquoted, with spaces in its path: taken whole when it exists.
+        let dir = std::env::temp_dir().join(format!("mcp sidecar browser {}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let program = dir.join("my browser");
+        std::fs::write(&program, b"").unwrap();
+        let whole = program.to_str().unwrap();
+        assert_eq!(commands(u, whole), vec![s(&[whole, u])]);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn only_web_urls_are_opened() {
         for bad in ["javascript:alert(1)", "file:///etc/passwd", "data:text/html,x", "vbscript:x"] {
-            assert!(!open(&Url::parse(bad).unwrap(), Some("true")), "{bad}");
+            assert!(!open(&Url::parse(bad).unwrap(), Some("true")).await, "{bad}");
         }
     }
 }

@@ -394,7 +394,7 @@ impl OAuth {
         metadata::check_url(&url)?;
 
         let host = self.mcp.host_str().unwrap_or("the server");
-        let opened = browser::open(&url, self.settings.browser.as_deref());
+        let opened = browser::open(&url, self.settings.browser.as_deref()).await;
         let how = if opened {
             "a browser window opened; if not, open this URL"
         } else {

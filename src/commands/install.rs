@@ -337,7 +337,14 @@ fn code(name: &str, args: &[String], env: &Map<String, Value>, dry_run: bool) ->
     if dry_run {
         return OK;
     }
-    match std::process::Command::new("claude").args(&argv).stdin(std::process::Stdio::null()).status() {
+    // `which` resolves `claude` as the platform does: on Windows npm installs `claude.cmd`, which
+    // `Command::new("claude")` would not find (it tries `.exe` only); std runs a `.cmd` through
+    // cmd.exe with its arguments escaped, or refuses arguments it cannot escape (issue 12).
+    let Ok(claude) = which::which("claude") else {
+        eprintln!("mcp-sidecar: claude is not on PATH: run the command above where Claude Code is installed");
+        return FAILED;
+    };
+    match std::process::Command::new(&claude).args(&argv).stdin(std::process::Stdio::null()).status() {
         Ok(s) if s.success() => {
             eprintln!("mcp-sidecar: added \"{name}\" to Claude Code");
             OK
@@ -346,9 +353,10 @@ fn code(name: &str, args: &[String], env: &Map<String, Value>, dry_run: bool) ->
             eprintln!("mcp-sidecar: claude mcp add failed ({s}); run the command above yourself");
             FAILED
         }
-        Err(_) => {
+        Err(e) => {
             eprintln!(
-                "mcp-sidecar: claude is not on PATH: run the command above where Claude Code is installed"
+                "mcp-sidecar: cannot run {} ({e}): run the command above where Claude Code is installed",
+                claude.display()
             );
             FAILED
         }

@@ -199,8 +199,12 @@ async fn install_merges_into_claude_desktops_config_with_the_key_in_env_only() {
     assert_eq!(entry["args"], json!(["--preset", "investra"]));
     assert_eq!(entry["env"]["INVESTRA_API_KEY"], KEY, "the key is in env");
     assert!(!entry["args"].to_string().contains(KEY) && !entry["command"].to_string().contains(KEY));
-    use std::os::unix::fs::PermissionsExt;
-    assert_eq!(std::fs::metadata(&file).unwrap().permissions().mode() & 0o777, 0o600);
+    // Windows: files get the ACL of the user's profile folder, private already; no mode bits.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(std::fs::metadata(&file).unwrap().permissions().mode() & 0o777, 0o600);
+    }
     let backups: Vec<_> = std::fs::read_dir(&dir)
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
@@ -340,20 +344,18 @@ async fn on_a_terminal_a_rate_limit_wait_is_a_countdown() {
     assert_eq!(count.load(Ordering::SeqCst), 2, "the 429, then the retry");
 }
 
+// Unix only: the stand-in `claude` logging its argv is a POSIX shell script. On Windows the
+// same run (npm's `claude.cmd` found through PATHEXT, the argv it gets) is in the Windows smoke
+// test (scripts/windows-smoke.py).
+#[cfg(unix)]
 #[tokio::test]
 /// Issue 10.6: `claude mcp add -e KEY=<key>` put the key in a child's argv, readable by every
 /// local user; now no secret is in any argv (Claude Code passes its environment on).
 async fn install_for_claude_code_runs_claude_with_no_secret_in_any_argv() {
     let dir = temp("claude");
     let log = dir.join("argv");
-    std::fs::write(
-        dir.join("claude"),
-        format!("#!/bin/sh\nfor a in \"$@\"; do printf '%s\\n' \"$a\"; done > {}\n", log.display()),
-    )
-    .unwrap();
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(dir.join("claude"), std::fs::Permissions::from_mode(0o755)).unwrap();
-    let path = format!("{}:/usr/bin:/bin", dir.display());
+    fake_claude(&dir, &format!("for a in \"$@\"; do printf '%s\\n' \"$a\"; done > {}", log.display()));
+    let path = path_with(&dir);
     let (code, stdout, stderr) = run_command(
         &["install", "--client", "claude-code", "--name", "inv", "--preset", "investra"],
         &[("PATH", &path), ("INVESTRA_API_KEY", KEY)],
@@ -374,14 +376,12 @@ async fn install_for_claude_code_runs_claude_with_no_secret_in_any_argv() {
 async fn install_for_claude_code_with_store_key_writes_its_config_file() {
     let dir = temp("claude-store");
     let log = dir.join("argv");
-    std::fs::write(dir.join("claude"), format!("#!/bin/sh\necho \"$@\" > {}\n", log.display())).unwrap();
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(dir.join("claude"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    fake_claude(&dir, &format!("echo \"$@\" > {}", log.display()));
     let file = dir.join(".claude.json");
     let before = json!({"numStartups": 3, "mcpServers": {"other": {"type": "stdio", "command": "x", "args": []}},
         "projects": {"/p": {"mcpServers": {}}}});
     std::fs::write(&file, before.to_string()).unwrap();
-    let path = format!("{}:/usr/bin:/bin", dir.display());
+    let path = path_with(&dir);
     let config_dir = dir.to_string_lossy().into_owned();
     let env =
         [("PATH", path.as_str()), ("INVESTRA_API_KEY", KEY), ("CLAUDE_CONFIG_DIR", config_dir.as_str())];
@@ -400,7 +400,12 @@ async fn install_for_claude_code_with_store_key_writes_its_config_file() {
     assert_eq!(entry["type"], "stdio");
     assert_eq!(entry["args"], json!(["--preset", "investra"]));
     assert_eq!(entry["env"]["INVESTRA_API_KEY"], KEY);
-    assert_eq!(std::fs::metadata(&file).unwrap().permissions().mode() & 0o777, 0o600);
+    // Windows: the profile folder's ACL keeps it private; no mode bits.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(std::fs::metadata(&file).unwrap().permissions().mode() & 0o777, 0o600);
+    }
     let backups = std::fs::read_dir(&dir)
         .unwrap()
         .filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().starts_with(".claude.json.bak-"));
@@ -487,4 +492,32 @@ async fn check_reports_the_budget_it_waited_for() {
         "{stdout}"
     );
     assert!(limits.contains("0 answers with HTTP 429"), "{limits}");
+}
+
+/// Puts a stand-in `claude` in `dir`: a shell script running `body` (Unix); on Windows a
+/// `claude.cmd` that only records that it ran (npm installs `claude.cmd` there).
+fn fake_claude(dir: &std::path::Path, body: &str) {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::write(dir.join("claude"), format!("#!/bin/sh\n{body}\n")).unwrap();
+        std::fs::set_permissions(dir.join("claude"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    #[cfg(windows)]
+    {
+        let _ = body;
+        std::fs::write(dir.join("claude.cmd"), format!("@echo ran > \"{}\"\r\n", dir.join("argv").display()))
+            .unwrap();
+    }
+}
+
+/// `PATH` with `dir` first, then the system's programs.
+fn path_with(dir: &std::path::Path) -> String {
+    let system: Vec<std::path::PathBuf> = if cfg!(windows) {
+        std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default()).collect()
+    } else {
+        vec!["/usr/bin".into(), "/bin".into()]
+    };
+    let all = std::iter::once(dir.to_path_buf()).chain(system);
+    std::env::join_paths(all).unwrap().into_string().unwrap()
 }

@@ -187,6 +187,10 @@ pub fn command(args: &[&str], env: &[(&str, &str)]) -> Command {
         .env_clear()
         .env("HOME", &state)
         .env("XDG_STATE_HOME", &state)
+        // Windows: the state dir is %LOCALAPPDATA%\mcp-sidecar, and without SYSTEMROOT a process
+        // cannot start its network stack.
+        .env("LOCALAPPDATA", &state)
+        .envs(std::env::var_os("SYSTEMROOT").map(|v| ("SYSTEMROOT", v)))
         .env("NO_PROXY", "127.0.0.1,localhost")
         .env("RUST_BACKTRACE", "0")
         .stdin(Stdio::piped())
@@ -412,7 +416,9 @@ impl Sidecar {
         .unwrap_or_else(|_| panic!("stderr never showed {needle:?}:\n{}", self.stderr.lock().unwrap()));
     }
 
-    /// Sends a signal to the process.
+    /// Sends a signal to the process. Unix only: Windows has no signals to send to another
+    /// process (its console events are covered by `platform`'s code and the Windows smoke test).
+    #[cfg(unix)]
     pub fn signal(&self, sig: &str) {
         let pid = self.child.id().unwrap().to_string();
         std::process::Command::new("kill").args(["-s", sig, &pid]).status().unwrap();
@@ -562,6 +568,7 @@ impl PushStream {
 }
 
 /// A real `redis-server` on a free 127.0.0.1 port (nothing saved to disk), stopped on drop.
+#[cfg_attr(not(unix), allow(dead_code))] // its tests are Unix-only (see ratelimit.rs)
 pub struct RedisServer {
     pub port: u16,
     child: Option<Child>,
@@ -569,6 +576,7 @@ pub struct RedisServer {
     tls: Option<[String; 3]>,
 }
 
+#[cfg_attr(not(unix), allow(dead_code))]
 impl RedisServer {
     /// Starts one and waits until it accepts connections.
     pub async fn start() -> RedisServer {

@@ -89,8 +89,12 @@ async fn handle(
     ([("content-type", "application/json")], body.to_string()).into_response()
 }
 
-/// VmRSS or VmHWM of `pid`, in kB.
+/// VmRSS or VmHWM of `pid`, in kB; 0 (not measured) where there is no /proc: memory targets are
+/// measured on Linux.
 fn proc_kb(pid: u32, field: &str) -> u64 {
+    if !cfg!(target_os = "linux") {
+        return 0;
+    }
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .unwrap_or_default()
         .lines()

@@ -24,6 +24,10 @@ mod harness;
 mod legacy;
 mod load;
 mod load_driver;
+// Unix only: the stand-in browser that follows the sign-in redirect is a bash script ($BROWSER,
+// /dev/tcp). Windows' own part of the sign-in (opening the browser, `$BROWSER` with drive letters
+// and spaces) is in `auth::browser`'s unit tests, which run under Wine in CI.
+#[cfg(unix)]
 mod oauth;
 mod ratelimit;
 mod resilience;

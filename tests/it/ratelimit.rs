@@ -507,6 +507,9 @@ async fn a_fresh_process_does_not_burst_its_handshake_past_a_spent_window() {
 
 /// Issue 11: two sidecars with their own state directories (two machines) share one budget
 /// through Redis: no 429, no window over its limit (without the store they provoke 429s).
+// Unix only: redis-server has no maintained Windows build; the store client is the same code on
+// every platform (and its unit tests run under Wine).
+#[cfg(unix)]
 #[tokio::test]
 async fn two_machines_share_one_budget_through_redis() {
     let redis = RedisServer::start().await;
@@ -542,6 +545,9 @@ async fn two_machines_share_one_budget_through_redis() {
 
 /// Issue 11: the store killed mid-run: requests keep flowing on the local state with one
 /// warning; restarted, the store is used again (said once).
+// Unix only: redis-server has no maintained Windows build; the store client is the same code on
+// every platform (and its unit tests run under Wine).
+#[cfg(unix)]
 #[tokio::test]
 async fn requests_flow_while_the_store_is_down_and_it_is_used_again_when_back() {
     let mut redis = RedisServer::start().await;
@@ -587,6 +593,9 @@ async fn requests_flow_while_the_store_is_down_and_it_is_used_again_when_back() 
 
 /// Issue 11 (and 10.1 for the store): a deadline kept in the store is listed by `status
 /// --rate-limit-store` and removed by `status --clear-limits --rate-limit-store`.
+// Unix only: redis-server has no maintained Windows build; the store client is the same code on
+// every platform (and its unit tests run under Wine).
+#[cfg(unix)]
 #[tokio::test]
 async fn status_lists_and_clears_the_deadlines_in_the_store() {
     let redis = RedisServer::start().await;
@@ -629,6 +638,9 @@ async fn status_lists_and_clears_the_deadlines_in_the_store() {
 }
 
 /// Issue 11: `rediss://` with a private CA given by `--ca-file`: the budget is shared over TLS.
+// Unix only: redis-server has no maintained Windows build; the store client is the same code on
+// every platform (and its unit tests run under Wine).
+#[cfg(unix)]
 #[tokio::test]
 async fn the_store_speaks_tls_with_a_private_ca() {
     let pki = crate::tls::pki(&["127.0.0.1"], false);

@@ -95,6 +95,9 @@ async fn s06_stdin_eof_lets_requests_in_flight_finish_then_deletes_the_session()
     assert!(server.seen().iter().any(|s| s.method == "DELETE"));
 }
 
+// Unix only: it sends a signal, which Windows cannot send to another process (console events
+// reach only processes sharing a console); Windows shutdown is in the Windows smoke test.
+#[cfg(unix)]
 #[tokio::test]
 async fn s06_requests_still_running_at_shutdown_get_an_error_answer() {
     let never = Arc::new(Notify::new());
@@ -137,6 +140,9 @@ async fn closed_stdout_ends_the_process_cleanly() {
     assert!(status.success(), "{status:?}");
 }
 
+// Unix only: it sends a signal, which Windows cannot send to another process (console events
+// reach only processes sharing a console); Windows shutdown is in the Windows smoke test.
+#[cfg(unix)]
 #[tokio::test]
 async fn a_signal_ends_the_run_even_while_initialize_hangs() {
     let never = Arc::new(Notify::new());
