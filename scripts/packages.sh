@@ -1,0 +1,159 @@
+#!/usr/bin/env bash
+# Issue 12: the one-line installs, built from this checkout and used the way users use them, with
+# no registry (.ci/run runs this):
+#   npm:  the launcher package and the linux-x64 package packed from the local binary, installed
+#         from the tarballs into an empty prefix (the registry set to a closed port), then a real
+#         session through `npx mcp-sidecar` (scripts/smoke.py); the win32-x64 package packed from
+#         the Windows build and checked to hold the .exe;
+#   PyPI: the manylinux wheel (maturin, bindings = "bin") installed into a fresh venv with
+#         --no-index, then a real session through the venv's `mcp-sidecar`; the Windows wheel
+#         built for x86_64-pc-windows-gnu and checked to hold mcp-sidecar.exe.
+# It also measures what the npm launcher adds to startup.
+#
+#   scripts/packages.sh          # needs: cargo, node/npm, python3; maturin is fetched into a venv
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+OUT=${PACKAGES_OUT:-$ROOT/target/packages}
+VERSION=$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
+BIN=$ROOT/target/release/mcp-sidecar
+SERVER=$ROOT/target/debug/examples/example_server
+WIN_TARGET=x86_64-pc-windows-gnu
+# No registry: anything npm would fetch fails at once instead.
+export npm_config_registry=http://127.0.0.1:9/ npm_config_audit=false npm_config_fund=false \
+  npm_config_update_notifier=false
+rm -rf "$OUT" && mkdir -p "$OUT"
+say() { printf 'packages: %s\n' "$*" >&2; }
+
+# Two invocations: built together, the example's dev-dependency features would leak into the
+# binary that ships.
+cargo build --locked --release --bin mcp-sidecar
+cargo build --locked --example example_server
+# The Windows binary of the unit tests' build (dev profile, fast here), stripped of its debug
+# information for the packages that only have to hold it.
+cargo build --locked --target "$WIN_TARGET" --bin mcp-sidecar
+mkdir -p "$OUT/windows"
+x86_64-w64-mingw32-strip -o "$OUT/windows/mcp-sidecar.exe" "$ROOT/target/$WIN_TARGET/debug/mcp-sidecar.exe"
+WIN_EXE=$OUT/windows/mcp-sidecar.exe
+
+# --- npm ---------------------------------------------------------------------------------------
+node packaging/npm/stage.js "$OUT/npm" "$VERSION" linux-x64="$BIN" win32-x64="$WIN_EXE"
+for dir in launcher linux-x64 win32-x64; do
+  (cd "$OUT/npm/$dir" && npm pack --silent --pack-destination "$OUT/npm" >/dev/null)
+done
+LAUNCHER_TGZ=$OUT/npm/mcp-sidecar-$VERSION.tgz
+LINUX_TGZ=$OUT/npm/mcp-sidecar-linux-x64-$VERSION.tgz
+WIN_TGZ=$OUT/npm/mcp-sidecar-win32-x64-$VERSION.tgz
+listing=$(tar -tzf "$WIN_TGZ")
+grep -qx 'package/bin/mcp-sidecar.exe' <<< "$listing" || { say "FAILED: $WIN_TGZ has no bin/mcp-sidecar.exe"; exit 1; }
+say "packed $(cd "$OUT/npm" && ls ./*.tgz | xargs -n1 basename | tr '\n' ' ')"
+
+PREFIX=$OUT/npm-prefix
+mkdir -p "$PREFIX"
+(cd "$PREFIX" && npm init -y >/dev/null && npm install --offline --no-save --silent "$LINUX_TGZ" "$LAUNCHER_TGZ")
+[ -x "$PREFIX/node_modules/@mcp-sidecar/linux-x64/bin/mcp-sidecar" ] || { say "FAILED: the binary was not installed executable"; exit 1; }
+(cd "$PREFIX" && python3 "$ROOT/scripts/smoke.py" --server "$SERVER" --label "npx mcp-sidecar" -- npx --offline mcp-sidecar)
+# The exit status passes through the launcher untouched.
+set +e
+(cd "$PREFIX" && npx --offline mcp-sidecar --no-such-flag >/dev/null 2>&1); launched=$?
+"$BIN" --no-such-flag >/dev/null 2>&1; direct=$?
+set -e
+[ "$launched" = "$direct" ] && [ "$direct" != 0 ] || { say "FAILED: exit status $launched through npx, $direct direct"; exit 1; }
+
+# SIGTERM to the launcher reaches the binary, which ends as it does when signalled directly.
+python3 - "$ROOT/scripts" "$SERVER" "$BIN" "$PREFIX" <<'EOF'
+import sys
+sys.path.insert(0, sys.argv[1])
+import smoke
+server, url = smoke.example_server(sys.argv[2])
+try:
+    direct = smoke.stop_by_signal([sys.argv[3]], url)
+    launched = smoke.stop_by_signal(["node", f"{sys.argv[4]}/node_modules/mcp-sidecar/bin/mcp-sidecar.js"], url)
+finally:
+    server.kill()
+if direct != launched:
+    smoke.fail(f"SIGTERM: exit status {launched} through the launcher, {direct} direct")
+print(f"packages: SIGTERM passes through the launcher (exit status {launched}, as direct)", file=sys.stderr)
+EOF
+# Without its platform package (npm --omit=optional), the launcher says what to do.
+LONE=$OUT/npm-launcher-only
+mkdir -p "$LONE"
+(cd "$LONE" && npm init -y >/dev/null && npm install --offline --no-save --silent --omit=optional "$LAUNCHER_TGZ")
+set +e
+lone_err=$(cd "$LONE" && npx --offline mcp-sidecar --version 2>&1 >/dev/null); lone=$?
+set -e
+[ "$lone" = 2 ] && grep -q 'is not installed.*MCP_SIDECAR_BINARY' <<< "$lone_err" ||
+  { say "FAILED: the launcher without its binary: exit $lone: $lone_err"; exit 1; }
+
+# What the launcher costs at start: median of 15 runs of --version, direct, through the launcher
+# with node, and through npx.
+python3 - "$BIN" "$PREFIX" <<'EOF'
+import statistics, subprocess, sys, time
+binary, prefix = sys.argv[1:]
+def median_ms(argv, cwd=None):
+    runs = []
+    for _ in range(15):
+        t = time.perf_counter()
+        subprocess.run(argv, cwd=cwd, stdout=subprocess.DEVNULL, check=True)
+        runs.append((time.perf_counter() - t) * 1000)
+    return statistics.median(runs)
+direct = median_ms([binary, "--version"])
+node = median_ms(["node", f"{prefix}/node_modules/mcp-sidecar/bin/mcp-sidecar.js", "--version"])
+npx = median_ms(["npx", "--offline", "mcp-sidecar", "--version"], cwd=prefix)
+print(f"packages: start to exit of --version (median of 15): binary {direct:.1f} ms, "
+      f"node launcher {node:.1f} ms, npx {npx:.1f} ms", file=sys.stderr)
+EOF
+
+# --- PyPI --------------------------------------------------------------------------------------
+python3 -m venv "$OUT/build-venv"
+if [ -n "${MATURIN:-}" ]; then :; elif command -v maturin >/dev/null 2>&1; then MATURIN=maturin; else
+  "$OUT/build-venv/bin/pip" install --quiet 'maturin>=1.5,<2'
+  MATURIN=$OUT/build-venv/bin/maturin
+fi
+"$MATURIN" build --locked --release --out "$OUT/wheels" --quiet 2>&1 | grep -v '^📦\|^🔗\|^🐍' >&2 || true
+"$MATURIN" build --locked --strip --target "$WIN_TARGET" --out "$OUT/wheels" --quiet 2>&1 | grep -v '^📦\|^🔗\|^🐍' >&2 || true
+LINUX_WHL=$(ls "$OUT"/wheels/mcp_sidecar-"$VERSION"-*manylinux*x86_64*.whl)
+WIN_WHL=$(ls "$OUT"/wheels/mcp_sidecar-"$VERSION"-*win_amd64.whl)
+python3 - "$WIN_WHL" "$VERSION" <<'EOF'
+import sys, zipfile
+wheel, version = sys.argv[1:]
+names = zipfile.ZipFile(wheel).namelist()
+exe = f"mcp_sidecar-{version}.data/scripts/mcp-sidecar.exe"
+if exe not in names:
+    sys.exit(f"packages: FAILED: {wheel} has no {exe}: {names}")
+EOF
+say "built $(basename "$LINUX_WHL") and $(basename "$WIN_WHL") (holds mcp-sidecar.exe)"
+python3 -m venv "$OUT/venv"
+"$OUT/venv/bin/pip" install --quiet --no-index "$LINUX_WHL"
+python3 scripts/smoke.py --server "$SERVER" --label "pip-installed wheel" -- "$OUT/venv/bin/mcp-sidecar"
+
+# --- release archives and install-release.sh ---------------------------------------------------
+# The archive layout of .github/workflows/release.yml, served from 127.0.0.1: the script installs
+# a good archive, and refuses one that does not match its SHA-256 (nothing installed).
+REL=$OUT/release
+mkdir -p "$REL/stage"
+cp "$BIN" README.md "$REL/stage/"
+ARCHIVE=mcp-sidecar-x86_64-unknown-linux-musl.tar.gz
+tar -C "$REL/stage" -czf "$REL/$ARCHIVE" mcp-sidecar README.md && rm -rf "$REL/stage"
+(cd "$REL" && sha256sum "$ARCHIVE" > "$ARCHIVE.sha256")
+python3 -u -c '
+import functools, http.server, sys
+handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=sys.argv[1])
+server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+print(server.server_address[1], flush=True)
+server.serve_forever()' "$REL" > "$OUT/mirror-port" 2>/dev/null &
+MIRROR=$!
+trap 'kill $MIRROR 2>/dev/null || true' EXIT
+while [ ! -s "$OUT/mirror-port" ]; do sleep 0.1; done
+export MCP_SIDECAR_DOWNLOAD_URL=http://127.0.0.1:$(cat "$OUT/mirror-port")
+MCP_SIDECAR_INSTALL_DIR=$OUT/installed sh scripts/install-release.sh >/dev/null 2>&1 ||
+  { say "FAILED: install-release.sh: $(MCP_SIDECAR_INSTALL_DIR=$OUT/installed sh scripts/install-release.sh 2>&1)"; exit 1; }
+"$OUT/installed/mcp-sidecar" --version >/dev/null
+printf 'tampered' >> "$REL/$ARCHIVE"
+if MCP_SIDECAR_INSTALL_DIR=$OUT/tampered sh scripts/install-release.sh 2>"$OUT/tampered.err"; then
+  say "FAILED: install-release.sh installed an archive that does not match its SHA-256"; exit 1
+fi
+grep -q 'does not match its SHA-256' "$OUT/tampered.err" && [ ! -e "$OUT/tampered/mcp-sidecar" ] ||
+  { say "FAILED: a tampered archive: $(cat "$OUT/tampered.err")"; exit 1; }
+say "install-release.sh: installs a checked archive, refuses a tampered one"
+say "ok"
