@@ -14,10 +14,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
-OUT=${PACKAGES_OUT:-$ROOT/target/packages}
+TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
+OUT=${PACKAGES_OUT:-$TARGET/packages}
 VERSION=$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
-BIN=$ROOT/target/release/mcp-sidecar
-SERVER=$ROOT/target/debug/examples/example_server
+BIN=$TARGET/release/mcp-sidecar
+SERVER=$TARGET/debug/examples/example_server
 WIN_TARGET=x86_64-pc-windows-gnu
 # No registry: anything npm would fetch fails at once instead.
 export npm_config_registry=http://127.0.0.1:9/ npm_config_audit=false npm_config_fund=false \
@@ -33,7 +34,7 @@ cargo build --locked --example example_server
 # information for the packages that only have to hold it.
 cargo build --locked --target "$WIN_TARGET" --bin mcp-sidecar
 mkdir -p "$OUT/windows"
-x86_64-w64-mingw32-strip -o "$OUT/windows/mcp-sidecar.exe" "$ROOT/target/$WIN_TARGET/debug/mcp-sidecar.exe"
+x86_64-w64-mingw32-strip -o "$OUT/windows/mcp-sidecar.exe" "$TARGET/$WIN_TARGET/debug/mcp-sidecar.exe"
 WIN_EXE=$OUT/windows/mcp-sidecar.exe
 
 # --- npm ---------------------------------------------------------------------------------------
