@@ -61,6 +61,25 @@ set +e
 set -e
 [ "$launched" = "$direct" ] && [ "$direct" != 0 ] || { say "FAILED: exit status $launched through npx, $direct direct"; exit 1; }
 
+# `npx -y` on a machine that never ran it: npx installs into its own cache (here from the
+# tarballs, no registry) and runs from there. `install` run that way names npx in the entry, not
+# the cached binary a cache clean would remove.
+NPX_CACHE=$OUT/npx-cache
+npx_fresh() {
+  (cd "$OUT" && npm_config_cache=$NPX_CACHE npx -y --offline --package="$LINUX_TGZ" --package="$LAUNCHER_TGZ" mcp-sidecar "$@")
+}
+npx_fresh --version >/dev/null
+find "$NPX_CACHE/_npx" -path '*@mcp-sidecar/linux-x64/bin/mcp-sidecar' | grep -q . ||
+  { say "FAILED: npx did not run the binary from its cache"; exit 1; }
+INVESTRA_API_KEY=inv_packages_test_key_1234 npx_fresh install --client claude-desktop \
+  --config-file "$OUT/claude_desktop_config.json" --preset investra >/dev/null 2>&1
+node -e '
+  const e = require(process.argv[1]).mcpServers.investra;
+  const ok = /(^|\/)npx$/.test(e.command) && JSON.stringify(e.args) === JSON.stringify(["-y", "mcp-sidecar", "--preset", "investra"]);
+  if (!ok) { console.error("packages: FAILED: installed through npx, the entry is " + JSON.stringify(e)); process.exit(1); }
+' "$OUT/claude_desktop_config.json"
+say "npx -y from an empty cache runs the binary; install through it writes an npx entry"
+
 # SIGTERM to the launcher reaches the binary, which ends as it does when signalled directly.
 python3 - "$ROOT/scripts" "$SERVER" "$BIN" "$PREFIX" <<'EOF'
 import sys

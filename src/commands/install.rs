@@ -43,8 +43,20 @@ pub fn install(config: &Config, args: &Args, request: Request<'_>) -> u8 {
     let name = request.name.map(str::to_owned).unwrap_or_else(|| default_name(config, args));
     let server_args = server_args(args, config);
     let env = env_block(config, args);
-    let command =
-        std::env::current_exe().map(|p| p.display().to_string()).unwrap_or_else(|_| "mcp-sidecar".into());
+    let exe = std::env::current_exe().ok();
+    let via = exe.as_deref().and_then(launcher);
+    let (command, server_args) = match via {
+        Some(via) => {
+            eprintln!(
+                "mcp-sidecar: this mcp-sidecar runs from {}'s cache, which it may clear: the entry starts it through {} instead",
+                via.name, via.name
+            );
+            let (command, mut prefix) = via.command();
+            prefix.extend(server_args);
+            (command, prefix)
+        }
+        None => (exe.map_or_else(|| "mcp-sidecar".into(), |p| p.display().to_string()), server_args),
+    };
     match request.client {
         InstallClient::ClaudeDesktop => {
             let Some(path) = request.config_file.map(Path::to_path_buf).or_else(desktop_config_path) else {
@@ -79,7 +91,11 @@ pub fn install(config: &Config, args: &Args, request: Request<'_>) -> u8 {
                 "restart Claude Code to use it (user scope: every project)",
             )
         }
-        InstallClient::ClaudeCode => code(&name, &server_args, &env, request.dry_run),
+        InstallClient::ClaudeCode => {
+            // Claude Code finds mcp-sidecar on its PATH, or the launcher it came through.
+            let command = if via.is_some() { command } else { "mcp-sidecar".to_owned() };
+            code(&name, &command, &server_args, &env, request.dry_run)
+        }
     }
 }
 
@@ -204,6 +220,51 @@ fn secret_vars(a: &Args) -> Vec<String> {
     names
 }
 
+/// A package runner whose cache this mcp-sidecar runs from (`npx -y mcp-sidecar`, `uvx`,
+/// `pipx run`): an entry naming the cached binary would break when the cache is cleared, so it
+/// names the runner.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Launcher {
+    name: &'static str,
+    args: &'static [&'static str],
+}
+
+impl Launcher {
+    /// The entry's command and its first arguments. The runner by full path where it can be
+    /// found: a client started from the desktop may not have the shell's PATH (nvm, mise,
+    /// Homebrew). Windows: npm's `npx.cmd` is a batch file, which clients that start programs
+    /// without a shell cannot run, so it goes through `cmd /c`.
+    fn command(self) -> (String, Vec<String>) {
+        let args = self.args.iter().map(|a| (*a).to_owned());
+        if cfg!(windows) && self.name == "npx" {
+            let cmd = std::env::var("ComSpec").unwrap_or_else(|_| "cmd.exe".into());
+            return (cmd, ["/c", "npx"].iter().map(|a| (*a).to_owned()).chain(args).collect());
+        }
+        let program =
+            which::which(self.name).map_or_else(|_| self.name.to_owned(), |p| p.display().to_string());
+        (program, args.collect())
+    }
+}
+
+/// Which runner's cache `exe` lies in, if any: npm's `_npx` folder, uv's `archive-v*` under a
+/// `uv` folder, pipx's `.cache` under a `pipx` folder.
+fn launcher(exe: &Path) -> Option<Launcher> {
+    let parts: Vec<String> =
+        exe.components().map(|c| c.as_os_str().to_string_lossy().to_ascii_lowercase()).collect();
+    let after = |first: &str, then: &dyn Fn(&str) -> bool| {
+        parts.iter().position(|p| p == first).is_some_and(|i| parts[i + 1..].iter().any(|p| then(p)))
+    };
+    if parts.iter().any(|p| p == "_npx") {
+        Some(Launcher { name: "npx", args: &["-y", "mcp-sidecar"] })
+    } else if after("uv", &|p| p.starts_with("archive-v")) {
+        Some(Launcher { name: "uvx", args: &["mcp-sidecar"] })
+    } else if after("pipx", &|p| p == ".cache") {
+        Some(Launcher { name: "pipx", args: &["run", "mcp-sidecar"] })
+    } else {
+        None
+    }
+}
+
 /// Where Claude Code keeps its user-scope servers: `$CLAUDE_CONFIG_DIR/.claude.json`, else
 /// `~/.claude.json`.
 fn claude_code_config_path() -> Option<PathBuf> {
@@ -313,7 +374,7 @@ fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 }
 
 /// `claude mcp add NAME -- mcp-sidecar ARGS`, printed and run: no secret in its arguments.
-fn code(name: &str, args: &[String], env: &Map<String, Value>, dry_run: bool) -> u8 {
+fn code(name: &str, command: &str, args: &[String], env: &Map<String, Value>, dry_run: bool) -> u8 {
     let quote = |s: &str| {
         if s.chars().all(|c| c.is_ascii_alphanumeric() || "-_./:=@,+".contains(c)) {
             s.to_owned()
@@ -321,7 +382,7 @@ fn code(name: &str, args: &[String], env: &Map<String, Value>, dry_run: bool) ->
             format!("'{}'", s.replace('\'', r"'\''"))
         }
     };
-    let mut argv = vec!["mcp".to_owned(), "add".into(), name.to_owned(), "--".into(), "mcp-sidecar".into()];
+    let mut argv = vec!["mcp".to_owned(), "add".into(), name.to_owned(), "--".into(), command.to_owned()];
     argv.extend(args.iter().cloned());
     let shown: Vec<String> =
         std::iter::once("claude".to_owned()).chain(argv.iter().map(|a| quote(a))).collect();
@@ -366,6 +427,37 @@ fn code(name: &str, args: &[String], env: &Map<String, Value>, dry_run: bool) ->
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Issue 12: run through npx, uvx or pipx run, the binary lies in a cache; the entry names
+    /// the runner instead. Installed binaries (cargo, the install script, npm -g) are named as
+    /// they are.
+    #[test]
+    fn a_binary_in_a_package_runners_cache_is_started_through_the_runner() {
+        let npx = |p: &str| launcher(Path::new(p)).map(|l| l.name);
+        assert_eq!(
+            npx("/home/u/.npm/_npx/0123abcd/node_modules/@mcp-sidecar/linux-x64/bin/mcp-sidecar"),
+            Some("npx")
+        );
+        assert_eq!(npx("/home/u/.cache/uv/archive-v0/Xy12/bin/mcp-sidecar"), Some("uvx"));
+        assert_eq!(npx("/Users/u/.local/pipx/.cache/5f1e/bin/mcp-sidecar"), Some("pipx"));
+        for installed in [
+            "/home/u/.local/bin/mcp-sidecar",
+            "/home/u/.cargo/bin/mcp-sidecar",
+            "/usr/lib/node_modules/mcp-sidecar/node_modules/@mcp-sidecar/linux-x64/bin/mcp-sidecar",
+            "/home/u/.local/share/uv/tools/mcp-sidecar/bin/mcp-sidecar",
+            "/home/u/.local/pipx/venvs/mcp-sidecar/bin/mcp-sidecar",
+        ] {
+            assert_eq!(npx(installed), None, "{installed}");
+        }
+        #[cfg(windows)]
+        {
+            let p = r"C:\Users\U\AppData\Local\npm-cache\_npx\ab12\node_modules\@mcp-sidecar\win32-x64\bin\mcp-sidecar.exe";
+            assert_eq!(npx(p), Some("npx"));
+            let (command, args) = launcher(Path::new(p)).unwrap().command();
+            assert!(command.to_ascii_lowercase().ends_with("cmd.exe"), "{command}");
+            assert_eq!(args, ["/c", "npx", "-y", "mcp-sidecar"]);
+        }
+    }
     use clap::Parser;
 
     fn args_for(line: &[&str]) -> Vec<String> {
