@@ -6,18 +6,25 @@
 #         session through `npx mcp-sidecar` (scripts/smoke.py); the win32-x64 package packed from
 #         the Windows build and checked to hold the .exe;
 #   PyPI: the manylinux wheel (maturin, bindings = "bin") installed into a fresh venv with
-#         --no-index, then a real session through the venv's `mcp-sidecar`; the Windows wheel
-#         built for x86_64-pc-windows-gnu and checked to hold mcp-sidecar.exe.
+#         --no-index, then a real session through the venv's `mcp-sidecar`, through `uvx` and
+#         through `pipx run` (offline, on the wheel); the Windows wheel built for
+#         x86_64-pc-windows-gnu and checked to hold mcp-sidecar.exe;
+#   cargo install --locked --path . and a session through what it installed;
+#   the release archive layout served from 127.0.0.1 to scripts/install-release.sh.
 # It also measures what the npm launcher adds to startup.
 #
-#   scripts/packages.sh          # needs: cargo, node/npm, python3; maturin is fetched into a venv
+#   scripts/packages.sh             # needs: cargo, node/npm, python3; maturin, uv and pipx are
+#                                   # fetched from PyPI into a venv
+#   scripts/packages.sh --release   # package release builds (CI packages the dev build, stripped:
+#                                   # the packaging is what is under test, and it saves 5 minutes)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
 OUT=${PACKAGES_OUT:-$TARGET/packages}
 VERSION=$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
-BIN=$TARGET/release/mcp-sidecar
+PROFILE=dev; PROFILE_DIR=debug; PROFILE_FLAG=()
+[ "${1:-}" = --release ] && { PROFILE=release; PROFILE_DIR=release; PROFILE_FLAG=(--release); }
 SERVER=$TARGET/debug/examples/example_server
 WIN_TARGET=x86_64-pc-windows-gnu
 # No registry: anything npm would fetch fails at once instead.
@@ -28,13 +35,14 @@ say() { printf 'packages: %s\n' "$*" >&2; }
 
 # Two invocations: built together, the example's dev-dependency features would leak into the
 # binary that ships.
-cargo build --locked --release --bin mcp-sidecar
+cargo build --locked "${PROFILE_FLAG[@]}" --bin mcp-sidecar
 cargo build --locked --example example_server
-# The Windows binary of the unit tests' build (dev profile, fast here), stripped of its debug
-# information for the packages that only have to hold it.
-cargo build --locked --target "$WIN_TARGET" --bin mcp-sidecar
-mkdir -p "$OUT/windows"
-x86_64-w64-mingw32-strip -o "$OUT/windows/mcp-sidecar.exe" "$TARGET/$WIN_TARGET/debug/mcp-sidecar.exe"
+cargo build --locked "${PROFILE_FLAG[@]}" --target "$WIN_TARGET" --bin mcp-sidecar
+# Stripped of debug information, as a release is.
+mkdir -p "$OUT/linux" "$OUT/windows"
+strip -o "$OUT/linux/mcp-sidecar" "$TARGET/$PROFILE_DIR/mcp-sidecar"
+x86_64-w64-mingw32-strip -o "$OUT/windows/mcp-sidecar.exe" "$TARGET/$WIN_TARGET/$PROFILE_DIR/mcp-sidecar.exe"
+BIN=$OUT/linux/mcp-sidecar
 WIN_EXE=$OUT/windows/mcp-sidecar.exe
 
 # --- npm ---------------------------------------------------------------------------------------
@@ -130,8 +138,8 @@ if [ -n "${MATURIN:-}" ]; then :; elif command -v maturin >/dev/null 2>&1; then 
   "$OUT/build-venv/bin/pip" install --quiet 'maturin>=1.5,<2'
   MATURIN=$OUT/build-venv/bin/maturin
 fi
-"$MATURIN" build --locked --release --out "$OUT/wheels" --quiet 2>&1 | grep -v '^📦\|^🔗\|^🐍' >&2 || true
-"$MATURIN" build --locked --strip --target "$WIN_TARGET" --out "$OUT/wheels" --quiet 2>&1 | grep -v '^📦\|^🔗\|^🐍' >&2 || true
+"$MATURIN" build --locked --strip "${PROFILE_FLAG[@]}" --out "$OUT/wheels" --quiet 2>&1 | grep -v '^📦\|^🔗\|^🐍' >&2 || true
+"$MATURIN" build --locked --strip "${PROFILE_FLAG[@]}" --target "$WIN_TARGET" --out "$OUT/wheels" --quiet 2>&1 | grep -v '^📦\|^🔗\|^🐍' >&2 || true
 LINUX_WHL=$(ls "$OUT"/wheels/mcp_sidecar-"$VERSION"-*manylinux*x86_64*.whl)
 WIN_WHL=$(ls "$OUT"/wheels/mcp_sidecar-"$VERSION"-*win_amd64.whl)
 python3 - "$WIN_WHL" "$VERSION" <<'EOF'
@@ -146,6 +154,29 @@ say "built $(basename "$LINUX_WHL") and $(basename "$WIN_WHL") (holds mcp-sideca
 python3 -m venv "$OUT/venv"
 "$OUT/venv/bin/pip" install --quiet --no-index "$LINUX_WHL"
 python3 scripts/smoke.py --server "$SERVER" --label "pip-installed wheel" -- "$OUT/venv/bin/mcp-sidecar"
+# uvx and pipx run, as the one-liners use them, on the wheel (no index: nothing is fetched).
+"$OUT/build-venv/bin/pip" install --quiet uv pipx
+UVX=$OUT/build-venv/bin/uvx
+export UV_CACHE_DIR=$OUT/uv-cache UV_OFFLINE=1 UV_NO_CONFIG=1
+python3 scripts/smoke.py --server "$SERVER" --label "uvx" -- "$UVX" --from "$LINUX_WHL" mcp-sidecar
+INVESTRA_API_KEY=inv_packages_test_key_1234 "$UVX" --from "$LINUX_WHL" mcp-sidecar install --client claude-desktop \
+  --config-file "$OUT/uvx_desktop_config.json" --preset investra >/dev/null 2>&1
+python3 - "$OUT/uvx_desktop_config.json" <<'EOF'
+import json, sys
+e = json.load(open(sys.argv[1]))["mcpServers"]["investra"]
+if not e["command"].endswith("uvx") or e["args"] != ["mcp-sidecar", "--preset", "investra"]:
+    sys.exit(f"packages: FAILED: installed through uvx, the entry is {e}")
+EOF
+export PIPX_HOME=$OUT/pipx-home PIPX_BIN_DIR=$OUT/pipx-bin
+python3 scripts/smoke.py --server "$SERVER" --label "pipx run" -- \
+  "$OUT/build-venv/bin/pipx" run --pip-args=--no-index --spec "$LINUX_WHL" mcp-sidecar
+say "uvx and pipx run start the wheel's binary; install through uvx writes a uvx entry"
+
+# --- cargo install -----------------------------------------------------------------------------
+# Still the path for anyone with a toolchain (the build above is reused).
+debug=(); [ "$PROFILE" = dev ] && debug=(--debug)
+cargo install --locked --quiet "${debug[@]}" --path . --root "$OUT/cargo-root" --target-dir "$TARGET"
+python3 scripts/smoke.py --server "$SERVER" --label "cargo install" -- "$OUT/cargo-root/bin/mcp-sidecar"
 
 # --- release archives and install-release.sh ---------------------------------------------------
 # The archive layout of .github/workflows/release.yml, served from 127.0.0.1: the script installs
@@ -176,4 +207,4 @@ fi
 grep -q 'does not match its SHA-256' "$OUT/tampered.err" && [ ! -e "$OUT/tampered/mcp-sidecar" ] ||
   { say "FAILED: a tampered archive: $(cat "$OUT/tampered.err")"; exit 1; }
 say "install-release.sh: installs a checked archive, refuses a tampered one"
-say "ok"
+say "ok ($PROFILE builds)"

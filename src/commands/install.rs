@@ -246,17 +246,19 @@ impl Launcher {
     }
 }
 
-/// Which runner's cache `exe` lies in, if any: npm's `_npx` folder, uv's `archive-v*` under a
-/// `uv` folder, pipx's `.cache` under a `pipx` folder.
+/// Which runner's cache `exe` lies in, if any: npm's `_npx` folder; uv's
+/// `archive-vN/ID/bin/` (`Scripts\` on Windows) wherever `UV_CACHE_DIR` puts it; pipx's `.cache`
+/// under a `pipx` folder.
 fn launcher(exe: &Path) -> Option<Launcher> {
     let parts: Vec<String> =
         exe.components().map(|c| c.as_os_str().to_string_lossy().to_ascii_lowercase()).collect();
     let after = |first: &str, then: &dyn Fn(&str) -> bool| {
         parts.iter().position(|p| p == first).is_some_and(|i| parts[i + 1..].iter().any(|p| then(p)))
     };
+    let from_end = |n: usize| parts.len().checked_sub(n).map_or("", |i| parts[i].as_str());
     if parts.iter().any(|p| p == "_npx") {
         Some(Launcher { name: "npx", args: &["-y", "mcp-sidecar"] })
-    } else if after("uv", &|p| p.starts_with("archive-v")) {
+    } else if from_end(4).starts_with("archive-v") && matches!(from_end(2), "bin" | "scripts") {
         Some(Launcher { name: "uvx", args: &["mcp-sidecar"] })
     } else if after("pipx", &|p| p == ".cache") {
         Some(Launcher { name: "pipx", args: &["run", "mcp-sidecar"] })
@@ -439,6 +441,7 @@ mod tests {
             Some("npx")
         );
         assert_eq!(npx("/home/u/.cache/uv/archive-v0/Xy12/bin/mcp-sidecar"), Some("uvx"));
+        assert_eq!(npx("/ci/uv-cache/archive-v0/aMHZ/bin/mcp-sidecar"), Some("uvx"), "UV_CACHE_DIR");
         assert_eq!(npx("/Users/u/.local/pipx/.cache/5f1e/bin/mcp-sidecar"), Some("pipx"));
         for installed in [
             "/home/u/.local/bin/mcp-sidecar",
