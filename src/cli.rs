@@ -44,6 +44,9 @@ pub const VERSION: &str = concat!(
 #[derive(Debug, Parser)]
 #[command(
     name = "mcp-sidecar",
+    // Not argv[0]: on Windows that is mcp-sidecar.exe, and usage lines should read the same
+    // everywhere (found by the end-to-end tests under Wine).
+    bin_name = "mcp-sidecar",
     version = VERSION,
     about,
     after_help = AFTER_HELP,

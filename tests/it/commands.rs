@@ -320,6 +320,8 @@ async fn one_shot_commands_explain_a_wrong_url_and_an_untrusted_certificate_in_o
     ct.cancel();
 }
 
+// Unix only: util-linux `script` provides the pseudo-terminal; Windows consoles are not ptys.
+#[cfg(unix)]
 #[tokio::test]
 async fn on_a_terminal_a_rate_limit_wait_is_a_countdown() {
     let (hook, count) = first_tools_list_429(2);
@@ -443,10 +445,12 @@ async fn install_carries_the_options_the_sign_in_state_depends_on() {
     // shell resolves (the client's environment may resolve another).
     let line: Vec<&str> =
         install.iter().copied().chain(["--name", "plain", "--request-timeout", "300"]).collect();
-    let (code, _, stderr) = run_command(&line, &[("XDG_STATE_HOME", &state)]).await;
+    // (XDG_STATE_HOME on Linux and macOS, LOCALAPPDATA on Windows.)
+    let (code, _, stderr) = run_command(&line, &[("XDG_STATE_HOME", &state), ("LOCALAPPDATA", &state)]).await;
     assert_eq!(code, 0, "{stderr}");
     let args = entry_args(&file, "plain");
-    assert_eq!(args, ["https://mcp.example.com/mcp", "--state-dir", &format!("{state}/mcp-sidecar")]);
+    let resolved = std::path::Path::new(&state).join("mcp-sidecar").display().to_string();
+    assert_eq!(args, ["https://mcp.example.com/mcp", "--state-dir", &resolved]);
 }
 
 /// Issue 10.8: `check` and `install --dry-run` used to print a 12-character key whole (9

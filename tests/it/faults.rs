@@ -156,19 +156,24 @@ async fn proxies_carry_remote_hosts_never_loopback_and_no_proxy_is_honoured() {
     assert_eq!(proxy.posts("initialize").len(), 1, "and none through the proxy");
     // NO_PROXY names the remote host: it is tried directly. In an empty network namespace its
     // name cannot be resolved (through the proxy it would be "could not connect" instead).
-    let env = [("TEST_KEY", KEY), ("HTTP_PROXY", proxy_url.as_str()), ("NO_PROXY", "example.test")];
-    let (s, e) = initialize_unconnected(
-        &[&remote, "--api-key-env", "TEST_KEY", "--allow-http", "--max-retries", "0"],
-        &env,
-    )
-    .await;
-    let msg = e["error"]["message"].as_str().unwrap_or_default();
-    assert!(msg.contains("could not resolve the host mcp.example.test"), "{e}");
-    s.finish().await;
+    // Linux only: the namespace comes from unshare -n.
+    #[cfg(target_os = "linux")]
+    {
+        let env = [("TEST_KEY", KEY), ("HTTP_PROXY", proxy_url.as_str()), ("NO_PROXY", "example.test")];
+        let (s, e) = initialize_unconnected(
+            &[&remote, "--api-key-env", "TEST_KEY", "--allow-http", "--max-retries", "0"],
+            &env,
+        )
+        .await;
+        let msg = e["error"]["message"].as_str().unwrap_or_default();
+        assert!(msg.contains("could not resolve the host mcp.example.test"), "{e}");
+        s.finish().await;
+    }
 }
 
 /// Starts the sidecar in a fresh network namespace (no route anywhere: no name resolves and no
 /// packet leaves this machine) and sends `initialize`; the sidecar and its answer.
+#[cfg(target_os = "linux")]
 async fn initialize_unconnected(args: &[&str], env: &[(&str, &str)]) -> (Sidecar, serde_json::Value) {
     let bin = env!("CARGO_BIN_EXE_mcp-sidecar");
     let mut cmd = tokio::process::Command::new("unshare");
@@ -192,6 +197,8 @@ async fn initialize_unconnected(args: &[&str], env: &[(&str, &str)]) -> (Sidecar
     (s, answer)
 }
 
+// Linux only: an empty network namespace (unshare -n) is what makes every name unresolvable.
+#[cfg(target_os = "linux")]
 #[tokio::test]
 async fn dns_failures_are_explained() {
     let args = ["https://mcp.no-such-host.invalid/mcp", "--api-key-env", "TEST_KEY", "--max-retries", "0"];
