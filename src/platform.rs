@@ -33,14 +33,19 @@ pub async fn parent_gone() {
     // signalled when it exits (issue 12). Finding it takes a process snapshot: off the runtime.
     #[cfg(windows)]
     {
-        if let Ok(Some(parent)) = tokio::task::spawn_blocking(windows::Parent::open).await {
-            let mut tick = tokio::time::interval(PARENT_CHECK);
-            loop {
-                tick.tick().await;
-                if parent.exited() {
-                    return;
+        match tokio::task::spawn_blocking(windows::Parent::open).await {
+            Ok(windows::Watch::Parent(parent)) => {
+                let mut tick = tokio::time::interval(PARENT_CHECK);
+                loop {
+                    tick.tick().await;
+                    if parent.exited() {
+                        return;
+                    }
                 }
             }
+            // It exited before we could open it (`start /b`, a launcher that did not wait).
+            Ok(windows::Watch::Gone) => return,
+            Ok(windows::Watch::Unknown) | Err(_) => {}
         }
     }
     std::future::pending::<()>().await
@@ -105,7 +110,8 @@ async fn or_forever(what: &str, signal: impl Future<Output = std::io::Result<()>
 #[cfg(windows)]
 mod windows {
     use windows_sys::Win32::Foundation::{
-        CloseHandle, FILETIME, HANDLE, INVALID_HANDLE_VALUE, WAIT_OBJECT_0,
+        CloseHandle, ERROR_INVALID_PARAMETER, FILETIME, GetLastError, HANDLE, INVALID_HANDLE_VALUE,
+        WAIT_OBJECT_0,
     };
     use windows_sys::Win32::System::Diagnostics::ToolHelp::{
         CreateToolhelp32Snapshot, PROCESSENTRY32W, Process32FirstW, Process32NextW, TH32CS_SNAPPROCESS,
@@ -118,34 +124,50 @@ mod windows {
     /// An open handle to the process that started us.
     pub struct Parent(HANDLE);
 
+    /// What can be known of the parent at start.
+    pub enum Watch {
+        /// Alive, and watched through its handle.
+        Parent(Parent),
+        /// Exited already: its id names no process, or a process younger than us (the id was
+        /// reused after our parent exited).
+        Gone,
+        /// Cannot be told (no parent in the snapshot, one we may not open, or one outside
+        /// Windows' view, as a Linux process is under Wine): nothing to watch.
+        Unknown,
+    }
+
     // SAFETY: a process handle is a kernel object reference, usable from any thread.
     unsafe impl Send for Parent {}
     unsafe impl Sync for Parent {}
 
     impl Parent {
-        /// The parent, if it can be watched: found by id in a process snapshot, opened, and
-        /// checked to be older than us (an id is reused once its process has exited: a younger
-        /// process with the same id is not our parent, whose exit then already happened).
-        pub fn open() -> Option<Parent> {
+        /// The parent: found by id in a process snapshot, opened, and checked to be older than
+        /// us (an id is reused once its process has exited: a younger process with the same id
+        /// is not our parent, whose exit then already happened).
+        pub fn open() -> Watch {
             // SAFETY: the pseudo-handle of the current process needs no closing.
             let ours = unsafe { created(GetCurrentProcess()) }.unwrap_or(u64::MAX);
-            Parent::by_id(parent_id()?, ours)
+            parent_id().map_or(Watch::Unknown, |id| Parent::by_id(id, ours))
         }
 
-        /// Process `id`, if it can be opened and was created no later than `born_by`.
-        pub fn by_id(id: u32, born_by: u64) -> Option<Parent> {
+        /// Process `id`, expected to have been created no later than `born_by`.
+        pub fn by_id(id: u32, born_by: u64) -> Watch {
             // SAFETY: a plain Win32 call; the handle is owned by the `Parent` (closed on drop).
             let handle =
                 unsafe { OpenProcess(PROCESS_SYNCHRONIZE | PROCESS_QUERY_LIMITED_INFORMATION, 0, id) };
             if handle.is_null() {
-                // Gone already, or not ours to open (an elevated parent): nothing to watch.
-                return None;
+                // No such process: gone. Otherwise not ours to open (an elevated parent).
+                // SAFETY: reads this thread's last error, set by OpenProcess.
+                let gone = unsafe { GetLastError() } == ERROR_INVALID_PARAMETER;
+                return if gone { Watch::Gone } else { Watch::Unknown };
             }
             let parent = Parent(handle);
             // SAFETY: the handle is open with PROCESS_QUERY_LIMITED_INFORMATION.
             match unsafe { created(handle) } {
-                Some(theirs) if theirs > born_by => None,
-                _ => Some(parent),
+                Some(theirs) if theirs > born_by => Watch::Gone,
+                // An exited process stays openable while anything holds a handle to it.
+                _ if parent.exited() => Watch::Gone,
+                _ => Watch::Parent(parent),
             }
         }
 
@@ -219,19 +241,30 @@ mod tests {
     #[test]
     fn a_parent_that_exits_is_noticed_on_windows() {
         use std::io::Write;
-        // Under Wine the runner's parent is a Linux process, which Windows cannot see: `None`.
-        assert!(windows::Parent::open().is_none_or(|p| !p.exited()), "the test runner's parent is alive");
+        use windows::Watch;
+        match windows::Parent::open() {
+            Watch::Parent(p) => assert!(!p.exited(), "the test runner's parent is alive"),
+            // Under Wine the runner's parent is a Linux process, which Windows cannot see.
+            Watch::Unknown => {}
+            Watch::Gone => panic!("the test runner's parent is alive"),
+        }
         let mut child = std::process::Command::new("cmd")
             .args(["/c", "set /p line="])
             .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::null())
             .spawn()
             .unwrap();
-        assert!(windows::Parent::by_id(child.id(), 0).is_none(), "younger than asked: not the parent");
-        let watched = windows::Parent::by_id(child.id(), u64::MAX).unwrap();
+        assert!(matches!(windows::Parent::by_id(child.id(), 0), Watch::Gone), "younger: not the parent");
+        let Watch::Parent(watched) = windows::Parent::by_id(child.id(), u64::MAX) else {
+            panic!("a live child can be watched")
+        };
         assert!(!watched.exited(), "it waits for a line");
         child.stdin.take().unwrap().write_all(b"done\r\n").unwrap();
         child.wait().unwrap();
         assert!(watched.exited());
+        // Once nothing holds it open, its id names no process: gone, not unknown.
+        let id = child.id();
+        drop((watched, child));
+        assert!(matches!(windows::Parent::by_id(id, u64::MAX), Watch::Gone), "an exited process is gone");
     }
 }

@@ -213,3 +213,36 @@ async fn t20_a_get_stream_that_gave_up_is_reopened_once_the_server_answers_again
     assert!(seen.iter().any(|m| m["id"] == 1));
     s.finish().await;
 }
+
+/// Issue 12, Windows: the parent is watched through its process handle. cmd starts the sidecar
+/// with `start /b` and exits at once (a launcher that does not wait), so the parent is gone
+/// before the sidecar can even open it; the sidecar's stdin stays open (this test holds it),
+/// yet it exits, and says why.
+#[cfg(windows)]
+#[tokio::test]
+async fn the_sidecar_exits_when_its_parent_is_gone_on_windows() {
+    use tokio::io::AsyncReadExt;
+    let server = Server::start(generic(), None).await;
+    // A Windows path (under Wine the build's path is a Unix one, which `start` would misread).
+    let bin = std::path::absolute(env!("CARGO_BIN_EXE_mcp-sidecar")).unwrap();
+    let mut cmd = tokio::process::Command::new("cmd");
+    cmd.args(["/c", "start", "\"\"", "/b"])
+        .arg(&bin)
+        .args([server.url.as_str(), "--api-key-env", "TEST_KEY"])
+        .env("TEST_KEY", KEY)
+        .env("NO_PROXY", "127.0.0.1")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true);
+    let mut cmd = cmd.spawn().unwrap();
+    let _stdin = cmd.stdin.take().unwrap();
+    let mut stderr = cmd.stderr.take().unwrap();
+    // stderr reaches its end when the last holder, the sidecar, has exited.
+    let mut said = String::new();
+    tokio::time::timeout(PATIENCE, stderr.read_to_string(&mut said))
+        .await
+        .expect("the sidecar whose parent is gone did not exit")
+        .unwrap();
+    assert!(said.contains("the client that started mcp-sidecar has exited"), "{said}");
+}
