@@ -55,7 +55,8 @@ use upstream::Upstream;
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
     /// The HTTP client could not be set up.
-    #[error("could not set up the HTTP client: {0}")]
+    /// (reqwest says only "builder error"; the cause is in its sources.)
+    #[error("could not set up the HTTP client: {}", upstream::error_chain(.0))]
     Client(#[source] reqwest::Error),
     /// The sign-in state could not be loaded.
     #[error("{0}")]

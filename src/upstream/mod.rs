@@ -551,7 +551,19 @@ fn tls_error(e: &reqwest::Error) -> Option<&rustls::Error> {
     None
 }
 
-/// One sentence per TLS failure users meet: not TLS at all, untrusted, expired, wrong host.
+/// Windows' codes for a revocation check that could not be made: CERT_E_REVOCATION_FAILURE,
+/// CRYPT_E_REVOCATION_OFFLINE, CRYPT_E_NO_REVOCATION_CHECK (as the signed HRESULTs the OS error
+/// carries).
+const WINDOWS_REVOCATION_UNCHECKED: [i32; 3] = [-2146762482, -2146885613, -2146885614];
+
+fn revocation_unknown(host: &str) -> String {
+    format!(
+        "this machine could not check whether the TLS certificate of {host} has been revoked (the certificate authority's revocation servers did not answer; firewalls and proxies often block them): allow this machine to reach them, or ask your network administrator"
+    )
+}
+
+/// One sentence per TLS failure users meet: not TLS at all, untrusted, expired, wrong host,
+/// revoked or not checkable for revocation.
 fn tls_message(e: &rustls::Error, host: &str, port: u16) -> String {
     use rustls::{CertificateError, Error};
     match e {
@@ -569,6 +581,22 @@ fn tls_message(e: &rustls::Error, host: &str, port: u16) -> String {
             CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
         ) => {
             format!("the TLS certificate presented by {host} is for another host name: check the URL's host")
+        }
+        Error::InvalidCertificate(CertificateError::Revoked) => {
+            format!(
+                "the TLS certificate of {host} has been revoked by its authority: the server must replace it"
+            )
+        }
+        Error::InvalidCertificate(CertificateError::UnknownRevocationStatus) => revocation_unknown(host),
+        // Windows' verifier reports what rustls has no variant for as OS error codes; the one
+        // people meet is a revocation check that could not be made (a firewall or proxy blocks
+        // the authority's CRL/OCSP servers), which would otherwise read as a bare number.
+        Error::InvalidCertificate(CertificateError::Other(other))
+            if WINDOWS_REVOCATION_UNCHECKED
+                .iter()
+                .any(|code| other.to_string().contains(&format!("os error {code})"))) =>
+        {
+            revocation_unknown(host)
         }
         Error::InvalidMessage(_)
         | Error::InappropriateMessage { .. }
@@ -611,6 +639,35 @@ pub fn fmt_secs(d: Duration) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Issue 12: Windows' verifier speaks in OS error codes; the revocation check that a
+    /// firewall blocks is explained, not shown as a number.
+    #[test]
+    fn revocation_failures_are_explained_on_every_platform() {
+        use rustls::{CertificateError, Error, OtherError};
+        let os = |code: i32| {
+            Error::InvalidCertificate(CertificateError::Other(OtherError(std::sync::Arc::new(
+                std::io::Error::from_raw_os_error(code),
+            ))))
+        };
+        for e in [
+            os(-2146762482),
+            os(-2146885613),
+            Error::InvalidCertificate(CertificateError::UnknownRevocationStatus),
+        ] {
+            let said = tls_message(&e, "mcp.example.com", 443);
+            assert!(
+                said.contains(
+                    "could not check whether the TLS certificate of mcp.example.com has been revoked"
+                ),
+                "{said}"
+            );
+        }
+        let revoked = tls_message(&Error::InvalidCertificate(CertificateError::Revoked), "h", 443);
+        assert!(revoked.contains("has been revoked by its authority"), "{revoked}");
+        let other = tls_message(&os(-2146762495), "h", 443);
+        assert!(other.starts_with("the TLS handshake with h failed"), "another code stays as it is: {other}");
+    }
 
     #[test]
     fn t40_recognizes_jsonrpc_error_bodies() {
