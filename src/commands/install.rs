@@ -252,15 +252,16 @@ impl Launcher {
 fn launcher(exe: &Path) -> Option<Launcher> {
     let parts: Vec<String> =
         exe.components().map(|c| c.as_os_str().to_string_lossy().to_ascii_lowercase()).collect();
-    let after = |first: &str, then: &dyn Fn(&str) -> bool| {
-        parts.iter().position(|p| p == first).is_some_and(|i| parts[i + 1..].iter().any(|p| then(p)))
-    };
     let from_end = |n: usize| parts.len().checked_sub(n).map_or("", |i| parts[i].as_str());
     if parts.iter().any(|p| p == "_npx") {
         Some(Launcher { name: "npx", args: &["-y", "mcp-sidecar"] })
     } else if from_end(4).starts_with("archive-v") && matches!(from_end(2), "bin" | "scripts") {
         Some(Launcher { name: "uvx", args: &["mcp-sidecar"] })
-    } else if after("pipx", &|p| p == ".cache") {
+    } else if parts
+        .iter()
+        .position(|p| p == "pipx")
+        .is_some_and(|i| parts[i + 1..].contains(&".cache".into()))
+    {
         Some(Launcher { name: "pipx", args: &["run", "mcp-sidecar"] })
     } else {
         None
