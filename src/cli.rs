@@ -265,6 +265,12 @@ pub struct Args {
     #[arg(long, value_name = "TRANSPORT", env = "MCP_SIDECAR_TRANSPORT", default_value = "auto")]
     pub transport: Transport,
 
+    /// Which protocol era the server speaks: auto learns it once per origin (a server/discover
+    /// probe, remembered for a day) and bridges a client of the other era; legacy and modern
+    /// skip the probe.
+    #[arg(long, value_name = "ERA", env = "MCP_SIDECAR_PROTOCOL_ERA", default_value = "auto")]
+    pub protocol_era: ProtocolEra,
+
     /// Where state shared between runs is kept [default: $XDG_STATE_HOME/mcp-sidecar].
     #[arg(long, value_name = "DIR", env = "MCP_SIDECAR_STATE_DIR")]
     pub state_dir: Option<PathBuf>,
@@ -404,6 +410,17 @@ pub enum Transport {
     StreamableHttp,
     /// The 2024-11-05 HTTP+SSE transport only.
     Sse,
+}
+
+/// `--protocol-era`: the server's era.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ProtocolEra {
+    /// Learn it from the server and bridge when the client speaks the other one.
+    Auto,
+    /// The handshake era (initialize, sessions; 2025-11-25 and before): no probe.
+    Legacy,
+    /// The stateless era (per-request metadata, server/discover; 2026-07-28): no probe.
+    Modern,
 }
 
 /// `--log-level`.

@@ -13,7 +13,7 @@ use reqwest::header::{AUTHORIZATION, HeaderMap, HeaderName, HeaderValue};
 use secrecy::{ExposeSecret, SecretString};
 use url::{Host, Url};
 
-use crate::cli::{Args, AuthMethod, LogFormat, LogLevel, Plan, Preset, Transport};
+use crate::cli::{Args, AuthMethod, LogFormat, LogLevel, Plan, Preset, ProtocolEra, Transport};
 use crate::ratelimit::Limit;
 use crate::retry::RetryPolicy;
 
@@ -131,6 +131,8 @@ pub struct Config {
     pub header_secrets: Vec<SecretString>,
     /// `--transport`.
     pub transport: Transport,
+    /// `--protocol-era`.
+    pub protocol_era: ProtocolEra,
     /// Extra trusted CA certificates (`--ca-file`).
     pub ca_certs: Vec<reqwest::Certificate>,
     /// `--state-dir` or the XDG state dir; not created until needed.
@@ -242,6 +244,7 @@ impl Config {
             headers,
             header_secrets,
             transport: cli.transport,
+            protocol_era: cli.protocol_era,
             ca_certs: match &cli.ca_file {
                 Some(path) => read_ca_file(path)?,
                 None => Vec::new(),

@@ -198,6 +198,8 @@ pub enum ErrorKind {
     ShuttingDown,
     RateLimited,
     Overloaded,
+    /// The client refused a request the server needed answered (the era bridge, T-31).
+    InputRefused,
 }
 
 impl ErrorKind {
@@ -219,6 +221,7 @@ impl ErrorKind {
             ErrorKind::ShuttingDown => "shutting_down",
             ErrorKind::RateLimited => "rate_limited",
             ErrorKind::Overloaded => "overloaded",
+            ErrorKind::InputRefused => "input_refused",
         }
     }
 }

@@ -31,6 +31,7 @@ pub mod client;
 pub mod commands;
 pub mod config;
 pub mod envelope;
+pub mod era;
 pub mod platform;
 pub mod proxy;
 pub mod ratelimit;
@@ -101,15 +102,7 @@ pub(crate) async fn build(
         config.rate_limit_store.as_ref(),
     );
     drop(key_id);
-    let proxy = Proxy::new(
-        up,
-        outbox.clone(),
-        config.request_timeout,
-        config.max_message_bytes,
-        gate,
-        config.retry.clone(),
-        config.transport,
-    );
+    let proxy = Proxy::new(up, outbox.clone(), gate, config);
     Ok((proxy, outbox, rx))
 }
 

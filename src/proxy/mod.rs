@@ -13,6 +13,7 @@
 //! gate, with the retries that are safe), `session` (session renewal, the GET stream, the
 //! HTTP+SSE transport), `tools` (`x-mcp-header`).
 
+mod bridge;
 mod send;
 mod session;
 mod tools;
@@ -93,6 +94,10 @@ struct Pending {
     abort: Option<AbortHandle>,
     /// Whether this is a 2026-07-28 `tools/list`, whose result teaches `x-mcp-header` (T-15).
     lists_tools: bool,
+    /// Where its answer goes instead of stdout (requests the bridge reads, [`Proxy::call`]).
+    capture: Option<oneshot::Sender<Bytes>>,
+    /// A request of the proxy's own: shutdown answers nobody for it.
+    internal: bool,
 }
 
 /// What [`Proxy::deliver`] did with a server message.
@@ -157,20 +162,21 @@ pub struct Proxy {
     /// Room for the bytes of messages in flight, [`IN_FLIGHT_MESSAGES`] × `max_message`.
     in_flight: Arc<tokio::sync::Semaphore>,
     in_flight_limit: u32,
+    /// The eras of client and server, and the bridge between them when they differ.
+    eras: bridge::Eras,
 }
 
 impl Proxy {
-    /// A proxy that forwards to `up` and writes to `out`.
-    pub fn new(
-        up: Upstream,
-        out: Outbox,
-        request_timeout: Duration,
-        max_message: usize,
-        gate: Gate,
-        policy: RetryPolicy,
-        transport: Transport,
-    ) -> Arc<Self> {
+    /// A proxy that forwards to `up` and writes to `out`, set up as `config` says.
+    pub fn new(up: Upstream, out: Outbox, gate: Gate, config: &crate::config::Config) -> Arc<Self> {
+        let (request_timeout, max_message) = (config.request_timeout, config.max_message_bytes);
+        let (policy, transport) = (config.retry.clone(), config.transport);
+        let era_cache = config
+            .state_dir
+            .as_deref()
+            .map(|dir| crate::era::EraCache::new(dir, &config.url.origin().ascii_serialization()));
         Arc::new(Proxy {
+            eras: bridge::Eras::new(config.protocol_era, era_cache),
             gate,
             policy,
             last_limit_headers: Mutex::new(Vec::new()),
@@ -274,6 +280,25 @@ impl Proxy {
 
     async fn dispatch_line(self: &Arc<Self>, line: Bytes) {
         trace!(body = %String::from_utf8_lossy(&line), "stdin");
+        // The era bridge (issue 13): two atomic loads on the same-era path.
+        if let Some(bridge) = self.eras.bridge.get() {
+            return self.dispatch_bridged(&bridge.clone(), line).await;
+        }
+        if !self.eras.settled.load(Ordering::Relaxed) {
+            match first_request(&line) {
+                Some(true) if self.settle_era(&line).await => return,
+                Some(true) => {}
+                // A client that opens with another request speaks the stateless era (or skips
+                // the handshake): nothing to bridge, and nothing more to look at.
+                Some(false) => self.eras.settled.store(true, Ordering::Relaxed),
+                None => {}
+            }
+        }
+        self.dispatch_line_plain(line).await
+    }
+
+    /// Handles one line as it is, with no bridge.
+    async fn dispatch_line_plain(self: &Arc<Self>, line: Bytes) {
         if line.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[') {
             return self.dispatch_batch(line).await;
         }
@@ -500,7 +525,16 @@ impl Proxy {
         let lists_tools = modern && env.method.as_deref() == Some("tools/list");
         pending.insert(
             key.clone(),
-            Pending { id: raw.to_owned(), initialize, modern, done: Some(tx), abort: None, lists_tools },
+            Pending {
+                id: raw.to_owned(),
+                initialize,
+                modern,
+                done: Some(tx),
+                abort: None,
+                lists_tools,
+                capture: None,
+                internal: false,
+            },
         );
         self.stats.requests.fetch_add(1, Ordering::Relaxed);
         Some((key, rx))
@@ -784,8 +818,8 @@ impl Proxy {
         let delivered = match env.kind() {
             Ok(Kind::Response) => {
                 let Some(key) = env.id_key() else { return Delivered::Dropped };
-                let (initialize, lists_tools) = match self.pending.locked().get(&key) {
-                    Some(entry) => (entry.initialize, entry.lists_tools),
+                let (initialize, lists_tools, captured) = match self.pending.locked().get(&key) {
+                    Some(entry) => (entry.initialize, entry.lists_tools, entry.capture.is_some()),
                     None => {
                         debug!(id = %env.id.map_or("", RawValue::get), "response for no pending request dropped (cancelled, answered or unknown)");
                         return Delivered::Dropped;
@@ -807,8 +841,8 @@ impl Proxy {
                 // Issue 10.4: room first (this may wait, and a task aborted here has changed
                 // nothing: the request is still pending and will be answered by its own task);
                 // then, with no await in between, the entry leaves the table and the answer is
-                // queued. Either both happen or neither.
-                let slot = self.out.reserve(message.len()).await;
+                // queued. Either both happen or neither. A captured answer needs no room.
+                let slot = if captured { None } else { self.out.reserve(message.len()).await };
                 let Some(mut entry) = self.pending.locked().remove(&key) else {
                     return Delivered::Dropped; // answered meanwhile (a timeout, a cancel)
                 };
@@ -819,7 +853,9 @@ impl Proxy {
                 if let Some(done) = entry.done.take() {
                     let _ = done.send(());
                 }
-                if !slot.is_some_and(|slot| slot.send(message)) {
+                if let Some(capture) = entry.capture.take() {
+                    let _ = capture.send(message);
+                } else if !slot.is_some_and(|slot| slot.send(message)) {
                     debug!("stdout is closed; answer dropped");
                 }
                 return Delivered::Answer;
@@ -960,6 +996,9 @@ impl Proxy {
             if let Some(abort) = &entry.abort {
                 abort.abort();
             }
+            if entry.internal {
+                continue;
+            }
             let err = LocalError::new(
                 SHUTTING_DOWN,
                 ErrorKind::ShuttingDown,
@@ -995,6 +1034,9 @@ impl Proxy {
         if let Some(summary) = self.rate_limit_summary() {
             info!("rate limits: {summary}");
         }
+        if let Some(summary) = self.bridge_summary() {
+            info!("protocol bridge: {summary}");
+        }
         let requests = self.stats.requests.load(Ordering::Relaxed);
         let errors = self.stats.local_errors.load(Ordering::Relaxed);
         debug!(requests, errors, "proxy stopped");
@@ -1005,6 +1047,15 @@ impl Proxy {
             );
         }
     }
+}
+
+/// For a request, whether it is `initialize`; `None` for anything else (notifications,
+/// responses, batches, junk).
+fn first_request(line: &[u8]) -> Option<bool> {
+    let env = Envelope::parse(line).ok()?;
+    // `ping` may come before `initialize` (S-11) and says nothing about the era.
+    let method = env.method.as_deref()?;
+    (env.kind() == Ok(Kind::Request) && method != "ping").then(|| method == "initialize")
 }
 
 /// Runs `task` holding `room` in flight; the room is given back when it ends or is aborted.

@@ -17,7 +17,7 @@
 //! headers (that is [`crate::retry`]).
 
 mod budget;
-mod file;
+pub(crate) mod file;
 mod store;
 
 pub use file::{StoredLimit, clear_limits, stored_limits};

@@ -147,7 +147,11 @@ async fn closed_stdout_ends_the_process_cleanly() {
 async fn a_signal_ends_the_run_even_while_initialize_hangs() {
     let never = Arc::new(Notify::new());
     let held = never.clone();
-    let hook: Hook = Arc::new(move |_: &Seen| Action::Hold(held.clone()));
+    // Only `initialize` hangs (the era probe before it is answered).
+    let hook: Hook = Arc::new(move |seen: &Seen| match seen.rpc_method() {
+        Some("initialize") => Action::Hold(held.clone()),
+        _ => Action::Pass,
+    });
     let server = Server::start(generic(), Some(hook)).await;
     let mut s = sidecar_for(&server, &[]);
     s.send_json(&request(

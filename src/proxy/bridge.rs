@@ -1,0 +1,598 @@
+//! The era bridge: a handshake-era client (it opens with `initialize`) talking to a server of
+//! the stateless era (2026-07-28), which has no handshake, no sessions and no server requests.
+//!
+//! The era of each side is settled once, at the client's `initialize` ([`Proxy::settle_era`]):
+//! a `server/discover` probe first (T-62; its answer is remembered per origin in the state dir),
+//! and only a server that speaks the stateless era alone gets a bridge. Otherwise the
+//! `initialize` is forwarded as it came and nothing here runs again (same era: bytes unchanged).
+//!
+//! With a bridge, `initialize` is answered here from the server's `DiscoverResult`; every
+//! request goes upstream under a new id with the per-request `_meta` (J-11) and the headers it
+//! implies (T-13, T-14), is retried once with a version the server lists after `-32022`, and
+//! each `input_required` round (T-31) is played with the client as the handshake-era requests it
+//! stands for. The client sees one response under its own id. Sending goes through
+//! [`Proxy::call`], so rate limits, retries and sign-in work exactly as for forwarded requests.
+
+use std::sync::OnceLock;
+
+use super::*;
+use crate::cli::ProtocolEra;
+use crate::era::{self, Additions, ClientMeta, Era, EraCache, Verdict};
+
+/// The most `input_required` rounds one request may take before it is answered with an error:
+/// a server that keeps asking cannot keep a request open for ever.
+pub const MAX_INPUT_ROUNDS: u32 = 10;
+
+/// The state of a bridge between a handshake-era client and a stateless server.
+pub(super) struct Bridge {
+    /// What every request carries in `_meta`; the version changes after a `-32022`.
+    meta: Mutex<ClientMeta>,
+    /// The server's `DiscoverResult`, for the local `initialize` answer.
+    discover: Box<RawValue>,
+    /// Requests of ours to the client (an `input_required` entry), by id, awaiting its answer.
+    waiting: Mutex<HashMap<IdKey, oneshot::Sender<Bytes>>>,
+    /// Requests bridged, and `input_required` rounds played, for the exit summary.
+    pub(super) bridged: AtomicU64,
+    pub(super) rounds: AtomicU64,
+}
+
+/// The era settings of one run.
+pub(super) struct Eras {
+    /// `--protocol-era`.
+    pub(super) setting: ProtocolEra,
+    /// Where the server's era is remembered (no state dir: not remembered).
+    pub(super) cache: Option<EraCache>,
+    /// The client's `initialize` has been seen and the era decided.
+    pub(super) settled: AtomicBool,
+    /// The server's era, once learned.
+    pub(super) server: Mutex<Option<Era>>,
+    /// Set when a bridge is in use.
+    pub(super) bridge: OnceLock<Arc<Bridge>>,
+    /// Ids of the proxy's own requests.
+    next_id: AtomicU64,
+}
+
+impl Eras {
+    pub(super) fn new(setting: ProtocolEra, cache: Option<EraCache>) -> Eras {
+        Eras {
+            setting,
+            cache,
+            settled: AtomicBool::new(false),
+            server: Mutex::new(None),
+            bridge: OnceLock::new(),
+            next_id: AtomicU64::new(0),
+        }
+    }
+}
+
+/// What the `server/discover` probe found.
+enum Probe {
+    /// The server speaks the stateless era only.
+    Stateless { discover: Box<RawValue>, meta: ClientMeta },
+    /// It speaks the handshake era (perhaps both).
+    Speaks(Era),
+    /// No answer to judge by (unreachable, refused credentials, a timeout).
+    Failed(LocalError),
+}
+
+/// Removes a request's entry from the pending table when its sender stops caring (an abort).
+struct Unregister<'a> {
+    proxy: &'a Proxy,
+    key: Option<IdKey>,
+}
+
+impl Drop for Unregister<'_> {
+    fn drop(&mut self) {
+        if let Some(key) = self.key.take() {
+            self.proxy.pending.locked().remove(&key);
+        }
+    }
+}
+
+/// Forgets requests to the client whose answers nobody waits for any more.
+struct Unwait<'a> {
+    bridge: &'a Bridge,
+    keys: Vec<IdKey>,
+}
+
+impl Drop for Unwait<'_> {
+    fn drop(&mut self) {
+        let mut waiting = self.bridge.waiting.locked();
+        for key in &self.keys {
+            waiting.remove(key);
+        }
+    }
+}
+
+impl Proxy {
+    /// The server's era as learned, and whether a bridge is in use (for `check`).
+    pub fn eras(&self) -> (Option<Era>, bool) {
+        (*self.eras.server.locked(), self.eras.bridge.get().is_some())
+    }
+
+    /// What the bridge did, for people (`None`: no bridge).
+    pub fn bridge_summary(&self) -> Option<String> {
+        let bridge = self.eras.bridge.get()?;
+        Some(format!(
+            "{} requests bridged to the stateless server, {} input rounds played with the client",
+            bridge.bridged.load(Ordering::Relaxed),
+            bridge.rounds.load(Ordering::Relaxed)
+        ))
+    }
+
+    /// A fresh id for a request of the proxy's own, and its key.
+    fn own_id(&self) -> (IdKey, String) {
+        loop {
+            let n = self.eras.next_id.fetch_add(1, Ordering::Relaxed);
+            let id = format!("mcp-sidecar-{n}");
+            let key = IdKey::Str(id.clone());
+            if !self.pending.locked().contains_key(&key) && !self.bridge_waits_for(&key) {
+                return (key, id);
+            }
+        }
+    }
+
+    fn bridge_waits_for(&self, key: &IdKey) -> bool {
+        self.eras.bridge.get().is_some_and(|b| b.waiting.locked().contains_key(key))
+    }
+
+    /// Sends a request and returns the server's response instead of writing it to stdout.
+    /// `internal` requests are the proxy's own (shutdown does not answer them on stdout); the
+    /// client's `initialize` is sent this way under its own id, so that its answer can be read.
+    pub(super) async fn call(
+        self: &Arc<Self>,
+        body: Bytes,
+        internal: bool,
+        initialize: bool,
+        limit: Duration,
+        what: &str,
+    ) -> Result<Bytes, LocalError> {
+        let unreadable = || bad_response("mcp-sidecar made a request it cannot read (a bug)".into());
+        let env = Envelope::parse(&body).map_err(|_| unreadable())?;
+        let (Some(raw_id), Some(key)) = (env.id, env.id_key()) else { return Err(unreadable()) };
+        let method = env.method.as_deref().unwrap_or_default();
+        let params = env.params();
+        let mut headers = MessageHeaders::derive(method, &params);
+        if headers.is_modern() && method == "tools/call" {
+            headers.params = self.param_headers(&params);
+        }
+        let (capture_tx, capture) = oneshot::channel();
+        let (done_tx, done) = oneshot::channel();
+        {
+            let mut pending = self.pending.locked();
+            if pending.contains_key(&key) {
+                return Err(LocalError::new(
+                    INVALID_REQUEST,
+                    ErrorKind::InvalidRequest,
+                    format!(
+                        "request id {} is already in use by a request in flight: use a new id",
+                        raw_id.get()
+                    ),
+                ));
+            }
+            pending.insert(
+                key.clone(),
+                Pending {
+                    id: raw_id.to_owned(),
+                    initialize,
+                    modern: headers.is_modern(),
+                    done: Some(done_tx),
+                    abort: None,
+                    lists_tools: headers.is_modern() && method == "tools/list",
+                    capture: Some(capture_tx),
+                    internal,
+                },
+            );
+        }
+        drop(env);
+        // The client's own request stays in the table if this is dropped (a signal while it is
+        // sent): shutdown answers it (every request read gets exactly one response).
+        let _unregister = Unregister { proxy: self, key: internal.then(|| key.clone()) };
+        self.exchange(body, &headers, vec![(key, done)], initialize, limit, what).await?;
+        capture.await.map_err(|_| {
+            LocalError::new(
+                SHUTTING_DOWN,
+                ErrorKind::ShuttingDown,
+                "mcp-sidecar is shutting down and the server had not answered yet; the request may have been processed",
+            )
+        })
+    }
+
+    /// Answers a pending client request with `message` (room first, then the entry leaves the
+    /// table, as in [`Proxy::deliver`]); nothing if it was answered already.
+    pub(super) async fn reply(&self, key: &IdKey, message: Bytes) {
+        let slot = self.out.reserve(message.len()).await;
+        if self.pending.locked().remove(key).is_none() {
+            return;
+        }
+        if !slot.is_some_and(|slot| slot.send(message)) {
+            debug!("stdout is closed; answer dropped");
+        }
+    }
+
+    /// Answers the client's `initialize` (not in the pending table) at once.
+    async fn answer_initialize(&self, id: Option<&RawValue>, answer: Result<Bytes, LocalError>) {
+        match answer {
+            Ok(bytes) => self.write(bytes).await,
+            Err(err) => {
+                self.stats.local_errors.fetch_add(1, Ordering::Relaxed);
+                self.report(&err);
+                self.write(err.to_response(id).into()).await;
+            }
+        }
+    }
+
+    /// Decides the eras at the client's first `initialize` and answers it. Returns `false` when
+    /// the `initialize` is to be forwarded the usual way (`--protocol-era legacy`, HTTP+SSE).
+    pub(super) async fn settle_era(self: &Arc<Self>, line: &Bytes) -> bool {
+        self.eras.settled.store(true, Ordering::Relaxed);
+        if self.eras.setting == ProtocolEra::Legacy || self.transport == Transport::Sse {
+            *self.eras.server.locked() = Some(Era::Handshake);
+            return false;
+        }
+        let Ok(env) = Envelope::parse(line) else { return false };
+        let client_id = env.id.map(RawValue::to_owned);
+        let params = env.params.map(RawValue::to_owned);
+        let requested = env.params().protocol_version.map(|v| v.into_owned());
+        drop(env);
+        let auto = self.eras.setting == ProtocolEra::Auto;
+        let cached = match (&self.eras.cache, auto) {
+            (Some(cache), true) => {
+                let cache = cache.clone();
+                tokio::task::spawn_blocking(move || cache.load(SystemTime::now())).await.ok().flatten()
+            }
+            _ => None,
+        };
+        let mut probed = false;
+        if !auto || !matches!(cached, Some(Era::Handshake | Era::Both)) {
+            probed = true;
+            let meta = ClientMeta::from_initialize(params.as_deref(), era::FIRST_MODERN);
+            match self.probe(meta).await {
+                Probe::Stateless { discover, meta } => {
+                    self.remember(Era::Stateless).await;
+                    return self
+                        .start_bridge(client_id.as_deref(), requested.as_deref(), discover, meta)
+                        .await;
+                }
+                Probe::Speaks(found) => {
+                    if auto {
+                        self.remember(found).await;
+                    } else {
+                        warn!(
+                            "--protocol-era modern, but the server speaks the {}: forwarding as it is",
+                            found.name()
+                        );
+                    }
+                    *self.eras.server.locked() = Some(found);
+                }
+                Probe::Failed(err) if !auto => {
+                    self.answer_initialize(client_id.as_deref(), Err(err)).await;
+                    return true;
+                }
+                Probe::Failed(err) => debug!("the era probe got no answer to judge by: {}", err.message),
+            }
+        } else {
+            *self.eras.server.locked() = cached;
+        }
+        // Forwarded as it came, its answer read on the way: a server remembered as speaking the
+        // handshake era that now refuses `initialize` the stateless way is probed again, so a
+        // stale memory cannot lock the client out (issue 13).
+        *self.init_line.locked() = Some(line.clone());
+        let limit = self.request_timeout;
+        let answer = self.call(line.clone(), false, true, limit, "initialize").await;
+        if !probed && refuses_the_handshake(&answer) {
+            if let Some(cache) = &self.eras.cache {
+                cache.forget();
+            }
+            let meta = ClientMeta::from_initialize(params.as_deref(), era::FIRST_MODERN);
+            if let Probe::Stateless { discover, meta } = self.probe(meta).await {
+                self.remember(Era::Stateless).await;
+                return self.start_bridge(client_id.as_deref(), requested.as_deref(), discover, meta).await;
+            }
+        }
+        if answer.is_ok() && self.eras.server.locked().is_none() {
+            *self.eras.server.locked() = Some(Era::Handshake);
+        }
+        self.answer_initialize(client_id.as_deref(), answer).await;
+        true
+    }
+
+    /// Remembers the server's era, in memory and (off the runtime thread) in the state dir.
+    async fn remember(&self, found: Era) {
+        *self.eras.server.locked() = Some(found);
+        if let Some(cache) = &self.eras.cache {
+            let cache = cache.clone();
+            let stored = tokio::task::spawn_blocking(move || cache.store(found, SystemTime::now())).await;
+            if let Ok(Err(e)) = stored {
+                debug!("could not remember the server's era: {e}");
+            }
+        }
+    }
+
+    /// Asks the server `server/discover` (S-09, T-62), once more after `-32022` with a version it
+    /// lists.
+    async fn probe(self: &Arc<Self>, mut meta: ClientMeta) -> Probe {
+        let limit = self.request_timeout.min(DISCOVER_TIMEOUT);
+        for attempt in 0..2 {
+            let (_, id) = self.own_id();
+            let body = match era::rewrite_request(
+                "server/discover",
+                None,
+                &id,
+                &Additions { meta: Some(&meta), ..Additions::default() },
+            ) {
+                Ok(body) => body,
+                Err(_) => return Probe::Speaks(Era::Handshake),
+            };
+            match self.call(body.into(), true, false, limit, "the server/discover probe").await {
+                Ok(answer) => match era::probe_verdict(&answer) {
+                    Verdict::Stateless(discover) => return Probe::Stateless { discover, meta },
+                    Verdict::Both => return Probe::Speaks(Era::Both),
+                    Verdict::RetryWith(version) if attempt == 0 => {
+                        debug!(version, "the server asks for another stateless version");
+                        meta.version = version;
+                    }
+                    _ => return Probe::Speaks(Era::Handshake),
+                },
+                // A 4xx without a JSON-RPC error: an old server (or the HTTP+SSE transport)
+                // that does not know the method (T-60, T-62).
+                Err(e)
+                    if e.http_status
+                        .is_some_and(|s| (400..500).contains(&s) && !matches!(s, 401 | 403 | 429)) =>
+                {
+                    return Probe::Speaks(Era::Handshake);
+                }
+                Err(e) => return Probe::Failed(e),
+            }
+        }
+        Probe::Speaks(Era::Handshake)
+    }
+
+    /// Installs the bridge and answers the client's `initialize` from `discover`.
+    async fn start_bridge(
+        &self,
+        client_id: Option<&RawValue>,
+        requested: Option<&str>,
+        discover: Box<RawValue>,
+        meta: ClientMeta,
+    ) -> bool {
+        let version = era::negotiated_legacy(requested);
+        let result = era::initialize_result(&discover, version);
+        info!(
+            "the server speaks only the stateless era ({}); bridging this client's handshake era to it",
+            meta.version
+        );
+        let bridge = Arc::new(Bridge {
+            meta: Mutex::new(meta),
+            discover,
+            waiting: Mutex::new(HashMap::new()),
+            bridged: AtomicU64::new(0),
+            rounds: AtomicU64::new(0),
+        });
+        let _ = self.eras.bridge.set(bridge);
+        let answer = match (client_id, RawValue::from_string(result)) {
+            (Some(id), Ok(result)) => Ok(era::response_with_id(id, "result", &result).into()),
+            _ => Err(bad_response("the server's discovery result cannot be read".into())),
+        };
+        self.answer_initialize(client_id, answer).await;
+        true
+    }
+
+    /// Handles one line from a handshake-era client while a bridge is in use.
+    pub(super) async fn dispatch_bridged(self: &Arc<Self>, bridge: &Arc<Bridge>, line: Bytes) {
+        if line.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[') {
+            // A 2025-03-26 batch: the stateless era has none; its members go one by one.
+            let members: Vec<Bytes> = match serde_json::from_slice::<Vec<&RawValue>>(&line) {
+                Ok(m) if !m.is_empty() => m.iter().map(|m| line.slice_ref(m.get().as_bytes())).collect(),
+                _ => return self.dispatch_line_plain(line).await,
+            };
+            for member in members {
+                Box::pin(self.dispatch_bridged(bridge, member)).await;
+            }
+            return;
+        }
+        let env = match Envelope::parse(&line) {
+            Ok(env) => env,
+            Err(_) => return self.dispatch_line_plain(line).await,
+        };
+        let method = env.method.as_deref().unwrap_or_default().to_owned();
+        match env.kind() {
+            Ok(Kind::Request) => {
+                let local = match method.as_str() {
+                    // No handshake and no ping upstream: answered here.
+                    "initialize" => Some(era::initialize_result(
+                        &bridge.discover,
+                        era::negotiated_legacy(env.params().protocol_version.as_deref()),
+                    )),
+                    "ping" => Some("{}".to_owned()),
+                    "logging/setLevel" => {
+                        #[derive(serde::Deserialize)]
+                        struct Level {
+                            level: String,
+                        }
+                        let level = env.params.and_then(|p| serde_json::from_str::<Level>(p.get()).ok());
+                        bridge.meta.locked().log_level = level.map(|l| l.level);
+                        Some("{}".to_owned())
+                    }
+                    _ => None,
+                };
+                if let Some(result) = local {
+                    let id = env.id.map(RawValue::to_owned);
+                    drop(env);
+                    if let (Some(id), Ok(result)) = (id, RawValue::from_string(result)) {
+                        self.write(era::response_with_id(&id, "result", &result).into()).await;
+                    }
+                    return;
+                }
+                let Some(room) = self.room_now(line.len()) else {
+                    drop(env);
+                    return self.dispatch_line_plain(line).await; // answered there as overloaded
+                };
+                let Some((key, _)) = self.register(&env, false, true) else { return };
+                drop(env);
+                let what = format!("{method} (bridged)");
+                let handle = self.tasks.spawn(holding(
+                    Some(room),
+                    self.clone().run_bridged(bridge.clone(), key.clone(), line, what),
+                ));
+                if let Some(p) = self.pending.locked().get_mut(&key) {
+                    p.abort = Some(handle.abort_handle());
+                }
+            }
+            Ok(Kind::Notification) => {
+                if method == "notifications/cancelled"
+                    && let Some(key) = env.params().request_id.and_then(IdKey::new)
+                {
+                    // Aborting the request's task drops its HTTP exchange: the stream closes,
+                    // which is the cancellation in the stateless era (T-25).
+                    self.cancel(&key);
+                }
+                // `notifications/initialized` and list changes of the client have no stateless
+                // counterpart (roots are asked for in each request's rounds).
+                debug!(method, "client notification kept by the bridge");
+            }
+            Ok(Kind::Response) => {
+                let Some(key) = env.id_key() else { return };
+                drop(env);
+                let waiter = bridge.waiting.locked().remove(&key);
+                match waiter {
+                    Some(tx) => {
+                        let _ = tx.send(line);
+                    }
+                    None => debug!("an answer from the client to no request of the bridge was dropped"),
+                }
+            }
+            Err(_) => {
+                drop(env);
+                self.dispatch_line_plain(line).await;
+            }
+        }
+    }
+
+    /// Runs one bridged request to its single answer.
+    async fn run_bridged(self: Arc<Self>, bridge: Arc<Bridge>, key: IdKey, line: Bytes, what: String) {
+        match self.bridged_rounds(&bridge, &line, &what).await {
+            Ok(answer) => self.reply(&key, answer).await,
+            Err(err) => self.fail(&key, &err).await,
+        }
+    }
+
+    /// Sends a client request upstream in the stateless form, plays the `input_required`
+    /// rounds with the client, and returns the answer under the client's id.
+    async fn bridged_rounds(
+        self: &Arc<Self>,
+        bridge: &Bridge,
+        line: &[u8],
+        what: &str,
+    ) -> Result<Bytes, LocalError> {
+        let unreadable = || bad_response("the request cannot be read again (a bug)".into());
+        let env = Envelope::parse(line).map_err(|_| unreadable())?;
+        let client_id = env.id.ok_or_else(unreadable)?;
+        let method = env.method.as_deref().unwrap_or_default();
+        bridge.bridged.fetch_add(1, Ordering::Relaxed);
+        let mut answers: Option<Vec<(String, Box<RawValue>)>> = None;
+        let mut state: Option<Box<RawValue>> = None;
+        let mut version_retried = false;
+        let mut rounds = 0u32;
+        loop {
+            let meta = bridge.meta.locked().clone();
+            let (_, id) = self.own_id();
+            let add =
+                Additions { meta: Some(&meta), input_responses: answers.as_deref(), state: state.as_deref() };
+            let body = era::rewrite_request(method, env.params, &id, &add).map_err(|e| {
+                LocalError::new(INVALID_REQUEST, ErrorKind::InvalidRequest, format!("invalid params: {e}"))
+            })?;
+            let answer = self.call(body.into(), true, false, self.request_timeout, what).await?;
+            let reply = Envelope::parse(&answer).map_err(|_| unreadable())?;
+            if let Some(error) = reply.error {
+                // -32022: the version we chose is not the server's; once, with one it lists.
+                if !version_retried
+                    && let Some(version) = era::response_error(&answer).and_then(|e| e.supported_modern())
+                    && version != meta.version
+                {
+                    debug!(version, "retrying with a version the server lists");
+                    version_retried = true;
+                    bridge.meta.locked().version = version;
+                    continue;
+                }
+                return Ok(era::response_with_id(client_id, "error", error).into());
+            }
+            let Some(result) = reply.result else { return Err(unreadable()) };
+            let Some(input) = era::input_required(result) else {
+                return Ok(era::response_with_id(client_id, "result", result).into());
+            };
+            rounds += 1;
+            if rounds > MAX_INPUT_ROUNDS {
+                return Err(bad_response(format!(
+                    "the server asked the client for input more than {MAX_INPUT_ROUNDS} times for one request; it was given up"
+                )));
+            }
+            bridge.rounds.fetch_add(1, Ordering::Relaxed);
+            answers = Some(self.ask_client(bridge, input.requests).await?);
+            state = input.state;
+        }
+    }
+
+    /// Sends each of the server's input requests to the client as the handshake-era request it
+    /// stands for, under a fresh id, and collects the results by key.
+    async fn ask_client(
+        &self,
+        bridge: &Bridge,
+        requests: Vec<era::InputRequest>,
+    ) -> Result<Vec<(String, Box<RawValue>)>, LocalError> {
+        let mut asked = Vec::with_capacity(requests.len());
+        let mut unwait = Unwait { bridge, keys: Vec::new() };
+        for request in &requests {
+            let (key, id) = self.own_id();
+            let (tx, rx) = oneshot::channel();
+            bridge.waiting.locked().insert(key.clone(), tx);
+            unwait.keys.push(key);
+            self.write(era::client_request(&id, &request.method, request.params.as_deref()).into()).await;
+            asked.push(rx);
+        }
+        let mut answers = Vec::with_capacity(requests.len());
+        for (request, rx) in requests.into_iter().zip(asked) {
+            let gone = || {
+                LocalError::new(
+                    SHUTTING_DOWN,
+                    ErrorKind::ShuttingDown,
+                    "the client did not answer the server's question; the request was given up",
+                )
+            };
+            let line = rx.await.map_err(|_| gone())?;
+            let env = Envelope::parse(&line).map_err(|_| gone())?;
+            match (env.result, env.error) {
+                (Some(result), None) => answers.push((request.key, result.to_owned())),
+                (_, error) => {
+                    let said = error
+                        .and_then(|e| serde_json::from_str::<serde_json::Value>(e.get()).ok())
+                        .and_then(|e| e.get("message").and_then(|m| m.as_str()).map(str::to_owned))
+                        .unwrap_or_default();
+                    let mut err = LocalError::new(
+                        UPSTREAM_ERROR,
+                        ErrorKind::InputRefused,
+                        format!(
+                            "the server needs {} from the client to finish this request, and the client refused it ({said})",
+                            request.method
+                        ),
+                    );
+                    err.request_sent = Some(true);
+                    return Err(err);
+                }
+            }
+        }
+        Ok(answers)
+    }
+}
+
+/// Whether the answer to a forwarded `initialize` is a stateless server's refusal: a JSON-RPC
+/// error the handshake era never gives to `initialize` (T-62: missing headers, unsupported
+/// version, unknown method), or a 400.
+fn refuses_the_handshake(answer: &Result<Bytes, LocalError>) -> bool {
+    match answer {
+        Ok(bytes) => {
+            era::response_error(bytes).is_some_and(|e| matches!(e.code, -32020 | -32021 | -32022 | -32601))
+        }
+        Err(e) => e.http_status == Some(400),
+    }
+}
