@@ -7,6 +7,11 @@
 //! `_meta`), `tools/list`, and a `tools/call` of the first tool. Everything at the HTTP level
 //! (headers, sessions, OAuth) is the sidecar's doing, which is what the suite checks.
 //!
+//! `--client-era handshake` makes it speak only the handshake era on stdio (`initialize`, server
+//! requests answered) whatever revision the suite tests, so that at 2026-07-28 the sidecar's era
+//! bridge does the rest; `--client-era stateless` speaks per-request `_meta` and plays
+//! `input_required` rounds itself. By default the era follows the revision.
+//!
 //! `conformance_client --browser URL` is the headless browser: it fetches the authorization URL
 //! without following redirects and delivers the 302's `Location` to the sidecar's listener.
 
@@ -24,11 +29,22 @@ async fn main() {
         browser(args.get(1).cloned().unwrap_or_default()).await;
         return;
     }
-    let (sidecar, url) = match args.as_slice() {
-        [flag, path, url] if flag == "--sidecar" => (path.clone(), url.clone()),
-        [url] => ("mcp-sidecar".to_owned(), url.clone()),
+    let mut args = args.as_slice();
+    let mut sidecar = "mcp-sidecar".to_owned();
+    let mut era: Option<String> = None;
+    loop {
+        match args {
+            [flag, value, rest @ ..] if flag == "--sidecar" => (sidecar, args) = (value.clone(), rest),
+            [flag, value, rest @ ..] if flag == "--client-era" => (era, args) = (Some(value.clone()), rest),
+            _ => break,
+        }
+    }
+    let url = match args {
+        [url] => url.clone(),
         _ => {
-            eprintln!("usage: conformance_client [--sidecar PATH] URL | --browser URL");
+            eprintln!(
+                "usage: conformance_client [--sidecar PATH] [--client-era handshake|stateless] URL | --browser URL"
+            );
             std::process::exit(2);
         }
     };
@@ -64,7 +80,14 @@ async fn main() {
     let mut child = cmd.spawn().expect("start mcp-sidecar");
     let stdin = child.stdin.take().unwrap();
     let lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let stateless = version.as_str() >= "2026-07-28";
+    let stateless = match era.as_deref() {
+        Some("handshake") => false,
+        Some(_) => true,
+        None => version.as_str() >= "2026-07-28",
+    };
+    // A handshake-era client asks for the newest handshake revision it knows.
+    let version =
+        if !stateless && version.as_str() >= "2026-07-28" { "2025-11-25".to_owned() } else { version };
     let meta = json!({
         "io.modelcontextprotocol/protocolVersion": version,
         "io.modelcontextprotocol/clientCapabilities": {"elicitation": {}},
@@ -88,22 +111,59 @@ async fn main() {
         client.write(&json!({"jsonrpc": "2.0", "method": "notifications/initialized"})).await;
     }
     let tools = client.request("tools/list", json!({})).await;
-    if let Some(tool) = tools["result"]["tools"].as_array().and_then(|t| t.first()).cloned() {
-        let mut arguments = serde_json::Map::new();
-        if let Some(props) = tool["inputSchema"]["properties"].as_object() {
-            for (k, v) in props {
-                let value = match v["type"].as_str() {
-                    Some("number" | "integer") => json!(1),
-                    Some("boolean") => json!(true),
-                    _ => json!("x"),
-                };
-                arguments.insert(k.clone(), value);
-            }
-        }
-        client.request("tools/call", json!({"name": tool["name"], "arguments": arguments})).await;
+    let tools = tools["result"]["tools"].as_array().cloned().unwrap_or_default();
+    // The calls the scenario names (http-custom-headers), else one call of every tool.
+    let calls: Vec<(Value, Value)> = match context.get("toolCalls").and_then(Value::as_array) {
+        Some(calls) => calls.iter().map(|c| (c["name"].clone(), c["arguments"].clone())).collect(),
+        None => tools.iter().map(|tool| (tool["name"].clone(), arguments_for(tool, &tools))).collect(),
+    };
+    for (name, arguments) in calls {
+        client.request("tools/call", json!({"name": name, "arguments": arguments})).await;
     }
     drop(client);
     finish(child).await;
+}
+
+/// Arguments for a tool: a value of each property's type; `json_schema_echo` gets the other
+/// tool's `inputSchema` back, verbatim (json-schema-2020-12-preservation).
+fn arguments_for(tool: &Value, tools: &[Value]) -> Value {
+    if tool["name"] == "json_schema_echo" {
+        let other = tools.iter().find(|t| t["name"] != "json_schema_echo");
+        return json!({"schema": other.map(|t| t["inputSchema"].clone()).unwrap_or(json!({}))});
+    }
+    let mut arguments = serde_json::Map::new();
+    if let Some(props) = tool["inputSchema"]["properties"].as_object() {
+        for (k, v) in props {
+            let value = match v["type"].as_str() {
+                Some("number" | "integer") => json!(1),
+                Some("boolean") => json!(true),
+                Some("object") => json!({}),
+                Some("array") => json!([]),
+                _ => json!("x"),
+            };
+            arguments.insert(k.clone(), value);
+        }
+    }
+    Value::Object(arguments)
+}
+
+/// What this client answers to a server request (or an `input_required` entry): elicitation
+/// accepted with the schema's defaults, anything else an empty result.
+fn answer_for(method: &str, params: &Value) -> Value {
+    if method != "elicitation/create" {
+        return json!({});
+    }
+    let mut content = serde_json::Map::new();
+    if let Some(props) = params["requestedSchema"]["properties"].as_object() {
+        for (k, v) in props {
+            if let Some(d) = v.get("default") {
+                content.insert(k.clone(), d.clone());
+            } else if v["type"] == "boolean" {
+                content.insert(k.clone(), json!(true));
+            }
+        }
+    }
+    json!({"action": "accept", "content": content})
 }
 
 /// A line-by-line MCP client on the sidecar's stdio.
@@ -120,13 +180,39 @@ impl Client {
         let _ = self.stdin.write_all(format!("{msg}\n").as_bytes()).await;
     }
 
-    /// Sends a request and waits for its answer, answering server requests meanwhile.
+    /// Sends a request and waits for its answer, answering server requests meanwhile; a
+    /// stateless-era client also plays `input_required` rounds (T-31) with a new id each time.
     async fn request(&mut self, method: &str, mut params: Value) -> Value {
-        self.next_id += 1;
-        let id = self.next_id;
         if let Some(meta) = &self.meta {
             params["_meta"] = meta.clone();
         }
+        for _round in 0..5 {
+            let answer = self.request_once(method, &params).await;
+            let result = &answer["result"];
+            if self.meta.is_none() || result["resultType"] != "input_required" {
+                return answer;
+            }
+            let mut responses = serde_json::Map::new();
+            if let Some(requests) = result["inputRequests"].as_object() {
+                for (key, request) in requests {
+                    let m = request["method"].as_str().unwrap_or_default();
+                    responses.insert(key.clone(), answer_for(m, &request["params"]));
+                }
+            }
+            params["inputResponses"] = Value::Object(responses);
+            match result.get("requestState") {
+                Some(state) => params["requestState"] = state.clone(),
+                None => {
+                    params.as_object_mut().map(|p| p.remove("requestState"));
+                }
+            }
+        }
+        Value::Null
+    }
+
+    async fn request_once(&mut self, method: &str, params: &Value) -> Value {
+        self.next_id += 1;
+        let id = self.next_id;
         self.write(&json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params})).await;
         loop {
             let Ok(Ok(Some(line))) =
@@ -141,20 +227,7 @@ impl Client {
                 return msg;
             }
             if let (Some(rid), Some(m)) = (msg.get("id"), msg.get("method").and_then(Value::as_str)) {
-                // A server request: elicitation accepted with the defaults, anything else empty.
-                let result = if m == "elicitation/create" {
-                    let mut content = serde_json::Map::new();
-                    if let Some(props) = msg["params"]["requestedSchema"]["properties"].as_object() {
-                        for (k, v) in props {
-                            if let Some(d) = v.get("default") {
-                                content.insert(k.clone(), d.clone());
-                            }
-                        }
-                    }
-                    json!({"action": "accept", "content": content})
-                } else {
-                    json!({})
-                };
+                let result = answer_for(m, &msg["params"]);
                 self.write(&json!({"jsonrpc": "2.0", "id": rid, "result": result})).await;
             }
         }

@@ -3,6 +3,11 @@
 #
 #   scripts/conformance.sh [REVISION ...]      default: 2025-11-25 2026-07-28
 #   SCENARIO=auth/scope-step-up scripts/conformance.sh   one scenario (at its own revision)
+#   CLIENT_ERA=handshake SCENARIO=... scripts/conformance.sh   the client speaks that era on stdio
+#
+# At 2026-07-28 the suite runs twice: with a client that speaks only the handshake era on stdio
+# (the sidecar's era bridge does the rest; results in results/2026-07-28-handshake) and with a
+# stateless-era client (results/2026-07-28).
 #
 # The client under test is examples/conformance_client.rs: it starts mcp-sidecar on the URL the
 # suite gives and plays a plain stdio MCP client; $BROWSER is itself in --browser mode, a
@@ -29,6 +34,7 @@ SUITE="$PWD/$DIR/node_modules/@modelcontextprotocol/conformance/dist/index.js"
 
 cargo build --release --quiet --bin mcp-sidecar --example conformance_client
 CLIENT="$PWD/target/release/examples/conformance_client --sidecar $PWD/target/release/mcp-sidecar"
+if [ -n "${CLIENT_ERA:-}" ]; then CLIENT="$CLIENT --client-era $CLIENT_ERA"; fi
 OUT="$DIR/results"
 mkdir -p "$OUT"
 
@@ -37,12 +43,20 @@ if [ -n "${SCENARIO:-}" ]; then
   "$NODE" "$SUITE" client --command "$CLIENT" --scenario "$SCENARIO" -o "$OUT" || status=$?
   exit $status
 fi
+run() { # REVISION NAME CLIENT
+  echo "conformance: client scenarios required by $1 ($2)" >&2
+  "$NODE" "$SUITE" client --command "$3" --requirements "$1" -o "$OUT/$2" 2>&1 | tee "$OUT/$2.log" \
+    | grep -E '^(Passed|Failed|Total|.*(PASSED|FAILED))|✓|✗|❌|✅' || true
+  [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
+}
 for rev in "${@:-2025-11-25 2026-07-28}"; do
   for r in $rev; do
-    echo "conformance: client scenarios required by $r" >&2
-    "$NODE" "$SUITE" client --command "$CLIENT" --requirements "$r" -o "$OUT/$r" 2>&1 | tee "$OUT/$r.log" \
-      | grep -E '^(Passed|Failed|Total|.*(PASSED|FAILED))|✓|✗|❌|✅' || true
-    [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
+    if [ "$r" \< "2026-07-28" ] || [ -n "${CLIENT_ERA:-}" ]; then
+      run "$r" "$r" "$CLIENT"
+    else
+      run "$r" "$r-handshake" "$CLIENT --client-era handshake"
+      run "$r" "$r" "$CLIENT --client-era stateless"
+    fi
   done
 done
 exit $status

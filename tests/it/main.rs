@@ -5,6 +5,7 @@
 //!   invariant checks every test runs on its captured stdout and stderr.
 //! - `streamable`: the Streamable HTTP happy paths with a real rmcp client (T-01…T-33).
 //! - `bytes`: messages forwarded byte for byte in both directions (J-01, J-11).
+//! - `eras`: the era bridge between a handshake-era client and a stateless server (issue 13).
 //! - `errors`: HTTP and network failures become one clear JSON-RPC error with the request's id.
 //! - `hardening`: issue 10's promises against hostile servers, absurd values, slow clients.
 //! - `faults`: servers dying mid-request, replies cut off, bodies over the limit.
@@ -17,6 +18,7 @@
 
 mod bytes;
 mod commands;
+mod eras;
 mod errors;
 mod faults;
 mod hardening;

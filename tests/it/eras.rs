@@ -1,0 +1,474 @@
+//! The era bridge (issue 13): a handshake-era stdio client (a real rmcp client in
+//! `Initialize` mode, or raw lines) and a server that speaks only the stateless era (an axum
+//! server written from the 2026-07-28 rules: no `initialize`, `server/discover`, per-request
+//! `_meta` and headers enforced, `input_required` for tools that need the client), and the
+//! same-era pairings, which must stay byte-for-byte forwarding.
+
+#![allow(deprecated)] // roots are deprecated by SEP-2577, and still asked for
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use axum::body::{Body, Bytes};
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use rmcp::model::{
+    CallToolRequestParams, ClientCapabilities, ClientConfig, CreateMessageRequestParams, CreateMessageResult,
+    ElicitRequestParams, ElicitResult, Implementation, ListRootsResult, Root,
+};
+use rmcp::service::RequestContext;
+use rmcp::{ClientHandler, ErrorData, RoleClient};
+use serde_json::{Value, json};
+
+use crate::harness::*;
+
+/// The opaque state the server hands out: escapes and non-ASCII, to be echoed byte for byte.
+const STATE: &str = r#""{\"step\":1,\"nonce\":\"\u00e9t\u00e9\\/x\"}""#;
+
+/// One POST the stateless server received.
+#[derive(Clone, Debug)]
+struct Post {
+    headers: HeaderMap,
+    body: Value,
+    raw: String,
+}
+
+#[derive(Default)]
+struct Stateless {
+    posts: Mutex<Vec<Post>>,
+    /// Answer the first request with -32022, listing 2026-07-28 (the client must retry).
+    reject_first: AtomicBool,
+    /// Set when the stream of the `slow` tool's call closes (cancellation, T-25).
+    slow_closed: Arc<AtomicBool>,
+    slow_started: AtomicUsize,
+}
+
+fn rpc(status: StatusCode, body: Value) -> Response {
+    (status, [("content-type", "application/json")], body.to_string()).into_response()
+}
+
+fn error(id: &Value, status: StatusCode, code: i64, message: &str) -> Response {
+    rpc(status, json!({"jsonrpc":"2.0","id":id,"error":{"code":code,"message":message}}))
+}
+
+fn complete(id: &Value, mut result: Value) -> Response {
+    result["resultType"] = json!("complete");
+    rpc(StatusCode::OK, json!({"jsonrpc":"2.0","id":id,"result":result}))
+}
+
+fn input_required(id: &Value, requests: Value, state: Option<&str>) -> Response {
+    let mut result = format!(r#"{{"resultType":"input_required","inputRequests":{requests}"#);
+    if let Some(state) = state {
+        result.push_str(&format!(r#","requestState":{state}"#));
+    }
+    result.push('}');
+    let body = format!(r#"{{"jsonrpc":"2.0","id":{id},"result":{result}}}"#);
+    (StatusCode::OK, [("content-type", "application/json")], body).into_response()
+}
+
+/// The raw text of `params.requestState` in a request body, if present.
+fn raw_state(raw: &str) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct Msg<'a> {
+        #[serde(borrow)]
+        params: Params<'a>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Params<'a> {
+        #[serde(borrow, rename = "requestState")]
+        state: Option<&'a serde_json::value::RawValue>,
+    }
+    serde_json::from_str::<Msg<'_>>(raw).ok()?.params.state.map(|s| s.get().to_owned())
+}
+
+async fn stateless(State(s): State<Arc<Stateless>>, headers: HeaderMap, raw: Bytes) -> Response {
+    let raw = String::from_utf8_lossy(&raw).into_owned();
+    let Ok(body) = serde_json::from_str::<Value>(&raw) else {
+        return error(&Value::Null, StatusCode::BAD_REQUEST, -32700, "parse error");
+    };
+    s.posts.lock().unwrap().push(Post { headers: headers.clone(), body: body.clone(), raw: raw.clone() });
+    let id = body["id"].clone();
+    let method = body["method"].as_str().unwrap_or_default().to_owned();
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let meta = &body["params"]["_meta"];
+    // The 2026-07-28 rules (T-13, T-14, J-11), in the order the conformance mock checks them.
+    let Some(version) = header("mcp-protocol-version") else {
+        return error(&id, StatusCode::BAD_REQUEST, -32020, "missing MCP-Protocol-Version");
+    };
+    if meta["io.modelcontextprotocol/protocolVersion"].is_null()
+        || !meta["io.modelcontextprotocol/clientCapabilities"].is_object()
+    {
+        return error(&id, StatusCode::BAD_REQUEST, -32602, "missing _meta");
+    }
+    if meta["io.modelcontextprotocol/protocolVersion"] != version.as_str() {
+        return error(&id, StatusCode::BAD_REQUEST, -32020, "header does not match _meta");
+    }
+    if s.reject_first.swap(false, Ordering::SeqCst) || version != "2026-07-28" {
+        let body = json!({"jsonrpc":"2.0","id":id,"error":{"code":-32022,"message":"Unsupported protocol version",
+            "data":{"supported":["2026-07-28"],"requested":version}}});
+        return rpc(StatusCode::BAD_REQUEST, body);
+    }
+    if header("mcp-method").as_deref() != Some(method.as_str()) {
+        return error(&id, StatusCode::BAD_REQUEST, -32020, "Mcp-Method does not match");
+    }
+    let name = body["params"]["name"].as_str().map(str::to_owned);
+    if method == "tools/call" && header("mcp-name") != name {
+        return error(&id, StatusCode::BAD_REQUEST, -32020, "Mcp-Name does not match");
+    }
+    match method.as_str() {
+        "server/discover" => complete(
+            &id,
+            json!({"supportedVersions":["2026-07-28"],"capabilities":{"tools":{},"logging":{}},
+                "serverInfo":{"name":"stateless-only","version":"7"},"instructions":"ask me","ttlMs":0}),
+        ),
+        "tools/list" => complete(
+            &id,
+            json!({"tools":[
+                {"name":"echo","inputSchema":{"type":"object"}},
+                {"name":"ask","inputSchema":{"type":"object"}},
+                {"name":"all","inputSchema":{"type":"object"}},
+                {"name":"slow","inputSchema":{"type":"object"}},
+                {"name":"forever","inputSchema":{"type":"object"}}],"ttlMs":60000,"cacheScope":"private"}),
+        ),
+        "tools/call" => {
+            let responses = &body["params"]["inputResponses"];
+            match name.as_deref().unwrap_or_default() {
+                // What the server saw of the request, for the test to compare.
+                "echo" => complete(
+                    &id,
+                    json!({"content":[{"type":"text","text":json!({"arguments":body["params"]["arguments"],
+                        "logLevel":meta["io.modelcontextprotocol/logLevel"],
+                        "clientInfo":meta["io.modelcontextprotocol/clientInfo"],
+                        "progressToken":meta["progressToken"]}).to_string()}]}),
+                ),
+                "ask" if responses.is_null() => input_required(
+                    &id,
+                    json!({"who":{"method":"elicitation/create","params":{"message":"Your name?",
+                        "requestedSchema":{"type":"object","properties":{"name":{"type":"string"}}}}}}),
+                    Some(STATE),
+                ),
+                "ask" => {
+                    if raw_state(&raw).as_deref() != Some(STATE) {
+                        return error(&id, StatusCode::OK, -32602, "requestState was not echoed exactly");
+                    }
+                    let name = responses["who"]["content"]["name"].clone();
+                    complete(
+                        &id,
+                        json!({"content":[{"type":"text","text":format!("hello {}", name.as_str().unwrap_or("?"))}]}),
+                    )
+                }
+                // Two rounds: three questions at once, then one more, with no state at all.
+                "all" if responses.is_null() => input_required(
+                    &id,
+                    json!({"s":{"method":"sampling/createMessage","params":{"messages":[{"role":"user",
+                        "content":{"type":"text","text":"2+2?"}}],"maxTokens":5}},
+                        "r":{"method":"roots/list"},
+                        "e":{"method":"elicitation/create","params":{"message":"ok?","requestedSchema":{"type":"object","properties":{}}}}}),
+                    None,
+                ),
+                "all" if responses.get("again").is_none() => {
+                    if raw_state(&raw).is_some() {
+                        return error(&id, StatusCode::OK, -32602, "requestState sent though none was given");
+                    }
+                    let sampled = responses["s"]["content"]["text"].as_str().unwrap_or("?").to_owned();
+                    let root = responses["r"]["roots"][0]["uri"].as_str().unwrap_or("?").to_owned();
+                    let state = json!(format!("{sampled}|{root}")).to_string();
+                    input_required(
+                        &id,
+                        json!({"again":{"method":"elicitation/create","params":{"message":"sure?","requestedSchema":{"type":"object","properties":{}}}}}),
+                        Some(&state),
+                    )
+                }
+                "all" => {
+                    let state: String =
+                        serde_json::from_str(&raw_state(&raw).unwrap_or_default()).unwrap_or_default();
+                    complete(
+                        &id,
+                        json!({"content":[{"type":"text","text":format!("{state}|{}", responses["again"]["action"].as_str().unwrap_or("?"))}]}),
+                    )
+                }
+                "forever" => input_required(&id, json!({"q":{"method":"roots/list"}}), None),
+                "slow" => {
+                    // An event stream that never answers; dropping it (the client closed the
+                    // stream) is the cancellation (T-25).
+                    s.slow_started.fetch_add(1, Ordering::SeqCst);
+                    struct OnDrop(Arc<AtomicBool>);
+                    impl Drop for OnDrop {
+                        fn drop(&mut self) {
+                            self.0.store(true, Ordering::SeqCst);
+                        }
+                    }
+                    let guard = OnDrop(s.slow_closed.clone());
+                    let stream = futures_util::stream::unfold(guard, |guard| async move {
+                        tokio::time::sleep(std::time::Duration::from_secs(3600)).await;
+                        Some((Ok::<_, std::io::Error>(Bytes::from_static(b": still here\n\n")), guard))
+                    });
+                    let first =
+                        futures_util::stream::once(async { Ok(Bytes::from_static(b": started\n\n")) });
+                    Response::builder()
+                        .header("content-type", "text/event-stream")
+                        .body(Body::from_stream(futures_util::StreamExt::chain(first, stream)))
+                        .unwrap()
+                }
+                other => error(&id, StatusCode::OK, -32602, &format!("unknown tool {other}")),
+            }
+        }
+        _ => error(&id, StatusCode::NOT_FOUND, -32601, &format!("Method not found: {method}")),
+    }
+}
+
+/// Starts a stateless-only server; returns its URL and state.
+async fn stateless_server() -> (String, Arc<Stateless>) {
+    let state = Arc::new(Stateless::default());
+    let app = axum::Router::new()
+        .route(
+            "/mcp",
+            axum::routing::post(stateless)
+                .get(|| async { StatusCode::METHOD_NOT_ALLOWED })
+                .delete(|| async { StatusCode::METHOD_NOT_ALLOWED }),
+        )
+        .with_state(state.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/mcp", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (url, state)
+}
+
+/// A handshake-era client that answers everything the server may ask.
+#[derive(Clone, Default)]
+struct Helpful;
+
+impl ClientHandler for Helpful {
+    fn get_info(&self) -> ClientConfig {
+        let caps =
+            ClientCapabilities::builder().enable_roots().enable_sampling().enable_elicitation().build();
+        ClientConfig::new(caps, Implementation::new("helpful-client", "3.1"))
+    }
+
+    async fn list_roots(&self, _: RequestContext<RoleClient>) -> Result<ListRootsResult, ErrorData> {
+        Ok(ListRootsResult::new(vec![Root::new("file:///work/project")]))
+    }
+
+    async fn create_message(
+        &self,
+        _: CreateMessageRequestParams,
+        _: RequestContext<RoleClient>,
+    ) -> Result<CreateMessageResult, ErrorData> {
+        Ok(serde_json::from_value(
+            json!({"model":"m","role":"assistant","content":{"type":"text","text":"4"}}),
+        )
+        .unwrap())
+    }
+
+    async fn create_elicitation(
+        &self,
+        _: ElicitRequestParams,
+        _: RequestContext<RoleClient>,
+    ) -> Result<ElicitResult, ErrorData> {
+        Ok(serde_json::from_value(json!({"action":"accept","content":{"name":"Ada"}})).unwrap())
+    }
+}
+
+fn text_of(result: &rmcp::model::CallToolResult) -> String {
+    serde_json::to_value(result).unwrap()["content"][0]["text"].as_str().unwrap_or_default().to_owned()
+}
+
+fn posts(server: &Stateless) -> Vec<Post> {
+    server.posts.lock().unwrap().clone()
+}
+
+#[tokio::test]
+async fn t62_a_handshake_client_reaches_a_stateless_only_server_through_the_bridge() {
+    let (url, server) = stateless_server().await;
+    let dir = scratch_dir("bridge-rmcp");
+    let state = dir.to_string_lossy().into_owned();
+    let args = [url.as_str(), "--auth", "none", "--state-dir", &state];
+    let (client, sidecar) =
+        rmcp_client(&args, &[], Helpful, Some(rmcp::ClientLifecycleMode::Initialize)).await;
+    let client = client.expect("initialize answered by the bridge");
+    // The local initialize answer is the server's discovery result.
+    let info = client.peer_info().expect("server info").clone();
+    let info = serde_json::to_value(&info).unwrap();
+    assert_eq!(info["serverInfo"]["name"], "stateless-only");
+    assert_eq!(info["instructions"], "ask me");
+    assert_eq!(info["protocolVersion"], "2025-11-25");
+    let tools = client.list_all_tools().await.unwrap();
+    assert_eq!(tools.len(), 5);
+    // One round of elicitation, the state echoed byte for byte (the server checks it).
+    let asked = client.call_tool(CallToolRequestParams::new("ask")).await.unwrap();
+    assert_eq!(text_of(&asked), "hello Ada");
+    // Two rounds: sampling, roots and elicitation at once, then elicitation again.
+    let all = client.call_tool(CallToolRequestParams::new("all")).await.unwrap();
+    assert_eq!(text_of(&all), "4|file:///work/project|accept");
+    client.cancel().await.unwrap();
+    let out = sidecar.wait().await;
+    assert!(out.status.success());
+    assert!(
+        out.stderr.contains("protocol bridge: 3 requests bridged to the stateless server, 3 input rounds"),
+        "{}",
+        out.stderr
+    );
+
+    let posts = posts(&server);
+    // Never an initialize, a GET or a session; every POST carries the headers and `_meta`.
+    assert!(
+        posts.iter().all(|p| p.body["method"] != "initialize" && p.headers.get("mcp-session-id").is_none())
+    );
+    for p in &posts {
+        assert_eq!(p.headers["mcp-protocol-version"], "2026-07-28");
+        let meta = &p.body["params"]["_meta"];
+        assert_eq!(meta["io.modelcontextprotocol/clientInfo"]["name"], "helpful-client", "{}", p.raw);
+        assert!(meta["io.modelcontextprotocol/clientCapabilities"]["sampling"].is_object(), "{}", p.raw);
+    }
+    // Each retry has an id of its own (T-31).
+    let ids: std::collections::HashSet<String> = posts.iter().map(|p| p.body["id"].to_string()).collect();
+    assert_eq!(ids.len(), posts.len(), "ids unique");
+    // The era is remembered: a second run does not probe past the discovery it needs anyway.
+    assert!(dir.join("eras").read_dir().unwrap().count() == 1);
+}
+
+#[tokio::test]
+async fn t31_one_answer_per_id_under_the_clients_own_ids_with_meta_kept() {
+    let (url, server) = stateless_server().await;
+    server.reject_first.store(true, Ordering::SeqCst); // -32022 on the probe: retried once
+    let mut s = Sidecar::spawn(&[&url, "--auth", "none", "--protocol-era", "modern"], &[]);
+    s.send_json(&request(
+        "init-1",
+        "initialize",
+        json!({"protocolVersion":"2025-06-18","capabilities":{"roots":{}},"clientInfo":{"name":"raw","version":"0"}}),
+    ))
+    .await;
+    let init = s.recv().await;
+    assert_eq!(init["id"], "init-1");
+    assert_eq!(init["result"]["protocolVersion"], "2025-06-18", "the revision the client asked for");
+    s.send(r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#).await;
+    // ping and logging/setLevel are answered here; the level travels in `_meta`.
+    s.send_json(&request(7, "ping", json!({}))).await;
+    assert_eq!(s.recv().await, json!({"jsonrpc":"2.0","id":7,"result":{}}));
+    s.send_json(&request("lvl", "logging/setLevel", json!({"level":"debug"}))).await;
+    assert_eq!(s.recv().await["id"], "lvl");
+    // The client's own `_meta` (a progress token) and its arguments arrive unchanged.
+    s.send(r#"{"jsonrpc":"2.0","id":{"x":1},"method":"tools/list"}"#).await; // invalid id: refused here
+    assert_eq!(s.recv().await["error"]["code"], -32600);
+    s.send(r#"{"jsonrpc":"2.0","id":"c","method":"tools/call","params":{"name":"echo","arguments":{"big":123456789012345678901234567890,"s":"\u00e9"},"_meta":{"progressToken":"p1"}}}"#).await;
+    let echo = s.recv().await;
+    assert_eq!(echo["id"], "c");
+    let seen: Value = serde_json::from_str(echo["result"]["content"][0]["text"].as_str().unwrap()).unwrap();
+    assert_eq!(seen["logLevel"], "debug");
+    assert_eq!(seen["progressToken"], "p1");
+    assert_eq!(seen["clientInfo"]["name"], "raw");
+    let call = posts(&server).into_iter().find(|p| p.body["params"]["name"] == "echo").unwrap();
+    assert!(
+        call.raw.contains(r#""arguments":{"big":123456789012345678901234567890,"s":"\u00e9"}"#),
+        "{}",
+        call.raw
+    );
+    // A server that asks for ever is given up after a bound, with one answer.
+    s.send_json(&call_tool("f", "forever")).await;
+    loop {
+        let msg = s.recv().await;
+        if msg["method"] == "roots/list" {
+            s.send_json(&json!({"jsonrpc":"2.0","id":msg["id"],"result":{"roots":[]}})).await;
+            continue;
+        }
+        assert_eq!(msg["id"], "f");
+        assert!(msg["error"]["message"].as_str().unwrap().contains("more than 10 times"), "{msg}");
+        break;
+    }
+    // A refused question fails the request that needed it, with one answer.
+    s.send_json(&call_tool("a", "ask")).await;
+    let question = s.recv().await;
+    assert_eq!(question["method"], "elicitation/create");
+    s.send_json(
+        &json!({"jsonrpc":"2.0","id":question["id"],"error":{"code":-32601,"message":"no elicitation here"}}),
+    )
+    .await;
+    let refused = s.recv().await;
+    assert_eq!(refused["id"], "a");
+    assert_eq!(refused["error"]["data"]["kind"], "input_refused");
+    assert!(refused["error"]["message"].as_str().unwrap().contains("no elicitation here"));
+    let out = s.finish().await;
+    assert!(out.status.success());
+    // The probe was retried with the version the server listed, then everything used it.
+    let posts = posts(&server);
+    assert_eq!(posts[0].body["method"], "server/discover");
+    assert_eq!(posts[1].body["method"], "server/discover");
+    assert!(posts.iter().all(|p| p.body["method"] != "ping" && p.body["method"] != "logging/setLevel"));
+}
+
+fn call_tool(id: &str, name: &str) -> Value {
+    request(id, "tools/call", json!({"name": name}))
+}
+
+#[tokio::test]
+async fn t25_cancelling_a_bridged_request_closes_its_stream() {
+    let (url, server) = stateless_server().await;
+    let mut s = Sidecar::spawn(&[&url, "--auth", "none"], &[]);
+    s.handshake().await;
+    s.send_json(&call_tool("slow-1", "slow")).await;
+    while server.slow_started.load(Ordering::SeqCst) == 0 {
+        tokio::task::yield_now().await;
+    }
+    s.send(r#"{"jsonrpc":"2.0","method":"notifications/cancelled","params":{"requestId":"slow-1"}}"#).await;
+    tokio::time::timeout(PATIENCE, async {
+        while !server.slow_closed.load(Ordering::SeqCst) {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("the stream was closed");
+    // Still serving, and nothing was written for the cancelled request.
+    s.send_json(&request(2, "ping", json!({}))).await;
+    assert_eq!(s.recv().await["id"], 2);
+    let out = s.finish().await;
+    assert!(out.messages().iter().all(|m| m["id"] != "slow-1"), "{}", out.stdout);
+}
+
+#[tokio::test]
+async fn a_bridged_request_in_flight_at_shutdown_gets_one_answer() {
+    let (url, server) = stateless_server().await;
+    let mut s = Sidecar::spawn(&[&url, "--auth", "none"], &[]);
+    s.handshake().await;
+    s.send_json(&call_tool("slow-2", "slow")).await;
+    while server.slow_started.load(Ordering::SeqCst) == 0 {
+        tokio::task::yield_now().await;
+    }
+    let out = s.finish().await;
+    let answers: Vec<Value> = out.messages().into_iter().filter(|m| m["id"] == "slow-2").collect();
+    assert_eq!(answers.len(), 1, "{}", out.stdout);
+    assert_eq!(answers[0]["error"]["data"]["kind"], "shutting_down");
+}
+
+/// A server of the handshake era only: the example server behind a layer that refuses what an
+/// old server does not know (`server/discover`, requests without a session) as old servers do.
+fn handshake_only() -> Hook {
+    Arc::new(|seen: &Seen| match seen.rpc_method() {
+        Some("server/discover") => {
+            Action::Respond(respond(400, "text/plain", "Bad Request: No valid session ID provided"))
+        }
+        _ => Action::Pass,
+    })
+}
+
+#[tokio::test]
+async fn same_era_pairs_are_forwarded_unchanged_and_the_verdict_is_remembered() {
+    let server = Server::start(generic(), Some(handshake_only())).await;
+    let dir = scratch_dir("era-remembered");
+    let state = dir.to_string_lossy().into_owned();
+    let line = r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"sum","arguments":{"a":1,"b":2},"_meta":{"progressToken":5}}}"#;
+    for run in 0..2 {
+        let mut s = sidecar_for(&server, &["--state-dir", &state]);
+        s.handshake().await;
+        s.send(line).await;
+        assert_eq!(s.recv().await["result"]["content"][0]["text"], "3");
+        s.finish().await;
+        // Probed once, at the first run only.
+        assert_eq!(server.posts("server/discover").len(), 1, "run {run}");
+    }
+    // The bytes the client wrote are the bytes the server got.
+    let calls = server.posts("tools/call");
+    assert_eq!(calls.len(), 2);
+    assert!(calls.iter().all(|c| c.body == line.as_bytes()));
+    assert!(server.posts("initialize").iter().all(|c| c.json["id"] == 0));
+}
