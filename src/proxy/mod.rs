@@ -587,7 +587,7 @@ impl Proxy {
             }
         }
         let mut headers = headers.clone();
-        let mut relisted = false;
+        let (mut relisted, mut version_retried) = (false, false);
         let (response, _, mut deadline) = loop {
             let (response, sent_session, deadline) =
                 self.send(&body, &headers, initialize, limit, what).await?;
@@ -612,6 +612,20 @@ impl Proxy {
                     headers.params = self.param_headers(&env.params());
                     continue;
                 }
+            }
+            // T-13: `-32022` listing the very version the request carries (a server mid-rollout,
+            // or one that rejects a first request) was not processed: sent again once, unchanged.
+            if status == StatusCode::BAD_REQUEST
+                && headers.is_modern()
+                && !version_retried
+                && headers.protocol_version.as_ref().and_then(|v| v.to_str().ok()).is_some_and(|v| {
+                    crate::era::response_error(&error_body)
+                        .is_some_and(|e| e.supported_modern().as_deref() == Some(v))
+                })
+            {
+                version_retried = true;
+                debug!(what, "the server refused a version it lists as supported; sending the request again");
+                continue;
             }
             // T-60: a server that refuses the initialize POST with 400/404/405 and no JSON-RPC
             // error may speak only the 2024-11-05 HTTP+SSE transport: try its GET stream.

@@ -472,3 +472,18 @@ async fn same_era_pairs_are_forwarded_unchanged_and_the_verdict_is_remembered() 
     assert!(calls.iter().all(|c| c.body == line.as_bytes()));
     assert!(server.posts("initialize").iter().all(|c| c.json["id"] == 0));
 }
+
+#[tokio::test]
+async fn t13_a_request_refused_with_32022_for_the_version_it_carries_is_sent_again_once() {
+    let (url, server) = stateless_server().await;
+    server.reject_first.store(true, Ordering::SeqCst);
+    let mut s = Sidecar::spawn(&[&url, "--auth", "none"], &[]);
+    // A stateless-era client: same era, forwarded unchanged; the retry is the same bytes.
+    let line = r#"{"jsonrpc":"2.0","id":3,"method":"tools/call","params":{"name":"echo","arguments":{},"_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28","io.modelcontextprotocol/clientCapabilities":{}}}}"#;
+    s.send(line).await;
+    assert!(s.recv().await["result"]["content"].is_array());
+    s.finish().await;
+    let posts = posts(&server);
+    assert_eq!(posts.len(), 2, "refused once, then answered");
+    assert!(posts.iter().all(|p| p.raw == line));
+}
