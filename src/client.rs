@@ -132,6 +132,11 @@ impl Client {
         self.proxy.transport_name()
     }
 
+    /// The server's era as learned at `initialize`, and whether the era bridge is in use.
+    pub fn eras(&self) -> (Option<crate::era::Era>, bool) {
+        self.proxy.eras()
+    }
+
     /// The rate-limit headers of the last response that had any.
     pub fn rate_limit_headers(&self) -> Vec<(String, String)> {
         self.proxy.rate_limit_headers()

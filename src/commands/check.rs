@@ -132,10 +132,15 @@ async fn run(config: &Config, steps: &mut Vec<Step>, server: &mut Value) -> bool
         }
     };
     let revision = init["protocolVersion"].as_str().unwrap_or("?").to_owned();
-    let era = match revision.as_str() {
-        "2024-11-05" => "legacy era",
-        r if r >= "2026-07-28" => "stateless era: per-request _meta",
-        _ => "stateful era: initialize handshake",
+    // Both eras (issue 13): the server's, as the probe found it, and whether this handshake-era
+    // client reaches it through the bridge.
+    let (server_era, bridged) = client.eras();
+    let era = match (server_era, bridged) {
+        (_, true) => "the server speaks only the stateless era (2026-07-28); handshake-era clients are bridged by mcp-sidecar".to_owned(),
+        (Some(crate::era::Era::Both), false) => "the server speaks both eras: every client is forwarded unchanged".to_owned(),
+        (Some(found), false) => format!("the server speaks the {}: forwarded unchanged", found.name()),
+        (None, false) if revision == "2024-11-05" => "legacy era".to_owned(),
+        (None, false) => "handshake era".to_owned(),
     };
     let name = init["serverInfo"]["name"].as_str().unwrap_or("?");
     let version = init["serverInfo"]["version"].as_str().unwrap_or("?");
@@ -153,7 +158,7 @@ async fn run(config: &Config, steps: &mut Vec<Step>, server: &mut Value) -> bool
         ),
     );
     *server = json!({
-        "name": name, "version": version, "protocolVersion": revision, "era": era,
+        "name": name, "version": version, "protocolVersion": revision, "era": era, "bridged": bridged,
         "transport": client.transport(), "capabilities": init["capabilities"],
     });
 

@@ -487,3 +487,15 @@ async fn t13_a_request_refused_with_32022_for_the_version_it_carries_is_sent_aga
     assert_eq!(posts.len(), 2, "refused once, then answered");
     assert!(posts.iter().all(|p| p.raw == line));
 }
+
+#[tokio::test]
+async fn check_reports_both_eras_and_the_bridge() {
+    let (url, _server) = stateless_server().await;
+    let (code, out, err) = run_command(&["check", &url, "--auth", "none"], &[]).await;
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("the server speaks only the stateless era (2026-07-28); handshake-era clients are bridged by mcp-sidecar"), "{out}");
+    assert!(out.contains("stateless-only 7"), "{out}");
+    let (_, json_out, _) = run_command(&["check", &url, "--auth", "none", "--json"], &[]).await;
+    let report: Value = serde_json::from_str(&json_out).unwrap();
+    assert_eq!(report["server"]["bridged"], true, "{json_out}");
+}
