@@ -142,6 +142,9 @@ pub struct Params<'a> {
     /// `params.arguments` of `tools/call`, unparsed.
     #[serde(default, borrow)]
     pub arguments: Option<&'a RawValue>,
+    /// `params.cursor` of list requests, unparsed.
+    #[serde(default, borrow)]
+    pub cursor: Option<&'a RawValue>,
     /// `params.protocolVersion` of `initialize` requests and results.
     #[serde(default, borrow, rename = "protocolVersion")]
     pub protocol_version: Option<Cow<'a, str>>,

@@ -181,6 +181,7 @@ impl Proxy {
                     lists_tools: headers.is_modern() && method == "tools/list",
                     capture: Some(capture_tx),
                     internal,
+                    list_key: None,
                 },
             );
         }
@@ -490,6 +491,10 @@ impl Proxy {
         let client_id = env.id.ok_or_else(unreadable)?;
         let method = env.method.as_deref().unwrap_or_default();
         bridge.bridged.fetch_add(1, Ordering::Relaxed);
+        let list_key = super::lists::cacheable(method).then(|| super::lists::key(method, &env.params()));
+        if let Some(cached) = list_key.as_deref().and_then(|k| self.lists.get(k)) {
+            return Ok(era::response_with_id(client_id, "result", &cached).into());
+        }
         let mut answers: Option<Vec<(String, Box<RawValue>)>> = None;
         let mut state: Option<Box<RawValue>> = None;
         let mut version_retried = false;
@@ -519,6 +524,9 @@ impl Proxy {
             }
             let Some(result) = reply.result else { return Err(unreadable()) };
             let Some(input) = era::input_required(result) else {
+                if let Some(list_key) = list_key {
+                    self.lists.put(list_key, &answer);
+                }
                 return Ok(era::response_with_id(client_id, "result", result).into());
             };
             rounds += 1;

@@ -14,6 +14,7 @@
 //! HTTP+SSE transport), `tools` (`x-mcp-header`).
 
 mod bridge;
+mod lists;
 mod send;
 mod session;
 mod tools;
@@ -98,6 +99,8 @@ struct Pending {
     capture: Option<oneshot::Sender<Bytes>>,
     /// A request of the proxy's own: shutdown answers nobody for it.
     internal: bool,
+    /// The list cache's key, for a stateless-era list request whose result may be reused.
+    list_key: Option<String>,
 }
 
 /// What [`Proxy::deliver`] did with a server message.
@@ -164,6 +167,8 @@ pub struct Proxy {
     in_flight_limit: u32,
     /// The eras of client and server, and the bridge between them when they differ.
     eras: bridge::Eras,
+    /// Stateless-era lists reused within their `ttlMs`.
+    lists: lists::ListCache,
 }
 
 impl Proxy {
@@ -177,6 +182,7 @@ impl Proxy {
             .map(|dir| crate::era::EraCache::new(dir, &config.url.origin().ascii_serialization()));
         Arc::new(Proxy {
             eras: bridge::Eras::new(config.protocol_era, era_cache),
+            lists: lists::ListCache::default(),
             gate,
             policy,
             last_limit_headers: Mutex::new(Vec::new()),
@@ -315,6 +321,14 @@ impl Proxy {
                     headers.params = self.param_headers(&params);
                 }
                 let init = method == "initialize";
+                // A stateless-era list still fresh in the cache costs the server nothing.
+                let list_key =
+                    (headers.is_modern() && lists::cacheable(method)).then(|| lists::key(method, &params));
+                if let Some(cached) = list_key.as_deref().and_then(|k| self.lists.get(k))
+                    && let Some(id) = env.id
+                {
+                    return self.write(crate::era::response_with_id(id, "result", &cached).into()).await;
+                }
                 let Some(room) = self.room_now(line.len()) else {
                     let mut err = LocalError::new(
                         OVERLOADED,
@@ -334,6 +348,11 @@ impl Proxy {
                     self.request_timeout
                 };
                 let Some((key, id)) = self.register(&env, init, headers.is_modern()) else { return };
+                if let Some(list_key) = list_key
+                    && let Some(p) = self.pending.locked().get_mut(&key)
+                {
+                    p.list_key = Some(list_key);
+                }
                 if init {
                     *self.init_line.locked() = Some(line.clone());
                 }
@@ -534,6 +553,7 @@ impl Proxy {
                 lists_tools,
                 capture: None,
                 internal: false,
+                list_key: None,
             },
         );
         self.stats.requests.fetch_add(1, Ordering::Relaxed);
@@ -832,8 +852,10 @@ impl Proxy {
         let delivered = match env.kind() {
             Ok(Kind::Response) => {
                 let Some(key) = env.id_key() else { return Delivered::Dropped };
-                let (initialize, lists_tools, captured) = match self.pending.locked().get(&key) {
-                    Some(entry) => (entry.initialize, entry.lists_tools, entry.capture.is_some()),
+                let (initialize, lists_tools, captured, list_key) = match self.pending.locked().get(&key) {
+                    Some(entry) => {
+                        (entry.initialize, entry.lists_tools, entry.capture.is_some(), entry.list_key.clone())
+                    }
                     None => {
                         debug!(id = %env.id.map_or("", RawValue::get), "response for no pending request dropped (cancelled, answered or unknown)");
                         return Delivered::Dropped;
@@ -852,6 +874,9 @@ impl Proxy {
                     Some(filtered) => one_line(filtered.into()),
                     None => one_line(bytes),
                 };
+                if let Some(list_key) = list_key {
+                    self.lists.put(list_key, &message);
+                }
                 // Issue 10.4: room first (this may wait, and a task aborted here has changed
                 // nothing: the request is still pending and will be answered by its own task);
                 // then, with no await in between, the entry leaves the table and the answer is
@@ -876,6 +901,10 @@ impl Proxy {
             }
             Ok(Kind::Notification) if env.method.as_deref() == Some("notifications/progress") => {
                 Delivered::Progress
+            }
+            Ok(Kind::Notification) if !self.lists.is_empty() => {
+                self.lists.changed(env.method.as_deref().unwrap_or_default());
+                Delivered::Other
             }
             Ok(_) => Delivered::Other,
             Err(e) => {

@@ -499,3 +499,30 @@ async fn check_reports_both_eras_and_the_bridge() {
     let report: Value = serde_json::from_str(&json_out).unwrap();
     assert_eq!(report["server"]["bridged"], true, "{json_out}");
 }
+
+#[tokio::test]
+async fn lists_with_a_ttl_are_reused_in_both_eras() {
+    let (url, server) = stateless_server().await;
+    // A handshake-era client through the bridge: listing on every turn costs one POST.
+    let mut s = Sidecar::spawn(&[&url, "--auth", "none"], &[]);
+    s.handshake().await;
+    for id in 1..=3 {
+        s.send_json(&request(id, "tools/list", json!({}))).await;
+        let list = s.recv().await;
+        assert_eq!(list["id"], id);
+        assert_eq!(list["result"]["tools"].as_array().unwrap().len(), 5);
+    }
+    s.finish().await;
+    let lists =
+        |server: &Stateless| posts(server).iter().filter(|p| p.body["method"] == "tools/list").count();
+    assert_eq!(lists(&server), 1);
+    // A stateless-era client (same era, forwarded): the same.
+    let mut s = Sidecar::spawn(&[&url, "--auth", "none"], &[]);
+    let meta = json!({"io.modelcontextprotocol/protocolVersion":"2026-07-28","io.modelcontextprotocol/clientCapabilities":{}});
+    for id in 1..=3 {
+        s.send_json(&request(id, "tools/list", json!({"_meta": meta}))).await;
+        assert_eq!(s.recv().await["result"]["tools"].as_array().unwrap().len(), 5);
+    }
+    s.finish().await;
+    assert_eq!(lists(&server), 2);
+}
