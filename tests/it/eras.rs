@@ -67,6 +67,21 @@ fn input_required(id: &Value, requests: Value, state: Option<&str>) -> Response 
     (StatusCode::OK, [("content-type", "application/json")], body).into_response()
 }
 
+/// The raw text of `result.requestState` in a response line, if present.
+fn result_state(raw: &str) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct Msg<'a> {
+        #[serde(borrow)]
+        result: Params<'a>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Params<'a> {
+        #[serde(borrow, rename = "requestState")]
+        state: Option<&'a serde_json::value::RawValue>,
+    }
+    serde_json::from_str::<Msg<'_>>(raw).ok()?.result.state.map(|s| s.get().to_owned())
+}
+
 /// The raw text of `params.requestState` in a request body, if present.
 fn raw_state(raw: &str) -> Option<String> {
     #[derive(serde::Deserialize)]
@@ -525,4 +540,134 @@ async fn lists_with_a_ttl_are_reused_in_both_eras() {
     }
     s.finish().await;
     assert_eq!(lists(&server), 2);
+}
+
+/// One step of a random client session, for the property below.
+#[derive(Debug, Clone)]
+enum Op {
+    Echo(Value),
+    List,
+    Ask,
+    All,
+}
+
+fn json_value() -> impl proptest::strategy::Strategy<Value = Value> {
+    use proptest::prelude::*;
+    let leaf = prop_oneof![
+        Just(Value::Null),
+        any::<bool>().prop_map(Value::from),
+        any::<i64>().prop_map(Value::from),
+        any::<u64>().prop_map(Value::from),
+        (-1e12f64..1e12).prop_map(Value::from),
+        ".{0,12}".prop_map(Value::from),
+    ];
+    leaf.prop_recursive(3, 24, 4, |inner| {
+        prop_oneof![
+            prop::collection::vec(inner.clone(), 0..4).prop_map(Value::from),
+            prop::collection::btree_map(".{0,6}", inner, 0..4)
+                .prop_map(|m| Value::Object(m.into_iter().collect())),
+        ]
+    })
+}
+
+fn ops() -> impl proptest::strategy::Strategy<Value = Vec<Op>> {
+    use proptest::prelude::*;
+    let op = prop_oneof![
+        4 => prop::collection::btree_map("[a-z]{1,5}", json_value(), 0..4)
+            .prop_map(|m| Op::Echo(Value::Object(m.into_iter().collect()))),
+        1 => Just(Op::List),
+        1 => Just(Op::Ask),
+        1 => Just(Op::All),
+    ];
+    prop::collection::vec(op, 1..6)
+}
+
+/// What a client answers to any question, in either era.
+fn answer_to(method: &str) -> Value {
+    match method {
+        "elicitation/create" => json!({"action":"accept","content":{"name":"Ada"}}),
+        "sampling/createMessage" => {
+            json!({"model":"m","role":"assistant","content":{"type":"text","text":"4"}})
+        }
+        _ => json!({"roots":[{"uri":"file:///p"}]}),
+    }
+}
+
+/// Runs `ops` as a handshake-era client (through the bridge) or as a stateless-era client
+/// (forwarded, playing `input_required` itself) and returns the result of each.
+async fn session(url: &str, ops: &[Op], stateless: bool) -> Vec<Value> {
+    let mut s = Sidecar::spawn(&[url, "--auth", "none"], &[]);
+    if !stateless {
+        s.handshake().await;
+    }
+    // The same client either way: what `handshake` says in `initialize`.
+    let meta = json!({"io.modelcontextprotocol/protocolVersion":"2026-07-28",
+        "io.modelcontextprotocol/clientCapabilities":{},
+        "io.modelcontextprotocol/clientInfo":{"name":"it","version":"1"}});
+    let mut results = Vec::new();
+    let mut next = 100;
+    for op in ops {
+        let mut params = match op {
+            Op::Echo(args) => json!({"name":"echo","arguments":args}),
+            Op::List => json!({}),
+            Op::Ask => json!({"name":"ask"}),
+            Op::All => json!({"name":"all"}),
+        };
+        let method = if matches!(op, Op::List) { "tools/list" } else { "tools/call" };
+        if stateless {
+            params["_meta"] = meta.clone();
+        }
+        // The state to echo, raw: a client that re-serializes it would change its bytes.
+        let mut state: Option<String> = None;
+        let result = loop {
+            next += 1;
+            let mut line = json!({"jsonrpc":"2.0","id":next,"method":method,"params":params}).to_string();
+            if let Some(state) = &state {
+                line.truncate(line.len() - 2);
+                line.push_str(&format!(r#","requestState":{state}}}}}"#));
+            }
+            s.send(&line).await;
+            let (answer, raw) = loop {
+                let raw = s.recv_raw().await;
+                let msg: Value = serde_json::from_str(&raw).unwrap();
+                if let Some(m) = msg["method"].as_str() {
+                    // A question of the bridge: answered like the stateless client does.
+                    s.send_json(&json!({"jsonrpc":"2.0","id":msg["id"],"result":answer_to(m)})).await;
+                    continue;
+                }
+                assert_eq!(msg["id"], next, "one answer, under the request's own id");
+                break (msg, raw);
+            };
+            let result = answer["result"].clone();
+            if !stateless || result["resultType"] != "input_required" {
+                break result;
+            }
+            let mut responses = serde_json::Map::new();
+            for (key, q) in result["inputRequests"].as_object().unwrap() {
+                responses.insert(key.clone(), answer_to(q["method"].as_str().unwrap()));
+            }
+            params["inputResponses"] = Value::Object(responses);
+            state = result_state(&raw);
+        };
+        results.push(result);
+    }
+    s.finish().await;
+    results
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig { cases: 12, ..Default::default() })]
+    /// Issue 13: for any stream of requests, a handshake-era client through the bridge gets the
+    /// same results as a stateless-era client talking to the same server in its own era.
+    #[test]
+    fn a_bridged_pair_and_a_same_era_pair_give_the_same_results(ops in ops()) {
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+        rt.block_on(async {
+            let (url, _server) = stateless_server().await;
+            let bridged = session(&url, &ops, false).await;
+            let same_era = session(&url, &ops, true).await;
+            assert_eq!(bridged.len(), ops.len());
+            assert_eq!(bridged, same_era, "{ops:?}");
+        });
+    }
 }
