@@ -32,6 +32,8 @@ pub const META_VERSION: &str = "io.modelcontextprotocol/protocolVersion";
 pub const META_CAPABILITIES: &str = "io.modelcontextprotocol/clientCapabilities";
 /// `_meta` key of the client's name and version (J-11).
 pub const META_CLIENT_INFO: &str = "io.modelcontextprotocol/clientInfo";
+/// `_meta` key of the server's info in a `DiscoverResult`.
+pub const META_SERVER_INFO: &str = "io.modelcontextprotocol/serverInfo";
 /// `_meta` key of the log level that replaces `logging/setLevel`.
 pub const META_LOG_LEVEL: &str = "io.modelcontextprotocol/logLevel";
 /// The JSON-RPC error a stateless server gives for a version it does not speak (T-13).
@@ -202,7 +204,13 @@ pub fn initialize_result(discover: &RawValue, version: &str) -> String {
         out.push_str(",\"capabilities\":{}");
     }
     if !members.iter().any(|(k, _)| k == "serverInfo") {
-        out.push_str(",\"serverInfo\":{\"name\":\"unknown\",\"version\":\"0\"}");
+        // The final schema has it in `_meta`.
+        let in_meta =
+            members.iter().find(|(k, _)| k == "_meta").and_then(|(_, m)| object_members(m.get())).and_then(
+                |m| m.into_iter().find(|(k, _)| k == META_SERVER_INFO).map(|(_, v)| v.get().to_owned()),
+            );
+        out.push_str(",\"serverInfo\":");
+        out.push_str(in_meta.as_deref().unwrap_or("{\"name\":\"unknown\",\"version\":\"0\"}"));
     }
     out.push('}');
     out
@@ -233,6 +241,93 @@ impl ClientMeta {
             log_level: None,
         }
     }
+}
+
+impl ClientMeta {
+    /// From a stateless-era request's `_meta` (its capabilities and info, J-11).
+    pub fn from_meta(meta: Option<&RawValue>, version: &str) -> ClientMeta {
+        let members = meta.and_then(|m| object_members(m.get())).unwrap_or_default();
+        let get = |name: &str| members.iter().find(|(k, _)| k == name).map(|(_, v)| v.get().to_owned());
+        ClientMeta {
+            version: version.to_owned(),
+            capabilities: get(META_CAPABILITIES)
+                .filter(|c| c.starts_with('{'))
+                .unwrap_or_else(|| "{}".into()),
+            info: get(META_CLIENT_INFO).filter(|c| c.starts_with('{')),
+            log_level: None,
+        }
+    }
+}
+
+/// The `DiscoverResult` a stateless-era client gets for a handshake-era server, made from its
+/// `initialize` result (server info, capabilities, instructions).
+pub fn discover_result(initialize: &RawValue) -> String {
+    let members = object_members(initialize.get()).unwrap_or_default();
+    let mut out = String::from("{\"resultType\":\"complete\",\"supportedVersions\":[");
+    push_json_str(&mut out, FIRST_MODERN);
+    // Not cacheable: the answer is the sidecar's, made per process.
+    out.push_str("],\"ttlMs\":0,\"cacheScope\":\"private\"");
+    let mut has_capabilities = false;
+    let mut server_info = None;
+    for (key, value) in &members {
+        if matches!(key.as_ref(), "capabilities" | "serverInfo" | "instructions") {
+            has_capabilities |= key == "capabilities";
+            if key == "serverInfo" {
+                server_info = Some(value.get());
+            }
+            out.push(',');
+            push_json_str(&mut out, key);
+            out.push(':');
+            out.push_str(value.get());
+        }
+    }
+    if !has_capabilities {
+        out.push_str(",\"capabilities\":{}");
+    }
+    // The final 2026-07-28 schema carries the server's info in `_meta` (the drafts, top level).
+    if let Some(info) = server_info {
+        out.push_str(",\"_meta\":{");
+        push_json_str(&mut out, META_SERVER_INFO);
+        out.push(':');
+        out.push_str(info);
+        out.push('}');
+    }
+    out.push('}');
+    out
+}
+
+/// The `input_required` result that stands for the server requests `questions` (whole
+/// JSON-RPC requests): each under its id's raw text as key, and `state` (a JSON string) to echo.
+pub fn input_required_result(questions: &[bytes::Bytes], state: &str) -> String {
+    #[derive(Deserialize)]
+    struct Question<'a> {
+        #[serde(borrow)]
+        id: &'a RawValue,
+        #[serde(borrow)]
+        method: Cow<'a, str>,
+        #[serde(default, borrow)]
+        params: Option<&'a RawValue>,
+    }
+    let mut out = String::from("{\"resultType\":\"input_required\",\"inputRequests\":{");
+    let mut first = true;
+    for q in questions {
+        let Ok(q) = serde_json::from_slice::<Question<'_>>(q) else { continue };
+        if !std::mem::take(&mut first) {
+            out.push(',');
+        }
+        push_json_str(&mut out, q.id.get());
+        out.push_str(":{\"method\":");
+        push_json_str(&mut out, &q.method);
+        if let Some(params) = q.params {
+            out.push_str(",\"params\":");
+            out.push_str(params.get());
+        }
+        out.push('}');
+    }
+    out.push_str("},\"requestState\":");
+    out.push_str(state);
+    out.push('}');
+    out
 }
 
 /// One request a stateless server needs answered before it can finish (T-31).
@@ -582,6 +677,12 @@ mod tests {
                 .unwrap();
         assert_eq!(bare["capabilities"], serde_json::json!({}));
         assert_eq!(bare["serverInfo"]["name"], "unknown");
+        let in_meta = raw(
+            r#"{"supportedVersions":["2026-07-28"],"_meta":{"io.modelcontextprotocol/serverInfo":{"name":"m","version":"1"}}}"#,
+        );
+        let init: serde_json::Value =
+            serde_json::from_str(&initialize_result(&in_meta, "2025-11-25")).unwrap();
+        assert_eq!(init["serverInfo"]["name"], "m");
     }
 
     #[test]
@@ -661,6 +762,43 @@ mod tests {
                 .state
                 .is_none()
         );
+    }
+
+    #[test]
+    fn the_reverse_bridge_turns_server_requests_into_input_required_and_initialize_into_discover() {
+        let questions = [
+            bytes::Bytes::from_static(br#"{"jsonrpc":"2.0","id":0,"method":"roots/list"}"#),
+            bytes::Bytes::from_static(
+                br#"{"jsonrpc":"2.0","id":"e-1","method":"elicitation/create","params":{"message":"?"}}"#,
+            ),
+        ];
+        let result: serde_json::Value =
+            serde_json::from_str(&input_required_result(&questions, r#""tok""#)).unwrap();
+        assert_eq!(
+            result,
+            serde_json::json!({"resultType":"input_required","requestState":"tok","inputRequests":{
+                "0":{"method":"roots/list"},"\"e-1\"":{"method":"elicitation/create","params":{"message":"?"}}}})
+        );
+        // The keys are the ids' raw text, so the answers go back under the same ids.
+        assert!(RawValue::from_string("\"e-1\"".to_owned()).is_ok());
+        let discover: serde_json::Value = serde_json::from_str(&discover_result(&raw(
+            r#"{"protocolVersion":"2025-06-18","capabilities":{"tools":{}},"serverInfo":{"name":"old","version":"1"}}"#,
+        )))
+        .unwrap();
+        assert_eq!(
+            discover,
+            serde_json::json!({"resultType":"complete","supportedVersions":["2026-07-28"],"ttlMs":0,"cacheScope":"private",
+                "capabilities":{"tools":{}},"serverInfo":{"name":"old","version":"1"},
+                "_meta":{"io.modelcontextprotocol/serverInfo":{"name":"old","version":"1"}}})
+        );
+        let meta = ClientMeta::from_meta(
+            Some(&raw(
+                r#"{"io.modelcontextprotocol/clientCapabilities":{"roots":{}},"io.modelcontextprotocol/clientInfo":{"name":"n","version":"2"}}"#,
+            )),
+            FIRST_MODERN,
+        );
+        assert_eq!(meta.capabilities, r#"{"roots":{}}"#);
+        assert_eq!(meta.info.as_deref(), Some(r#"{"name":"n","version":"2"}"#));
     }
 
     #[test]

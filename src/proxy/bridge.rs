@@ -48,6 +48,8 @@ pub(super) struct Eras {
     pub(super) server: Mutex<Option<Era>>,
     /// Set when a bridge is in use.
     pub(super) bridge: OnceLock<Arc<Bridge>>,
+    /// Set when the reverse bridge (a stateless client, a handshake server) is in use.
+    pub(super) reverse: super::reverse::Slot,
     /// Ids of the proxy's own requests.
     next_id: AtomicU64,
 }
@@ -60,13 +62,14 @@ impl Eras {
             settled: AtomicBool::new(false),
             server: Mutex::new(None),
             bridge: OnceLock::new(),
+            reverse: OnceLock::new(),
             next_id: AtomicU64::new(0),
         }
     }
 }
 
 /// What the `server/discover` probe found.
-enum Probe {
+pub(super) enum Probe {
     /// The server speaks the stateless era only.
     Stateless { discover: Box<RawValue>, meta: ClientMeta },
     /// It speaks the handshake era (perhaps both).
@@ -107,11 +110,18 @@ impl Drop for Unwait<'_> {
 impl Proxy {
     /// The server's era as learned, and whether a bridge is in use (for `check`).
     pub fn eras(&self) -> (Option<Era>, bool) {
-        (*self.eras.server.locked(), self.eras.bridge.get().is_some())
+        (*self.eras.server.locked(), self.eras.bridge.get().is_some() || self.eras.reverse.get().is_some())
     }
 
     /// What the bridge did, for people (`None`: no bridge).
     pub fn bridge_summary(&self) -> Option<String> {
+        if let Some(reverse) = self.eras.reverse.get() {
+            return Some(format!(
+                "{} requests of a stateless-era client bridged to the handshake-era server, {} input rounds",
+                reverse.bridged.load(Ordering::Relaxed),
+                reverse.rounds.load(Ordering::Relaxed)
+            ));
+        }
         let bridge = self.eras.bridge.get()?;
         Some(format!(
             "{} requests bridged to the stateless server, {} input rounds played with the client",
@@ -121,7 +131,7 @@ impl Proxy {
     }
 
     /// A fresh id for a request of the proxy's own, and its key.
-    fn own_id(&self) -> (IdKey, String) {
+    pub(super) fn own_id(&self) -> (IdKey, String) {
         loop {
             let n = self.eras.next_id.fetch_add(1, Ordering::Relaxed);
             let id = format!("mcp-sidecar-{n}");
@@ -212,7 +222,7 @@ impl Proxy {
     }
 
     /// Answers the client's `initialize` (not in the pending table) at once.
-    async fn answer_initialize(&self, id: Option<&RawValue>, answer: Result<Bytes, LocalError>) {
+    pub(super) async fn answer_initialize(&self, id: Option<&RawValue>, answer: Result<Bytes, LocalError>) {
         match answer {
             Ok(bytes) => self.write(bytes).await,
             Err(err) => {
@@ -237,13 +247,7 @@ impl Proxy {
         let requested = env.params().protocol_version.map(|v| v.into_owned());
         drop(env);
         let auto = self.eras.setting == ProtocolEra::Auto;
-        let cached = match (&self.eras.cache, auto) {
-            (Some(cache), true) => {
-                let cache = cache.clone();
-                tokio::task::spawn_blocking(move || cache.load(SystemTime::now())).await.ok().flatten()
-            }
-            _ => None,
-        };
+        let cached = if auto { self.cached_era().await } else { None };
         let mut probed = false;
         if !auto || !matches!(cached, Some(Era::Handshake | Era::Both)) {
             probed = true;
@@ -298,8 +302,14 @@ impl Proxy {
         true
     }
 
+    /// The server's era as remembered in the state dir (read off the runtime thread).
+    pub(super) async fn cached_era(&self) -> Option<Era> {
+        let cache = self.eras.cache.clone()?;
+        tokio::task::spawn_blocking(move || cache.load(SystemTime::now())).await.ok().flatten()
+    }
+
     /// Remembers the server's era, in memory and (off the runtime thread) in the state dir.
-    async fn remember(&self, found: Era) {
+    pub(super) async fn remember(&self, found: Era) {
         *self.eras.server.locked() = Some(found);
         if let Some(cache) = &self.eras.cache {
             let cache = cache.clone();
@@ -312,7 +322,7 @@ impl Proxy {
 
     /// Asks the server `server/discover` (S-09, T-62), once more after `-32022` with a version it
     /// lists.
-    async fn probe(self: &Arc<Self>, mut meta: ClientMeta) -> Probe {
+    pub(super) async fn probe(self: &Arc<Self>, mut meta: ClientMeta) -> Probe {
         let limit = self.request_timeout.min(DISCOVER_TIMEOUT);
         for attempt in 0..2 {
             let (_, id) = self.own_id();

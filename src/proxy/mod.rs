@@ -15,6 +15,7 @@
 
 mod bridge;
 mod lists;
+mod reverse;
 mod send;
 mod session;
 mod tools;
@@ -290,13 +291,16 @@ impl Proxy {
         if let Some(bridge) = self.eras.bridge.get() {
             return self.dispatch_bridged(&bridge.clone(), line).await;
         }
+        if let Some(reverse) = self.eras.reverse.get() {
+            return self.dispatch_reverse(&reverse.clone(), line).await;
+        }
         if !self.eras.settled.load(Ordering::Relaxed) {
             match first_request(&line) {
                 Some(true) if self.settle_era(&line).await => return,
-                Some(true) => {}
                 // A client that opens with another request speaks the stateless era (or skips
-                // the handshake): nothing to bridge, and nothing more to look at.
-                Some(false) => self.eras.settled.store(true, Ordering::Relaxed),
+                // the handshake): bridged if the server speaks only the handshake era.
+                Some(false) if self.settle_stateless_client(&line).await => return,
+                Some(_) => {}
                 None => {}
             }
         }
@@ -732,7 +736,7 @@ impl Proxy {
                     continue;
                 }
                 let data = Bytes::from(event.data.unwrap_or_default());
-                if self.deliver_body(data).await {
+                if self.deliver_body_from(data, ids.first().map(|(k, _)| k)).await {
                     deadline = retry::deadline_after(limit);
                 }
                 if !self.any_pending(&ids) {
@@ -775,7 +779,7 @@ impl Proxy {
     /// Answers the pending ids of a request that got an HTTP error status: the server's own
     /// JSON-RPC error where it sent one (T-40), else an error that explains the status.
     async fn answer_http_error(
-        &self,
+        self: &Arc<Self>,
         status: StatusCode,
         headers: &reqwest::header::HeaderMap,
         body: &[u8],
@@ -836,7 +840,13 @@ impl Proxy {
 
     /// Writes one message from the server to stdout if it is JSON-RPC and, for a response, if
     /// its request is still pending. The single place where pending requests are answered.
-    async fn deliver(&self, bytes: Bytes) -> Delivered {
+    async fn deliver(self: &Arc<Self>, bytes: Bytes) -> Delivered {
+        self.deliver_from(bytes, None).await
+    }
+
+    /// [`Proxy::deliver`] for a message that came on the reply stream of request `owner` (the
+    /// reverse bridge ties a server request to the request it belongs to).
+    async fn deliver_from(self: &Arc<Self>, bytes: Bytes, owner: Option<&IdKey>) -> Delivered {
         trace!(body = %String::from_utf8_lossy(&bytes), "from server");
         // Validated as sent: a raw line break inside a string is invalid JSON and must not be
         // "repaired" by the flattening below, which is only sound for valid JSON.
@@ -902,6 +912,11 @@ impl Proxy {
             Ok(Kind::Notification) if env.method.as_deref() == Some("notifications/progress") => {
                 Delivered::Progress
             }
+            Ok(Kind::Request) if self.eras.reverse.get().is_some() => {
+                drop(env);
+                self.server_request(owner, &bytes);
+                return Delivered::Dropped;
+            }
             Ok(Kind::Notification) if !self.lists.is_empty() => {
                 self.lists.changed(env.method.as_deref().unwrap_or_default());
                 Delivered::Other
@@ -922,9 +937,14 @@ impl Proxy {
     /// Delivers a JSON body or an SSE event's data: one message, or a 2025-03-26 batch of them
     /// (J-07; in an SSE event too, issue 10.5). Returns whether one of them was a progress
     /// notification.
-    async fn deliver_body(&self, body: Bytes) -> bool {
+    async fn deliver_body(self: &Arc<Self>, body: Bytes) -> bool {
+        self.deliver_body_from(body, None).await
+    }
+
+    /// [`Proxy::deliver_body`] for a body that came on the reply stream of request `owner`.
+    async fn deliver_body_from(self: &Arc<Self>, body: Bytes, owner: Option<&IdKey>) -> bool {
         if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'[') {
-            return self.deliver(body).await == Delivered::Progress;
+            return self.deliver_from(body, owner).await == Delivered::Progress;
         }
         let members: Vec<Bytes> = match serde_json::from_slice::<Vec<&RawValue>>(&body) {
             Ok(members) => members.iter().map(|m| body.slice_ref(m.get().as_bytes())).collect(),
@@ -935,7 +955,7 @@ impl Proxy {
         };
         let mut progress = false;
         for m in members {
-            progress |= self.deliver(m).await == Delivered::Progress;
+            progress |= self.deliver_from(m, owner).await == Delivered::Progress;
         }
         progress
     }

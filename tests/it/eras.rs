@@ -492,7 +492,8 @@ async fn same_era_pairs_are_forwarded_unchanged_and_the_verdict_is_remembered() 
 async fn t13_a_request_refused_with_32022_for_the_version_it_carries_is_sent_again_once() {
     let (url, server) = stateless_server().await;
     server.reject_first.store(true, Ordering::SeqCst);
-    let mut s = Sidecar::spawn(&[&url, "--auth", "none"], &[]);
+    // Known to be stateless: no probe before the client's request.
+    let mut s = Sidecar::spawn(&[&url, "--auth", "none", "--protocol-era", "modern"], &[]);
     // A stateless-era client: same era, forwarded unchanged; the retry is the same bytes.
     let line = r#"{"jsonrpc":"2.0","id":3,"method":"tools/call","params":{"name":"echo","arguments":{},"_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28","io.modelcontextprotocol/clientCapabilities":{}}}}"#;
     s.send(line).await;
@@ -669,5 +670,65 @@ proptest::proptest! {
             assert_eq!(bridged.len(), ops.len());
             assert_eq!(bridged, same_era, "{ops:?}");
         });
+    }
+}
+
+/// A stateless-era client that has a root, for the reverse bridge.
+#[derive(Clone, Default)]
+struct StatelessRoots;
+
+impl ClientHandler for StatelessRoots {
+    fn get_info(&self) -> ClientConfig {
+        let caps = ClientCapabilities::builder().enable_roots().build();
+        ClientConfig::new(caps, Implementation::new("stateless-client", "2.0"))
+    }
+
+    async fn list_roots(&self, _: RequestContext<RoleClient>) -> Result<ListRootsResult, ErrorData> {
+        Ok(ListRootsResult::new(vec![Root::new("file:///work/stateless")]))
+    }
+}
+
+#[tokio::test]
+async fn s09_a_stateless_client_reaches_a_handshake_only_server_through_the_reverse_bridge() {
+    let server = Server::start(generic(), Some(handshake_only())).await;
+    let dir = scratch_dir("reverse-bridge");
+    let state = dir.to_string_lossy().into_owned();
+    let args = args_for(&server);
+    let mut args: Vec<&str> = args.iter().map(String::as_str).collect();
+    args.extend(["--state-dir", &state]);
+    let mode = rmcp::ClientLifecycleMode::Discover {
+        preferred_versions: vec![rmcp::model::ProtocolVersion::V_2026_07_28],
+    };
+    let (client, sidecar) = rmcp_client(&args, ENV, StatelessRoots, Some(mode)).await;
+    let client = client.expect("server/discover answered by the reverse bridge");
+    let info = serde_json::to_value(client.peer_info().unwrap()).unwrap();
+    assert_eq!(info["serverInfo"]["name"], "rmcp", "{info}");
+    let tools = client.list_all_tools().await.unwrap();
+    assert!(tools.iter().any(|t| t.name == "sum"));
+    let result = client
+        .call_tool(CallToolRequestParams::new("sum").with_arguments(rmcp::object!({"a": 2, "b": 3})))
+        .await
+        .unwrap();
+    assert_eq!(text_of(&result), "5");
+    // The server asks the client for its roots during the call: an input_required round.
+    let roots = client.call_tool(CallToolRequestParams::new("roots")).await.unwrap();
+    assert_eq!(text_of(&roots), "file:///work/stateless");
+    client.cancel().await.unwrap();
+    let out = sidecar.wait().await;
+    assert!(out.status.success());
+    assert!(
+        out.stderr.contains("protocol bridge: 3 requests of a stateless-era client bridged to the handshake-era server, 1 input rounds"),
+        "{}",
+        out.stderr
+    );
+    // Upstream: one handshake with the client's capabilities, a session on every request, no
+    // stateless `_meta` left in any body.
+    let init = server.posts("initialize");
+    assert_eq!(init.len(), 1);
+    assert_eq!(init[0].json["params"]["clientInfo"]["name"], "stateless-client");
+    assert!(init[0].json["params"]["capabilities"]["roots"].is_object());
+    for call in server.posts("tools/call") {
+        assert!(call.header("mcp-session-id").is_some());
+        assert!(!String::from_utf8_lossy(&call.body).contains("io.modelcontextprotocol/"), "{:?}", call.body);
     }
 }

@@ -131,14 +131,15 @@ async fn t14_2026_07_28_client_gets_version_method_and_name_headers() {
 
 #[tokio::test]
 async fn s09_discover_probe_is_answered_even_when_the_server_does_not_know_it() {
-    // A legacy server answering the probe with a bare 400: the client must get an error with
-    // the probe's id (and then fall back to initialize).
+    // A legacy server answering the probe with a bare 400, and a sidecar told the server is of
+    // the stateless era (no bridge): the client must get an error with the probe's id (and
+    // then fall back to initialize). In `auto`, the reverse bridge answers instead (eras.rs).
     let hook: Hook = Arc::new(|s: &Seen| match s.rpc_method() {
         Some("server/discover") => Action::Respond(respond(400, "text/plain", "Bad Request: unknown method")),
         _ => Action::Pass,
     });
     let server = Server::start(generic(), Some(hook)).await;
-    let mut sidecar = sidecar_for(&server, &[]);
+    let mut sidecar = sidecar_for(&server, &["--protocol-era", "modern"]);
     sidecar
         .send_json(&request(
             "probe-1",

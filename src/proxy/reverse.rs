@@ -1,0 +1,386 @@
+//! The era bridge the other way: a stateless-era client (per-request `_meta`, no handshake)
+//! talking to a server of the handshake era only.
+//!
+//! The client's first stateless request settles it ([`Proxy::settle_stateless_client`]): the
+//! server's era comes from the state dir, or from the answer to the client's own
+//! `server/discover` (else a probe of ours, T-62). For a handshake-only server the sidecar
+//! performs `initialize` upstream with the client's capabilities and info (S-09), answers
+//! `server/discover` from its result, and sends every request with the stateless `_meta` keys
+//! taken out. The session, its renewal (T-12) and DELETE are the sidecar's business, as for any
+//! client.
+//!
+//! A server request that arrives on a request's stream (sampling, elicitation, roots; T-30)
+//! becomes an `input_required` result for that request (T-31): the upstream request stays open,
+//! parked under the `requestState` the client is given, and the client's retry with
+//! `inputResponses` sends the answers to the server and continues to wait for the answer, now
+//! under the retry's id.
+
+use std::sync::OnceLock;
+
+use tokio::sync::mpsc;
+use tokio_util::task::AbortOnDropHandle;
+
+use super::bridge::Probe;
+use super::*;
+use crate::cli::ProtocolEra;
+use crate::era::{self, Additions, Era, Verdict};
+
+/// How long a parked request waits for the client's retry before it is given up (and
+/// cancelled upstream).
+const PARK_TIMEOUT: Duration = Duration::from_secs(300);
+
+type CallTask = AbortOnDropHandle<Result<Bytes, LocalError>>;
+
+/// A request waiting for the client's retry with the answers the server asked for.
+struct Parked {
+    call: CallTask,
+    asks: mpsc::UnboundedReceiver<Bytes>,
+    upstream: IdKey,
+    /// Gives the request up if the client never comes back.
+    _expiry: AbortOnDropHandle<()>,
+}
+
+/// The state of a bridge between a stateless-era client and a handshake-era server.
+pub(super) struct Reverse {
+    /// The `DiscoverResult` answered to the client, raw.
+    discover: String,
+    /// Server requests on the stream of each upstream request, by its (internal) id.
+    asks: Mutex<HashMap<IdKey, mpsc::UnboundedSender<Bytes>>>,
+    /// Requests waiting for the client's retry, by the `requestState` it was given.
+    parked: Mutex<HashMap<String, Parked>>,
+    next_state: AtomicU64,
+    pub(super) bridged: AtomicU64,
+    pub(super) rounds: AtomicU64,
+}
+
+/// The reverse bridge, once in use.
+pub(super) type Slot = OnceLock<Arc<Reverse>>;
+
+impl Proxy {
+    /// Settles the eras at a client's first request that is not `initialize`. Returns whether
+    /// the request was handled (answered, or taken by the reverse bridge).
+    pub(super) async fn settle_stateless_client(self: &Arc<Self>, line: &Bytes) -> bool {
+        self.eras.settled.store(true, Ordering::Relaxed);
+        let Ok(env) = Envelope::parse(line) else { return false };
+        let method = env.method.as_deref().unwrap_or_default().to_owned();
+        let params = env.params();
+        let meta_version = params.meta.as_ref().and_then(|m| m.protocol_version.as_deref());
+        if era::client_era(&method, meta_version) != Some(Era::Stateless) {
+            return false;
+        }
+        let client_id = env.id.map(RawValue::to_owned);
+        let meta_raw = env.params.and_then(|p| {
+            era::object_members(p.get())?.into_iter().find(|(k, _)| k == "_meta").map(|(_, v)| v.to_owned())
+        });
+        drop(env);
+        let known = match self.eras.setting {
+            ProtocolEra::Modern => Some(Era::Stateless),
+            ProtocolEra::Legacy => Some(Era::Handshake),
+            ProtocolEra::Auto => self.cached_era().await,
+        };
+        let found = match known {
+            Some(found) => found,
+            None if method == "server/discover" => {
+                // The client's own probe is ours too: its answer decides.
+                let answer = self
+                    .call(
+                        line.clone(),
+                        false,
+                        false,
+                        self.request_timeout.min(DISCOVER_TIMEOUT),
+                        "server/discover",
+                    )
+                    .await;
+                let found = match &answer {
+                    Ok(bytes) => match era::probe_verdict(bytes) {
+                        Verdict::Stateless(_) | Verdict::RetryWith(_) => Some(Era::Stateless),
+                        Verdict::Both => Some(Era::Both),
+                        Verdict::Handshake => Some(Era::Handshake),
+                    },
+                    Err(e) if is_unknown_method(e) => Some(Era::Handshake),
+                    Err(_) => None,
+                };
+                if let Some(found) = found {
+                    self.remember(found).await;
+                }
+                if found != Some(Era::Handshake) {
+                    self.answer_initialize(client_id.as_deref(), answer).await;
+                    return true;
+                }
+                Era::Handshake
+            }
+            None => {
+                let meta = era::ClientMeta::from_meta(meta_raw.as_deref(), era::FIRST_MODERN);
+                match self.probe(meta).await {
+                    Probe::Stateless { .. } => Era::Stateless,
+                    Probe::Speaks(found) => found,
+                    Probe::Failed(_) => return false,
+                }
+            }
+        };
+        if known.is_none() {
+            self.remember(found).await;
+        } else {
+            *self.eras.server.locked() = Some(found);
+        }
+        if found != Era::Handshake {
+            return false;
+        }
+        match self.start_reverse(meta_raw.as_deref()).await {
+            Ok(reverse) => {
+                let reverse = self.eras.reverse.get_or_init(|| reverse).clone();
+                self.dispatch_reverse(&reverse, line.clone()).await;
+            }
+            Err(err) => self.answer_initialize(client_id.as_deref(), Err(err)).await,
+        }
+        true
+    }
+
+    /// Opens the handshake upstream for a stateless client: `initialize` with its capabilities
+    /// and info, `notifications/initialized`, the GET stream.
+    async fn start_reverse(self: &Arc<Self>, meta: Option<&RawValue>) -> Result<Arc<Reverse>, LocalError> {
+        let client = era::ClientMeta::from_meta(meta, era::FIRST_MODERN);
+        let info = client.info.clone().unwrap_or_else(|| {
+            format!(r#"{{"name":"mcp-sidecar","version":"{}"}}"#, env!("CARGO_PKG_VERSION"))
+        });
+        let (_, id) = self.own_id();
+        let init = format!(
+            r#"{{"jsonrpc":"2.0","id":{},"method":"initialize","params":{{"protocolVersion":"{}","capabilities":{},"clientInfo":{info}}}}}"#,
+            serde_json::to_string(&id).unwrap_or_default(),
+            era::LATEST_LEGACY,
+            client.capabilities
+        );
+        let init = Bytes::from(init);
+        *self.init_line.locked() = Some(init.clone());
+        let answer = self
+            .call(init, true, true, self.request_timeout, "initialize (for a stateless-era client)")
+            .await?;
+        let result = Envelope::parse(&answer).ok().and_then(|e| match (e.result, e.error) {
+            (Some(r), _) => Some(Ok(r.to_owned())),
+            (None, Some(e)) => Some(Err(e.get().to_owned())),
+            _ => None,
+        });
+        let result = match result {
+            Some(Ok(result)) => result,
+            Some(Err(error)) => {
+                return Err(bad_response(format!(
+                    "the server refused the handshake mcp-sidecar made for this client: {error}"
+                )));
+            }
+            None => return Err(bad_response("the server's answer to initialize cannot be read".into())),
+        };
+        let initialized = Bytes::from_static(br#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#);
+        if self
+            .clone()
+            .send_one_way(initialized, MessageHeaders::default(), "notifications/initialized".into())
+            .await
+        {
+            self.open_get_stream();
+        }
+        info!("the server speaks only the handshake era; bridging this stateless-era client to it");
+        Ok(Arc::new(Reverse {
+            discover: era::discover_result(&result),
+            asks: Mutex::new(HashMap::new()),
+            parked: Mutex::new(HashMap::new()),
+            next_state: AtomicU64::new(0),
+            bridged: AtomicU64::new(0),
+            rounds: AtomicU64::new(0),
+        }))
+    }
+
+    /// Handles one line from a stateless-era client while the reverse bridge is in use.
+    pub(super) async fn dispatch_reverse(self: &Arc<Self>, reverse: &Arc<Reverse>, line: Bytes) {
+        let env = match Envelope::parse(&line) {
+            Ok(env) => env,
+            Err(_) => return self.dispatch_line_plain(line).await,
+        };
+        match env.kind() {
+            Ok(Kind::Request) => {
+                let method = env.method.as_deref().unwrap_or_default().to_owned();
+                if method == "server/discover" {
+                    let id = env.id.map(RawValue::to_owned);
+                    drop(env);
+                    if let (Some(id), Ok(result)) = (id, RawValue::from_string(reverse.discover.clone())) {
+                        self.write(era::response_with_id(&id, "result", &result).into()).await;
+                    }
+                    return;
+                }
+                let Some(room) = self.room_now(line.len()) else {
+                    drop(env);
+                    return self.dispatch_line_plain(line).await;
+                };
+                let Some((key, _)) = self.register(&env, false, false) else { return };
+                drop(env);
+                let what = format!("{method} (bridged to the handshake era)");
+                let handle = self.tasks.spawn(holding(
+                    Some(room),
+                    self.clone().run_reverse(reverse.clone(), key.clone(), line, what),
+                ));
+                if let Some(p) = self.pending.locked().get_mut(&key) {
+                    p.abort = Some(handle.abort_handle());
+                }
+            }
+            Ok(Kind::Notification) if env.method.as_deref() == Some("notifications/cancelled") => {
+                if let Some(key) = env.params().request_id.and_then(IdKey::new) {
+                    self.cancel(&key);
+                }
+            }
+            _ => {
+                drop(env);
+                self.dispatch_line_plain(line).await;
+            }
+        }
+    }
+
+    async fn run_reverse(self: Arc<Self>, reverse: Arc<Reverse>, key: IdKey, line: Bytes, what: String) {
+        match self.reverse_request(&reverse, &line, &what).await {
+            Ok(answer) => self.reply(&key, answer).await,
+            Err(err) => self.fail(&key, &err).await,
+        }
+    }
+
+    /// One request of a stateless client: a new one, or the retry of a parked one.
+    async fn reverse_request(
+        self: &Arc<Self>,
+        reverse: &Arc<Reverse>,
+        line: &[u8],
+        what: &str,
+    ) -> Result<Bytes, LocalError> {
+        let unreadable = || bad_response("the request cannot be read again (a bug)".into());
+        let env = Envelope::parse(line).map_err(|_| unreadable())?;
+        let client_id = env.id.ok_or_else(unreadable)?;
+        let method = env.method.as_deref().unwrap_or_default();
+        let members = env.params.and_then(|p| era::object_members(p.get())).unwrap_or_default();
+        let state = members.iter().find(|(k, _)| k == "requestState").map(|(_, v)| v.get().to_owned());
+        let responses = members.iter().find(|(k, _)| k == "inputResponses").map(|(_, v)| *v);
+        let parked = state.as_ref().and_then(|s| reverse.parked.locked().remove(s));
+        let (call, mut asks, upstream) = match (parked, state) {
+            (Some(parked), _) => {
+                // The answers go to the server as responses to its requests (T-30).
+                for (server_id, result) in
+                    responses.and_then(|r| era::object_members(r.get())).unwrap_or_default()
+                {
+                    let Ok(id) = RawValue::from_string(server_id.into_owned()) else { continue };
+                    let body = Bytes::from(era::response_with_id(&id, "result", result));
+                    self.clone()
+                        .send_one_way(body, MessageHeaders::default(), "an answer to a server request".into())
+                        .await;
+                }
+                (parked.call, parked.asks, parked.upstream)
+            }
+            (None, Some(_)) => {
+                return Err(LocalError::new(
+                    INVALID_REQUEST,
+                    ErrorKind::InvalidRequest,
+                    "this requestState is unknown or has expired: send the request again without it",
+                ));
+            }
+            (None, None) => {
+                reverse.bridged.fetch_add(1, Ordering::Relaxed);
+                let (upstream, id) = self.own_id();
+                let body =
+                    era::rewrite_request(method, env.params, &id, &Additions::default()).map_err(|e| {
+                        LocalError::new(
+                            INVALID_REQUEST,
+                            ErrorKind::InvalidRequest,
+                            format!("invalid params: {e}"),
+                        )
+                    })?;
+                let (tx, rx) = mpsc::unbounded_channel();
+                reverse.asks.locked().insert(upstream.clone(), tx);
+                let me = self.clone();
+                let (what, limit) = (what.to_owned(), self.request_timeout);
+                let call = AbortOnDropHandle::new(tokio::spawn(async move {
+                    me.call(body.into(), true, false, limit, &what).await
+                }));
+                (call, rx, upstream)
+            }
+        };
+        let mut call = call;
+        tokio::select! {
+            answer = &mut call => {
+                reverse.asks.locked().remove(&upstream);
+                let answer = answer.map_err(|_| bad_response("the request was given up".into()))??;
+                let reply = Envelope::parse(&answer).map_err(|_| unreadable())?;
+                match (reply.result, reply.error) {
+                    (Some(result), _) => Ok(era::response_with_id(client_id, "result", result).into()),
+                    (None, Some(error)) => Ok(era::response_with_id(client_id, "error", error).into()),
+                    _ => Err(unreadable()),
+                }
+            }
+            Some(first) = asks.recv() => {
+                // The server asks the client something: an input_required round (T-31).
+                let mut questions = vec![first];
+                while let Ok(more) = asks.try_recv() {
+                    questions.push(more);
+                }
+                reverse.rounds.fetch_add(1, Ordering::Relaxed);
+                let n = reverse.next_state.fetch_add(1, Ordering::Relaxed);
+                let token = serde_json::to_string(&format!("mcp-sidecar-state-{n}-{}", fastrand::u64(..))).unwrap_or_default();
+                let result = era::input_required_result(&questions, &token);
+                let expiry = {
+                    let (reverse, token, me) = (reverse.clone(), token.clone(), self.clone());
+                    AbortOnDropHandle::new(tokio::spawn(async move {
+                        tokio::time::sleep(PARK_TIMEOUT).await;
+                        let parked = reverse.parked.locked().remove(&token);
+                        if let Some(parked) = parked {
+                            debug!("a parked request was given up: the client did not come back with the answers");
+                            me.cancel_upstream(&parked.upstream).await;
+                        }
+                    }))
+                };
+                reverse.parked.locked().insert(token, Parked { call, asks, upstream, _expiry: expiry });
+                let result = RawValue::from_string(result).map_err(|_| unreadable())?;
+                Ok(era::response_with_id(client_id, "result", &result).into())
+            }
+        }
+    }
+
+    /// Tells a handshake-era server that a request of ours is cancelled (J-08).
+    async fn cancel_upstream(self: &Arc<Self>, upstream: &IdKey) {
+        let IdKey::Str(id) = upstream else { return };
+        let body = format!(
+            r#"{{"jsonrpc":"2.0","method":"notifications/cancelled","params":{{"requestId":{},"reason":"given up by mcp-sidecar"}}}}"#,
+            serde_json::to_string(id).unwrap_or_default()
+        );
+        self.clone()
+            .send_one_way(body.into(), MessageHeaders::default(), "notifications/cancelled".into())
+            .await;
+    }
+
+    /// A server request while the reverse bridge is in use: a ping is answered here; one on a
+    /// request's stream becomes that request's `input_required` round; any other cannot reach a
+    /// stateless client and is refused. Returns `false` when there is no reverse bridge.
+    pub(super) fn server_request(self: &Arc<Self>, owner: Option<&IdKey>, bytes: &Bytes) -> bool {
+        let Some(reverse) = self.eras.reverse.get() else { return false };
+        let Ok(env) = Envelope::parse(bytes) else { return true };
+        let (Some(id), method) = (env.id, env.method.as_deref().unwrap_or_default()) else { return true };
+        let refusal = |code: i64, message: &str| {
+            format!(
+                r#"{{"jsonrpc":"2.0","id":{},"error":{{"code":{code},"message":"{message}"}}}}"#,
+                id.get()
+            )
+        };
+        let answer = if method == "ping" {
+            format!(r#"{{"jsonrpc":"2.0","id":{},"result":{{}}}}"#, id.get())
+        } else if let Some(tx) = owner.and_then(|o| reverse.asks.locked().get(o).cloned()) {
+            if tx.send(bytes.clone()).is_ok() {
+                return true;
+            }
+            refusal(-32603, "the request this belongs to has ended")
+        } else {
+            refusal(-32601, "the client speaks the stateless MCP era and can only be asked within a request")
+        };
+        self.tasks.spawn(self.clone().send_one_way(
+            answer.into(),
+            MessageHeaders::default(),
+            "an answer to a server request".into(),
+        ));
+        true
+    }
+}
+
+/// Whether a failed probe means the server does not know the method (an old server).
+fn is_unknown_method(e: &LocalError) -> bool {
+    e.http_status.is_some_and(|s| (400..500).contains(&s) && !matches!(s, 401 | 403 | 429))
+}
