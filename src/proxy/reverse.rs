@@ -48,6 +48,8 @@ pub(super) struct Reverse {
     asks: Mutex<HashMap<IdKey, mpsc::UnboundedSender<Bytes>>>,
     /// Requests waiting for the client's retry, by the `requestState` it was given.
     parked: Mutex<HashMap<String, Parked>>,
+    /// The upstream id of each client request in flight, to cancel it upstream (J-08).
+    upstream_of: Mutex<HashMap<IdKey, IdKey>>,
     next_state: AtomicU64,
     pub(super) bridged: AtomicU64,
     pub(super) rounds: AtomicU64,
@@ -182,6 +184,7 @@ impl Proxy {
             discover: era::discover_result(&result),
             asks: Mutex::new(HashMap::new()),
             parked: Mutex::new(HashMap::new()),
+            upstream_of: Mutex::new(HashMap::new()),
             next_state: AtomicU64::new(0),
             bridged: AtomicU64::new(0),
             rounds: AtomicU64::new(0),
@@ -221,8 +224,14 @@ impl Proxy {
                 }
             }
             Ok(Kind::Notification) if env.method.as_deref() == Some("notifications/cancelled") => {
-                if let Some(key) = env.params().request_id.and_then(IdKey::new) {
-                    self.cancel(&key);
+                let Some(key) = env.params().request_id.and_then(IdKey::new) else { return };
+                drop(env);
+                // A handshake-era server is told (closing a stream is no cancellation there, T-25).
+                let upstream = reverse.upstream_of.locked().remove(&key);
+                if self.cancel(&key).is_some()
+                    && let Some(upstream) = upstream
+                {
+                    self.cancel_upstream(&upstream).await;
                 }
             }
             _ => {
@@ -233,7 +242,9 @@ impl Proxy {
     }
 
     async fn run_reverse(self: Arc<Self>, reverse: Arc<Reverse>, key: IdKey, line: Bytes, what: String) {
-        match self.reverse_request(&reverse, &line, &what).await {
+        let outcome = self.reverse_request(&reverse, &key, &line, &what).await;
+        reverse.upstream_of.locked().remove(&key);
+        match outcome {
             Ok(answer) => self.reply(&key, answer).await,
             Err(err) => self.fail(&key, &err).await,
         }
@@ -243,6 +254,7 @@ impl Proxy {
     async fn reverse_request(
         self: &Arc<Self>,
         reverse: &Arc<Reverse>,
+        key: &IdKey,
         line: &[u8],
         what: &str,
     ) -> Result<Bytes, LocalError> {
@@ -266,6 +278,7 @@ impl Proxy {
                         .send_one_way(body, MessageHeaders::default(), "an answer to a server request".into())
                         .await;
                 }
+                reverse.upstream_of.locked().insert(key.clone(), parked.upstream.clone());
                 (parked.call, parked.asks, parked.upstream)
             }
             (None, Some(_)) => {
@@ -288,6 +301,7 @@ impl Proxy {
                     })?;
                 let (tx, rx) = mpsc::unbounded_channel();
                 reverse.asks.locked().insert(upstream.clone(), tx);
+                reverse.upstream_of.locked().insert(key.clone(), upstream.clone());
                 let me = self.clone();
                 let (what, limit) = (what.to_owned(), self.request_timeout);
                 let call = AbortOnDropHandle::new(tokio::spawn(async move {

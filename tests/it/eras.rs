@@ -732,3 +732,60 @@ async fn s09_a_stateless_client_reaches_a_handshake_only_server_through_the_reve
         assert!(!String::from_utf8_lossy(&call.body).contains("io.modelcontextprotocol/"), "{:?}", call.body);
     }
 }
+
+#[tokio::test]
+async fn j08_the_reverse_bridge_cancels_upstream_and_refuses_an_unknown_state() {
+    let release = Arc::new(tokio::sync::Notify::new());
+    let held = release.clone();
+    let hook: Hook = Arc::new(move |seen: &Seen| match seen.rpc_method() {
+        Some("server/discover") => Action::Respond(respond(400, "text/plain", "Bad Request")),
+        _ if seen.json.pointer("/params/arguments/text") == Some(&json!("slow")) => {
+            Action::Hold(held.clone())
+        }
+        _ => Action::Pass,
+    });
+    let server = Server::start(generic(), Some(hook)).await;
+    // Known to be of the handshake era: bridged at once, no probe.
+    let mut s = sidecar_for(&server, &["--protocol-era", "legacy"]);
+    let meta = json!({"io.modelcontextprotocol/protocolVersion":"2026-07-28","io.modelcontextprotocol/clientCapabilities":{}});
+    s.send_json(&request("d", "server/discover", json!({"_meta": meta}))).await;
+    let discover = s.recv().await;
+    assert_eq!(discover["result"]["supportedVersions"], json!(["2026-07-28"]), "{discover}");
+    s.send_json(&request(
+        "s",
+        "tools/call",
+        json!({"name":"echo","arguments":{"text":"slow"},"_meta": meta}),
+    ))
+    .await;
+    while server.posts("tools/call").is_empty() {
+        tokio::task::yield_now().await;
+    }
+    let upstream_id = server.posts("tools/call")[0].json["id"].clone();
+    s.send(r#"{"jsonrpc":"2.0","method":"notifications/cancelled","params":{"requestId":"s"}}"#).await;
+    tokio::time::timeout(PATIENCE, async {
+        while server.posts("notifications/cancelled").is_empty() {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("the server was told");
+    assert_eq!(server.posts("notifications/cancelled")[0].json["params"]["requestId"], upstream_id);
+    // A retry with a state nobody gave out is refused with a fix, not sent.
+    s.send_json(&request(
+        "r",
+        "tools/call",
+        json!({"name":"echo","arguments":{"text":"x"},"requestState":"forged","_meta": meta}),
+    ))
+    .await;
+    let refused = s.recv().await;
+    assert_eq!(refused["id"], "r");
+    assert!(refused["error"]["message"].as_str().unwrap().contains("unknown or has expired"), "{refused}");
+    release.notify_waiters();
+    let out = s.finish().await;
+    assert!(
+        out.messages().iter().all(|m| m["id"] != "s"),
+        "nothing for the cancelled request:\n{}",
+        out.stdout
+    );
+    assert_eq!(server.posts("tools/call").len(), 1);
+}
