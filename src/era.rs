@@ -577,17 +577,18 @@ fn push_json_str(out: &mut String, s: &str) {
     out.push_str(&serde_json::to_string(s).unwrap_or_default());
 }
 
-/// The era of each origin, remembered in `eras/<hash>.json` under the state dir for
-/// [`ERA_LIFETIME`] (T-62), so that a handshake-era server is not probed at every start.
+/// The era of each server (its MCP endpoint URL; T-62 caches per origin, but two endpoints of
+/// one host may differ), remembered in `eras/<hash>.json` under the state dir for
+/// [`ERA_LIFETIME`], so that a server is not probed at every start.
 #[derive(Debug, Clone)]
 pub struct EraCache {
     path: PathBuf,
 }
 
 impl EraCache {
-    /// The cache entry of `origin` under `state_dir`.
-    pub fn new(state_dir: &Path, origin: &str) -> EraCache {
-        let name = crate::ratelimit::file::state_name(origin, "era");
+    /// The cache entry of the server at `url` under `state_dir`.
+    pub fn new(state_dir: &Path, url: &str) -> EraCache {
+        let name = crate::ratelimit::file::state_name(url, "era");
         EraCache { path: state_dir.join("eras").join(format!("{name}.json")) }
     }
 

@@ -13,7 +13,9 @@
 //! - [`cli`] and [`config`]: flags, then one validated [`config::Config`] (keys from the environment).
 //! - [`stdio`]: bounded line framing on stdin; the single task that owns stdout.
 //! - [`envelope`]: the borrowed JSON-RPC envelope; the proxy's own error responses.
-//! - [`proxy`]: the pending-request table, one task per request, exactly one answer each.
+//! - [`proxy`]: the pending-request table, one task per request, exactly one answer each; the era
+//!   bridge between a handshake-era client and a stateless server, and the other way.
+//! - [`era`]: which protocol era a message or a server speaks; the rewrites between them.
 //! - [`upstream`]: the HTTP client (Streamable HTTP), SSE decoding, MCP header derivation.
 //! - [`auth`]: OAuth 2.1 sign-in (discovery, PKCE, the loopback callback, refresh, token store).
 //! - [`retry`] and [`ratelimit`]: how long the server asks us to wait; the per-origin gate that

@@ -177,10 +177,9 @@ impl Proxy {
     pub fn new(up: Upstream, out: Outbox, gate: Gate, config: &crate::config::Config) -> Arc<Self> {
         let (request_timeout, max_message) = (config.request_timeout, config.max_message_bytes);
         let (policy, transport) = (config.retry.clone(), config.transport);
-        let era_cache = config
-            .state_dir
-            .as_deref()
-            .map(|dir| crate::era::EraCache::new(dir, &config.url.origin().ascii_serialization()));
+        // Remembered per endpoint, not per origin: two endpoints of one host may be of two eras.
+        let era_cache =
+            config.state_dir.as_deref().map(|dir| crate::era::EraCache::new(dir, config.url.as_str()));
         Arc::new(Proxy {
             eras: bridge::Eras::new(config.protocol_era, era_cache),
             lists: lists::ListCache::default(),

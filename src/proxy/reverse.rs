@@ -132,10 +132,24 @@ impl Proxy {
             Ok(reverse) => {
                 let reverse = self.eras.reverse.get_or_init(|| reverse).clone();
                 self.dispatch_reverse(&reverse, line.clone()).await;
+                true
             }
-            Err(err) => self.answer_initialize(client_id.as_deref(), Err(err)).await,
+            // Remembered as handshake-era, but the handshake fails: the memory is stale (the
+            // server moved on); forgotten, and the request forwarded as it came, so that a
+            // stale memory cannot lock the client out.
+            Err(err) if known.is_some() && self.eras.setting == ProtocolEra::Auto => {
+                debug!("the handshake for a stateless client failed ({}); forwarding as it is", err.message);
+                if let Some(cache) = &self.eras.cache {
+                    cache.forget();
+                }
+                *self.eras.server.locked() = None;
+                false
+            }
+            Err(err) => {
+                self.answer_initialize(client_id.as_deref(), Err(err)).await;
+                true
+            }
         }
-        true
     }
 
     /// Opens the handshake upstream for a stateless client: `initialize` with its capabilities

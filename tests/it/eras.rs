@@ -235,6 +235,11 @@ async fn stateless(State(s): State<Arc<Stateless>>, headers: HeaderMap, raw: Byt
 
 /// Starts a stateless-only server; returns its URL and state.
 async fn stateless_server() -> (String, Arc<Stateless>) {
+    stateless_server_on(tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap())
+}
+
+/// [`stateless_server`] on a given listener (a server that changes era on the same address).
+fn stateless_server_on(listener: tokio::net::TcpListener) -> (String, Arc<Stateless>) {
     let state = Arc::new(Stateless::default());
     let app = axum::Router::new()
         .route(
@@ -244,7 +249,6 @@ async fn stateless_server() -> (String, Arc<Stateless>) {
                 .delete(|| async { StatusCode::METHOD_NOT_ALLOWED }),
         )
         .with_state(state.clone());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}/mcp", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, app).await });
     (url, state)
@@ -788,4 +792,44 @@ async fn j08_the_reverse_bridge_cancels_upstream_and_refuses_an_unknown_state() 
         out.stdout
     );
     assert_eq!(server.posts("tools/call").len(), 1);
+}
+
+#[tokio::test]
+async fn a_server_that_changes_era_is_not_locked_out_by_the_remembered_one() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let old = Server::start_on(listener, generic(), Some(handshake_only()));
+    // Two state dirs remember the handshake era.
+    let dirs = [scratch_dir("era-changed-a"), scratch_dir("era-changed-b")];
+    let states: Vec<String> = dirs.iter().map(|d| d.to_string_lossy().into_owned()).collect();
+    for state in &states {
+        let mut s = sidecar_for(&old, &["--state-dir", state]);
+        s.handshake().await;
+        s.finish().await;
+    }
+    assert_eq!(old.posts("server/discover").len(), 2);
+    old.stop();
+    drop(old);
+    // The same address now speaks only the stateless era.
+    let listener = loop {
+        match tokio::net::TcpListener::bind(addr).await {
+            Ok(l) => break l,
+            Err(_) => tokio::task::yield_now().await,
+        }
+    };
+    let (url, server) = stateless_server_on(listener);
+    // A stateless-era client: the handshake the memory calls for fails; forwarded instead.
+    let mut s = Sidecar::spawn(&[&url, "--auth", "none", "--state-dir", &states[0]], &[]);
+    let meta = json!({"io.modelcontextprotocol/protocolVersion":"2026-07-28","io.modelcontextprotocol/clientCapabilities":{}});
+    s.send_json(&request(1, "tools/call", json!({"name":"echo","_meta": meta}))).await;
+    assert!(s.recv().await["result"]["content"].is_array());
+    s.finish().await;
+    // A handshake-era client: the refused initialize sends the sidecar back to the probe.
+    let mut s = Sidecar::spawn(&[&url, "--auth", "none", "--state-dir", &states[1]], &[]);
+    let init = s.handshake().await;
+    assert_eq!(init["result"]["serverInfo"]["name"], "stateless-only", "{init}");
+    s.send_json(&call_tool("e", "echo")).await;
+    assert!(s.recv().await["result"]["content"].is_array());
+    s.finish().await;
+    assert!(posts(&server).iter().any(|p| p.body["method"] == "server/discover"));
 }
