@@ -22,6 +22,21 @@ use crate::era::{self, Additions, ClientMeta, Era, EraCache, Verdict};
 /// The most `input_required` rounds one request may take before it is answered with an error:
 /// a server that keeps asking cannot keep a request open for ever.
 pub const MAX_INPUT_ROUNDS: u32 = 10;
+/// How long a `subscriptions/listen` stream may stay open (it is meant to stay open).
+const LISTEN_LIMIT: Duration = Duration::from_secs(365 * 24 * 60 * 60);
+/// Consecutive failures of the `subscriptions/listen` stream after which it is given up.
+const MAX_LISTEN_FAILURES: u32 = 5;
+/// Requests that change nothing: sent again with a new id when their stream breaks (the
+/// stateless era has no resumption). Others may have been processed and are not.
+const IDEMPOTENT: &[&str] = &[
+    "tools/list",
+    "prompts/list",
+    "resources/list",
+    "resources/templates/list",
+    "resources/read",
+    "prompts/get",
+    "completion/complete",
+];
 
 /// The state of a bridge between a handshake-era client and a stateless server.
 pub(super) struct Bridge {
@@ -34,6 +49,61 @@ pub(super) struct Bridge {
     /// Requests bridged, and `input_required` rounds played, for the exit summary.
     pub(super) bridged: AtomicU64,
     pub(super) rounds: AtomicU64,
+    /// What the server can notify (from its capabilities), and the resources the client
+    /// subscribed to: the filter of the `subscriptions/listen` stream (T-33).
+    listen: Mutex<Listen>,
+}
+
+/// The `subscriptions/listen` stream that stands for the handshake era's GET stream and
+/// `resources/subscribe` (T-33).
+#[derive(Default)]
+struct Listen {
+    tools: bool,
+    prompts: bool,
+    resources: bool,
+    subscribe: bool,
+    uris: Vec<String>,
+    task: Option<AbortHandle>,
+}
+
+impl Listen {
+    /// From the server's capabilities in its `DiscoverResult`.
+    fn from_discover(discover: &RawValue) -> Listen {
+        let caps: serde_json::Value = serde_json::from_str::<serde_json::Value>(discover.get())
+            .ok()
+            .and_then(|d| d.get("capabilities").cloned())
+            .unwrap_or_default();
+        let yes = |pointer: &str| caps.pointer(pointer).and_then(|v| v.as_bool()).unwrap_or(false);
+        Listen {
+            tools: yes("/tools/listChanged"),
+            prompts: yes("/prompts/listChanged"),
+            resources: yes("/resources/listChanged"),
+            subscribe: yes("/resources/subscribe"),
+            uris: Vec::new(),
+            task: None,
+        }
+    }
+
+    /// The `notifications` filter, or `None` when there is nothing to listen for.
+    fn filter(&self) -> Option<serde_json::Value> {
+        if !(self.tools || self.prompts || self.resources || !self.uris.is_empty()) {
+            return None;
+        }
+        let mut filter = serde_json::Map::new();
+        for (key, on) in [
+            ("toolsListChanged", self.tools),
+            ("promptsListChanged", self.prompts),
+            ("resourcesListChanged", self.resources),
+        ] {
+            if on {
+                filter.insert(key.into(), true.into());
+            }
+        }
+        if !self.uris.is_empty() {
+            filter.insert("resourceSubscriptions".into(), self.uris.clone().into());
+        }
+        Some(serde_json::json!({ "notifications": filter }))
+    }
 }
 
 /// The era settings of one run.
@@ -361,7 +431,7 @@ impl Proxy {
 
     /// Installs the bridge and answers the client's `initialize` from `discover`.
     async fn start_bridge(
-        &self,
+        self: &Arc<Self>,
         client_id: Option<&RawValue>,
         requested: Option<&str>,
         discover: Box<RawValue>,
@@ -373,20 +443,95 @@ impl Proxy {
             "the server speaks only the stateless era ({}); bridging this client's handshake era to it",
             meta.version
         );
+        let listen = Listen::from_discover(&discover);
         let bridge = Arc::new(Bridge {
             meta: Mutex::new(meta),
+            listen: Mutex::new(listen),
             discover,
             waiting: Mutex::new(HashMap::new()),
             bridged: AtomicU64::new(0),
             rounds: AtomicU64::new(0),
         });
-        let _ = self.eras.bridge.set(bridge);
+        let _ = self.eras.bridge.set(bridge.clone());
+        self.relisten(&bridge);
         let answer = match (client_id, RawValue::from_string(result)) {
             (Some(id), Ok(result)) => Ok(era::response_with_id(id, "result", &result).into()),
             _ => Err(bad_response("the server's discovery result cannot be read".into())),
         };
         self.answer_initialize(client_id, answer).await;
         true
+    }
+
+    /// (Re)opens the `subscriptions/listen` stream with the current filter (T-33); the old one
+    /// is closed, which ends it for the server (T-25).
+    fn relisten(self: &Arc<Self>, bridge: &Arc<Bridge>) {
+        let mut listen = bridge.listen.locked();
+        if let Some(old) = listen.task.take() {
+            old.abort();
+        }
+        if listen.filter().is_none() || self.shutting_down.load(Ordering::Relaxed) {
+            return;
+        }
+        listen.task = Some(tokio::spawn(self.clone().listen_stream(bridge.clone())).abort_handle());
+    }
+
+    /// Keeps a `subscriptions/listen` stream open: its notifications go to the client as the
+    /// handshake era has them (the acknowledgement is the bridge's); a stream that ends or breaks
+    /// is opened again with a new id (no resumption in this era), with backoff.
+    async fn listen_stream(self: Arc<Self>, bridge: Arc<Bridge>) {
+        let mut failures = 0u32;
+        loop {
+            let Some(params) = bridge.listen.locked().filter() else { return };
+            let meta = bridge.meta.locked().clone();
+            let (_, id) = self.own_id();
+            let params = RawValue::from_string(params.to_string()).ok();
+            let Ok(body) = era::rewrite_request(
+                "subscriptions/listen",
+                params.as_deref(),
+                &id,
+                &Additions { meta: Some(&meta), ..Additions::default() },
+            ) else {
+                return;
+            };
+            let outcome =
+                self.call(body.into(), true, false, LISTEN_LIMIT, "the subscriptions/listen stream").await;
+            if self.shutting_down.load(Ordering::Relaxed) {
+                return;
+            }
+            match outcome {
+                Ok(answer) => match era::response_error(&answer) {
+                    Some(e) if e.code == -32601 => {
+                        debug!(
+                            "the server offers no subscriptions/listen; list changes come only with lists"
+                        );
+                        return;
+                    }
+                    Some(_) => failures += 1,
+                    // Ended by the server (it tore the subscription down): listen again.
+                    None => failures = 0,
+                },
+                Err(e) => {
+                    debug!("the subscriptions/listen stream broke: {}", e.message);
+                    failures += 1;
+                }
+            }
+            if failures >= MAX_LISTEN_FAILURES {
+                warn!(
+                    "the server's subscriptions/listen stream failed {failures} times in a row; list changes will not be announced"
+                );
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(500) * 2u32.pow(failures.min(6))).await;
+        }
+    }
+
+    /// Stops the `subscriptions/listen` stream (shutdown).
+    pub(super) fn stop_listening(&self) {
+        if let Some(bridge) = self.eras.bridge.get()
+            && let Some(task) = bridge.listen.locked().task.take()
+        {
+            task.abort();
+        }
     }
 
     /// Handles one line from a handshake-era client while a bridge is in use.
@@ -416,6 +561,19 @@ impl Proxy {
                         era::negotiated_legacy(env.params().protocol_version.as_deref()),
                     )),
                     "ping" => Some("{}".to_owned()),
+                    // T-33: subscriptions are the filter of the listen stream.
+                    "resources/subscribe" | "resources/unsubscribe" if bridge.listen.locked().subscribe => {
+                        let uri = env.params().uri.map(|u| u.into_owned()).unwrap_or_default();
+                        {
+                            let mut listen = bridge.listen.locked();
+                            listen.uris.retain(|u| *u != uri);
+                            if method == "resources/subscribe" {
+                                listen.uris.push(uri);
+                            }
+                        }
+                        self.relisten(bridge);
+                        Some("{}".to_owned())
+                    }
                     "logging/setLevel" => {
                         #[derive(serde::Deserialize)]
                         struct Level {
@@ -507,7 +665,7 @@ impl Proxy {
         }
         let mut answers: Option<Vec<(String, Box<RawValue>)>> = None;
         let mut state: Option<Box<RawValue>> = None;
-        let mut version_retried = false;
+        let (mut version_retried, mut reissued) = (false, false);
         let mut rounds = 0u32;
         loop {
             let meta = bridge.meta.locked().clone();
@@ -517,7 +675,20 @@ impl Proxy {
             let body = era::rewrite_request(method, env.params, &id, &add).map_err(|e| {
                 LocalError::new(INVALID_REQUEST, ErrorKind::InvalidRequest, format!("invalid params: {e}"))
             })?;
-            let answer = self.call(body.into(), true, false, self.request_timeout, what).await?;
+            let answer = match self.call(body.into(), true, false, self.request_timeout, what).await {
+                // A broken stream loses the request in this era; one that changes nothing is
+                // asked again under a new id, once (T-23). Others may have been processed.
+                Err(e)
+                    if matches!(e.kind, ErrorKind::StreamEnded | ErrorKind::BadResponse)
+                        && !reissued
+                        && IDEMPOTENT.contains(&method) =>
+                {
+                    debug!(what, "the stream broke; asking again with a new id");
+                    reissued = true;
+                    continue;
+                }
+                other => other?,
+            };
             let reply = Envelope::parse(&answer).map_err(|_| unreadable())?;
             if let Some(error) = reply.error {
                 // -32022: the version we chose is not the server's; once, with one it lists.

@@ -911,6 +911,13 @@ impl Proxy {
             Ok(Kind::Notification) if env.method.as_deref() == Some("notifications/progress") => {
                 Delivered::Progress
             }
+            // The listen stream's acknowledgement is the bridge's business (T-33).
+            Ok(Kind::Notification)
+                if self.eras.bridge.get().is_some()
+                    && env.method.as_deref() == Some("notifications/subscriptions/acknowledged") =>
+            {
+                return Delivered::Dropped;
+            }
             Ok(Kind::Request) if self.eras.reverse.get().is_some() => {
                 drop(env);
                 self.server_request(owner, &bytes);
@@ -1051,6 +1058,7 @@ impl Proxy {
         if let Some(get) = self.get_stream.locked().take() {
             get.abort();
         }
+        self.stop_listening();
         let left: Vec<Pending> = self.pending.locked().drain().map(|(_, p)| p).collect();
         // Within the 2 s the whole shutdown has, whatever the client does with stdout.
         let budget = DRAIN_TIMEOUT + DELETE_TIMEOUT;

@@ -13,6 +13,7 @@ use axum::body::{Body, Bytes};
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
+use futures_util::StreamExt;
 use rmcp::model::{
     CallToolRequestParams, ClientCapabilities, ClientConfig, CreateMessageRequestParams, CreateMessageResult,
     ElicitRequestParams, ElicitResult, Implementation, ListRootsResult, Root,
@@ -42,6 +43,41 @@ struct Stateless {
     /// Set when the stream of the `slow` tool's call closes (cancellation, T-25).
     slow_closed: Arc<AtomicBool>,
     slow_started: AtomicUsize,
+    /// Each `subscriptions/listen` stream: its id, its filter, and a way to push to it.
+    listeners: Mutex<Vec<Listener>>,
+    /// End the next `prompts/list` stream without an answer (a broken stream, T-23).
+    break_next_list: AtomicBool,
+}
+
+/// An event stream that ends without an answer.
+fn broken_stream() -> Response {
+    Response::builder().header("content-type", "text/event-stream").body(Body::from(": bye\n\n")).unwrap()
+}
+
+#[derive(Clone)]
+struct Listener {
+    id: Value,
+    filter: Value,
+    push: Option<tokio::sync::mpsc::UnboundedSender<String>>,
+}
+
+impl Stateless {
+    fn listeners(&self) -> Vec<Listener> {
+        self.listeners.lock().unwrap().clone()
+    }
+
+    /// Sends a notification on listener `i`'s stream, tagged as T-33 says.
+    fn notify(&self, i: usize, method: &str, mut params: Value) {
+        let listeners = self.listeners.lock().unwrap();
+        params["_meta"] = json!({"io.modelcontextprotocol/subscriptionId": listeners[i].id});
+        let msg = json!({"jsonrpc":"2.0","method":method,"params":params});
+        listeners[i].push.as_ref().unwrap().send(msg.to_string()).unwrap();
+    }
+
+    /// Ends listener `i`'s stream (no result: an abrupt close).
+    fn end(&self, i: usize) {
+        self.listeners.lock().unwrap()[i].push = None;
+    }
 }
 
 fn rpc(status: StatusCode, body: Value) -> Response {
@@ -134,9 +170,32 @@ async fn stateless(State(s): State<Arc<Stateless>>, headers: HeaderMap, raw: Byt
     match method.as_str() {
         "server/discover" => complete(
             &id,
-            json!({"supportedVersions":["2026-07-28"],"capabilities":{"tools":{},"logging":{}},
+            json!({"supportedVersions":["2026-07-28"],"capabilities":{"tools":{"listChanged":true},
+                "resources":{"subscribe":true,"listChanged":true},"logging":{}},
                 "serverInfo":{"name":"stateless-only","version":"7"},"instructions":"ask me","ttlMs":0}),
         ),
+        "subscriptions/listen" => {
+            let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+            let ack = json!({"jsonrpc":"2.0","method":"notifications/subscriptions/acknowledged",
+                "params":{"_meta":{"io.modelcontextprotocol/subscriptionId":id}}});
+            s.listeners.lock().unwrap().push(Listener {
+                id: id.clone(),
+                filter: body["params"]["notifications"].clone(),
+                push: Some(tx),
+            });
+            let first = futures_util::stream::once(async move {
+                Ok::<_, std::io::Error>(Bytes::from(format!("data: {ack}\n\n")))
+            });
+            let rest = futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
+                .map(|msg| Ok::<_, std::io::Error>(Bytes::from(format!("data: {msg}\n\n"))));
+            Response::builder()
+                .header("content-type", "text/event-stream")
+                .body(Body::from_stream(futures_util::StreamExt::chain(first, rest)))
+                .unwrap()
+        }
+        "prompts/list" if s.break_next_list.swap(false, Ordering::SeqCst) => broken_stream(),
+        "prompts/list" => complete(&id, json!({"prompts":[]})),
+        "resources/list" => complete(&id, json!({"resources":[{"uri":"file:///a.txt","name":"a"}]})),
         "tools/list" => complete(
             &id,
             json!({"tools":[
@@ -204,6 +263,7 @@ async fn stateless(State(s): State<Arc<Stateless>>, headers: HeaderMap, raw: Byt
                     )
                 }
                 "forever" => input_required(&id, json!({"q":{"method":"roots/list"}}), None),
+                "breaks" => broken_stream(),
                 "slow" => {
                     // An event stream that never answers; dropping it (the client closed the
                     // stream) is the cancellation (T-25).
@@ -832,4 +892,81 @@ async fn a_server_that_changes_era_is_not_locked_out_by_the_remembered_one() {
     assert!(s.recv().await["result"]["content"].is_array());
     s.finish().await;
     assert!(posts(&server).iter().any(|p| p.body["method"] == "server/discover"));
+}
+
+async fn until(what: &str, mut cond: impl FnMut() -> bool) {
+    tokio::time::timeout(PATIENCE, async {
+        while !cond() {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("never: {what}"));
+}
+
+#[tokio::test]
+async fn t33_list_changes_and_resource_subscriptions_come_through_subscriptions_listen() {
+    let (url, server) = stateless_server().await;
+    let mut s = Sidecar::spawn(&[&url, "--auth", "none"], &[]);
+    s.handshake().await;
+    until("a listen stream", || server.listeners().len() == 1).await;
+    assert_eq!(server.listeners()[0].filter, json!({"toolsListChanged":true,"resourcesListChanged":true}));
+    let tool_lists = || posts(&server).iter().filter(|p| p.body["method"] == "tools/list").count();
+    for id in 1..=2 {
+        s.send_json(&request(id, "tools/list", json!({}))).await;
+        assert_eq!(s.recv().await["id"], id);
+    }
+    assert_eq!(tool_lists(), 1, "cached");
+    // A change is announced as the handshake era does it, and the cached list is forgotten.
+    server.notify(0, "notifications/tools/list_changed", json!({}));
+    let note = s.recv().await;
+    assert_eq!(note["method"], "notifications/tools/list_changed", "{note}");
+    s.send_json(&request(3, "tools/list", json!({}))).await;
+    assert_eq!(s.recv().await["id"], 3);
+    assert_eq!(tool_lists(), 2);
+    // resources/subscribe is answered here and becomes the new stream's filter; the old
+    // stream is closed.
+    s.send_json(&request(4, "resources/subscribe", json!({"uri":"file:///a.txt"}))).await;
+    assert_eq!(s.recv().await, json!({"jsonrpc":"2.0","id":4,"result":{}}));
+    until("a second listen stream", || server.listeners().len() == 2).await;
+    assert_eq!(server.listeners()[1].filter["resourceSubscriptions"], json!(["file:///a.txt"]));
+    until("the first stream closed", || server.listeners()[0].push.as_ref().unwrap().is_closed()).await;
+    server.notify(1, "notifications/resources/updated", json!({"uri":"file:///a.txt"}));
+    let updated = s.recv().await;
+    assert_eq!(updated["method"], "notifications/resources/updated");
+    assert_eq!(updated["params"]["uri"], "file:///a.txt");
+    // The server drops the stream: it is opened again under a new id.
+    server.end(1);
+    until("a third listen stream", || server.listeners().len() == 3).await;
+    assert_ne!(server.listeners()[2].id, server.listeners()[1].id);
+    assert_eq!(server.listeners()[2].filter["resourceSubscriptions"], json!(["file:///a.txt"]));
+    let out = s.finish().await;
+    assert!(!out.stdout.contains("subscriptions/acknowledged"), "{}", out.stdout);
+    // Never a subscribe request upstream: the stateless era has none.
+    assert!(posts(&server).iter().all(|p| p.body["method"] != "resources/subscribe"));
+}
+
+#[tokio::test]
+async fn t23_a_broken_stream_is_asked_again_only_for_requests_that_change_nothing() {
+    let (url, server) = stateless_server().await;
+    server.break_next_list.store(true, Ordering::SeqCst);
+    let mut s = Sidecar::spawn(&[&url, "--auth", "none"], &[]);
+    s.handshake().await;
+    s.send_json(&request(1, "prompts/list", json!({}))).await;
+    assert_eq!(s.recv().await["result"]["prompts"], json!([]));
+    let lists: Vec<Post> =
+        posts(&server).into_iter().filter(|p| p.body["method"] == "prompts/list").collect();
+    assert_eq!(lists.len(), 2, "asked again");
+    assert_ne!(lists[0].body["id"], lists[1].body["id"], "under a new id");
+    // A tool call may have done something: never sent twice.
+    s.send_json(&call_tool("b", "breaks")).await;
+    let answer = s.recv().await;
+    assert_eq!(answer["id"], "b");
+    assert!(
+        answer["error"]["message"].as_str().unwrap().contains("may or may not have been processed"),
+        "{answer}"
+    );
+    s.finish().await;
+    let calls = posts(&server).into_iter().filter(|p| p.body["params"]["name"] == "breaks").count();
+    assert_eq!(calls, 1);
 }
