@@ -190,19 +190,7 @@ pub fn initialize_result(discover: &RawValue, version: &str) -> String {
     let mut out = String::with_capacity(discover.get().len() + 64);
     out.push_str("{\"protocolVersion\":");
     push_json_str(&mut out, version);
-    let mut has_capabilities = false;
-    for (key, value) in &members {
-        if matches!(key.as_ref(), "capabilities" | "serverInfo" | "instructions" | "_meta") {
-            has_capabilities |= key == "capabilities";
-            out.push(',');
-            push_json_str(&mut out, key);
-            out.push(':');
-            out.push_str(value.get());
-        }
-    }
-    if !has_capabilities {
-        out.push_str(",\"capabilities\":{}");
-    }
+    copy_members(&mut out, &members, &["capabilities", "serverInfo", "instructions", "_meta"]);
     if !members.iter().any(|(k, _)| k == "serverInfo") {
         // The final schema has it in `_meta`.
         let in_meta =
@@ -267,23 +255,8 @@ pub fn discover_result(initialize: &RawValue) -> String {
     push_json_str(&mut out, FIRST_MODERN);
     // Not cacheable: the answer is the sidecar's, made per process.
     out.push_str("],\"ttlMs\":0,\"cacheScope\":\"private\"");
-    let mut has_capabilities = false;
-    let mut server_info = None;
-    for (key, value) in &members {
-        if matches!(key.as_ref(), "capabilities" | "serverInfo" | "instructions") {
-            has_capabilities |= key == "capabilities";
-            if key == "serverInfo" {
-                server_info = Some(value.get());
-            }
-            out.push(',');
-            push_json_str(&mut out, key);
-            out.push(':');
-            out.push_str(value.get());
-        }
-    }
-    if !has_capabilities {
-        out.push_str(",\"capabilities\":{}");
-    }
+    copy_members(&mut out, &members, &["capabilities", "serverInfo", "instructions"]);
+    let server_info = members.iter().find(|(k, _)| k == "serverInfo").map(|(_, v)| v.get());
     // The final 2026-07-28 schema carries the server's info in `_meta` (the drafts, top level).
     if let Some(info) = server_info {
         out.push_str(",\"_meta\":{");
@@ -569,6 +542,22 @@ pub fn object_members(raw: &str) -> Option<Vec<(Cow<'_, str>, &RawValue)>> {
 
 fn not_an_object() -> serde_json::Error {
     <serde_json::Error as serde::de::Error>::custom("params must be a JSON object")
+}
+
+/// Appends `,"key":value` for each of `members` named in `keys`, in their order, and an empty
+/// `capabilities` if there was none (both results require it).
+fn copy_members(out: &mut String, members: &[(Cow<'_, str>, &RawValue)], keys: &[&str]) {
+    for (key, value) in members {
+        if keys.contains(&key.as_ref()) {
+            out.push(',');
+            push_json_str(out, key);
+            out.push(':');
+            out.push_str(value.get());
+        }
+    }
+    if !members.iter().any(|(k, _)| k == "capabilities") {
+        out.push_str(",\"capabilities\":{}");
+    }
 }
 
 /// Appends `s` as a JSON string.

@@ -279,6 +279,17 @@ impl Proxy {
         })
     }
 
+    /// Runs the task of a registered client request, holding its room; a cancel aborts it.
+    pub(super) fn spawn_request<F>(&self, key: &IdKey, room: tokio::sync::OwnedSemaphorePermit, task: F)
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let handle = self.tasks.spawn(holding(Some(room), task));
+        if let Some(p) = self.pending.locked().get_mut(key) {
+            p.abort = Some(handle.abort_handle());
+        }
+    }
+
     /// Answers a pending client request with `message` (room first, then the entry leaves the
     /// table, as in [`Proxy::deliver`]); nothing if it was answered already.
     pub(super) async fn reply(&self, key: &IdKey, message: Bytes) {
@@ -600,13 +611,11 @@ impl Proxy {
                 let Some((key, _)) = self.register(&env, false, true) else { return };
                 drop(env);
                 let what = format!("{method} (bridged)");
-                let handle = self.tasks.spawn(holding(
-                    Some(room),
+                self.spawn_request(
+                    &key,
+                    room,
                     self.clone().run_bridged(bridge.clone(), key.clone(), line, what),
-                ));
-                if let Some(p) = self.pending.locked().get_mut(&key) {
-                    p.abort = Some(handle.abort_handle());
-                }
+                );
             }
             Ok(Kind::Notification) => {
                 if method == "notifications/cancelled"

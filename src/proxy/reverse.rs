@@ -229,13 +229,11 @@ impl Proxy {
                 let Some((key, _)) = self.register(&env, false, false) else { return };
                 drop(env);
                 let what = format!("{method} (bridged to the handshake era)");
-                let handle = self.tasks.spawn(holding(
-                    Some(room),
+                self.spawn_request(
+                    &key,
+                    room,
                     self.clone().run_reverse(reverse.clone(), key.clone(), line, what),
-                ));
-                if let Some(p) = self.pending.locked().get_mut(&key) {
-                    p.abort = Some(handle.abort_handle());
-                }
+                );
             }
             Ok(Kind::Notification) if env.method.as_deref() == Some("notifications/cancelled") => {
                 let Some(key) = env.params().request_id.and_then(IdKey::new) else { return };

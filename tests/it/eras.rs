@@ -970,3 +970,35 @@ async fn t23_a_broken_stream_is_asked_again_only_for_requests_that_change_nothin
     let calls = posts(&server).into_iter().filter(|p| p.body["params"]["name"] == "breaks").count();
     assert_eq!(calls, 1);
 }
+
+#[tokio::test]
+async fn t12_the_reverse_bridge_renews_an_expired_session_for_the_stateless_client() {
+    let expired = Arc::new(AtomicBool::new(false));
+    let once = expired.clone();
+    let hook: Hook = Arc::new(move |seen: &Seen| match seen.rpc_method() {
+        Some("server/discover") => Action::Respond(respond(400, "text/plain", "Bad Request")),
+        Some("tools/call") if !once.swap(true, Ordering::SeqCst) => Action::Respond(respond(
+            404,
+            "application/json",
+            r#"{"jsonrpc":"2.0","error":{"code":-32001,"message":"Session not found"},"id":null}"#,
+        )),
+        _ => Action::Pass,
+    });
+    let server = Server::start(generic(), Some(hook)).await;
+    let dir = scratch_dir("reverse-renewal");
+    let mut s = sidecar_for(&server, &["--state-dir", &dir.to_string_lossy()]);
+    let meta = json!({"io.modelcontextprotocol/protocolVersion":"2026-07-28","io.modelcontextprotocol/clientCapabilities":{},
+        "io.modelcontextprotocol/clientInfo":{"name":"renewing","version":"1"}});
+    s.send_json(&request(1, "tools/call", json!({"name":"sum","arguments":{"a":20,"b":22},"_meta": meta})))
+        .await;
+    let answer = s.recv().await;
+    assert_eq!(answer["result"]["content"][0]["text"], "42", "the client never notices: {answer}");
+    s.finish().await;
+    let inits = server.posts("initialize");
+    assert_eq!(inits.len(), 2, "the handshake made for the client, and again for a new session");
+    assert_eq!(inits[1].body, inits[0].body);
+    assert_eq!(inits[0].json["params"]["clientInfo"]["name"], "renewing");
+    let calls = server.posts("tools/call");
+    assert_eq!(calls.len(), 2);
+    assert_ne!(calls[0].header("mcp-session-id"), calls[1].header("mcp-session-id"));
+}
