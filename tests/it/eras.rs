@@ -172,7 +172,7 @@ async fn stateless(State(s): State<Arc<Stateless>>, headers: HeaderMap, raw: Byt
             &id,
             json!({"supportedVersions":["2026-07-28"],"capabilities":{"tools":{"listChanged":true},
                 "resources":{"subscribe":true,"listChanged":true},"logging":{}},
-                "serverInfo":{"name":"stateless-only","version":"7"},"instructions":"ask me","ttlMs":0}),
+                "serverInfo":{"name":"stateless-only","version":"7"},"instructions":"ask me","ttlMs":0,"cacheScope":"private"}),
         ),
         "subscriptions/listen" => {
             let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
@@ -223,7 +223,10 @@ async fn stateless(State(s): State<Arc<Stateless>>, headers: HeaderMap, raw: Byt
                     Some(STATE),
                 ),
                 "ask" => {
-                    if raw_state(&raw).as_deref() != Some(STATE) {
+                    // The state's value must come back (the bridge even keeps its bytes; a
+                    // client that re-serializes it may change its escapes, which JSON allows).
+                    let value = |raw: &str| serde_json::from_str::<String>(raw).ok();
+                    if raw_state(&raw).as_deref().and_then(value) != value(STATE) {
                         return error(&id, StatusCode::OK, -32602, "requestState was not echoed exactly");
                     }
                     let name = responses["who"]["content"]["name"].clone();
@@ -400,6 +403,11 @@ async fn t62_a_handshake_client_reaches_a_stateless_only_server_through_the_brid
         assert_eq!(meta["io.modelcontextprotocol/clientInfo"]["name"], "helpful-client", "{}", p.raw);
         assert!(meta["io.modelcontextprotocol/clientCapabilities"]["sampling"].is_object(), "{}", p.raw);
     }
+    // The bridge echoes the state byte for byte, escapes and all.
+    let retry = posts
+        .iter()
+        .find(|p| p.body["params"]["name"] == "ask" && !p.body["params"]["inputResponses"].is_null());
+    assert_eq!(raw_state(&retry.unwrap().raw).as_deref(), Some(STATE));
     // Each retry has an id of its own (T-31).
     let ids: std::collections::HashSet<String> = posts.iter().map(|p| p.body["id"].to_string()).collect();
     assert_eq!(ids.len(), posts.len(), "ids unique");
@@ -1001,4 +1009,28 @@ async fn t12_the_reverse_bridge_renews_an_expired_session_for_the_stateless_clie
     let calls = server.posts("tools/call");
     assert_eq!(calls.len(), 2);
     assert_ne!(calls[0].header("mcp-session-id"), calls[1].header("mcp-session-id"));
+}
+
+#[tokio::test]
+async fn a_stateless_client_and_a_stateless_server_are_forwarded_unchanged() {
+    let (url, server) = stateless_server().await;
+    let dir = scratch_dir("stateless-pair");
+    let state = dir.to_string_lossy().into_owned();
+    let args = [url.as_str(), "--auth", "none", "--state-dir", &state];
+    let mode = rmcp::ClientLifecycleMode::Discover {
+        preferred_versions: vec![rmcp::model::ProtocolVersion::V_2026_07_28],
+    };
+    let (client, sidecar) = rmcp_client(&args, &[], Helpful, Some(mode)).await;
+    let client = client.expect("server/discover forwarded");
+    assert_eq!(client.list_all_tools().await.unwrap().len(), 5);
+    // The client plays the input_required round itself; the sidecar only forwards.
+    let asked = client.call_tool(CallToolRequestParams::new("ask")).await.unwrap();
+    assert_eq!(text_of(&asked), "hello Ada");
+    client.cancel().await.unwrap();
+    let out = sidecar.wait().await;
+    assert!(out.status.success());
+    assert!(!out.stderr.contains("protocol bridge"), "no bridge: {}", out.stderr);
+    // The client's own discover decided the era: no probe of ours.
+    let discovers = posts(&server).iter().filter(|p| p.body["method"] == "server/discover").count();
+    assert_eq!(discovers, 1);
 }
