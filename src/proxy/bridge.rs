@@ -757,7 +757,24 @@ impl Proxy {
                     "the client did not answer the server's question; the request was given up",
                 )
             };
-            let line = rx.await.map_err(|_| gone())?;
+            // A client that never answers cannot hold the request for ever: it has as long as
+            // any request has (`--request-timeout`).
+            let line = match timeout(self.request_timeout, rx).await {
+                Ok(answer) => answer.map_err(|_| gone())?,
+                Err(_) => {
+                    let mut err = LocalError::new(
+                        REQUEST_TIMEOUT,
+                        ErrorKind::Timeout,
+                        format!(
+                            "the server needs {} from the client to finish this request, and the client did not answer within {} (--request-timeout)",
+                            request.method,
+                            retry::human(self.request_timeout)
+                        ),
+                    );
+                    err.request_sent = Some(true);
+                    return Err(err);
+                }
+            };
             let env = Envelope::parse(&line).map_err(|_| gone())?;
             match (env.result, env.error) {
                 (Some(result), None) => answers.push((request.key, result.to_owned())),

@@ -41,7 +41,7 @@ use crate::auth::Renew;
 use crate::cli::Transport;
 use crate::envelope::{
     self, AUTH_ERROR, Envelope, ErrorKind, INVALID_REQUEST, IdKey, Kind, LocalError, OVERLOADED, PARSE_ERROR,
-    RATE_LIMITED, SHUTTING_DOWN, UPSTREAM_ERROR,
+    RATE_LIMITED, REQUEST_TIMEOUT, SHUTTING_DOWN, UPSTREAM_ERROR,
 };
 use crate::ratelimit::Gate;
 use crate::retry::{self, RetryPolicy};

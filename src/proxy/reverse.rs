@@ -25,10 +25,6 @@ use super::*;
 use crate::cli::ProtocolEra;
 use crate::era::{self, Additions, Era, Verdict};
 
-/// How long a parked request waits for the client's retry before it is given up (and
-/// cancelled upstream).
-const PARK_TIMEOUT: Duration = Duration::from_secs(300);
-
 type CallTask = AbortOnDropHandle<Result<Bytes, LocalError>>;
 
 /// A request waiting for the client's retry with the answers the server asked for.
@@ -347,7 +343,8 @@ impl Proxy {
                 let expiry = {
                     let (reverse, token, me) = (reverse.clone(), token.clone(), self.clone());
                     AbortOnDropHandle::new(tokio::spawn(async move {
-                        tokio::time::sleep(PARK_TIMEOUT).await;
+                        // As long as any request may take (`--request-timeout`).
+                        tokio::time::sleep(me.request_timeout).await;
                         let parked = reverse.parked.locked().remove(&token);
                         if let Some(parked) = parked {
                             debug!("a parked request was given up: the client did not come back with the answers");

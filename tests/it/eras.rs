@@ -1034,3 +1034,22 @@ async fn a_stateless_client_and_a_stateless_server_are_forwarded_unchanged() {
     let discovers = posts(&server).iter().filter(|p| p.body["method"] == "server/discover").count();
     assert_eq!(discovers, 1);
 }
+
+#[tokio::test]
+async fn a_client_that_never_answers_the_servers_question_gets_one_error_in_time() {
+    let (url, _server) = stateless_server().await;
+    let mut s = Sidecar::spawn(&[&url, "--auth", "none", "--request-timeout", "1"], &[]);
+    s.handshake().await;
+    s.send_json(&call_tool("q", "ask")).await;
+    let question = s.recv().await;
+    assert_eq!(question["method"], "elicitation/create");
+    // No answer: the request gets an error once --request-timeout has passed.
+    let answer = s.recv().await;
+    assert_eq!(answer["id"], "q");
+    assert_eq!(answer["error"]["data"]["kind"], "timeout");
+    assert!(answer["error"]["message"].as_str().unwrap().contains("did not answer within 1 s"), "{answer}");
+    // A late answer changes nothing.
+    s.send_json(&json!({"jsonrpc":"2.0","id":question["id"],"result":{"action":"decline"}})).await;
+    let out = s.finish().await;
+    assert_eq!(out.messages().iter().filter(|m| m["id"] == "q").count(), 1, "answered exactly once");
+}
