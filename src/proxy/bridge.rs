@@ -227,15 +227,11 @@ impl Proxy {
         limit: Duration,
         what: &str,
     ) -> Result<Bytes, LocalError> {
-        let unreadable = || bad_response("mcp-sidecar made a request it cannot read (a bug)".into());
         let env = Envelope::parse(&body).map_err(|_| unreadable())?;
         let (Some(raw_id), Some(key)) = (env.id, env.id_key()) else { return Err(unreadable()) };
         let method = env.method.as_deref().unwrap_or_default();
         let params = env.params();
-        let mut headers = MessageHeaders::derive(method, &params);
-        if headers.is_modern() && method == "tools/call" {
-            headers.params = self.param_headers(&params);
-        }
+        let headers = self.request_headers(method, &params);
         let (capture_tx, capture) = oneshot::channel();
         let (done_tx, done) = oneshot::channel();
         {
@@ -302,8 +298,9 @@ impl Proxy {
         }
     }
 
-    /// Answers the client's `initialize` (not in the pending table) at once.
-    pub(super) async fn answer_initialize(&self, id: Option<&RawValue>, answer: Result<Bytes, LocalError>) {
+    /// Answers at once a client request that is not in the pending table: its `initialize`, or
+    /// the request the eras were settled on.
+    pub(super) async fn answer_unregistered(&self, id: Option<&RawValue>, answer: Result<Bytes, LocalError>) {
         match answer {
             Ok(bytes) => self.write(bytes).await,
             Err(err) => {
@@ -352,7 +349,7 @@ impl Proxy {
                     *self.eras.server.locked() = Some(found);
                 }
                 Probe::Failed(err) if !auto => {
-                    self.answer_initialize(client_id.as_deref(), Err(err)).await;
+                    self.answer_unregistered(client_id.as_deref(), Err(err)).await;
                     return true;
                 }
                 Probe::Failed(err) => debug!("the era probe got no answer to judge by: {}", err.message),
@@ -379,7 +376,7 @@ impl Proxy {
         if answer.is_ok() && self.eras.server.locked().is_none() {
             *self.eras.server.locked() = Some(Era::Handshake);
         }
-        self.answer_initialize(client_id.as_deref(), answer).await;
+        self.answer_unregistered(client_id.as_deref(), answer).await;
         true
     }
 
@@ -469,7 +466,7 @@ impl Proxy {
             (Some(id), Ok(result)) => Ok(era::response_with_id(id, "result", &result).into()),
             _ => Err(bad_response("the server's discovery result cannot be read".into())),
         };
-        self.answer_initialize(client_id, answer).await;
+        self.answer_unregistered(client_id, answer).await;
         true
     }
 
@@ -663,9 +660,7 @@ impl Proxy {
         line: &[u8],
         what: &str,
     ) -> Result<Bytes, LocalError> {
-        let unreadable = || bad_response("the request cannot be read again (a bug)".into());
-        let env = Envelope::parse(line).map_err(|_| unreadable())?;
-        let client_id = env.id.ok_or_else(unreadable)?;
+        let (env, client_id) = reread(line)?;
         let method = env.method.as_deref().unwrap_or_default();
         bridge.bridged.fetch_add(1, Ordering::Relaxed);
         let list_key = super::lists::cacheable(method).then(|| super::lists::key(method, &env.params()));
@@ -798,6 +793,18 @@ impl Proxy {
         }
         Ok(answers)
     }
+}
+
+/// A bridged request's line, read again in its task, and its id.
+pub(super) fn reread(line: &[u8]) -> Result<(Envelope<'_>, &RawValue), LocalError> {
+    let env = Envelope::parse(line).map_err(|_| unreadable())?;
+    let id = env.id.ok_or_else(unreadable)?;
+    Ok((env, id))
+}
+
+/// A message the bridge made or checked already cannot be read: a bug, said as one.
+pub(super) fn unreadable() -> LocalError {
+    bad_response("mcp-sidecar cannot read a message it made or checked before (a bug)".into())
 }
 
 /// Whether the answer to a forwarded `initialize` is a stateless server's refusal: a JSON-RPC

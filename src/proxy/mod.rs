@@ -299,8 +299,7 @@ impl Proxy {
                 // A client that opens with another request speaks the stateless era (or skips
                 // the handshake): bridged if the server speaks only the handshake era.
                 Some(false) if self.settle_stateless_client(&line).await => return,
-                Some(_) => {}
-                None => {}
+                _ => {}
             }
         }
         self.dispatch_line_plain(line).await
@@ -319,10 +318,7 @@ impl Proxy {
             Ok(Kind::Request) => {
                 let method = env.method.as_deref().unwrap_or_default();
                 let params = env.params();
-                let mut headers = MessageHeaders::derive(method, &params);
-                if headers.is_modern() && method == "tools/call" {
-                    headers.params = self.param_headers(&params);
-                }
+                let headers = self.request_headers(method, &params);
                 let init = method == "initialize";
                 // A stateless-era list still fresh in the cache costs the server nothing.
                 let list_key =

@@ -20,7 +20,7 @@ use std::sync::OnceLock;
 use tokio::sync::mpsc;
 use tokio_util::task::AbortOnDropHandle;
 
-use super::bridge::Probe;
+use super::bridge::{Probe, reread, unreadable};
 use super::*;
 use crate::cli::ProtocolEra;
 use crate::era::{self, Additions, Era, Verdict};
@@ -102,7 +102,7 @@ impl Proxy {
                     self.remember(found).await;
                 }
                 if found != Some(Era::Handshake) {
-                    self.answer_initialize(client_id.as_deref(), answer).await;
+                    self.answer_unregistered(client_id.as_deref(), answer).await;
                     return true;
                 }
                 Era::Handshake
@@ -142,7 +142,7 @@ impl Proxy {
                 false
             }
             Err(err) => {
-                self.answer_initialize(client_id.as_deref(), Err(err)).await;
+                self.answer_unregistered(client_id.as_deref(), Err(err)).await;
                 true
             }
         }
@@ -266,9 +266,7 @@ impl Proxy {
         line: &[u8],
         what: &str,
     ) -> Result<Bytes, LocalError> {
-        let unreadable = || bad_response("the request cannot be read again (a bug)".into());
-        let env = Envelope::parse(line).map_err(|_| unreadable())?;
-        let client_id = env.id.ok_or_else(unreadable)?;
+        let (env, client_id) = reread(line)?;
         let method = env.method.as_deref().unwrap_or_default();
         let members = env.params.and_then(|p| era::object_members(p.get())).unwrap_or_default();
         let state = members.iter().find(|(k, _)| k == "requestState").map(|(_, v)| v.get().to_owned());

@@ -5,6 +5,16 @@ use super::*;
 
 impl Proxy {
     /// The `Mcp-Param-*` headers of a 2026-07-28 `tools/call` (T-15).
+    /// The headers of a request: T-13/T-14 from its method and `_meta`, and for a 2026-07-28
+    /// `tools/call` the `Mcp-Param-*` its tool's schema asks for (T-15).
+    pub(super) fn request_headers(&self, method: &str, params: &envelope::Params<'_>) -> MessageHeaders {
+        let mut headers = MessageHeaders::derive(method, params);
+        if headers.is_modern() && method == "tools/call" {
+            headers.params = self.param_headers(params);
+        }
+        headers
+    }
+
     pub(super) fn param_headers(
         &self,
         params: &envelope::Params<'_>,
