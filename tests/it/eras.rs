@@ -1053,3 +1053,25 @@ async fn a_client_that_never_answers_the_servers_question_gets_one_error_in_time
     let out = s.finish().await;
     assert_eq!(out.messages().iter().filter(|m| m["id"] == "q").count(), 1, "answered exactly once");
 }
+
+#[tokio::test]
+async fn a_probe_the_server_never_answers_delays_nothing_past_its_timeout_and_is_not_remembered() {
+    let never = Arc::new(tokio::sync::Notify::new());
+    let held = never.clone();
+    let hook: Hook = Arc::new(move |seen: &Seen| match seen.rpc_method() {
+        Some("server/discover") => Action::Hold(held.clone()),
+        _ => Action::Pass,
+    });
+    let server = Server::start(generic(), Some(hook)).await;
+    let dir = scratch_dir("stalled-probe");
+    let state = dir.to_string_lossy().into_owned();
+    // The probe has --request-timeout (here 1 s) at most; then initialize goes as it came.
+    let mut s = sidecar_for(&server, &["--state-dir", &state, "--request-timeout", "1"]);
+    s.handshake().await;
+    s.send_json(&call(1, "sum", json!({"a": 1, "b": 1}))).await;
+    assert_eq!(s.recv().await["result"]["content"][0]["text"], "2");
+    s.finish().await;
+    // No answer is no verdict: nothing remembered, the next run asks again.
+    assert!(!dir.join("eras").exists() || dir.join("eras").read_dir().unwrap().count() == 0);
+    never.notify_waiters();
+}
