@@ -57,11 +57,19 @@ async fn main() {
 
     let state = std::env::temp_dir().join(format!("mcp-sidecar-conformance-{}", std::process::id()));
     let me = std::env::current_exe().expect("own path");
+    // Issue 14: the extension scenarios' grants, with what their context hands over.
+    let ctx = |k: &str| context.get(k).and_then(Value::as_str).map(str::to_owned);
+    let auth = match scenario.as_str() {
+        s if s.starts_with("auth/client-credentials") => "client-credentials",
+        "auth/wif-jwt-bearer" => "workload-identity",
+        "auth/enterprise-managed-authorization" => "enterprise",
+        _ => "oauth",
+    };
     let mut cmd = Command::new(&sidecar);
     cmd.arg(&url)
         .arg("--state-dir")
         .arg(&state)
-        .args(["--auth", "oauth", "--auth-timeout", "20", "--log-level", "debug"])
+        .args(["--auth", auth, "--auth-timeout", "20", "--log-level", "debug"])
         .env("BROWSER", format!("{} --browser %s", me.display()))
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -76,6 +84,24 @@ async fn main() {
             cmd.args(["--client-secret-env", "CONFORMANCE_CLIENT_SECRET"])
                 .env("CONFORMANCE_CLIENT_SECRET", secret);
         }
+    }
+    if let Some(pem) = ctx("private_key_pem") {
+        std::fs::create_dir_all(&state).expect("state dir");
+        let path = state.join("client-key.pem");
+        std::fs::write(&path, pem).expect("key file");
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+        }
+        cmd.arg("--client-key-file").arg(&path);
+    }
+    if let Some(token) = ctx("valid_jwt").or_else(|| ctx("idp_id_token")) {
+        cmd.args(["--identity-token-env", "CONFORMANCE_IDENTITY_TOKEN"])
+            .env("CONFORMANCE_IDENTITY_TOKEN", token);
+    }
+    if let (Some(endpoint), Some(id)) = (ctx("idp_token_endpoint"), ctx("idp_client_id")) {
+        cmd.args(["--idp-token-endpoint", &endpoint, "--idp-client-id", &id]);
     }
     let mut child = cmd.spawn().expect("start mcp-sidecar");
     let stdin = child.stdin.take().unwrap();

@@ -68,9 +68,9 @@ pub enum Command {
     /// Sign in to a server that uses OAuth, in this terminal, so that MCP clients never have to
     /// (takes the same options as the proxy).
     #[command(
-        after_help = "Example:\n  mcp-sidecar login https://mcp.example.com/mcp\n  mcp-sidecar login --preset ai2fin --url https://host/mcp --auth oauth"
+        after_help = "Example:\n  mcp-sidecar login https://mcp.example.com/mcp\n  mcp-sidecar login --device https://mcp.example.com/mcp   (no browser here: a code to enter on another device)\n  mcp-sidecar login --preset ai2fin --url https://host/mcp --auth oauth"
     )]
-    Login(Args),
+    Login(LoginArgs),
     /// Forget the stored tokens and client registration of a server.
     Logout(Args),
     /// Show what is stored per server: sign-ins (client id, scopes, expiry; never a token) and
@@ -105,6 +105,18 @@ pub enum Command {
     },
     /// Print the man page (roff).
     Man,
+}
+
+/// `login`.
+#[derive(Debug, clap::Args)]
+pub struct LoginArgs {
+    /// Sign in with a code entered on another device (RFC 8628), for machines without a
+    /// browser; chosen by itself when no browser can be opened and the server offers it.
+    #[arg(long)]
+    pub device: bool,
+
+    #[command(flatten)]
+    pub args: Args,
 }
 
 /// `check`.
@@ -216,8 +228,12 @@ pub struct Args {
     pub auth_header: Option<String>,
 
     /// How to authenticate: api-key (the key variable), oauth (sign in with the browser when
-    /// the server asks), none. Default: api-key when a key variable is configured, else OAuth
-    /// when the server asks for it.
+    /// the server asks), oauth-device (sign in with a code on another device),
+    /// client-credentials (a machine: --client-id with --client-secret-env or
+    /// --client-key-file), workload-identity (a CI job's OIDC token, --identity-token-file or
+    /// --identity-token-env), enterprise (an ID token exchanged at your identity provider,
+    /// --idp-token-endpoint), none. Default: api-key when a key variable is configured, else
+    /// OAuth when the server asks for it.
     #[arg(long, value_name = "METHOD", env = "MCP_SIDECAR_AUTH")]
     pub auth: Option<AuthMethod>,
 
@@ -229,6 +245,34 @@ pub struct Args {
     /// OAuth: the environment variable that holds the pre-registered client's secret.
     #[arg(long, value_name = "NAME", env = "MCP_SIDECAR_CLIENT_SECRET_ENV")]
     pub client_secret_env: Option<String>,
+
+    /// OAuth client credentials: a PEM private key (P-256, RSA or Ed25519; chmod 600) whose
+    /// public key is registered for --client-id, to authenticate with signed assertions
+    /// (private_key_jwt) instead of a secret.
+    #[arg(long, value_name = "PATH", env = "MCP_SIDECAR_CLIENT_KEY_FILE")]
+    pub client_key_file: Option<std::path::PathBuf>,
+
+    /// Workload identity / enterprise: a file holding the identity token (a CI job's OIDC
+    /// token; the user's ID token), read again at every renewal.
+    #[arg(long, value_name = "PATH", env = "MCP_SIDECAR_IDENTITY_TOKEN_FILE")]
+    pub identity_token_file: Option<std::path::PathBuf>,
+
+    /// Workload identity / enterprise: the environment variable that holds the identity token.
+    #[arg(long, value_name = "NAME", env = "MCP_SIDECAR_IDENTITY_TOKEN_ENV")]
+    pub identity_token_env: Option<String>,
+
+    /// Enterprise: the token endpoint of your identity provider, where the ID token is
+    /// exchanged for an identity assertion (RFC 8693).
+    #[arg(long, value_name = "URL", env = "MCP_SIDECAR_IDP_TOKEN_ENDPOINT")]
+    pub idp_token_endpoint: Option<String>,
+
+    /// Enterprise: mcp-sidecar's client id at your identity provider.
+    #[arg(long, value_name = "ID", env = "MCP_SIDECAR_IDP_CLIENT_ID")]
+    pub idp_client_id: Option<String>,
+
+    /// Enterprise: the environment variable that holds that client's secret, if it has one.
+    #[arg(long, value_name = "NAME", env = "MCP_SIDECAR_IDP_CLIENT_SECRET_ENV")]
+    pub idp_client_secret_env: Option<String>,
 
     /// OAuth: an https URL where a client ID metadata document for mcp-sidecar is hosted, used
     /// as the client id where the authorization server supports that.
@@ -388,6 +432,14 @@ pub enum AuthMethod {
     ApiKey,
     /// OAuth 2.1: sign in with the browser when the server asks.
     Oauth,
+    /// OAuth 2.1 device authorization (RFC 8628): a code entered on another device.
+    OauthDevice,
+    /// OAuth client credentials: the client itself (a machine), no person.
+    ClientCredentials,
+    /// The JWT bearer grant with a workload's identity token (CI OIDC tokens).
+    WorkloadIdentity,
+    /// Enterprise-managed authorization: the ID token exchanged at the identity provider.
+    Enterprise,
     /// No credential.
     None,
 }
@@ -473,7 +525,7 @@ mod tests {
     fn subcommands_take_the_proxy_options_and_urls_stay_positional() {
         let cli = Cli::try_parse_from(["mcp-sidecar", "login", "https://h/mcp", "--client-id", "c"]).unwrap();
         match cli.command {
-            Some(Command::Login(a)) => {
+            Some(Command::Login(LoginArgs { args: a, device: false })) => {
                 assert_eq!(a.url.as_deref(), Some("https://h/mcp"));
                 assert_eq!(a.client_id.as_deref(), Some("c"));
             }

@@ -168,17 +168,17 @@ impl Config {
         check_scheme(&url, cli.allow_http)?;
 
         let key_env = match cli.auth {
-            Some(AuthMethod::Oauth | AuthMethod::None) => {
+            Some(AuthMethod::ApiKey) | None => {
+                cli.api_key_env.clone().or_else(|| preset.map(|p| p.key_env.to_owned()))
+            }
+            Some(other) => {
                 if cli.api_key_env.is_some() {
                     return Err(ConfigError(format!(
                         "--api-key-env does not go with --auth {}: drop one of them",
-                        if cli.auth == Some(AuthMethod::Oauth) { "oauth" } else { "none" }
+                        method_name(other)
                     )));
                 }
                 None
-            }
-            Some(AuthMethod::ApiKey) | None => {
-                cli.api_key_env.clone().or_else(|| preset.map(|p| p.key_env.to_owned()))
             }
         };
         if cli.auth == Some(AuthMethod::ApiKey) && key_env.is_none() {
@@ -219,10 +219,13 @@ impl Config {
         let oauth = if api_key.is_none() && cli.auth != Some(AuthMethod::None) {
             Some(oauth_settings(&cli, env)?)
         } else {
-            if cli.client_id.is_some() || cli.client_secret_env.is_some() || cli.client_metadata_url.is_some()
+            if cli.client_id.is_some()
+                || cli.client_secret_env.is_some()
+                || cli.client_metadata_url.is_some()
+                || cli.client_key_file.is_some()
             {
                 warnings.push(
-                    "--client-id, --client-secret-env and --client-metadata-url are for OAuth; they are ignored with an API key or --auth none".into(),
+                    "--client-id, --client-secret-env, --client-key-file and --client-metadata-url are for OAuth; they are ignored with an API key or --auth none".into(),
                 );
             }
             None
@@ -278,8 +281,23 @@ impl Config {
         for value in &self.header_secrets {
             crate::secrets::remember(value.expose_secret());
         }
-        if let Some((_, secret)) = self.oauth.as_ref().and_then(|o| o.client_secret.as_ref()) {
-            crate::secrets::remember(secret.expose_secret());
+        if let Some(oauth) = &self.oauth {
+            if let Some((_, secret)) = &oauth.client_secret {
+                crate::secrets::remember(secret.expose_secret());
+            }
+            // Issue 14: the identity tokens and the IdP client's secret.
+            use crate::auth::grants::{Assertion, Grant};
+            let (token, idp_secret) = match &oauth.grant {
+                Grant::WorkloadIdentity(a) => (Some(a), None),
+                Grant::Enterprise(e) => (Some(&e.id_token), e.idp_client_secret.as_ref()),
+                _ => (None, None),
+            };
+            if let Some(Assertion::Env(_, v)) = token {
+                crate::secrets::remember(v.expose_secret());
+            }
+            if let Some(v) = idp_secret {
+                crate::secrets::remember(v.expose_secret());
+            }
         }
         if let Some(password) = self.rate_limit_store.as_ref().and_then(|s| s.password.as_ref()) {
             crate::secrets::remember(password.expose_secret());
@@ -419,6 +437,40 @@ fn oauth_settings(
             "--token-store keyring: this mcp-sidecar was built without keyring support; reinstall with cargo install --features keyring, or use --token-store file".into(),
         ));
     }
+    let grant = grant(cli, env)?;
+    let client_key = match &cli.client_key_file {
+        Some(path) => {
+            if !matches!(
+                cli.auth,
+                Some(AuthMethod::ClientCredentials | AuthMethod::WorkloadIdentity | AuthMethod::Enterprise)
+            ) {
+                return Err(ConfigError(
+                    "--client-key-file signs client assertions for --auth client-credentials (or workload-identity, enterprise): add that, or drop the key file".into(),
+                ));
+            }
+            if cli.client_id.is_none() {
+                return Err(ConfigError(
+                    "--client-key-file needs --client-id: name the client whose public key is registered"
+                        .into(),
+                ));
+            }
+            if client_secret.is_some() {
+                return Err(ConfigError(
+                    "--client-key-file and --client-secret-env are two ways to authenticate the client: keep one".into(),
+                ));
+            }
+            Some(crate::auth::grants::ClientKey::load(path).map_err(ConfigError)?)
+        }
+        None => None,
+    };
+    if matches!(grant, crate::auth::grants::Grant::ClientCredentials)
+        && client_secret.is_none()
+        && client_key.is_none()
+    {
+        return Err(ConfigError(
+            "--auth client-credentials needs the client's credential: --client-secret-env NAME (the variable with its secret) or --client-key-file PATH (its private key)".into(),
+        ));
+    }
     Ok(crate::auth::Settings {
         client_id: cli.client_id.clone(),
         client_secret,
@@ -427,9 +479,112 @@ fn oauth_settings(
         timeout: seconds("--auth-timeout", cli.auth_timeout)?,
         browser: env("BROWSER"),
         interactive: true,
-        explicit: cli.auth == Some(AuthMethod::Oauth),
+        explicit: !matches!(cli.auth, None | Some(AuthMethod::ApiKey | AuthMethod::None)),
         keyring,
+        grant,
+        client_key,
+        headless: false,
     })
+}
+
+/// The `--auth` value as typed.
+fn method_name(m: AuthMethod) -> String {
+    use clap::ValueEnum;
+    m.to_possible_value().map(|v| v.get_name().to_owned()).unwrap_or_default()
+}
+
+/// How tokens are obtained, from `--auth` and the flags that go with it (issue 14).
+fn grant(
+    cli: &Args,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<crate::auth::grants::Grant, ConfigError> {
+    use crate::auth::grants::{Enterprise, Grant};
+    let needs_client = |what: &str| {
+        if cli.client_id.is_none() {
+            return Err(ConfigError(format!(
+                "--auth {what} needs --client-id: the id of the client registered for mcp-sidecar at the authorization server"
+            )));
+        }
+        Ok(())
+    };
+    Ok(match cli.auth {
+        Some(AuthMethod::OauthDevice) => Grant::Device,
+        Some(AuthMethod::ClientCredentials) => {
+            needs_client("client-credentials")?;
+            Grant::ClientCredentials
+        }
+        Some(AuthMethod::WorkloadIdentity) => {
+            Grant::WorkloadIdentity(identity_token(cli, env, "workload-identity")?)
+        }
+        Some(AuthMethod::Enterprise) => {
+            needs_client("enterprise")?;
+            let endpoint = cli.idp_token_endpoint.as_deref().ok_or_else(|| {
+                ConfigError(
+                    "--auth enterprise needs --idp-token-endpoint: the token endpoint of your identity provider".into(),
+                )
+            })?;
+            let url = Url::parse(endpoint)
+                .ok()
+                .filter(|u| u.scheme() == "https" || (u.scheme() == "http" && is_loopback(u)))
+                .ok_or_else(|| {
+                    ConfigError(format!(
+                        "--idp-token-endpoint {endpoint:?} must be an https URL (the ID token travels there)"
+                    ))
+                })?;
+            let idp_client_id = cli.idp_client_id.clone().ok_or_else(|| {
+                ConfigError("--auth enterprise needs --idp-client-id: mcp-sidecar's client id at your identity provider".into())
+            })?;
+            let idp_client_secret = match &cli.idp_client_secret_env {
+                Some(name) => Some(SecretString::from(env(name).filter(|v| !v.trim().is_empty()).ok_or_else(|| {
+                    ConfigError(format!("{name} (--idp-client-secret-env) is not set: export it with the client's secret at your identity provider"))
+                })?.trim().to_owned())),
+                None => None,
+            };
+            Grant::Enterprise(Box::new(Enterprise {
+                idp_token_endpoint: url,
+                idp_client_id,
+                idp_client_secret,
+                id_token: identity_token(cli, env, "enterprise")?,
+            }))
+        }
+        _ => {
+            if cli.identity_token_file.is_some()
+                || cli.identity_token_env.is_some()
+                || cli.idp_token_endpoint.is_some()
+            {
+                return Err(ConfigError(
+                    "--identity-token-file/--identity-token-env and --idp-token-endpoint go with --auth workload-identity or --auth enterprise: add one of those".into(),
+                ));
+            }
+            Grant::Browser
+        }
+    })
+}
+
+/// `--identity-token-file` or `--identity-token-env` (exactly one).
+fn identity_token(
+    cli: &Args,
+    env: &dyn Fn(&str) -> Option<String>,
+    what: &str,
+) -> Result<crate::auth::grants::Assertion, ConfigError> {
+    use crate::auth::grants::Assertion;
+    match (&cli.identity_token_file, &cli.identity_token_env) {
+        (Some(path), None) => Ok(Assertion::File(path.clone())),
+        (None, Some(name)) => match env(name) {
+            Some(v) if !v.trim().is_empty() => {
+                Ok(Assertion::Env(name.clone(), SecretString::from(v.trim().to_owned())))
+            }
+            _ => Err(ConfigError(format!(
+                "{name} (--identity-token-env) is not set: export the identity token there (in CI, the job's OIDC token)"
+            ))),
+        },
+        (Some(_), Some(_)) => Err(ConfigError(
+            "--identity-token-file and --identity-token-env both name the identity token: keep one".into(),
+        )),
+        (None, None) => Err(ConfigError(format!(
+            "--auth {what} needs the identity token: --identity-token-file PATH or --identity-token-env NAME"
+        ))),
+    }
 }
 
 fn resolve_url(given: Option<&str>, preset: Option<&PresetSpec>) -> Result<Url, ConfigError> {

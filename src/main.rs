@@ -14,7 +14,10 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         None => proxy(cli.args),
-        Some(Command::Login(args)) => subcommand(args, |config, rt| rt.block_on(commands::login(config))),
+        Some(Command::Login(l)) => {
+            let device = l.device;
+            subcommand(l.args, |config, rt| rt.block_on(commands::login(config, device)))
+        }
         Some(Command::Logout(args)) => subcommand(args, |config, _| commands::logout(&config)),
         Some(Command::Status(s))
             if s.args.url.is_none() && s.args.url_flag.is_none() && s.args.preset.is_none() =>

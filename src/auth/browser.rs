@@ -26,6 +26,19 @@ pub async fn open(url: &Url, browser_var: Option<&str>) -> bool {
     tokio::task::spawn_blocking(move || open_now(&url, browser_var.as_deref())).await.unwrap_or(false)
 }
 
+/// Issue 14: whether no browser can be opened for the user here: no `$BROWSER`, and a session
+/// over SSH (the browser would open on the remote machine, if anywhere) or, on Linux and the
+/// BSDs, no graphical display. `env` looks a variable up.
+pub fn unavailable(env: &dyn Fn(&str) -> Option<String>) -> bool {
+    let set = |name: &str| env(name).is_some_and(|v| !v.trim().is_empty());
+    if set("BROWSER") {
+        return false;
+    }
+    // macOS and Windows always have a desktop to open a browser on, unless reached over SSH.
+    let no_display = cfg!(all(unix, not(target_os = "macos"))) && !set("DISPLAY") && !set("WAYLAND_DISPLAY");
+    set("SSH_CONNECTION") || set("SSH_TTY") || no_display
+}
+
 fn open_now(url: &str, browser_var: Option<&str>) -> bool {
     let Some(var) = browser_var.filter(|v| !v.trim().is_empty()) else {
         return match open::that_detached(url) {
@@ -54,6 +67,20 @@ fn open_now(url: &str, browser_var: Option<&str>) -> bool {
         }
     }
     false
+}
+
+#[cfg(test)]
+mod headless_tests {
+    #[test]
+    fn no_browser_over_ssh_or_without_a_display() {
+        let with = |vars: &'static [(&'static str, &'static str)]| {
+            move |n: &str| vars.iter().find(|(k, _)| *k == n).map(|(_, v)| v.to_string())
+        };
+        assert!(super::unavailable(&with(&[("SSH_CONNECTION", "1 2 3 4"), ("DISPLAY", ":0")])));
+        assert!(!super::unavailable(&with(&[("SSH_TTY", "/dev/pts/1"), ("BROWSER", "w3m")])));
+        assert!(!super::unavailable(&with(&[("DISPLAY", ":0")])));
+        assert_eq!(super::unavailable(&with(&[])), cfg!(all(unix, not(target_os = "macos"))));
+    }
 }
 
 /// What separates the commands of `$BROWSER`: the platform's `PATH` separator.

@@ -68,9 +68,10 @@ pub fn parse(values: &[&str]) -> Vec<Challenge> {
     out
 }
 
-/// The first `Bearer` challenge's MCP parameters, if there is one.
+/// The first `Bearer` (or `DPoP`, RFC 9449 §7.1: the same parameters) challenge's MCP
+/// parameters, if there is one.
 pub fn bearer(values: &[&str]) -> Option<BearerChallenge> {
-    let c = parse(values).into_iter().find(|c| c.scheme == "bearer")?;
+    let c = parse(values).into_iter().find(|c| c.scheme == "bearer" || c.scheme == "dpop")?;
     let get = |n: &str| c.param(n).map(str::to_owned);
     Some(BearerChallenge {
         resource_metadata: get("resource_metadata"),

@@ -36,6 +36,12 @@ pub struct AuthServer {
     pub authorization_response_iss_parameter_supported: bool,
     #[serde(default)]
     pub client_id_metadata_document_supported: bool,
+    /// RFC 8628 §4: where device codes are issued.
+    #[serde(default)]
+    pub device_authorization_endpoint: Option<String>,
+    /// RFC 9449 §5.1: DPoP is offered with these algorithms.
+    #[serde(default)]
+    pub dpop_signing_alg_values_supported: Option<Vec<String>>,
 }
 
 /// What discovery found for one MCP server.
@@ -183,20 +189,14 @@ async fn authorization_server(
                         server.issuer
                     )));
                 }
-                // PKCE with S256, or no sign-in.
-                let s256 = server
-                    .code_challenge_methods_supported
-                    .as_ref()
-                    .is_some_and(|m| m.iter().any(|m| m == "S256"));
-                if !s256 {
-                    return Err(AuthError(format!(
-                        "the authorization server {expected} does not advertise PKCE with S256 (code_challenge_methods_supported), which OAuth 2.1 requires: refusing to sign in; ask the server's operator to enable it"
-                    )));
-                }
-                for endpoint in
-                    [&server.authorization_endpoint, &server.token_endpoint, &server.registration_endpoint]
-                        .into_iter()
-                        .flatten()
+                for endpoint in [
+                    &server.authorization_endpoint,
+                    &server.token_endpoint,
+                    &server.registration_endpoint,
+                    &server.device_authorization_endpoint,
+                ]
+                .into_iter()
+                .flatten()
                 {
                     check_url(&Url::parse(endpoint).map_err(|_| {
                         AuthError(format!("the authorization server's endpoint {endpoint:?} is not a URL"))
@@ -211,6 +211,21 @@ async fn authorization_server(
         }
     }
     Ok(None)
+}
+
+/// the authorization-code grant needs PKCE with S256, or there is no sign-in (the
+/// grants without a redirect have no code to protect; issue 14). Checked for metadata the
+/// server published (the 2025-03-26 defaults have none to check).
+pub fn check_pkce(d: &Discovered) -> Result<(), AuthError> {
+    let s256 =
+        d.server.code_challenge_methods_supported.as_ref().is_some_and(|m| m.iter().any(|m| m == "S256"));
+    if d.from_metadata && !s256 {
+        return Err(AuthError(format!(
+            "the authorization server {} does not advertise PKCE with S256 (code_challenge_methods_supported), which OAuth 2.1 requires: refusing to sign in; ask the server's operator to enable it",
+            d.server.issuer
+        )));
+    }
+    Ok(())
 }
 
 /// OAuth URLs are https, or http on a loopback host.

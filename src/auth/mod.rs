@@ -17,17 +17,20 @@ pub mod browser;
 pub mod callback;
 pub mod challenge;
 pub mod discovery;
+pub mod dpop;
+pub mod grants;
 pub mod http;
 pub mod metadata;
 pub mod store;
 
-use std::sync::RwLock;
+use std::io::IsTerminal;
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use oauth2::basic::{BasicClient, BasicErrorResponseType};
 use oauth2::{
-    AuthType, AuthUrl, AuthorizationCode, ClientId, ClientSecret, CsrfToken, PkceCodeChallenge, RedirectUrl,
-    RefreshToken, RequestTokenError, Scope, TokenResponse, TokenUrl,
+    AuthType, AuthUrl, AuthorizationCode, ClientId, ClientSecret, CsrfToken, DeviceAuthorizationUrl,
+    PkceCodeChallenge, RedirectUrl, RefreshToken, RequestTokenError, Scope, TokenResponse, TokenUrl,
 };
 use reqwest::header::HeaderValue;
 use secrecy::{ExposeSecret, SecretString};
@@ -37,6 +40,8 @@ use url::Url;
 use crate::config::redact_url;
 use crate::sync::ReadWrite;
 use challenge::BearerChallenge;
+use dpop::Dpop;
+use grants::{ClientAuth, Grant, Via};
 use metadata::{AuthServer, Discovered};
 use store::{Client, Entry, StoreError, TokenAuth, TokenStore, Tokens};
 
@@ -77,6 +82,13 @@ pub struct Settings {
     pub explicit: bool,
     /// `--token-store keyring`.
     pub keyring: bool,
+    /// How tokens are obtained (`--auth`; issue 14).
+    pub grant: Grant,
+    /// `login` where no browser can be opened: a device code instead, where the server offers
+    /// one.
+    pub headless: bool,
+    /// `--client-key-file`: the client authenticates with signed assertions.
+    pub client_key: Option<grants::ClientKey>,
 }
 
 /// What [`OAuth::renew`] is asked to do.
@@ -99,6 +111,8 @@ struct Current {
     expires_at: Option<u64>,
     issued_at: Option<u64>,
     has_refresh: bool,
+    /// The token is bound to [`OAuth::dpop`]'s key: every request carries a proof.
+    dpop: bool,
 }
 
 /// The sign-in state of one MCP server.
@@ -112,6 +126,8 @@ pub struct OAuth {
     current: RwLock<Current>,
     /// Serializes renewals in this process; holds the scopes asked for so far (A-12 union).
     flow: tokio::sync::Mutex<Option<String>>,
+    /// The DPoP key, once the authorization server asked for bound tokens (RFC 9449).
+    dpop: RwLock<Option<Arc<Dpop>>>,
 }
 
 impl OAuth {
@@ -139,9 +155,18 @@ impl OAuth {
             settings,
             current: RwLock::new(Current::default()),
             flow: tokio::sync::Mutex::new(None),
+            dpop: RwLock::new(None),
         };
+        // Issue 14: a machine grant keeps its tokens in memory only (no person is needed to get
+        // new ones), and never adopts what a browser sign-in stored for the same server.
+        if oauth.settings.grant.unattended() {
+            return Ok(oauth);
+        }
         if let Some(entry) = oauth.load_entry().await? {
             entry.remember_secrets();
+            if let Some(key) = &entry.dpop_key {
+                *oauth.dpop.writing() = Some(Arc::new(Dpop::from_stored(key)?));
+            }
             if let Some(tokens) = &entry.tokens {
                 debug!("using the stored sign-in for {}", redact_url(&oauth.mcp));
                 oauth.adopt(tokens);
@@ -160,7 +185,8 @@ impl OAuth {
     /// Whether the token expires soon and can be refreshed first.
     pub fn expiring(&self) -> bool {
         let c = self.current.reading();
-        let Some(at) = c.expires_at.filter(|_| c.header.is_some() && c.has_refresh) else { return false };
+        let renewable = c.has_refresh || self.settings.grant.unattended();
+        let Some(at) = c.expires_at.filter(|_| c.header.is_some() && renewable) else { return false };
         refresh_due(at, c.issued_at, now())
     }
 
@@ -189,18 +215,66 @@ impl OAuth {
 
     fn adopt(&self, tokens: &Tokens) {
         tokens.remember();
-        let value = HeaderValue::from_str(&format!("Bearer {}", tokens.access_token.expose_secret()))
-            .ok()
-            .map(|mut v| {
-                v.set_sensitive(true);
-                v
-            });
+        let value = auth_value(tokens).map(|mut v| {
+            v.set_sensitive(true);
+            v
+        });
         *self.current.writing() = Current {
             header: value,
             expires_at: tokens.expires_at,
             issued_at: tokens.issued_at,
             has_refresh: tokens.refresh_token.is_some(),
+            dpop: tokens.dpop && self.dpop.reading().is_some(),
         };
+    }
+
+    /// The `DPoP` proof header for a request with the current token (RFC 9449 §7.1), when it
+    /// is bound to a key.
+    pub fn proof(&self, method: &reqwest::Method, url: &Url) -> Option<HeaderValue> {
+        let token = {
+            let c = self.current.reading();
+            if !c.dpop {
+                return None;
+            }
+            c.header.as_ref()?.to_str().ok()?.strip_prefix("DPoP ")?.to_owned()
+        };
+        let key = self.dpop.reading().clone()?;
+        match key.proof(method.as_str(), url, Some(&token)) {
+            Ok(p) => HeaderValue::from_str(&p).ok(),
+            Err(e) => {
+                warn!("{e}");
+                None
+            }
+        }
+    }
+
+    /// Keeps a `DPoP-Nonce` the MCP server sent (RFC 9449 §9); whether there is a key to use
+    /// it with.
+    pub fn dpop_nonce(&self, url: &Url, nonce: &str) -> bool {
+        match self.dpop.reading().as_ref() {
+            Some(key) => {
+                key.set_nonce(url, nonce);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The key for bound tokens when the authorization server offers DPoP: the one this server
+    /// has, else a new one (kept in `entry` by the caller).
+    fn dpop_for(&self, entry: &Entry, server: &AuthServer) -> Result<Option<Arc<Dpop>>, AuthError> {
+        if !dpop::offered(server.dpop_signing_alg_values_supported.as_deref()) {
+            return Ok(None);
+        }
+        if let Some(key) = self.dpop.reading().clone() {
+            return Ok(Some(key));
+        }
+        let key = Arc::new(match &entry.dpop_key {
+            Some(k) => Dpop::from_stored(k)?,
+            None => Dpop::generate()?,
+        });
+        *self.dpop.writing() = Some(key.clone());
+        Ok(Some(key))
     }
 
     /// Gets a token that the server may accept instead of `failed` (the header the refused
@@ -216,6 +290,13 @@ impl OAuth {
         if refused && self.header().as_ref() != failed {
             return Ok(false); // another request of this process renewed it meanwhile
         }
+        if self.settings.grant.unattended() {
+            let scope = self.scope_for(challenge, what, requested.as_deref());
+            let tokens = self.unattended(challenge, scope.clone()).await?;
+            self.adopt(&tokens);
+            *requested = scope.or_else(|| tokens.scope.clone());
+            return Ok(true);
+        }
         let store = self.store.clone();
         let (origin, key) = (self.origin.clone(), self.key.clone());
         let lock = tokio::task::spawn_blocking(move || store.lock(&origin, &key))
@@ -225,8 +306,7 @@ impl OAuth {
         entry.remember_secrets();
         entry.server = redact_url(&self.mcp);
         if refused && let Some(tokens) = &entry.tokens {
-            let stored =
-                HeaderValue::from_str(&format!("Bearer {}", tokens.access_token.expose_secret())).ok();
+            let stored = auth_value(tokens);
             if stored.as_ref() != failed {
                 info!("using the sign-in another mcp-sidecar completed for {}", redact_url(&self.mcp));
                 self.adopt(tokens);
@@ -256,15 +336,23 @@ impl OAuth {
         if what == Renew::Ahead {
             return Ok(false);
         }
-        if !self.settings.interactive {
+        let device = matches!(self.settings.grant, Grant::Device);
+        // RFC 8628 in the middle of a proxied request only where a person reads stderr: an MCP
+        // client's log file is not where anyone looks for a code.
+        let unseen = device && what != Renew::Login && !std::io::stderr().is_terminal();
+        if !self.settings.interactive || unseen {
             return Err(AuthError(format!(
-                "{} needs a sign-in: run mcp-sidecar login {} in a terminal, then restart the client",
+                "{} needs a sign-in: run mcp-sidecar login{} {} in a terminal, then restart the client",
                 self.mcp.host_str().unwrap_or("the server"),
+                if device { " --device" } else { "" },
                 redact_url(&self.mcp)
             )));
         }
         let scope = self.scope_for(challenge, what, requested.as_deref());
-        let (tokens, discovered, client) = self.sign_in(&entry, challenge, scope.clone()).await?;
+        let (tokens, discovered, client, grant) =
+            self.sign_in(&entry, challenge, scope.clone(), device).await?;
+        entry.grant = Some(grant.to_owned());
+        entry.dpop_key = self.dpop.reading().as_ref().filter(|_| tokens.dpop).map(|k| k.stored().clone());
         entry.issuer = Some(discovered.server.issuer.clone());
         entry.token_endpoint = discovered.server.token_endpoint.clone();
         entry.resource = Some(discovered.resource.clone());
@@ -323,29 +411,31 @@ impl OAuth {
         }
     }
 
-    /// The browser sign-in: discovery, client identity, authorization with PKCE, code exchange.
+    /// A person's sign-in: discovery, then the device flow (`device`, or `login` with no
+    /// browser here when the server offers it) or the browser: client identity, authorization
+    /// with PKCE, code exchange. Returns the grant used too.
     async fn sign_in(
         &self,
         entry: &Entry,
         challenge: Option<&BearerChallenge>,
         scope: Option<String>,
-    ) -> Result<(Tokens, Discovered, Client), AuthError> {
+        device: bool,
+    ) -> Result<(Tokens, Discovered, Client, &'static str), AuthError> {
         let discovered =
             metadata::discover(&self.http, &self.mcp, challenge.and_then(|c| c.resource_metadata.as_deref()))
                 .await?;
         let server = &discovered.server;
         self.check_pinned_issuer(entry, &server.issuer)?;
-        // the challenge's scope, else everything the resource supports, else none.
-        let mut scope = scope.or_else(|| discovered.scopes_supported.as_ref().map(|s| s.join(" ")));
-        // ask for a refresh token where the server offers offline_access.
-        if server.scopes_supported.as_ref().is_some_and(|s| s.iter().any(|x| x == "offline_access"))
-            && !scope.as_deref().unwrap_or("").split_whitespace().any(|s| s == "offline_access")
-        {
-            scope = Some(match scope {
-                Some(s) if !s.is_empty() => format!("{s} offline_access"),
-                _ => "offline_access".into(),
-            });
+        if device || (self.settings.headless && server.device_authorization_endpoint.is_some()) {
+            if !device {
+                info!("no browser can be opened here; signing in with a device code instead");
+            }
+            let (tokens, client) = self.device_sign_in(entry, &discovered, scope).await?;
+            return Ok((tokens, discovered, client, Grant::Device.kind()));
         }
+        metadata::check_pkce(&discovered)?;
+        let scope = scope_to_ask(&discovered, scope, true);
+        let dpop = self.dpop_for(entry, server)?;
         let (auth_url, token_url) = match (&server.authorization_endpoint, &server.token_endpoint) {
             (Some(a), Some(t)) => (a.clone(), t.clone()),
             _ => {
@@ -360,7 +450,7 @@ impl OAuth {
             callback::Listener::bind(self.settings.callback_port, reuse.as_ref().and_then(|c| c.port))
                 .await?;
         let redirect_uri = listener.redirect_uri();
-        let client = self.client_identity(server, reuse, &redirect_uri, listener.port).await?;
+        let client = self.client_identity(server, reuse, Some((&redirect_uri, listener.port))).await?;
 
         let oauth = BasicClient::new(ClientId::new(client.client_id.clone()))
             .set_auth_uri(
@@ -429,7 +519,7 @@ impl OAuth {
             .exchange_code(AuthorizationCode::new(code.to_owned()))
             .set_pkce_verifier(verifier)
             .add_extra_param("resource", discovered.resource.clone())
-            .request_async(&self.http)
+            .request_async(&Via { http: &self.http, dpop: dpop.as_deref() })
             .await
             .map_err(|e| {
                 AuthError(format!(
@@ -439,7 +529,212 @@ impl OAuth {
             })?;
         let tokens = tokens_from(&response, None, scope);
         info!("signed in to {host}");
-        Ok((tokens, discovered, client))
+        Ok((tokens, discovered, client, Grant::Browser.kind()))
+    }
+
+    /// RFC 8628: a code the user enters on another device, while this polls the token
+    /// endpoint at the server's interval (`slow_down` adds 5 s, RFC 8628 §3.5).
+    async fn device_sign_in(
+        &self,
+        entry: &Entry,
+        discovered: &Discovered,
+        scope: Option<String>,
+    ) -> Result<(Tokens, Client), AuthError> {
+        let server = &discovered.server;
+        let (Some(device_url), Some(token_url)) =
+            (&server.device_authorization_endpoint, &server.token_endpoint)
+        else {
+            return Err(AuthError(format!(
+                "the authorization server {} does not offer sign-in with a device code (no device_authorization_endpoint): sign in with the browser (mcp-sidecar login on a machine with one)",
+                server.issuer
+            )));
+        };
+        let scope = scope_to_ask(discovered, scope, true);
+        let dpop = self.dpop_for(entry, server)?;
+        let reuse = entry
+            .client
+            .clone()
+            .filter(|c| entry.issuer.as_deref() == Some(server.issuer.as_str()) && c.port.is_none());
+        let client = self.client_identity(server, reuse, None).await?;
+        let mut oauth = BasicClient::new(ClientId::new(client.client_id.clone()))
+            .set_device_authorization_url(
+                DeviceAuthorizationUrl::new(device_url.clone())
+                    .map_err(|e| AuthError(format!("bad device authorization endpoint: {e}")))?,
+            )
+            .set_token_uri(
+                TokenUrl::new(token_url.clone())
+                    .map_err(|e| AuthError(format!("bad token endpoint: {e}")))?,
+            )
+            .set_auth_type(match client.auth {
+                TokenAuth::ClientSecretBasic => AuthType::BasicAuth,
+                _ => AuthType::RequestBody,
+            });
+        if let (Some(secret), TokenAuth::ClientSecretBasic | TokenAuth::ClientSecretPost) =
+            (&client.client_secret, client.auth)
+        {
+            oauth = oauth.set_client_secret(ClientSecret::new(secret.expose_secret().to_owned()));
+        }
+        let via = Via { http: &self.http, dpop: dpop.as_deref() };
+        let mut ask = oauth.exchange_device_code().add_extra_param("resource", discovered.resource.clone());
+        if let Some(scope) = &scope {
+            ask = ask.add_scopes(scope.split_whitespace().map(|s| Scope::new(s.to_owned())));
+        }
+        let details: oauth2::StandardDeviceAuthorizationResponse =
+            ask.request_async(&self.http).await.map_err(|e| {
+                AuthError(format!(
+                    "the authorization server refused to start a device sign-in ({}): check --client-id, or sign in with the browser",
+                    token_error(&e)
+                ))
+            })?;
+        let host = self.mcp.host_str().unwrap_or("the server");
+        let uri = details.verification_uri().to_string();
+        let complete = details.verification_uri_complete().map(|c| c.secret().clone());
+        for u in [Some(&uri), complete.as_ref()].into_iter().flatten() {
+            metadata::check_url(
+                &Url::parse(u).map_err(|_| AuthError(format!("the verification URI {u:?} is not a URL")))?,
+            )?;
+        }
+        // Bounded by the code's life and by --auth-timeout, whichever ends first; an absurd
+        // `expires_in` or `interval` cannot overflow anything (issue 10.13).
+        let wait = details.expires_in().min(self.settings.timeout);
+        #[allow(clippy::print_stderr)]
+        {
+            let code = clean(details.user_code().secret());
+            eprintln!(
+                "mcp-sidecar: {host} needs you to sign in. On any device, open\n\n  {}\n\nand enter the code  {code}{}\n\n(waiting up to {} s)",
+                clean(&uri),
+                complete
+                    .map(|c| format!(
+                        "\n\nor open this link, which carries the code (for a phone):\n\n  {}",
+                        clean(&c)
+                    ))
+                    .unwrap_or_default(),
+                wait.as_secs()
+            );
+        }
+        let response = oauth
+            .exchange_device_access_token(&details)
+            .add_extra_param("resource", discovered.resource.clone())
+            .request_async(
+                &via,
+                |d: Duration| tokio::time::sleep(d.clamp(Duration::from_secs(1), Duration::from_secs(60))),
+                Some(wait),
+            )
+            .await
+            .map_err(|e| match &e {
+                RequestTokenError::ServerResponse(r)
+                    if *r.error() == oauth2::DeviceCodeErrorResponseType::ExpiredToken =>
+                {
+                    AuthError(format!(
+                        "the device code expired before the sign-in was approved: run mcp-sidecar login --device {} again and enter the new code sooner",
+                        redact_url(&self.mcp)
+                    ))
+                }
+                RequestTokenError::ServerResponse(r)
+                    if *r.error() == oauth2::DeviceCodeErrorResponseType::AccessDenied =>
+                {
+                    AuthError("the sign-in was denied on the other device: run the login again and approve it".into())
+                }
+                _ => AuthError(format!("the device sign-in failed ({}): try again", device_error(&e))),
+            })?;
+        let tokens = tokens_from(&response, None, scope);
+        info!("signed in to {host}");
+        Ok((tokens, client))
+    }
+
+    /// Issue 14: tokens for a machine, no person: client credentials, workload identity or
+    /// enterprise-managed, authenticated as the flags say; kept in memory only.
+    async fn unattended(
+        &self,
+        challenge: Option<&BearerChallenge>,
+        scope: Option<String>,
+    ) -> Result<Tokens, AuthError> {
+        let discovered =
+            metadata::discover(&self.http, &self.mcp, challenge.and_then(|c| c.resource_metadata.as_deref()))
+                .await?;
+        let server = &discovered.server;
+        let Some(token_url) = &server.token_endpoint else {
+            return Err(AuthError(format!(
+                "the authorization server {} publishes no token endpoint: the server's sign-in is misconfigured",
+                server.issuer
+            )));
+        };
+        let scope = scope_to_ask(&discovered, scope, false);
+        let dpop = self.dpop_for(&Entry::default(), server)?;
+        let via = Via { http: &self.http, dpop: dpop.as_deref() };
+        let id = self.settings.client_id.as_deref();
+        let auth = match (id, &self.settings.client_key, &self.settings.client_secret) {
+            (Some(id), Some(key), _) => ClientAuth::Jwt(id, key, &server.issuer),
+            (Some(id), None, Some((_, secret))) => {
+                match pick_auth(server.token_endpoint_auth_methods_supported.as_deref(), true) {
+                    TokenAuth::ClientSecretPost => ClientAuth::Post(id, secret),
+                    _ => ClientAuth::Basic(id, secret),
+                }
+            }
+            (id, _, _) => ClientAuth::None(id),
+        };
+        let mut form = vec![("resource", discovered.resource.clone())];
+        if let Some(s) = &scope {
+            form.push(("scope", s.clone()));
+        }
+        let client = id.unwrap_or("mcp-sidecar");
+        let fix = match &self.settings.grant {
+            Grant::ClientCredentials => {
+                form.push(("grant_type", "client_credentials".into()));
+                match &self.settings.client_secret {
+                    Some((name, _)) => format!("check --client-id {client} and the secret in {name}"),
+                    None => format!(
+                        "check --client-id {client} and that the key in --client-key-file is registered for it"
+                    ),
+                }
+            }
+            Grant::WorkloadIdentity(assertion) => {
+                let token = assertion.read().await?;
+                form.push(("grant_type", grants::JWT_BEARER.into()));
+                form.push(("assertion", token.expose_secret().to_owned()));
+                format!(
+                    "check that the identity token is meant for {} (its audience) and not expired, and that the server trusts its issuer",
+                    server.issuer
+                )
+            }
+            Grant::Enterprise(e) => {
+                let jag = grants::exchange_id_token(
+                    &via,
+                    e,
+                    &server.issuer,
+                    &discovered.resource,
+                    scope.as_deref(),
+                )
+                .await?;
+                crate::secrets::remember(jag.expose_secret());
+                form.push(("grant_type", grants::JWT_BEARER.into()));
+                form.push(("assertion", jag.expose_secret().to_owned()));
+                format!(
+                    "check --client-id {client} and its secret, and that your identity provider may grant access to it"
+                )
+            }
+            Grant::Browser | Grant::Device => unreachable!("a person's grant is not unattended"),
+        };
+        let answer = grants::request(&via, token_url, form, auth).await.map_err(|r| {
+            AuthError(format!(
+                "the authorization server {} refused the {} grant ({}): {fix}",
+                server.issuer,
+                self.settings.grant.kind().replace('_', " "),
+                r.text()
+            ))
+        })?;
+        let host = self.mcp.host_str().unwrap_or("the server");
+        info!("got an access token for {host} ({})", self.settings.grant.kind().replace('_', " "));
+        let now = now();
+        Ok(Tokens {
+            access_token: SecretString::from(answer.access_token),
+            // A machine asks again instead of keeping a refresh token.
+            refresh_token: None,
+            expires_at: answer.expires_in.map(|d| now.saturating_add(d)),
+            issued_at: Some(now),
+            scope: answer.scope.or(scope),
+            dpop: is_dpop(&answer.token_type) && dpop.is_some(),
+        })
     }
 
     /// Issue 10.11: the issuer recorded at the first sign-in is pinned for a pre-registered
@@ -469,28 +764,23 @@ impl OAuth {
         &self,
         server: &AuthServer,
         stored: Option<Client>,
-        redirect_uri: &str,
-        port: u16,
+        redirect: Option<(&str, u16)>,
     ) -> Result<Client, AuthError> {
+        let port = redirect.map(|(_, p)| p);
         if let Some(id) = &self.settings.client_id {
             let secret = self.settings.client_secret.as_ref().map(|(_, s)| s.clone());
             let auth = pick_auth(server.token_endpoint_auth_methods_supported.as_deref(), secret.is_some());
-            return Ok(Client { client_id: id.clone(), client_secret: secret, auth, port: Some(port) });
+            return Ok(Client { client_id: id.clone(), client_secret: secret, auth, port });
         }
         if let Some(client) = stored
-            && (client.port == Some(port) || client.client_id.starts_with("https://"))
+            && (client.port == port || client.client_id.starts_with("https://"))
         {
             return Ok(client);
         }
         if let Some(url) = &self.settings.client_metadata_url
             && server.client_id_metadata_document_supported
         {
-            return Ok(Client {
-                client_id: url.clone(),
-                client_secret: None,
-                auth: TokenAuth::None,
-                port: Some(port),
-            });
+            return Ok(Client { client_id: url.clone(), client_secret: None, auth: TokenAuth::None, port });
         }
         let Some(endpoint) = &server.registration_endpoint else {
             return Err(AuthError(format!(
@@ -500,14 +790,24 @@ impl OAuth {
         };
         let endpoint =
             Url::parse(endpoint).map_err(|e| AuthError(format!("bad registration endpoint: {e}")))?;
-        let body = serde_json::json!({
-            "client_name": CLIENT_NAME,
-            "redirect_uris": [redirect_uri],
-            "grant_types": ["authorization_code", "refresh_token"],
-            "response_types": ["code"],
-            "token_endpoint_auth_method": "none",
-            "application_type": "native",
-        });
+        let body = match redirect {
+            Some((redirect_uri, _)) => serde_json::json!({
+                "client_name": CLIENT_NAME,
+                "redirect_uris": [redirect_uri],
+                "grant_types": ["authorization_code", "refresh_token"],
+                "response_types": ["code"],
+                "token_endpoint_auth_method": "none",
+                "application_type": "native",
+            }),
+            // RFC 8628: a device client has no redirect.
+            None => serde_json::json!({
+                "client_name": CLIENT_NAME,
+                "grant_types": [grants::DEVICE_CODE, "refresh_token"],
+                "response_types": [],
+                "token_endpoint_auth_method": "none",
+                "application_type": "native",
+            }),
+        };
         let (status, bytes) = self.http.post_json(&endpoint, &body).await?;
         if !status.is_success() {
             let said = crate::upstream::server_message(&bytes)
@@ -538,7 +838,7 @@ impl OAuth {
             client_id: r.client_id,
             client_secret: r.client_secret.map(SecretString::from),
             auth,
-            port: Some(port),
+            port,
         })
     }
 
@@ -566,7 +866,9 @@ impl OAuth {
         if let Some(resource) = &entry.resource {
             request = request.add_extra_param("resource", resource.clone());
         }
-        match request.request_async(&self.http).await {
+        // RFC 9449 §5: a bound token's refresh carries a proof with the same key.
+        let dpop = entry.dpop_key.as_ref().and_then(|_| self.dpop.reading().clone());
+        match request.request_async(&Via { http: &self.http, dpop: dpop.as_deref() }).await {
             Ok(response) => {
                 let old_scope = entry.tokens.as_ref().and_then(|t| t.scope.clone());
                 Ok(tokens_from(&response, Some(refresh), old_scope))
@@ -671,7 +973,7 @@ fn pick_auth(supported: Option<&[String]>, has_secret: bool) -> TokenAuth {
     TokenAuth::None
 }
 
-fn tokens_from<R: TokenResponse>(
+fn tokens_from<R: TokenResponse<TokenType = oauth2::basic::BasicTokenType>>(
     response: &R,
     old_refresh: Option<&SecretString>,
     asked: Option<String>,
@@ -688,6 +990,53 @@ fn tokens_from<R: TokenResponse>(
             .scopes()
             .map(|s| s.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(" "))
             .or(asked),
+        dpop: is_dpop(response.token_type().as_ref()),
+    }
+}
+
+/// Whether a token response's `token_type` is `DPoP` (RFC 9449 §5; case-insensitive).
+fn is_dpop(token_type: &str) -> bool {
+    token_type.eq_ignore_ascii_case("dpop")
+}
+
+/// The `Authorization` value for stored tokens: `DPoP` for bound ones (RFC 9449 §7.1).
+fn auth_value(tokens: &Tokens) -> Option<HeaderValue> {
+    let scheme = if tokens.dpop { "DPoP" } else { "Bearer" };
+    HeaderValue::from_str(&format!("{scheme} {}", tokens.access_token.expose_secret())).ok()
+}
+
+/// the challenge's scope, else everything the resource supports, else none; A-13 with
+/// `offline`: `offline_access` added where the server offers it (a person signs in; machines
+/// get new tokens by themselves).
+fn scope_to_ask(discovered: &Discovered, scope: Option<String>, offline: bool) -> Option<String> {
+    let mut scope = scope.or_else(|| discovered.scopes_supported.as_ref().map(|s| s.join(" ")));
+    if offline
+        && discovered
+            .server
+            .scopes_supported
+            .as_ref()
+            .is_some_and(|s| s.iter().any(|x| x == "offline_access"))
+        && !scope.as_deref().unwrap_or("").split_whitespace().any(|s| s == "offline_access")
+    {
+        scope = Some(match scope {
+            Some(s) if !s.is_empty() => format!("{s} offline_access"),
+            _ => "offline_access".into(),
+        });
+    }
+    scope
+}
+
+fn device_error<RE: std::error::Error + 'static>(
+    e: &RequestTokenError<RE, oauth2::DeviceCodeErrorResponse>,
+) -> String {
+    match e {
+        RequestTokenError::ServerResponse(r) => {
+            let d = r.error_description().map(|d| format!(": {}", clean(d))).unwrap_or_default();
+            format!("{}{d}", r.error())
+        }
+        RequestTokenError::Request(e) => e.to_string(),
+        RequestTokenError::Parse(_, _) => "the answer is not an OAuth token response".into(),
+        RequestTokenError::Other(s) => clean(s),
     }
 }
 

@@ -26,6 +26,8 @@ pub struct Tokens {
     pub issued_at: Option<u64>,
     /// The scopes granted (or, when the server did not say, the scopes asked for).
     pub scope: Option<String>,
+    /// Bound to the entry's DPoP key (`token_type: DPoP`, RFC 9449): sent as `DPoP <token>`.
+    pub dpop: bool,
 }
 
 impl std::fmt::Debug for Tokens {
@@ -36,6 +38,7 @@ impl std::fmt::Debug for Tokens {
             .field("expires_at", &self.expires_at)
             .field("issued_at", &self.issued_at)
             .field("scope", &self.scope)
+            .field("dpop", &self.dpop)
             .finish()
     }
 }
@@ -114,6 +117,10 @@ pub struct Entry {
     pub resource: Option<String>,
     pub client: Option<Client>,
     pub tokens: Option<Tokens>,
+    /// The grant the tokens came from (`authorization_code`, `client_credentials`, …).
+    pub grant: Option<String>,
+    /// The DPoP private key (base64 PKCS#8), when the authorization server binds tokens.
+    pub dpop_key: Option<SecretString>,
 }
 
 impl Entry {
@@ -124,6 +131,9 @@ impl Entry {
         }
         if let Some(s) = self.client.as_ref().and_then(|c| c.client_secret.as_ref()) {
             crate::secrets::remember(s.expose_secret());
+        }
+        if let Some(k) = &self.dpop_key {
+            crate::secrets::remember(k.expose_secret());
         }
     }
 }
@@ -146,6 +156,10 @@ struct Wire {
     client: Option<WireClient>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     tokens: Option<WireTokens>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    grant: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    dpop_key: Option<String>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -169,6 +183,8 @@ struct WireTokens {
     issued_at: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     scope: Option<String>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    dpop: bool,
 }
 
 impl From<Wire> for Entry {
@@ -190,7 +206,10 @@ impl From<Wire> for Entry {
                 expires_at: t.expires_at,
                 issued_at: t.issued_at,
                 scope: t.scope,
+                dpop: t.dpop,
             }),
+            grant: w.grant,
+            dpop_key: w.dpop_key.map(SecretString::from),
         }
     }
 }
@@ -215,7 +234,10 @@ impl From<&Entry> for Wire {
                 expires_at: t.expires_at,
                 issued_at: t.issued_at,
                 scope: t.scope.clone(),
+                dpop: t.dpop,
             }),
+            grant: e.grant.clone(),
+            dpop_key: e.dpop_key.as_ref().map(|k| k.expose_secret().to_owned()),
         }
     }
 }
@@ -255,6 +277,8 @@ struct Secrets {
     access_token: Option<String>,
     refresh_token: Option<String>,
     client_secret: Option<String>,
+    #[serde(default)]
+    dpop_key: Option<String>,
 }
 
 impl Wire {
@@ -265,6 +289,7 @@ impl Wire {
             access_token: self.tokens.as_mut().map(|t| std::mem::take(&mut t.access_token)),
             refresh_token: self.tokens.as_mut().and_then(|t| t.refresh_token.take()),
             client_secret: self.client.as_mut().and_then(|c| c.client_secret.take()),
+            dpop_key: self.dpop_key.take(),
         }
     }
 
@@ -275,6 +300,9 @@ impl Wire {
         }
         if let Some(c) = self.client.as_mut() {
             c.client_secret = s.client_secret;
+        }
+        if s.dpop_key.is_some() {
+            self.dpop_key = s.dpop_key;
         }
     }
 }
@@ -546,7 +574,10 @@ mod tests {
                 expires_at: Some(1_800_000_000),
                 issued_at: Some(1_799_996_400),
                 scope: Some("mcp:read".into()),
+                dpop: true,
             }),
+            grant: Some("device_code".into()),
+            dpop_key: Some(SecretString::from("dk_SECRET_4".to_owned())),
         }
     }
 
@@ -560,6 +591,10 @@ mod tests {
         let client = back.client.unwrap();
         assert_eq!(client.client_secret.unwrap().expose_secret(), "cs_SECRET_3");
         assert_eq!((client.auth, client.port), (TokenAuth::ClientSecretPost, Some(4242)));
+        // Issue 14: the grant, the binding and the DPoP key come back.
+        assert_eq!(back.grant.as_deref(), Some("device_code"));
+        assert_eq!(back.dpop_key.as_ref().unwrap().expose_secret(), "dk_SECRET_4");
+        assert!(back.tokens.as_ref().unwrap().dpop);
         let t = back.tokens.unwrap();
         assert_eq!(t.access_token.expose_secret(), "at_SECRET_1");
         assert_eq!(t.refresh_token.unwrap().expose_secret(), "rt_SECRET_2");

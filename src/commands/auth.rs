@@ -7,6 +7,7 @@ use std::io::Write;
 use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use crate::auth::grants::Grant;
 use crate::auth::store::{Entry, TokenStore};
 use crate::auth::{OAuth, Renew, challenge, discovery};
 use crate::config::{Config, redact_url};
@@ -14,14 +15,29 @@ use crate::config::{Config, redact_url};
 use super::{CONFIG, FAILED, OK};
 
 /// `mcp-sidecar login`: asks the server whether it needs a sign-in, and signs in.
-pub async fn login(config: Config) -> u8 {
-    let Some(settings) = config.oauth.clone() else {
+pub async fn login(config: Config, device: bool) -> u8 {
+    let Some(mut settings) = config.oauth.clone() else {
         eprintln!(
             "mcp-sidecar: this setup uses the API key in {}; login is for servers that use OAuth (drop --api-key-env/--preset's key, or pass --auth oauth)",
             config.api_key.as_ref().map_or("a variable", |k| k.env_name.as_str())
         );
         return CONFIG;
     };
+    // Issue 14: `--device`, or by itself where no browser can be opened (SSH, no display) and
+    // the server offers device codes.
+    match settings.grant {
+        Grant::Browser | Grant::Device if device => settings.grant = Grant::Device,
+        Grant::Browser => settings.headless = crate::auth::browser::unavailable(&|n| std::env::var(n).ok()),
+        _ if device => {
+            eprintln!(
+                "mcp-sidecar: --device signs a person in; it does not go with --auth {}",
+                settings.grant.kind().replace('_', "-")
+            );
+            return CONFIG;
+        }
+        _ => {}
+    }
+    let unattended = settings.grant.unattended();
     let oauth = match OAuth::open(&config, settings).await {
         Ok(o) => o,
         Err(e) => {
@@ -56,6 +72,13 @@ pub async fn login(config: Config) -> u8 {
         return FAILED;
     }
     match oauth.renew(None, bearer.as_ref(), Renew::Login).await {
+        Ok(_) if unattended => {
+            eprintln!(
+                "mcp-sidecar: the authorization server of {} accepted the credentials and issued a token. Nothing was stored: mcp-sidecar asks for a new token by itself whenever it needs one.",
+                redact_url(&config.url)
+            );
+            OK
+        }
         Ok(_) => {
             let (store, _, _) = oauth.store();
             eprintln!(
@@ -236,6 +259,13 @@ fn describe(e: &Entry) -> String {
     let mut s = format!("{}\n", if e.server.is_empty() { "(unknown server)" } else { &e.server });
     let field = |s: &mut String, k: &str, v: &str| s.push_str(&format!("  {k:<14} {v}\n"));
     field(&mut s, "issuer", e.issuer.as_deref().unwrap_or("-"));
+    // Issue 14: how the tokens were obtained (entries from before it: the browser).
+    let grant = match e.grant.as_deref() {
+        Some("device_code") => "device code (login --device)",
+        Some("authorization_code") | None => "browser sign-in (authorization code)",
+        Some(other) => other,
+    };
+    field(&mut s, "signed in by", grant);
     match &e.client {
         Some(c) => field(&mut s, "client id", &format!("{} ({})", c.client_id, c.auth.as_str())),
         None => field(&mut s, "client id", "pre-registered (--client-id) or none"),
@@ -250,6 +280,9 @@ fn describe(e: &Entry) -> String {
             };
             field(&mut s, "access token", &format!("stored, expires {expiry}"));
             field(&mut s, "refresh token", if t.refresh_token.is_some() { "stored" } else { "none" });
+            if t.dpop {
+                field(&mut s, "bound to", "a DPoP key kept with the tokens (RFC 9449)");
+            }
         }
         None => field(&mut s, "access token", "none (sign in with mcp-sidecar login)"),
     }

@@ -19,6 +19,7 @@ impl Proxy {
         let mut retries = 0u32;
         let mut renewals = 0u32;
         let (mut sign_ins, mut authorizations) = (0u32, 0u32);
+        let mut nonce_retried = false;
         loop {
             let admitted = self.admit(what).await?;
             let oauth = self.up.oauth();
@@ -62,6 +63,12 @@ impl Proxy {
             // Issue 11: what the answer says of the server's budget (and the unit this request
             // took from it) goes back to the gate, whatever the status.
             self.answered(&admitted, response.headers()).await;
+            // Issue 14: a DPoP nonce the server hands out goes into the next proofs; a 401
+            // `use_dpop_nonce` (RFC 9449 §9) was not processed: once more with it.
+            let nonce = oauth.and_then(|o| {
+                let n = response.headers().get(&crate::upstream::headers::DPOP_NONCE)?.to_str().ok()?;
+                o.dpop_nonce(response.url(), n).then_some(())
+            });
             // Issue 5: a refused token is renewed (stored, refreshed, or a new sign-in) and the
             // request sent again: a 401 or 403 means it was not processed.
             if let Some(o) = oauth
@@ -74,6 +81,14 @@ impl Proxy {
                     .filter_map(|v| v.to_str().ok())
                     .collect();
                 let challenge = crate::auth::challenge::bearer(&values);
+                if nonce.is_some()
+                    && !nonce_retried
+                    && challenge.as_ref().and_then(|c| c.error.as_deref()) == Some("use_dpop_nonce")
+                {
+                    nonce_retried = true;
+                    drop(response);
+                    continue;
+                }
                 let step_up = status == StatusCode::FORBIDDEN
                     && challenge.as_ref().and_then(|c| c.error.as_deref()) == Some("insufficient_scope");
                 let refused = status == StatusCode::UNAUTHORIZED && (challenge.is_some() || o.explicit());

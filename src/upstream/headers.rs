@@ -20,6 +20,10 @@ pub static SESSION_ID: HeaderName = HeaderName::from_static("mcp-session-id");
 pub static METHOD: HeaderName = HeaderName::from_static("mcp-method");
 /// `Mcp-Name` (T-14, 2026-07-28).
 pub static NAME: HeaderName = HeaderName::from_static("mcp-name");
+/// RFC 9449 §4.1: the proof of possession of a DPoP-bound token (issue 14).
+pub static DPOP: HeaderName = HeaderName::from_static("dpop");
+/// RFC 9449 §8, §9: the nonce a server wants in the next proofs.
+pub static DPOP_NONCE: HeaderName = HeaderName::from_static("dpop-nonce");
 
 /// The protocol revisions this build speaks, oldest first.
 pub const SUPPORTED_REVISIONS: &[&str] = &["2025-03-26", "2025-06-18", "2025-11-25", "2026-07-28"];

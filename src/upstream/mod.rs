@@ -160,12 +160,17 @@ impl Upstream {
             (&Method::POST, Some(endpoint)) => endpoint,
             _ => self.url.clone(),
         };
+        let proof = self.oauth.as_ref().and_then(|o| o.proof(&method, &url));
         let mut req = self.client.request(method, url).headers(self.extra.clone());
         if let Some(key) = &self.api_key {
             req = req.header(key.header.clone(), key.value.clone());
         }
         if let Some(token) = self.oauth.as_ref().and_then(|o| o.header()) {
             req = req.header(AUTHORIZATION, token);
+        }
+        // Issue 14: a DPoP-bound token goes with a fresh proof of this request (RFC 9449 §7.1).
+        if let Some(proof) = proof {
+            req = req.header(headers::DPOP.clone(), proof);
         }
         req
     }
@@ -245,6 +250,13 @@ impl Upstream {
             .header(ACCEPT, ACCEPT_SSE.clone())
             .headers(self.api_key.iter().map(|k| (k.header.clone(), k.value.clone())).collect())
             .headers(self.oauth.iter().filter_map(|o| o.header()).map(|v| (AUTHORIZATION, v)).collect())
+            .headers(
+                self.oauth
+                    .iter()
+                    .filter_map(|o| o.proof(&Method::GET, &self.url))
+                    .map(|v| (headers::DPOP.clone(), v))
+                    .collect(),
+            )
     }
 
     /// Takes the `endpoint` event's URI: resolved against the stream's URL and refused unless it

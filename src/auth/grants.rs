@@ -1,0 +1,400 @@
+//! Sign-in without a browser (issue 14): which grant, the client's proof of identity at the
+//! token endpoint, and the token endpoint itself (with DPoP proofs and nonce retries).
+//!
+//! - Client credentials (RFC 6749 §4.4, SEP-1046): the client's secret (`client_secret_basic`
+//!   or `client_secret_post`, as the metadata offers) or a signed assertion (`private_key_jwt`,
+//!   RFC 7523 §2.2) from `--client-key-file`.
+//! - Workload identity (SEP-1933): a CI job's OIDC token as the assertion of the JWT bearer
+//!   grant (RFC 7523 §2.1), read from a file or a variable at each renewal.
+//! - Enterprise-managed (SEP-990): the user's ID token exchanged at the enterprise IdP for an
+//!   identity assertion grant (RFC 8693, `id-jag`), which the MCP server's authorization server
+//!   takes in the JWT bearer grant.
+//! - The device authorization grant (RFC 8628) lives in `super` (it talks to the user).
+
+use std::path::PathBuf;
+
+use base64::Engine;
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use reqwest::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, HeaderValue};
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+use url::Url;
+
+use super::AuthError;
+use super::dpop::Dpop;
+use super::http::{AuthHttp, HttpError};
+
+pub const JWT_BEARER: &str = "urn:ietf:params:oauth:grant-type:jwt-bearer";
+pub const TOKEN_EXCHANGE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
+pub const DEVICE_CODE: &str = "urn:ietf:params:oauth:grant-type:device_code";
+const ID_TOKEN: &str = "urn:ietf:params:oauth:token-type:id_token";
+const ID_JAG: &str = "urn:ietf:params:oauth:token-type:id-jag";
+const ASSERTION_TYPE: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
+
+/// How tokens are obtained (`--auth`).
+#[derive(Debug, Clone, Default)]
+pub enum Grant {
+    /// `--auth oauth`: the browser (authorization code with PKCE).
+    #[default]
+    Browser,
+    /// `--auth oauth-device`: a code the user enters on another device (RFC 8628).
+    Device,
+    /// `--auth client-credentials`: the client itself, no user.
+    ClientCredentials,
+    /// `--auth workload-identity`: the JWT bearer grant with the workload's identity token.
+    WorkloadIdentity(Assertion),
+    /// `--auth enterprise`: the user's ID token, exchanged at the IdP, then the JWT bearer grant.
+    Enterprise(Box<Enterprise>),
+}
+
+impl Grant {
+    /// Whether this grant needs no person (it may run in the middle of a proxied request).
+    pub fn unattended(&self) -> bool {
+        matches!(self, Grant::ClientCredentials | Grant::WorkloadIdentity(_) | Grant::Enterprise(_))
+    }
+
+    /// The name `status` shows and the store keeps.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Grant::Browser => "authorization_code",
+            Grant::Device => "device_code",
+            Grant::ClientCredentials => "client_credentials",
+            Grant::WorkloadIdentity(_) => "workload_identity",
+            Grant::Enterprise(_) => "enterprise",
+        }
+    }
+}
+
+/// `--auth enterprise`: where the IdP exchanges the ID token, and as which client.
+#[derive(Debug, Clone)]
+pub struct Enterprise {
+    pub idp_token_endpoint: Url,
+    pub idp_client_id: String,
+    pub idp_client_secret: Option<SecretString>,
+    pub id_token: Assertion,
+}
+
+/// A token handed to us by the platform: a file (re-read at each use: CI platforms and
+/// Kubernetes rotate them) or a variable (read at start).
+#[derive(Clone)]
+pub enum Assertion {
+    File(PathBuf),
+    Env(String, SecretString),
+}
+
+impl std::fmt::Debug for Assertion {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Assertion::File(p) => write!(f, "File({})", p.display()),
+            Assertion::Env(n, _) => write!(f, "Env({n})"),
+        }
+    }
+}
+
+impl Assertion {
+    /// The token, off the runtime's thread for a file.
+    pub async fn read(&self) -> Result<SecretString, AuthError> {
+        match self {
+            Assertion::Env(_, v) => Ok(v.clone()),
+            Assertion::File(path) => {
+                let p = path.clone();
+                let text = tokio::task::spawn_blocking(move || std::fs::read_to_string(&p))
+                    .await
+                    .map_err(|_| AuthError("the identity token file could not be read".into()))?
+                    .map_err(|e| {
+                        AuthError(format!(
+                            "the identity token file {} cannot be read ({e}): check the path your CI platform writes it to",
+                            path.display()
+                        ))
+                    })?;
+                let token = text.trim().to_owned();
+                if token.is_empty() {
+                    return Err(AuthError(format!(
+                        "the identity token file {} is empty: check that the job requests an OIDC token",
+                        path.display()
+                    )));
+                }
+                crate::secrets::remember(&token);
+                Ok(SecretString::from(token))
+            }
+        }
+    }
+}
+
+/// A private key for `private_key_jwt` (`--client-key-file`), PEM.
+#[derive(Clone)]
+pub struct ClientKey {
+    key: EncodingKey,
+    alg: Algorithm,
+}
+
+impl std::fmt::Debug for ClientKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ClientKey({:?}, [redacted])", self.alg)
+    }
+}
+
+impl ClientKey {
+    /// Reads a PEM private key (EC P-256, RSA or Ed25519), refusing a file others may read.
+    pub fn load(path: &std::path::Path) -> Result<ClientKey, String> {
+        let shown = path.display();
+        let meta = std::fs::metadata(path)
+            .map_err(|e| format!("--client-key-file {shown} cannot be read ({e}): check the path"))?;
+        #[cfg(unix)]
+        {
+            // Like ssh: a private key others can read is not used. Windows has ACLs, not
+            // mode bits; a file under the user's profile is private by default.
+            use std::os::unix::fs::PermissionsExt;
+            if meta.permissions().mode() & 0o077 != 0 {
+                return Err(format!(
+                    "--client-key-file {shown} is readable by other users: run chmod 600 {shown}"
+                ));
+            }
+        }
+        #[cfg(not(unix))]
+        let _ = meta;
+        let pem = std::fs::read(path)
+            .map_err(|e| format!("--client-key-file {shown} cannot be read ({e}): check the path"))?;
+        let tried = [
+            (EncodingKey::from_ec_pem(&pem), Algorithm::ES256),
+            (EncodingKey::from_rsa_pem(&pem), Algorithm::RS256),
+            (EncodingKey::from_ed_pem(&pem), Algorithm::EdDSA),
+        ];
+        for (key, alg) in tried {
+            let Ok(key) = key else { continue };
+            let k = ClientKey { key, alg };
+            if k.sign("probe", "probe").is_ok() {
+                return Ok(k);
+            }
+        }
+        Err(format!(
+            "--client-key-file {shown} holds no usable private key: give a PEM file with a P-256 EC, RSA or Ed25519 key (PKCS#8)"
+        ))
+    }
+
+    /// The JWT name of the signing algorithm.
+    pub fn alg(&self) -> &'static str {
+        match self.alg {
+            Algorithm::RS256 => "RS256",
+            Algorithm::EdDSA => "EdDSA",
+            _ => "ES256",
+        }
+    }
+
+    /// A client assertion (RFC 7523 §3): `iss` and `sub` the client, `aud` the authorization
+    /// server's issuer (SEP-1046), five minutes of life, a fresh `jti`.
+    pub fn sign(&self, client_id: &str, audience: &str) -> Result<String, AuthError> {
+        let now = super::now();
+        let claims = serde_json::json!({
+            "iss": client_id, "sub": client_id, "aud": audience,
+            "iat": now, "exp": now.saturating_add(300), "jti": super::dpop::random_id(),
+        });
+        jsonwebtoken::encode(&Header::new(self.alg), &claims, &self.key).map_err(|e| {
+            AuthError(format!("could not sign the client assertion with --client-key-file ({e})"))
+        })
+    }
+}
+
+/// How the client proves itself at a token endpoint.
+pub enum ClientAuth<'a> {
+    /// A public client: its id in the body, if it has one.
+    None(Option<&'a str>),
+    Basic(&'a str, &'a SecretString),
+    Post(&'a str, &'a SecretString),
+    /// `private_key_jwt`, with the audience of the assertion.
+    Jwt(&'a str, &'a ClientKey, &'a str),
+}
+
+/// A token endpoint's answer (RFC 6749 §5.1, RFC 8693 §2.2.1).
+#[derive(Deserialize)]
+pub struct Answer {
+    pub access_token: String,
+    #[serde(default)]
+    pub token_type: String,
+    #[serde(default)]
+    pub expires_in: Option<u64>,
+    #[serde(default)]
+    pub refresh_token: Option<String>,
+    #[serde(default)]
+    pub scope: Option<String>,
+}
+
+/// Why a token request failed.
+pub enum Refused {
+    /// The server said no (RFC 6749 §5.2): its error code and what it said, cleaned.
+    Server { error: String, said: String },
+    /// It could not be asked, or its answer makes no sense.
+    Failed(AuthError),
+}
+
+impl Refused {
+    /// The server's words, for an error message: `invalid_client: bad secret`.
+    pub fn text(&self) -> String {
+        match self {
+            Refused::Server { error, said } if said.is_empty() => error.clone(),
+            Refused::Server { error, said } => format!("{error}: {said}"),
+            Refused::Failed(e) => e.0.clone(),
+        }
+    }
+}
+
+/// The token endpoint's HTTP client for the [`oauth2`] crate and for the grants here: a
+/// DPoP proof on each request when there is a key, and one retry with the nonce a
+/// `use_dpop_nonce` answer asks for (RFC 9449 §8).
+pub struct Via<'a> {
+    pub http: &'a AuthHttp,
+    pub dpop: Option<&'a Dpop>,
+}
+
+impl Via<'_> {
+    pub async fn send(&self, request: oauth2::HttpRequest) -> Result<oauth2::HttpResponse, HttpError> {
+        let Some(dpop) = self.dpop else { return self.http.oauth2(request).await };
+        let url = Url::parse(&request.uri().to_string())
+            .map_err(|e| HttpError(format!("the token endpoint is not a URL ({e})")))?;
+        let method = request.method().as_str().to_owned();
+        let mut retried = false;
+        loop {
+            let mut attempt = request.clone();
+            let proof = dpop.proof(&method, &url, None).map_err(|e| HttpError(e.0))?;
+            let value = HeaderValue::from_str(&proof).map_err(|_| HttpError("bad DPoP proof".into()))?;
+            attempt.headers_mut().insert("dpop", value);
+            let response = self.http.oauth2(attempt).await?;
+            let nonce = response.headers().get("dpop-nonce").and_then(|v| v.to_str().ok());
+            if let Some(nonce) = nonce {
+                dpop.set_nonce(&url, nonce);
+            }
+            let asks_nonce = nonce.is_some()
+                && response.status().is_client_error()
+                && serde_json::from_slice::<ErrorBody>(response.body())
+                    .is_ok_and(|b| b.error == "use_dpop_nonce");
+            if asks_nonce && !retried {
+                retried = true;
+                continue;
+            }
+            return Ok(response);
+        }
+    }
+}
+
+impl<'c> oauth2::AsyncHttpClient<'c> for Via<'_> {
+    type Error = HttpError;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<oauth2::HttpResponse, HttpError>> + Send + 'c>,
+    >;
+
+    fn call(&'c self, request: oauth2::HttpRequest) -> Self::Future {
+        Box::pin(self.send(request))
+    }
+}
+
+#[derive(Deserialize)]
+struct ErrorBody {
+    error: String,
+    #[serde(default)]
+    error_description: Option<String>,
+}
+
+/// One token request: `form` plus the client's authentication, POSTed to `endpoint`.
+pub async fn request(
+    via: &Via<'_>,
+    endpoint: &str,
+    mut form: Vec<(&str, String)>,
+    auth: ClientAuth<'_>,
+) -> Result<Answer, Refused> {
+    let failed = |m: String| Refused::Failed(AuthError(m));
+    let mut builder = http::Request::builder()
+        .method(http::Method::POST)
+        .uri(endpoint)
+        .header(ACCEPT, "application/json")
+        .header(CONTENT_TYPE, "application/x-www-form-urlencoded");
+    match auth {
+        ClientAuth::None(id) => form.extend(id.map(|id| ("client_id", id.to_owned()))),
+        ClientAuth::Basic(id, secret) => {
+            // RFC 6749 §2.3.1: both form-encoded, then base64.
+            let enc = |s: &str| url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
+            let basic = base64::engine::general_purpose::STANDARD.encode(format!(
+                "{}:{}",
+                enc(id),
+                enc(secret.expose_secret())
+            ));
+            let mut v = HeaderValue::from_str(&format!("Basic {basic}"))
+                .map_err(|_| failed("the client secret cannot be sent in a header".into()))?;
+            v.set_sensitive(true);
+            builder = builder.header(AUTHORIZATION, v);
+        }
+        ClientAuth::Post(id, secret) => {
+            form.push(("client_id", id.to_owned()));
+            form.push(("client_secret", secret.expose_secret().to_owned()));
+        }
+        ClientAuth::Jwt(id, key, audience) => {
+            let assertion = key.sign(id, audience).map_err(Refused::Failed)?;
+            crate::secrets::remember(&assertion);
+            form.push(("client_id", id.to_owned()));
+            form.push(("client_assertion_type", ASSERTION_TYPE.to_owned()));
+            form.push(("client_assertion", assertion));
+        }
+    }
+    let body = url::form_urlencoded::Serializer::new(String::new()).extend_pairs(form).finish();
+    let request = builder
+        .body(body.into_bytes())
+        .map_err(|e| failed(format!("the token request could not be built ({e})")))?;
+    let response = via.send(request).await.map_err(|e| failed(e.0))?;
+    let status = response.status();
+    if status.is_success() {
+        let answer: Answer = serde_json::from_slice(response.body()).map_err(|_| {
+            failed(format!("{endpoint} answered something that is not an OAuth token response"))
+        })?;
+        if answer.access_token.is_empty() {
+            return Err(failed(format!("{endpoint} answered an empty access token")));
+        }
+        crate::secrets::remember(&answer.access_token);
+        if let Some(r) = &answer.refresh_token {
+            crate::secrets::remember(r);
+        }
+        return Ok(answer);
+    }
+    match serde_json::from_slice::<ErrorBody>(response.body()) {
+        Ok(b) => Err(Refused::Server {
+            error: super::clean(&b.error),
+            said: b.error_description.as_deref().map(super::clean).unwrap_or_default(),
+        }),
+        Err(_) => Err(failed(format!("{endpoint} answered HTTP {}", status.as_u16()))),
+    }
+}
+
+/// RFC 8693 at the enterprise IdP: the user's ID token for an identity assertion grant
+/// (`id-jag`) addressed to `audience` (the authorization server's issuer) for `resource`.
+pub async fn exchange_id_token(
+    via: &Via<'_>,
+    e: &Enterprise,
+    audience: &str,
+    resource: &str,
+    scope: Option<&str>,
+) -> Result<SecretString, AuthError> {
+    let id_token = e.id_token.read().await?;
+    let mut form = vec![
+        ("grant_type", TOKEN_EXCHANGE.to_owned()),
+        ("requested_token_type", ID_JAG.to_owned()),
+        ("audience", audience.to_owned()),
+        ("resource", resource.to_owned()),
+        ("subject_token", id_token.expose_secret().to_owned()),
+        ("subject_token_type", ID_TOKEN.to_owned()),
+    ];
+    if let Some(s) = scope {
+        form.push(("scope", s.to_owned()));
+    }
+    let auth = match &e.idp_client_secret {
+        Some(secret) => ClientAuth::Basic(&e.idp_client_id, secret),
+        None => ClientAuth::None(Some(&e.idp_client_id)),
+    };
+    // The IdP is not the resource's authorization server: no DPoP key goes there.
+    let plain = Via { http: via.http, dpop: None };
+    let answer = request(&plain, e.idp_token_endpoint.as_str(), form, auth).await.map_err(|r| {
+        AuthError(format!(
+            "the identity provider {} refused to exchange the ID token ({}): sign in to your identity provider again for a fresh ID token",
+            crate::config::redact_url(&e.idp_token_endpoint),
+            r.text()
+        ))
+    })?;
+    Ok(SecretString::from(answer.access_token))
+}
