@@ -128,6 +128,9 @@ pub struct OAuth {
     flow: tokio::sync::Mutex<Option<String>>,
     /// The DPoP key, once the authorization server asked for bound tokens (RFC 9449).
     dpop: RwLock<Option<Arc<Dpop>>>,
+    /// What discovery found, for a machine grant's renewals: a renewal ahead of expiry has no
+    /// challenge to name the metadata, and needs no new discovery.
+    known: std::sync::Mutex<Option<Discovered>>,
 }
 
 impl OAuth {
@@ -156,6 +159,7 @@ impl OAuth {
             current: RwLock::new(Current::default()),
             flow: tokio::sync::Mutex::new(None),
             dpop: RwLock::new(None),
+            known: std::sync::Mutex::new(None),
         };
         // Issue 14: a machine grant keeps its tokens in memory only (no person is needed to get
         // new ones), and never adopts what a browser sign-in stored for the same server.
@@ -649,9 +653,17 @@ impl OAuth {
         challenge: Option<&BearerChallenge>,
         scope: Option<String>,
     ) -> Result<Tokens, AuthError> {
-        let discovered =
-            metadata::discover(&self.http, &self.mcp, challenge.and_then(|c| c.resource_metadata.as_deref()))
-                .await?;
+        use crate::sync::Locked;
+        let named = challenge.and_then(|c| c.resource_metadata.as_deref());
+        let known = self.known.locked().clone().filter(|_| named.is_none());
+        let discovered = match known {
+            Some(d) => d,
+            None => {
+                let d = metadata::discover(&self.http, &self.mcp, named).await?;
+                *self.known.locked() = Some(d.clone());
+                d
+            }
+        };
         let server = &discovered.server;
         let Some(token_url) = &server.token_endpoint else {
             return Err(AuthError(format!(

@@ -68,6 +68,34 @@ struct AsState {
     authorizes: Vec<HashMap<String, String>>,
     tokens: Vec<HashMap<String, String>>,
     registrations: Vec<Value>,
+    // Issue 14 (tests in `headless`):
+    /// Advertise DPoP (ES256) and bind tokens to the key of the token request's proof.
+    dpop: bool,
+    /// The nonce the token endpoint (`as_nonce`) and the MCP server (`rs_nonce`) demand.
+    as_nonce: Option<String>,
+    rs_nonce: Option<String>,
+    /// Access token → the thumbprint of the key it is bound to.
+    bound: HashMap<String, String>,
+    /// Every DPoP proof's jti (a replay is a failure), and what was wrong with bad proofs.
+    jtis: Vec<String>,
+    dpop_errors: Vec<String>,
+    /// `use_dpop_nonce` challenges given by the token endpoint and by the MCP server.
+    nonce_challenges: (usize, usize),
+    /// Device flow: the answers to the polls before the token (`authorization_pending`, …).
+    device_script: Vec<&'static str>,
+    device_polls: Vec<std::time::Instant>,
+    /// Client credentials: the client and its secret.
+    client_secret: Option<(String, String)>,
+    /// private_key_jwt: the client's public key (PEM).
+    client_key: Option<String>,
+    /// JWT bearer: the assertions accepted (workload identity tokens).
+    assertions: Vec<String>,
+    /// Enterprise: the ID tokens the IdP exchanges, and the ID-JAGs it issued.
+    id_tokens: Vec<String>,
+    jags: Vec<String>,
+    idp_requests: Vec<HashMap<String, String>>,
+    /// `expires_in` of the tokens issued (default 3600).
+    expires_in: Option<u64>,
 }
 
 type Shared = Arc<Mutex<AsState>>;
@@ -89,6 +117,8 @@ impl AuthServer {
             .route("/register", post(register))
             .route("/authorize", get(authorize))
             .route("/token", post(token))
+            .route("/device", post(device))
+            .route("/idp/token", post(idp_token))
             .with_state(state.clone());
         let ct = tokio_util::sync::CancellationToken::new();
         let stop = ct.clone();
@@ -129,6 +159,48 @@ impl AuthServer {
                     return Action::Respond(respond(404, "text/plain", ""));
                 }
                 _ => {}
+            }
+            let presented = s.header("authorization").unwrap_or("");
+            // Issue 14: a bound token comes as `DPoP <token>` with a valid proof (RFC 9449 §7).
+            if let Some((t, jkt)) = presented
+                .split_once(' ')
+                .and_then(|(_, t)| st.bound.get(t).map(|j| (t.to_owned(), j.clone())))
+            {
+                let htu = st.mcp.clone();
+                let checked = verify_proof(&mut st, s.header("dpop"), s.method.as_str(), &htu, Some(&t));
+                let refuse = |error: &str, nonce: Option<&str>| {
+                    let mut r = Response::builder().status(401).header(
+                        "www-authenticate",
+                        format!("DPoP error=\"{error}\", resource_metadata=\"{origin}/prm\""),
+                    );
+                    if let Some(n) = nonce {
+                        r = r.header("dpop-nonce", n);
+                    }
+                    Action::Respond(r.body(axum::body::Body::empty()).unwrap())
+                };
+                match checked {
+                    Ok(_) if !presented.starts_with("DPoP ") => {
+                        st.dpop_errors.push("a bound token sent as Bearer".into());
+                        return refuse("invalid_token", None);
+                    }
+                    Ok((thumbprint, _)) if thumbprint != jkt => {
+                        st.dpop_errors.push("proof of another key".into());
+                        return refuse("invalid_token", None);
+                    }
+                    Ok((_, nonce)) => {
+                        if let Some(want) = st.rs_nonce.clone()
+                            && nonce.as_deref() != Some(want.as_str())
+                        {
+                            st.nonce_challenges.1 += 1;
+                            return refuse("use_dpop_nonce", Some(&want));
+                        }
+                        return Action::Pass;
+                    }
+                    Err(e) => {
+                        st.dpop_errors.push(e);
+                        return refuse("invalid_dpop_proof", None);
+                    }
+                }
             }
             let token = s.header("authorization").and_then(|h| h.strip_prefix("Bearer "));
             if token.and_then(|t| st.access.get(t)).is_none() {
@@ -204,7 +276,11 @@ async fn as_metadata(State(st): State<Shared>) -> Json<Value> {
         "token_endpoint_auth_methods_supported": st.auth_methods.clone().unwrap_or(vec!["none"]),
         "authorization_response_iss_parameter_supported": true,
         "client_id_metadata_document_supported": st.cimd,
+        "device_authorization_endpoint": format!("{b}/device"),
     });
+    if st.dpop {
+        m["dpop_signing_alg_values_supported"] = json!(["ES256"]);
+    }
     if !st.no_pkce {
         m["code_challenge_methods_supported"] = json!(["S256"]);
     }
@@ -260,8 +336,77 @@ async fn token(
             .unwrap();
     }
     let bad = |e: &str| (StatusCode::BAD_REQUEST, Json(json!({"error": e}))).into_response();
-    let scope = match f.get("grant_type").map(String::as_str) {
-        Some("authorization_code") => {
+    // RFC 9449 §5: a proof of the key the token will be bound to; a nonce first if demanded.
+    let mut jkt = None;
+    if st.dpop {
+        let htu = format!("{}/token", st.base);
+        match verify_proof(&mut st, headers.get("dpop").and_then(|v| v.to_str().ok()), "POST", &htu, None) {
+            Ok((thumbprint, nonce)) => {
+                if let Some(want) = st.as_nonce.clone()
+                    && nonce.as_deref() != Some(want.as_str())
+                {
+                    st.nonce_challenges.0 += 1;
+                    return Response::builder()
+                        .status(400)
+                        .header("dpop-nonce", want)
+                        .header("content-type", "application/json")
+                        .body(axum::body::Body::from(r#"{"error":"use_dpop_nonce"}"#))
+                        .unwrap();
+                }
+                jkt = Some(thumbprint);
+            }
+            Err(e) => {
+                st.dpop_errors.push(e);
+                return bad("invalid_dpop_proof");
+            }
+        }
+    }
+    let invalid_client = || {
+        (
+            StatusCode::UNAUTHORIZED,
+            Json(json!({"error": "invalid_client", "error_description": "client authentication failed"})),
+        )
+            .into_response()
+    };
+    let grant = f.get("grant_type").cloned().unwrap_or_default();
+    let scope = match grant.as_str() {
+        "client_credentials" => {
+            let auth = st.token_auth.last().cloned().flatten();
+            if !client_authenticated(&st, &f, auth.as_deref()) {
+                return invalid_client();
+            }
+            f.get("scope").cloned().unwrap_or_default()
+        }
+        "urn:ietf:params:oauth:grant-type:jwt-bearer" => {
+            let assertion = f.get("assertion").cloned().unwrap_or_default();
+            if let Some(i) = st.jags.iter().position(|j| *j == assertion) {
+                // Enterprise: the ID-JAG, once, from the client it names.
+                let auth = st.token_auth.last().cloned().flatten();
+                if !client_authenticated(&st, &f, auth.as_deref()) {
+                    return invalid_client();
+                }
+                st.jags.remove(i);
+            } else if !st.assertions.contains(&assertion) {
+                return (
+                    StatusCode::BAD_REQUEST,
+                    Json(json!({"error": "invalid_grant", "error_description": "the assertion is expired"})),
+                )
+                    .into_response();
+            }
+            f.get("scope").cloned().unwrap_or_default()
+        }
+        "urn:ietf:params:oauth:grant-type:device_code" => {
+            st.device_polls.push(std::time::Instant::now());
+            if f.get("device_code").map(String::as_str) != Some("dc-SECRET-1") {
+                return bad("invalid_grant");
+            }
+            if !st.device_script.is_empty() {
+                let e = st.device_script.remove(0);
+                return bad(e);
+            }
+            f.get("scope").cloned().unwrap_or_default()
+        }
+        "authorization_code" => {
             let Some((challenge, scope, resource)) = f.get("code").and_then(|c| st.codes.remove(c)) else {
                 return bad("invalid_grant");
             };
@@ -273,7 +418,7 @@ async fn token(
             }
             scope
         }
-        Some("refresh_token") => {
+        "refresh_token" => {
             if st.revoked {
                 return bad("invalid_grant");
             }
@@ -299,14 +444,129 @@ async fn token(
     st.n += 1;
     let access = format!("at-SECRET-{}", st.n);
     st.access.insert(access.clone(), scope.clone());
+    let token_type = match jkt {
+        Some(jkt) => {
+            st.bound.insert(access.clone(), jkt);
+            "DPoP"
+        }
+        None => "Bearer",
+    };
+    let expires_in = st.expires_in.unwrap_or(3600);
     let mut body =
-        json!({"access_token": access, "token_type": "Bearer", "expires_in": 3600, "scope": scope});
-    if st.refresh {
+        json!({"access_token": access, "token_type": token_type, "expires_in": expires_in, "scope": scope});
+    let for_a_person = matches!(
+        grant.as_str(),
+        "authorization_code" | "refresh_token" | "urn:ietf:params:oauth:grant-type:device_code"
+    );
+    if st.refresh && for_a_person {
         let rt = format!("rt-SECRET-{}", st.n);
         st.refresh_tokens.insert(rt.clone(), scope);
         body["refresh_token"] = json!(rt);
     }
     Json(body).into_response()
+}
+
+/// Client authentication at the token endpoint: the secret (Basic or in the body) or a signed
+/// assertion (`private_key_jwt`: iss and sub the client, aud this issuer).
+fn client_authenticated(st: &AsState, f: &HashMap<String, String>, basic: Option<&str>) -> bool {
+    if let Some(pem) = &st.client_key {
+        let Some(assertion) = f.get("client_assertion") else { return false };
+        if f.get("client_assertion_type").map(String::as_str)
+            != Some("urn:ietf:params:oauth:client-assertion-type:jwt-bearer")
+        {
+            return false;
+        }
+        let key = jsonwebtoken::DecodingKey::from_ec_pem(pem.as_bytes()).unwrap();
+        let mut v = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::ES256);
+        v.set_audience(&[&st.base]);
+        let Ok(data) = jsonwebtoken::decode::<Value>(assertion, &key, &v) else { return false };
+        let id = f.get("client_id").cloned().unwrap_or_default();
+        return data.claims["iss"] == id.as_str() && data.claims["sub"] == id.as_str();
+    }
+    let Some((id, secret)) = &st.client_secret else { return true };
+    let post = f.get("client_id") == Some(id) && f.get("client_secret") == Some(secret);
+    let expected = base64::engine::general_purpose::STANDARD.encode(format!("{id}:{secret}"));
+    post || basic == Some(format!("Basic {expected}").as_str())
+}
+
+/// RFC 9449 §4.3: checks a DPoP proof; its key's thumbprint and its nonce.
+fn verify_proof(
+    st: &mut AsState,
+    proof: Option<&str>,
+    htm: &str,
+    htu: &str,
+    token: Option<&str>,
+) -> Result<(String, Option<String>), String> {
+    use jsonwebtoken::jwk::ThumbprintHash;
+    let proof = proof.ok_or("no DPoP proof")?;
+    let header = jsonwebtoken::decode_header(proof).map_err(|e| e.to_string())?;
+    if header.typ.as_deref() != Some("dpop+jwt") {
+        return Err(format!("typ {:?}", header.typ));
+    }
+    let jwk = header.jwk.ok_or("no jwk")?;
+    let key = jsonwebtoken::DecodingKey::from_jwk(&jwk).map_err(|e| e.to_string())?;
+    let mut v = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::ES256);
+    v.required_spec_claims.clear();
+    v.validate_exp = false;
+    v.validate_aud = false;
+    let claims = jsonwebtoken::decode::<Value>(proof, &key, &v).map_err(|e| e.to_string())?.claims;
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let jti = claims["jti"].as_str().ok_or("no jti")?.to_owned();
+    if st.jtis.contains(&jti) {
+        return Err("a replayed jti".into());
+    }
+    st.jtis.push(jti);
+    if claims["htm"] != htm
+        || claims["htu"] != htu
+        || claims["iat"].as_u64().is_none_or(|i| i.abs_diff(now) > 60)
+    {
+        return Err(format!("htm/htu/iat: {claims}"));
+    }
+    if let Some(token) = token {
+        let ath = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(Sha256::digest(token.as_bytes()));
+        if claims["ath"] != ath.as_str() {
+            return Err("ath".into());
+        }
+    }
+    let thumbprint = jwk.thumbprint(ThumbprintHash::SHA256).map_err(|e| e.to_string())?;
+    Ok((thumbprint, claims["nonce"].as_str().map(str::to_owned)))
+}
+
+/// RFC 8628 §3.2: one device code.
+async fn device(State(st): State<Shared>, Form(f): Form<HashMap<String, String>>) -> Response {
+    let st = st.lock().unwrap();
+    let b = &st.base;
+    assert!(f.contains_key("client_id"), "{f:?}");
+    Json(json!({"device_code": "dc-SECRET-1", "user_code": "WDJB-MJHT", "verification_uri": format!("{b}/verify"),
+        "verification_uri_complete": format!("{b}/verify?user_code=WDJB-MJHT"), "expires_in": 600, "interval": 1}))
+    .into_response()
+}
+
+/// The enterprise IdP's token exchange (RFC 8693): an ID token for an ID-JAG.
+async fn idp_token(State(st): State<Shared>, Form(f): Form<HashMap<String, String>>) -> Response {
+    let mut st = st.lock().unwrap();
+    st.idp_requests.push(f.clone());
+    let ok = f.get("grant_type").map(String::as_str)
+        == Some("urn:ietf:params:oauth:grant-type:token-exchange")
+        && f.get("requested_token_type").map(String::as_str)
+            == Some("urn:ietf:params:oauth:token-type:id-jag")
+        && f.get("subject_token_type").map(String::as_str)
+            == Some("urn:ietf:params:oauth:token-type:id_token")
+        && f.get("audience") == Some(&st.base)
+        && f.get("resource") == Some(&st.mcp)
+        && f.get("subject_token").is_some_and(|t| st.id_tokens.contains(t));
+    if !ok {
+        return (
+            StatusCode::BAD_REQUEST,
+            Json(json!({"error": "invalid_grant", "error_description": "the ID token is not valid"})),
+        )
+            .into_response();
+    }
+    st.n += 1;
+    let jag = format!("jag-SECRET-{}", st.n);
+    st.jags.push(jag.clone());
+    Json(json!({"access_token": jag, "issued_token_type": "urn:ietf:params:oauth:token-type:id-jag", "token_type": "N_A"}))
+        .into_response()
 }
 
 /// The `$BROWSER` stand-in.
@@ -436,6 +696,9 @@ async fn finish_checked(sc: Sidecar, auth: &AuthServer) -> Outcome {
     assert!(!out.stdout.contains("BROWSER-NOISE"), "the browser's output reached stdout");
     out
 }
+
+// Issue 14: the grants without a browser, against this authorization server.
+mod headless;
 
 #[tokio::test]
 async fn a5_full_flow_signs_in_once_and_the_next_run_uses_the_stored_token() {
