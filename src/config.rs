@@ -817,6 +817,67 @@ mod tests {
         config(args, vars).unwrap_err().0
     }
 
+    /// Issue 14: each grant says what it is missing, and secrets never come from flags.
+    #[test]
+    fn headless_grants_name_what_they_need() {
+        let u = "https://h.example/mcp";
+        let e = err(&[u, "--auth", "client-credentials"], &[]);
+        assert!(e.contains("--client-id"), "{e}");
+        let e = err(&[u, "--auth", "client-credentials", "--client-id", "c"], &[]);
+        assert!(e.contains("--client-secret-env") && e.contains("--client-key-file"), "{e}");
+        let e = err(&[u, "--auth", "workload-identity"], &[]);
+        assert!(e.contains("--identity-token-file") && e.contains("--identity-token-env"), "{e}");
+        let e = err(&[u, "--auth", "workload-identity", "--identity-token-env", "T"], &[]);
+        assert!(e.contains("T (--identity-token-env) is not set"), "{e}");
+        let e = err(
+            &[u, "--auth", "workload-identity", "--identity-token-env", "T", "--identity-token-file", "/f"],
+            &[("T", "x")],
+        );
+        assert!(e.contains("keep one"), "{e}");
+        let e =
+            err(&[u, "--auth", "enterprise", "--client-id", "c", "--identity-token-env", "T"], &[("T", "x")]);
+        assert!(e.contains("--idp-token-endpoint"), "{e}");
+        let e = err(
+            &[
+                u,
+                "--auth",
+                "enterprise",
+                "--client-id",
+                "c",
+                "--idp-token-endpoint",
+                "http://idp.example/t",
+                "--idp-client-id",
+                "i",
+                "--identity-token-env",
+                "T",
+            ],
+            &[("T", "x")],
+        );
+        assert!(e.contains("https"), "the ID token does not travel in the clear: {e}");
+        let e = err(&[u, "--auth", "oauth", "--client-id", "c", "--client-key-file", "/k"], &[]);
+        assert!(e.contains("--auth client-credentials"), "{e}");
+        let e = err(&[u, "--identity-token-file", "/f"], &[]);
+        assert!(e.contains("--auth workload-identity"), "{e}");
+        let e = err(&[u, "--auth", "oauth-device", "--api-key-env", "K"], &[("K", "k")]);
+        assert!(e.contains("--auth oauth-device"), "{e}");
+
+        let c = config(
+            &[u, "--auth", "workload-identity", "--identity-token-env", "T"],
+            &[("T", " tok-SECRET \n")],
+        )
+        .unwrap();
+        let o = c.oauth.unwrap();
+        assert!(o.explicit && o.grant.unattended() && o.grant.kind() == "workload_identity");
+        match o.grant {
+            crate::auth::grants::Grant::WorkloadIdentity(crate::auth::grants::Assertion::Env(n, v)) => {
+                assert_eq!((n.as_str(), v.expose_secret()), ("T", "tok-SECRET"));
+            }
+            other => panic!("{other:?}"),
+        }
+        let c = config(&[u, "--auth", "oauth-device"], &[]).unwrap();
+        assert!(matches!(c.oauth.unwrap().grant, crate::auth::grants::Grant::Device));
+    }
+
     #[test]
     fn investra_preset_fills_everything() {
         let c = config(&["--preset", "investra"], &[("INVESTRA_API_KEY", "inv_abc")]).unwrap();
