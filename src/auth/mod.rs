@@ -309,6 +309,17 @@ impl OAuth {
         let mut entry = self.load_entry().await?.unwrap_or_default();
         entry.remember_secrets();
         entry.server = redact_url(&self.mcp);
+        // Tokens another process stored may be bound to a key it made: use that key with them.
+        if let Some(stored) = &entry.dpop_key {
+            let same = self
+                .dpop
+                .reading()
+                .as_ref()
+                .is_some_and(|k| k.stored().expose_secret() == stored.expose_secret());
+            if !same {
+                *self.dpop.writing() = Some(Arc::new(Dpop::from_stored(stored)?));
+            }
+        }
         if refused && let Some(tokens) = &entry.tokens {
             let stored = auth_value(tokens);
             if stored.as_ref() != failed {

@@ -348,3 +348,27 @@ async fn dpop_binds_tokens_to_a_private_key_and_honours_nonces_from_both_servers
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("DPoP key") && !text.contains(&key), "{text}");
 }
+
+#[tokio::test]
+async fn two_processes_share_one_dpop_sign_in_and_its_key() {
+    // The second sidecar waits on the first one's sign-in and must prove with the key the
+    // stored token is bound to, not one of its own.
+    let auth = AuthServer::start(|s| s.dpop = true).await;
+    let server = auth.protect().await;
+    let dir = temp_dir("dpop-two");
+    let browser = Browser::start(&dir, Agent::Follow).await;
+    let state = dir.join("state");
+    let mut a = sidecar(&server, &state, &browser, &[]);
+    let mut b = sidecar(&server, &state, &browser, &[]);
+    let (ra, rb) = tokio::join!(a.handshake(), b.handshake());
+    assert!(ra.get("result").is_some() && rb.get("result").is_some());
+    let (rb, ra) = tokio::join!(
+        call(&mut b, 2, "echo", json!({"text": "b"})),
+        call(&mut a, 2, "echo", json!({"text": "a"}))
+    );
+    assert!(ra.get("result").is_some() && rb.get("result").is_some(), "{ra} {rb}");
+    assert_eq!(auth.authorizes(), 1, "one sign-in for both");
+    assert!(auth.s().dpop_errors.is_empty(), "{:?}", auth.s().dpop_errors);
+    finish_checked(a, &auth).await;
+    finish_checked(b, &auth).await;
+}
