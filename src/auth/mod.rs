@@ -476,17 +476,8 @@ impl OAuth {
             )
             .set_redirect_uri(
                 RedirectUrl::new(redirect_uri).map_err(|e| AuthError(format!("bad redirect URI: {e}")))?,
-            )
-            .set_auth_type(match client.auth {
-                TokenAuth::ClientSecretBasic => AuthType::BasicAuth,
-                _ => AuthType::RequestBody,
-            });
-        let oauth = match (&client.client_secret, client.auth) {
-            (Some(secret), TokenAuth::ClientSecretBasic | TokenAuth::ClientSecretPost) => {
-                oauth.set_client_secret(ClientSecret::new(secret.expose_secret().to_owned()))
-            }
-            _ => oauth,
-        };
+            );
+        let oauth = authenticated(oauth, &client);
         let (challenge_pkce, verifier) = PkceCodeChallenge::new_random_sha256();
         let mut request = oauth
             .authorize_url(CsrfToken::new_random)
@@ -571,7 +562,7 @@ impl OAuth {
             .clone()
             .filter(|c| entry.issuer.as_deref() == Some(server.issuer.as_str()) && c.port.is_none());
         let client = self.client_identity(server, reuse, None).await?;
-        let mut oauth = BasicClient::new(ClientId::new(client.client_id.clone()))
+        let oauth = BasicClient::new(ClientId::new(client.client_id.clone()))
             .set_device_authorization_url(
                 DeviceAuthorizationUrl::new(device_url.clone())
                     .map_err(|e| AuthError(format!("bad device authorization endpoint: {e}")))?,
@@ -579,16 +570,8 @@ impl OAuth {
             .set_token_uri(
                 TokenUrl::new(token_url.clone())
                     .map_err(|e| AuthError(format!("bad token endpoint: {e}")))?,
-            )
-            .set_auth_type(match client.auth {
-                TokenAuth::ClientSecretBasic => AuthType::BasicAuth,
-                _ => AuthType::RequestBody,
-            });
-        if let (Some(secret), TokenAuth::ClientSecretBasic | TokenAuth::ClientSecretPost) =
-            (&client.client_secret, client.auth)
-        {
-            oauth = oauth.set_client_secret(ClientSecret::new(secret.expose_secret().to_owned()));
-        }
+            );
+        let oauth = authenticated(oauth, &client);
         let via = Via { http: &self.http, dpop: dpop.as_deref() };
         let mut ask = oauth.exchange_device_code().add_extra_param("resource", discovered.resource.clone());
         if let Some(scope) = &scope {
@@ -650,7 +633,7 @@ impl OAuth {
                 {
                     AuthError("the sign-in was denied on the other device: run the login again and approve it".into())
                 }
-                _ => AuthError(format!("the device sign-in failed ({}): try again", device_error(&e))),
+                _ => AuthError(format!("the device sign-in failed ({}): try again", token_error(&e))),
             })?;
         let tokens = tokens_from(&response, None, scope);
         info!("signed in to {host}");
@@ -873,17 +856,10 @@ impl OAuth {
         };
         let token_url = TokenUrl::new(token_url.clone())
             .map_err(|e| Refresh::Failed(AuthError(format!("bad token endpoint: {e}"))))?;
-        let mut oauth = BasicClient::new(ClientId::new(client.client_id.clone()))
-            .set_token_uri(token_url)
-            .set_auth_type(match client.auth {
-                TokenAuth::ClientSecretBasic => AuthType::BasicAuth,
-                _ => AuthType::RequestBody,
-            });
-        if let (Some(secret), TokenAuth::ClientSecretBasic | TokenAuth::ClientSecretPost) =
-            (&client.client_secret, client.auth)
-        {
-            oauth = oauth.set_client_secret(ClientSecret::new(secret.expose_secret().to_owned()));
-        }
+        let oauth = authenticated(
+            BasicClient::new(ClientId::new(client.client_id.clone())).set_token_uri(token_url),
+            client,
+        );
         let refresh_token = RefreshToken::new(refresh.expose_secret().to_owned());
         let mut request = oauth.exchange_refresh_token(&refresh_token);
         if let Some(resource) = &entry.resource {
@@ -1049,22 +1025,33 @@ fn scope_to_ask(discovered: &Discovered, scope: Option<String>, offline: bool) -
     scope
 }
 
-fn device_error<RE: std::error::Error + 'static>(
-    e: &RequestTokenError<RE, oauth2::DeviceCodeErrorResponse>,
-) -> String {
-    match e {
-        RequestTokenError::ServerResponse(r) => {
-            let d = r.error_description().map(|d| format!(": {}", clean(d))).unwrap_or_default();
-            format!("{}{d}", r.error())
+/// the client's authentication at the token endpoint, on an [`oauth2`] client.
+fn authenticated<A, D, I, R, T>(
+    oauth: BasicClient<A, D, I, R, T>,
+    client: &Client,
+) -> BasicClient<A, D, I, R, T>
+where
+    A: oauth2::EndpointState,
+    D: oauth2::EndpointState,
+    I: oauth2::EndpointState,
+    R: oauth2::EndpointState,
+    T: oauth2::EndpointState,
+{
+    let oauth = oauth.set_auth_type(match client.auth {
+        TokenAuth::ClientSecretBasic => AuthType::BasicAuth,
+        _ => AuthType::RequestBody,
+    });
+    match (&client.client_secret, client.auth) {
+        (Some(secret), TokenAuth::ClientSecretBasic | TokenAuth::ClientSecretPost) => {
+            oauth.set_client_secret(ClientSecret::new(secret.expose_secret().to_owned()))
         }
-        RequestTokenError::Request(e) => e.to_string(),
-        RequestTokenError::Parse(_, _) => "the answer is not an OAuth token response".into(),
-        RequestTokenError::Other(s) => clean(s),
+        _ => oauth,
     }
 }
 
-fn token_error<RE: std::error::Error + 'static>(
-    e: &RequestTokenError<RE, oauth2::StandardErrorResponse<BasicErrorResponseType>>,
+/// A token endpoint's refusal (of any grant: the code, a refresh, a device code) in words.
+fn token_error<RE: std::error::Error + 'static, T: oauth2::ErrorResponseType + std::fmt::Display>(
+    e: &RequestTokenError<RE, oauth2::StandardErrorResponse<T>>,
 ) -> String {
     match e {
         RequestTokenError::ServerResponse(r) => {

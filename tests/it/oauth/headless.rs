@@ -16,6 +16,14 @@ fn no_token_files(dir: &std::path::Path) {
     );
 }
 
+/// Sends `initialize`; returns the answer and its error message (empty when it succeeded).
+async fn refused(sc: &mut Sidecar) -> (Value, String) {
+    sc.send(r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"it","version":"1"}}}"#).await;
+    let r = sc.recv().await;
+    let msg = r["error"]["message"].as_str().unwrap_or_default().to_owned();
+    (r, msg)
+}
+
 fn spawn(server: &Server, state: &std::path::Path, extra: &[&str], env: &[(&str, &str)]) -> Sidecar {
     let state = state.to_string_lossy().into_owned();
     let mut args = vec![server.url.as_str(), "--state-dir", &state];
@@ -58,9 +66,7 @@ async fn client_credentials_with_a_secret_need_no_person_and_store_nothing() {
 
     // A wrong secret: one clear error for the request, the cause and the fix; the proxy lives on.
     let mut sc = spawn(&server, &dir, &args, &[("CS", "cs-SECRET-wrong")]);
-    sc.send(r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"it","version":"1"}}}"#).await;
-    let r = sc.recv().await;
-    let msg = r["error"]["message"].as_str().unwrap_or_default().to_owned();
+    let (r, msg) = refused(&mut sc).await;
     assert!(msg.contains("invalid_client") && msg.contains("--client-id ci-1") && msg.contains("CS"), "{r}");
     sc.send(r#"{"jsonrpc":"2.0","id":2,"method":"ping"}"#).await;
     assert_eq!(sc.recv().await["id"], 2, "still answering");
@@ -140,9 +146,7 @@ async fn workload_identity_reads_its_token_file_at_each_renewal_and_a_refusal_is
     std::fs::write(&file, "wif-SECRET-expired").unwrap();
     let before = auth.s().tokens.len();
     let mut sc = spawn(&server, &dir.join("state"), &args, &[]).secret("wif-SECRET-expired");
-    sc.send(r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"it","version":"1"}}}"#).await;
-    let r = sc.recv().await;
-    let msg = r["error"]["message"].as_str().unwrap_or_default().to_owned();
+    let (r, msg) = refused(&mut sc).await;
     assert!(msg.contains("invalid_grant") && msg.contains("audience"), "{r}");
     assert_eq!(auth.s().tokens.len(), before + 1, "not retried, no other grant tried");
     finish_checked(sc, &auth).await;
@@ -191,9 +195,7 @@ async fn enterprise_id_token_is_exchanged_at_the_idp_and_the_id_jag_used_once() 
     // An ID token the IdP refuses: the error names the identity provider and the fix.
     let env = [("ES", "es-SECRET"), ("IDT", "idt-SECRET-stale")];
     let mut sc = spawn(&server, &dir, &args, &env);
-    sc.send(r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"it","version":"1"}}}"#).await;
-    let r = sc.recv().await;
-    let msg = r["error"]["message"].as_str().unwrap_or_default().to_owned();
+    let (r, msg) = refused(&mut sc).await;
     assert!(msg.contains("identity provider") && msg.contains("invalid_grant"), "{r}");
     assert_eq!(auth.s().tokens.len(), 1, "nothing reached the authorization server");
     finish_checked(sc, &auth).await;
@@ -279,9 +281,7 @@ async fn an_expired_device_code_is_a_clear_error_and_no_code_is_shown_without_a_
     // --auth oauth-device in the proxy, whose stderr is no terminal: no device code is asked
     // for; the request gets the way out.
     let mut sc = Sidecar::spawn(&[server.url.as_str(), "--state-dir", &state, "--auth", "oauth-device"], &[]);
-    sc.send(r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"it","version":"1"}}}"#).await;
-    let r = sc.recv().await;
-    let msg = r["error"]["message"].as_str().unwrap_or_default().to_owned();
+    let (r, msg) = refused(&mut sc).await;
     assert!(msg.contains("mcp-sidecar login --device"), "{r}");
     assert_eq!(auth.s().device_polls.len(), 1, "only the login's poll");
     finish_checked(sc, &auth).await;
