@@ -149,6 +149,13 @@ pub fn server_args(a: &Args, config: &Config) -> Vec<String> {
     opt("--client-id", a.client_id.clone());
     opt("--client-secret-env", a.client_secret_env.clone());
     opt("--client-metadata-url", a.client_metadata_url.clone());
+    // Issue 14: the headless grants' flags; files by absolute path, secrets by variable name.
+    opt("--client-key-file", a.client_key_file.as_ref().map(|p| absolute(p).display().to_string()));
+    opt("--identity-token-file", a.identity_token_file.as_ref().map(|p| absolute(p).display().to_string()));
+    opt("--identity-token-env", a.identity_token_env.clone());
+    opt("--idp-token-endpoint", a.idp_token_endpoint.clone());
+    opt("--idp-client-id", a.idp_client_id.clone());
+    opt("--idp-client-secret-env", a.idp_client_secret_env.clone());
     opt("--ca-file", a.ca_file.as_ref().map(|p| absolute(p).display().to_string()));
     opt("--transport", (a.transport != Transport::Auto).then(|| name_of(a.transport)));
     // Where the sign-in and the rate-limit state live: given, or (for OAuth, whose tokens are
@@ -206,9 +213,14 @@ fn env_block(config: &Config, a: &Args) -> Map<String, Value> {
     env
 }
 
-/// The variables besides the key that the entry needs: the client secret's and those in headers.
+/// The variables besides the key that the entry needs: the client secret's, the identity
+/// token's, the IdP client secret's, and those in headers.
 fn secret_vars(a: &Args) -> Vec<String> {
-    let mut names: Vec<String> = a.client_secret_env.iter().cloned().collect();
+    let mut names: Vec<String> = [&a.client_secret_env, &a.identity_token_env, &a.idp_client_secret_env]
+        .into_iter()
+        .flatten()
+        .cloned()
+        .collect();
     for h in &a.headers {
         let mut rest = h.as_str();
         while let Some(i) = rest.find("${") {
@@ -466,8 +478,25 @@ mod tests {
 
     fn args_for(line: &[&str]) -> Vec<String> {
         let cli = Cli::try_parse_from(std::iter::once("mcp-sidecar").chain(line.iter().copied())).unwrap();
-        let config = Config::from_cli(cli.args.clone(), &|_| None).unwrap();
+        let config = Config::from_cli(cli.args.clone(), &|n| (n == "IDT").then(|| "t".to_owned())).unwrap();
         server_args(&cli.args, &config)
+    }
+
+    /// Issue 14: a machine's entry carries its grant's flags; the token by variable name only.
+    #[test]
+    fn the_entry_carries_the_headless_grant() {
+        let line = ["https://h/mcp", "--auth", "workload-identity", "--identity-token-env", "IDT"];
+        let args = args_for(&line);
+        assert_eq!(
+            args[..5],
+            ["https://h/mcp", "--auth", "workload-identity", "--identity-token-env", "IDT"]
+        );
+        let cli = Cli::try_parse_from(std::iter::once("mcp-sidecar").chain(line)).unwrap();
+        assert_eq!(secret_vars(&cli.args), ["IDT"]);
+        let args =
+            args_for(&["https://h/mcp", "--auth", "workload-identity", "--identity-token-file", "rel/tok"]);
+        let at = args.iter().position(|a| a == "--identity-token-file").unwrap();
+        assert!(Path::new(&args[at + 1]).is_absolute(), "{args:?}");
     }
 
     /// Issue 10.10: the token store and the state directory travel with the entry; defaults do not.
