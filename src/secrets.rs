@@ -38,10 +38,11 @@ pub fn remember(secret: &str) {
     }
 }
 
-/// `text` with every known secret replaced by [`REDACTED`].
+/// `text` with every known secret, and every JWT, replaced by [`REDACTED`].
 pub fn redact(text: &str) -> Cow<'_, str> {
     let known = KNOWN.reading();
-    if !known.iter().any(|s| text.contains(s.as_str())) {
+    let jwt = text.contains(JWT_START);
+    if !jwt && !known.iter().any(|s| text.contains(s.as_str())) {
         return Cow::Borrowed(text);
     }
     let mut out = text.to_owned();
@@ -50,7 +51,47 @@ pub fn redact(text: &str) -> Cow<'_, str> {
             out = out.replace(s.as_str(), REDACTED);
         }
     }
-    Cow::Owned(out)
+    if jwt {
+        out = without_jwts(&out);
+    }
+    if out == text { Cow::Borrowed(text) } else { Cow::Owned(out) }
+}
+
+/// How a JWT's base64url header (`{"`) begins.
+const JWT_START: &str = "eyJ";
+
+/// Issue 14: JWTs by their shape (`eyJ…`.`…`.`…`): a DPoP proof is new for every request, and
+/// an identity token or assertion a server echoes may never have been [`remember`]ed, so none
+/// is shown whether known or not.
+fn without_jwts(text: &str) -> String {
+    let b64 = |c: u8| c.is_ascii_alphanumeric() || c == b'-' || c == b'_';
+    let bytes = text.as_bytes();
+    let mut out = String::with_capacity(text.len());
+    let mut i = 0;
+    while let Some(found) = text[i..].find(JWT_START) {
+        let start = i + found;
+        let run = |from: usize| from + bytes[from..].iter().take_while(|c| b64(**c)).count();
+        let header_end = run(start);
+        let boundary = start == 0 || !b64(bytes[start - 1]);
+        let claims_end = (bytes.get(header_end) == Some(&b'.')).then(|| run(header_end + 1));
+        let end = claims_end
+            .filter(|&c| c > header_end + 1 && bytes.get(c) == Some(&b'.'))
+            .map(|c| run(c + 1))
+            .filter(|_| boundary && header_end - start >= 10);
+        match end {
+            Some(end) => {
+                out.push_str(&text[i..start]);
+                out.push_str(REDACTED);
+                i = end;
+            }
+            None => {
+                out.push_str(&text[i..start + JWT_START.len()]);
+                i = start + JWT_START.len();
+            }
+        }
+    }
+    out.push_str(&text[i..]);
+    out
 }
 
 /// A JSON value with every known secret redacted inside its strings (and keys).
@@ -81,6 +122,22 @@ impl<W: std::io::Write> std::io::Write for RedactingWriter<W> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Issue 14: a JWT (a DPoP proof, an assertion) is redacted by its shape, known or not;
+    /// text that only resembles one is left alone.
+    #[test]
+    fn jwts_are_redacted_by_their_shape() {
+        let jwt = "eyJ0eXAiOiJkcG9wK2p3dCJ9.eyJodG0iOiJQT1NUIn0.c2lnbmF0dXJl-_x";
+        assert_eq!(redact(&format!("invalid proof {jwt}, try again")), "invalid proof [redacted], try again");
+        assert_eq!(redact(&format!("DPoP: {jwt}\n{jwt}")), "DPoP: [redacted]\n[redacted]");
+        assert_eq!(redact("eyJhbGciOiJub25lIn0.eyJzdWIiOiJ4In0."), "[redacted]", "unsigned too");
+        for harmless in
+            ["keyJam.x.y", "eyJ", "eyJ0eXAiOiJKV1Qi only", "eyJ0eXAiOiJKV1Qi.", "eyJ0eXAiOiJKV1Qi..x"]
+        {
+            assert_eq!(redact(harmless), harmless);
+        }
+        assert_eq!(redact("é eyJ0eXAiOiJKV1QiLCJh.e30.sig é"), "é [redacted] é");
+    }
 
     #[test]
     fn known_secrets_are_replaced_wherever_they_appear() {

@@ -96,6 +96,8 @@ struct AsState {
     idp_requests: Vec<HashMap<String, String>>,
     /// `expires_in` of the tokens issued (default 3600).
     expires_in: Option<u64>,
+    /// A hostile token endpoint: refuses with the DPoP proof echoed in its description.
+    echo_proof: bool,
 }
 
 type Shared = Arc<Mutex<AsState>>;
@@ -338,6 +340,15 @@ async fn token(
     let bad = |e: &str| (StatusCode::BAD_REQUEST, Json(json!({"error": e}))).into_response();
     // RFC 9449 §5: a proof of the key the token will be bound to; a nonce first if demanded.
     let mut jkt = None;
+    if st.dpop && st.echo_proof {
+        let proof = headers.get("dpop").and_then(|v| v.to_str().ok()).unwrap_or_default();
+        let said = format!("proof {proof} is not accepted here");
+        return (
+            StatusCode::BAD_REQUEST,
+            Json(json!({"error": "invalid_dpop_proof", "error_description": said})),
+        )
+            .into_response();
+    }
     if st.dpop {
         let htu = format!("{}/token", st.base);
         match verify_proof(&mut st, headers.get("dpop").and_then(|v| v.to_str().ok()), "POST", &htu, None) {

@@ -372,3 +372,21 @@ async fn two_processes_share_one_dpop_sign_in_and_its_key() {
     finish_checked(a, &auth).await;
     finish_checked(b, &auth).await;
 }
+
+#[tokio::test]
+async fn a_dpop_proof_a_server_echoes_is_never_shown() {
+    // Proofs are new for every request, so they are not known secrets: they are redacted by
+    // their shape, in the error and in the log.
+    let auth = AuthServer::start(|s| {
+        s.dpop = true;
+        s.echo_proof = true;
+    })
+    .await;
+    let server = auth.protect().await;
+    let dir = temp_dir("dpop-echo");
+    let browser = Browser::start(&dir, Agent::Follow).await;
+    let mut sc = sidecar(&server, &dir.join("state"), &browser, &[]).secret("eyJ");
+    let (r, msg) = refused(&mut sc).await;
+    assert!(msg.contains("invalid_dpop_proof") && msg.contains("[redacted]"), "{r}");
+    finish_checked(sc, &auth).await;
+}
