@@ -584,6 +584,7 @@ impl OAuth {
                     token_error(&e)
                 ))
             })?;
+        let details = sane_interval(details)?;
         let host = self.mcp.host_str().unwrap_or("the server");
         let uri = details.verification_uri().to_string();
         let complete = details.verification_uri_complete().map(|c| c.secret().clone());
@@ -592,9 +593,10 @@ impl OAuth {
                 &Url::parse(u).map_err(|_| AuthError(format!("the verification URI {u:?} is not a URL")))?,
             )?;
         }
-        // Bounded by the code's life and by --auth-timeout, whichever ends first; an absurd
-        // `expires_in` or `interval` cannot overflow anything (issue 10.13).
+        // Bounded by the code's life and by --auth-timeout, whichever ends first; no sleep
+        // between polls outlasts that.
         let wait = details.expires_in().min(self.settings.timeout);
+        let deadline = tokio::time::Instant::now() + wait;
         #[allow(clippy::print_stderr)]
         {
             let code = clean(details.user_code().secret());
@@ -615,7 +617,7 @@ impl OAuth {
             .add_extra_param("resource", discovered.resource.clone())
             .request_async(
                 &via,
-                |d: Duration| tokio::time::sleep(d.clamp(Duration::from_secs(1), Duration::from_secs(60))),
+                |d: Duration| tokio::time::sleep(d.min(deadline.saturating_duration_since(tokio::time::Instant::now()))),
                 Some(wait),
             )
             .await
@@ -1025,6 +1027,23 @@ fn scope_to_ask(discovered: &Discovered, scope: Option<String>, offline: bool) -
     scope
 }
 
+/// RFC 8628 §3.2: the server's polling `interval`, kept within 1 s to a minute (issue 10.13):
+/// the oauth2 crate adds 5 s to it at each `slow_down`, which u64::MAX seconds would overflow,
+/// and a zero interval would poll without pause.
+fn sane_interval(
+    details: oauth2::StandardDeviceAuthorizationResponse,
+) -> Result<oauth2::StandardDeviceAuthorizationResponse, AuthError> {
+    let interval = details.interval().as_secs();
+    if (1..=60).contains(&interval) {
+        return Ok(details);
+    }
+    let mut value = serde_json::to_value(&details)
+        .map_err(|e| AuthError(format!("the device authorization answer cannot be used ({e})")))?;
+    value["interval"] = serde_json::json!(interval.clamp(1, 60));
+    serde_json::from_value(value)
+        .map_err(|e| AuthError(format!("the device authorization answer cannot be used ({e})")))
+}
+
 /// A-22: the client's authentication at the token endpoint, on an [`oauth2`] client.
 fn authenticated<A, D, I, R, T>(
     oauth: BasicClient<A, D, I, R, T>,
@@ -1143,6 +1162,22 @@ mod tests {
         let here = std::thread::current().id();
         let there = off_thread(|| Ok::<_, AuthError>(std::thread::current().id())).await.unwrap();
         assert_ne!(here, there);
+    }
+
+    /// A hostile or careless device endpoint's interval: kept to 1 s .. 60 s.
+    #[test]
+    fn device_intervals_are_kept_sane() {
+        let parse = |interval: &str| {
+            let d: oauth2::StandardDeviceAuthorizationResponse = serde_json::from_str(&format!(
+                r#"{{"device_code":"d","user_code":"u","verification_uri":"https://a/v","expires_in":600,"interval":{interval}}}"#
+            ))
+            .unwrap();
+            sane_interval(d).unwrap().interval().as_secs()
+        };
+        assert_eq!(parse("18446744073709551615"), 60);
+        assert_eq!(parse("0"), 1);
+        assert_eq!(parse("7"), 7);
+        assert_eq!(parse("null"), 5, "RFC 8628: 5 s when not said");
     }
 
     #[test]

@@ -84,6 +84,8 @@ struct AsState {
     /// Device flow: the answers to the polls before the token (`authorization_pending`, …).
     device_script: Vec<&'static str>,
     device_polls: Vec<std::time::Instant>,
+    /// The device code's `interval` (default 1 s).
+    device_interval: Option<u64>,
     /// Client credentials: the client and its secret.
     client_secret: Option<(String, String)>,
     /// private_key_jwt: the client's public key (PEM).
@@ -549,7 +551,8 @@ async fn device(State(st): State<Shared>, Form(f): Form<HashMap<String, String>>
     let b = &st.base;
     assert!(f.contains_key("client_id"), "{f:?}");
     Json(json!({"device_code": "dc-SECRET-1", "user_code": "WDJB-MJHT", "verification_uri": format!("{b}/verify"),
-        "verification_uri_complete": format!("{b}/verify?user_code=WDJB-MJHT"), "expires_in": 600, "interval": 1}))
+        "verification_uri_complete": format!("{b}/verify?user_code=WDJB-MJHT"), "expires_in": 600,
+        "interval": st.device_interval.unwrap_or(1)}))
     .into_response()
 }
 

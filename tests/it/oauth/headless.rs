@@ -390,3 +390,22 @@ async fn a_dpop_proof_a_server_echoes_is_never_shown() {
     assert!(msg.contains("invalid_dpop_proof") && msg.contains("[redacted]"), "{r}");
     finish_checked(sc, &auth).await;
 }
+
+#[tokio::test]
+async fn an_absurd_device_interval_neither_crashes_nor_outlasts_the_auth_timeout() {
+    // A hostile device endpoint: wait u64::MAX seconds between polls, then `slow_down` (which
+    // adds 5 s to that). The login ends at --auth-timeout with the usual error, no panic.
+    let auth = AuthServer::start(|s| {
+        s.device_interval = Some(u64::MAX);
+        s.device_script = vec!["slow_down", "slow_down", "slow_down"];
+    })
+    .await;
+    let server = auth.protect().await;
+    let dir = temp_dir("device-absurd");
+    let state = dir.join("state").to_string_lossy().into_owned();
+    let args = ["login", "--device", &server.url, "--state-dir", &state, "--auth-timeout", "1"];
+    let out = command(&args, &[]).output().await.unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("device code expired") && !stderr.contains("panicked"), "{stderr}");
+}
