@@ -114,14 +114,11 @@ struct Claims<'a> {
     nonce: Option<String>,
 }
 
-/// 128 random bits, base64url (a `jti`).
+/// 128 random bits from the OS generator, base64url (a `jti`: it must not be guessable).
 pub fn random_id() -> String {
     let mut bytes = [0u8; 16];
-    bytes.iter_mut().for_each(|b| *b = fastrand::u8(..));
-    // fastrand is not a CSPRNG; mix in the OS generator (a jti must not be guessable).
-    let mut os = [0u8; 16];
-    if aws_lc_rs::rand::fill(&mut os).is_ok() {
-        bytes.iter_mut().zip(os).for_each(|(b, o)| *b ^= o);
+    if aws_lc_rs::rand::fill(&mut bytes).is_err() {
+        bytes.iter_mut().for_each(|b| *b = fastrand::u8(..));
     }
     URL_SAFE_NO_PAD.encode(bytes)
 }

@@ -23,6 +23,7 @@ use url::Url;
 use super::AuthError;
 use super::dpop::Dpop;
 use super::http::{AuthHttp, HttpError};
+use crate::upstream::headers::{DPOP, DPOP_NONCE};
 
 pub const JWT_BEARER: &str = "urn:ietf:params:oauth:grant-type:jwt-bearer";
 pub const TOKEN_EXCHANGE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
@@ -98,15 +99,15 @@ impl Assertion {
             Assertion::Env(_, v) => Ok(v.clone()),
             Assertion::File(path) => {
                 let p = path.clone();
-                let text = tokio::task::spawn_blocking(move || std::fs::read_to_string(&p))
-                    .await
-                    .map_err(|_| AuthError("the identity token file could not be read".into()))?
-                    .map_err(|e| {
+                let text = super::off_thread(move || {
+                    std::fs::read_to_string(&p).map_err(|e| {
                         AuthError(format!(
                             "the identity token file {} cannot be read ({e}): check the path your CI platform writes it to",
-                            path.display()
+                            p.display()
                         ))
-                    })?;
+                    })
+                })
+                .await?;
                 let token = text.trim().to_owned();
                 if token.is_empty() {
                     return Err(AuthError(format!(
@@ -140,19 +141,12 @@ impl ClientKey {
         let shown = path.display();
         let meta = std::fs::metadata(path)
             .map_err(|e| format!("--client-key-file {shown} cannot be read ({e}): check the path"))?;
-        #[cfg(unix)]
-        {
-            // Like ssh: a private key others can read is not used. Windows has ACLs, not
-            // mode bits; a file under the user's profile is private by default.
-            use std::os::unix::fs::PermissionsExt;
-            if meta.permissions().mode() & 0o077 != 0 {
-                return Err(format!(
-                    "--client-key-file {shown} is readable by other users: run chmod 600 {shown}"
-                ));
-            }
+        // Like ssh: a private key others can read is not used.
+        if super::store::exposed(&meta) {
+            return Err(format!(
+                "--client-key-file {shown} is readable by other users: run chmod 600 {shown}"
+            ));
         }
-        #[cfg(not(unix))]
-        let _ = meta;
         let pem = std::fs::read(path)
             .map_err(|e| format!("--client-key-file {shown} cannot be read ({e}): check the path"))?;
         let tried = [
@@ -257,9 +251,9 @@ impl Via<'_> {
             let mut attempt = request.clone();
             let proof = dpop.proof(&method, &url, None).map_err(|e| HttpError(e.0))?;
             let value = HeaderValue::from_str(&proof).map_err(|_| HttpError("bad DPoP proof".into()))?;
-            attempt.headers_mut().insert("dpop", value);
+            attempt.headers_mut().insert(DPOP.clone(), value);
             let response = self.http.oauth2(attempt).await?;
-            let nonce = response.headers().get("dpop-nonce").and_then(|v| v.to_str().ok());
+            let nonce = response.headers().get(&DPOP_NONCE).and_then(|v| v.to_str().ok());
             if let Some(nonce) = nonce {
                 dpop.set_nonce(&url, nonce);
             }

@@ -111,8 +111,6 @@ struct Current {
     expires_at: Option<u64>,
     issued_at: Option<u64>,
     has_refresh: bool,
-    /// The token is bound to [`OAuth::dpop`]'s key: every request carries a proof.
-    dpop: bool,
 }
 
 /// The sign-in state of one MCP server.
@@ -168,9 +166,7 @@ impl OAuth {
         }
         if let Some(entry) = oauth.load_entry().await? {
             entry.remember_secrets();
-            if let Some(key) = &entry.dpop_key {
-                *oauth.dpop.writing() = Some(Arc::new(Dpop::from_stored(key)?));
-            }
+            oauth.use_stored_key(&entry)?;
             if let Some(tokens) = &entry.tokens {
                 debug!("using the stored sign-in for {}", redact_url(&oauth.mcp));
                 oauth.adopt(tokens);
@@ -228,20 +224,13 @@ impl OAuth {
             expires_at: tokens.expires_at,
             issued_at: tokens.issued_at,
             has_refresh: tokens.refresh_token.is_some(),
-            dpop: tokens.dpop && self.dpop.reading().is_some(),
         };
     }
 
     /// The `DPoP` proof header for a request with the current token (RFC 9449 §7.1), when it
-    /// is bound to a key.
+    /// is bound to a key (sent as `DPoP <token>`).
     pub fn proof(&self, method: &reqwest::Method, url: &Url) -> Option<HeaderValue> {
-        let token = {
-            let c = self.current.reading();
-            if !c.dpop {
-                return None;
-            }
-            c.header.as_ref()?.to_str().ok()?.strip_prefix("DPoP ")?.to_owned()
-        };
+        let token = self.current.reading().header.as_ref()?.to_str().ok()?.strip_prefix("DPoP ")?.to_owned();
         let key = self.dpop.reading().clone()?;
         match key.proof(method.as_str(), url, Some(&token)) {
             Ok(p) => HeaderValue::from_str(&p).ok(),
@@ -264,21 +253,34 @@ impl OAuth {
         }
     }
 
-    /// The key for bound tokens when the authorization server offers DPoP: the one this server
-    /// has, else a new one (kept in `entry` by the caller).
-    fn dpop_for(&self, entry: &Entry, server: &AuthServer) -> Result<Option<Arc<Dpop>>, AuthError> {
+    /// The key for bound tokens when the authorization server offers DPoP: the one in use
+    /// (the stored one, see [`OAuth::use_stored_key`]), else a new one (stored with the tokens
+    /// it binds).
+    fn dpop_for(&self, server: &AuthServer) -> Result<Option<Arc<Dpop>>, AuthError> {
         if !dpop::offered(server.dpop_signing_alg_values_supported.as_deref()) {
             return Ok(None);
         }
         if let Some(key) = self.dpop.reading().clone() {
             return Ok(Some(key));
         }
-        let key = Arc::new(match &entry.dpop_key {
-            Some(k) => Dpop::from_stored(k)?,
-            None => Dpop::generate()?,
-        });
+        let key = Arc::new(Dpop::generate()?);
         *self.dpop.writing() = Some(key.clone());
         Ok(Some(key))
+    }
+
+    /// Uses the key `entry`'s tokens are bound to: at start, and whenever the store is read
+    /// again (another process may have signed in with a key it made).
+    fn use_stored_key(&self, entry: &Entry) -> Result<(), AuthError> {
+        let Some(stored) = &entry.dpop_key else { return Ok(()) };
+        let same = self
+            .dpop
+            .reading()
+            .as_ref()
+            .is_some_and(|k| k.stored().expose_secret() == stored.expose_secret());
+        if !same {
+            *self.dpop.writing() = Some(Arc::new(Dpop::from_stored(stored)?));
+        }
+        Ok(())
     }
 
     /// Gets a token that the server may accept instead of `failed` (the header the refused
@@ -310,16 +312,7 @@ impl OAuth {
         entry.remember_secrets();
         entry.server = redact_url(&self.mcp);
         // Tokens another process stored may be bound to a key it made: use that key with them.
-        if let Some(stored) = &entry.dpop_key {
-            let same = self
-                .dpop
-                .reading()
-                .as_ref()
-                .is_some_and(|k| k.stored().expose_secret() == stored.expose_secret());
-            if !same {
-                *self.dpop.writing() = Some(Arc::new(Dpop::from_stored(stored)?));
-            }
-        }
+        self.use_stored_key(&entry)?;
         if refused && let Some(tokens) = &entry.tokens {
             let stored = auth_value(tokens);
             if stored.as_ref() != failed {
@@ -450,7 +443,7 @@ impl OAuth {
         }
         metadata::check_pkce(&discovered)?;
         let scope = scope_to_ask(&discovered, scope, true);
-        let dpop = self.dpop_for(entry, server)?;
+        let dpop = self.dpop_for(server)?;
         let (auth_url, token_url) = match (&server.authorization_endpoint, &server.token_endpoint) {
             (Some(a), Some(t)) => (a.clone(), t.clone()),
             _ => {
@@ -556,7 +549,7 @@ impl OAuth {
             )));
         };
         let scope = scope_to_ask(discovered, scope, true);
-        let dpop = self.dpop_for(entry, server)?;
+        let dpop = self.dpop_for(server)?;
         let reuse = entry
             .client
             .clone()
@@ -668,7 +661,7 @@ impl OAuth {
             )));
         };
         let scope = scope_to_ask(&discovered, scope, false);
-        let dpop = self.dpop_for(&Entry::default(), server)?;
+        let dpop = self.dpop_for(server)?;
         let via = Via { http: &self.http, dpop: dpop.as_deref() };
         let id = self.settings.client_id.as_deref();
         let auth = match (id, &self.settings.client_key, &self.settings.client_secret) {
@@ -714,7 +707,6 @@ impl OAuth {
                     scope.as_deref(),
                 )
                 .await?;
-                crate::secrets::remember(jag.expose_secret());
                 form.push(("grant_type", grants::JWT_BEARER.into()));
                 form.push(("assertion", jag.expose_secret().to_owned()));
                 format!(

@@ -242,6 +242,22 @@ impl From<&Entry> for Wire {
     }
 }
 
+/// Whether a file holding secrets (a token file, a private key) can be read by other users.
+/// Unix mode bits only: Windows has ACLs, and a file under the user's profile is private by
+/// default.
+pub fn exposed(meta: &fs::Metadata) -> bool {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        meta.permissions().mode() & 0o077 != 0
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = meta;
+        false
+    }
+}
+
 /// Why the store could not be used.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -405,15 +421,9 @@ impl TokenStore {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(StoreError::Unreadable { path, reason: e.to_string() }),
         };
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::PermissionsExt;
-            if meta.permissions().mode() & 0o077 != 0 {
-                return Err(StoreError::Exposed { path });
-            }
+        if exposed(&meta) {
+            return Err(StoreError::Exposed { path });
         }
-        #[cfg(not(unix))]
-        let _ = meta;
         let bytes = fs::read(&path)
             .map_err(|e| StoreError::Unreadable { path: path.clone(), reason: e.to_string() })?;
         let mut wire: Wire = serde_json::from_slice(&bytes)

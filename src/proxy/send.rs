@@ -65,9 +65,9 @@ impl Proxy {
             self.answered(&admitted, response.headers()).await;
             // Issue 14: a DPoP nonce the server hands out goes into the next proofs; a 401
             // `use_dpop_nonce` (RFC 9449 §9) was not processed: once more with it.
-            let nonce = oauth.and_then(|o| {
-                let n = response.headers().get(&crate::upstream::headers::DPOP_NONCE)?.to_str().ok()?;
-                o.dpop_nonce(response.url(), n).then_some(())
+            let nonce_given = oauth.is_some_and(|o| {
+                let nonce = response.headers().get(&crate::upstream::headers::DPOP_NONCE);
+                nonce.and_then(|n| n.to_str().ok()).is_some_and(|n| o.dpop_nonce(response.url(), n))
             });
             // Issue 5: a refused token is renewed (stored, refreshed, or a new sign-in) and the
             // request sent again: a 401 or 403 means it was not processed.
@@ -81,7 +81,7 @@ impl Proxy {
                     .filter_map(|v| v.to_str().ok())
                     .collect();
                 let challenge = crate::auth::challenge::bearer(&values);
-                if nonce.is_some()
+                if nonce_given
                     && !nonce_retried
                     && challenge.as_ref().and_then(|c| c.error.as_deref()) == Some("use_dpop_nonce")
                 {
