@@ -38,6 +38,8 @@ pub const META_SERVER_INFO: &str = "io.modelcontextprotocol/serverInfo";
 pub const META_LOG_LEVEL: &str = "io.modelcontextprotocol/logLevel";
 /// The JSON-RPC error a stateless server gives for a version it does not speak (T-13).
 pub const UNSUPPORTED_VERSION: i64 = -32022;
+/// JSON-RPC's internal error: the server failed, which says nothing about its era.
+pub const INTERNAL_ERROR: i64 = -32603;
 /// How long a server's era is believed without asking again (T-62: "cache per origin").
 pub const ERA_LIFETIME: Duration = Duration::from_secs(24 * 60 * 60);
 
@@ -267,6 +269,40 @@ pub fn discover_result(initialize: &RawValue) -> String {
     }
     out.push('}');
     out
+}
+
+/// A handshake-era server's `result` for `method`, made a valid 2026-07-28 result for a
+/// stateless-era client (issue 20): every result carries `resultType` (T-31), and the cacheable
+/// ones (the lists, `resources/read`) `ttlMs` and `cacheScope` too, which the schema requires:
+/// `0` and `"private"` when the server said nothing, since a handshake-era server promises no
+/// freshness. Members are added in front; the server's bytes follow unchanged. `None`: nothing to
+/// add (or not an object, left as it is).
+pub fn stateless_result(method: &str, result: &RawValue) -> Option<String> {
+    let members = object_members(result.get())?;
+    let has = |name: &str| members.iter().any(|(k, _)| k == name);
+    let cacheable = matches!(
+        method,
+        "tools/list" | "prompts/list" | "resources/list" | "resources/templates/list" | "resources/read"
+    );
+    let mut added = String::new();
+    for (name, value, needed) in [
+        ("resultType", "\"complete\"", true),
+        ("ttlMs", "0", cacheable),
+        ("cacheScope", "\"private\"", cacheable),
+    ] {
+        if needed && !has(name) {
+            added.push_str(&format!("\"{name}\":{value},"));
+        }
+    }
+    if added.is_empty() {
+        return None;
+    }
+    let text = result.get().trim_start();
+    let rest = text.strip_prefix('{')?;
+    if members.is_empty() {
+        added.pop();
+    }
+    Some(format!("{{{added}{rest}"))
 }
 
 /// The `input_required` result that stands for the server requests `questions` (whole
@@ -577,7 +613,9 @@ pub struct EraCache {
 impl EraCache {
     /// The cache entry of the server at `url` under `state_dir`.
     pub fn new(state_dir: &Path, url: &str) -> EraCache {
-        let name = crate::ratelimit::file::state_name(url, "era");
+        // "era2": what is remembered changed with issue 20 (a refusal, no longer a mere
+        // DiscoverResult), so memories written before are not read.
+        let name = crate::ratelimit::file::state_name(url, "era2");
         EraCache { path: state_dir.join("eras").join(format!("{name}.json")) }
     }
 
@@ -613,6 +651,28 @@ impl EraCache {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn t31_results_of_a_handshake_server_become_valid_stateless_results() {
+        let call = raw(r#"{"content":[{"type":"text","text":"é"}],"isError":false}"#);
+        assert_eq!(
+            stateless_result("tools/call", &call).unwrap(),
+            r#"{"resultType":"complete","content":[{"type":"text","text":"é"}],"isError":false}"#
+        );
+        assert_eq!(stateless_result("ping", &raw("{}")).unwrap(), r#"{"resultType":"complete"}"#);
+        assert_eq!(
+            stateless_result("tools/list", &raw(r#"{"tools":[]}"#)).unwrap(),
+            r#"{"resultType":"complete","ttlMs":0,"cacheScope":"private","tools":[]}"#
+        );
+        // What the server said stays: nothing is added twice, nothing is rewritten.
+        let list = raw(r#"{"resultType":"complete","tools":[],"ttlMs":5,"cacheScope":"public"}"#);
+        assert_eq!(stateless_result("tools/list", &list), None);
+        assert_eq!(
+            stateless_result("resources/read", &raw(r#"{"contents":[],"ttlMs":9}"#)).unwrap(),
+            r#"{"resultType":"complete","cacheScope":"private","contents":[],"ttlMs":9}"#
+        );
+        assert_eq!(stateless_result("tools/call", &raw("[1]")), None);
+    }
 
     fn raw(s: &str) -> Box<RawValue> {
         RawValue::from_string(s.to_owned()).unwrap()

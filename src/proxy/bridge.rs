@@ -1,11 +1,15 @@
 //! The era bridge: a handshake-era client (it opens with `initialize`) talking to a server of
 //! the stateless era (2026-07-28), which has no handshake, no sessions and no server requests.
 //!
-//! The era of each side is settled once, at the client's `initialize` ([`Proxy::settle_era`]):
-//! a `server/discover` probe first (T-62; its answer is remembered per origin in the state dir),
-//! and only a server that speaks the stateless era alone gets a bridge. Otherwise the
-//! `initialize` is forwarded as it came and nothing here runs again (same era: bytes unchanged).
-//!
+//! Each client's own era goes first ([`Proxy::settle_era`]): its `initialize` is forwarded as
+//! it came, and only a server that refuses it the stateless way (T-62), and then answers a
+//! `server/discover` probe with a `DiscoverResult`, gets a bridge; that refusal is remembered
+//! per endpoint in the state dir for a day, so the next run probes first. A dual-era server
+//! (one that lists only the stateless versions when asked in that era, as the Python SDK's
+//! does) keeps its handshake, its session and its cancellations: no probe is sent to it at all.
+//! The era is settled by the first answer that proves one; a failed probe or `initialize`
+//! settles nothing, and the next first request tries again (probes back off, 0 s, 1 s, … 60 s).
+
 //! With a bridge, `initialize` is answered here from the server's `DiscoverResult`; every
 //! request goes upstream under a new id with the per-request `_meta` (J-11) and the headers it
 //! implies (T-13, T-14), is retried once with a version the server lists after `-32022`, and
@@ -26,6 +30,8 @@ pub const MAX_INPUT_ROUNDS: u32 = 10;
 const LISTEN_LIMIT: Duration = Duration::from_secs(365 * 24 * 60 * 60);
 /// Consecutive failures of the `subscriptions/listen` stream after which it is given up.
 const MAX_LISTEN_FAILURES: u32 = 5;
+/// The longest a failed era probe keeps the next one waiting (issue 20).
+const MAX_PROBE_BACKOFF: Duration = Duration::from_secs(60);
 /// Requests that change nothing: sent again with a new id when their stream breaks (the
 /// stateless era has no resumption). Others may have been processed and are not.
 const IDEMPOTENT: &[&str] = &[
@@ -122,6 +128,15 @@ pub(super) struct Eras {
     pub(super) reverse: super::reverse::Slot,
     /// Ids of the proxy's own requests.
     next_id: AtomicU64,
+    /// When the era probe may be tried again after a failure.
+    backoff: Mutex<ProbeBackoff>,
+}
+
+/// Failed era probes in a row, and when the next one is due.
+#[derive(Default)]
+pub(super) struct ProbeBackoff {
+    failures: u32,
+    until: Option<Instant>,
 }
 
 impl Eras {
@@ -134,7 +149,14 @@ impl Eras {
             bridge: OnceLock::new(),
             reverse: OnceLock::new(),
             next_id: AtomicU64::new(0),
+            backoff: Mutex::new(ProbeBackoff::default()),
         }
+    }
+
+    /// The server's era is known (`found`): nothing is decided again for this run.
+    pub(super) fn settle(&self, found: Era) {
+        *self.server.locked() = Some(found);
+        self.settled.store(true, Ordering::Relaxed);
     }
 }
 
@@ -265,13 +287,26 @@ impl Proxy {
         // The client's own request stays in the table if this is dropped (a signal while it is
         // sent): shutdown answers it (every request read gets exactly one response).
         let _unregister = Unregister { proxy: self, key: internal.then(|| key.clone()) };
-        self.exchange(body, &headers, vec![(key, done)], initialize, limit, what).await?;
+        let sent = self.exchange(body, &headers, vec![(key.clone(), done)], initialize, limit, what).await;
+        // Answered or not, the request is over: its caller answers the client from what this
+        // returns, so its entry leaves now (no second answer at exit, and its id can be used
+        // again, issue 20). An answer is delivered before the exchange returns, so a capture
+        // still empty here will stay empty.
+        self.pending.locked().remove(&key);
+        sent?;
         capture.await.map_err(|_| {
-            LocalError::new(
-                SHUTTING_DOWN,
-                ErrorKind::ShuttingDown,
-                "mcp-sidecar is shutting down and the server had not answered yet; the request may have been processed",
-            )
+            if self.shutting_down.load(Ordering::Relaxed) {
+                LocalError::new(
+                    SHUTTING_DOWN,
+                    ErrorKind::ShuttingDown,
+                    "mcp-sidecar is shutting down and the server had not answered yet; the request may have been processed",
+                )
+            } else {
+                bad_response(
+                    "the server ended its reply without answering this request; it may or may not have been processed"
+                        .into(),
+                )
+            }
         })
     }
 
@@ -311,12 +346,19 @@ impl Proxy {
         }
     }
 
-    /// Decides the eras at the client's first `initialize` and answers it. Returns `false` when
-    /// the `initialize` is to be forwarded the usual way (`--protocol-era legacy`, HTTP+SSE).
+    /// Decides the eras at a handshake-era client's `initialize` and answers it. Returns `false`
+    /// when the `initialize` is to be forwarded the usual way (`--protocol-era legacy`, HTTP+SSE).
+    ///
+    /// The client's own era goes first: its `initialize` is forwarded as it came, and only a
+    /// stateless-style refusal of it (T-62), confirmed by a `DiscoverResult`, starts the bridge.
+    /// A `DiscoverResult` alone proves nothing about the handshake: a dual-era server (the
+    /// Python SDK's) lists only the stateless versions when asked in that era (issue 20). A
+    /// server remembered as refusing the handshake, or `--protocol-era modern`, is probed first.
+    /// Nothing is settled until an answer proves an era: after a timeout or an unreachable
+    /// server the next `initialize` decides again.
     pub(super) async fn settle_era(self: &Arc<Self>, line: &Bytes) -> bool {
-        self.eras.settled.store(true, Ordering::Relaxed);
         if self.eras.setting == ProtocolEra::Legacy || self.transport == Transport::Sse {
-            *self.eras.server.locked() = Some(Era::Handshake);
+            self.eras.settle(Era::Handshake);
             return false;
         }
         let Ok(env) = Envelope::parse(line) else { return false };
@@ -324,60 +366,70 @@ impl Proxy {
         let params = env.params.map(RawValue::to_owned);
         let requested = env.params().protocol_version.map(|v| v.into_owned());
         drop(env);
-        let auto = self.eras.setting == ProtocolEra::Auto;
-        let cached = if auto { self.cached_era().await } else { None };
-        let mut probed = false;
-        if !auto || !matches!(cached, Some(Era::Handshake | Era::Both)) {
-            probed = true;
-            let meta = ClientMeta::from_initialize(params.as_deref(), era::FIRST_MODERN);
-            match self.probe(meta).await {
-                Probe::Stateless { discover, meta } => {
-                    self.remember(Era::Stateless).await;
+        let meta = || ClientMeta::from_initialize(params.as_deref(), era::FIRST_MODERN);
+        let modern = self.eras.setting == ProtocolEra::Modern;
+        let remembered = !modern && self.cached_era().await == Some(Era::Stateless);
+        if modern || remembered {
+            match self.probe_when_due(meta()).await {
+                // Not remembered again: after a day, the handshake is tried again.
+                Some(Probe::Stateless { discover, meta }) => {
                     return self
                         .start_bridge(client_id.as_deref(), requested.as_deref(), discover, meta)
                         .await;
                 }
-                Probe::Speaks(found) => {
-                    if auto {
-                        self.remember(found).await;
-                    } else {
-                        warn!(
-                            "--protocol-era modern, but the server speaks the {}: forwarding as it is",
-                            found.name()
-                        );
-                    }
-                    *self.eras.server.locked() = Some(found);
-                }
-                Probe::Failed(err) if !auto => {
+                Some(Probe::Failed(err)) if modern => {
                     self.answer_unregistered(client_id.as_deref(), Err(err)).await;
                     return true;
                 }
-                Probe::Failed(err) => debug!("the era probe got no answer to judge by: {}", err.message),
+                Some(Probe::Speaks(found)) if modern => warn!(
+                    "--protocol-era modern, but the server speaks the {}: forwarding as it is",
+                    found.name()
+                ),
+                // The memory is stale (the server speaks the handshake era now), or nothing
+                // can be learned now: the client's `initialize` decides.
+                Some(Probe::Speaks(_)) => self.forget_era(),
+                Some(Probe::Failed(_)) | None => {}
             }
-        } else {
-            *self.eras.server.locked() = cached;
         }
-        // Forwarded as it came, its answer read on the way: a server remembered as speaking the
-        // handshake era that now refuses `initialize` the stateless way is probed again, so a
-        // stale memory cannot lock the client out (issue 13).
         *self.init_line.locked() = Some(line.clone());
-        let limit = self.request_timeout;
-        let answer = self.call(line.clone(), false, true, limit, "initialize").await;
-        if !probed && refuses_the_handshake(&answer) {
-            if let Some(cache) = &self.eras.cache {
-                cache.forget();
-            }
-            let meta = ClientMeta::from_initialize(params.as_deref(), era::FIRST_MODERN);
-            if let Probe::Stateless { discover, meta } = self.probe(meta).await {
-                self.remember(Era::Stateless).await;
-                return self.start_bridge(client_id.as_deref(), requested.as_deref(), discover, meta).await;
-            }
+        let answer = self.call(line.clone(), false, true, self.request_timeout, "initialize").await;
+        if refuses_the_handshake(&answer)
+            && !modern
+            && let Some(Probe::Stateless { discover, meta }) = self.probe_when_due(meta()).await
+        {
+            self.remember(Era::Stateless).await;
+            return self.start_bridge(client_id.as_deref(), requested.as_deref(), discover, meta).await;
         }
-        if answer.is_ok() && self.eras.server.locked().is_none() {
-            *self.eras.server.locked() = Some(Era::Handshake);
+        if answer.as_ref().is_ok_and(|bytes| era::response_error(bytes).is_none()) {
+            self.eras.settle(Era::Handshake);
         }
         self.answer_unregistered(client_id.as_deref(), answer).await;
         true
+    }
+
+    /// Forgets the era remembered for this server, in memory and in the state dir.
+    pub(super) fn forget_era(&self) {
+        if let Some(cache) = &self.eras.cache {
+            cache.forget();
+        }
+        *self.eras.server.locked() = None;
+    }
+
+    /// [`Proxy::probe`], unless a probe failed a moment ago (`None`): see [`probe_backoff`].
+    pub(super) async fn probe_when_due(self: &Arc<Self>, meta: ClientMeta) -> Option<Probe> {
+        if self.eras.backoff.locked().until.is_some_and(|until| Instant::now() < until) {
+            debug!("the era probe failed a moment ago; not asking again yet");
+            return None;
+        }
+        let probe = self.probe(meta).await;
+        let mut backoff = self.eras.backoff.locked();
+        if matches!(probe, Probe::Failed(_)) {
+            backoff.failures = backoff.failures.saturating_add(1);
+            backoff.until = Instant::now().checked_add(probe_backoff(backoff.failures));
+        } else {
+            *backoff = ProbeBackoff::default();
+        }
+        Some(probe)
     }
 
     /// The server's era as remembered in the state dir (read off the runtime thread).
@@ -414,6 +466,10 @@ impl Proxy {
                 Err(_) => return Probe::Speaks(Era::Handshake),
             };
             match self.call(body.into(), true, false, limit, "the server/discover probe").await {
+                // A server that failed proves nothing about its era.
+                Ok(answer) if era::response_error(&answer).is_some_and(|e| e.code == era::INTERNAL_ERROR) => {
+                    return Probe::Failed(bad_response("the server failed to answer server/discover".into()));
+                }
                 Ok(answer) => match era::probe_verdict(&answer) {
                     Verdict::Stateless(discover) => return Probe::Stateless { discover, meta },
                     Verdict::Both => return Probe::Speaks(Era::Both),
@@ -461,6 +517,7 @@ impl Proxy {
             rounds: AtomicU64::new(0),
         });
         let _ = self.eras.bridge.set(bridge.clone());
+        self.eras.settle(Era::Stateless);
         self.relisten(&bridge);
         let answer = match (client_id, RawValue::from_string(result)) {
             (Some(id), Ok(result)) => Ok(era::response_with_id(id, "result", &result).into()),
@@ -795,6 +852,16 @@ impl Proxy {
     }
 }
 
+/// How long the next era probe waits after `failures` in a row: none after the first (a server
+/// slow at a cold start is asked again at the next first request), then 1 s, doubling up to
+/// [`MAX_PROBE_BACKOFF`] (a dead one is not asked at every line).
+fn probe_backoff(failures: u32) -> Duration {
+    match failures {
+        0 | 1 => Duration::ZERO,
+        n => Duration::from_secs(1).saturating_mul(2u32.saturating_pow(n - 2)).min(MAX_PROBE_BACKOFF),
+    }
+}
+
 /// A bridged request's line, read again in its task, and its id.
 pub(super) fn reread(line: &[u8]) -> Result<(Envelope<'_>, &RawValue), LocalError> {
     let env = Envelope::parse(line).map_err(|_| unreadable())?;
@@ -816,5 +883,19 @@ fn refuses_the_handshake(answer: &Result<Bytes, LocalError>) -> bool {
             era::response_error(bytes).is_some_and(|e| matches!(e.code, -32020 | -32021 | -32022 | -32601))
         }
         Err(e) => e.http_status == Some(400),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn probes_back_off_from_none_to_a_minute_without_overflow() {
+        assert_eq!(probe_backoff(1), Duration::ZERO);
+        assert_eq!(probe_backoff(2), Duration::from_secs(1));
+        assert_eq!(probe_backoff(4), Duration::from_secs(4));
+        assert_eq!(probe_backoff(40), MAX_PROBE_BACKOFF);
+        assert_eq!(probe_backoff(u32::MAX), MAX_PROBE_BACKOFF);
     }
 }

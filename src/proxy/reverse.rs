@@ -57,8 +57,13 @@ pub(super) type Slot = OnceLock<Arc<Reverse>>;
 impl Proxy {
     /// Settles the eras at a client's first request that is not `initialize`. Returns whether
     /// the request was handled (answered, or taken by the reverse bridge).
+    ///
+    /// The client's own `server/discover` is forwarded and its answer decides: a
+    /// `DiscoverResult` or a stateless-era error means the server takes this client's era (it
+    /// is forwarded unchanged from then on); a refusal the handshake era gives (T-62) starts the
+    /// reverse bridge. Another first request is preceded by a probe of ours, unless the state
+    /// dir remembers the server. Nothing is settled while no answer proves an era.
     pub(super) async fn settle_stateless_client(self: &Arc<Self>, line: &Bytes) -> bool {
-        self.eras.settled.store(true, Ordering::Relaxed);
         let Ok(env) = Envelope::parse(line) else { return false };
         let method = env.method.as_deref().unwrap_or_default().to_owned();
         let params = env.params();
@@ -80,28 +85,13 @@ impl Proxy {
             Some(found) => found,
             None if method == "server/discover" => {
                 // The client's own probe is ours too: its answer decides.
-                let answer = self
-                    .call(
-                        line.clone(),
-                        false,
-                        false,
-                        self.request_timeout.min(DISCOVER_TIMEOUT),
-                        "server/discover",
-                    )
-                    .await;
-                let found = match &answer {
-                    Ok(bytes) => match era::probe_verdict(bytes) {
-                        Verdict::Stateless(_) | Verdict::RetryWith(_) => Some(Era::Stateless),
-                        Verdict::Both => Some(Era::Both),
-                        Verdict::Handshake => Some(Era::Handshake),
-                    },
-                    Err(e) if is_unknown_method(e) => Some(Era::Handshake),
-                    Err(_) => None,
-                };
-                if let Some(found) = found {
-                    self.remember(found).await;
-                }
+                let limit = self.request_timeout.min(DISCOVER_TIMEOUT);
+                let answer = self.call(line.clone(), false, false, limit, "server/discover").await;
+                let found = discover_verdict(&answer);
                 if found != Some(Era::Handshake) {
+                    if let Some(found) = found {
+                        self.learned(found).await;
+                    }
                     self.answer_unregistered(client_id.as_deref(), answer).await;
                     return true;
                 }
@@ -109,40 +99,60 @@ impl Proxy {
             }
             None => {
                 let meta = era::ClientMeta::from_meta(meta_raw.as_deref(), era::FIRST_MODERN);
-                match self.probe(meta).await {
-                    Probe::Stateless { .. } => Era::Stateless,
-                    Probe::Speaks(found) => found,
-                    Probe::Failed(_) => return false,
+                match self.probe_when_due(meta).await {
+                    Some(Probe::Stateless { .. }) => Era::Stateless,
+                    Some(Probe::Speaks(found)) => found,
+                    Some(Probe::Failed(_)) | None => return false,
                 }
             }
         };
-        if known.is_none() {
-            self.remember(found).await;
-        } else {
-            *self.eras.server.locked() = Some(found);
-        }
         if found != Era::Handshake {
+            if known.is_none() {
+                self.learned(found).await;
+            }
+            self.eras.settle(found);
             return false;
         }
-        match self.start_reverse(meta_raw.as_deref()).await {
+        self.bridge_stateless_client(known.is_some(), client_id.as_deref(), meta_raw.as_deref(), line).await
+    }
+
+    /// Remembers what a stateless client's request taught: a refusal (the handshake era only),
+    /// or that the server takes the stateless era. Only a refusal of the handshake itself, seen
+    /// by [`Proxy::settle_era`], is remembered as the stateless era only.
+    async fn learned(&self, found: Era) {
+        let stored = if found == Era::Handshake { Era::Handshake } else { Era::Both };
+        self.remember(stored).await;
+        self.eras.settle(found);
+    }
+
+    /// Starts the reverse bridge for a stateless client and hands it the first request.
+    async fn bridge_stateless_client(
+        self: &Arc<Self>,
+        remembered: bool,
+        client_id: Option<&RawValue>,
+        meta: Option<&RawValue>,
+        line: &Bytes,
+    ) -> bool {
+        match self.start_reverse(meta).await {
             Ok(reverse) => {
                 let reverse = self.eras.reverse.get_or_init(|| reverse).clone();
+                if !remembered {
+                    self.remember(Era::Handshake).await;
+                }
+                self.eras.settle(Era::Handshake);
                 self.dispatch_reverse(&reverse, line.clone()).await;
                 true
             }
             // Remembered as handshake-era, but the handshake fails: the memory is stale (the
             // server moved on); forgotten, and the request forwarded as it came, so that a
             // stale memory cannot lock the client out.
-            Err(err) if known.is_some() && self.eras.setting == ProtocolEra::Auto => {
+            Err(err) if remembered && self.eras.setting == ProtocolEra::Auto => {
                 debug!("the handshake for a stateless client failed ({}); forwarding as it is", err.message);
-                if let Some(cache) = &self.eras.cache {
-                    cache.forget();
-                }
-                *self.eras.server.locked() = None;
+                self.forget_era();
                 false
             }
             Err(err) => {
-                self.answer_unregistered(client_id.as_deref(), Err(err)).await;
+                self.answer_unregistered(client_id, Err(err)).await;
                 true
             }
         }
@@ -323,7 +333,14 @@ impl Proxy {
                 let answer = answer.map_err(|_| bad_response("the request was given up".into()))??;
                 let reply = Envelope::parse(&answer).map_err(|_| unreadable())?;
                 match (reply.result, reply.error) {
-                    (Some(result), _) => Ok(era::response_with_id(client_id, "result", result).into()),
+                    // A valid result of the client's era (issue 20: the Python SDK refuses a
+                    // `CallToolResult` without `resultType`).
+                    (Some(result), _) => match era::stateless_result(method, result)
+                        .and_then(|r| RawValue::from_string(r).ok())
+                    {
+                        Some(result) => Ok(era::response_with_id(client_id, "result", &result).into()),
+                        None => Ok(era::response_with_id(client_id, "result", result).into()),
+                    },
                     (None, Some(error)) => Ok(era::response_with_id(client_id, "error", error).into()),
                     _ => Err(unreadable()),
                 }
@@ -398,6 +415,27 @@ impl Proxy {
             "an answer to a server request".into(),
         ));
         true
+    }
+}
+
+/// What the answer to a stateless client's own `server/discover` proves, if anything: a
+/// `DiscoverResult` or a stateless-era error (`-32022`) that the server takes that era; another
+/// JSON-RPC error or a 4xx, that it does not (T-62, S-09); a server's internal error, a timeout
+/// or an unreachable server, nothing.
+fn discover_verdict(answer: &Result<Bytes, LocalError>) -> Option<Era> {
+    match answer {
+        Ok(bytes) => match era::probe_verdict(bytes) {
+            Verdict::Stateless(_) | Verdict::RetryWith(_) => Some(Era::Stateless),
+            Verdict::Both => Some(Era::Both),
+            Verdict::Handshake
+                if era::response_error(bytes).is_some_and(|e| e.code == era::INTERNAL_ERROR) =>
+            {
+                None
+            }
+            Verdict::Handshake => Some(Era::Handshake),
+        },
+        Err(e) if is_unknown_method(e) => Some(Era::Handshake),
+        Err(_) => None,
     }
 }
 

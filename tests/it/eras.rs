@@ -47,6 +47,10 @@ struct Stateless {
     listeners: Mutex<Vec<Listener>>,
     /// End the next `prompts/list` stream without an answer (a broken stream, T-23).
     break_next_list: AtomicBool,
+    /// Answer the first POST, whatever it is, with a 500 (a server still starting).
+    fail_first: AtomicBool,
+    /// The server's task (aborted to free its address).
+    task: Mutex<Option<tokio::task::AbortHandle>>,
 }
 
 /// An event stream that ends without an answer.
@@ -140,6 +144,9 @@ async fn stateless(State(s): State<Arc<Stateless>>, headers: HeaderMap, raw: Byt
     };
     s.posts.lock().unwrap().push(Post { headers: headers.clone(), body: body.clone(), raw: raw.clone() });
     let id = body["id"].clone();
+    if s.fail_first.swap(false, Ordering::SeqCst) {
+        return error(&id, StatusCode::INTERNAL_SERVER_ERROR, -32603, "starting up");
+    }
     let method = body["method"].as_str().unwrap_or_default().to_owned();
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
     let meta = &body["params"]["_meta"];
@@ -313,7 +320,8 @@ fn stateless_server_on(listener: tokio::net::TcpListener) -> (String, Arc<Statel
         )
         .with_state(state.clone());
     let url = format!("http://{}/mcp", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, app).await });
+    let task = tokio::spawn(async move { axum::serve(listener, app).await });
+    *state.task.lock().unwrap() = Some(task.abort_handle());
     (url, state)
 }
 
@@ -392,8 +400,13 @@ async fn t62_a_handshake_client_reaches_a_stateless_only_server_through_the_brid
         out.stderr
     );
 
-    let posts = posts(&server);
-    // Never an initialize, a GET or a session; every POST carries the headers and `_meta`.
+    let mut posts = posts(&server);
+    // The client's own initialize went first (issue 20: its era first), and was refused the
+    // stateless way; then the probe, and from then on no initialize, GET or session, and every
+    // POST carries the headers and `_meta`.
+    let first = posts.remove(0);
+    assert_eq!(first.body["method"], "initialize", "{}", first.raw);
+    assert_eq!(posts[0].body["method"], "server/discover");
     assert!(
         posts.iter().all(|p| p.body["method"] != "initialize" && p.headers.get("mcp-session-id").is_none())
     );
@@ -411,8 +424,17 @@ async fn t62_a_handshake_client_reaches_a_stateless_only_server_through_the_brid
     // Each retry has an id of its own (T-31).
     let ids: std::collections::HashSet<String> = posts.iter().map(|p| p.body["id"].to_string()).collect();
     assert_eq!(ids.len(), posts.len(), "ids unique");
-    // The era is remembered: a second run does not probe past the discovery it needs anyway.
+    // The refusal is remembered: a second run goes to the discovery it needs anyway, and sends
+    // no initialize the server would refuse again.
     assert!(dir.join("eras").read_dir().unwrap().count() == 1);
+    let before = posts.len() + 1;
+    let mut s = Sidecar::spawn(&args, &[]);
+    assert_eq!(s.handshake().await["result"]["serverInfo"]["name"], "stateless-only");
+    s.finish().await;
+    let again = self::posts(&server);
+    let methods: Vec<&Value> = again[before..].iter().map(|p| &p.body["method"]).collect();
+    assert_eq!(methods[0], "server/discover");
+    assert!(!methods.contains(&&json!("initialize")), "{methods:?}");
 }
 
 #[tokio::test]
@@ -550,14 +572,33 @@ async fn same_era_pairs_are_forwarded_unchanged_and_the_verdict_is_remembered() 
         s.send(line).await;
         assert_eq!(s.recv().await["result"]["content"][0]["text"], "3");
         s.finish().await;
-        // Probed once, at the first run only.
+        // A handshake-era client's initialize is forwarded: no probe at all (issue 20).
+        assert_eq!(server.posts("server/discover").len(), 0, "run {run}");
+    }
+    // A stateless-era client is refused by this server: bridged, and the refusal remembered,
+    // so the next stateless client is bridged without asking again.
+    for run in 0..2 {
+        let mut s = sidecar_for(&server, &["--state-dir", &state]);
+        let meta = json!({"io.modelcontextprotocol/protocolVersion":"2026-07-28","io.modelcontextprotocol/clientCapabilities":{}});
+        s.send_json(&request(1, "tools/call", json!({"name":"sum","arguments":{"a":1,"b":2},"_meta": meta})))
+            .await;
+        let answer = s.recv().await;
+        assert_eq!(answer["result"]["content"][0]["text"], "3", "{answer}");
+        assert_eq!(answer["result"]["resultType"], "complete", "{answer}");
+        s.finish().await;
         assert_eq!(server.posts("server/discover").len(), 1, "run {run}");
     }
     // The bytes the client wrote are the bytes the server got.
     let calls = server.posts("tools/call");
-    assert_eq!(calls.len(), 2);
+    assert_eq!(calls.len(), 4);
+    let calls = &calls[..2];
     assert!(calls.iter().all(|c| c.body == line.as_bytes()));
-    assert!(server.posts("initialize").iter().all(|c| c.json["id"] == 0));
+    // The handshake-era clients' own initialize, as they wrote it; then the bridge's own.
+    let inits = server.posts("initialize");
+    assert!(inits[..2].iter().all(|c| c.json["id"] == 0));
+    assert!(
+        inits[2..].iter().all(|c| c.json["id"].as_str().is_some_and(|id| id.starts_with("mcp-sidecar-")))
+    );
 }
 
 #[tokio::test]
@@ -866,33 +907,36 @@ async fn j08_the_reverse_bridge_cancels_upstream_and_refuses_an_unknown_state() 
 async fn a_server_that_changes_era_is_not_locked_out_by_the_remembered_one() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let old = Server::start_on(listener, generic(), Some(handshake_only()));
-    // Two state dirs remember the handshake era.
-    let dirs = [scratch_dir("era-changed-a"), scratch_dir("era-changed-b")];
-    let states: Vec<String> = dirs.iter().map(|d| d.to_string_lossy().into_owned()).collect();
-    for state in &states {
-        let mut s = sidecar_for(&old, &["--state-dir", state]);
-        s.handshake().await;
-        s.finish().await;
-    }
-    assert_eq!(old.posts("server/discover").len(), 2);
-    old.stop();
-    drop(old);
-    // The same address now speaks only the stateless era.
-    let listener = loop {
-        match tokio::net::TcpListener::bind(addr).await {
-            Ok(l) => break l,
-            Err(_) => tokio::task::yield_now().await,
+    let rebind = || async move {
+        loop {
+            match tokio::net::TcpListener::bind(addr).await {
+                Ok(l) => break l,
+                Err(_) => tokio::task::yield_now().await,
+            }
         }
     };
-    let (url, server) = stateless_server_on(listener);
-    // A stateless-era client: the handshake the memory calls for fails; forwarded instead.
-    let mut s = Sidecar::spawn(&[&url, "--auth", "none", "--state-dir", &states[0]], &[]);
     let meta = json!({"io.modelcontextprotocol/protocolVersion":"2026-07-28","io.modelcontextprotocol/clientCapabilities":{}});
+    let dirs = [scratch_dir("era-changed-a"), scratch_dir("era-changed-b")];
+    let states: Vec<String> = dirs.iter().map(|d| d.to_string_lossy().into_owned()).collect();
+    // 1. A handshake-only server: a stateless client is bridged, and dir A remembers the
+    //    server's refusal of the stateless era.
+    let old = Server::start_on(listener, generic(), Some(handshake_only()));
+    let mut s = sidecar_for(&old, &["--state-dir", &states[0]]);
+    s.send_json(&request(1, "tools/call", json!({"name":"echo","arguments":{"message":"x"},"_meta": meta})))
+        .await;
+    assert!(s.recv().await["result"]["content"].is_array());
+    s.finish().await;
+    assert_eq!(old.posts("server/discover").len(), 1);
+    old.stop();
+    drop(old);
+    // 2. The same address speaks only the stateless era. A stateless-era client: the handshake
+    //    the memory calls for fails; forwarded instead. A handshake-era client: its initialize
+    //    is refused, so it is bridged, and dir B remembers that refusal.
+    let (url, server) = stateless_server_on(rebind().await);
+    let mut s = Sidecar::spawn(&[&url, "--auth", "none", "--state-dir", &states[0]], &[]);
     s.send_json(&request(1, "tools/call", json!({"name":"echo","_meta": meta}))).await;
     assert!(s.recv().await["result"]["content"].is_array());
     s.finish().await;
-    // A handshake-era client: the refused initialize sends the sidecar back to the probe.
     let mut s = Sidecar::spawn(&[&url, "--auth", "none", "--state-dir", &states[1]], &[]);
     let init = s.handshake().await;
     assert_eq!(init["result"]["serverInfo"]["name"], "stateless-only", "{init}");
@@ -900,6 +944,18 @@ async fn a_server_that_changes_era_is_not_locked_out_by_the_remembered_one() {
     assert!(s.recv().await["result"]["content"].is_array());
     s.finish().await;
     assert!(posts(&server).iter().any(|p| p.body["method"] == "server/discover"));
+    server.task.lock().unwrap().take().unwrap().abort();
+    // 3. The handshake era again: dir B's memory sends the probe first, which is refused, so
+    //    the client's initialize goes as it came and the memory is forgotten.
+    let new = Server::start_on(rebind().await, generic(), Some(handshake_only()));
+    let mut s = sidecar_for(&new, &["--state-dir", &states[1]]);
+    let init = s.handshake().await;
+    assert!(init["result"]["serverInfo"].is_object(), "{init}");
+    s.send_json(&call_tool("e2", "echo")).await;
+    assert!(s.recv().await["result"]["content"].is_array());
+    s.finish().await;
+    assert_eq!(new.posts("server/discover").len(), 1);
+    assert_eq!(dirs[1].join("eras").read_dir().unwrap().count(), 0, "forgotten");
 }
 
 async fn until(what: &str, mut cond: impl FnMut() -> bool) {
@@ -1074,4 +1130,145 @@ async fn a_probe_the_server_never_answers_delays_nothing_past_its_timeout_and_is
     // No answer is no verdict: nothing remembered, the next run asks again.
     assert!(!dir.join("eras").exists() || dir.join("eras").read_dir().unwrap().count() == 0);
     never.notify_waiters();
+}
+
+/// A dual-era server as the Python SDK's (`mcp` 2.3.0) is one: it takes `initialize` and opens a
+/// session, and answers `server/discover` in the stateless era listing only the stateless
+/// version.
+fn dual_era_listing_only_stateless() -> Hook {
+    Arc::new(|seen: &Seen| match seen.rpc_method() {
+        Some("server/discover") => Action::Respond(respond(
+            200,
+            "application/json",
+            json!({"jsonrpc":"2.0","id":seen.json["id"],"result":{"resultType":"complete",
+                "supportedVersions":["2026-07-28"],"capabilities":{"tools":{}},
+                "serverInfo":{"name":"dual","version":"2"},"ttlMs":0,"cacheScope":"private"}})
+            .to_string(),
+        )),
+        _ => Action::Pass,
+    })
+}
+
+#[tokio::test]
+async fn issue20_a_dual_era_server_keeps_the_handshake_its_session_its_cancels_and_its_delete() {
+    let server = Server::start(generic(), Some(dual_era_listing_only_stateless())).await;
+    let dir = scratch_dir("dual-era");
+    let mut s = sidecar_for(&server, &["--state-dir", &dir.to_string_lossy()]);
+    let init = s.handshake().await;
+    // The server's own answer, not one made from a DiscoverResult.
+    assert_eq!(init["result"]["instructions"], "mcp-sidecar example server", "{init}");
+    s.send_json(&call(7, "slow", json!({"ms": 60_000}))).await;
+    until("the slow call reaches the server", || !server.posts("tools/call").is_empty()).await;
+    s.send_json(&json!({"jsonrpc":"2.0","method":"notifications/cancelled","params":{"requestId":7}})).await;
+    until("the cancel reaches the server", || !server.posts("notifications/cancelled").is_empty()).await;
+    s.send_json(&call(8, "sum", json!({"a": 2, "b": 3}))).await;
+    let sum = s.recv().await;
+    assert_eq!(sum["id"], 8, "nothing for the cancelled request: {sum}");
+    assert_eq!(sum["result"]["content"][0]["text"], "5");
+    let out = s.finish().await;
+    assert!(!out.stderr.contains("bridg"), "{}", out.stderr);
+    // No probe; the client's own bytes; the session used and ended (T-22).
+    assert!(server.posts("server/discover").is_empty());
+    let seen = server.seen();
+    let init = &server.posts("initialize")[0];
+    let session = seen.iter().find_map(|s| s.header("mcp-session-id").map(str::to_owned)).expect("a session");
+    assert_eq!(server.posts("notifications/cancelled")[0].json["params"]["requestId"], 7);
+    assert!(server.posts("tools/call").iter().all(|c| c.header("mcp-session-id") == Some(&session)));
+    assert!(init.header("mcp-session-id").is_none());
+    assert!(
+        seen.iter()
+            .any(|s| s.method == axum::http::Method::DELETE && s.header("mcp-session-id") == Some(&session)),
+        "the session is ended at exit"
+    );
+    // And nothing is remembered that would bridge the next client.
+    assert!(!dir.join("eras").exists() || dir.join("eras").read_dir().unwrap().count() == 0);
+}
+
+#[tokio::test]
+async fn issue20_a_failed_initialize_settles_nothing_and_the_same_id_can_be_sent_again() {
+    let (url, server) = stateless_server().await;
+    // A server not ready yet: the first POST fails with a 500 and a JSON-RPC internal error.
+    server.fail_first.store(true, Ordering::SeqCst);
+    let mut s = Sidecar::spawn(&[&url, "--auth", "none"], &[]);
+    let init = json!({"jsonrpc":"2.0","id":0,"method":"initialize","params":{
+        "protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"it","version":"1"}}});
+    s.send_json(&init).await;
+    let first = s.recv().await;
+    assert_eq!(first["error"]["code"], -32603, "{first}");
+    // The client tries again with the same id (the TypeScript SDK always uses 0): the era is
+    // decided now, and the bridge answers.
+    let second = s.handshake().await;
+    assert_eq!(second["id"], 0);
+    assert_eq!(second["result"]["serverInfo"]["name"], "stateless-only", "{second}");
+    s.send_json(&call_tool("e", "echo")).await;
+    assert!(s.recv().await["result"]["content"].is_array());
+    let out = s.finish().await;
+    // Exactly one answer per line: nothing more for id 0 at exit.
+    let answers: Vec<Value> = out.messages().into_iter().filter(|m| m["id"] == 0).collect();
+    assert_eq!(answers.len(), 2, "{answers:?}");
+    assert!(posts(&server).iter().any(|p| p.body["method"] == "server/discover"));
+}
+
+#[tokio::test]
+async fn issue20_a_failed_probe_settles_nothing_for_a_stateless_client() {
+    // A handshake-only server whose first answer to server/discover is an internal error.
+    let failed = Arc::new(AtomicBool::new(false));
+    let hook: Hook = Arc::new(move |seen: &Seen| match seen.rpc_method() {
+        Some("server/discover") if !failed.swap(true, Ordering::SeqCst) => Action::Respond(respond(
+            500,
+            "application/json",
+            json!({"jsonrpc":"2.0","id":seen.json["id"],"error":{"code":-32603,"message":"starting up"}})
+                .to_string(),
+        )),
+        Some("server/discover") => {
+            Action::Respond(respond(400, "text/plain", "Bad Request: No valid session ID provided"))
+        }
+        _ => Action::Pass,
+    });
+    let server = Server::start(generic(), Some(hook)).await;
+    let mut s = sidecar_for(&server, &[]);
+    let meta = json!({"io.modelcontextprotocol/protocolVersion":"2026-07-28","io.modelcontextprotocol/clientCapabilities":{}});
+    let sum =
+        |id: i64| request(id, "tools/call", json!({"name":"sum","arguments":{"a":1,"b":id},"_meta": meta}));
+    s.send_json(&sum(1)).await;
+    // Nothing proved the era: forwarded as it came (this server answers it without a session).
+    let first = s.recv().await;
+    assert_eq!(first["id"], 1, "{first}");
+    assert!(server.posts("initialize").is_empty(), "not bridged yet");
+    // The next request asks again, learns the handshake era, and is bridged.
+    s.send_json(&sum(2)).await;
+    let answer = s.recv().await;
+    assert_eq!(answer["result"]["content"][0]["text"], "3", "{answer}");
+    assert_eq!(answer["result"]["resultType"], "complete");
+    s.finish().await;
+    assert_eq!(server.posts("server/discover").len(), 2);
+    assert_eq!(server.posts("initialize").len(), 1, "the reverse bridge's handshake");
+}
+
+#[tokio::test]
+async fn issue20_a_refused_initialize_leaves_no_entry_behind_and_its_id_can_be_used_again() {
+    // A handshake server whose first initialize fails (a 500 with a JSON-RPC internal error).
+    let failed = Arc::new(AtomicBool::new(false));
+    let hook: Hook = Arc::new(move |seen: &Seen| match seen.rpc_method() {
+        Some("initialize") if !failed.swap(true, Ordering::SeqCst) => Action::Respond(respond(
+            500,
+            "application/json",
+            json!({"jsonrpc":"2.0","id":seen.json["id"],"error":{"code":-32603,"message":"starting up"}})
+                .to_string(),
+        )),
+        _ => Action::Pass,
+    });
+    let server = Server::start(generic(), Some(hook)).await;
+    let mut s = sidecar_for(&server, &[]);
+    let init = json!({"jsonrpc":"2.0","id":0,"method":"initialize","params":{
+        "protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"it","version":"1"}}});
+    s.send_json(&init).await;
+    assert_eq!(s.recv().await["error"]["code"], -32603);
+    // The TypeScript SDK always uses id 0: the retry is not "already in use".
+    let second = s.handshake().await;
+    assert_eq!(second["result"]["instructions"], "mcp-sidecar example server", "{second}");
+    let out = s.finish().await;
+    // Exactly one answer per line: no "shutting down" for id 0 at exit.
+    let answers: Vec<Value> = out.messages().into_iter().filter(|m| m["id"] == 0).collect();
+    assert_eq!(answers.len(), 2, "{answers:?}");
 }
