@@ -228,6 +228,25 @@ impl Demo {
         }
     }
 
+    #[tool(description = "Ask the client for a name (elicitation)")]
+    async fn ask(&self, peer: Peer<RoleServer>) -> String {
+        let params = serde_json::json!({"mode": "form", "message": "Who is there?", "requestedSchema":
+            {"type": "object", "properties": {"name": {"type": "string"}}, "required": ["name"]}});
+        let Ok(params) = serde_json::from_value(params) else {
+            return "the elicitation cannot be made".into();
+        };
+        match peer.create_elicitation(params).await {
+            Ok(answer) => {
+                let answer = serde_json::to_value(&answer).unwrap_or_default();
+                format!(
+                    "hello {}",
+                    answer.pointer("/content/name").and_then(|n| n.as_str()).unwrap_or("(nobody)")
+                )
+            }
+            Err(e) => format!("elicitation/create failed: {e}"),
+        }
+    }
+
     #[tool(description = "A forecast for a region (its region travels in a header too)")]
     fn forecast(&self, Parameters(ForecastArgs { region, days }): Parameters<ForecastArgs>) -> String {
         format!("{days} days of sun in {region}")
