@@ -2,6 +2,9 @@
 # The interop matrix (issue 20): the real MCP SDKs on both sides of mcp-sidecar.
 #
 #   scripts/interop.sh [TEXT]      TEXT: run only the pairs whose "client / server" names contain it
+#   MCP_SIDECAR_WINDOWS_EXE=target/x86_64-pc-windows-gnu/debug/mcp-sidecar.exe \
+#   MCP_SIDECAR_WINE_RUN=../shared/windows/wine-run scripts/interop.sh
+#                                  also the Windows build under Wine, for the pairs of issue 20
 #
 # Clients: the Python SDK's ClientSession (handshake) and Client(mode="auto"), the TypeScript
 # SDK's Client over stdio. Servers: the Python SDK's MCPServer (stateful, stateless_http, and
@@ -46,4 +49,5 @@ exec python3 tests/interop/driver.py \
   --node node \
   --node-dir "$PWD/$NODE_DIR" \
   --table "$DIR/matrix.md" \
+  ${MCP_SIDECAR_WINDOWS_EXE:+--windows-sidecar "$MCP_SIDECAR_WINDOWS_EXE" --wine "$MCP_SIDECAR_WINE_RUN"} \
   ${1:+--only "$1"}

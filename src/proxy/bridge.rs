@@ -518,6 +518,10 @@ impl Proxy {
         });
         let _ = self.eras.bridge.set(bridge.clone());
         self.eras.settle(Era::Stateless);
+        // A forwarded `initialize` the server answered (at a stateless-era version) may have
+        // left a session and a line to replay: the stateless era has neither.
+        self.up.reset_session();
+        *self.init_line.locked() = None;
         self.relisten(&bridge);
         let answer = match (client_id, RawValue::from_string(result)) {
             (Some(id), Ok(result)) => Ok(era::response_with_id(id, "result", &result).into()),
@@ -876,11 +880,27 @@ pub(super) fn unreadable() -> LocalError {
 
 /// Whether the answer to a forwarded `initialize` is a stateless server's refusal: a JSON-RPC
 /// error the handshake era never gives to `initialize` (T-62: missing headers, unsupported
-/// version, unknown method), or a 400.
+/// version, unknown method), or a 400. A result that names a stateless-era version counts too:
+/// 2026-07-28 has no handshake, so a server that answers one at that version (leniently, as the
+/// conformance suite's mocks do) expects that era's per-request `_meta` and headers, which only
+/// the bridge gives a handshake-era client.
 fn refuses_the_handshake(answer: &Result<Bytes, LocalError>) -> bool {
+    #[derive(serde::Deserialize)]
+    struct Answer {
+        result: Option<Negotiated>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Negotiated {
+        #[serde(rename = "protocolVersion")]
+        protocol_version: Option<String>,
+    }
     match answer {
         Ok(bytes) => {
             era::response_error(bytes).is_some_and(|e| matches!(e.code, -32020 | -32021 | -32022 | -32601))
+                || serde_json::from_slice::<Answer>(bytes)
+                    .ok()
+                    .and_then(|a| a.result?.protocol_version)
+                    .is_some_and(|v| era::is_modern(&v))
         }
         Err(e) => e.http_status == Some(400),
     }
@@ -889,6 +909,20 @@ fn refuses_the_handshake(answer: &Result<Bytes, LocalError>) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn t62_what_counts_as_a_refused_handshake() {
+        let ok = |s: &str| Ok(Bytes::from(s.to_owned()));
+        let refused =
+            |code: i64| ok(&format!(r#"{{"jsonrpc":"2.0","id":0,"error":{{"code":{code},"message":"x"}}}}"#));
+        assert!(refuses_the_handshake(&refused(-32020)));
+        assert!(refuses_the_handshake(&refused(-32601)));
+        assert!(!refuses_the_handshake(&refused(-32603)), "a failure proves nothing");
+        let answered =
+            |v: &str| ok(&format!(r#"{{"jsonrpc":"2.0","id":0,"result":{{"protocolVersion":"{v}"}}}}"#));
+        assert!(!refuses_the_handshake(&answered("2025-11-25")));
+        assert!(refuses_the_handshake(&answered("2026-07-28")));
+    }
 
     #[test]
     fn probes_back_off_from_none_to_a_minute_without_overflow() {

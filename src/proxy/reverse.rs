@@ -331,19 +331,7 @@ impl Proxy {
             answer = &mut call => {
                 reverse.asks.locked().remove(&upstream);
                 let answer = answer.map_err(|_| bad_response("the request was given up".into()))??;
-                let reply = Envelope::parse(&answer).map_err(|_| unreadable())?;
-                match (reply.result, reply.error) {
-                    // A valid result of the client's era (issue 20: the Python SDK refuses a
-                    // `CallToolResult` without `resultType`).
-                    (Some(result), _) => match era::stateless_result(method, result)
-                        .and_then(|r| RawValue::from_string(r).ok())
-                    {
-                        Some(result) => Ok(era::response_with_id(client_id, "result", &result).into()),
-                        None => Ok(era::response_with_id(client_id, "result", result).into()),
-                    },
-                    (None, Some(error)) => Ok(era::response_with_id(client_id, "error", error).into()),
-                    _ => Err(unreadable()),
-                }
+                stateless_answer(method, client_id, &answer)
             }
             Some(first) = asks.recv() => {
                 // The server asks the client something: an input_required round (T-31).
@@ -415,6 +403,22 @@ impl Proxy {
             "an answer to a server request".into(),
         ));
         true
+    }
+}
+
+/// The server's answer to a bridged request, under the client's id, as a valid answer of the
+/// client's era (issue 20: the Python SDK refuses a `CallToolResult` without `resultType`).
+fn stateless_answer(method: &str, client_id: &RawValue, answer: &[u8]) -> Result<Bytes, LocalError> {
+    let reply = Envelope::parse(answer).map_err(|_| unreadable())?;
+    match (reply.result, reply.error) {
+        (Some(result), _) => {
+            match era::stateless_result(method, result).and_then(|r| RawValue::from_string(r).ok()) {
+                Some(result) => Ok(era::response_with_id(client_id, "result", &result).into()),
+                None => Ok(era::response_with_id(client_id, "result", result).into()),
+            }
+        }
+        (None, Some(error)) => Ok(era::response_with_id(client_id, "error", error).into()),
+        _ => Err(unreadable()),
     }
 }
 

@@ -87,16 +87,17 @@ def start_server(command, record, node_dir):
     return proc, url
 
 
-def run_pair(a, client, server, work):
+def run_pair(a, client, server, work, sidecar):
     (ccmd, client_era, _), (scmd, accepts, _, tools, skip) = client, server
     record, log, state = work / "record.jsonl", work / "sidecar.log", work / "state"
     proc, url = start_server(scmd, record, a.node_dir)
     try:
         # The sidecar's stderr goes to a file; its argv carries no secret (there is none here).
         scenario = dict(tools, command="sh", args=[
-            "-c", 'exec "$0" "$@" 2>>"$SIDECAR_LOG"', a.sidecar, url, "--auth", "none", "--state-dir", str(state), "-v"],
+            "-c", 'exec "$0" "$@" 2>>"$SIDECAR_LOG"', *sidecar, url, "--auth", "none", "--state-dir", str(state), "-v"],
             env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(work), "SIDECAR_LOG": str(log),
-                 "NO_PROXY": "127.0.0.1,localhost"})
+                 "NO_PROXY": "127.0.0.1,localhost",
+                 **{k: os.environ[k] for k in ("WINEPREFIX", "TMPDIR") if k in os.environ}})
         cmd = ccmd
         if ccmd[1].endswith(".mjs"):
             copy = a.node_dir / Path(ccmd[1]).name
@@ -175,32 +176,43 @@ def main():
     p.add_argument("--node-dir", required=True, type=Path)
     p.add_argument("--table", type=Path)
     p.add_argument("--only", default="")
+    p.add_argument("--windows-sidecar", help="also run the Windows .exe under --wine, for the pairs of issue 20")
+    p.add_argument("--wine", help="the Wine runner (shared/windows/wine-run)")
     a = p.parse_args()
     rows, passed, failed = [], 0, 0
-    for sname, server in servers(a).items():
-        for cname, client in clients(a).items():
-            if a.only and a.only not in f"{cname} / {sname}":
-                continue
-            work = Path(tempfile.mkdtemp(prefix="interop-"))
-            started = time.monotonic()
-            try:
-                checks, server_era, bridged = run_pair(a, client, server, work)
-            except Exception as e:  # a pair that cannot even start is one failure
-                checks, server_era, bridged = {"start": f"FAIL: {e}"}, "?", False
-            took = time.monotonic() - started
-            bad = {k: v for k, v in checks.items() if v.startswith("FAIL")}
-            status = "FAIL" if bad else "ok"
-            passed += not bad
-            failed += bool(bad)
-            print(f"{status:4} {cname} -> {sname} ({took:.1f} s)", flush=True)
-            for k, v in bad.items():
-                print(f"       {k}: {v}", flush=True)
-                print("       sidecar log:\n" + indent(read(work / "sidecar.log")[-3000:]), flush=True)
-            if not bad:
-                shutil.rmtree(work, ignore_errors=True)
-            na = sorted({v[5:] for v in checks.values() if v.startswith("n/a")})
-            rows.append((cname, client[2], client[1], sname, server[2], server_era,
-                         "yes" if bridged else "no", "all pass" if not bad else "FAILED: " + ", ".join(bad), na))
+    pairs = [(cname, client, sname, server, [a.sidecar])
+             for sname, server in servers(a).items() for cname, client in clients(a).items()]
+    if a.windows_sidecar:
+        # The Windows build is the same code: the pairs that failed there before issue 20 (a
+        # dual-era server bridged needlessly, the reverse bridge's results) run it under Wine.
+        exe = [str(Path(a.wine).resolve()), str(Path(a.windows_sidecar).resolve())]
+        for sname in ("Python MCPServer (stateful)", "TypeScript McpServer"):
+            for cname in ("Python ClientSession", "Python Client(mode=auto)"):
+                pairs.append((cname + ", mcp-sidecar.exe under Wine", clients(a)[cname], sname, servers(a)[sname], exe))
+    for cname, client, sname, server, sidecar in pairs:
+        if a.only and a.only not in f"{cname} / {sname}":
+            continue
+        work = Path(tempfile.mkdtemp(prefix="interop-"))
+        started = time.monotonic()
+        try:
+            checks, server_era, bridged = run_pair(a, client, server, work, sidecar)
+        except Exception as e:  # a pair that cannot even start is one failure
+            checks, server_era, bridged = {"start": f"FAIL: {e}"}, "?", False
+        took = time.monotonic() - started
+        bad = {k: v for k, v in checks.items() if v.startswith("FAIL")}
+        status = "FAIL" if bad else "ok"
+        passed += not bad
+        failed += bool(bad)
+        print(f"{status:4} {cname} -> {sname} ({took:.1f} s)", flush=True)
+        for k, v in bad.items():
+            print(f"       {k}: {v}", flush=True)
+        if bad:
+            print("       sidecar log:\n" + indent(read(work / "sidecar.log")[-3000:]), flush=True)
+        if not bad:
+            shutil.rmtree(work, ignore_errors=True)
+        na = sorted({v[5:] for v in checks.values() if v.startswith("n/a")})
+        rows.append((cname, client[2], client[1], sname, server[2], server_era,
+                     "yes" if bridged else "no", "all pass" if not bad else "FAILED: " + ", ".join(bad), na))
     table = ["| client | server | client era | server era | bridged | result |", "|---|---|---|---|---|---|"]
     for cname, csdk, cera, sname, ssdk, sera, bridged, result, na in rows:
         note = f" ({'; '.join(na)})" if na else ""
