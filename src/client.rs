@@ -137,6 +137,11 @@ impl Client {
         self.proxy.eras()
     }
 
+    /// Whether the server also takes the stateless era (a `server/discover` probe).
+    pub async fn takes_the_stateless_era(&self) -> Option<bool> {
+        self.proxy.takes_the_stateless_era().await
+    }
+
     /// The rate-limit headers of the last response that had any.
     pub fn rate_limit_headers(&self) -> Vec<(String, String)> {
         self.proxy.rate_limit_headers()

@@ -132,16 +132,7 @@ async fn run(config: &Config, steps: &mut Vec<Step>, server: &mut Value) -> bool
         }
     };
     let revision = init["protocolVersion"].as_str().unwrap_or("?").to_owned();
-    // Both eras (issue 13): the server's, as the probe found it, and whether this handshake-era
-    // client reaches it through the bridge.
-    let (server_era, bridged) = client.eras();
-    let era = match (server_era, bridged) {
-        (_, true) => "the server speaks only the stateless era (2026-07-28); handshake-era clients are bridged by mcp-sidecar".to_owned(),
-        (Some(crate::era::Era::Both), false) => "the server speaks both eras: every client is forwarded unchanged".to_owned(),
-        (Some(found), false) => format!("the server speaks the {}: forwarded unchanged", found.name()),
-        (None, false) if revision == "2024-11-05" => "legacy era".to_owned(),
-        (None, false) => "handshake era".to_owned(),
-    };
+    let (era, bridged) = era_of(&client, &revision).await;
     let name = init["serverInfo"]["name"].as_str().unwrap_or("?");
     let version = init["serverInfo"]["version"].as_str().unwrap_or("?");
     let caps: Vec<String> =
@@ -218,6 +209,27 @@ async fn run(config: &Config, steps: &mut Vec<Step>, server: &mut Value) -> bool
     push(steps, "rate limits", started, true, detail);
     client.close().await;
     ok
+}
+
+/// The eras, for people (issue 13): the server's, and whether this handshake-era client reaches
+/// it through the bridge. The handshake was taken: whether the stateless era is too is asked here
+/// only (issue 20: the proxy never asks a server that takes its client's era).
+async fn era_of(client: &Client, revision: &str) -> (String, bool) {
+    let (mut server_era, bridged) = client.eras();
+    if !bridged
+        && server_era == Some(crate::era::Era::Handshake)
+        && client.takes_the_stateless_era().await == Some(true)
+    {
+        server_era = Some(crate::era::Era::Both);
+    }
+    let era = match (server_era, bridged) {
+        (_, true) => "the server speaks only the stateless era (2026-07-28); handshake-era clients are bridged by mcp-sidecar".to_owned(),
+        (Some(crate::era::Era::Both), false) => "the server speaks both eras: every client is forwarded unchanged".to_owned(),
+        (Some(found), false) => format!("the server speaks the {}: forwarded unchanged", found.name()),
+        (None, false) if revision == "2024-11-05" => "legacy era".to_owned(),
+        (None, false) => "handshake era".to_owned(),
+    };
+    (era, bridged)
 }
 
 /// TLS (issuer, expiry) and HTTP reachability, from one GET.

@@ -205,6 +205,17 @@ impl Proxy {
         (*self.eras.server.locked(), self.eras.bridge.get().is_some() || self.eras.reverse.get().is_some())
     }
 
+    /// Whether the server also takes the stateless era, asked with a `server/discover` probe
+    /// (for `check`, which reports both eras; the proxy itself never asks a server that took the
+    /// handshake). `None`: no answer to judge by.
+    pub async fn takes_the_stateless_era(self: &Arc<Self>) -> Option<bool> {
+        match self.probe(ClientMeta::from_meta(None, era::FIRST_MODERN)).await {
+            Probe::Stateless { .. } | Probe::Speaks(Era::Both | Era::Stateless) => Some(true),
+            Probe::Speaks(Era::Handshake) => Some(false),
+            Probe::Failed(_) => None,
+        }
+    }
+
     /// What the bridge did, for people (`None`: no bridge).
     pub fn bridge_summary(&self) -> Option<String> {
         if let Some(reverse) = self.eras.reverse.get() {

@@ -54,7 +54,7 @@ async fn check_reports_each_step_of_a_healthy_server() {
     assert_eq!(code, 0);
     let report: Value = serde_json::from_str(&stdout).unwrap();
     assert_eq!(report["healthy"], true);
-    assert_eq!(report["server"]["tools"], 8);
+    assert_eq!(report["server"]["tools"], 9);
     assert_eq!(report["server"]["protocolVersion"], "2025-11-25");
     let steps: Vec<&str> =
         report["steps"].as_array().unwrap().iter().map(|s| s["step"].as_str().unwrap()).collect();

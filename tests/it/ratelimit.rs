@@ -458,16 +458,16 @@ async fn a_spent_daily_budget_is_answered_at_once() {
     let server = Server::start(generic(), None).await;
     let dir = scratch_dir("daily");
     let state = dir.to_string_lossy().into_owned();
-    let mut s = sidecar_for(&server, &["--state-dir", &state, "--rate-limit", "5/day"]);
-    // The era probe (server/discover), initialize, notifications/initialized and the GET
-    // stream: four of five.
+    let mut s = sidecar_for(&server, &["--state-dir", &state, "--rate-limit", "4/day"]);
+    // initialize, notifications/initialized and the GET stream: three of four (no era probe
+    // since issue 20: the server takes the client's handshake).
     s.handshake().await;
     s.send_json(&call(1, "sum", json!({"a": 1, "b": 1}))).await;
     assert_eq!(s.recv().await["result"]["content"][0]["text"], "2");
     s.send_json(&call(2, "sum", json!({"a": 1, "b": 1}))).await;
     let refused = s.recv().await;
     let message = refused["error"]["message"].as_str().unwrap_or_default();
-    assert!(message.starts_with("daily limit of 5 spent; next request allowed in 23 h"), "{refused}");
+    assert!(message.starts_with("daily limit of 4 spent; next request allowed in 23 h"), "{refused}");
     assert_eq!(refused["error"]["data"]["requestSent"], false);
     assert_eq!(server.posts("tools/call").len(), 1);
     s.finish().await;
