@@ -261,12 +261,20 @@ pub async fn write_lines<W: AsyncWrite + Unpin>(
     mut finish: oneshot::Receiver<()>,
 ) -> io::Result<()> {
     let mut out = BufWriter::with_capacity(64 * 1024, out);
+    // `finish` is polled until it fires and never again: a completed oneshot panics when polled
+    // (issue 21.14: it did so at shutdown with several answers queued, and lost them).
+    let mut finishing = false;
     loop {
-        let message = tokio::select! {
-            message = rx.rx.recv() => message,
-            _ = &mut finish => {
-                rx.close();
-                rx.rx.recv().await
+        let message = if finishing {
+            rx.rx.recv().await
+        } else {
+            tokio::select! {
+                message = rx.rx.recv() => message,
+                _ = &mut finish => {
+                    finishing = true;
+                    rx.close();
+                    rx.rx.recv().await
+                }
             }
         };
         let Some((message, room)) = message else { break };
@@ -436,6 +444,27 @@ mod tests {
         drop(inbox);
         assert!(outbox.reserve(1).await.is_none(), "the writer is gone: no waiting");
         assert!(!outbox.send(Bytes::from_static(b"{}")).await);
+    }
+
+    /// Issue 21.14: several answers queued when stdin ends: every one is written, and the
+    /// writer does not poll its finished signal twice (which panicked, at random: `select!`
+    /// picks its first branch at random, so the run is repeated).
+    #[tokio::test]
+    async fn answers_queued_at_finish_are_all_written_without_a_panic() {
+        for _ in 0..64 {
+            let (outbox, rx) = Outbox::new(DEFAULT_MAX_MESSAGE_BYTES * OUTBOX_MESSAGES);
+            let (w, mut r) = tokio::io::duplex(1 << 16);
+            let (finish, finished) = oneshot::channel();
+            for n in 0..3 {
+                assert!(outbox.send(Bytes::from(format!("{{\"n\":{n}}}"))).await);
+            }
+            finish.send(()).unwrap();
+            tokio::spawn(write_lines(rx, w, finished)).await.expect("no panic").unwrap();
+            let mut s = String::new();
+            r.read_to_string(&mut s).await.unwrap();
+            assert_eq!(s, "{\"n\":0}\n{\"n\":1}\n{\"n\":2}\n");
+            drop(outbox);
+        }
     }
 
     #[tokio::test]

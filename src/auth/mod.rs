@@ -589,7 +589,7 @@ impl OAuth {
         // Bounded by the code's life and by --auth-timeout, whichever ends first; no sleep
         // between polls outlasts that.
         let wait = details.expires_in().min(self.settings.timeout);
-        let deadline = tokio::time::Instant::now() + wait;
+        let deadline = crate::retry::deadline_after(wait);
         #[allow(clippy::print_stderr)]
         {
             let code = clean(details.user_code().secret());

@@ -347,6 +347,9 @@ impl Proxy {
     /// Answers at once a client request that is not in the pending table: its `initialize`, or
     /// the request the eras were settled on.
     pub(super) async fn answer_unregistered(&self, id: Option<&RawValue>, answer: Result<Bytes, LocalError>) {
+        // A request read on stdin like any other: the exit summary counts it (issue 21.14: "1 of
+        // 0 requests were answered with an error" when the client's initialize failed).
+        self.stats.requests.fetch_add(1, Ordering::Relaxed);
         match answer {
             Ok(bytes) => self.write(bytes).await,
             Err(err) => {

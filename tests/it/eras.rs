@@ -1271,4 +1271,6 @@ async fn issue20_a_refused_initialize_leaves_no_entry_behind_and_its_id_can_be_u
     // Exactly one answer per line: no "shutting down" for id 0 at exit.
     let answers: Vec<Value> = out.messages().into_iter().filter(|m| m["id"] == 0).collect();
     assert_eq!(answers.len(), 2, "{answers:?}");
+    // Issue 21.14: the summary counts the initialize lines too (it said "1 of 0").
+    assert!(out.stderr.contains("1 of 2 requests to"), "{}", out.stderr);
 }
