@@ -94,13 +94,31 @@ fn without_jwts(text: &str) -> String {
     out
 }
 
-/// A JSON value with every known secret redacted inside its strings (and keys).
+/// A JSON value with every known secret redacted inside its strings (and keys), and nowhere else:
+/// a secret of digits (a `${VAR}` header value) must not cut a number in two (issue 21.1).
 pub fn redact_json(value: serde_json::Value) -> serde_json::Value {
-    let text = value.to_string();
-    match redact(&text) {
-        Cow::Borrowed(_) => value,
-        Cow::Owned(clean) => serde_json::from_str(&clean).unwrap_or(serde_json::Value::String(clean)),
+    use serde_json::Value;
+    match value {
+        Value::String(s) => match redact(&s) {
+            Cow::Owned(clean) => Value::String(clean),
+            Cow::Borrowed(_) => Value::String(s),
+        },
+        Value::Array(items) => Value::Array(items.into_iter().map(redact_json).collect()),
+        Value::Object(members) => Value::Object(
+            members.into_iter().map(|(k, v)| (redact(&k).into_owned(), redact_json(v))).collect(),
+        ),
+        other => other,
     }
+}
+
+/// A JSON text with every known secret redacted inside its strings; `None` when it holds none
+/// (the text is then used as it is, byte for byte) or is not JSON.
+pub fn redact_json_text(text: &str) -> Option<String> {
+    if let Cow::Borrowed(_) = redact(text) {
+        return None;
+    }
+    let value: serde_json::Value = serde_json::from_str(text).ok()?;
+    Some(redact_json(value).to_string())
 }
 
 /// A writer for log lines that redacts each write (the log formatter writes an event at once).

@@ -787,23 +787,25 @@ impl Proxy {
             && let [(key, _)] = ids
             && let Some((error, server_id)) = jsonrpc_error(body)
         {
+            let Some(id) = self.pending.locked().get(key).map(|p| p.id.clone()) else { return Ok(()) };
+            // The server's answer as it sent it when it is a well-formed error response for
+            // this id; else one made of its error object under the pending id (issue 21.1: a body
+            // with `result` too, or a `method`, was dropped by `deliver` and left unanswered).
             let same_id = server_id.and_then(IdKey::new).as_ref() == Some(key);
-            let mut message = if same_id {
+            let mut message = if same_id && is_error_response(body) {
                 body.to_vec()
             } else {
-                match self.pending.locked().get(key) {
-                    Some(p) => envelope::error_with_id(&p.id, error),
-                    None => return Ok(()),
-                }
+                envelope::error_with_id(&id, error)
             };
-            // The server's error as it sent it, unless it echoes a secret of ours (issue 10.9).
-            if let std::borrow::Cow::Owned(clean) = crate::secrets::redact(&String::from_utf8_lossy(&message))
-            {
+            // Unless it echoes a secret of ours (issue 10.9), redacted inside its strings only.
+            if let Some(clean) = crate::secrets::redact_json_text(&String::from_utf8_lossy(&message)) {
                 message = clean.into_bytes();
             }
             envelope::flatten_lines(&mut message);
             self.deliver(message.into()).await;
-            return Ok(());
+            if !self.is_pending(key) {
+                return Ok(());
+            }
         }
         Err(self.up.status_error(status, headers, body, sent_session))
     }
@@ -1113,6 +1115,14 @@ impl Proxy {
             );
         }
     }
+}
+
+/// Whether `body` is a JSON-RPC error response and nothing else (no `result`, no `method`).
+fn is_error_response(body: &[u8]) -> bool {
+    std::str::from_utf8(body)
+        .ok()
+        .and_then(crate::era::object_members)
+        .is_some_and(|members| members.iter().all(|(k, _)| matches!(k.as_ref(), "jsonrpc" | "id" | "error")))
 }
 
 /// For a request, whether it is `initialize`; `None` for anything else (notifications,

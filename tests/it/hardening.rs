@@ -443,3 +443,93 @@ async fn a_client_that_stops_reading_stdout_does_not_keep_the_proxy_alive() {
     assert!(status.is_some_and(|s| s.success()), "the proxy kept running with stdout full");
     assert!(started.elapsed() < Duration::from_secs(8), "{:?}", started.elapsed());
 }
+
+/// Issue 21.1: a 4xx whose body is not a well-formed error response (both `result` and
+/// `error`, or a `method`) is still exactly one answer under the request's id, and the proxy
+/// goes on; before, `deliver` dropped it and the request was never answered.
+#[tokio::test]
+async fn a_malformed_error_body_is_one_answer_not_silence() {
+    let hook: Hook = Arc::new(|seen: &Seen| {
+        let id = seen.json["id"].clone();
+        match seen.json["params"]["name"].as_str() {
+            Some("echo") => Action::Respond(respond(
+                400,
+                "application/json",
+                json!({"jsonrpc":"2.0","id":id,"result":{},"error":{"code":-32602,"message":"both"}})
+                    .to_string(),
+            )),
+            Some("big") => Action::Respond(respond(
+                400,
+                "application/json",
+                json!({"jsonrpc":"2.0","id":id,"method":"oops","error":{"code":-32603,"message":"a method"}})
+                    .to_string(),
+            )),
+            _ => Action::Pass,
+        }
+    });
+    let server = Server::start(generic(), Some(hook)).await;
+    let mut s = sidecar_for(&server, &[]);
+    s.handshake().await;
+    s.send_json(&call(1, "echo", json!({"text": "x"}))).await;
+    let first = s.recv().await;
+    assert_eq!((first["id"].clone(), first["error"]["code"].clone()), (json!(1), json!(-32602)), "{first}");
+    assert!(first.get("result").is_none(), "{first}");
+    s.send_json(&call(2, "big", json!({"bytes": 1}))).await;
+    let second = s.recv().await;
+    assert_eq!(second["id"], 2, "{second}");
+    assert!(second.get("error").is_some() && second.get("method").is_none(), "{second}");
+    s.send_json(&call(3, "sum", json!({"a": 1, "b": 2}))).await;
+    assert_eq!(s.recv().await["result"]["content"][0]["text"], "3");
+    let out = s.finish().await;
+    assert_eq!(out.messages().len(), 4, "one answer each: {:?}", out.messages());
+}
+
+/// Issue 21.1: the probe of `--protocol-era modern` answered with a malformed 400 does not stop
+/// the proxy: `initialize` is answered.
+#[tokio::test]
+async fn a_malformed_answer_to_the_era_probe_leaves_nothing_unanswered() {
+    let hook: Hook = Arc::new(|seen: &Seen| match seen.rpc_method() {
+        Some("server/discover") => Action::Respond(respond(
+            400,
+            "application/json",
+            json!({"jsonrpc":"2.0","id":seen.json["id"],"result":{},"error":{"code":-32600,"message":"x"}})
+                .to_string(),
+        )),
+        _ => Action::Pass,
+    });
+    let server = Server::start(generic(), Some(hook)).await;
+    let mut s = sidecar_for(&server, &["--protocol-era", "modern"]);
+    s.handshake_within(Duration::from_secs(20)).await;
+    s.send_json(&call(1, "sum", json!({"a": 1, "b": 2}))).await;
+    assert_eq!(s.recv().await["result"]["content"][0]["text"], "3");
+    s.finish().await;
+}
+
+/// Issue 21.1: a secret of digits (a `${VAR}` header value) is redacted inside strings only; a
+/// number that happens to contain it is left whole, and the answer stays valid JSON.
+#[tokio::test]
+async fn a_secret_of_digits_does_not_cut_a_number_in_an_error() {
+    let hook: Hook = Arc::new(|seen: &Seen| {
+        match seen.rpc_method() {
+        Some("tools/call") => Action::Respond(respond(
+            400,
+            "application/json",
+            json!({"jsonrpc":"2.0","id":seen.json["id"],"error":{"code":-32000,"message":"tenant 100234 is busy",
+                "data":{"retryAfterMs":1002345}}})
+            .to_string(),
+        )),
+        _ => Action::Pass,
+    }
+    });
+    let server = Server::start(generic(), Some(hook)).await;
+    let mut args = args_for(&server);
+    args.extend(["--header".to_owned(), "X-Tenant: ${TENANT_ID}".to_owned()]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut s = Sidecar::spawn(&args, &[("TEST_KEY", KEY), ("TENANT_ID", "100234")]);
+    s.handshake().await;
+    s.send_json(&call(1, "sum", json!({"a": 1, "b": 2}))).await;
+    let answer = s.recv().await;
+    assert_eq!(answer["error"]["data"]["retryAfterMs"], 1002345, "{answer}");
+    assert!(!answer["error"]["message"].as_str().unwrap().contains("100234"), "{answer}");
+    s.finish().await;
+}
