@@ -131,12 +131,13 @@ where
             _ = outbox.closed() => break Stop::StdoutClosed,
             _ = &mut parent => break Stop::ParentGone,
             frame = reader.next_frame() => match frame {
-                // Dispatch may wait (initialize is sent in line, stdout may be full): a signal
-                // or a vanished client must still end the run at once.
+                // Dispatch may wait (initialize is sent in line, stdout may be full): a signal,
+                // a closed stdout or a vanished parent must still end the run at once.
                 Ok(Some(frame)) => tokio::select! {
                     biased;
                     _ = &mut shutdown => break Stop::Signal,
                     _ = outbox.closed() => break Stop::StdoutClosed,
+                    _ = &mut parent => break Stop::ParentGone,
                     _ = proxy.dispatch(frame) => {}
                 },
                 Ok(None) => break Stop::Eof,

@@ -88,6 +88,27 @@ fn exited(pid: u32) -> bool {
 #[tokio::test]
 async fn the_sidecar_exits_when_its_parent_dies_even_with_stdin_open() {
     let server = Server::start(generic(), None).await;
+    the_orphan_exits(&server).await;
+}
+
+/// Issue 21.1: the parent watch is served while a line is dispatched in line: an `initialize`
+/// the server never answers does not keep an orphan alive.
+#[cfg(target_os = "linux")]
+#[tokio::test]
+async fn the_sidecar_exits_when_its_parent_dies_during_an_initialize_in_line() {
+    let never = Arc::new(tokio::sync::Notify::new());
+    let hook: Hook = Arc::new(move |seen: &Seen| match seen.rpc_method() {
+        Some("initialize") => Action::Hold(never.clone()),
+        _ => Action::Pass,
+    });
+    let server = Server::start(generic(), Some(hook)).await;
+    the_orphan_exits(&server).await;
+}
+
+/// Starts the sidecar for `server` under sh, sends `initialize`, kills sh once the server has
+/// seen it, and waits (within [`PATIENCE`]) for the orphaned sidecar to exit.
+#[cfg(target_os = "linux")]
+async fn the_orphan_exits(server: &Server) {
     // sh starts the sidecar in the background on sh's own stdin (fd 3: a background job would
     // get /dev/null), prints its pid, and waits. Killing sh orphans the sidecar; its stdin pipe
     // stays open because this test holds the other end.
