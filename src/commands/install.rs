@@ -158,6 +158,8 @@ pub fn server_args(a: &Args, config: &Config) -> Vec<String> {
     opt("--idp-client-secret-env", a.idp_client_secret_env.clone());
     opt("--ca-file", a.ca_file.as_ref().map(|p| absolute(p).display().to_string()));
     opt("--transport", (a.transport != Transport::Auto).then(|| name_of(a.transport)));
+    // Issue 21.16: the era, when told, travels too.
+    opt("--protocol-era", (a.protocol_era != crate::cli::ProtocolEra::Auto).then(|| name_of(a.protocol_era)));
     // Where the sign-in and the rate-limit state live: given, or (for OAuth, whose tokens are
     // there) the directory this shell resolves, since the client's environment may differ.
     let state_dir = a.state_dir.clone().or_else(|| config.oauth.as_ref().and(config.state_dir.clone()));
@@ -214,13 +216,19 @@ fn env_block(config: &Config, a: &Args) -> Map<String, Value> {
 }
 
 /// The variables besides the key that the entry needs: the client secret's, the identity
-/// token's, the IdP client secret's, and those in headers.
+/// token's, the IdP client secret's, the rate-limit store password's, and those in headers.
 fn secret_vars(a: &Args) -> Vec<String> {
-    let mut names: Vec<String> = [&a.client_secret_env, &a.identity_token_env, &a.idp_client_secret_env]
-        .into_iter()
-        .flatten()
-        .cloned()
-        .collect();
+    // Issue 21.16: the Redis password's too (without it the installed entry exits at start).
+    let mut names: Vec<String> = [
+        &a.client_secret_env,
+        &a.identity_token_env,
+        &a.idp_client_secret_env,
+        &a.rate_limit_store_password_env,
+    ]
+    .into_iter()
+    .flatten()
+    .cloned()
+    .collect();
     for h in &a.headers {
         let mut rest = h.as_str();
         while let Some(i) = rest.find("${") {
@@ -478,7 +486,9 @@ mod tests {
 
     fn args_for(line: &[&str]) -> Vec<String> {
         let cli = Cli::try_parse_from(std::iter::once("mcp-sidecar").chain(line.iter().copied())).unwrap();
-        let config = Config::from_cli(cli.args.clone(), &|n| (n == "IDT").then(|| "t".to_owned())).unwrap();
+        let config =
+            Config::from_cli(cli.args.clone(), &|n| matches!(n, "IDT" | "RP").then(|| "t".to_owned()))
+                .unwrap();
         server_args(&cli.args, &config)
     }
 
@@ -497,6 +507,29 @@ mod tests {
             args_for(&["https://h/mcp", "--auth", "workload-identity", "--identity-token-file", "rel/tok"]);
         let at = args.iter().position(|a| a == "--identity-token-file").unwrap();
         assert!(Path::new(&args[at + 1]).is_absolute(), "{args:?}");
+    }
+
+    /// Issue 21.16: the Redis password's variable is in the entry's `env` (its value, like the
+    /// client secret's), and a chosen protocol era is in its arguments.
+    #[test]
+    fn the_entry_carries_the_store_password_variable_and_the_era() {
+        let line = [
+            "https://h/mcp",
+            "--auth",
+            "none",
+            "--rate-limit-store",
+            "redis://h:6379",
+            "--rate-limit-store-password-env",
+            "RP",
+            "--protocol-era",
+            "modern",
+        ];
+        let cli = Cli::try_parse_from(std::iter::once("mcp-sidecar").chain(line)).unwrap();
+        assert_eq!(secret_vars(&cli.args), ["RP"]);
+        let args = args_for(&line);
+        let at = args.iter().position(|a| a == "--protocol-era").expect("the era");
+        assert_eq!(args[at + 1], "modern");
+        assert!(!args_for(&["https://h/mcp", "--auth", "none"]).contains(&"--protocol-era".to_owned()));
     }
 
     /// Issue 10.10: the token store and the state directory travel with the entry; defaults do not.
