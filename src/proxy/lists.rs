@@ -9,10 +9,46 @@ use super::*;
 /// stale list for days.
 pub const MAX_LIST_TTL: Duration = Duration::from_secs(60 * 60);
 
-/// Lists kept: by method and cursor, the result (raw) and until when it holds.
+/// The most bytes of results kept at once (issue 21.12): past that the least recently used
+/// lists go first. A server whose cursors change at every listing cannot grow memory for ever.
+pub const MAX_LIST_CACHE_BYTES: usize = 16 << 20;
+
+/// Lists kept: by method and cursor, the result (raw), until when it holds, and when it was
+/// last used.
 #[derive(Default)]
 pub(super) struct ListCache {
-    entries: Mutex<HashMap<String, (Box<RawValue>, Instant)>>,
+    inner: Mutex<Lists>,
+}
+
+#[derive(Default)]
+struct Lists {
+    entries: HashMap<String, Kept>,
+    /// The bytes of every result kept.
+    bytes: usize,
+    /// A counter for "last used".
+    tick: u64,
+}
+
+struct Kept {
+    result: Box<RawValue>,
+    until: Instant,
+    used: u64,
+}
+
+impl Lists {
+    fn remove(&mut self, key: &str) {
+        if let Some(kept) = self.entries.remove(key) {
+            self.bytes = self.bytes.saturating_sub(kept.result.get().len());
+        }
+    }
+
+    fn retain(&mut self, mut keep: impl FnMut(&str, &Kept) -> bool) {
+        let gone: Vec<String> =
+            self.entries.iter().filter(|(k, v)| !keep(k, v)).map(|(k, _)| k.clone()).collect();
+        for key in gone {
+            self.remove(&key);
+        }
+    }
 }
 
 /// Whether `method` returns a cacheable list.
@@ -46,24 +82,53 @@ fn lifetime(result: &RawValue) -> Option<Duration> {
 impl ListCache {
     /// The cached result for `key`, if it still holds.
     pub(super) fn get(&self, key: &str) -> Option<Box<RawValue>> {
-        let mut entries = self.entries.locked();
-        match entries.get(key) {
-            Some((result, until)) if Instant::now() < *until => Some(result.clone()),
+        let mut lists = self.inner.locked();
+        lists.tick += 1;
+        let tick = lists.tick;
+        match lists.entries.get_mut(key) {
+            Some(kept) if Instant::now() < kept.until => {
+                kept.used = tick;
+                Some(kept.result.clone())
+            }
             Some(_) => {
-                entries.remove(key);
+                lists.remove(key);
                 None
             }
             None => None,
         }
     }
 
-    /// Keeps the result of a response (raw bytes) under `key` for its `ttlMs`.
+    /// Keeps the result of a response (raw bytes) under `key` for its `ttlMs`. Expired lists go
+    /// first; a first page (no cursor) starts a new listing, so the pages of the old one go too;
+    /// then the least recently used until all fits in [`MAX_LIST_CACHE_BYTES`].
     pub(super) fn put(&self, key: String, response: &[u8]) {
         let Ok(env) = Envelope::parse(response) else { return };
         let Some(result) = env.result else { return };
         let Some(ttl) = lifetime(result) else { return };
-        let Some(until) = Instant::now().checked_add(ttl) else { return };
-        self.entries.locked().insert(key, (result.to_owned(), until));
+        let now = Instant::now();
+        let Some(until) = now.checked_add(ttl) else { return };
+        let size = result.get().len();
+        if size > MAX_LIST_CACHE_BYTES {
+            return;
+        }
+        let mut lists = self.inner.locked();
+        lists.retain(|_, kept| now < kept.until);
+        if let Some(method) = key.strip_suffix('\0') {
+            let pages = format!("{method}\0");
+            lists.retain(|k, _| !k.starts_with(&pages));
+        }
+        lists.remove(&key);
+        while lists.bytes + size > MAX_LIST_CACHE_BYTES {
+            let Some(oldest) = lists.entries.iter().min_by_key(|(_, kept)| kept.used).map(|(k, _)| k.clone())
+            else {
+                break;
+            };
+            lists.remove(&oldest);
+        }
+        lists.tick += 1;
+        let used = lists.tick;
+        lists.bytes += size;
+        lists.entries.insert(key, Kept { result: result.to_owned(), until, used });
     }
 
     /// Forgets the lists a server notification says have changed.
@@ -74,12 +139,18 @@ impl ListCache {
             "notifications/resources/list_changed" => "resources/",
             _ => return,
         };
-        self.entries.locked().retain(|k, _| !k.starts_with(method));
+        self.inner.locked().retain(|k, _| !k.starts_with(method));
     }
 
     /// Whether anything is cached (so that notifications need not be looked at otherwise).
     pub(super) fn is_empty(&self) -> bool {
-        self.entries.locked().is_empty()
+        self.inner.locked().entries.is_empty()
+    }
+
+    /// The bytes of results kept (for tests).
+    #[cfg(test)]
+    fn bytes(&self) -> usize {
+        self.inner.locked().bytes
     }
 }
 
@@ -119,6 +190,41 @@ mod tests {
         }
         cache.put("b".into(), br#"{"jsonrpc":"2.0","id":1,"error":{"code":1,"message":"x"}}"#);
         assert!(cache.get("b").is_none());
+    }
+
+    /// Issue 21.12: a server whose cursors change at every listing, with a long `ttlMs`: the
+    /// pages of an old listing go when page 1 is fetched again, expired lists go at the next
+    /// put, and the bytes kept never pass the cap (least recently used first).
+    #[tokio::test(start_paused = true)]
+    async fn the_cache_evicts_old_listings_expired_lists_and_past_its_cap() {
+        let cache = ListCache::default();
+        let page = |n: usize| response(&format!(r#"{{"tools":["{}"],"ttlMs":60000}}"#, "x".repeat(n)));
+        for listing in 0..50 {
+            cache.put("tools/list\0".into(), &page(1000));
+            for p in 0..3 {
+                cache.put(format!("tools/list\0\"c{listing}-{p}\""), &page(1000));
+            }
+            assert_eq!(cache.inner.locked().entries.len(), 4, "one listing kept, not {listing}");
+        }
+        // Expired lists go at the next put.
+        cache.put("prompts/list\0".into(), &response(r#"{"prompts":[],"ttlMs":10}"#));
+        tokio::time::advance(Duration::from_millis(20)).await;
+        cache.put("resources/list\0".into(), &page(10));
+        assert!(!cache.inner.locked().entries.contains_key("prompts/list\0"));
+        // The cap: results of a quarter of it each; the least recently used go first.
+        let quarter = MAX_LIST_CACHE_BYTES / 4;
+        for k in ["a", "b", "c"] {
+            cache.put(format!("tools/list\0\"{k}\""), &page(quarter));
+        }
+        assert!(cache.get("tools/list\0\"a\"").is_some());
+        cache.put("tools/list\0\"d\"".into(), &page(quarter));
+        cache.put("tools/list\0\"e\"".into(), &page(quarter));
+        assert!(cache.bytes() <= MAX_LIST_CACHE_BYTES);
+        assert!(cache.get("tools/list\0\"a\"").is_some(), "used last, so kept");
+        assert!(cache.get("tools/list\0\"b\"").is_none(), "the least recently used went");
+        // A result larger than the whole cap is not kept at all.
+        cache.put("x".into(), &page(MAX_LIST_CACHE_BYTES + 1));
+        assert!(cache.get("x").is_none());
     }
 
     #[tokio::test(start_paused = true)]
