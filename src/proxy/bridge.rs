@@ -30,6 +30,10 @@ pub const MAX_INPUT_ROUNDS: u32 = 10;
 const LISTEN_LIMIT: Duration = Duration::from_secs(365 * 24 * 60 * 60);
 /// Consecutive failures of the `subscriptions/listen` stream after which it is given up.
 const MAX_LISTEN_FAILURES: u32 = 5;
+/// A `subscriptions/listen` stream that ends sooner than this counts as a failure.
+const MIN_LISTEN_LIFE: Duration = Duration::from_secs(10);
+/// The wait before the stream is opened again, doubled at each failure in a row.
+const LISTEN_BACKOFF: Duration = Duration::from_millis(250);
 /// The longest a failed era probe keeps the next one waiting (issue 20).
 const MAX_PROBE_BACKOFF: Duration = Duration::from_secs(60);
 /// Requests that change nothing: sent again with a new id when their stream breaks (the
@@ -576,8 +580,12 @@ impl Proxy {
             ) else {
                 return;
             };
+            let opened = Instant::now();
             let outcome =
                 self.call(body.into(), true, false, LISTEN_LIMIT, "the subscriptions/listen stream").await;
+            // A stream the server ends within seconds is no listening at all (issue 21.4: one
+            // ended at once was reopened every 500 ms for ever, each through the rate-limit gate).
+            let short = opened.elapsed() < MIN_LISTEN_LIFE;
             if self.shutting_down.load(Ordering::Relaxed) {
                 return;
             }
@@ -590,7 +598,9 @@ impl Proxy {
                         return;
                     }
                     Some(_) => failures += 1,
-                    // Ended by the server (it tore the subscription down): listen again.
+                    None if short => failures += 1,
+                    // Ended by the server after a while (it tore the subscription down): listen
+                    // again.
                     None => failures = 0,
                 },
                 Err(e) => {
@@ -604,7 +614,7 @@ impl Proxy {
                 );
                 return;
             }
-            tokio::time::sleep(Duration::from_millis(500) * 2u32.pow(failures.min(6))).await;
+            tokio::time::sleep(LISTEN_BACKOFF * 2u32.pow(failures.min(6))).await;
         }
     }
 

@@ -49,6 +49,8 @@ struct Stateless {
     break_next_list: AtomicBool,
     /// Answer the first POST, whatever it is, with a 500 (a server still starting).
     fail_first: AtomicBool,
+    /// End each `subscriptions/listen` stream right after its acknowledgement.
+    end_listens: AtomicBool,
     /// The server's task (aborted to free its address).
     task: Mutex<Option<tokio::task::AbortHandle>>,
 }
@@ -193,8 +195,11 @@ async fn stateless(State(s): State<Arc<Stateless>>, headers: HeaderMap, raw: Byt
             let first = futures_util::stream::once(async move {
                 Ok::<_, std::io::Error>(Bytes::from(format!("data: {ack}\n\n")))
             });
-            let rest = futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
-                .map(|msg| Ok::<_, std::io::Error>(Bytes::from(format!("data: {msg}\n\n"))));
+            let end = s.end_listens.load(Ordering::SeqCst);
+            let rest = futures_util::stream::poll_fn(move |cx| {
+                if end { std::task::Poll::Ready(None) } else { rx.poll_recv(cx) }
+            })
+            .map(|msg| Ok::<_, std::io::Error>(Bytes::from(format!("data: {msg}\n\n"))));
             Response::builder()
                 .header("content-type", "text/event-stream")
                 .body(Body::from_stream(futures_util::StreamExt::chain(first, rest)))
@@ -1273,4 +1278,22 @@ async fn issue20_a_refused_initialize_leaves_no_entry_behind_and_its_id_can_be_u
     assert_eq!(answers.len(), 2, "{answers:?}");
     // Issue 21.14: the summary counts the initialize lines too (it said "1 of 0").
     assert!(out.stderr.contains("1 of 2 requests to"), "{}", out.stderr);
+}
+
+/// Issue 21.4: a `subscriptions/listen` stream the server ends at once, without an error, is a
+/// failure: reopened with backoff, given up after 5 (it was reopened every 500 ms for ever, each
+/// spending a unit of the rate limit).
+#[tokio::test]
+async fn a_listen_stream_ended_at_once_is_given_up_not_reopened_for_ever() {
+    let (url, server) = stateless_server().await;
+    server.end_listens.store(true, Ordering::SeqCst);
+    let mut s = Sidecar::spawn(&[&url, "--auth", "none"], &[]);
+    s.handshake().await;
+    s.stderr_shows("subscriptions/listen stream failed 5 times in a row").await;
+    let listens = || posts(&server).iter().filter(|p| p.body["method"] == "subscriptions/listen").count();
+    assert_eq!(listens(), 5);
+    s.send_json(&call_tool("e", "echo")).await;
+    assert!(s.recv().await["result"]["content"].is_array());
+    s.finish().await;
+    assert_eq!(listens(), 5, "none after giving up");
 }
