@@ -1194,7 +1194,9 @@ async fn issue20_a_failed_initialize_settles_nothing_and_the_same_id_can_be_sent
     let (url, server) = stateless_server().await;
     // A server not ready yet: the first POST fails with a 500 and a JSON-RPC internal error.
     server.fail_first.store(true, Ordering::SeqCst);
-    let mut s = Sidecar::spawn(&[&url, "--auth", "none"], &[]);
+    let dir = scratch_dir("failed-initialize");
+    let state = dir.to_string_lossy().into_owned();
+    let mut s = Sidecar::spawn(&[&url, "--auth", "none", "--state-dir", &state], &[]);
     let init = json!({"jsonrpc":"2.0","id":0,"method":"initialize","params":{
         "protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"it","version":"1"}}});
     s.send_json(&init).await;
@@ -1231,7 +1233,9 @@ async fn issue20_a_failed_probe_settles_nothing_for_a_stateless_client() {
         _ => Action::Pass,
     });
     let server = Server::start(generic(), Some(hook)).await;
-    let mut s = sidecar_for(&server, &[]);
+    // A state dir of its own: another test's memory of a server on a reused port must not count.
+    let dir = scratch_dir("failed-probe");
+    let mut s = sidecar_for(&server, &["--state-dir", &dir.to_string_lossy()]);
     let meta = json!({"io.modelcontextprotocol/protocolVersion":"2026-07-28","io.modelcontextprotocol/clientCapabilities":{}});
     let sum =
         |id: i64| request(id, "tools/call", json!({"name":"sum","arguments":{"a":1,"b":id},"_meta": meta}));
@@ -1262,7 +1266,8 @@ async fn issue20_a_refused_initialize_leaves_no_entry_behind_and_its_id_can_be_u
         _ => Action::Pass,
     });
     let server = Server::start(generic(), Some(hook)).await;
-    let mut s = sidecar_for(&server, &[]);
+    let dir = scratch_dir("refused-initialize");
+    let mut s = sidecar_for(&server, &["--state-dir", &dir.to_string_lossy()]);
     let init = json!({"jsonrpc":"2.0","id":0,"method":"initialize","params":{
         "protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"it","version":"1"}}});
     s.send_json(&init).await;
