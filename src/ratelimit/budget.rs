@@ -55,6 +55,12 @@ pub struct BudgetState {
     /// Admissions not yet answered (when they were let through).
     #[serde(default)]
     pub pending: VecDeque<u64>,
+    /// When the request whose answer set `remaining` was let through: the answer to a request
+    /// let through later is the server's newer word and may raise the count (issue 21.2: one
+    /// `Remaining: 0` held the key for the rest of a day-long window however the server
+    /// recovered).
+    #[serde(default)]
+    pub observed_at: u64,
 }
 
 /// What the budget says about one more request now.
@@ -72,7 +78,7 @@ pub enum Room {
 impl BudgetState {
     /// A budget from one answer.
     pub fn new(limit: Option<u64>, remaining: u64, reset_ms: u64) -> Self {
-        BudgetState { limit, remaining, reset_ms, began_ms: 0, pending: VecDeque::new() }
+        BudgetState { limit, remaining, reset_ms, began_ms: 0, pending: VecDeque::new(), observed_at: 0 }
     }
 
     /// Starts the next window when the current one has ended; forgets stale admissions.
@@ -127,9 +133,18 @@ impl BudgetState {
     }
 
     /// Learns from an answer: `remaining` left in the window that resets at `reset_ms`, of
-    /// `limit`; the request it answers was let through at `admitted_at` (no longer pending).
-    pub fn observe(&mut self, limit: Option<u64>, remaining: u64, reset_ms: u64, admitted_at: Option<u64>) {
-        if let Some(at) = admitted_at
+    /// `limit`; the request it answers was let through at `sent_at`, and is no longer pending
+    /// when it was tracked (`tracked`). Within a window, the answer to the request sent last is
+    /// the newest word; answers to earlier ones (arriving out of order) only ever lower the count.
+    pub fn observe(
+        &mut self,
+        limit: Option<u64>,
+        remaining: u64,
+        reset_ms: u64,
+        sent_at: Option<u64>,
+        tracked: bool,
+    ) {
+        if let Some(at) = sent_at.filter(|_| tracked)
             && let Some(i) = self.pending.iter().position(|&t| t == at)
         {
             self.pending.remove(i);
@@ -142,11 +157,17 @@ impl BudgetState {
         if limit.is_some() {
             self.limit = limit;
         }
+        let newest = sent_at.is_some_and(|at| at > self.observed_at);
         if newer {
             self.remaining = remaining;
             self.reset_ms = reset_ms;
+        } else if newest {
+            self.remaining = remaining;
         } else {
             self.remaining = self.remaining.min(remaining);
+        }
+        if newer || newest {
+            self.observed_at = sent_at.unwrap_or(self.observed_at);
         }
     }
 
@@ -162,9 +183,10 @@ impl BudgetState {
         }
     }
 
-    /// Merges what the shared state knows (`other`) into this copy: the later window wins, in
-    /// the same window the lower count; the shared list of requests in flight always counts
-    /// (it spans windows: a request may be counted in the next one).
+    /// Merges what the shared state knows (`other`) into this copy: the later window wins; in
+    /// the same window the newer word (the answer to the request sent last), else the lower
+    /// count; the shared list of requests in flight always counts (it spans windows: a request
+    /// may be counted in the next one).
     pub fn merge(&mut self, other: &BudgetState) {
         let pending = other.pending.clone();
         if other.later_than(self) {
@@ -174,7 +196,15 @@ impl BudgetState {
                 // The same window, its end now known.
                 self.reset_ms = other.reset_ms;
             }
-            self.remaining = self.remaining.min(other.remaining);
+            // The same window: the newer word, else the lower count.
+            match other.observed_at.cmp(&self.observed_at) {
+                std::cmp::Ordering::Greater => {
+                    self.remaining = other.remaining;
+                    self.observed_at = other.observed_at;
+                }
+                std::cmp::Ordering::Equal => self.remaining = self.remaining.min(other.remaining),
+                std::cmp::Ordering::Less => {}
+            }
             self.limit = other.limit.or(self.limit);
         }
         self.pending = pending;
@@ -204,9 +234,9 @@ mod tests {
             "two in flight, two left"
         );
         // The first answer says one is left: one still in flight, so no room.
-        b.observe(Some(10), 1, 10 * S, Some(1));
+        b.observe(Some(10), 1, 10 * S, Some(1), true);
         assert_eq!(b.room(3), Room::SpentUntil(Duration::from_millis(past(10 * S) - 3)));
-        b.observe(Some(10), 0, 10 * S, Some(2));
+        b.observe(Some(10), 0, 10 * S, Some(2), true);
         assert!(b.pending.is_empty());
         assert!(matches!(b.room(4), Room::SpentUntil(_)));
     }
@@ -214,18 +244,43 @@ mod tests {
     #[test]
     fn out_of_order_answers_never_raise_the_count_within_a_window() {
         let mut b = BudgetState::new(Some(10), 5, 10 * S);
-        b.observe(Some(10), 3, 10 * S, None);
-        b.observe(Some(10), 4, 10 * S + 400, None); // a delta-seconds reset, rounded differently
+        b.observe(Some(10), 3, 10 * S, None, false);
+        b.observe(Some(10), 4, 10 * S + 400, None, false); // a delta-seconds reset, rounded differently
         assert_eq!(b.remaining, 3);
         // A server whose Remaining goes up mid-window is not believed until the window ends.
-        b.observe(Some(10), 9, 10 * S, None);
+        b.observe(Some(10), 9, 10 * S, None, false);
         assert_eq!(b.remaining, 3);
+    }
+
+    /// Issue 21.2: the answer to a request sent after the count was said is the newer word: a
+    /// server that recovers (or a plan upgraded mid-window) is believed at once; answers to
+    /// requests sent before still only lower it.
+    #[test]
+    fn the_answer_to_a_later_request_is_the_newer_word_and_may_raise_the_count() {
+        let day = 86_400 * S;
+        let mut b = BudgetState::new(Some(5000), 5000, day);
+        b.observe(Some(5000), 0, day, Some(10), false);
+        assert!(matches!(b.room(11), Room::SpentUntil(_)), "held until the reset");
+        b.observe(Some(5000), 4999, day, Some(5), false);
+        assert_eq!(b.remaining, 0, "an answer to an earlier request does not raise it");
+        b.observe(Some(5000), 4999, day, Some(60 * S), false);
+        assert_eq!(b.remaining, 4999, "the probe's answer lifts the hold");
+        assert_eq!(b.room(60 * S + 1), Room::Free);
+        // Shared: the newer word wins the merge both ways; the same word, the lower count.
+        let mut stale = BudgetState::new(Some(5000), 0, day);
+        stale.observed_at = 10;
+        let mut merged = stale.clone();
+        merged.merge(&b);
+        assert_eq!(merged.remaining, 4999);
+        let mut kept = b.clone();
+        kept.merge(&stale);
+        assert_eq!(kept.remaining, 4999);
     }
 
     #[test]
     fn an_answer_for_an_older_window_never_raises_a_newer_one() {
         let mut b = BudgetState::new(Some(10), 2, 20 * S);
-        b.observe(Some(10), 8, 10 * S, None);
+        b.observe(Some(10), 8, 10 * S, None, false);
         assert_eq!((b.remaining, b.reset_ms), (2, 20 * S));
     }
 
@@ -237,10 +292,10 @@ mod tests {
         assert!(b.roll(past(10 * S)));
         assert_eq!((b.remaining, b.reset_ms), (10, u64::MAX), "a new window, its end not yet said");
         assert_eq!(b.room(past(10 * S)), Room::Free);
-        b.observe(Some(10), 9, 11 * S, None);
+        b.observe(Some(10), 9, 11 * S, None, false);
         assert_eq!((b.remaining, b.reset_ms), (9, 11 * S));
         // A late answer from the window that ended: not believed.
-        b.observe(Some(10), 0, 10 * S, None);
+        b.observe(Some(10), 0, 10 * S, None, false);
         assert_eq!(b.remaining, 9);
     }
 
@@ -318,7 +373,7 @@ mod tests {
         merged.merge(&first);
         assert_eq!((merged.remaining, merged.reset_ms), (9, 11 * S));
         // A late answer from the ended window changes nothing.
-        mine.observe(Some(10), 0, 10 * S, None);
+        mine.observe(Some(10), 0, 10 * S, None, false);
         assert_eq!((mine.remaining, mine.reset_ms), (10, u64::MAX));
     }
 
@@ -328,7 +383,7 @@ mod tests {
     fn the_next_one_second_window_is_told_apart_despite_clock_jitter() {
         let mut b = BudgetState::new(Some(10), 0, 10 * S);
         b.roll(past(10 * S));
-        b.observe(Some(10), 9, 11 * S - 3, None);
+        b.observe(Some(10), 9, 11 * S - 3, None, false);
         assert_eq!((b.remaining, b.reset_ms), (9, 11 * S - 3));
         let mut rolled = BudgetState::new(Some(10), 0, 10 * S);
         rolled.roll(past(10 * S));
@@ -340,7 +395,7 @@ mod tests {
     fn absurd_values_saturate() {
         let mut b = BudgetState::new(Some(u64::MAX), u64::MAX, u64::MAX - 1);
         b.take(u64::MAX);
-        b.observe(Some(u64::MAX), u64::MAX, u64::MAX, Some(u64::MAX));
+        b.observe(Some(u64::MAX), u64::MAX, u64::MAX, Some(u64::MAX), true);
         assert!(b.roll(u64::MAX));
         let _ = b.room(u64::MAX);
     }

@@ -168,10 +168,19 @@ fn state_files(state_dir: &Path) -> Vec<StateFile> {
 
 /// The deadline `state` holds at `now_ms`, if one is still ahead.
 pub(super) fn active(state: &State, now_ms: u64) -> Option<StoredLimit> {
-    (state.blocked_until_ms > now_ms).then(|| StoredLimit {
+    // A deadline a header set, or the server's budget spent until its window resets (issue
+    // 21.2: status listed only deadlines, so --clear-limits could not see a budget's hold).
+    let (until, by) = match (state.blocked_until_ms > now_ms, state.budget_hold(now_ms)) {
+        (true, _) => (state.blocked_until_ms, state.blocked_by.clone()),
+        (false, Some(reset)) => {
+            (reset, "the server's budget (its rate-limit headers said none left)".to_owned())
+        }
+        (false, None) => return None,
+    };
+    Some(StoredLimit {
         origin: if state.origin.is_empty() { "(unknown origin)".into() } else { state.origin.clone() },
-        until: UNIX_EPOCH.checked_add(Duration::from_millis(state.blocked_until_ms)).unwrap_or(UNIX_EPOCH),
-        by: state.blocked_by.clone(),
+        until: UNIX_EPOCH.checked_add(Duration::from_millis(until)).unwrap_or(UNIX_EPOCH),
+        by,
     })
 }
 

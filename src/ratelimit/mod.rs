@@ -118,12 +118,21 @@ pub struct State {
     /// The server's budget, from the rate-limit headers of its answers (issue 11).
     #[serde(default)]
     budget: Option<BudgetState>,
+    /// When `status --clear-limits` last cleared this state: a budget a running process still
+    /// holds from before cannot come back, nor can an answer to a request sent before (21.2).
+    #[serde(default)]
+    cleared_ms: u64,
 }
 
 impl State {
     /// Takes in what another process wrote: its deadline if that state is newer, and its
     /// budget by the budget's own rules (newer window, else the lower count).
     fn merge_from(&mut self, shared: State) {
+        if shared.cleared_ms > self.cleared_ms {
+            // Cleared by `status --clear-limits` since this copy was made: what it held goes.
+            self.budget = None;
+            self.cleared_ms = shared.cleared_ms;
+        }
         let budget = match (self.budget.take(), shared.budget.clone()) {
             (Some(mut mine), Some(theirs)) => {
                 mine.merge(&theirs);
@@ -143,7 +152,15 @@ impl State {
         self.blocked_by.clear();
         self.blocked_at_ms = 0;
         self.probe_at_ms = 0;
+        self.budget = None;
+        self.cleared_ms = now;
         self.updated_ms = now;
+    }
+
+    /// The server's budget spent until its window resets (`remaining` 0): when, if ahead.
+    fn budget_hold(&self, now: u64) -> Option<u64> {
+        let b = self.budget.as_ref()?;
+        (b.remaining == 0 && b.reset_ms != u64::MAX && b.reset_ms > now).then_some(b.reset_ms)
     }
 }
 
@@ -537,16 +554,22 @@ impl Gate {
                 "budget: an answer says"
             );
         }
+        let (sent_at, tracked) = (admitted.at_ms, admitted.tracked);
         let apply = |state: &mut State| match (state.budget.as_mut(), budget) {
-            (Some(b), Some(seen)) => {
-                b.observe(seen.limit, seen.remaining, now.saturating_add(millis(seen.resets_in)), at)
-            }
+            // Sent before `status --clear-limits`: its word is older than the clearing.
+            (_, Some(_)) if sent_at < state.cleared_ms => {}
+            (Some(b), Some(seen)) => b.observe(
+                seen.limit,
+                seen.remaining,
+                now.saturating_add(millis(seen.resets_in)),
+                Some(sent_at),
+                tracked,
+            ),
             (None, Some(seen)) => {
-                state.budget = Some(BudgetState::new(
-                    seen.limit,
-                    seen.remaining,
-                    now.saturating_add(millis(seen.resets_in)),
-                ))
+                let mut b =
+                    BudgetState::new(seen.limit, seen.remaining, now.saturating_add(millis(seen.resets_in)));
+                b.observed_at = sent_at;
+                state.budget = Some(b);
             }
             (Some(b), None) => {
                 if let Some(i) = at.and_then(|at| b.pending.iter().position(|&t| t == at)) {
@@ -897,6 +920,47 @@ mod tests {
         assert_eq!(cleared.len(), 1);
         tokio::time::advance(Duration::from_millis(300)).await;
         assert!(b.admit(Duration::ZERO, true, |_, _| {}).await.is_ok(), "b sees the clearing");
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    /// Issue 21.2: a budget spent until a reset a day away is listed by `status` and cleared
+    /// by `--clear-limits` for good: the process that still holds it in memory cannot write it
+    /// back, and a probe's answer saying the server recovered lifts it.
+    #[tokio::test(start_paused = true)]
+    async fn a_budget_hold_is_listed_cleared_for_good_and_lifted_by_a_newer_answer() {
+        let dir = temp("budget-hold");
+        let a = Gate::new("https://h", "key", Some(&dir), Vec::new());
+        let b = Gate::new("https://h", "key", Some(&dir), Vec::new());
+        let day = Duration::from_secs(86_400);
+        let spent = crate::retry::Budget { limit: Some(5000), remaining: 0, resets_in: day };
+        let first = a.admit(Duration::ZERO, true, |_, _| {}).await.unwrap();
+        a.answered(&first, Some(spent)).await;
+        drop(first);
+        assert!(b.admit(Duration::from_secs(65), false, |_, _| {}).await.is_err(), "held for the day");
+        let listed = stored_limits(&dir, None);
+        assert_eq!(listed.len(), 1, "{listed:?}");
+        assert!(listed[0].by.contains("budget"), "{listed:?}");
+        assert_eq!(clear_limits(&dir, Some("https://h")).unwrap().len(), 1);
+        tokio::time::advance(Duration::from_millis(300)).await;
+        // a still has the spent budget in memory; its next write must not bring it back.
+        let next = a.admit(Duration::ZERO, true, |_, _| {}).await.expect("a sees the clearing");
+        a.succeeded(&next).await;
+        drop(next);
+        assert!(stored_limits(&dir, None).is_empty());
+        assert!(b.admit(Duration::ZERO, false, |_, _| {}).await.is_ok());
+        // Spent again; the probe a minute later is answered "4999 left": the hold is lifted.
+        let again = b.admit(Duration::ZERO, true, |_, _| {}).await.unwrap();
+        b.answered(&again, Some(spent)).await;
+        drop(again);
+        tokio::time::advance(Duration::from_millis(300)).await;
+        assert!(a.admit(Duration::ZERO, true, |_, _| {}).await.is_err(), "held; the probe clock starts");
+        tokio::time::advance(MINUTE).await;
+        let probe = a.admit(Duration::ZERO, true, |_, _| {}).await.unwrap();
+        assert!(probe.probe);
+        a.answered(&probe, Some(crate::retry::Budget { remaining: 4999, ..spent })).await;
+        drop(probe);
+        tokio::time::advance(Duration::from_millis(300)).await;
+        assert!(b.admit(Duration::ZERO, false, |_, _| {}).await.is_ok(), "the server's newer word");
         let _ = fs::remove_dir_all(&dir);
     }
 
