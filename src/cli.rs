@@ -248,7 +248,9 @@ pub struct Args {
 
     /// OAuth client credentials: a PEM private key (P-256, RSA or Ed25519; chmod 600) whose
     /// public key is registered for --client-id, to authenticate with signed assertions
-    /// (private_key_jwt) instead of a secret.
+    /// (private_key_jwt) instead of a secret: the safer choice, since an assertion is short-lived
+    /// and names its audience, while a secret works anywhere it is sent. Either way the
+    /// authorization server first seen is pinned in the state dir.
     #[arg(long, value_name = "PATH", env = "MCP_SIDECAR_CLIENT_KEY_FILE")]
     pub client_key_file: Option<std::path::PathBuf>,
 

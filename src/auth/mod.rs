@@ -129,6 +129,8 @@ pub struct OAuth {
     /// What discovery found, for a machine grant's renewals: a renewal ahead of expiry has no
     /// challenge to name the metadata, and needs no new discovery.
     known: std::sync::Mutex<Option<Discovered>>,
+    /// Where a machine grant's authorization server is pinned at first sight (issue 21.8).
+    issuer_pin: std::path::PathBuf,
 }
 
 impl OAuth {
@@ -140,6 +142,8 @@ impl OAuth {
             AuthError("no state directory to keep sign-in tokens in: set --state-dir (or HOME)".into())
         })?;
         let http = http::AuthHttp::new(config);
+        let issuer_pin =
+            issuer_pin_file(&state_dir, &config.url, settings.client_id.as_deref().unwrap_or(""));
         let keyring = settings.keyring;
         // The file store takes no I/O to set up; the keyring does (D-Bus, Keychain).
         let store = if keyring {
@@ -158,6 +162,7 @@ impl OAuth {
             flow: tokio::sync::Mutex::new(None),
             dpop: RwLock::new(None),
             known: std::sync::Mutex::new(None),
+            issuer_pin,
         };
         // Issue 14: a machine grant keeps its tokens in memory only (no person is needed to get
         // new ones), and never adopts what a browser sign-in stored for the same server.
@@ -643,12 +648,21 @@ impl OAuth {
         scope: Option<String>,
     ) -> Result<Tokens, AuthError> {
         use crate::sync::Locked;
-        let named = challenge.and_then(|c| c.resource_metadata.as_deref());
+        // Issue 21.8: a machine's credential must not follow a challenge elsewhere: only the
+        // server's own origin names its metadata, and the issuer is pinned at first sight.
+        let named = challenge.and_then(|c| c.resource_metadata.as_deref()).filter(|u| {
+            let own = same_origin(u, &self.mcp);
+            if !own {
+                warn!("the server's challenge names resource metadata on another origin: ignored for a machine grant");
+            }
+            own
+        });
         let known = self.known.locked().clone().filter(|_| named.is_none());
         let discovered = match known {
             Some(d) => d,
             None => {
                 let d = metadata::discover(&self.http, &self.mcp, named).await?;
+                self.pin_machine_issuer(&d.server.issuer).await?;
                 *self.known.locked() = Some(d.clone());
                 d
             }
@@ -735,6 +749,39 @@ impl OAuth {
             scope: answer.scope.or(scope),
             dpop: is_dpop(&answer.token_type) && dpop.is_some(),
         })
+    }
+
+    /// Issue 21.8: a machine grant (client credentials, workload identity, enterprise) sends a
+    /// secret, a signed assertion or a replayable identity token to the authorization server
+    /// discovery names. The first one seen is pinned in the state dir (`issuers/`), per server
+    /// and client; one that differs later is refused with the fix, and receives nothing.
+    async fn pin_machine_issuer(&self, issuer: &str) -> Result<(), AuthError> {
+        let (path, found) = (self.issuer_pin.clone(), issuer.to_owned());
+        let pinned = off_thread(move || -> Result<Option<String>, AuthError> {
+            match std::fs::read_to_string(&path) {
+                Ok(pinned) => Ok(Some(pinned.trim().to_owned())),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    let dir = path.parent().unwrap_or(std::path::Path::new("."));
+                    let write =
+                        crate::sync::create_private_dir(dir).and_then(|()| std::fs::write(&path, &found));
+                    write.map_err(|e| {
+                        AuthError(format!("cannot pin the authorization server in {}: {e}", dir.display()))
+                    })?;
+                    Ok(None)
+                }
+                Err(e) => Err(AuthError(format!("cannot read {}: {e}", path.display()))),
+            }
+        })
+        .await?;
+        match pinned {
+            Some(pinned) if pinned != issuer => Err(AuthError(format!(
+                "{} now names the authorization server {:?}, not {pinned:?} where this machine's credentials went before, so they are not sent there: if the service really moved, delete {} and start again",
+                self.mcp.host_str().unwrap_or("the server"),
+                clean(issuer),
+                self.issuer_pin.display()
+            ))),
+            _ => Ok(()),
+        }
     }
 
     /// Issue 10.11: the issuer recorded at the first sign-in is pinned for a pre-registered
@@ -907,6 +954,16 @@ enum Refresh {
 
 /// Runs blocking store work (file I/O with fsync, the OS keyring) on tokio's blocking pool, so
 /// that the one runtime thread keeps answering, timing out and handling signals meanwhile.
+/// Where a machine grant's authorization server for `mcp` and `client` is pinned.
+fn issuer_pin_file(state_dir: &std::path::Path, mcp: &Url, client: &str) -> std::path::PathBuf {
+    state_dir.join("issuers").join(crate::ratelimit::file::state_name(mcp.as_str(), client))
+}
+
+/// Whether `url` (relative to `mcp`, as a challenge may give it) is on `mcp`'s own origin.
+fn same_origin(url: &str, mcp: &Url) -> bool {
+    mcp.join(url).is_ok_and(|u| u.origin() == mcp.origin())
+}
+
 async fn off_thread<T: Send + 'static, E: Into<AuthError> + Send + 'static>(
     work: impl FnOnce() -> Result<T, E> + Send + 'static,
 ) -> Result<T, AuthError> {

@@ -409,3 +409,39 @@ async fn an_absurd_device_interval_neither_crashes_nor_outlasts_the_auth_timeout
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("device code expired") && !stderr.contains("panicked"), "{stderr}");
 }
+
+/// Issue 21.8: a machine grant's credential goes only to the authorization server first seen.
+/// When the server's metadata later names another one (tampered, or a hostile 401), the grant is
+/// refused with the fix, in the running process and in the next one (the pin is in the state
+/// dir), and the other server never sees the secret.
+#[tokio::test]
+async fn client_credentials_are_pinned_to_the_first_authorization_server() {
+    let configure = |s: &mut AsState| {
+        s.auth_methods = Some(vec!["client_secret_post"]);
+        s.client_secret = Some(("ci-9".into(), "cs-SECRET-pin".into()));
+    };
+    let auth = AuthServer::start(configure).await;
+    let other = AuthServer::start(configure).await;
+    let server = auth.protect().await;
+    let dir = temp_dir("cc-pinned");
+    let args = ["--auth", "client-credentials", "--client-id", "ci-9", "--client-secret-env", "CS"];
+    let mut sc = spawn(&server, &dir, &args, &[("CS", "cs-SECRET-pin")]);
+    sc.handshake().await;
+    assert!(call(&mut sc, 2, "echo", json!({"text": "a"})).await.get("result").is_some());
+    {
+        let mut st = auth.s();
+        st.prm_names = Some(other.s().base.clone());
+        st.access.clear();
+        st.revoked = true;
+    }
+    let r = call(&mut sc, 3, "echo", json!({"text": "b"})).await;
+    let message = r["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("not sent there") && message.contains("issuers"), "{r}");
+    finish_checked(sc, &auth).await;
+    let mut sc = spawn(&server, &dir, &args, &[("CS", "cs-SECRET-pin")]);
+    let (r, message) = refused(&mut sc).await;
+    assert!(message.contains("not sent there"), "{r}");
+    finish_checked(sc, &auth).await;
+    let seen = other.s();
+    assert!(seen.tokens.is_empty(), "the other server saw nothing: {:?}", seen.tokens);
+}
