@@ -1,7 +1,8 @@
 //! Every secret this process holds, so that none is ever shown (issue 10.9).
 //!
-//! The API key, the values `${VAR}` put into headers, a client secret, and every OAuth access and
-//! refresh token are [`remember`]ed as soon as the process has them. Whatever text a server
+//! The API key, the values `${VAR}` put into headers and a client secret are [`remember`]ed as
+//! soon as the process has them; OAuth access and refresh tokens, assertions, identity tokens, a
+//! registered client's secret and the DPoP key by [`remember_as`], the newest of each kind. Whatever text a server
 //! sends back (error bodies, `error_description`s) passes [`redact`] before it becomes an error
 //! message, `data.serverBody` or a log line; the log writer redacts every line as a last guard.
 //! Matching is by value, so a server that echoes a token in any shape of body is caught.
@@ -19,35 +20,81 @@ pub const MIN_SECRET_CHARS: usize = 6;
 /// What replaces a secret.
 pub const REDACTED: &str = "[redacted]";
 
-/// The secrets, longest first (a secret that contains another is replaced whole).
-static KNOWN: RwLock<Vec<String>> = RwLock::new(Vec::new());
+/// A kind of secret that a newer one replaces (issue 21.11: every token renewal, assertion and
+/// identity-token re-read added a value, so the list grew for the life of the process and each
+/// log line was scanned against all of them). The superseded value is forgotten.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Slot {
+    AccessToken,
+    RefreshToken,
+    IdentityToken,
+    Assertion,
+    ClientSecret,
+    DpopKey,
+}
 
-/// Adds `secret` to what is never shown.
+/// The secrets: those of the configuration (a fixed few), the latest of each [`Slot`], and the
+/// matcher built from them at each change, longest first (a secret that contains another is
+/// replaced whole).
+struct Known {
+    fixed: Vec<String>,
+    slots: Vec<(Slot, String)>,
+    finders: Vec<(memchr::memmem::Finder<'static>, String)>,
+}
+
+impl Known {
+    fn rebuild(&mut self) {
+        let mut all: Vec<&String> = self.fixed.iter().chain(self.slots.iter().map(|(_, s)| s)).collect();
+        all.sort_by_key(|s| std::cmp::Reverse(s.len()));
+        all.dedup();
+        self.finders = all
+            .into_iter()
+            .map(|s| (memchr::memmem::Finder::new(s.as_bytes()).into_owned(), s.clone()))
+            .collect();
+    }
+}
+
+static KNOWN: RwLock<Known> =
+    RwLock::new(Known { fixed: Vec::new(), slots: Vec::new(), finders: Vec::new() });
+
+/// Adds `secret` to what is never shown, for the life of the process (the configuration's: the
+/// key, `${VAR}` header values, a client secret from the environment).
 pub fn remember(secret: &str) {
     let secret = secret.trim();
-    if secret.chars().count() < MIN_SECRET_CHARS {
-        return;
-    }
-    if KNOWN.reading().iter().any(|s| s == secret) {
+    if secret.chars().count() < MIN_SECRET_CHARS || KNOWN.reading().fixed.iter().any(|s| s == secret) {
         return;
     }
     let mut known = KNOWN.writing();
-    if !known.iter().any(|s| s == secret) {
-        known.push(secret.to_owned());
-        known.sort_by_key(|s| std::cmp::Reverse(s.len()));
+    if !known.fixed.iter().any(|s| s == secret) {
+        known.fixed.push(secret.to_owned());
+        known.rebuild();
     }
+}
+
+/// Makes `secret` the one of its kind never shown; the one it replaces is forgotten.
+pub fn remember_as(slot: Slot, secret: &str) {
+    let secret = secret.trim();
+    if secret.chars().count() < MIN_SECRET_CHARS
+        || KNOWN.reading().slots.iter().any(|(k, s)| *k == slot && s == secret)
+    {
+        return;
+    }
+    let mut known = KNOWN.writing();
+    known.slots.retain(|(k, _)| *k != slot);
+    known.slots.push((slot, secret.to_owned()));
+    known.rebuild();
 }
 
 /// `text` with every known secret, and every JWT, replaced by [`REDACTED`].
 pub fn redact(text: &str) -> Cow<'_, str> {
     let known = KNOWN.reading();
     let jwt = text.contains(JWT_START);
-    if !jwt && !known.iter().any(|s| text.contains(s.as_str())) {
+    if !jwt && !known.finders.iter().any(|(f, _)| f.find(text.as_bytes()).is_some()) {
         return Cow::Borrowed(text);
     }
     let mut out = text.to_owned();
-    for s in known.iter() {
-        if out.contains(s.as_str()) {
+    for (finder, s) in known.finders.iter() {
+        if finder.find(out.as_bytes()).is_some() {
             out = out.replace(s.as_str(), REDACTED);
         }
     }
@@ -155,6 +202,22 @@ mod tests {
             assert_eq!(redact(harmless), harmless);
         }
         assert_eq!(redact("é eyJ0eXAiOiJKV1QiLCJh.e30.sig é"), "é [redacted] é");
+    }
+
+    /// Issue 21.11: a renewed secret replaces the one of its kind (the list no longer grows with
+    /// every renewal), and what is known is still redacted wherever it appears.
+    #[test]
+    fn a_renewed_secret_replaces_the_one_of_its_kind() {
+        for n in 0..1000 {
+            remember_as(Slot::Assertion, &format!("assertion-SECRET-{n:04}"));
+        }
+        let known = KNOWN.reading();
+        let assertions = known.slots.iter().filter(|(k, _)| *k == Slot::Assertion).count();
+        assert_eq!(assertions, 1);
+        assert!(known.finders.len() <= known.fixed.len() + known.slots.len());
+        drop(known);
+        assert_eq!(redact("x assertion-SECRET-0999 y"), "x [redacted] y");
+        assert_eq!(redact("x assertion-SECRET-0998 y"), "x assertion-SECRET-0998 y", "superseded: forgotten");
     }
 
     #[test]

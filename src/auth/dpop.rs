@@ -62,7 +62,7 @@ impl Dpop {
         let der = URL_SAFE_NO_PAD.decode(stored.expose_secret()).map_err(|_| bad())?;
         let key = EncodingKey::from_ec_der(&der);
         let jwk = Jwk::from_encoding_key(&key, Algorithm::ES256).map_err(|_| bad())?;
-        crate::secrets::remember(stored.expose_secret());
+        crate::secrets::remember_as(crate::secrets::Slot::DpopKey, stored.expose_secret());
         Ok(Dpop { stored: stored.clone(), key, jwk, nonces: Mutex::new(HashMap::new()) })
     }
 

@@ -115,7 +115,7 @@ impl Assertion {
                         path.display()
                     )));
                 }
-                crate::secrets::remember(&token);
+                crate::secrets::remember_as(crate::secrets::Slot::IdentityToken, &token);
                 Ok(SecretString::from(token))
             }
         }
@@ -322,7 +322,7 @@ pub async fn request(
         }
         ClientAuth::Jwt(id, key, audience) => {
             let assertion = key.sign(id, audience).map_err(Refused::Failed)?;
-            crate::secrets::remember(&assertion);
+            crate::secrets::remember_as(crate::secrets::Slot::Assertion, &assertion);
             form.push(("client_id", id.to_owned()));
             form.push(("client_assertion_type", ASSERTION_TYPE.to_owned()));
             form.push(("client_assertion", assertion));
@@ -341,9 +341,9 @@ pub async fn request(
         if answer.access_token.is_empty() {
             return Err(failed(format!("{endpoint} answered an empty access token")));
         }
-        crate::secrets::remember(&answer.access_token);
+        crate::secrets::remember_as(crate::secrets::Slot::AccessToken, &answer.access_token);
         if let Some(r) = &answer.refresh_token {
-            crate::secrets::remember(r);
+            crate::secrets::remember_as(crate::secrets::Slot::RefreshToken, r);
         }
         return Ok(answer);
     }

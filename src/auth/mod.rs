@@ -744,7 +744,7 @@ impl OAuth {
             access_token: SecretString::from(answer.access_token),
             // A machine asks again instead of keeping a refresh token.
             refresh_token: None,
-            expires_at: answer.expires_in.map(|d| now.saturating_add(d)),
+            expires_at: answer.expires_in.map(|d| now.saturating_add(d.max(MIN_TOKEN_LIFE))),
             issued_at: Some(now),
             scope: answer.scope.or(scope),
             dpop: is_dpop(&answer.token_type) && dpop.is_some(),
@@ -879,7 +879,7 @@ impl OAuth {
         );
         debug!("registered as client {} at {}", r.client_id, server.issuer);
         if let Some(secret) = &r.client_secret {
-            crate::secrets::remember(secret);
+            crate::secrets::remember_as(crate::secrets::Slot::ClientSecret, secret);
         }
         Ok(Client {
             client_id: r.client_id,
@@ -983,6 +983,11 @@ fn token_store(dir: &std::path::Path, _keyring: bool) -> Result<TokenStore, Auth
     Ok(TokenStore::new(dir))
 }
 
+/// The shortest lifetime a token is taken to have, in seconds (issue 21.11): an authorization
+/// server answering `expires_in: 0` would otherwise make every request a token request. A token
+/// that really is expired is refused with a 401, which renews it.
+const MIN_TOKEN_LIFE: u64 = 30;
+
 /// Whether a token expiring at `at` is due for a refresh: a minute ahead, or a quarter of its
 /// lifetime for short-lived tokens (one that lives 30 s must not be refreshed before every
 /// request).
@@ -1034,7 +1039,7 @@ fn tokens_from<R: TokenResponse<TokenType = oauth2::basic::BasicTokenType>>(
             .refresh_token()
             .map(|r| SecretString::from(r.secret().clone()))
             .or_else(|| old_refresh.cloned()),
-        expires_at: response.expires_in().map(|d| now().saturating_add(d.as_secs())),
+        expires_at: response.expires_in().map(|d| now().saturating_add(d.as_secs().max(MIN_TOKEN_LIFE))),
         issued_at: Some(now()),
         scope: response
             .scopes()
@@ -1189,6 +1194,20 @@ mod tests {
         assert!(!refresh_due(now + 30, Some(now), now), "a fresh 30 s token is used as is");
         assert!(refresh_due(now + 7, Some(now - 23), now), "its last quarter");
         assert!(refresh_due(now - 1, Some(now - 100), now), "expired");
+    }
+
+    /// Issue 21.11: `expires_in: 0` is taken as a lifetime of 30 s, so the token is not renewed
+    /// before every request (a 401 still renews one that really has expired).
+    #[test]
+    fn a_token_that_expires_at_once_lives_30_s_for_renewal() {
+        let response: oauth2::basic::BasicTokenResponse =
+            serde_json::from_str(r#"{"access_token":"a","token_type":"bearer","expires_in":0}"#).unwrap();
+        let tokens = tokens_from(&response, None, None);
+        let (at, issued) = (tokens.expires_at.unwrap(), tokens.issued_at.unwrap());
+        // (Two readings of the clock: a second may tick between them.)
+        assert!((MIN_TOKEN_LIFE - 1..=MIN_TOKEN_LIFE).contains(&(at - issued)), "{at} {issued}");
+        assert!(!refresh_due(at, Some(issued), issued), "not renewed before the first request");
+        assert!(refresh_due(at, Some(issued), at), "renewed once it is past");
     }
 
     /// Issue 10.13: an `expires_in` of u64::MAX seconds, or a clock at the end of time, is a

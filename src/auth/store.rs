@@ -46,9 +46,9 @@ impl std::fmt::Debug for Tokens {
 impl Tokens {
     /// Tells [`crate::secrets`] about these tokens, so no error or log line shows them.
     pub fn remember(&self) {
-        crate::secrets::remember(self.access_token.expose_secret());
+        crate::secrets::remember_as(crate::secrets::Slot::AccessToken, self.access_token.expose_secret());
         if let Some(r) = &self.refresh_token {
-            crate::secrets::remember(r.expose_secret());
+            crate::secrets::remember_as(crate::secrets::Slot::RefreshToken, r.expose_secret());
         }
     }
 }
@@ -130,10 +130,10 @@ impl Entry {
             t.remember();
         }
         if let Some(s) = self.client.as_ref().and_then(|c| c.client_secret.as_ref()) {
-            crate::secrets::remember(s.expose_secret());
+            crate::secrets::remember_as(crate::secrets::Slot::ClientSecret, s.expose_secret());
         }
         if let Some(k) = &self.dpop_key {
-            crate::secrets::remember(k.expose_secret());
+            crate::secrets::remember_as(crate::secrets::Slot::DpopKey, k.expose_secret());
         }
     }
 }
