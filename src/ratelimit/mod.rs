@@ -262,16 +262,32 @@ pub struct Gate {
     pub stats: Stats,
 }
 
-/// Wall-clock milliseconds (the unit shared with other processes), advanced by tokio's clock
-/// from one anchor: waits follow the monotonic clock (and tokio's paused clock in tests), not
-/// wall-clock jumps.
+/// Wall-clock milliseconds, the unit shared with other processes: the wall clock at start,
+/// advanced by tokio's clock (waits follow the monotonic clock, and tokio's paused clock in
+/// tests), moved forward whenever the wall clock is ahead by more than [`SUSPEND_GAP`]. Issue
+/// 21.3: the monotonic clock stops while a laptop sleeps, so without that a long-running sidecar
+/// read every deadline another process wrote as hours away, and wrote deadlines already past. It
+/// never goes back, even when the wall clock is set back.
 fn now_ms() -> u64 {
     static ANCHOR: std::sync::OnceLock<(u64, Instant)> = std::sync::OnceLock::new();
-    let (wall, mono) = *ANCHOR.get_or_init(|| {
-        let wall = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
-        (wall, Instant::now())
-    });
-    wall.saturating_add(Instant::now().saturating_duration_since(mono).as_millis() as u64)
+    static OFFSET: AtomicU64 = AtomicU64::new(0);
+    let wall = || SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+    let (start, mono) = *ANCHOR.get_or_init(|| (wall(), Instant::now()));
+    let ticked = start.saturating_add(Instant::now().saturating_duration_since(mono).as_millis() as u64);
+    let (now, offset) = shared_now(ticked, wall(), OFFSET.load(Ordering::Relaxed));
+    OFFSET.fetch_max(offset, Ordering::Relaxed);
+    now
+}
+
+/// A wall clock ahead of the anchored one by more than this means the machine slept (timer slack
+/// and scheduling are milliseconds).
+const SUSPEND_GAP: u64 = 5_000;
+
+/// The shared clock and its new offset, from tokio's anchored reading (`ticked`), the wall clock
+/// and the offset so far (which only grows).
+fn shared_now(ticked: u64, wall: u64, offset: u64) -> (u64, u64) {
+    let now = ticked.saturating_add(offset);
+    if wall > now.saturating_add(SUSPEND_GAP) { (wall, wall - ticked) } else { (now, offset) }
 }
 
 fn millis(d: Duration) -> u64 {
@@ -921,6 +937,24 @@ mod tests {
         tokio::time::advance(Duration::from_millis(300)).await;
         assert!(b.admit(Duration::ZERO, true, |_, _| {}).await.is_ok(), "b sees the clearing");
         let _ = fs::remove_dir_all(&dir);
+    }
+
+    /// Issue 21.3: after a suspend the wall clock is ahead of the anchored monotonic one by the
+    /// whole sleep: the shared clock follows the wall clock; set back, it does not go back.
+    #[test]
+    fn the_shared_clock_follows_a_suspend_and_never_goes_back() {
+        let start = 1_800_000_000_000;
+        let hours = 8 * 3600 * 1000;
+        // Awake: the wall clock a little ahead or behind changes nothing.
+        assert_eq!(shared_now(start + 5, start + 3, 0), (start + 5, 0));
+        assert_eq!(shared_now(start + 5, start + 4_000, 0), (start + 5, 0));
+        // After 8 hours of sleep the monotonic clock has barely moved; the wall clock has.
+        let (now, offset) = shared_now(start + 10, start + hours, 0);
+        assert_eq!((now, offset), (start + hours, hours - 10));
+        // It goes on from there; the wall clock set back an hour does not take it back.
+        assert_eq!(shared_now(start + 20, start + hours - 3_600_000, offset), (start + hours + 10, offset));
+        // Absurd readings saturate.
+        assert_eq!(shared_now(u64::MAX, 0, u64::MAX).0, u64::MAX);
     }
 
     /// Issue 21.2: a budget spent until a reset a day away is listed by `status` and cleared
