@@ -27,13 +27,30 @@ use crate::era::{self, Additions, Era, Verdict};
 
 type CallTask = AbortOnDropHandle<Result<Bytes, LocalError>>;
 
+/// The most requests of a stateless client parked at once, waiting for its answers.
+const MAX_PARKED: usize = 32;
+/// The most server questions queued within one request before the client has seen them.
+const MAX_QUESTIONS: usize = 16;
+
+/// Forgets the way to the client's answers for an upstream request when its call ends.
+struct ForgetAsks {
+    reverse: Arc<Reverse>,
+    upstream: IdKey,
+}
+
+impl Drop for ForgetAsks {
+    fn drop(&mut self) {
+        self.reverse.asks.locked().remove(&self.upstream);
+    }
+}
+
 /// A request waiting for the client's retry with the answers the server asked for.
 struct Parked {
     call: CallTask,
-    asks: mpsc::UnboundedReceiver<Bytes>,
+    asks: mpsc::Receiver<Bytes>,
     upstream: IdKey,
     /// Gives the request up if the client never comes back.
-    _expiry: AbortOnDropHandle<()>,
+    _expiry: Option<AbortOnDropHandle<()>>,
 }
 
 /// The state of a bridge between a stateless-era client and a handshake-era server.
@@ -41,7 +58,7 @@ pub(super) struct Reverse {
     /// The `DiscoverResult` answered to the client, raw.
     discover: String,
     /// Server requests on the stream of each upstream request, by its (internal) id.
-    asks: Mutex<HashMap<IdKey, mpsc::UnboundedSender<Bytes>>>,
+    asks: Mutex<HashMap<IdKey, mpsc::Sender<Bytes>>>,
     /// Requests waiting for the client's retry, by the `requestState` it was given.
     parked: Mutex<HashMap<String, Parked>>,
     /// The upstream id of each client request in flight, to cancel it upstream (J-08).
@@ -315,12 +332,17 @@ impl Proxy {
                             format!("invalid params: {e}"),
                         )
                     })?;
-                let (tx, rx) = mpsc::unbounded_channel();
+                let (tx, rx) = mpsc::channel(MAX_QUESTIONS);
                 reverse.asks.locked().insert(upstream.clone(), tx);
                 reverse.upstream_of.locked().insert(key.clone(), upstream.clone());
                 let me = self.clone();
                 let (what, limit) = (what.to_owned(), self.request_timeout);
+                // The way to the client's answers goes with the upstream call, however it ends
+                // (answered, given up, cancelled: issue 21.13, an entry per cancelled request
+                // stayed for ever).
+                let forget = ForgetAsks { reverse: reverse.clone(), upstream: upstream.clone() };
                 let call = AbortOnDropHandle::new(tokio::spawn(async move {
+                    let _forget = forget;
                     me.call(body.into(), true, false, limit, &what).await
                 }));
                 (call, rx, upstream)
@@ -329,7 +351,6 @@ impl Proxy {
         let mut call = call;
         tokio::select! {
             answer = &mut call => {
-                reverse.asks.locked().remove(&upstream);
                 let answer = answer.map_err(|_| bad_response("the request was given up".into()))??;
                 stateless_answer(method, client_id, &answer)
             }
@@ -339,27 +360,64 @@ impl Proxy {
                 while let Ok(more) = asks.try_recv() {
                     questions.push(more);
                 }
-                reverse.rounds.fetch_add(1, Ordering::Relaxed);
-                let n = reverse.next_state.fetch_add(1, Ordering::Relaxed);
-                let token = serde_json::to_string(&format!("mcp-sidecar-state-{n}-{}", fastrand::u64(..))).unwrap_or_default();
-                let result = era::input_required_result(&questions, &token);
-                let expiry = {
-                    let (reverse, token, me) = (reverse.clone(), token.clone(), self.clone());
-                    AbortOnDropHandle::new(tokio::spawn(async move {
-                        // As long as any request may take (`--request-timeout`).
-                        tokio::time::sleep(me.request_timeout).await;
-                        let parked = reverse.parked.locked().remove(&token);
-                        if let Some(parked) = parked {
-                            debug!("a parked request was given up: the client did not come back with the answers");
-                            me.cancel_upstream(&parked.upstream).await;
-                        }
-                    }))
-                };
-                reverse.parked.locked().insert(token, Parked { call, asks, upstream, _expiry: expiry });
-                let result = RawValue::from_string(result).map_err(|_| unreadable())?;
-                Ok(era::response_with_id(client_id, "result", &result).into())
+                self.park(reverse, client_id, &questions, Parked { call, asks, upstream, _expiry: None }).await
             }
         }
+    }
+
+    /// Parks a request whose server asked the client something, and answers the client with
+    /// the `input_required` result that stands for the questions; unless too many requests
+    /// already wait for this client (issue 21.13: each holds an upstream stream and a task), when
+    /// the request is given up and the server told. The count and the insertion are one step.
+    async fn park(
+        self: &Arc<Self>,
+        reverse: &Arc<Reverse>,
+        client_id: &RawValue,
+        questions: &[Bytes],
+        mut parked: Parked,
+    ) -> Result<Bytes, LocalError> {
+        let n = reverse.next_state.fetch_add(1, Ordering::Relaxed);
+        let token = serde_json::to_string(&format!("mcp-sidecar-state-{n}-{}", fastrand::u64(..)))
+            .unwrap_or_default();
+        let result = era::input_required_result(questions, &token);
+        let upstream = parked.upstream.clone();
+        parked._expiry = Some({
+            let (reverse, token, me) = (reverse.clone(), token.clone(), self.clone());
+            AbortOnDropHandle::new(tokio::spawn(async move {
+                // As long as any request may take (`--request-timeout`).
+                tokio::time::sleep(me.request_timeout).await;
+                let parked = reverse.parked.locked().remove(&token);
+                if let Some(parked) = parked {
+                    debug!("a parked request was given up: the client did not come back with the answers");
+                    me.cancel_upstream(&parked.upstream).await;
+                }
+            }))
+        });
+        let refused = {
+            let mut all = reverse.parked.locked();
+            if all.len() >= MAX_PARKED {
+                Some(parked)
+            } else {
+                all.insert(token, parked);
+                None
+            }
+        };
+        if let Some(parked) = refused {
+            drop(parked);
+            self.cancel_upstream(&upstream).await;
+            let mut err = LocalError::new(
+                OVERLOADED,
+                ErrorKind::Overloaded,
+                format!(
+                    "{MAX_PARKED} requests already wait for this client's answers to the server's questions: answer those first"
+                ),
+            );
+            err.request_sent = Some(true);
+            return Err(err);
+        }
+        reverse.rounds.fetch_add(1, Ordering::Relaxed);
+        let result = RawValue::from_string(result).map_err(|_| unreadable())?;
+        Ok(era::response_with_id(client_id, "result", &result).into())
     }
 
     /// Tells a handshake-era server that a request of ours is cancelled (J-08).
@@ -390,10 +448,15 @@ impl Proxy {
         let answer = if method == "ping" {
             format!(r#"{{"jsonrpc":"2.0","id":{},"result":{{}}}}"#, id.get())
         } else if let Some(tx) = owner.and_then(|o| reverse.asks.locked().get(o).cloned()) {
-            if tx.send(bytes.clone()).is_ok() {
-                return true;
+            match tx.try_send(bytes.clone()) {
+                Ok(()) => return true,
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    refusal(-32603, "too many questions at once within one request")
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => {
+                    refusal(-32603, "the request this belongs to has ended")
+                }
             }
-            refusal(-32603, "the request this belongs to has ended")
         } else {
             refusal(-32601, "the client speaks the stateless MCP era and can only be asked within a request")
         };

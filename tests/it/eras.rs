@@ -1302,3 +1302,33 @@ async fn a_listen_stream_ended_at_once_is_given_up_not_reopened_for_ever() {
     s.finish().await;
     assert_eq!(listens(), 5, "none after giving up");
 }
+
+/// Issue 21.13: requests of a stateless client parked for its answers are bounded: each holds an
+/// upstream stream and a task, so past 32 the next one is refused at once (the server is told)
+/// instead of parked without end.
+#[tokio::test]
+async fn parked_requests_of_the_reverse_bridge_are_bounded() {
+    let server = Server::start(generic(), Some(handshake_only())).await;
+    let dir = scratch_dir("parked-bound");
+    let mut s = sidecar_for(&server, &["--state-dir", &dir.to_string_lossy()]);
+    let meta = json!({"io.modelcontextprotocol/protocolVersion":"2026-07-28",
+        "io.modelcontextprotocol/clientCapabilities":{"elicitation":{}}});
+    for id in 1..=33 {
+        s.send_json(&request(id, "tools/call", json!({"name":"ask","arguments":{},"_meta": meta}))).await;
+    }
+    let mut asked = 0;
+    let mut refused = Vec::new();
+    for _ in 1..=33 {
+        let answer = s.recv().await;
+        if answer["result"]["resultType"] == "input_required" {
+            asked += 1;
+        } else {
+            refused.push(answer);
+        }
+    }
+    assert_eq!(asked, 32, "{refused:?}");
+    assert_eq!(refused.len(), 1);
+    assert!(refused[0]["error"]["message"].as_str().unwrap().contains("answer those first"), "{refused:?}");
+    s.finish().await;
+    assert!(!server.posts("notifications/cancelled").is_empty(), "the server is told");
+}
