@@ -52,6 +52,18 @@ pub fn install(config: &Config, args: &Args, request: Request<'_>) -> u8 {
                 via.name, via.name
             );
             let (command, mut prefix) = via.command();
+            let through_cmd = prefix.first().is_some_and(|a| a == "/c");
+            let server_args = if through_cmd {
+                match cmd_args(server_args) {
+                    Ok(args) => args,
+                    Err(why) => {
+                        eprintln!("mcp-sidecar: {why}");
+                        return CONFIG;
+                    }
+                }
+            } else {
+                server_args
+            };
             prefix.extend(server_args);
             (command, prefix)
         }
@@ -253,10 +265,16 @@ impl Launcher {
     /// The entry's command and its first arguments. The runner by full path where it can be
     /// found: a client started from the desktop may not have the shell's PATH (nvm, mise,
     /// Homebrew). Windows: npm's `npx.cmd` is a batch file, which clients that start programs
-    /// without a shell cannot run, so it goes through `cmd /c`.
+    /// without a shell cannot run: node is started with npm's `npx-cli.js` beside it, so no
+    /// shell reads the arguments (issue 21.15: through `cmd /c` a URL with `&` was cut there and
+    /// the rest run as a command); where that layout is not found, `cmd /c npx`, whose arguments
+    /// [`cmd_args`] escapes.
     fn command(self) -> (String, Vec<String>) {
         let args = self.args.iter().map(|a| (*a).to_owned());
         if cfg!(windows) && self.name == "npx" {
+            if let Some((node, cli)) = which::which("npx").ok().as_deref().and_then(npx_through_node) {
+                return (node, std::iter::once(cli).chain(args).collect());
+            }
             let cmd = std::env::var("ComSpec").unwrap_or_else(|_| "cmd.exe".into());
             return (cmd, ["/c", "npx"].iter().map(|a| (*a).to_owned()).chain(args).collect());
         }
@@ -286,6 +304,40 @@ fn launcher(exe: &Path) -> Option<Launcher> {
     } else {
         None
     }
+}
+
+/// node and npm's `npx-cli.js` beside the `npx` found (the layout of Node's Windows installer,
+/// nvm-windows and fnm): the same npx, without the batch file.
+fn npx_through_node(npx: &Path) -> Option<(String, String)> {
+    let dir = npx.parent()?;
+    let node = ["node.exe", "node"].iter().map(|n| dir.join(n)).find(|p| p.is_file())?;
+    let cli = dir.join("node_modules").join("npm").join("bin").join("npx-cli.js");
+    cli.is_file().then(|| (node.display().to_string(), cli.display().to_string()))
+}
+
+/// The arguments after `cmd /c npx`, escaped for cmd.exe, which reads `& | < > ^ ( )` as its
+/// own and expands `%NAME%`: outside quotes a caret makes each literal; an argument with a
+/// space (quoted by the client that starts the entry, where carets would stay) or a `%` or `"`
+/// cannot be carried safely, and is refused with the fix.
+fn cmd_args(args: Vec<String>) -> Result<Vec<String>, String> {
+    const SPECIAL: &[char] = &['&', '|', '<', '>', '^', '(', ')'];
+    args.into_iter()
+        .map(|a| {
+            let risky = a.contains(SPECIAL) || a.contains('%') || a.contains('"');
+            if risky && (a.contains(char::is_whitespace) || a.contains('%') || a.contains('"')) {
+                return Err(format!(
+                    "{a:?} cannot be passed safely through cmd.exe (which npx needs here): install mcp-sidecar itself (npm install -g mcp-sidecar, or install.ps1) and run install again"
+                ));
+            }
+            Ok(a.chars().fold(String::new(), |mut out, c| {
+                if SPECIAL.contains(&c) {
+                    out.push('^');
+                }
+                out.push(c);
+                out
+            }))
+        })
+        .collect()
 }
 
 /// Where Claude Code keeps its user-scope servers: `$CLAUDE_CONFIG_DIR/.claude.json`, else
@@ -478,10 +530,39 @@ mod tests {
             let p = r"C:\Users\U\AppData\Local\npm-cache\_npx\ab12\node_modules\@mcp-sidecar\win32-x64\bin\mcp-sidecar.exe";
             assert_eq!(npx(p), Some("npx"));
             let (command, args) = launcher(Path::new(p)).unwrap().command();
-            assert!(command.to_ascii_lowercase().ends_with("cmd.exe"), "{command}");
-            assert_eq!(args, ["/c", "npx", "-y", "mcp-sidecar"]);
+            // node with npm's npx-cli.js where Node's layout is found, else cmd /c npx.
+            if command.to_ascii_lowercase().ends_with("node.exe") {
+                assert!(args[0].ends_with("npx-cli.js") && args[1..] == ["-y", "mcp-sidecar"], "{args:?}");
+            } else {
+                assert!(command.to_ascii_lowercase().ends_with("cmd.exe"), "{command}");
+                assert_eq!(args, ["/c", "npx", "-y", "mcp-sidecar"]);
+            }
         }
     }
+    /// Issue 21.15: what goes through `cmd /c` is escaped for it, or refused when it cannot be;
+    /// npx is started through node when its layout is found, so no shell reads the arguments.
+    #[test]
+    fn arguments_for_cmd_are_escaped_or_refused() {
+        let ok =
+            cmd_args(vec!["https://h/mcp?tenant=a&region=eu".into(), "X-A: b|c<d>e^f(g)".replace(' ', "")])
+                .unwrap();
+        assert_eq!(ok, ["https://h/mcp?tenant=a^&region=eu", "X-A:b^|c^<d^>e^^f^(g^)"]);
+        assert_eq!(cmd_args(vec!["--auth".into(), "none".into()]).unwrap(), ["--auth", "none"]);
+        for bad in ["https://h/mcp?x=%PATH%", "X-A: a&b", "a\"&b"] {
+            let err = cmd_args(vec![bad.into()]).unwrap_err();
+            assert!(err.contains("cannot be passed safely"), "{err}");
+        }
+        let dir = std::env::temp_dir().join(format!("mcp-sidecar-npx-{}", std::process::id()));
+        let cli = dir.join("node_modules").join("npm").join("bin");
+        std::fs::create_dir_all(&cli).unwrap();
+        std::fs::write(cli.join("npx-cli.js"), "").unwrap();
+        assert_eq!(npx_through_node(&dir.join("npx.cmd")), None, "no node beside it");
+        std::fs::write(dir.join("node.exe"), "").unwrap();
+        let (node, script) = npx_through_node(&dir.join("npx.cmd")).unwrap();
+        assert!(node.ends_with("node.exe") && script.ends_with("npx-cli.js"), "{node} {script}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
     use clap::Parser;
 
     fn args_for(line: &[&str]) -> Vec<String> {
