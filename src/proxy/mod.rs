@@ -707,8 +707,15 @@ impl Proxy {
                         if timeout_at(deadline, tokio::time::sleep(wait)).await.is_err() {
                             return Err(self.up.timeout_error(limit));
                         }
-                        let _admitted = self.admit(what).await?;
-                        match timeout_at(deadline, self.up.get_stream(Some(&id)).send()).await {
+                        let admitted = self.admit(what).await?;
+                        let resumed_stream = timeout_at(deadline, self.up.get_stream(Some(&id)).send()).await;
+                        // Issue 21.5: the unit goes back with what the answer says, or as not
+                        // sent when there is no answer.
+                        match &resumed_stream {
+                            Ok(Ok(r)) => self.answered(&admitted, r.headers()).await,
+                            _ => self.gate.answered(&admitted, None).await,
+                        }
+                        match resumed_stream {
                             Ok(Ok(r)) if r.status().is_success() => {
                                 events = sse::decode(r.bytes_stream(), self.max_message);
                                 continue;

@@ -36,8 +36,13 @@ impl Proxy {
             // The timeout measures the server, not the time spent waiting for the gate.
             let deadline = retry::deadline_after(limit);
             let response = match timeout_at(deadline, request.send()).await {
-                Err(_) => return Err(self.up.timeout_error(limit)),
+                Err(_) => {
+                    // Issue 21.5: no answer will give the unit back; it is given back now.
+                    self.gate.answered(&admitted, None).await;
+                    return Err(self.up.timeout_error(limit));
+                }
                 Ok(Err(e)) => {
+                    self.gate.answered(&admitted, None).await;
                     let err = self.up.send_error(&e);
                     if err.request_sent == Some(false)
                         && !Upstream::is_tls_failure(&e)

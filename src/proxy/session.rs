@@ -147,10 +147,15 @@ impl Proxy {
                 None
             }
         };
-        let response = self.up.legacy_stream().send().await.map_err(|e| self.up.send_error(&e).message)?;
+        let response = self.up.legacy_stream().send().await;
         if let Some(admitted) = &admitted {
-            self.answered(admitted, response.headers()).await;
+            // Issue 21.5: the unit goes back, with the answer's word or as not sent.
+            match &response {
+                Ok(r) => self.answered(admitted, r.headers()).await,
+                Err(_) => self.gate.answered(admitted, None).await,
+            }
         }
+        let response = response.map_err(|e| self.up.send_error(&e).message)?;
         let status = response.status();
         let is_sse = response
             .headers()
@@ -226,8 +231,10 @@ impl Proxy {
             // What a 429 asked to wait, on top of the usual pause before the next try.
             let mut asked_wait = Duration::ZERO;
             let opened = self.up.get_stream(last_event_id.as_deref()).send().await;
-            if let Ok(r) = &opened {
-                self.answered(&admitted, r.headers()).await;
+            match &opened {
+                Ok(r) => self.answered(&admitted, r.headers()).await,
+                // Issue 21.5: not sent, or no answer: the unit goes back.
+                Err(_) => self.gate.answered(&admitted, None).await,
             }
             match opened {
                 Ok(r) if retry::asks_to_wait(r.status(), r.headers()) => {

@@ -685,3 +685,38 @@ async fn the_store_speaks_tls_with_a_private_ca() {
     let out = s.finish().await;
     assert!(out.stderr.contains("cannot be reached"), "{}", out.stderr);
 }
+
+/// Issue 21.5: a request the server never answered (here: held until `--request-timeout`)
+/// gives its unit of the shared budget back; it used to hold it for a minute, so that the
+/// next request waited for "requests in flight" the server had never seen.
+#[tokio::test]
+async fn a_request_that_timed_out_gives_its_unit_back() {
+    let never = Arc::new(tokio::sync::Notify::new());
+    let hook: Hook = Arc::new(move |seen: &Seen| {
+        if seen.json["params"]["arguments"]["a"] == 99 { Action::Hold(never.clone()) } else { Action::Pass }
+    });
+    let log = Arc::new(std::sync::Mutex::new(WindowLog::default()));
+    let opts = Options {
+        keys: vec![KEY.into()],
+        per_minute: Some(4),
+        window_secs: 60,
+        limit_headers: true,
+        log,
+        ..Options::default()
+    };
+    let server = Server::start(opts, Some(hook)).await;
+    let dir = scratch_dir("unit-back");
+    let state = dir.to_string_lossy().into_owned();
+    let mut s = sidecar_for(&server, &["--state-dir", &state, "--request-timeout", "1", "--max-wait", "2"]);
+    // initialize and notifications/initialized: two of four.
+    s.handshake().await;
+    s.send_json(&call(1, "sum", json!({"a": 1, "b": 1}))).await;
+    assert_eq!(s.recv().await["result"]["content"][0]["text"], "2");
+    s.send_json(&call(2, "sum", json!({"a": 99, "b": 0}))).await;
+    assert!(s.recv().await.get("error").is_some(), "timed out");
+    // One left in the window, none in flight.
+    s.send_json(&call(3, "sum", json!({"a": 2, "b": 2}))).await;
+    let answer = s.recv().await;
+    assert_eq!(answer["result"]["content"][0]["text"], "4", "{answer}");
+    s.finish().await;
+}
