@@ -370,7 +370,8 @@ pub struct Args {
     #[arg(long, value_name = "URL", env = "MCP_SIDECAR_RATE_LIMIT_STORE")]
     pub rate_limit_store: Option<String>,
 
-    /// The environment variable that holds the store's password (or USER:PASSWORD).
+    /// The environment variable that holds the store's password, whole (a user goes in the URL:
+    /// redis://USER@HOST:PORT).
     #[arg(long, value_name = "NAME", env = "MCP_SIDECAR_RATE_LIMIT_STORE_PASSWORD_ENV")]
     pub rate_limit_store_password_env: Option<String>,
 

@@ -55,10 +55,11 @@ pub struct BudgetState {
     /// Admissions not yet answered (when they were let through).
     #[serde(default)]
     pub pending: VecDeque<u64>,
-    /// When the request whose answer set `remaining` was let through: the answer to a request
-    /// let through later is the server's newer word and may raise the count (issue 21.2: one
-    /// `Remaining: 0` held the key for the rest of a day-long window however the server
-    /// recovered).
+    /// When the probe whose answer last set `remaining` was let through: the answer to a probe
+    /// let through later (past a spent budget) is the server's newer word and may raise the count
+    /// (issue 21.2: one `Remaining: 0` held the key for the rest of a day-long window however the
+    /// server recovered). Other answers may arrive in another order than the server counted
+    /// them, so they only ever lower it.
     #[serde(default)]
     pub observed_at: u64,
 }
@@ -133,9 +134,10 @@ impl BudgetState {
     }
 
     /// Learns from an answer: `remaining` left in the window that resets at `reset_ms`, of
-    /// `limit`; the request it answers was let through at `sent_at`, and is no longer pending
-    /// when it was tracked (`tracked`). Within a window, the answer to the request sent last is
-    /// the newest word; answers to earlier ones (arriving out of order) only ever lower the count.
+    /// `limit`; the request it answers was let through at `sent_at` (as a `probe` past a spent
+    /// budget or a deadline), and is no longer pending when it was tracked (`tracked`). Within a
+    /// window, the answer to a probe sent after the count was last lifted is the newest word;
+    /// other answers (arriving in any order) only ever lower the count.
     pub fn observe(
         &mut self,
         limit: Option<u64>,
@@ -143,6 +145,7 @@ impl BudgetState {
         reset_ms: u64,
         sent_at: Option<u64>,
         tracked: bool,
+        probe: bool,
     ) {
         if let Some(at) = sent_at.filter(|_| tracked)
             && let Some(i) = self.pending.iter().position(|&t| t == at)
@@ -157,7 +160,7 @@ impl BudgetState {
         if limit.is_some() {
             self.limit = limit;
         }
-        let newest = sent_at.is_some_and(|at| at > self.observed_at);
+        let newest = probe && sent_at.is_some_and(|at| at > self.observed_at);
         if newer {
             self.remaining = remaining;
             self.reset_ms = reset_ms;
@@ -234,9 +237,9 @@ mod tests {
             "two in flight, two left"
         );
         // The first answer says one is left: one still in flight, so no room.
-        b.observe(Some(10), 1, 10 * S, Some(1), true);
+        b.observe(Some(10), 1, 10 * S, Some(1), true, false);
         assert_eq!(b.room(3), Room::SpentUntil(Duration::from_millis(past(10 * S) - 3)));
-        b.observe(Some(10), 0, 10 * S, Some(2), true);
+        b.observe(Some(10), 0, 10 * S, Some(2), true, false);
         assert!(b.pending.is_empty());
         assert!(matches!(b.room(4), Room::SpentUntil(_)));
     }
@@ -244,26 +247,28 @@ mod tests {
     #[test]
     fn out_of_order_answers_never_raise_the_count_within_a_window() {
         let mut b = BudgetState::new(Some(10), 5, 10 * S);
-        b.observe(Some(10), 3, 10 * S, None, false);
-        b.observe(Some(10), 4, 10 * S + 400, None, false); // a delta-seconds reset, rounded differently
+        b.observe(Some(10), 3, 10 * S, None, false, false);
+        b.observe(Some(10), 4, 10 * S + 400, None, false, false); // a delta-seconds reset, rounded differently
         assert_eq!(b.remaining, 3);
         // A server whose Remaining goes up mid-window is not believed until the window ends.
-        b.observe(Some(10), 9, 10 * S, None, false);
+        b.observe(Some(10), 9, 10 * S, None, false, false);
         assert_eq!(b.remaining, 3);
     }
 
-    /// Issue 21.2: the answer to a request sent after the count was said is the newer word: a
-    /// server that recovers (or a plan upgraded mid-window) is believed at once; answers to
-    /// requests sent before still only lower it.
+    /// Issue 21.2: the answer to a probe sent past a spent budget is the newer word: a server
+    /// that recovers (or a plan upgraded mid-window) is believed at once; other answers still
+    /// only lower it (they may come in another order than the server counted them).
     #[test]
     fn the_answer_to_a_later_request_is_the_newer_word_and_may_raise_the_count() {
         let day = 86_400 * S;
         let mut b = BudgetState::new(Some(5000), 5000, day);
-        b.observe(Some(5000), 0, day, Some(10), false);
+        b.observe(Some(5000), 0, day, Some(10), false, false);
         assert!(matches!(b.room(11), Room::SpentUntil(_)), "held until the reset");
-        b.observe(Some(5000), 4999, day, Some(5), false);
+        b.observe(Some(5000), 4999, day, Some(5), false, false);
         assert_eq!(b.remaining, 0, "an answer to an earlier request does not raise it");
-        b.observe(Some(5000), 4999, day, Some(60 * S), false);
+        b.observe(Some(5000), 4999, day, Some(30 * S), false, false);
+        assert_eq!(b.remaining, 0, "an ordinary answer (maybe reordered) does not raise it either");
+        b.observe(Some(5000), 4999, day, Some(60 * S), false, true);
         assert_eq!(b.remaining, 4999, "the probe's answer lifts the hold");
         assert_eq!(b.room(60 * S + 1), Room::Free);
         // Shared: the newer word wins the merge both ways; the same word, the lower count.
@@ -280,7 +285,7 @@ mod tests {
     #[test]
     fn an_answer_for_an_older_window_never_raises_a_newer_one() {
         let mut b = BudgetState::new(Some(10), 2, 20 * S);
-        b.observe(Some(10), 8, 10 * S, None, false);
+        b.observe(Some(10), 8, 10 * S, None, false, false);
         assert_eq!((b.remaining, b.reset_ms), (2, 20 * S));
     }
 
@@ -292,10 +297,10 @@ mod tests {
         assert!(b.roll(past(10 * S)));
         assert_eq!((b.remaining, b.reset_ms), (10, u64::MAX), "a new window, its end not yet said");
         assert_eq!(b.room(past(10 * S)), Room::Free);
-        b.observe(Some(10), 9, 11 * S, None, false);
+        b.observe(Some(10), 9, 11 * S, None, false, false);
         assert_eq!((b.remaining, b.reset_ms), (9, 11 * S));
         // A late answer from the window that ended: not believed.
-        b.observe(Some(10), 0, 10 * S, None, false);
+        b.observe(Some(10), 0, 10 * S, None, false, false);
         assert_eq!(b.remaining, 9);
     }
 
@@ -373,7 +378,7 @@ mod tests {
         merged.merge(&first);
         assert_eq!((merged.remaining, merged.reset_ms), (9, 11 * S));
         // A late answer from the ended window changes nothing.
-        mine.observe(Some(10), 0, 10 * S, None, false);
+        mine.observe(Some(10), 0, 10 * S, None, false, false);
         assert_eq!((mine.remaining, mine.reset_ms), (10, u64::MAX));
     }
 
@@ -383,7 +388,7 @@ mod tests {
     fn the_next_one_second_window_is_told_apart_despite_clock_jitter() {
         let mut b = BudgetState::new(Some(10), 0, 10 * S);
         b.roll(past(10 * S));
-        b.observe(Some(10), 9, 11 * S - 3, None, false);
+        b.observe(Some(10), 9, 11 * S - 3, None, false, false);
         assert_eq!((b.remaining, b.reset_ms), (9, 11 * S - 3));
         let mut rolled = BudgetState::new(Some(10), 0, 10 * S);
         rolled.roll(past(10 * S));
@@ -395,7 +400,7 @@ mod tests {
     fn absurd_values_saturate() {
         let mut b = BudgetState::new(Some(u64::MAX), u64::MAX, u64::MAX - 1);
         b.take(u64::MAX);
-        b.observe(Some(u64::MAX), u64::MAX, u64::MAX, Some(u64::MAX), true);
+        b.observe(Some(u64::MAX), u64::MAX, u64::MAX, Some(u64::MAX), true, false);
         assert!(b.roll(u64::MAX));
         let _ = b.room(u64::MAX);
     }

@@ -570,7 +570,7 @@ impl Gate {
                 "budget: an answer says"
             );
         }
-        let (sent_at, tracked) = (admitted.at_ms, admitted.tracked);
+        let (sent_at, tracked, probe) = (admitted.at_ms, admitted.tracked, admitted.probe);
         let apply = |state: &mut State| match (state.budget.as_mut(), budget) {
             // Sent before `status --clear-limits`: its word is older than the clearing.
             (_, Some(_)) if sent_at < state.cleared_ms => {}
@@ -580,6 +580,7 @@ impl Gate {
                 now.saturating_add(millis(seen.resets_in)),
                 Some(sent_at),
                 tracked,
+                probe,
             ),
             (None, Some(seen)) => {
                 let mut b =
@@ -714,7 +715,7 @@ impl Gate {
         self.store_down_until.store(now_ms().saturating_add(millis(STORE_RETRY)).max(1), Ordering::Relaxed);
         if !self.store_down_said.swap(true, Ordering::Relaxed) {
             tracing::warn!(
-                "the rate-limit store {} cannot be reached ({why}); using this machine's state until it answers again",
+                "the rate-limit store {} could not be used ({why}); using this machine's state for now, and the store again as soon as it can be",
                 store.describe()
             );
         }

@@ -97,8 +97,8 @@ pub struct RedisStore {
 pub struct StoreSettings {
     /// `redis://host:port/db` or `rediss://…`, without a password.
     pub url: url::Url,
-    /// The password (or `user:password`) from the variable named by
-    /// `--rate-limit-store-password-env`.
+    /// The password from the variable named by `--rate-limit-store-password-env`, whole (the
+    /// user, if any, is in the URL).
     pub password: Option<SecretString>,
     /// `--ca-file`'s certificates (PEM), trusted for `rediss://` instead of the system's store
     /// (a private CA, as for the MCP server).
@@ -111,13 +111,11 @@ impl RedisStore {
     pub fn new(settings: &StoreSettings, name: &str) -> Result<RedisStore, StoreError> {
         let mut info = redis::IntoConnectionInfo::into_connection_info(settings.url.as_str())
             .map_err(|e| StoreError(format!("--rate-limit-store is not a Redis URL ({e})")))?;
+        // The variable holds the password whole (issue 21.7: a password with a `:` was split as
+        // user:password); a user, if any, is in the URL (redis://USER@HOST), which the
+        // connection info has read already.
         if let Some(secret) = &settings.password {
-            let secret = secret.expose_secret();
-            let mut redis = info.redis_settings().clone();
-            redis = match secret.split_once(':') {
-                Some((user, password)) if !user.is_empty() => redis.set_username(user).set_password(password),
-                _ => redis.set_password(secret),
-            };
+            let redis = info.redis_settings().clone().set_password(secret.expose_secret());
             info = info.set_redis_settings(redis);
         }
         let client = match (&settings.ca_pem, settings.url.scheme()) {
@@ -243,7 +241,10 @@ impl SharedState for RedisStore {
                     return Ok(state);
                 }
             }
-            Err(StoreError(format!("{} kept changing under {MAX_CAS_TRIES} tries", self.shown)))
+            // Issue 21.7: said as what it is (the store answers; it is too busy), not as an outage.
+            Err(StoreError(format!(
+                "it answers, but so many sidecars update it at once that {MAX_CAS_TRIES} tries in a row lost the race"
+            )))
         })
     }
 

@@ -574,6 +574,8 @@ pub struct RedisServer {
     child: Option<Child>,
     /// TLS only: the certificate, key and CA files (then `url` is rediss://).
     tls: Option<[String; 3]>,
+    /// `requirepass`, when set.
+    password: Option<String>,
 }
 
 #[cfg_attr(not(unix), allow(dead_code))]
@@ -581,7 +583,15 @@ impl RedisServer {
     /// Starts one and waits until it accepts connections.
     pub async fn start() -> RedisServer {
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let mut server = RedisServer { port, child: None, tls: None };
+        let mut server = RedisServer { port, child: None, tls: None, password: None };
+        server.restart().await;
+        server
+    }
+
+    /// One that asks for `password` (`requirepass`).
+    pub async fn start_with_password(password: &str) -> RedisServer {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let mut server = RedisServer { port, child: None, tls: None, password: Some(password.into()) };
         server.restart().await;
         server
     }
@@ -590,7 +600,12 @@ impl RedisServer {
     /// clients not asked for certificates.
     pub async fn start_tls(cert: &str, key: &str, ca: &str) -> RedisServer {
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let mut server = RedisServer { port, child: None, tls: Some([cert.into(), key.into(), ca.into()]) };
+        let mut server = RedisServer {
+            port,
+            child: None,
+            tls: Some([cert.into(), key.into(), ca.into()]),
+            password: None,
+        };
         server.restart().await;
         server
     }
@@ -605,6 +620,9 @@ impl RedisServer {
     pub async fn restart(&mut self) {
         let port = self.port.to_string();
         let mut args: Vec<&str> = vec!["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"];
+        if let Some(password) = &self.password {
+            args.extend(["--requirepass", password]);
+        }
         match &self.tls {
             None => args.extend(["--port", &port]),
             Some([cert, key, ca]) => args.extend([

@@ -538,7 +538,7 @@ async fn two_machines_share_one_budget_through_redis() {
     }
     for s in sidecars {
         let out = s.finish().await;
-        assert!(!out.stderr.contains("cannot be reached"), "{}", out.stderr);
+        assert!(!out.stderr.contains("could not be used"), "{}", out.stderr);
     }
     let log = log.lock().unwrap();
     assert_eq!(log.rejected, 0, "{log:?}");
@@ -572,7 +572,7 @@ async fn requests_flow_while_the_store_is_down_and_it_is_used_again_when_back() 
             "answered while the store is down"
         );
     }
-    s.stderr_shows("cannot be reached").await;
+    s.stderr_shows("could not be used").await;
     redis.restart().await;
     // The gate tries the store again a few seconds after the failure: keep calling until it
     // says the store is back.
@@ -590,7 +590,7 @@ async fn requests_flow_while_the_store_is_down_and_it_is_used_again_when_back() 
     .await
     .expect("the store was never used again");
     let out = s.finish().await;
-    assert_eq!(out.stderr.matches("cannot be reached").count(), 1, "one warning per outage:\n{}", out.stderr);
+    assert_eq!(out.stderr.matches("could not be used").count(), 1, "one warning per outage:\n{}", out.stderr);
 }
 
 /// Issue 11 (and 10.1 for the store): a deadline kept in the store is listed by `status
@@ -666,7 +666,7 @@ async fn the_store_speaks_tls_with_a_private_ca() {
     s.send_json(&call(1, "sum", json!({"a": 5, "b": 5}))).await;
     assert_eq!(s.recv().await["result"]["content"][0]["text"], "10");
     let out = s.finish().await;
-    assert!(!out.stderr.contains("cannot be reached"), "{}", out.stderr);
+    assert!(!out.stderr.contains("could not be used"), "{}", out.stderr);
     // The state went to the store: status reads it there (a client-side limit leaves no
     // deadline, so check the key exists through the listing's success).
     let (code, _, stderr) =
@@ -683,7 +683,7 @@ async fn the_store_speaks_tls_with_a_private_ca() {
     s.send_json(&call(2, "sum", json!({"a": 5, "b": 6}))).await;
     assert_eq!(s.recv().await["result"]["content"][0]["text"], "11");
     let out = s.finish().await;
-    assert!(out.stderr.contains("cannot be reached"), "{}", out.stderr);
+    assert!(out.stderr.contains("could not be used"), "{}", out.stderr);
 }
 
 /// Issue 21.5: a request the server never answered (here: held until `--request-timeout`)
@@ -719,4 +719,28 @@ async fn a_request_that_timed_out_gives_its_unit_back() {
     let answer = s.recv().await;
     assert_eq!(answer["result"]["content"][0]["text"], "4", "{answer}");
     s.finish().await;
+}
+
+/// Issue 21.7: the store's password is taken whole, `:` and all (it was split as user:password,
+/// and the store refused it); a user goes in the URL.
+#[cfg(unix)]
+#[tokio::test]
+async fn a_store_password_with_a_colon_is_taken_whole() {
+    let password = "pa:ss:SECRET-21-7";
+    let redis = RedisServer::start_with_password(password).await;
+    let (server, _log) = window_server(8, 1).await;
+    let store = redis.url();
+    let dir = scratch_dir("redis-colon").to_string_lossy().into_owned();
+    let mut args = args_for(&server);
+    args.extend(
+        ["--state-dir", &dir, "--rate-limit-store", &store, "--rate-limit-store-password-env", "RP"]
+            .map(str::to_owned),
+    );
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut s = Sidecar::spawn(&args, &[("TEST_KEY", KEY), ("RP", password)]).secret(password);
+    s.handshake().await;
+    s.send_json(&call(1, "sum", json!({"a": 1, "b": 2}))).await;
+    assert_eq!(s.recv().await["result"]["content"][0]["text"], "3");
+    let out = s.finish().await;
+    assert!(!out.stderr.contains("could not be used"), "{}", out.stderr);
 }
