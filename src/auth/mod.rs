@@ -308,11 +308,10 @@ impl OAuth {
             *requested = scope.or_else(|| tokens.scope.clone());
             return Ok(true);
         }
-        let store = self.store.clone();
-        let (origin, key) = (self.origin.clone(), self.key.clone());
-        let lock = tokio::task::spawn_blocking(move || store.lock(&origin, &key))
-            .await
-            .map_err(|_| AuthError("the sign-in lock could not be taken".into()))??;
+        let Some(lock) = self.sign_in_lock(what == Renew::Ahead).await? else {
+            // Another process is renewing or signing in: the token in hand is still valid.
+            return Ok(false);
+        };
         let mut entry = self.load_entry().await?.unwrap_or_default();
         entry.remember_secrets();
         entry.server = redact_url(&self.mcp);
@@ -398,6 +397,32 @@ impl OAuth {
         let failed = self.header();
         if let Err(e) = self.renew(failed.as_ref(), None, Renew::Ahead).await {
             debug!("refreshing ahead of expiry failed: {e}");
+        }
+    }
+
+    /// The cross-process sign-in lock of this server. `ahead`: a refresh ahead of expiry tries
+    /// once and goes on with the valid token when another process holds it (`None`); anything
+    /// else waits, at most [`LOCK_WAIT`] (issue 21.9: a blocking wait held every request of
+    /// every sidecar near expiry while `login` waited for a browser, and for ever if its holder
+    /// was stopped).
+    async fn sign_in_lock(&self, ahead: bool) -> Result<Option<std::fs::File>, AuthError> {
+        let deadline = crate::retry::deadline_after(LOCK_WAIT);
+        loop {
+            let (store, origin, key) = (self.store.clone(), self.origin.clone(), self.key.clone());
+            if let Some(lock) = off_thread(move || store.try_lock(&origin, &key)).await? {
+                return Ok(Some(lock));
+            }
+            if ahead {
+                return Ok(None);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(AuthError(format!(
+                    "another mcp-sidecar has been signing in to {} for over {} s: finish that sign-in (or stop it), then try again",
+                    self.mcp.host_str().unwrap_or("the server"),
+                    LOCK_WAIT.as_secs()
+                )));
+            }
+            tokio::time::sleep(LOCK_POLL).await;
         }
     }
 
@@ -982,6 +1007,11 @@ fn token_store(dir: &std::path::Path, keyring: bool) -> Result<TokenStore, AuthE
 fn token_store(dir: &std::path::Path, _keyring: bool) -> Result<TokenStore, AuthError> {
     Ok(TokenStore::new(dir))
 }
+
+/// The longest a renewal waits for another process's sign-in (issue 21.9).
+const LOCK_WAIT: Duration = Duration::from_secs(60);
+/// How often a renewal looks whether that sign-in is done.
+const LOCK_POLL: Duration = Duration::from_millis(100);
 
 /// The shortest lifetime a token is taken to have, in seconds (issue 21.11): an authorization
 /// server answering `expires_in: 0` would otherwise make every request a token request. A token

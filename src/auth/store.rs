@@ -494,9 +494,11 @@ impl TokenStore {
         result.map_err(err)
     }
 
-    /// Holds the lock that serializes refreshes and sign-ins for one server across processes
-    /// until the returned file is dropped. Blocks: call it off the async threads.
-    pub fn lock(&self, origin: &str, resource: &str) -> Result<fs::File, StoreError> {
+    /// Takes the lock that serializes refreshes and sign-ins for one server across processes,
+    /// held until the returned file is dropped; `None` while another process holds it (issue
+    /// 21.9: the wait is the caller's, bounded, never a blocking `flock` without end). Does
+    /// file I/O: call it off the async threads.
+    pub fn try_lock(&self, origin: &str, resource: &str) -> Result<Option<fs::File>, StoreError> {
         let err = |source| StoreError::Write { dir: self.dir.clone(), source };
         create_private_dir(&self.dir).map_err(err)?;
         let mut options = fs::OpenOptions::new();
@@ -504,8 +506,11 @@ impl TokenStore {
         #[cfg(unix)]
         std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
         let file = options.open(self.path(origin, resource).with_extension("lock")).map_err(err)?;
-        file.lock().map_err(err)?;
-        Ok(file)
+        match file.try_lock() {
+            Ok(()) => Ok(Some(file)),
+            Err(fs::TryLockError::WouldBlock) => Ok(None),
+            Err(fs::TryLockError::Error(e)) => Err(err(e)),
+        }
     }
 
     /// Every entry stored, with its file, for `status`.
@@ -630,7 +635,7 @@ mod tests {
         let path = store.path("https://a", "r");
         assert_eq!(fs::metadata(dir.join("tokens")).unwrap().permissions().mode() & 0o777, 0o700);
         assert_eq!(fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
-        drop(store.lock("https://a", "r").unwrap());
+        drop(store.try_lock("https://a", "r").unwrap().expect("free"));
         let lock = path.with_extension("lock");
         assert_eq!(fs::metadata(&lock).unwrap().permissions().mode() & 0o777, 0o600);
         let names: Vec<_> =
@@ -649,7 +654,8 @@ mod tests {
         let dir = temp("lock-kept");
         let store = TokenStore::new(&dir);
         store.save("https://a", "r", &tokens()).unwrap();
-        let held = store.lock("https://a", "r").unwrap();
+        let held = store.try_lock("https://a", "r").unwrap().expect("free");
+        assert!(store.try_lock("https://a", "r").unwrap().is_none(), "held: not taken twice");
         store.remove("https://a", "r").unwrap();
         assert!(store.load("https://a", "r").unwrap().is_none(), "the tokens are gone");
         let lock_path = store.path("https://a", "r").with_extension("lock");

@@ -1211,3 +1211,44 @@ async fn a_2025_03_26_server_with_an_issuer_path_on_its_origin_is_accepted() {
     let out = finish_checked(sc, &auth).await;
     assert!(out.stderr.contains("on the same origin"), "{}", out.stderr);
 }
+
+/// Issue 21.9: while another process holds the sign-in lock (a `login` waiting for a browser, or
+/// a process stopped while holding it), a refresh ahead of expiry does not wait for it: the
+/// token in hand is still valid and is used. It used to block every request on the lock.
+#[tokio::test]
+async fn a_refresh_ahead_does_not_wait_for_another_process_s_sign_in() {
+    let auth = AuthServer::start(|_| {}).await;
+    let server = auth.protect().await;
+    let dir = temp_dir("ahead-locked");
+    let browser = Browser::start(&dir, Agent::Follow).await;
+    let state = dir.join("state");
+    let mut sc = sidecar(&server, &state, &browser, &[]);
+    sc.handshake().await;
+    finish_checked(sc, &auth).await;
+    let file = std::fs::read_dir(state.join("tokens"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|e| e == "json"))
+        .unwrap();
+    let mut entry: Value = serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    entry["tokens"]["expires_at"] = json!(now + 10);
+    entry["tokens"]["issued_at"] = json!(now + 10 - 3600);
+    std::fs::write(&file, entry.to_string()).unwrap();
+    // Another process's sign-in holds the lock.
+    let lock = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(file.with_extension("lock"))
+        .unwrap();
+    lock.try_lock().expect("the test takes the lock");
+    let tokens = auth.s().tokens.len();
+    let mut sc = sidecar(&server, &state, &browser, &[]);
+    sc.handshake_within(std::time::Duration::from_secs(10)).await;
+    assert_eq!(call(&mut sc, 1, "echo", json!({"text": "ok"})).await["result"]["content"][0]["text"], "ok");
+    assert_eq!(auth.s().tokens.len(), tokens, "no refresh while the lock is held");
+    finish_checked(sc, &auth).await;
+    drop(lock);
+}
