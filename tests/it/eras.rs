@@ -195,9 +195,15 @@ async fn stateless(State(s): State<Arc<Stateless>>, headers: HeaderMap, raw: Byt
             let first = futures_util::stream::once(async move {
                 Ok::<_, std::io::Error>(Bytes::from(format!("data: {ack}\n\n")))
             });
-            let end = s.end_listens.load(Ordering::SeqCst);
-            let rest = futures_util::stream::poll_fn(move |cx| {
-                if end { std::task::Poll::Ready(None) } else { rx.poll_recv(cx) }
+            // With `end_listens`: the subscription answered at once, without an error.
+            let mut end = s
+                .end_listens
+                .load(Ordering::SeqCst)
+                .then(|| json!({"jsonrpc":"2.0","id":id,"result":{"resultType":"complete"}}).to_string());
+            let rest = futures_util::stream::poll_fn(move |cx| match end.as_mut() {
+                Some(done) if !done.is_empty() => std::task::Poll::Ready(Some(std::mem::take(done))),
+                Some(_) => std::task::Poll::Ready(None),
+                None => rx.poll_recv(cx),
             })
             .map(|msg| Ok::<_, std::io::Error>(Bytes::from(format!("data: {msg}\n\n"))));
             Response::builder()
