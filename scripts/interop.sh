@@ -9,7 +9,8 @@
 # Clients: the Python SDK's ClientSession (handshake) and Client(mode="auto"), the TypeScript
 # SDK's Client over stdio. Servers: the Python SDK's MCPServer (stateful, stateless_http, and
 # behind a layer that refuses the handshake era: a 2026-07-28-only server), the TypeScript SDK's
-# McpServer, the reference "everything" server, and rmcp (the example server). Each pair runs
+# McpServer, the reference "everything" server, rmcp (the example server) and this project's
+# stateless-only server (examples/stateless_server). Each pair runs
 # connect, tools/list, tools/call, a cancelled call, an elicitation round trip, a 429 on the first
 # request and the DELETE at exit; see tests/interop/driver.py.
 #
@@ -40,11 +41,12 @@ if ! cmp -s tests/interop/package-lock.json "$NODE_DIR/package-lock.json" 2>/dev
   (cd "$NODE_DIR" && npm ci --no-audit --no-fund --loglevel=error >&2)
 fi
 
-cargo build --locked --quiet --bin mcp-sidecar --example example_server
+cargo build --locked --quiet --bin mcp-sidecar --example example_server --example stateless_server
 TARGET=${CARGO_TARGET_DIR:-$PWD/target}
 exec python3 tests/interop/driver.py \
   --sidecar "$TARGET/debug/mcp-sidecar" \
   --example-server "$TARGET/debug/examples/example_server" \
+  --stateless-server "$TARGET/debug/examples/stateless_server" \
   --python "$PWD/$VENV/bin/python" \
   --node node \
   --node-dir "$PWD/$NODE_DIR" \

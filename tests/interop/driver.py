@@ -2,7 +2,8 @@
 each pair a real client process launching the real sidecar binary against a real server process
 over HTTP on 127.0.0.1.
 
-    python driver.py --sidecar PATH --example-server PATH --python PY --node NODE --node-dir DIR [--only TEXT]
+    python driver.py --sidecar PATH --example-server PATH --stateless-server PATH --python PY
+        --node NODE --node-dir DIR [--only TEXT]
 
 For each pair: connect, tools/list, tools/call, a call cancelled at its first progress that must
 reach the server the way its era expects (notifications/cancelled for a handshake server, the
@@ -34,6 +35,11 @@ EVERYTHING_TOOLS = {
     "slow": {"name": "trigger-long-running-operation", "arguments": {"duration": 60, "steps": 60}},
     "ask": {"name": "trigger-elicitation-request", "arguments": {}},
 }
+STATELESS_TOOLS = {
+    "echo": {"name": "echo", "arguments": {"text": "hi"}, "expect": "hi"},
+    "slow": {"name": "slow", "arguments": {}},
+    "ask": {"name": "ask", "arguments": {}},
+}
 RMCP_TOOLS = {
     "echo": {"name": "echo", "arguments": {"text": "hi"}, "expect": "hi"},
     "slow": {"name": "slow", "arguments": {"ms": 60000, "steps": 60}},
@@ -58,6 +64,9 @@ def servers(a):
         # return an InputRequiredResult itself): a limit of the example tool, not of the path.
         "rmcp example server": ([a.example_server], {"handshake", "stateless"}, "rmcp 3.11.0", RMCP_TOOLS,
                                 {("stateless", "elicitation"): "the example's tool asks in the handshake way only"}),
+        # This project's own, written from the 2026-07-28 rules (tests/it/eras.rs uses it too).
+        "mcp-sidecar's stateless-only server": ([a.stateless_server], {"stateless"}, "axum, examples/stateless_server",
+                                                STATELESS_TOOLS, {}),
     }
 
 
@@ -171,6 +180,7 @@ def main():
     p = argparse.ArgumentParser()
     p.add_argument("--sidecar", required=True)
     p.add_argument("--example-server", required=True)
+    p.add_argument("--stateless-server", required=True)
     p.add_argument("--python", required=True)
     p.add_argument("--node", default="node")
     p.add_argument("--node-dir", required=True, type=Path)
