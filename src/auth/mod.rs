@@ -187,6 +187,11 @@ impl OAuth {
         self.current.reading().header.clone()
     }
 
+    /// Whether the token in use is DPoP-bound (each request carries a proof naming its URL).
+    pub fn dpop_bound(&self) -> bool {
+        self.current.reading().header.as_ref().is_some_and(|h| h.as_bytes().starts_with(b"DPoP "))
+    }
+
     /// Whether the token expires soon and can be refreshed first.
     pub fn expiring(&self) -> bool {
         let c = self.current.reading();

@@ -68,11 +68,15 @@ impl Upstream {
         config: &Config,
         oauth: Option<std::sync::Arc<crate::auth::OAuth>>,
     ) -> Result<Self, reqwest::Error> {
-        let policy = reqwest::redirect::Policy::custom(|attempt| {
+        // Issue 21.10: with a DPoP-bound token each request carries a proof naming its URL; the
+        // same proof sent to the redirect's target is refused (and wasted two refreshes), so
+        // no redirect is followed then, and the error says which URL to use.
+        let bound = oauth.clone();
+        let policy = reqwest::redirect::Policy::custom(move |attempt| {
             let same_origin =
                 attempt.previous().first().is_some_and(|first| first.origin() == attempt.url().origin());
             let status = attempt.status();
-            if attempt.previous().len() > MAX_REDIRECTS {
+            if attempt.previous().len() > MAX_REDIRECTS || bound.as_ref().is_some_and(|o| o.dpop_bound()) {
                 attempt.stop()
             } else if same_origin
                 && matches!(status, StatusCode::TEMPORARY_REDIRECT | StatusCode::PERMANENT_REDIRECT)
@@ -423,9 +427,15 @@ impl Upstream {
                 (
                     UPSTREAM_ERROR,
                     ErrorKind::Redirect,
-                    format!(
-                        "the server redirected to {to} (HTTP {code}); redirects that could carry your credentials elsewhere are not followed: if you trust that address, use it as the URL"
-                    ),
+                    if self.oauth().is_some_and(|o| o.dpop_bound()) {
+                        format!(
+                            "the server redirected to {to} (HTTP {code}), which is not followed with a DPoP-bound token (each proof names the URL it is for): use that address as the URL"
+                        )
+                    } else {
+                        format!(
+                            "the server redirected to {to} (HTTP {code}); redirects that could carry your credentials elsewhere are not followed: if you trust that address, use it as the URL"
+                        )
+                    },
                 )
             }
             429 => {

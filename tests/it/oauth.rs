@@ -54,6 +54,8 @@ struct AsState {
     foreign_prm: bool,
     /// The authorization server the MCP server's PRM names, instead of this one.
     prm_names: Option<String>,
+    /// Answer every tools/call with a 307 to `/mcp/` on the same origin.
+    redirect_calls: bool,
     /// A 2025-03-26 server: no PRM; this server's metadata at the MCP origin's root, with an
     /// issuer under `/oauth` on that origin; the challenge is a bare `Bearer`.
     legacy_root: bool,
@@ -165,6 +167,15 @@ impl AuthServer {
                 _ => {}
             }
             let presented = s.header("authorization").unwrap_or("");
+            if st.redirect_calls && s.rpc_method() == Some("tools/call") && s.path == "/mcp" {
+                return Action::Respond(
+                    Response::builder()
+                        .status(307)
+                        .header("location", format!("{origin}/mcp/"))
+                        .body(axum::body::Body::empty())
+                        .unwrap(),
+                );
+            }
             // Issue 14: a bound token comes as `DPoP <token>` with a valid proof (RFC 9449 §7).
             if let Some((t, jkt)) = presented
                 .split_once(' ')

@@ -442,3 +442,24 @@ async fn client_credentials_are_pinned_to_the_first_authorization_server() {
     let seen = other.s();
     assert!(seen.tokens.is_empty(), "the other server saw nothing: {:?}", seen.tokens);
 }
+
+/// Issue 21.10: a redirect is not followed with a DPoP-bound token (the proof names the first
+/// URL: the same proof sent on was refused, after two wasted refreshes); the client is told which
+/// URL to use, and no token is asked for.
+#[tokio::test]
+async fn a_redirect_is_not_followed_with_a_dpop_bound_token() {
+    let auth = AuthServer::start(|s| s.dpop = true).await;
+    let server = auth.protect().await;
+    let dir = temp_dir("dpop-redirect");
+    let browser = Browser::start(&dir, Agent::Follow).await;
+    let mut sc = sidecar(&server, &dir.join("state"), &browser, &[]);
+    sc.handshake().await;
+    let tokens = auth.s().tokens.len();
+    auth.s().redirect_calls = true;
+    let r = call(&mut sc, 2, "echo", json!({"text": "a"})).await;
+    let message = r["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("DPoP-bound") && message.contains("/mcp/"), "{r}");
+    assert_eq!(auth.s().tokens.len(), tokens, "no refresh wasted");
+    assert!(auth.s().dpop_errors.is_empty(), "{:?}", auth.s().dpop_errors);
+    finish_checked(sc, &auth).await;
+}
