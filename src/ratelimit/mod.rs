@@ -409,7 +409,7 @@ impl Gate {
     ) -> Gate {
         let state = State { sent: vec![VecDeque::new(); limits.len()], ..State::default() };
         let store =
-            store.and_then(|settings| match RedisStore::new(settings, &file::state_name(origin, key_id)) {
+            store.and_then(|settings| match RedisStore::new(settings, &store::key_name(origin, key_id)) {
                 Ok(store) => Some(Box::new(store) as Box<dyn SharedState>),
                 Err(e) => {
                     tracing::warn!("{e}; the rate-limit state stays on this machine");

@@ -73,6 +73,22 @@ const STORE_TTL: Duration = Duration::from_secs(2 * 86_400);
 /// decides on the local state for this request).
 const MAX_CAS_TRIES: usize = 32;
 
+/// PBKDF2 rounds for the name of a key's state in the store.
+const NAME_ROUNDS: u32 = 20_000;
+
+/// The name of the state of `origin` and `key_id` in the store (issue 21.7): a slow derivation
+/// (PBKDF2-HMAC-SHA256 with the origin in the salt), so that whoever can read the store cannot
+/// test guesses of a weak API key against the names at the speed of SHA-256. The same on every
+/// machine (the fleet shares it); a few milliseconds once per start, only with a store.
+pub fn key_name(origin: &str, key_id: &str) -> String {
+    use aws_lc_rs::pbkdf2;
+    let rounds = std::num::NonZeroU32::new(NAME_ROUNDS).unwrap_or(std::num::NonZeroU32::MIN);
+    let salt = format!("mcp-sidecar rate-limit state v2\0{origin}");
+    let mut out = [0u8; 16];
+    pbkdf2::derive(pbkdf2::PBKDF2_HMAC_SHA256, rounds, salt.as_bytes(), key_id.as_bytes(), &mut out);
+    out.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 /// Sets the key to the new state only if it still holds what was read (empty: nothing).
 const COMPARE_AND_SET: &str = r"
 local current = redis.call('GET', KEYS[1])
@@ -250,5 +266,23 @@ impl SharedState for RedisStore {
 
     fn describe(&self) -> String {
         self.shown.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Issue 21.7: the store's key names are a slow, origin-salted derivation of the key: the
+    /// same for every process of one origin and key, different across origins and keys, and not
+    /// the SHA-256 of the state files' names.
+    #[test]
+    fn store_key_names_are_a_slow_derivation() {
+        let a = key_name("https://h", "inv_key");
+        assert_eq!(a, key_name("https://h", "inv_key"));
+        assert_eq!(a.len(), 32);
+        assert_ne!(a, key_name("https://h", "inv_kez"));
+        assert_ne!(a, key_name("https://g", "inv_key"));
+        assert_ne!(a[..24], super::super::file::state_name("https://h", "inv_key"));
     }
 }
