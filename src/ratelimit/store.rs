@@ -99,8 +99,8 @@ end
 return 0
 ";
 
-/// The gate's state in Redis or Valkey: one key per origin and key (the same hash as the state
-/// file's name; never the key itself).
+/// The gate's state in Redis or Valkey: one key per origin and key, named by [`key_name`]
+/// (never the key itself).
 pub struct RedisStore {
     connection: redis::aio::ConnectionManager,
     key: String,
