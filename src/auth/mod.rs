@@ -680,13 +680,7 @@ impl OAuth {
         use crate::sync::Locked;
         // Issue 21.8: a machine's credential must not follow a challenge elsewhere: only the
         // server's own origin names its metadata, and the issuer is pinned at first sight.
-        let named = challenge.and_then(|c| c.resource_metadata.as_deref()).filter(|u| {
-            let own = same_origin(u, &self.mcp);
-            if !own {
-                warn!("the server's challenge names resource metadata on another origin: ignored for a machine grant");
-            }
-            own
-        });
+        let named = own_resource_metadata(challenge, &self.mcp);
         let known = self.known.locked().clone().filter(|_| named.is_none());
         let discovered = match known {
             Some(d) => d,
@@ -989,9 +983,16 @@ fn issuer_pin_file(state_dir: &std::path::Path, mcp: &Url, client: &str) -> std:
     state_dir.join("issuers").join(crate::ratelimit::file::state_name(mcp.as_str(), client))
 }
 
-/// Whether `url` (relative to `mcp`, as a challenge may give it) is on `mcp`'s own origin.
-fn same_origin(url: &str, mcp: &Url) -> bool {
-    mcp.join(url).is_ok_and(|u| u.origin() == mcp.origin())
+/// The challenge's `resource_metadata` if it is on `mcp`'s own origin (relative URLs included);
+/// another origin is ignored, with a warning (issue 21.8: for machine grants).
+fn own_resource_metadata<'a>(challenge: Option<&'a BearerChallenge>, mcp: &Url) -> Option<&'a str> {
+    challenge.and_then(|c| c.resource_metadata.as_deref()).filter(|u| {
+        let own = mcp.join(u).is_ok_and(|u| u.origin() == mcp.origin());
+        if !own {
+            warn!("the server's challenge names resource metadata on another origin: ignored for a machine grant");
+        }
+        own
+    })
 }
 
 async fn off_thread<T: Send + 'static, E: Into<AuthError> + Send + 'static>(

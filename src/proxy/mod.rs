@@ -707,15 +707,7 @@ impl Proxy {
                         if timeout_at(deadline, tokio::time::sleep(wait)).await.is_err() {
                             return Err(self.up.timeout_error(limit));
                         }
-                        let admitted = self.admit(what).await?;
-                        let resumed_stream = timeout_at(deadline, self.up.get_stream(Some(&id)).send()).await;
-                        // Issue 21.5: the unit goes back with what the answer says, or as not
-                        // sent when there is no answer.
-                        match &resumed_stream {
-                            Ok(Ok(r)) => self.answered(&admitted, r.headers()).await,
-                            _ => self.gate.answered(&admitted, None).await,
-                        }
-                        match resumed_stream {
+                        match Box::pin(self.resume(&id, deadline, what)).await? {
                             Ok(Ok(r)) if r.status().is_success() => {
                                 events = sse::decode(r.bytes_stream(), self.max_message);
                                 continue;
@@ -776,6 +768,24 @@ impl Proxy {
         Err(bad_response(
             "the server ended its reply without answering this request; it may or may not have been processed".into(),
         ))
+    }
+
+    /// The GET that resumes a broken reply stream after `id` (T-23), through the gate; its unit
+    /// goes back with what the answer says, or as not sent when there is none (issue 21.5).
+    async fn resume(
+        self: &Arc<Self>,
+        id: &str,
+        deadline: Instant,
+        what: &str,
+    ) -> Result<Result<Result<reqwest::Response, reqwest::Error>, tokio::time::error::Elapsed>, LocalError>
+    {
+        let admitted = self.admit(what).await?;
+        let resumed = timeout_at(deadline, self.up.get_stream(Some(id)).send()).await;
+        match &resumed {
+            Ok(Ok(r)) => self.answered(&admitted, r.headers()).await,
+            _ => self.gate.answered(&admitted, None).await,
+        }
+        Ok(resumed)
     }
 
     /// Answers the pending ids of a request that got an HTTP error status: the server's own

@@ -364,6 +364,19 @@ impl Upstream {
         err
     }
 
+    /// Why a redirect to `to` was not followed (issue 21.10: never with a DPoP-bound token).
+    fn redirect_message(&self, to: &str, code: u16) -> String {
+        if self.oauth().is_some_and(|o| o.dpop_bound()) {
+            format!(
+                "the server redirected to {to} (HTTP {code}), which is not followed with a DPoP-bound token (each proof names the URL it is for): use that address as the URL"
+            )
+        } else {
+            format!(
+                "the server redirected to {to} (HTTP {code}); redirects that could carry your credentials elsewhere are not followed: if you trust that address, use it as the URL"
+            )
+        }
+    }
+
     /// What an HTTP error status means for a request, given the start of its body.
     /// `sent_session`: whether the request carried `Mcp-Session-Id` (a 404 then means expiry, T-12).
     pub fn status_error(
@@ -424,19 +437,7 @@ impl Upstream {
                     .and_then(|l| self.url.join(l).ok())
                     .map(|u| redact_url(&u))
                     .unwrap_or_else(|| "another address".into());
-                (
-                    UPSTREAM_ERROR,
-                    ErrorKind::Redirect,
-                    if self.oauth().is_some_and(|o| o.dpop_bound()) {
-                        format!(
-                            "the server redirected to {to} (HTTP {code}), which is not followed with a DPoP-bound token (each proof names the URL it is for): use that address as the URL"
-                        )
-                    } else {
-                        format!(
-                            "the server redirected to {to} (HTTP {code}); redirects that could carry your credentials elsewhere are not followed: if you trust that address, use it as the URL"
-                        )
-                    },
-                )
+                (UPSTREAM_ERROR, ErrorKind::Redirect, self.redirect_message(&to, code))
             }
             429 => {
                 let after = headers

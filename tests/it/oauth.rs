@@ -1023,16 +1023,7 @@ async fn a42_a_token_about_to_expire_is_refreshed_before_it_is_sent() {
     sc.handshake().await;
     finish_checked(sc, &auth).await;
     // The stored token now has 10 s of its hour left.
-    let file = std::fs::read_dir(state.join("tokens"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .find(|p| p.extension().is_some_and(|e| e == "json"))
-        .unwrap();
-    let mut entry: Value = serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
-    entry["tokens"]["expires_at"] = json!(now + 10);
-    entry["tokens"]["issued_at"] = json!(now + 10 - 3600);
-    std::fs::write(&file, entry.to_string()).unwrap();
+    expire_stored_token(&state);
     let rejected = auth.s().rejected;
 
     let mut sc = sidecar(&server, &state, &browser, &[]);
@@ -1223,6 +1214,21 @@ async fn a_2025_03_26_server_with_an_issuer_path_on_its_origin_is_accepted() {
     assert!(out.stderr.contains("on the same origin"), "{}", out.stderr);
 }
 
+/// Leaves the token stored under `state` 10 s of its hour; returns its file.
+fn expire_stored_token(state: &std::path::Path) -> std::path::PathBuf {
+    let file = std::fs::read_dir(state.join("tokens"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|e| e == "json"))
+        .unwrap();
+    let mut entry: Value = serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    entry["tokens"]["expires_at"] = json!(now + 10);
+    entry["tokens"]["issued_at"] = json!(now + 10 - 3600);
+    std::fs::write(&file, entry.to_string()).unwrap();
+    file
+}
+
 /// Issue 21.9: while another process holds the sign-in lock (a `login` waiting for a browser, or
 /// a process stopped while holding it), a refresh ahead of expiry does not wait for it: the
 /// token in hand is still valid and is used. It used to block every request on the lock.
@@ -1236,16 +1242,7 @@ async fn a_refresh_ahead_does_not_wait_for_another_process_s_sign_in() {
     let mut sc = sidecar(&server, &state, &browser, &[]);
     sc.handshake().await;
     finish_checked(sc, &auth).await;
-    let file = std::fs::read_dir(state.join("tokens"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .find(|p| p.extension().is_some_and(|e| e == "json"))
-        .unwrap();
-    let mut entry: Value = serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
-    entry["tokens"]["expires_at"] = json!(now + 10);
-    entry["tokens"]["issued_at"] = json!(now + 10 - 3600);
-    std::fs::write(&file, entry.to_string()).unwrap();
+    let file = expire_stored_token(&state);
     // Another process's sign-in holds the lock.
     let lock = std::fs::OpenOptions::new()
         .read(true)
