@@ -10,7 +10,6 @@ mod record;
 mod server;
 
 use std::io::Write;
-use std::sync::Arc;
 
 use clap::Parser;
 use tokio_util::sync::CancellationToken;
@@ -92,12 +91,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     });
     let mut router = server::router(opts, ct.clone());
     if args.record.is_some() || args.first_429 {
-        let file = match &args.record {
-            Some(path) => Some(std::fs::OpenOptions::new().create(true).append(true).open(path)?),
-            None => None,
-        };
-        let recorder = Arc::new(record::Recorder::new(file, args.first_429));
-        router = router.layer(axum::middleware::from_fn_with_state(recorder, record::record));
+        router = record::Recorder::open(args.record.as_deref(), args.first_429)?.wrap(router);
     }
     server::serve(listener, router, ct).await;
     Ok(())

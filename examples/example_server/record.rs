@@ -74,8 +74,18 @@ pub async fn record(
 }
 
 impl Recorder {
-    pub fn new(file: Option<std::fs::File>, first_429: bool) -> Recorder {
-        Recorder { file: file.map(Mutex::new), first_429: AtomicBool::new(first_429) }
+    /// What `--record FILE` (appended to) and `--first-429` ask for.
+    pub fn open(record: Option<&std::path::Path>, first_429: bool) -> std::io::Result<Recorder> {
+        let file = match record {
+            Some(path) => Some(std::fs::OpenOptions::new().create(true).append(true).open(path)?),
+            None => None,
+        };
+        Ok(Recorder { file: file.map(Mutex::new), first_429: AtomicBool::new(first_429) })
+    }
+
+    /// `router` behind this recorder.
+    pub fn wrap(self, router: axum::Router) -> axum::Router {
+        router.layer(axum::middleware::from_fn_with_state(Arc::new(self), record))
     }
 
     fn write(&self, entry: &serde_json::Value) {

@@ -12,7 +12,6 @@ mod record;
 mod server;
 
 use std::io::Write;
-use std::sync::Arc;
 
 use clap::Parser;
 
@@ -29,14 +28,10 @@ struct Args {
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args = Args::parse();
-    let file = match &args.record {
-        Some(path) => Some(std::fs::OpenOptions::new().create(true).append(true).open(path)?),
-        None => None,
-    };
-    let recorder = Arc::new(record::Recorder::new(file, args.first_429));
+    let recorder = record::Recorder::open(args.record.as_deref(), args.first_429)?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let url = format!("http://{}/mcp", listener.local_addr()?);
-    let router = server::router().layer(axum::middleware::from_fn_with_state(recorder, record::record));
+    let router = recorder.wrap(server::router());
     println!("{url}");
     std::io::stdout().flush()?;
     axum::serve(listener, router).await?;
