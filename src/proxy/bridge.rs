@@ -326,11 +326,15 @@ impl Proxy {
     }
 
     /// Runs the task of a registered client request, holding its room; a cancel aborts it.
-    pub(super) fn spawn_request<F>(&self, key: &IdKey, room: tokio::sync::OwnedSemaphorePermit, task: F)
-    where
+    pub(super) fn spawn_request<F>(
+        &self,
+        key: &IdKey,
+        room: Option<tokio::sync::OwnedSemaphorePermit>,
+        task: F,
+    ) where
         F: std::future::Future<Output = ()> + Send + 'static,
     {
-        let handle = self.tasks.spawn(holding(Some(room), task));
+        let handle = self.tasks.spawn(holding(room, task));
         if let Some(p) = self.pending.locked().get_mut(key) {
             p.abort = Some(handle.abort_handle());
         }
@@ -695,7 +699,7 @@ impl Proxy {
                 let what = format!("{method} (bridged)");
                 self.spawn_request(
                     &key,
-                    room,
+                    Some(room),
                     self.clone().run_bridged(bridge.clone(), key.clone(), line, what),
                 );
             }

@@ -26,6 +26,7 @@ use crate::cli::ProtocolEra;
 use crate::era::{self, Additions, Era, Verdict};
 
 type CallTask = AbortOnDropHandle<Result<Bytes, LocalError>>;
+type Room = tokio::sync::OwnedSemaphorePermit;
 
 /// The most requests of a stateless client parked at once, waiting for its answers.
 const MAX_PARKED: usize = 32;
@@ -49,6 +50,9 @@ struct Parked {
     call: CallTask,
     asks: mpsc::Receiver<Bytes>,
     upstream: IdKey,
+    /// The request's room in flight (issue 21.13): a parked call still holds an upstream
+    /// stream, so it counts against `--max-message-bytes` × 4 until the retry takes over.
+    _room: Option<Room>,
     /// Gives the request up if the client never comes back.
     _expiry: Option<AbortOnDropHandle<()>>,
 }
@@ -252,10 +256,11 @@ impl Proxy {
                 let Some((key, _)) = self.register(&env, false, false) else { return };
                 drop(env);
                 let what = format!("{method} (bridged to the handshake era)");
+                // The room goes with the request, into its parked entry if the server asks.
                 self.spawn_request(
                     &key,
-                    room,
-                    self.clone().run_reverse(reverse.clone(), key.clone(), line, what),
+                    None,
+                    self.clone().run_reverse(reverse.clone(), key.clone(), line, what, room),
                 );
             }
             Ok(Kind::Notification) if env.method.as_deref() == Some("notifications/cancelled") => {
@@ -276,8 +281,15 @@ impl Proxy {
         }
     }
 
-    async fn run_reverse(self: Arc<Self>, reverse: Arc<Reverse>, key: IdKey, line: Bytes, what: String) {
-        let outcome = self.reverse_request(&reverse, &key, &line, &what).await;
+    async fn run_reverse(
+        self: Arc<Self>,
+        reverse: Arc<Reverse>,
+        key: IdKey,
+        line: Bytes,
+        what: String,
+        room: Room,
+    ) {
+        let outcome = self.reverse_request(&reverse, &key, &line, &what, room).await;
         reverse.upstream_of.locked().remove(&key);
         match outcome {
             Ok(answer) => self.reply(&key, answer).await,
@@ -292,6 +304,7 @@ impl Proxy {
         key: &IdKey,
         line: &[u8],
         what: &str,
+        room: Room,
     ) -> Result<Bytes, LocalError> {
         let (env, client_id) = reread(line)?;
         let method = env.method.as_deref().unwrap_or_default();
@@ -360,7 +373,8 @@ impl Proxy {
                 while let Ok(more) = asks.try_recv() {
                     questions.push(more);
                 }
-                self.park(reverse, client_id, &questions, Parked { call, asks, upstream, _expiry: None }).await
+                let parked = Parked { call, asks, upstream, _room: Some(room), _expiry: None };
+                self.park(reverse, client_id, &questions, parked).await
             }
         }
     }

@@ -1025,3 +1025,39 @@ async fn parked_requests_of_the_reverse_bridge_are_bounded() {
     s.finish().await;
     assert!(!server.posts("notifications/cancelled").is_empty(), "the server is told");
 }
+
+/// Issue 21.13: a parked request keeps its room in flight (it still holds an upstream stream):
+/// with `--max-message-bytes` small, the parked requests fill the room (4 × the maximum) and the
+/// next request is refused as overloaded instead of opening one more stream.
+#[tokio::test]
+async fn parked_requests_of_the_reverse_bridge_keep_their_room_in_flight() {
+    let server = Server::start(generic(), Some(handshake_only())).await;
+    let dir = scratch_dir("parked-room");
+    let max = 1024usize; // the least it takes
+    let mut s = sidecar_for(
+        &server,
+        &["--state-dir", &dir.to_string_lossy(), "--max-message-bytes", &max.to_string()],
+    );
+    let meta = json!({"io.modelcontextprotocol/protocolVersion":"2026-07-28",
+        "io.modelcontextprotocol/clientCapabilities":{"elicitation":{}}});
+    let ask = |id: u64| request(id, "tools/call", json!({"name":"ask","arguments":{},"_meta": meta}));
+    let len = serde_json::to_string(&ask(10)).unwrap().len();
+    let fit = (4 * max) / len;
+    assert!((2..32).contains(&fit), "{fit}");
+    // The first request settles the eras (answered inline); the bridge takes the rest.
+    s.send_json(&request(1, "server/discover", json!({"_meta": meta}))).await;
+    assert!(s.recv().await["result"].is_object());
+    for id in 10..(10 + fit as u64) {
+        s.send_json(&ask(id)).await;
+    }
+    for _ in 0..fit {
+        let answer = s.recv().await;
+        assert_eq!(answer["result"]["resultType"], "input_required", "{answer}");
+    }
+    // All parked now, each still holding its stream: no room for one more.
+    s.send_json(&ask(99)).await;
+    let refused = s.recv().await;
+    let message = refused["error"]["message"].as_str().unwrap_or_else(|| panic!("not refused: {refused}"));
+    assert!(message.contains("too many requests are in flight"), "{message}");
+    s.finish().await;
+}
