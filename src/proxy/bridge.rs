@@ -585,8 +585,10 @@ impl Proxy {
                 return;
             };
             let opened = Instant::now();
-            let outcome =
-                self.call(body.into(), true, false, LISTEN_LIMIT, "the subscriptions/listen stream").await;
+            let what = "the subscriptions/listen stream";
+            let call = self.call(body.into(), true, false, LISTEN_LIMIT, what);
+            // Nobody waits on it: it never takes the last units of the server's budget.
+            let outcome = super::send::USAGE.scope(crate::ratelimit::Use::Background, call).await;
             // A stream the server ends within seconds is no listening at all (issue 21.4: one
             // ended at once was reopened every 500 ms for ever, each through the rate-limit gate).
             let short = opened.elapsed() < MIN_LISTEN_LIFE;

@@ -1102,7 +1102,12 @@ impl Proxy {
             // Same rate-limit rules, within the shutdown budget.
             // Only if the rate limit lets it through at once: a session the server cannot be told
             // about expires by itself, and exit must not wait for the next window.
-            match timeout(DELETE_TIMEOUT, self.gate.admit(Duration::ZERO, false, |_, _| {})).await {
+            match timeout(
+                DELETE_TIMEOUT,
+                self.gate.admit(Duration::ZERO, crate::ratelimit::Use::Background, |_, _| {}),
+            )
+            .await
+            {
                 Ok(Ok(admitted)) => match timeout(DELETE_TIMEOUT, delete.send()).await {
                     Ok(Ok(r)) => {
                         debug!(status = r.status().as_u16(), "session closed");

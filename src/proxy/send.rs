@@ -2,6 +2,13 @@
 //! provably was not processed, and the errors for requests a rate limit keeps back.
 
 use super::*;
+use crate::ratelimit::Use;
+
+tokio::task_local! {
+    /// What the requests sent by this task are for, when not a client's request: the
+    /// `subscriptions/listen` stream of the bridge runs under [`Use::Background`] (issue 21.4).
+    pub(super) static USAGE: Use;
+}
 
 impl Proxy {
     /// Sends one POST: through the rate-limit gate, waiting out 429s (and 503s with Retry-After)
@@ -205,8 +212,9 @@ impl Proxy {
     /// the gate lets one request a minute through as a probe, issue 10.1).
     pub(super) async fn admit(&self, what: &str) -> Result<crate::ratelimit::Admission<'_>, LocalError> {
         let max = self.policy.max_wait;
+        let usage = USAGE.try_with(|u| *u).unwrap_or(Use::Request);
         self.gate
-            .admit(max, true, |wait, why| match self.wait_observer.get() {
+            .admit(max, usage, |wait, why| match self.wait_observer.get() {
                 Some(observe) => observe(wait, why),
                 None => info!("{what}: waiting {} for the rate limit ({why})", retry::human(wait)),
             })

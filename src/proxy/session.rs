@@ -2,6 +2,7 @@
 //! messages (T-20, T-23), and the 2024-11-05 HTTP+SSE transport (T-60, T-61).
 
 use super::*;
+use crate::ratelimit::Use;
 
 impl Proxy {
     /// Starts a new session after the server dropped `expired` (T-12): replays the client's
@@ -140,7 +141,7 @@ impl Proxy {
 
     /// Opens the stream and reads up to its `endpoint` event.
     pub(super) async fn open_legacy(&self) -> Result<LegacyEvents, String> {
-        let admitted = match self.gate.admit(self.policy.max_wait, false, |_, _| {}).await {
+        let admitted = match self.gate.admit(self.policy.max_wait, Use::Stream, |_, _| {}).await {
             Ok(admitted) => Some(admitted),
             Err(b) => {
                 tokio::time::sleep(b.wait.min(MAX_STREAM_HOLD)).await;
@@ -221,7 +222,7 @@ impl Proxy {
             // The GET stream waits at the gate like everything else; nobody waits on it, so it
             // sits out even waits longer than --max-wait (looking again now and then: a success
             // may clear the deadline), and it never takes the probe of a long deadline.
-            let admitted = match self.gate.admit(self.policy.max_wait, false, |_, _| {}).await {
+            let admitted = match self.gate.admit(self.policy.max_wait, Use::Background, |_, _| {}).await {
                 Ok(admitted) => admitted,
                 Err(b) => {
                     tokio::time::sleep(b.wait.min(MAX_STREAM_HOLD)).await;

@@ -105,16 +105,31 @@ impl BudgetState {
     }
 
     /// Whether one more request fits now.
+    #[cfg(test)]
     pub fn room(&self, now: u64) -> Room {
-        if self.remaining > self.pending.len() as u64 {
+        self.room_leaving(now, 0)
+    }
+
+    /// Whether one more request fits now and leaves `reserve` units for others.
+    pub fn room_leaving(&self, now: u64, reserve: u64) -> Room {
+        let taken = (self.pending.len() as u64).saturating_add(reserve);
+        if self.remaining > taken {
             return Room::Free;
         }
         if self.reset_ms == u64::MAX {
-            return if self.pending.is_empty() { Room::Free } else { Room::AwaitingAnswers };
+            // Spent in a window of unknown end: with nothing in flight, a request goes and finds
+            // out; one that must leave a reserve waits for the answers (or the next window).
+            return if taken == 0 { Room::Free } else { Room::AwaitingAnswers };
         }
         Room::SpentUntil(Duration::from_millis(
             self.reset_ms.saturating_add(ROLL_MARGIN_MS).saturating_sub(now),
         ))
+    }
+
+    /// The units work nobody waits on must leave to the client's requests: a tenth of the window,
+    /// at least one.
+    pub fn reserve(&self) -> u64 {
+        (self.limit.unwrap_or(0) / 10).max(1)
     }
 
     /// Whether the budget is far from spent: admissions need not be shared under the lock.

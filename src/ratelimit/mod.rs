@@ -164,6 +164,19 @@ impl State {
     }
 }
 
+/// What a request through the gate is for: who waits on it decides what it may take.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Use {
+    /// A client's request: past a long deadline, one a minute goes through as a probe.
+    Request,
+    /// A stream the client's answers come on (the HTTP+SSE transport's): never a probe.
+    Stream,
+    /// Work nobody waits on (a listen stream, the session's DELETE): never a probe, and never
+    /// the last units of the server's budget (issue 21.4: a stream the server ended at once,
+    /// reopened, ate a 10-a-minute window).
+    Background,
+}
+
 /// Why the gate will not let a request through in time.
 #[derive(Debug, Clone)]
 pub struct Blocked {
@@ -298,7 +311,8 @@ fn millis(d: Duration) -> u64 {
 /// of the server's budget or a client-side slot in `state` when it lets the request through.
 /// Times in the state may come from a file anyone could have written: every sum saturates, and
 /// no hold counts for more than [`crate::retry::MAX_SERVER_WAIT`] from now.
-fn decide(state: &mut State, limits: &[Limit], now: u64, patience: Duration, may_probe: bool) -> Verdict {
+fn decide(state: &mut State, limits: &[Limit], now: u64, patience: Duration, usage: Use) -> Verdict {
+    let may_probe = usage == Use::Request;
     let cap = now.saturating_add(millis(crate::retry::MAX_SERVER_WAIT));
     // The server's hold: a deadline, or a spent budget until its window resets.
     let mut until = state.blocked_until_ms.min(cap);
@@ -309,7 +323,12 @@ fn decide(state: &mut State, limits: &[Limit], now: u64, patience: Duration, may
     {
         state.budget = None;
     }
-    match state.budget.as_ref().map(|b| b.room(now)) {
+    // Issue 21.4: work nobody waits on leaves the window's last units to the client's requests.
+    let reserve = match (usage, state.budget.as_ref()) {
+        (Use::Background, Some(b)) => b.reserve(),
+        _ => 0,
+    };
+    match state.budget.as_ref().map(|b| b.room_leaving(now, reserve)) {
         Some(Room::SpentUntil(d)) => {
             let spent_until = now.saturating_add(millis(d)).min(cap);
             if spent_until > until {
@@ -435,13 +454,13 @@ impl Gate {
 
     /// Waits until a request may go out: not before a server-given deadline, and within the
     /// client-side limits (a slot is taken). Fails at once if that is more than `max_wait` away,
-    /// except that, when `may_probe`, one request every [`PROBE_INTERVAL`] goes through past a
+    /// except that, for a client's request ([`Use::Request`]), one request every [`PROBE_INTERVAL`] goes through past a
     /// long deadline (and waits for that moment if it comes within `max_wait`). `on_wait` is
     /// called before each wait (for the log line).
     pub async fn admit(
         &self,
         max_wait: Duration,
-        may_probe: bool,
+        usage: Use,
         mut on_wait: impl FnMut(Duration, &str),
     ) -> Result<Admission<'_>, Blocked> {
         let started = Instant::now();
@@ -456,7 +475,7 @@ impl Gate {
             let budget_changed = self.budget_changed.notified();
             tokio::pin!(budget_changed);
             budget_changed.as_mut().enable();
-            let (wait, reason, client_side, by_budget) = match self.decide_now(budget, may_probe).await {
+            let (wait, reason, client_side, by_budget) = match self.decide_now(budget, usage).await {
                 Verdict::Go { probe, at, tracked } => {
                     if probe {
                         self.probing.store(true, Ordering::Release);
@@ -467,7 +486,10 @@ impl Gate {
                 }
                 Verdict::Refuse { wait, reason, client_side } => {
                     // A probe of ours is out: its answer may lift the limit; wait for it.
-                    if !client_side && may_probe && self.probing.load(Ordering::Acquire) && !budget.is_zero()
+                    if !client_side
+                        && usage == Use::Request
+                        && self.probing.load(Ordering::Acquire)
+                        && !budget.is_zero()
                     {
                         let _ = tokio::time::timeout(budget, probe_ended).await;
                         continue;
@@ -506,7 +528,7 @@ impl Gate {
     /// The verdict for a request now. Without client-side limits the state in memory decides
     /// (refreshed from the shared file at most every [`LOOK_INTERVAL_MS`]), and the file is
     /// written only to take a probe slot; with limits, every admission takes a slot in the file.
-    async fn decide_now(&self, patience: Duration, may_probe: bool) -> Verdict {
+    async fn decide_now(&self, patience: Duration, usage: Use) -> Verdict {
         if self.limits.is_empty() {
             self.refresh().await;
             let now = now_ms();
@@ -524,7 +546,7 @@ impl Gate {
                     }
                 }
                 let mut copy = state.clone();
-                let verdict = decide(&mut copy, &[], now, patience, may_probe);
+                let verdict = decide(&mut copy, &[], now, patience, usage);
                 (verdict, copy.updated_ms != state.updated_ms)
             };
             // A hold is answered from this copy; a unit of a budget near its end, a probe slot
@@ -544,7 +566,7 @@ impl Gate {
                 }
                 state.budget = Some(merged);
             }
-            let verdict = decide(state, &self.limits, now_ms(), patience, may_probe);
+            let verdict = decide(state, &self.limits, now_ms(), patience, usage);
             if let (Verdict::Go { at, .. }, Some(b)) = (&verdict, &state.budget) {
                 tracing::trace!(pid = std::process::id(), at, remaining = b.remaining, pending = ?b.pending, reset = b.reset_ms, began = b.began_ms, "budget: a unit taken");
             }
@@ -791,7 +813,7 @@ mod tests {
         let gate = Gate::new("https://h", "k", None, Vec::new());
         gate.block_for(Duration::from_secs(3), "Retry-After", None).await;
         let mut waits = Vec::new();
-        gate.admit(Duration::from_secs(10), true, |w, why| {
+        gate.admit(Duration::from_secs(10), Use::Request, |w, why| {
             waits.push((w.as_secs_f64().round(), why.to_owned()))
         })
         .await
@@ -806,7 +828,7 @@ mod tests {
         let gate = Gate::new("https://h", "k", None, Vec::new());
         gate.block_for(Duration::from_secs(3600), "X-RateLimit-Reset", None).await;
         let before = Instant::now();
-        let b = gate.admit(Duration::from_secs(45), true, |_, _| {}).await.unwrap_err();
+        let b = gate.admit(Duration::from_secs(45), Use::Request, |_, _| {}).await.unwrap_err();
         assert!(b.wait > Duration::from_secs(3590) && !b.client_side);
         assert_eq!(Instant::now(), before, "no waiting at all");
     }
@@ -818,17 +840,17 @@ mod tests {
         let gate = Gate::new("https://h", "k", None, Vec::new());
         gate.block_for(Duration::from_secs(31_536_000), "Retry-After", None).await;
         let max = Duration::from_secs(45);
-        let b = gate.admit(max, true, |_, _| {}).await.unwrap_err();
+        let b = gate.admit(max, Use::Request, |_, _| {}).await.unwrap_err();
         assert_eq!(b.wait, crate::retry::MAX_SERVER_WAIT, "a year is read as the named maximum");
         // 20 s later the probe slot (60 s after the 429) is within --max-wait: wait for it.
         tokio::time::advance(Duration::from_secs(20)).await;
         let before = Instant::now();
-        let probe = gate.admit(max, true, |_, _| {}).await.unwrap();
+        let probe = gate.admit(max, Use::Request, |_, _| {}).await.unwrap();
         assert!(probe.probe);
         let waited = Instant::now() - before;
         assert!(waited >= Duration::from_secs(40) && waited <= Duration::from_secs(45), "{waited:?}");
         // While it is out, the next request waits for its outcome instead of failing at once.
-        let (second, _) = tokio::join!(gate.admit(max, true, |_, _| {}), async {
+        let (second, _) = tokio::join!(gate.admit(max, Use::Request, |_, _| {}), async {
             tokio::time::advance(Duration::from_secs(1)).await;
             gate.block_for(Duration::from_secs(31_536_000), "Retry-After", Some(&probe)).await;
             drop(probe);
@@ -836,18 +858,18 @@ mod tests {
         assert!(second.is_err(), "the probe got another 429: the others fail");
         // No second probe within the minute.
         tokio::time::advance(Duration::from_secs(30)).await;
-        assert!(gate.admit(Duration::ZERO, true, |_, _| {}).await.is_err());
+        assert!(gate.admit(Duration::ZERO, Use::Request, |_, _| {}).await.is_err());
         tokio::time::advance(Duration::from_secs(31)).await;
-        let probe = gate.admit(Duration::ZERO, true, |_, _| {}).await.unwrap();
+        let probe = gate.admit(Duration::ZERO, Use::Request, |_, _| {}).await.unwrap();
         assert!(probe.probe);
         gate.succeeded(&probe).await;
         drop(probe);
-        let next = gate.admit(Duration::ZERO, true, |_, _| {}).await.unwrap();
+        let next = gate.admit(Duration::ZERO, Use::Request, |_, _| {}).await.unwrap();
         assert!(!next.probe, "the deadline is gone");
         // Streams (may_probe: false) never take the probe.
         gate.block_for(Duration::from_secs(3600), "Retry-After", Some(&next)).await;
         tokio::time::advance(MINUTE * 2).await;
-        assert!(gate.admit(Duration::ZERO, false, |_, _| {}).await.is_err());
+        assert!(gate.admit(Duration::ZERO, Use::Stream, |_, _| {}).await.is_err());
     }
 
     /// A success of a request let through before the deadline was set (it crossed the 429 on
@@ -855,19 +877,19 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn an_older_success_does_not_clear_a_newer_deadline() {
         let gate = Gate::new("https://h", "k", None, Vec::new());
-        let early = gate.admit(Duration::ZERO, true, |_, _| {}).await.unwrap();
+        let early = gate.admit(Duration::ZERO, Use::Request, |_, _| {}).await.unwrap();
         tokio::time::advance(Duration::from_millis(5)).await;
         gate.block_for(Duration::from_secs(30), "Retry-After", None).await;
         gate.succeeded(&early).await;
-        assert!(gate.admit(Duration::ZERO, true, |_, _| {}).await.is_err());
+        assert!(gate.admit(Duration::ZERO, Use::Request, |_, _| {}).await.is_err());
     }
 
     #[tokio::test(start_paused = true)]
     async fn client_side_limit_counts_in_memory() {
         let gate = Gate::new("https://h", "k", None, vec![Limit::parse("2/min").unwrap()]);
-        assert!(gate.admit(Duration::ZERO, true, |_, _| {}).await.is_ok());
-        assert!(gate.admit(Duration::ZERO, true, |_, _| {}).await.is_ok());
-        let b = gate.admit(Duration::ZERO, true, |_, _| {}).await.unwrap_err();
+        assert!(gate.admit(Duration::ZERO, Use::Request, |_, _| {}).await.is_ok());
+        assert!(gate.admit(Duration::ZERO, Use::Request, |_, _| {}).await.is_ok());
+        let b = gate.admit(Duration::ZERO, Use::Request, |_, _| {}).await.unwrap_err();
         assert!(b.client_side && b.wait <= Duration::from_secs(60) && b.wait > Duration::from_secs(58));
         assert_eq!(b.reason, "--rate-limit 2/min");
     }
@@ -879,18 +901,18 @@ mod tests {
         let b = Gate::new("https://h", "key", Some(&dir), Vec::new());
         let other_key = Gate::new("https://h", "other", Some(&dir), Vec::new());
         a.block_for(Duration::from_secs(30), "Retry-After", None).await;
-        let seen = b.admit(Duration::ZERO, true, |_, _| {}).await.unwrap_err();
+        let seen = b.admit(Duration::ZERO, Use::Request, |_, _| {}).await.unwrap_err();
         assert!(seen.wait > Duration::from_secs(28) && seen.reason == "Retry-After");
-        assert!(other_key.admit(Duration::ZERO, true, |_, _| {}).await.is_ok(), "keys do not share");
+        assert!(other_key.admit(Duration::ZERO, Use::Request, |_, _| {}).await.is_ok(), "keys do not share");
 
         // Limits counted across processes.
         let l = vec![Limit::parse("3/min").unwrap()];
         let (c, d) = (Gate::new("o", "k2", Some(&dir), l.clone()), Gate::new("o", "k2", Some(&dir), l));
         for g in [&c, &d, &c] {
-            assert!(g.admit(Duration::ZERO, true, |_, _| {}).await.is_ok());
+            assert!(g.admit(Duration::ZERO, Use::Request, |_, _| {}).await.is_ok());
         }
         assert!(
-            d.admit(Duration::ZERO, true, |_, _| {}).await.is_err(),
+            d.admit(Duration::ZERO, Use::Request, |_, _| {}).await.is_err(),
             "the fourth request in a minute waits, whichever process sends it"
         );
 
@@ -902,10 +924,10 @@ mod tests {
             }
         }
         let e = Gate::new("https://h", "key", Some(&dir), Vec::new());
-        assert!(e.admit(Duration::ZERO, true, |_, _| {}).await.is_ok());
+        assert!(e.admit(Duration::ZERO, Use::Request, |_, _| {}).await.is_ok());
         e.block_for(Duration::from_secs(5), "Retry-After", None).await;
         let f = Gate::new("https://h", "key", Some(&dir), Vec::new());
-        assert!(f.admit(Duration::ZERO, true, |_, _| {}).await.is_err());
+        assert!(f.admit(Duration::ZERO, Use::Request, |_, _| {}).await.is_err());
         let _ = fs::remove_dir_all(&dir);
     }
 
@@ -917,18 +939,18 @@ mod tests {
         let a = Gate::new("https://h", "key", Some(&dir), Vec::new());
         let b = Gate::new("https://h", "key", Some(&dir), Vec::new());
         a.block_for(Duration::from_secs(3600), "X-RateLimit-Reset", None).await;
-        assert!(b.admit(Duration::ZERO, true, |_, _| {}).await.is_err());
+        assert!(b.admit(Duration::ZERO, Use::Request, |_, _| {}).await.is_err());
         let listed = stored_limits(&dir, None);
         assert_eq!(listed.len(), 1, "{listed:?}");
         assert_eq!((listed[0].origin.as_str(), listed[0].by.as_str()), ("https://h", "X-RateLimit-Reset"));
         assert!(stored_limits(&dir, Some("https://other")).is_empty());
         // A probe of b succeeds: a learns it.
         tokio::time::advance(MINUTE).await;
-        let probe = b.admit(Duration::ZERO, true, |_, _| {}).await.unwrap();
+        let probe = b.admit(Duration::ZERO, Use::Request, |_, _| {}).await.unwrap();
         assert!(probe.probe);
         b.succeeded(&probe).await;
         tokio::time::advance(Duration::from_millis(300)).await;
-        assert!(a.admit(Duration::ZERO, true, |_, _| {}).await.is_ok(), "a sees b's success");
+        assert!(a.admit(Duration::ZERO, Use::Request, |_, _| {}).await.is_ok(), "a sees b's success");
         assert!(stored_limits(&dir, None).is_empty());
         // Set again, then cleared by the command.
         a.block_for(Duration::from_secs(3600), "Retry-After", Some(&probe)).await;
@@ -936,7 +958,7 @@ mod tests {
         let cleared = clear_limits(&dir, Some("https://h")).unwrap();
         assert_eq!(cleared.len(), 1);
         tokio::time::advance(Duration::from_millis(300)).await;
-        assert!(b.admit(Duration::ZERO, true, |_, _| {}).await.is_ok(), "b sees the clearing");
+        assert!(b.admit(Duration::ZERO, Use::Request, |_, _| {}).await.is_ok(), "b sees the clearing");
         let _ = fs::remove_dir_all(&dir);
     }
 
@@ -968,34 +990,37 @@ mod tests {
         let b = Gate::new("https://h", "key", Some(&dir), Vec::new());
         let day = Duration::from_secs(86_400);
         let spent = crate::retry::Budget { limit: Some(5000), remaining: 0, resets_in: day };
-        let first = a.admit(Duration::ZERO, true, |_, _| {}).await.unwrap();
+        let first = a.admit(Duration::ZERO, Use::Request, |_, _| {}).await.unwrap();
         a.answered(&first, Some(spent)).await;
         drop(first);
-        assert!(b.admit(Duration::from_secs(65), false, |_, _| {}).await.is_err(), "held for the day");
+        assert!(b.admit(Duration::from_secs(65), Use::Stream, |_, _| {}).await.is_err(), "held for the day");
         let listed = stored_limits(&dir, None);
         assert_eq!(listed.len(), 1, "{listed:?}");
         assert!(listed[0].by.contains("budget"), "{listed:?}");
         assert_eq!(clear_limits(&dir, Some("https://h")).unwrap().len(), 1);
         tokio::time::advance(Duration::from_millis(300)).await;
         // a still has the spent budget in memory; its next write must not bring it back.
-        let next = a.admit(Duration::ZERO, true, |_, _| {}).await.expect("a sees the clearing");
+        let next = a.admit(Duration::ZERO, Use::Request, |_, _| {}).await.expect("a sees the clearing");
         a.succeeded(&next).await;
         drop(next);
         assert!(stored_limits(&dir, None).is_empty());
-        assert!(b.admit(Duration::ZERO, false, |_, _| {}).await.is_ok());
+        assert!(b.admit(Duration::ZERO, Use::Stream, |_, _| {}).await.is_ok());
         // Spent again; the probe a minute later is answered "4999 left": the hold is lifted.
-        let again = b.admit(Duration::ZERO, true, |_, _| {}).await.unwrap();
+        let again = b.admit(Duration::ZERO, Use::Request, |_, _| {}).await.unwrap();
         b.answered(&again, Some(spent)).await;
         drop(again);
         tokio::time::advance(Duration::from_millis(300)).await;
-        assert!(a.admit(Duration::ZERO, true, |_, _| {}).await.is_err(), "held; the probe clock starts");
+        assert!(
+            a.admit(Duration::ZERO, Use::Request, |_, _| {}).await.is_err(),
+            "held; the probe clock starts"
+        );
         tokio::time::advance(MINUTE).await;
-        let probe = a.admit(Duration::ZERO, true, |_, _| {}).await.unwrap();
+        let probe = a.admit(Duration::ZERO, Use::Request, |_, _| {}).await.unwrap();
         assert!(probe.probe);
         a.answered(&probe, Some(crate::retry::Budget { remaining: 4999, ..spent })).await;
         drop(probe);
         tokio::time::advance(Duration::from_millis(300)).await;
-        assert!(b.admit(Duration::ZERO, false, |_, _| {}).await.is_ok(), "the server's newer word");
+        assert!(b.admit(Duration::ZERO, Use::Stream, |_, _| {}).await.is_ok(), "the server's newer word");
         let _ = fs::remove_dir_all(&dir);
     }
 
@@ -1016,7 +1041,7 @@ mod tests {
         )
         .unwrap();
         let b = Gate::new("https://h", "key", Some(&dir), vec![Limit::parse("1/s").unwrap()]);
-        let err = b.admit(Duration::from_secs(45), true, |_, _| {}).await.unwrap_err();
+        let err = b.admit(Duration::from_secs(45), Use::Request, |_, _| {}).await.unwrap_err();
         assert_eq!(err.wait, crate::retry::MAX_SERVER_WAIT);
         let _ = fs::remove_dir_all(&dir);
     }
@@ -1049,17 +1074,17 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn the_budget_admits_what_is_left_and_holds_the_rest_until_the_reset() {
         let gate = Gate::new("https://h", "k", None, Vec::new());
-        let first = gate.admit(Duration::ZERO, true, |_, _| {}).await.unwrap();
+        let first = gate.admit(Duration::ZERO, Use::Request, |_, _| {}).await.unwrap();
         gate.answered(&first, Some(seen(2, Duration::from_secs(10)))).await;
         drop(first);
-        let a = gate.admit(Duration::ZERO, true, |_, _| {}).await.unwrap();
-        let b = gate.admit(Duration::ZERO, true, |_, _| {}).await.unwrap();
+        let a = gate.admit(Duration::ZERO, Use::Request, |_, _| {}).await.unwrap();
+        let b = gate.admit(Duration::ZERO, Use::Request, |_, _| {}).await.unwrap();
         assert!(a.tracked() && b.tracked());
-        let refused = gate.admit(Duration::from_secs(5), true, |_, _| {}).await.unwrap_err();
+        let refused = gate.admit(Duration::from_secs(5), Use::Request, |_, _| {}).await.unwrap_err();
         assert!(refused.wait > Duration::from_secs(9) && refused.reason.contains("budget"), "{refused:?}");
         // Within --max-wait it waits for the window, and counts the wait as the budget's.
         let before = Instant::now();
-        let (c, _) = tokio::join!(gate.admit(Duration::from_secs(45), true, |_, _| {}), async {
+        let (c, _) = tokio::join!(gate.admit(Duration::from_secs(45), Use::Request, |_, _| {}), async {
             gate.answered(&a, Some(seen(1, Duration::from_secs(10)))).await;
             gate.answered(&b, Some(seen(0, Duration::from_secs(10)))).await;
         });
@@ -1073,14 +1098,42 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn an_answer_frees_the_unit_its_request_held() {
         let gate = Gate::new("https://h", "k", None, Vec::new());
-        let first = gate.admit(Duration::ZERO, true, |_, _| {}).await.unwrap();
+        let first = gate.admit(Duration::ZERO, Use::Request, |_, _| {}).await.unwrap();
         gate.answered(&first, Some(seen(1, Duration::from_secs(60)))).await;
         drop(first);
-        let a = gate.admit(Duration::ZERO, true, |_, _| {}).await.unwrap();
-        assert!(gate.admit(Duration::ZERO, true, |_, _| {}).await.is_err(), "the last unit is in flight");
+        let a = gate.admit(Duration::ZERO, Use::Request, |_, _| {}).await.unwrap();
+        assert!(
+            gate.admit(Duration::ZERO, Use::Request, |_, _| {}).await.is_err(),
+            "the last unit is in flight"
+        );
         // The server counted it in another window after all: room again.
         gate.answered(&a, Some(seen(3, Duration::from_secs(120)))).await;
-        assert!(gate.admit(Duration::ZERO, true, |_, _| {}).await.is_ok());
+        assert!(gate.admit(Duration::ZERO, Use::Request, |_, _| {}).await.is_ok());
+    }
+
+    /// Issue 21.4: work nobody waits on (a listen stream reopened, the DELETE) never spends the
+    /// last units of a window: with one left, a background request is held, a client's goes.
+    #[tokio::test(start_paused = true)]
+    async fn background_work_leaves_the_last_units_to_the_clients_requests() {
+        let gate = Gate::new("https://h", "k", None, Vec::new());
+        let first = gate.admit(Duration::ZERO, Use::Request, |_, _| {}).await.unwrap();
+        gate.answered(
+            &first,
+            Some(crate::retry::Budget { limit: Some(10), remaining: 2, resets_in: Duration::from_secs(60) }),
+        )
+        .await;
+        drop(first);
+        let bg = gate.admit(Duration::ZERO, Use::Background, |_, _| {}).await.unwrap();
+        let held = gate.admit(Duration::from_secs(5), Use::Background, |_, _| {}).await.unwrap_err();
+        assert!(held.reason.contains("budget") && held.wait > Duration::from_secs(50), "{held:?}");
+        assert!(gate.admit(Duration::ZERO, Use::Stream, |_, _| {}).await.is_ok(), "the last unit");
+        drop(bg);
+        // A window of unknown end (after the reset, no answer yet): the same reserve.
+        let mut b = BudgetState::new(Some(10), 1, u64::MAX);
+        assert_eq!(b.room_leaving(0, b.reserve()), budget::Room::AwaitingAnswers);
+        assert_eq!(b.room_leaving(0, 0), budget::Room::Free);
+        b.remaining = 2;
+        assert_eq!(b.room_leaving(0, b.reserve()), budget::Room::Free);
     }
 
     /// Issue 11: two processes (gates on one state file) share one budget near its end.
@@ -1089,15 +1142,15 @@ mod tests {
         let dir = temp("budget-shared");
         let a = Gate::new("https://h", "k", Some(&dir), Vec::new());
         let b = Gate::new("https://h", "k", Some(&dir), Vec::new());
-        let first = a.admit(Duration::ZERO, true, |_, _| {}).await.unwrap();
+        let first = a.admit(Duration::ZERO, Use::Request, |_, _| {}).await.unwrap();
         a.answered(&first, Some(seen(2, Duration::from_secs(30)))).await;
         drop(first);
-        let x = a.admit(Duration::ZERO, true, |_, _| {}).await.unwrap();
+        let x = a.admit(Duration::ZERO, Use::Request, |_, _| {}).await.unwrap();
         tokio::time::advance(Duration::from_millis(300)).await;
-        let y = b.admit(Duration::ZERO, true, |_, _| {}).await.unwrap();
+        let y = b.admit(Duration::ZERO, Use::Request, |_, _| {}).await.unwrap();
         assert!(x.tracked() && y.tracked());
-        assert!(a.admit(Duration::ZERO, true, |_, _| {}).await.is_err(), "b took the last unit");
-        assert!(b.admit(Duration::ZERO, true, |_, _| {}).await.is_err());
+        assert!(a.admit(Duration::ZERO, Use::Request, |_, _| {}).await.is_err(), "b took the last unit");
+        assert!(b.admit(Duration::ZERO, Use::Request, |_, _| {}).await.is_err());
         let _ = fs::remove_dir_all(&dir);
     }
 
@@ -1107,7 +1160,7 @@ mod tests {
     async fn a_held_state_lock_never_blocks_the_runtime() {
         let dir = temp("held");
         let gate = Gate::new("https://h", "key", Some(&dir), vec![Limit::parse("5/s").unwrap()]);
-        assert!(gate.admit(Duration::ZERO, true, |_, _| {}).await.is_ok());
+        assert!(gate.admit(Duration::ZERO, Use::Request, |_, _| {}).await.is_ok());
         let lock_path = gate.file.as_ref().unwrap().path().with_extension("lock");
         let holder = fs::OpenOptions::new().write(true).open(&lock_path).unwrap();
         holder.lock().unwrap();
@@ -1120,7 +1173,7 @@ mod tests {
             }
         });
         let started = Instant::now();
-        assert!(gate.admit(Duration::ZERO, true, |_, _| {}).await.is_ok(), "decided in memory");
+        assert!(gate.admit(Duration::ZERO, Use::Request, |_, _| {}).await.is_ok(), "decided in memory");
         assert!(Instant::now() - started >= LOCK_PATIENCE);
         assert!(ticks.load(Ordering::Relaxed) >= 50, "other tasks ran while the lock was held");
         ticker.abort();
