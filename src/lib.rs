@@ -79,6 +79,8 @@ enum Stop {
     ReadError(std::io::Error),
 }
 
+/// How many lines stdin is read ahead while a dispatch waits (issue 21.1).
+const READ_AHEAD: usize = 64;
 /// How long the last lines may take to reach a client at exit.
 const FINAL_FLUSH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
@@ -124,25 +126,56 @@ where
     tokio::pin!(shutdown);
     let parent = platform::parent_gone();
     tokio::pin!(parent);
-    let stop = loop {
-        tokio::select! {
-            biased;
-            _ = &mut shutdown => break Stop::Signal,
-            _ = outbox.closed() => break Stop::StdoutClosed,
-            _ = &mut parent => break Stop::ParentGone,
-            frame = reader.next_frame() => match frame {
-                // Dispatch may wait (initialize is sent in line, stdout may be full): a signal,
-                // a closed stdout or a vanished parent must still end the run at once.
-                Ok(Some(frame)) => tokio::select! {
+    // Lines read while a dispatch waits, and whether stdin has ended.
+    let mut backlog = std::collections::VecDeque::new();
+    let mut ended: Option<Stop> = None;
+    let mut drain_until = None;
+    let stop = 'run: loop {
+        let frame = match backlog.pop_front() {
+            Some(frame) => frame,
+            None => match ended.take() {
+                Some(stop) => break stop,
+                None => tokio::select! {
                     biased;
                     _ = &mut shutdown => break Stop::Signal,
                     _ = outbox.closed() => break Stop::StdoutClosed,
                     _ = &mut parent => break Stop::ParentGone,
-                    _ = proxy.dispatch(frame) => {}
+                    frame = reader.next_frame() => match frame {
+                        Ok(Some(frame)) => frame,
+                        Ok(None) => break Stop::Eof,
+                        Err(e) => break Stop::ReadError(e),
+                    },
                 },
-                Ok(None) => break Stop::Eof,
-                Err(e) => break Stop::ReadError(e),
             },
+        };
+        // Dispatch may wait (initialize is sent in line, stdout may be full): a signal, a
+        // closed stdout or a vanished parent must still end the run at once, and stdin is still
+        // read, a few lines ahead, so that its end is seen (issue 21.1): from then on the
+        // dispatch has what every request in flight at the end has, [`proxy::DRAIN_TIMEOUT`]; a
+        // request it did not answer by then is answered at shutdown, and the lines read ahead
+        // are dispatched in the same time.
+        let dispatch = proxy.dispatch(frame);
+        tokio::pin!(dispatch);
+        loop {
+            tokio::select! {
+                biased;
+                _ = &mut shutdown => break 'run Stop::Signal,
+                _ = outbox.closed() => break 'run Stop::StdoutClosed,
+                _ = &mut parent => break 'run Stop::ParentGone,
+                _ = &mut dispatch => break,
+                _ = tokio::time::sleep_until(drain_until.unwrap_or_else(tokio::time::Instant::now)),
+                    if drain_until.is_some() => break,
+                frame = reader.next_frame(), if ended.is_none() && backlog.len() < READ_AHEAD => {
+                    match frame {
+                        Ok(Some(frame)) => backlog.push_back(frame),
+                        Ok(None) => ended = Some(Stop::Eof),
+                        Err(e) => ended = Some(Stop::ReadError(e)),
+                    }
+                    if ended.is_some() && drain_until.is_none() {
+                        drain_until = Some(tokio::time::Instant::now() + proxy::DRAIN_TIMEOUT);
+                    }
+                }
+            }
         }
     };
     debug!(?stop, "no more input");

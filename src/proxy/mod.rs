@@ -104,6 +104,45 @@ struct Pending {
     list_key: Option<String>,
 }
 
+/// A client request the eras are being settled on, inline (issue 21.1): if the run ends before it
+/// is answered (stdin's end, a signal), dropping this puts it in the pending table, whose
+/// requests shutdown answers: every request read gets exactly one response.
+struct Owed<'a> {
+    proxy: &'a Proxy,
+    id: Option<(IdKey, Box<RawValue>)>,
+}
+
+impl<'a> Owed<'a> {
+    fn new(proxy: &'a Proxy, line: &[u8]) -> Self {
+        let env = Envelope::parse(line).ok().filter(|env| env.kind() == Ok(Kind::Request));
+        let id = env.and_then(|env| Some((env.id_key()?, env.id?.to_owned())));
+        Owed { proxy, id }
+    }
+
+    /// Answered, or handed on to the way every other request goes.
+    fn paid(mut self) {
+        self.id = None;
+    }
+}
+
+impl Drop for Owed<'_> {
+    fn drop(&mut self) {
+        if let Some((key, id)) = self.id.take() {
+            self.proxy.pending.locked().entry(key).or_insert(Pending {
+                id,
+                initialize: false,
+                modern: false,
+                done: None,
+                abort: None,
+                lists_tools: false,
+                capture: None,
+                internal: false,
+                list_key: None,
+            });
+        }
+    }
+}
+
 /// What [`Proxy::deliver`] did with a server message.
 #[derive(Debug, PartialEq, Eq)]
 enum Delivered {
@@ -294,12 +333,17 @@ impl Proxy {
             return self.dispatch_reverse(&reverse.clone(), line).await;
         }
         if !self.eras.settled.load(Ordering::Relaxed) {
-            match first_request(&line) {
-                Some(true) if self.settle_era(&line).await => return,
+            let owed = Owed::new(self, &line);
+            let answered = match first_request(&line) {
+                Some(true) => self.settle_era(&line).await,
                 // A client that opens with another request speaks the stateless era (or skips
                 // the handshake): bridged if the server speaks only the handshake era.
-                Some(false) if self.settle_stateless_client(&line).await => return,
-                _ => {}
+                Some(false) => self.settle_stateless_client(&line).await,
+                None => false,
+            };
+            owed.paid();
+            if answered {
+                return;
             }
         }
         self.dispatch_line_plain(line).await

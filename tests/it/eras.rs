@@ -1061,3 +1061,67 @@ async fn parked_requests_of_the_reverse_bridge_keep_their_room_in_flight() {
     assert!(message.contains("too many requests are in flight"), "{message}");
     s.finish().await;
 }
+
+/// Issue 21.1: stdin's end is seen while `initialize` is sent inline (the eras are settled on it):
+/// a server that never answers it no longer keeps the sidecar for `--request-timeout` (here
+/// 300 s) after the client has gone; the request read after it still goes out, and each gets
+/// exactly one answer, the stalled one as "shutting down".
+#[tokio::test]
+async fn the_end_of_stdin_is_seen_while_initialize_is_sent_inline() {
+    let never = Arc::new(tokio::sync::Notify::new());
+    let held = never.clone();
+    let hook: Hook = Arc::new(move |seen: &Seen| match seen.rpc_method() {
+        Some("initialize") => Action::Hold(held.clone()),
+        _ => Action::Pass,
+    });
+    let server = Server::start(generic(), Some(hook)).await;
+    let dir = scratch_dir("eof-inline");
+    let mut s = sidecar_for(&server, &["--state-dir", &dir.to_string_lossy(), "--request-timeout", "300"]);
+    s.send_json(&request(
+        0,
+        "initialize",
+        json!({"protocolVersion":"2025-11-25","capabilities":{},
+        "clientInfo":{"name":"it","version":"1"}}),
+    ))
+    .await;
+    until("initialize reaches the server", || !server.posts("initialize").is_empty()).await;
+    s.send_json(&request(1, "tools/list", json!({}))).await;
+    let out = s.finish().await;
+    let answers = out.messages();
+    let of = |id: i64| answers.iter().filter(|m| m["id"] == id).collect::<Vec<_>>();
+    assert_eq!(of(0).len(), 1, "{}", out.stdout);
+    assert_eq!(of(0)[0]["error"]["data"]["kind"], "shutting_down", "{}", out.stdout);
+    assert_eq!(of(1).len(), 1, "{}", out.stdout);
+    never.notify_waiters();
+}
+
+/// Issue 21.1: the same while the era probe is out (before `initialize` itself is sent): the
+/// request the eras are settled on is still answered exactly once when stdin ends.
+#[tokio::test]
+async fn the_end_of_stdin_during_the_era_probe_still_answers_initialize() {
+    let never = Arc::new(tokio::sync::Notify::new());
+    let held = never.clone();
+    let hook: Hook = Arc::new(move |seen: &Seen| match seen.rpc_method() {
+        Some("server/discover") => Action::Hold(held.clone()),
+        _ => Action::Pass,
+    });
+    let server = Server::start(generic(), Some(hook)).await;
+    let dir = scratch_dir("eof-probe");
+    let args =
+        ["--state-dir", &dir.to_string_lossy(), "--request-timeout", "300", "--protocol-era", "modern"];
+    let mut s = sidecar_for(&server, &args);
+    s.send_json(&request(
+        0,
+        "initialize",
+        json!({"protocolVersion":"2025-11-25","capabilities":{},
+        "clientInfo":{"name":"it","version":"1"}}),
+    ))
+    .await;
+    until("the probe reaches the server", || !server.posts("server/discover").is_empty()).await;
+    let out = s.finish().await;
+    let answers = out.messages();
+    assert_eq!(answers.len(), 1, "{}", out.stdout);
+    assert_eq!(answers[0]["id"], 0);
+    assert_eq!(answers[0]["error"]["data"]["kind"], "shutting_down", "{}", out.stdout);
+    never.notify_waiters();
+}
