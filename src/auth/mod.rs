@@ -43,7 +43,7 @@ use challenge::BearerChallenge;
 use dpop::Dpop;
 use grants::{ClientAuth, Grant, Via};
 use metadata::{AuthServer, Discovered};
-use store::{Client, Entry, StoreError, TokenAuth, TokenStore, Tokens};
+use store::{Client, Entry, Lock, StoreError, TokenAuth, TokenStore, Tokens};
 
 /// A sign-in problem, as one sentence for people.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -294,7 +294,7 @@ impl OAuth {
     }
 
     /// Gets a token that the server may accept instead of `failed` (the header the refused
-    /// request carried). See [`Renew`]. Returns whether that took a browser sign-in.
+    /// request carried). See [`Renew`]. Returns whether that took a sign-in.
     pub async fn renew(
         &self,
         failed: Option<&HeaderValue>,
@@ -313,61 +313,37 @@ impl OAuth {
             *requested = scope.or_else(|| tokens.scope.clone());
             return Ok(true);
         }
-        let Some(lock) = self.sign_in_lock(what == Renew::Ahead).await? else {
-            // Another process is renewing or signing in: the token in hand is still valid.
-            return Ok(false);
-        };
-        let mut entry = self.load_entry().await?.unwrap_or_default();
-        entry.remember_secrets();
-        entry.server = redact_url(&self.mcp);
-        // Tokens another process stored may be bound to a key it made: use that key with them.
-        self.use_stored_key(&entry)?;
-        if refused && let Some(tokens) = &entry.tokens {
-            let stored = auth_value(tokens);
-            if stored.as_ref() != failed {
-                info!("using the sign-in another mcp-sidecar completed for {}", redact_url(&self.mcp));
-                self.adopt(tokens);
+        {
+            let Some(_entry_lock) = self.lock(Lock::Entry, what == Renew::Ahead).await? else {
+                // Another process is renewing: the token in hand is still valid.
                 return Ok(false);
-            }
-        }
-        if refused && let Some(refresh) = entry.tokens.as_ref().and_then(|t| t.refresh_token.clone()) {
-            match self.refresh(&entry, &refresh).await {
-                Ok(tokens) => {
-                    self.adopt(&tokens);
-                    entry.tokens = Some(tokens);
-                    self.save_entry(&entry).await?;
-                    info!("renewed the access token for {}", redact_url(&self.mcp));
-                    return Ok(false);
-                }
-                Err(Refresh::Rejected(why)) => {
-                    // Revoked or expired: forget it, so it is tried once, never in a loop.
-                    warn!(
-                        "the authorization server no longer accepts the refresh token ({why}); signing in again"
-                    );
-                    entry.tokens = None;
-                    self.save_entry(&entry).await?;
-                }
-                Err(Refresh::Failed(e)) => return Err(e),
+            };
+            if refused && self.renewed_from_store(failed).await? {
+                return Ok(false);
             }
         }
         if what == Renew::Ahead {
             return Ok(false);
         }
         let device = matches!(self.settings.grant, Grant::Device);
-        // RFC 8628 in the middle of a proxied request only where a person reads stderr: an MCP
-        // client's log file is not where anyone looks for a code.
-        let unseen = device && what != Renew::Login && !std::io::stderr().is_terminal();
-        if !self.settings.interactive || unseen {
-            return Err(AuthError(format!(
-                "{} needs a sign-in: run mcp-sidecar login{} {} in a terminal, then restart the client",
-                self.mcp.host_str().unwrap_or("the server"),
-                if device { " --device" } else { "" },
-                redact_url(&self.mcp)
-            )));
+        self.may_ask_a_person(what, device)?;
+        // Issue 21.9: a person's sign-in holds only the sign-in lock (processes that need one too
+        // wait for it, then use what it stored); the entry's lock is taken again to store the
+        // result, so refreshes of other processes never wait for a browser.
+        let _signing = self.lock(Lock::SignIn, false).await?;
+        if refused && self.stored_differs(failed).await? {
+            return Ok(false);
         }
         let scope = self.scope_for(challenge, what, requested.as_deref());
+        let entry = self.load_entry().await?.unwrap_or_default();
+        entry.remember_secrets();
+        self.use_stored_key(&entry)?;
         let (tokens, discovered, client, grant) =
             self.sign_in(&entry, challenge, scope.clone(), device).await?;
+        let _entry_lock = self.lock(Lock::Entry, false).await?;
+        let mut entry = self.load_entry().await?.unwrap_or_default();
+        entry.remember_secrets();
+        entry.server = redact_url(&self.mcp);
         entry.grant = Some(grant.to_owned());
         entry.dpop_key = self.dpop.reading().as_ref().filter(|_| tokens.dpop).map(|k| k.stored().clone());
         entry.issuer = Some(discovered.server.issuer.clone());
@@ -382,8 +358,71 @@ impl OAuth {
         *requested = scope.or_else(|| tokens.scope.clone());
         entry.tokens = Some(tokens);
         self.save_entry(&entry).await?;
-        drop(lock);
         Ok(true)
+    }
+
+    /// Under the entry's lock: uses the tokens another process stored if they differ from
+    /// `failed`, else refreshes with the stored refresh token. Whether that gave a new token; a
+    /// refresh token the server rejects is forgotten (tried once, never in a loop).
+    async fn renewed_from_store(&self, failed: Option<&HeaderValue>) -> Result<bool, AuthError> {
+        if self.stored_differs(failed).await? {
+            return Ok(true);
+        }
+        let mut entry = self.load_entry().await?.unwrap_or_default();
+        entry.remember_secrets();
+        entry.server = redact_url(&self.mcp);
+        let Some(refresh) = entry.tokens.as_ref().and_then(|t| t.refresh_token.clone()) else {
+            return Ok(false);
+        };
+        match self.refresh(&entry, &refresh).await {
+            Ok(tokens) => {
+                self.adopt(&tokens);
+                entry.tokens = Some(tokens);
+                self.save_entry(&entry).await?;
+                info!("renewed the access token for {}", redact_url(&self.mcp));
+                Ok(true)
+            }
+            Err(Refresh::Rejected(why)) => {
+                warn!(
+                    "the authorization server no longer accepts the refresh token ({why}); signing in again"
+                );
+                entry.tokens = None;
+                self.save_entry(&entry).await?;
+                Ok(false)
+            }
+            Err(Refresh::Failed(e)) => Err(e),
+        }
+    }
+
+    /// Whether the stored tokens differ from `failed` (another process signed in or renewed):
+    /// then they are used, with the key they may be bound to.
+    async fn stored_differs(&self, failed: Option<&HeaderValue>) -> Result<bool, AuthError> {
+        let entry = self.load_entry().await?.unwrap_or_default();
+        entry.remember_secrets();
+        self.use_stored_key(&entry)?;
+        let Some(tokens) = &entry.tokens else { return Ok(false) };
+        if auth_value(tokens).as_ref() == failed {
+            return Ok(false);
+        }
+        info!("using the sign-in another mcp-sidecar completed for {}", redact_url(&self.mcp));
+        self.adopt(tokens);
+        Ok(true)
+    }
+
+    /// Whether a person may be asked to sign in now: only where one may be (an interactive run;
+    /// RFC 8628 in the middle of a proxied request only where a person reads stderr, since an
+    /// MCP client's log file is not where anyone looks for a code).
+    fn may_ask_a_person(&self, what: Renew, device: bool) -> Result<(), AuthError> {
+        let unseen = device && what != Renew::Login && !std::io::stderr().is_terminal();
+        if self.settings.interactive && !unseen {
+            return Ok(());
+        }
+        Err(AuthError(format!(
+            "{} needs a sign-in: run mcp-sidecar login{} {} in a terminal, then restart the client",
+            self.mcp.host_str().unwrap_or("the server"),
+            if device { " --device" } else { "" },
+            redact_url(&self.mcp)
+        )))
     }
 
     /// Asks the server, without a credential, whether it wants a sign-in (for `login`).
@@ -405,19 +444,19 @@ impl OAuth {
         }
     }
 
-    /// The cross-process sign-in lock of this server. `ahead`: a refresh ahead of expiry tries
-    /// once and goes on with the valid token when another process holds it (`None`); anything
-    /// else waits, at most [`LOCK_WAIT`] (issue 21.9: a blocking wait held every request of
-    /// every sidecar near expiry while `login` waited for a browser, and for ever if its holder
-    /// was stopped).
-    async fn sign_in_lock(&self, ahead: bool) -> Result<Option<std::fs::File>, AuthError> {
+    /// One of the cross-process locks of this server's entry ([`Lock`]). `once`: a refresh
+    /// ahead of expiry tries once and goes on with the valid token when another process holds it
+    /// (`None`); anything else waits, at most [`LOCK_WAIT`] (issue 21.9: a blocking wait held
+    /// every request of every sidecar near expiry while `login` waited for a browser, and for
+    /// ever if its holder was stopped).
+    async fn lock(&self, which: Lock, once: bool) -> Result<Option<std::fs::File>, AuthError> {
         let deadline = crate::retry::deadline_after(LOCK_WAIT);
         loop {
             let (store, origin, key) = (self.store.clone(), self.origin.clone(), self.key.clone());
-            if let Some(lock) = off_thread(move || store.try_lock(&origin, &key)).await? {
+            if let Some(lock) = off_thread(move || store.try_lock(&origin, &key, which)).await? {
                 return Ok(Some(lock));
             }
-            if ahead {
+            if once {
                 return Ok(None);
             }
             if tokio::time::Instant::now() >= deadline {

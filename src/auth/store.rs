@@ -375,6 +375,17 @@ mod os_keyring {
     }
 }
 
+/// The two locks of a server's entry (issue 21.9).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lock {
+    /// Held while the entry is read, refreshed and written: refresh tokens rotate, so two
+    /// processes must not spend one. Never held across a wait for a person.
+    Entry,
+    /// Held through a browser or device sign-in, so that processes that need one wait for the
+    /// first instead of opening a browser each; a refresh never waits for it.
+    SignIn,
+}
+
 impl TokenStore {
     /// The store under `state_dir/tokens`.
     pub fn new(state_dir: &Path) -> Self {
@@ -494,18 +505,27 @@ impl TokenStore {
         result.map_err(err)
     }
 
-    /// Takes the lock that serializes refreshes and sign-ins for one server across processes,
-    /// held until the returned file is dropped; `None` while another process holds it (issue
-    /// 21.9: the wait is the caller's, bounded, never a blocking `flock` without end). Does
-    /// file I/O: call it off the async threads.
-    pub fn try_lock(&self, origin: &str, resource: &str) -> Result<Option<fs::File>, StoreError> {
+    /// Takes one of the locks of one server's entry across processes (see [`Lock`]), held until
+    /// the returned file is dropped; `None` while another process holds it (issue 21.9: the wait
+    /// is the caller's, bounded, never a blocking `flock` without end). Does file I/O: call it off
+    /// the async threads.
+    pub fn try_lock(
+        &self,
+        origin: &str,
+        resource: &str,
+        which: Lock,
+    ) -> Result<Option<fs::File>, StoreError> {
         let err = |source| StoreError::Write { dir: self.dir.clone(), source };
         create_private_dir(&self.dir).map_err(err)?;
         let mut options = fs::OpenOptions::new();
         options.read(true).write(true).create(true).truncate(false);
         #[cfg(unix)]
         std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-        let file = options.open(self.path(origin, resource).with_extension("lock")).map_err(err)?;
+        let extension = match which {
+            Lock::Entry => "lock",
+            Lock::SignIn => "signin.lock",
+        };
+        let file = options.open(self.path(origin, resource).with_extension(extension)).map_err(err)?;
         match file.try_lock() {
             Ok(()) => Ok(Some(file)),
             Err(fs::TryLockError::WouldBlock) => Ok(None),
@@ -635,7 +655,7 @@ mod tests {
         let path = store.path("https://a", "r");
         assert_eq!(fs::metadata(dir.join("tokens")).unwrap().permissions().mode() & 0o777, 0o700);
         assert_eq!(fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
-        drop(store.try_lock("https://a", "r").unwrap().expect("free"));
+        drop(store.try_lock("https://a", "r", Lock::Entry).unwrap().expect("free"));
         let lock = path.with_extension("lock");
         assert_eq!(fs::metadata(&lock).unwrap().permissions().mode() & 0o777, 0o600);
         let names: Vec<_> =
@@ -654,8 +674,8 @@ mod tests {
         let dir = temp("lock-kept");
         let store = TokenStore::new(&dir);
         store.save("https://a", "r", &tokens()).unwrap();
-        let held = store.try_lock("https://a", "r").unwrap().expect("free");
-        assert!(store.try_lock("https://a", "r").unwrap().is_none(), "held: not taken twice");
+        let held = store.try_lock("https://a", "r", Lock::Entry).unwrap().expect("free");
+        assert!(store.try_lock("https://a", "r", Lock::Entry).unwrap().is_none(), "held: not taken twice");
         store.remove("https://a", "r").unwrap();
         assert!(store.load("https://a", "r").unwrap().is_none(), "the tokens are gone");
         let lock_path = store.path("https://a", "r").with_extension("lock");

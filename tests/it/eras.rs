@@ -656,16 +656,6 @@ async fn a_server_that_changes_era_is_not_locked_out_by_the_remembered_one() {
     assert_eq!(dirs[1].join("eras").read_dir().unwrap().count(), 0, "forgotten");
 }
 
-async fn until(what: &str, mut cond: impl FnMut() -> bool) {
-    tokio::time::timeout(PATIENCE, async {
-        while !cond() {
-            tokio::task::yield_now().await;
-        }
-    })
-    .await
-    .unwrap_or_else(|_| panic!("never: {what}"));
-}
-
 #[tokio::test]
 async fn t33_list_changes_and_resource_subscriptions_come_through_subscriptions_listen() {
     let (url, server) = stateless_server().await;

@@ -454,6 +454,17 @@ impl Sidecar {
     }
 }
 
+/// Waits until `cond` holds (a state another task or process reaches), at most [`PATIENCE`].
+pub async fn until(what: &str, mut cond: impl FnMut() -> bool) {
+    tokio::time::timeout(PATIENCE, async {
+        while !cond() {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("never: {what}"));
+}
+
 /// The usual arguments: the server's URL and the key variable.
 pub fn args_for(server: &Server) -> Vec<String> {
     vec![server.url.clone(), "--api-key-env".into(), "TEST_KEY".into()]

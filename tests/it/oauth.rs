@@ -1260,3 +1260,34 @@ async fn a_refresh_ahead_does_not_wait_for_another_process_s_sign_in() {
     finish_checked(sc, &auth).await;
     drop(lock);
 }
+
+/// Issue 21.9: a `login` waiting for its browser holds only the sign-in lock: a sidecar whose
+/// token the server refuses refreshes it at once (it used to wait for the lock, up to a minute,
+/// and then fail the request), and the login's browser wait goes on undisturbed.
+#[tokio::test]
+async fn a_refresh_does_not_wait_for_a_login_waiting_for_its_browser() {
+    let auth = AuthServer::start(|_| {}).await;
+    let server = auth.protect().await;
+    let dir = temp_dir("refresh-during-login");
+    let browser = Browser::start(&dir, Agent::Follow).await;
+    let state = dir.join("state");
+    let mut sc = sidecar(&server, &state, &browser, &[]);
+    sc.handshake().await;
+    finish_checked(sc, &auth).await;
+    // A `login` whose user walked away from the browser.
+    let away = Browser::start(&dir.join("away"), Agent::Ignore).await;
+    let state_arg = state.to_string_lossy().into_owned();
+    let mut login = command(&["login", &server.url, "--state-dir", &state_arg], &[("BROWSER", &away.script)])
+        .stdin(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    until("login opens its browser", || away.opened() == 1).await;
+    auth.s().access.clear();
+    let mut sc = sidecar(&server, &state, &browser, &[]);
+    sc.handshake().await;
+    let r = call(&mut sc, 1, "echo", json!({"text": "refreshed"})).await;
+    assert_eq!(r["result"]["content"][0]["text"], "refreshed", "{r}");
+    assert_eq!(auth.s().tokens.last().unwrap()["grant_type"], "refresh_token");
+    finish_checked(sc, &auth).await;
+    assert!(login.try_wait().unwrap().is_none(), "the login still waits for its browser");
+}
