@@ -110,19 +110,14 @@ pub(crate) async fn build(
     Ok((proxy, outbox, rx))
 }
 
-/// Runs the proxy: reads messages from `input`, forwards them, writes answers to `output`, until
-/// `input` ends, `shutdown` resolves, or `output` closes. Shuts down in order either way.
-pub async fn run<R, W, F>(config: Config, input: R, output: W, shutdown: F) -> Result<(), RunError>
-where
-    R: AsyncRead + Unpin,
-    W: AsyncWrite + Unpin + Send + 'static,
-    F: Future<Output = ()>,
-{
-    let (proxy, outbox, rx) = build(&config).await?;
-    let (finish, finished) = tokio::sync::oneshot::channel();
-    let writer = tokio::spawn(stdio::write_lines(rx, output, finished));
-    let mut reader = LineReader::new(input, config.max_message_bytes);
-
+/// Reads stdin and dispatches each message until the input ends, `shutdown` resolves, stdout
+/// closes or the parent goes; says which.
+async fn serve<R: AsyncRead + Unpin>(
+    proxy: &std::sync::Arc<Proxy>,
+    reader: &mut LineReader<R>,
+    outbox: &Outbox,
+    shutdown: impl Future<Output = ()>,
+) -> Stop {
     tokio::pin!(shutdown);
     let parent = platform::parent_gone();
     tokio::pin!(parent);
@@ -130,7 +125,7 @@ where
     let mut backlog = std::collections::VecDeque::new();
     let mut ended: Option<Stop> = None;
     let mut drain_until = None;
-    let stop = 'run: loop {
+    'run: loop {
         let frame = match backlog.pop_front() {
             Some(frame) => frame,
             None => match ended.take() {
@@ -177,7 +172,23 @@ where
                 }
             }
         }
-    };
+    }
+}
+
+/// Runs the proxy: reads messages from `input`, forwards them, writes answers to `output`, until
+/// `input` ends, `shutdown` resolves, or `output` closes. Shuts down in order either way.
+pub async fn run<R, W, F>(config: Config, input: R, output: W, shutdown: F) -> Result<(), RunError>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin + Send + 'static,
+    F: Future<Output = ()>,
+{
+    let (proxy, outbox, rx) = build(&config).await?;
+    let (finish, finished) = tokio::sync::oneshot::channel();
+    let writer = tokio::spawn(stdio::write_lines(rx, output, finished));
+    let mut reader = LineReader::new(input, config.max_message_bytes);
+
+    let stop = serve(&proxy, &mut reader, &outbox, shutdown).await;
     debug!(?stop, "no more input");
     if matches!(stop, Stop::ParentGone) {
         tracing::info!("the client that started mcp-sidecar has exited; shutting down");
