@@ -19,12 +19,12 @@
 mod budget;
 pub(crate) mod file;
 mod store;
+mod tally;
 
 pub use file::{StoredLimit, clear_limits, stored_limits};
 pub use store::{StoreSettings, store_limits};
 
 use crate::sync::Locked;
-use std::collections::VecDeque;
 use std::path::Path;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -38,6 +38,7 @@ use tracing::debug;
 use budget::{BudgetState, Room};
 use file::{LOCK_PATIENCE, StateFile};
 use store::{RedisStore, STORE_TIMEOUT, SharedState};
+use tally::Tally;
 
 /// How often the shared state file is looked at when no client-side limit is set.
 const LOOK_INTERVAL_MS: u64 = 250;
@@ -112,9 +113,9 @@ pub struct State {
     /// When this state last changed (the newer of memory and file wins).
     #[serde(default)]
     updated_ms: u64,
-    /// Per limit (in `--rate-limit` order): the send times inside the current window.
+    /// Per limit (in `--rate-limit` order): the sends counted in its window, per slice of it.
     #[serde(default)]
-    sent: Vec<VecDeque<u64>>,
+    tallies: Vec<Tally>,
     /// The server's budget, from the rate-limit headers of its answers (issue 11).
     #[serde(default)]
     budget: Option<BudgetState>,
@@ -367,22 +368,13 @@ fn decide(state: &mut State, limits: &[Limit], now: u64, patience: Duration, usa
         }
         probe = true;
     }
-    state.sent.resize(limits.len(), VecDeque::new());
+    state.tallies.resize(limits.len(), Tally::default());
     let mut longest: Option<(Duration, &Limit)> = None;
-    for (limit, sent) in limits.iter().zip(state.sent.iter_mut()) {
-        let window = millis(limit.window);
-        while sent.front().is_some_and(|&t| t.saturating_add(window) <= now || t > now.saturating_add(window))
+    for (limit, tally) in limits.iter().zip(state.tallies.iter_mut()) {
+        if let Some(wait) = tally.full_for(now, millis(limit.window), u64::from(limit.count))
+            && longest.is_none_or(|(w, _)| wait > w)
         {
-            sent.pop_front();
-        }
-        let count = limit.count as usize;
-        if sent.len() >= count {
-            // The slot frees when the oldest send that counts leaves the window.
-            let oldest = sent[sent.len() - count];
-            let wait = Duration::from_millis(oldest.saturating_add(window).saturating_sub(now));
-            if longest.is_none_or(|(w, _)| wait > w) {
-                longest = Some((wait, limit));
-            }
+            longest = Some((wait, limit));
         }
     }
     if let Some((wait, limit)) = longest {
@@ -393,8 +385,8 @@ fn decide(state: &mut State, limits: &[Limit], now: u64, patience: Duration, usa
             Verdict::Refuse { wait, reason, client_side: true }
         };
     }
-    for sent in &mut state.sent {
-        sent.push_back(now);
+    for (limit, tally) in limits.iter().zip(state.tallies.iter_mut()) {
+        tally.add(now, millis(limit.window));
     }
     if probe {
         state.probe_at_ms = now.saturating_add(millis(PROBE_INTERVAL));
@@ -426,7 +418,7 @@ impl Gate {
         limits: Vec<Limit>,
         store: Option<&StoreSettings>,
     ) -> Gate {
-        let state = State { sent: vec![VecDeque::new(); limits.len()], ..State::default() };
+        let state = State { tallies: vec![Tally::default(); limits.len()], ..State::default() };
         let store =
             store.and_then(|settings| match RedisStore::new(settings, &store::key_name(origin, key_id)) {
                 Ok(store) => Some(Box::new(store) as Box<dyn SharedState>),
