@@ -35,6 +35,7 @@ pub mod config;
 pub mod envelope;
 pub mod era;
 pub mod platform;
+pub mod private;
 pub mod proxy;
 pub mod ratelimit;
 pub mod retry;

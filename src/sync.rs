@@ -34,18 +34,7 @@ impl<T> ReadWrite<T> for RwLock<T> {
     }
 }
 
-/// Creates `dir` (and its parents) readable by its owner only: state files may hold deadlines
-/// tied to a key, or tokens.
-pub(crate) fn create_private_dir(dir: &std::path::Path) -> std::io::Result<()> {
-    if dir.is_dir() {
-        return Ok(());
-    }
-    let mut builder = std::fs::DirBuilder::new();
-    builder.recursive(true);
-    #[cfg(unix)]
-    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
-    builder.create(dir)
-}
+pub(crate) use crate::private::create_private_dir;
 
 #[cfg(test)]
 mod tests {

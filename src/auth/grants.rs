@@ -142,9 +142,10 @@ impl ClientKey {
         let meta = std::fs::metadata(path)
             .map_err(|e| format!("--client-key-file {shown} cannot be read ({e}): check the path"))?;
         // Like ssh: a private key others can read is not used.
-        if super::store::exposed(&meta) {
+        if super::store::exposed(path, &meta) {
             return Err(format!(
-                "--client-key-file {shown} is readable by other users: run chmod 600 {shown}"
+                "--client-key-file {shown} is readable by other users: run {}",
+                crate::private::fix_command(path)
             ));
         }
         let pem = std::fs::read(path)

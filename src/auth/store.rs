@@ -242,27 +242,14 @@ impl From<&Entry> for Wire {
     }
 }
 
-/// Whether a file holding secrets (a token file, a private key) can be read by other users.
-/// Unix mode bits only: Windows has ACLs, and a file under the user's profile is private by
-/// default.
-pub fn exposed(meta: &fs::Metadata) -> bool {
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        meta.permissions().mode() & 0o077 != 0
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = meta;
-        false
-    }
-}
+pub use crate::private::exposed;
 
 /// Why the store could not be used.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error(
-        "token file {path} is readable by other users: remove it (mcp-sidecar logout) or run chmod 600 on it"
+        "token file {path} is readable by other users: remove it (mcp-sidecar logout) or run {}",
+        crate::private::fix_command(path)
     )]
     Exposed { path: PathBuf },
     #[error("token file {path} cannot be used ({reason}): remove it and sign in again")]
@@ -432,7 +419,7 @@ impl TokenStore {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(StoreError::Unreadable { path, reason: e.to_string() }),
         };
-        if exposed(&meta) {
+        if exposed(&path, &meta) {
             return Err(StoreError::Exposed { path });
         }
         let bytes = fs::read(&path)
@@ -490,11 +477,11 @@ impl TokenStore {
         self.seal(&path, &mut wire)?;
         let tmp = path.with_extension(format!("tmp{}", std::process::id()));
         let mut options = fs::OpenOptions::new();
-        options.write(true).create(true).truncate(true);
-        #[cfg(unix)]
-        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+        crate::private::owner_only(options.write(true).create(true).truncate(true));
         let result = (|| {
             let mut file = options.open(&tmp)?;
+            // Before a byte is written (Windows: it inherited the directory's access).
+            crate::private::restrict(&tmp)?;
             file.write_all(&serde_json::to_vec(&wire).unwrap_or_default())?;
             file.sync_all()?;
             fs::rename(&tmp, &path)
@@ -518,9 +505,7 @@ impl TokenStore {
         let err = |source| StoreError::Write { dir: self.dir.clone(), source };
         create_private_dir(&self.dir).map_err(err)?;
         let mut options = fs::OpenOptions::new();
-        options.read(true).write(true).create(true).truncate(false);
-        #[cfg(unix)]
-        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+        crate::private::owner_only(options.read(true).write(true).create(true).truncate(false));
         let extension = match which {
             Lock::Entry => "lock",
             Lock::SignIn => "signin.lock",
