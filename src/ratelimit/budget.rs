@@ -143,9 +143,28 @@ impl BudgetState {
         self.pending.push_back(now);
     }
 
-    /// Takes one unit without tracking it (far from the limit, in this process's copy only).
-    pub fn take_untracked(&mut self) {
-        self.remaining = self.remaining.saturating_sub(1);
+    /// After a unit was taken at `at`: far from the limit, takes up to [`super::LEASE`] − 1
+    /// more at the same time, never so many that the budget comes near its end. Returns how many.
+    pub fn lease(&mut self, at: u64) -> u64 {
+        if !self.far() {
+            return 0;
+        }
+        let margin = NEAR.max(self.limit.unwrap_or(0) / 2);
+        let above = self.remaining.saturating_sub(self.pending.len() as u64).saturating_sub(margin);
+        let n = (super::LEASE - 1).min(above.saturating_sub(1));
+        for _ in 0..n {
+            self.pending.push_back(at);
+        }
+        n
+    }
+
+    /// Takes out of the list of requests in flight one entry per time in `done`.
+    pub fn forget_pending(&mut self, done: &[u64]) {
+        for at in done {
+            if let Some(i) = self.pending.iter().position(|t| t == at) {
+                self.pending.remove(i);
+            }
+        }
     }
 
     /// Learns from an answer: `remaining` left in the window that resets at `reset_ms`, of

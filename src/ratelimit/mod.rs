@@ -220,6 +220,8 @@ pub struct Admission<'a> {
     pub probe: bool,
     /// Whether it took a unit of the shared budget (its answer must give it back there).
     tracked: bool,
+    /// Whether that unit came from this process's lease (given back in batches, issue 21.6).
+    leased: bool,
 }
 
 impl Admission<'_> {
@@ -238,12 +240,53 @@ impl Drop for Admission<'_> {
     }
 }
 
+/// Units of the shared budget a process took at once, far from the limit (issue 21.6: each
+/// process counting only in its own copy there, three busy ones on a 100-a-second key sent about
+/// 147 before any answer came back). The units are in the shared list of requests in flight
+/// like any other, so every process sees them; they are used without the shared state's lock,
+/// and answered ones leave the list in batches. A process that stops leaves its last units to
+/// the list's time limit ([`budget::PENDING_TTL`]).
+#[derive(Debug, Default)]
+struct Lease {
+    /// Units taken and not yet used.
+    left: u64,
+    /// When they were taken: their entries in the shared list.
+    at: u64,
+    /// The entries of leased units answered since the last batch.
+    answered: Vec<u64>,
+    /// Leased units in flight (used, not answered).
+    out: u64,
+}
+
+/// The most units a lease holds.
+const LEASE: u64 = 8;
+
+impl Lease {
+    /// The entries to take out of the shared list now: the answered ones and the unused ones.
+    fn give_back(&mut self) -> Vec<u64> {
+        let mut done = std::mem::take(&mut self.answered);
+        done.extend(std::iter::repeat_n(self.at, usize::try_from(self.left).unwrap_or(0)));
+        self.left = 0;
+        done
+    }
+
+    /// Whether it holds units to give back.
+    fn owes(&self) -> bool {
+        self.left > 0 || !self.answered.is_empty()
+    }
+
+    /// The entries of the answered units.
+    fn take_answered(&mut self) -> Vec<u64> {
+        std::mem::take(&mut self.answered)
+    }
+}
+
 /// What the state says about one request now.
 #[derive(Debug, PartialEq)]
 enum Verdict {
     /// Let it through at `at` (as a probe past a long deadline, or normally); `tracked`: it took
-    /// a unit of the budget.
-    Go { probe: bool, at: u64, tracked: bool },
+    /// a unit of the budget, `leased`: from this process's lease.
+    Go { probe: bool, at: u64, tracked: bool, leased: bool },
     /// Try again after this long; `budget`: the server's budget is what holds it.
     Wait { wait: Duration, reason: String, client_side: bool, budget: bool },
     /// Not within the budget.
@@ -273,6 +316,8 @@ pub struct Gate {
     probe_done: Notify,
     /// Fires when an answer of this process changed the budget (held requests look again).
     budget_changed: Notify,
+    /// Units of the shared budget this process holds far from the limit (issue 21.6).
+    lease: Mutex<Lease>,
     pub stats: Stats,
 }
 
@@ -399,7 +444,7 @@ fn decide(state: &mut State, limits: &[Limit], now: u64, patience: Duration, usa
         }
         None => false,
     };
-    Verdict::Go { probe, at: now, tracked }
+    Verdict::Go { probe, at: now, tracked, leased: false }
 }
 
 impl Gate {
@@ -440,6 +485,7 @@ impl Gate {
             probing: AtomicBool::new(false),
             probe_done: Notify::new(),
             budget_changed: Notify::new(),
+            lease: Mutex::new(Lease::default()),
             stats: Stats::default(),
         }
     }
@@ -468,13 +514,13 @@ impl Gate {
             tokio::pin!(budget_changed);
             budget_changed.as_mut().enable();
             let (wait, reason, client_side, by_budget) = match self.decide_now(budget, usage).await {
-                Verdict::Go { probe, at, tracked } => {
+                Verdict::Go { probe, at, tracked, leased } => {
                     if probe {
                         self.probing.store(true, Ordering::Release);
                         self.stats.probes.fetch_add(1, Ordering::Relaxed);
                         debug!("letting one request through to see whether the rate limit has lifted");
                     }
-                    return Ok(Admission { gate: self, at_ms: at, probe, tracked });
+                    return Ok(Admission { gate: self, at_ms: at, probe, tracked, leased });
                 }
                 Verdict::Refuse { wait, reason, client_side } => {
                     // A probe of ours is out: its answer may lift the limit; wait for it.
@@ -530,11 +576,17 @@ impl Gate {
                 // process's copy counts the request).
                 if state.blocked_until_ms <= now {
                     let Some(b) = state.budget.as_mut() else {
-                        return Verdict::Go { probe: false, at: now, tracked: false };
+                        return Verdict::Go { probe: false, at: now, tracked: false, leased: false };
                     };
                     if b.roll(now) && b.far() {
-                        b.take_untracked();
-                        return Verdict::Go { probe: false, at: now, tracked: false };
+                        let mut lease = self.lease.locked();
+                        // (Its entries are forgotten after PENDING_TTL: an old lease is not used.)
+                        let fresh = now.saturating_sub(lease.at) < millis(budget::PENDING_TTL) / 2;
+                        if lease.left > 0 && fresh {
+                            lease.left -= 1;
+                            lease.out = lease.out.saturating_add(1);
+                            return Verdict::Go { probe: false, at: lease.at, tracked: true, leased: true };
+                        }
                     }
                 }
                 let mut copy = state.clone();
@@ -542,29 +594,55 @@ impl Gate {
                 (verdict, copy.updated_ms != state.updated_ms)
             };
             // A hold is answered from this copy; a unit of a budget near its end, a probe slot
-            // or a probe clock started is taken in the shared state.
-            if !changed && !matches!(verdict, Verdict::Go { .. }) {
+            // or a probe clock started is taken in the shared state, and the units of a lease
+            // that are done go back there (held, this process would keep them from everyone).
+            let owed = self.lease.locked().owes();
+            if !changed && !owed && !matches!(verdict, Verdict::Go { .. }) {
                 return verdict;
             }
         }
         let mine = self.state.locked().budget.clone();
-        self.update(|state| {
-            // What this process learned joins the shared budget; the shared list of requests in
-            // flight (every process's) is the one that counts.
-            if let Some(mine) = &mine {
-                let mut merged = mine.clone();
-                if let Some(shared) = &state.budget {
-                    merged.merge(shared);
+        // Units of the lease answered, or not used (a lease is used only far from the limit),
+        // leave the shared list of requests in flight now.
+        let done = self.lease.locked().give_back();
+        let (verdict, leased) = self
+            .update(|state| {
+                // What this process learned joins the shared budget; the shared list of requests
+                // in flight (every process's) is the one that counts.
+                if let Some(mine) = &mine {
+                    let mut merged = mine.clone();
+                    if let Some(shared) = &state.budget {
+                        merged.merge(shared);
+                    }
+                    state.budget = Some(merged);
                 }
-                state.budget = Some(merged);
-            }
-            let verdict = decide(state, &self.limits, now_ms(), patience, usage);
-            if let (Verdict::Go { at, .. }, Some(b)) = (&verdict, &state.budget) {
-                tracing::trace!(pid = std::process::id(), at, remaining = b.remaining, pending = ?b.pending, reset = b.reset_ms, began = b.began_ms, "budget: a unit taken");
-            }
-            verdict
-        })
-        .await
+                if let Some(b) = state.budget.as_mut() {
+                    b.forget_pending(&done);
+                }
+                let mut verdict = decide(state, &self.limits, now_ms(), patience, usage);
+                let mut leased = 0;
+                if let (Verdict::Go { at, tracked: true, leased: lease, .. }, Some(b)) =
+                    (&mut verdict, state.budget.as_mut())
+                {
+                    // Far from the limit, the unit comes with a lease of a few more.
+                    leased = b.lease(*at);
+                    *lease = leased > 0;
+                    tracing::trace!(pid = std::process::id(), at, leased, remaining = b.remaining, pending = ?b.pending, reset = b.reset_ms, began = b.began_ms, "budget: a unit taken");
+                }
+                (verdict, leased)
+            })
+            .await;
+        if let Verdict::Go { at, leased: true, .. } = verdict {
+            let mut lease = self.lease.locked();
+            // Requests of this process renew at the same time: what another renewal left unused
+            // goes back with the next batch.
+            let unused = usize::try_from(lease.left).unwrap_or(0);
+            let old = lease.at;
+            lease.answered.extend(std::iter::repeat_n(old, unused));
+            (lease.left, lease.at) = (leased, at);
+            lease.out = lease.out.saturating_add(1);
+        }
+        verdict
     }
 
     /// The answer to `admitted` came, with the server's budget when its headers said one. A
@@ -576,6 +654,7 @@ impl Gate {
         }
         let now = now_ms();
         let at = admitted.tracked.then_some(admitted.at_ms);
+        let leased = admitted.leased;
         if let Some(b) = budget {
             tracing::trace!(
                 remaining = b.remaining,
@@ -612,10 +691,35 @@ impl Gate {
         let shared = {
             let mut state = self.state.locked();
             apply(&mut state);
-            admitted.tracked || state.budget.as_ref().is_some_and(|b| !b.far())
+            let near = state.budget.as_ref().is_some_and(|b| !b.far());
+            // A leased unit goes back with the lease's next batch: when a lease's worth is
+            // answered, or nothing leased is in flight any more (a pause, or the end: then the
+            // unused units go back too), or at once when the budget is near its end.
+            if leased {
+                let mut lease = self.lease.locked();
+                lease.out = lease.out.saturating_sub(1);
+                // (Sent now, its own entry leaves with what the answer says, below.)
+                let now = near || lease.out == 0 || lease.answered.len() + 1 >= LEASE as usize;
+                if !now {
+                    lease.answered.push(admitted.at_ms);
+                }
+                now
+            } else {
+                admitted.tracked || near
+            }
         };
         if shared {
-            Box::pin(self.update(apply)).await;
+            let done = {
+                let mut lease = self.lease.locked();
+                if lease.out == 0 { lease.give_back() } else { lease.take_answered() }
+            };
+            Box::pin(self.update(|state| {
+                apply(state);
+                if let Some(b) = state.budget.as_mut() {
+                    b.forget_pending(&done);
+                }
+            }))
+            .await;
         }
         self.budget_changed.notify_waiters();
     }
@@ -1143,6 +1247,71 @@ mod tests {
         assert!(x.tracked() && y.tracked());
         assert!(a.admit(Duration::ZERO, Use::Request, |_, _| {}).await.is_err(), "b took the last unit");
         assert!(b.admit(Duration::ZERO, Use::Request, |_, _| {}).await.is_err());
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    /// The requests in flight the shared state lists, as another process reads them.
+    fn shared_pending(gate: &Gate) -> usize {
+        let state = gate.file.as_ref().unwrap().read().unwrap();
+        state.budget.map_or(0, |b| b.pending.len())
+    }
+
+    /// Issue 21.6: far from the limit a process takes its units in leases the shared state
+    /// lists (three busy processes on a 100-a-second key used to send about 147 before any
+    /// answer came back, each counting only in its own copy); answered units leave the list in
+    /// batches, and none is left behind however the requests interleave (a renewal of one
+    /// request used to overwrite another's lease, whose units then held the key for 60 s).
+    #[tokio::test(start_paused = true)]
+    async fn far_from_the_limit_units_are_leased_in_the_shared_state_and_all_come_back() {
+        let dir = temp("leases");
+        let a = Gate::new("https://h", "k", Some(&dir), Vec::new());
+        let b = Gate::new("https://h", "k", Some(&dir), Vec::new());
+        let budget = |remaining| crate::retry::Budget {
+            limit: Some(100),
+            remaining,
+            resets_in: Duration::from_secs(30),
+        };
+        let first = a.admit(Duration::ZERO, Use::Request, |_, _| {}).await.unwrap();
+        a.answered(&first, Some(budget(99))).await;
+        drop(first);
+        let one = a.admit(Duration::ZERO, Use::Request, |_, _| {}).await.unwrap();
+        assert!(one.tracked());
+        assert_eq!(shared_pending(&a), LEASE as usize, "a lease of {LEASE}, seen by every process");
+        // The rest of the lease costs no shared write.
+        let more: Vec<_> = futures_util::future::join_all(
+            (0..LEASE - 1).map(|_| a.admit(Duration::ZERO, Use::Request, |_, _| {})),
+        )
+        .await;
+        assert_eq!(shared_pending(&a), LEASE as usize);
+        // Another process counts them: 99 − 8 leaves it far, so it leases too.
+        tokio::time::advance(Duration::from_millis(300)).await;
+        let theirs = b.admit(Duration::ZERO, Use::Request, |_, _| {}).await.unwrap();
+        assert_eq!(shared_pending(&a), 2 * LEASE as usize);
+        b.answered(&theirs, Some(budget(90))).await;
+        drop(theirs);
+        // Many at once, renewing together (they all wait for the state's lock another process
+        // holds): every unit comes back once all are answered.
+        let path = a.file.as_ref().unwrap().path().with_extension("lock");
+        let held = fs::OpenOptions::new().write(true).open(path).unwrap();
+        held.try_lock().unwrap();
+        let (burst, ()) = tokio::join!(
+            futures_util::future::join_all((0..20).map(|_| a.admit(Duration::ZERO, Use::Request, |_, _| {}))),
+            async {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                drop(held);
+            }
+        );
+        let mut left = 89;
+        for admitted in std::iter::once(Ok(one)).chain(more).chain(burst) {
+            let admitted = admitted.unwrap();
+            left -= 1;
+            a.answered(&admitted, Some(budget(left))).await;
+        }
+        tokio::time::advance(Duration::from_millis(300)).await;
+        let last = b.admit(Duration::ZERO, Use::Request, |_, _| {}).await.unwrap();
+        b.answered(&last, Some(budget(left - 1))).await;
+        drop(last);
+        assert_eq!(shared_pending(&a), 0, "nothing left in flight");
         let _ = fs::remove_dir_all(&dir);
     }
 
