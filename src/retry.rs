@@ -205,7 +205,7 @@ fn remaining(headers: &HeaderMap) -> Option<u64> {
 
 /// The budget a response reports (issue 11): requests left in the current window, when the
 /// window resets, and its size when said.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Budget {
     /// Requests the window allows (`X-RateLimit-Limit`, the policy's `q`), when said.
     pub limit: Option<u64>,
@@ -213,6 +213,10 @@ pub struct Budget {
     pub remaining: u64,
     /// How long until it resets, from the response (at most [`MAX_SERVER_WAIT`]).
     pub resets_in: Duration,
+    /// Which of the server's buckets it is (issue 21.2): the IETF policy's name, else
+    /// `X-RateLimit-Resource`, else the limit, hashed ([`crate::ratelimit::bucket_id`]); 0 when
+    /// none is said.
+    pub bucket: u64,
 }
 
 /// The budget a response reports, from `X-RateLimit-Remaining` with `-Reset` (and `-Limit`),
@@ -233,7 +237,11 @@ pub fn budget(headers: &HeaderMap, local_now: SystemTime) -> Option<Budget> {
         .iter()
         .find_map(|n| header(headers, n))
         .and_then(|v| v.parse().ok());
-    Some(Budget { limit, remaining, resets_in: resets_in.min(MAX_SERVER_WAIT) })
+    let bucket = match header(headers, "x-ratelimit-resource") {
+        Some(resource) => crate::ratelimit::bucket_id("resource", resource.as_bytes()),
+        None => limit.map_or(0, |l: u64| crate::ratelimit::bucket_id("limit", &l.to_le_bytes())),
+    };
+    Some(Budget { limit, remaining, resets_in: resets_in.min(MAX_SERVER_WAIT), bucket })
 }
 
 /// The IETF `RateLimit` field's most constrained item (`r`, `t`) and its policy's quota `q`.
@@ -257,7 +265,8 @@ fn ietf_budget(headers: &HeaderMap) -> Option<Budget> {
             (n == name).then(|| parse_params(item).into_iter().find(|(k, _)| *k == "q").map(|(_, q)| q))?
         })
     });
-    Some(Budget { limit, remaining, resets_in: Duration::from_secs(t).min(MAX_SERVER_WAIT) })
+    let bucket = crate::ratelimit::bucket_id("policy", name.as_bytes());
+    Some(Budget { limit, remaining, resets_in: Duration::from_secs(t).min(MAX_SERVER_WAIT), bucket })
 }
 
 /// Whether a response asks the client to come back later: a 429, or a 503 with `Retry-After`
@@ -574,25 +583,48 @@ mod tests {
     #[test]
     fn budgets_from_every_header_family() {
         let b = |pairs: &[(&str, &str)]| budget(&headers(pairs), now());
+        let limit = |l: u64| crate::ratelimit::bucket_id("limit", &l.to_le_bytes());
+        // Issue 21.2: the bucket a server names is told apart.
+        let resource = b(&[
+            ("X-RateLimit-Remaining", "0"),
+            ("X-RateLimit-Reset", "9"),
+            ("X-RateLimit-Resource", "search"),
+        ]);
+        assert_eq!(resource.unwrap().bucket, crate::ratelimit::bucket_id("resource", b"search"));
         let epoch = (1_795_348_800u64 + 30).to_string();
         assert_eq!(
             b(&[("X-RateLimit-Limit", "60"), ("X-RateLimit-Remaining", "7"), ("X-RateLimit-Reset", &epoch)]),
-            Some(Budget { limit: Some(60), remaining: 7, resets_in: Duration::from_secs(30) })
+            Some(Budget {
+                limit: Some(60),
+                remaining: 7,
+                resets_in: Duration::from_secs(30),
+                bucket: limit(60)
+            })
         );
         assert_eq!(
             b(&[("x-rate-limit-remaining", "0"), ("x-rate-limit-reset", "12")]),
-            Some(Budget { limit: None, remaining: 0, resets_in: Duration::from_secs(12) })
+            Some(Budget { limit: None, remaining: 0, resets_in: Duration::from_secs(12), bucket: 0 })
         );
         assert_eq!(
             b(&[("RateLimit-Limit", "100"), ("RateLimit-Remaining", "99"), ("RateLimit-Reset", "5")]),
-            Some(Budget { limit: Some(100), remaining: 99, resets_in: Duration::from_secs(5) })
+            Some(Budget {
+                limit: Some(100),
+                remaining: 99,
+                resets_in: Duration::from_secs(5),
+                bucket: limit(100)
+            })
         );
         assert_eq!(
             b(&[
                 ("RateLimit", r#""burst";r=8;t=1, "day";r=3;t=3600"#),
                 ("RateLimit-Policy", r#""burst";q=10;w=1, "day";q=1000;w=86400"#)
             ]),
-            Some(Budget { limit: Some(1000), remaining: 3, resets_in: Duration::from_secs(3600) })
+            Some(Budget {
+                limit: Some(1000),
+                remaining: 3,
+                resets_in: Duration::from_secs(3600),
+                bucket: crate::ratelimit::bucket_id("policy", b"day")
+            })
         );
         assert_eq!(b(&[("X-RateLimit-Remaining", "7")]), None, "no reset: no budget");
         assert_eq!(b(&[("X-RateLimit-Reset", "7")]), None, "no remaining: no budget");

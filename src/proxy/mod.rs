@@ -823,7 +823,7 @@ impl Proxy {
         what: &str,
     ) -> Result<Result<Result<reqwest::Response, reqwest::Error>, tokio::time::error::Elapsed>, LocalError>
     {
-        let admitted = self.admit(what).await?;
+        let admitted = self.admit(what, 0).await?;
         let resumed = timeout_at(deadline, self.up.get_stream(Some(id)).send()).await;
         match &resumed {
             Ok(Ok(r)) => self.answered(&admitted, r.headers()).await,

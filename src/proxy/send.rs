@@ -28,7 +28,7 @@ impl Proxy {
         let (mut sign_ins, mut authorizations) = (0u32, 0u32);
         let mut nonce_retried = false;
         loop {
-            let admitted = self.admit(what).await?;
+            let admitted = self.admit(what, headers.route).await?;
             let oauth = self.up.oauth();
             if let Some(o) = oauth
                 && o.expiring()
@@ -210,11 +210,15 @@ impl Proxy {
 
     /// Waits at the gate, logging each wait; a wait longer than `--max-wait` is an error (but
     /// the gate lets one request a minute through as a probe, issue 10.1).
-    pub(super) async fn admit(&self, what: &str) -> Result<crate::ratelimit::Admission<'_>, LocalError> {
+    pub(super) async fn admit(
+        &self,
+        what: &str,
+        route: u64,
+    ) -> Result<crate::ratelimit::Admission<'_>, LocalError> {
         let max = self.policy.max_wait;
         let usage = USAGE.try_with(|u| *u).unwrap_or(Use::Request);
         self.gate
-            .admit(max, usage, |wait, why| match self.wait_observer.get() {
+            .admit_route(max, usage, route, |wait, why| match self.wait_observer.get() {
                 Some(observe) => observe(wait, why),
                 None => info!("{what}: waiting {} for the rate limit ({why})", retry::human(wait)),
             })

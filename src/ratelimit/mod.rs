@@ -16,11 +16,13 @@
 //! every process. This module waits and keeps time; it does not send anything and does not parse
 //! headers (that is [`crate::retry`]).
 
+mod buckets;
 mod budget;
 pub(crate) mod file;
 mod store;
 mod tally;
 
+pub use buckets::{bucket_id, route_of};
 pub use file::{StoredLimit, clear_limits, stored_limits};
 pub use store::{StoreSettings, store_limits};
 
@@ -35,6 +37,7 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 use tracing::debug;
 
+use buckets::Buckets;
 use budget::{BudgetState, Room};
 use file::{LOCK_PATIENCE, StateFile};
 use store::{RedisStore, STORE_TIMEOUT, SharedState};
@@ -116,9 +119,10 @@ pub struct State {
     /// Per limit (in `--rate-limit` order): the sends counted in its window, per slice of it.
     #[serde(default)]
     tallies: Vec<Tally>,
-    /// The server's budget, from the rate-limit headers of its answers (issue 11).
+    /// The server's budgets, one per bucket, from the rate-limit headers of its answers (issues
+    /// 11, 21.2).
     #[serde(default)]
-    budget: Option<BudgetState>,
+    budgets: Buckets,
     /// When `status --clear-limits` last cleared this state: a budget a running process still
     /// holds from before cannot come back, nor can an answer to a request sent before (21.2).
     #[serde(default)]
@@ -131,20 +135,15 @@ impl State {
     fn merge_from(&mut self, shared: State) {
         if shared.cleared_ms > self.cleared_ms {
             // Cleared by `status --clear-limits` since this copy was made: what it held goes.
-            self.budget = None;
+            self.budgets = Buckets::default();
             self.cleared_ms = shared.cleared_ms;
         }
-        let budget = match (self.budget.take(), shared.budget.clone()) {
-            (Some(mut mine), Some(theirs)) => {
-                mine.merge(&theirs);
-                Some(mine)
-            }
-            (mine, theirs) => theirs.or(mine),
-        };
+        let mut budgets = std::mem::take(&mut self.budgets);
+        budgets.merge(&shared.budgets);
         if shared.updated_ms >= self.updated_ms {
             *self = shared;
         }
-        self.budget = budget;
+        self.budgets = budgets;
     }
 
     /// Forgets the server's deadline.
@@ -153,15 +152,14 @@ impl State {
         self.blocked_by.clear();
         self.blocked_at_ms = 0;
         self.probe_at_ms = 0;
-        self.budget = None;
+        self.budgets = Buckets::default();
         self.cleared_ms = now;
         self.updated_ms = now;
     }
 
     /// The server's budget spent until its window resets (`remaining` 0): when, if ahead.
     fn budget_hold(&self, now: u64) -> Option<u64> {
-        let b = self.budget.as_ref()?;
-        (b.remaining == 0 && b.reset_ms != u64::MAX && b.reset_ms > now).then_some(b.reset_ms)
+        self.budgets.hold(now)
     }
 }
 
@@ -222,6 +220,8 @@ pub struct Admission<'a> {
     tracked: bool,
     /// Whether that unit came from this process's lease (given back in batches, issue 21.6).
     leased: bool,
+    /// Its route ([`route_of`]; 0: none).
+    route: u64,
 }
 
 impl Admission<'_> {
@@ -357,24 +357,24 @@ fn millis(d: Duration) -> u64 {
 /// of the server's budget or a client-side slot in `state` when it lets the request through.
 /// Times in the state may come from a file anyone could have written: every sum saturates, and
 /// no hold counts for more than [`crate::retry::MAX_SERVER_WAIT`] from now.
-fn decide(state: &mut State, limits: &[Limit], now: u64, patience: Duration, usage: Use) -> Verdict {
+fn decide(
+    state: &mut State,
+    limits: &[Limit],
+    now: u64,
+    patience: Duration,
+    usage: Use,
+    route: u64,
+) -> Verdict {
     let may_probe = usage == Use::Request;
     let cap = now.saturating_add(millis(crate::retry::MAX_SERVER_WAIT));
     // The server's hold: a deadline, or a spent budget until its window resets.
     let mut until = state.blocked_until_ms.min(cap);
     let mut reason = state.blocked_by.clone();
     let mut by_budget = false;
-    if let Some(b) = state.budget.as_mut()
-        && !b.roll(now)
-    {
-        state.budget = None;
-    }
+    state.budgets.roll(now);
     // Issue 21.4: work nobody waits on leaves the window's last units to the client's requests.
-    let reserve = match (usage, state.budget.as_ref()) {
-        (Use::Background, Some(b)) => b.reserve(),
-        _ => 0,
-    };
-    match state.budget.as_ref().map(|b| b.room_leaving(now, reserve)) {
+    let reserve = |b: &BudgetState| if usage == Use::Background { b.reserve() } else { 0 };
+    match state.budgets.room(route, now, reserve) {
         Some(Room::SpentUntil(d)) => {
             let spent_until = now.saturating_add(millis(d)).min(cap);
             if spent_until > until {
@@ -437,13 +437,7 @@ fn decide(state: &mut State, limits: &[Limit], now: u64, patience: Duration, usa
         state.probe_at_ms = now.saturating_add(millis(PROBE_INTERVAL));
         state.updated_ms = now;
     }
-    let tracked = match state.budget.as_mut() {
-        Some(b) => {
-            b.take(now);
-            true
-        }
-        None => false,
-    };
+    let tracked = state.budgets.take(route, now);
     Verdict::Go { probe, at: now, tracked, leased: false }
 }
 
@@ -499,6 +493,18 @@ impl Gate {
         &self,
         max_wait: Duration,
         usage: Use,
+        on_wait: impl FnMut(Duration, &str),
+    ) -> Result<Admission<'_>, Blocked> {
+        self.admit_route(max_wait, usage, 0, on_wait).await
+    }
+
+    /// [`Gate::admit`] for a request of `route` ([`route_of`]): held by the server's budgets of
+    /// the buckets that route is counted in (issue 21.2).
+    pub async fn admit_route(
+        &self,
+        max_wait: Duration,
+        usage: Use,
+        route: u64,
         mut on_wait: impl FnMut(Duration, &str),
     ) -> Result<Admission<'_>, Blocked> {
         let started = Instant::now();
@@ -513,14 +519,14 @@ impl Gate {
             let budget_changed = self.budget_changed.notified();
             tokio::pin!(budget_changed);
             budget_changed.as_mut().enable();
-            let (wait, reason, client_side, by_budget) = match self.decide_now(budget, usage).await {
+            let (wait, reason, client_side, by_budget) = match self.decide_now(budget, usage, route).await {
                 Verdict::Go { probe, at, tracked, leased } => {
                     if probe {
                         self.probing.store(true, Ordering::Release);
                         self.stats.probes.fetch_add(1, Ordering::Relaxed);
                         debug!("letting one request through to see whether the rate limit has lifted");
                     }
-                    return Ok(Admission { gate: self, at_ms: at, probe, tracked, leased });
+                    return Ok(Admission { gate: self, at_ms: at, probe, tracked, leased, route });
                 }
                 Verdict::Refuse { wait, reason, client_side } => {
                     // A probe of ours is out: its answer may lift the limit; wait for it.
@@ -566,7 +572,7 @@ impl Gate {
     /// The verdict for a request now. Without client-side limits the state in memory decides
     /// (refreshed from the shared file at most every [`LOOK_INTERVAL_MS`]), and the file is
     /// written only to take a probe slot; with limits, every admission takes a slot in the file.
-    async fn decide_now(&self, patience: Duration, usage: Use) -> Verdict {
+    async fn decide_now(&self, patience: Duration, usage: Use, route: u64) -> Verdict {
         if self.limits.is_empty() {
             self.refresh().await;
             let now = now_ms();
@@ -575,10 +581,14 @@ impl Gate {
                 // The hot path: no deadline, and no budget or one far from spent (then only this
                 // process's copy counts the request).
                 if state.blocked_until_ms <= now {
-                    let Some(b) = state.budget.as_mut() else {
+                    if state.budgets.is_empty() {
                         return Verdict::Go { probe: false, at: now, tracked: false, leased: false };
-                    };
-                    if b.roll(now) && b.far() {
+                    }
+                    // (With one bucket: the common case. Several are shared request by request.)
+                    if let Some(b) = state.budgets.single()
+                        && b.roll(now)
+                        && b.far()
+                    {
                         let mut lease = self.lease.locked();
                         // (Its entries are forgotten after PENDING_TTL: an old lease is not used.)
                         let fresh = now.saturating_sub(lease.at) < millis(budget::PENDING_TTL) / 2;
@@ -590,7 +600,7 @@ impl Gate {
                     }
                 }
                 let mut copy = state.clone();
-                let verdict = decide(&mut copy, &[], now, patience, usage);
+                let verdict = decide(&mut copy, &[], now, patience, usage, route);
                 (verdict, copy.updated_ms != state.updated_ms)
             };
             // A hold is answered from this copy; a unit of a budget near its end, a probe slot
@@ -601,7 +611,7 @@ impl Gate {
                 return verdict;
             }
         }
-        let mine = self.state.locked().budget.clone();
+        let mine = self.state.locked().budgets.clone();
         // Units of the lease answered, or not used (a lease is used only far from the limit),
         // leave the shared list of requests in flight now.
         let done = self.lease.locked().give_back();
@@ -609,20 +619,14 @@ impl Gate {
             .update(|state| {
                 // What this process learned joins the shared budget; the shared list of requests
                 // in flight (every process's) is the one that counts.
-                if let Some(mine) = &mine {
-                    let mut merged = mine.clone();
-                    if let Some(shared) = &state.budget {
-                        merged.merge(shared);
-                    }
-                    state.budget = Some(merged);
-                }
-                if let Some(b) = state.budget.as_mut() {
-                    b.forget_pending(&done);
-                }
-                let mut verdict = decide(state, &self.limits, now_ms(), patience, usage);
+                let mut merged = mine.clone();
+                merged.merge(&state.budgets);
+                state.budgets = merged;
+                state.budgets.forget_pending(&done);
+                let mut verdict = decide(state, &self.limits, now_ms(), patience, usage, route);
                 let mut leased = 0;
                 if let (Verdict::Go { at, tracked: true, leased: lease, .. }, Some(b)) =
-                    (&mut verdict, state.budget.as_mut())
+                    (&mut verdict, state.budgets.single())
                 {
                     // Far from the limit, the unit comes with a lease of a few more.
                     leased = b.lease(*at);
@@ -663,35 +667,32 @@ impl Gate {
                 "budget: an answer says"
             );
         }
-        let (sent_at, tracked, probe) = (admitted.at_ms, admitted.tracked, admitted.probe);
-        let apply = |state: &mut State| match (state.budget.as_mut(), budget) {
+        let (sent_at, probe) = (admitted.at_ms, admitted.probe);
+        let route = admitted.route;
+        let apply = |state: &mut State| match budget {
             // Sent before `status --clear-limits`: its word is older than the clearing.
-            (_, Some(_)) if sent_at < state.cleared_ms => {}
-            (Some(b), Some(seen)) => b.observe(
-                seen.limit,
-                seen.remaining,
-                now.saturating_add(millis(seen.resets_in)),
-                Some(sent_at),
-                tracked,
-                probe,
-            ),
-            (None, Some(seen)) => {
-                let mut b =
-                    BudgetState::new(seen.limit, seen.remaining, now.saturating_add(millis(seen.resets_in)));
-                b.observed_at = sent_at;
-                state.budget = Some(b);
+            Some(_) if sent_at < state.cleared_ms => {}
+            Some(seen) => {
+                let reset = now.saturating_add(millis(seen.resets_in));
+                let bucket = state.budgets.bucket(seen.bucket, || {
+                    let mut b = BudgetState::new(seen.limit, seen.remaining, reset);
+                    b.observed_at = sent_at;
+                    b
+                });
+                // (Its unit leaves every bucket's list of requests in flight below, once.)
+                bucket.budget.observe(seen.limit, seen.remaining, reset, Some(sent_at), false, probe);
+                state.budgets.answered(seen.bucket, route, at);
             }
-            (Some(b), None) => {
-                if let Some(i) = at.and_then(|at| b.pending.iter().position(|&t| t == at)) {
-                    b.pending.remove(i);
+            None => {
+                if let Some(at) = at {
+                    state.budgets.forget_pending(&[at]);
                 }
             }
-            (None, None) => {}
         };
         let shared = {
             let mut state = self.state.locked();
             apply(&mut state);
-            let near = state.budget.as_ref().is_some_and(|b| !b.far());
+            let near = !state.budgets.far(route);
             // A leased unit goes back with the lease's next batch: when a lease's worth is
             // answered, or nothing leased is in flight any more (a pause, or the end: then the
             // unused units go back too), or at once when the budget is near its end.
@@ -715,9 +716,7 @@ impl Gate {
             };
             Box::pin(self.update(|state| {
                 apply(state);
-                if let Some(b) = state.budget.as_mut() {
-                    b.forget_pending(&done);
-                }
+                state.budgets.forget_pending(&done);
             }))
             .await;
         }
@@ -1085,7 +1084,7 @@ mod tests {
         let a = Gate::new("https://h", "key", Some(&dir), Vec::new());
         let b = Gate::new("https://h", "key", Some(&dir), Vec::new());
         let day = Duration::from_secs(86_400);
-        let spent = crate::retry::Budget { limit: Some(5000), remaining: 0, resets_in: day };
+        let spent = crate::retry::Budget { limit: Some(5000), remaining: 0, resets_in: day, bucket: 1 };
         let first = a.admit(Duration::ZERO, Use::Request, |_, _| {}).await.unwrap();
         a.answered(&first, Some(spent)).await;
         drop(first);
@@ -1162,7 +1161,7 @@ mod tests {
     }
 
     fn seen(remaining: u64, resets_in: Duration) -> crate::retry::Budget {
-        crate::retry::Budget { limit: Some(3), remaining, resets_in }
+        crate::retry::Budget { limit: Some(3), remaining, resets_in, bucket: 1 }
     }
 
     /// Issue 11: with a budget of three in the window, three requests go at once, the fourth
@@ -1215,7 +1214,12 @@ mod tests {
         let first = gate.admit(Duration::ZERO, Use::Request, |_, _| {}).await.unwrap();
         gate.answered(
             &first,
-            Some(crate::retry::Budget { limit: Some(10), remaining: 2, resets_in: Duration::from_secs(60) }),
+            Some(crate::retry::Budget {
+                limit: Some(10),
+                remaining: 2,
+                resets_in: Duration::from_secs(60),
+                bucket: 1,
+            }),
         )
         .await;
         drop(first);
@@ -1253,7 +1257,7 @@ mod tests {
     /// The requests in flight the shared state lists, as another process reads them.
     fn shared_pending(gate: &Gate) -> usize {
         let state = gate.file.as_ref().unwrap().read().unwrap();
-        state.budget.map_or(0, |b| b.pending.len())
+        state.budgets.0.iter().map(|b| b.budget.pending.len()).sum()
     }
 
     /// Issue 21.6: far from the limit a process takes its units in leases the shared state
@@ -1270,6 +1274,7 @@ mod tests {
             limit: Some(100),
             remaining,
             resets_in: Duration::from_secs(30),
+            bucket: 1,
         };
         let first = a.admit(Duration::ZERO, Use::Request, |_, _| {}).await.unwrap();
         a.answered(&first, Some(budget(99))).await;

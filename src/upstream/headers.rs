@@ -40,13 +40,18 @@ pub struct MessageHeaders {
     pub name: Option<HeaderValue>,
     /// `Mcp-Param-*` mirrored from `tools/call` arguments (T-15).
     pub params: Vec<(HeaderName, HeaderValue)>,
+    /// The request's route for the rate-limit gate (its method and tool or prompt name: the
+    /// server's bucket it is counted in is learned per route, issue 21.2); 0 when unknown.
+    pub route: u64,
 }
 
 impl MessageHeaders {
     /// Derives the headers of a request or notification with `method` and `params`.
     pub fn derive(method: &str, params: &Params<'_>) -> Self {
+        let named = matches!(method, "tools/call" | "prompts/get").then(|| params.name.as_deref()).flatten();
+        let route = crate::ratelimit::route_of(method, named);
         let Some(version) = params.meta.as_ref().and_then(|m| m.protocol_version.as_deref()) else {
-            return MessageHeaders::default();
+            return MessageHeaders { route, ..MessageHeaders::default() };
         };
         // T-14 names tools/call, resources/read and prompts/get; servers also route (and
         // rmcp validates) subscriptions and tasks by name.
@@ -61,6 +66,7 @@ impl MessageHeaders {
             method: Some(encode_value(method)),
             name: name.map(encode_value),
             params: Vec::new(),
+            route,
         }
     }
 
@@ -218,7 +224,12 @@ mod tests {
     #[test]
     fn t13_legacy_message_adds_nothing_itself() {
         let h = derive(r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"sum"}}"#);
-        assert_eq!(h, MessageHeaders::default());
+        let route = crate::ratelimit::route_of("tools/call", Some("sum"));
+        assert_eq!(
+            h,
+            MessageHeaders { route, ..MessageHeaders::default() },
+            "no header, only the gate's route"
+        );
         assert!(!h.is_modern());
     }
 

@@ -744,3 +744,47 @@ async fn a_store_password_with_a_colon_is_taken_whole() {
     let out = s.finish().await;
     assert!(!out.stderr.contains("rate-limit store"), "the store was used: {}", out.stderr);
 }
+
+/// Issue 21.2: a server with a bucket per tool (`X-RateLimit-Resource`) whose windows reset
+/// together: the spent `search` bucket holds `search` only; `echo`, counted in `core`, goes on.
+/// (One budget for everything held every method for the rest of the day.)
+#[tokio::test]
+async fn a_spent_bucket_of_one_tool_does_not_hold_the_others() {
+    let hook: Hook = Arc::new(|s: &Seen| {
+        if s.rpc_method() != Some("tools/call") {
+            return Action::Pass;
+        }
+        let tool = s.json["params"]["name"].as_str().unwrap_or_default().to_owned();
+        let (bucket, limit, remaining) =
+            if tool == "search" { ("search", 100, 0) } else { ("core", 5000, 4999) };
+        let body =
+            json!({"jsonrpc":"2.0","id":s.json["id"],"result":{"content":[{"type":"text","text":tool}]}});
+        let mut r = respond(200, "application/json", body.to_string());
+        for (k, v) in [
+            ("x-ratelimit-resource", bucket.to_owned()),
+            ("x-ratelimit-limit", limit.to_string()),
+            ("x-ratelimit-remaining", remaining.to_string()),
+            ("x-ratelimit-reset", "86400".to_owned()),
+        ] {
+            r.headers_mut().insert(k, v.parse().unwrap());
+        }
+        Action::Respond(r)
+    });
+    let server = Server::start(generic(), Some(hook)).await;
+    let dir = scratch_dir("buckets");
+    let mut s = sidecar_for(&server, &["--state-dir", &dir.to_string_lossy(), "--max-wait", "5"]);
+    s.handshake().await;
+    for (id, tool) in [(1, "echo"), (2, "search"), (3, "echo")] {
+        s.send_json(&call(id, tool, json!({}))).await;
+        let answer = s.recv().await;
+        assert_eq!(answer["result"]["content"][0]["text"], tool, "{answer}");
+    }
+    s.send_json(&call(4, "search", json!({}))).await;
+    let refused = s.recv().await;
+    assert_eq!(refused["error"]["code"], -32004, "{refused}");
+    assert_eq!(refused["error"]["data"]["requestSent"], false, "{refused}");
+    s.send_json(&call(5, "echo", json!({}))).await;
+    assert_eq!(s.recv().await["result"]["content"][0]["text"], "echo");
+    s.finish().await;
+    assert_eq!(server.posts("tools/call").len(), 4, "the held search was not sent");
+}
