@@ -294,12 +294,15 @@ impl OAuth {
     }
 
     /// Gets a token that the server may accept instead of `failed` (the header the refused
-    /// request carried). See [`Renew`]. Returns whether that took a sign-in.
+    /// request carried). See [`Renew`]. Returns whether that took a sign-in. A wait for another
+    /// process's renewal lasts at most `within` (the request's time, issue 21.9); a person's
+    /// sign-in has `--auth-timeout`.
     pub async fn renew(
         &self,
         failed: Option<&HeaderValue>,
         challenge: Option<&BearerChallenge>,
         what: Renew,
+        within: Duration,
     ) -> Result<bool, AuthError> {
         let mut requested = self.flow.lock().await;
         let refused = matches!(what, Renew::Refused | Renew::Ahead);
@@ -314,7 +317,7 @@ impl OAuth {
             return Ok(true);
         }
         {
-            let Some(_entry_lock) = self.lock(Lock::Entry, what == Renew::Ahead).await? else {
+            let Some(_entry_lock) = self.lock(Lock::Entry, what == Renew::Ahead, within).await? else {
                 // Another process is renewing: the token in hand is still valid.
                 return Ok(false);
             };
@@ -330,7 +333,7 @@ impl OAuth {
         // Issue 21.9: a person's sign-in holds only the sign-in lock (processes that need one too
         // wait for it, then use what it stored); the entry's lock is taken again to store the
         // result, so refreshes of other processes never wait for a browser.
-        let _signing = self.lock(Lock::SignIn, false).await?;
+        let _signing = self.lock(Lock::SignIn, false, within).await?;
         if refused && self.stored_differs(failed).await? {
             return Ok(false);
         }
@@ -340,7 +343,7 @@ impl OAuth {
         self.use_stored_key(&entry)?;
         let (tokens, discovered, client, grant) =
             self.sign_in(&entry, challenge, scope.clone(), device).await?;
-        let _entry_lock = self.lock(Lock::Entry, false).await?;
+        let _entry_lock = self.lock(Lock::Entry, false, LOCK_WAIT).await?;
         let mut entry = self.load_entry().await?.unwrap_or_default();
         entry.remember_secrets();
         entry.server = redact_url(&self.mcp);
@@ -439,7 +442,7 @@ impl OAuth {
     /// Refreshes ahead of expiry; failures are left to the 401 path.
     pub async fn refresh_ahead(&self) {
         let failed = self.header();
-        if let Err(e) = self.renew(failed.as_ref(), None, Renew::Ahead).await {
+        if let Err(e) = self.renew(failed.as_ref(), None, Renew::Ahead, Duration::ZERO).await {
             debug!("refreshing ahead of expiry failed: {e}");
         }
     }
@@ -449,8 +452,14 @@ impl OAuth {
     /// (`None`); anything else waits, at most [`LOCK_WAIT`] (issue 21.9: a blocking wait held
     /// every request of every sidecar near expiry while `login` waited for a browser, and for
     /// ever if its holder was stopped).
-    async fn lock(&self, which: Lock, once: bool) -> Result<Option<std::fs::File>, AuthError> {
-        let deadline = crate::retry::deadline_after(LOCK_WAIT);
+    async fn lock(
+        &self,
+        which: Lock,
+        once: bool,
+        within: Duration,
+    ) -> Result<Option<std::fs::File>, AuthError> {
+        let patience = within.min(LOCK_WAIT);
+        let deadline = crate::retry::deadline_after(patience);
         loop {
             let (store, origin, key) = (self.store.clone(), self.origin.clone(), self.key.clone());
             if let Some(lock) = off_thread(move || store.try_lock(&origin, &key, which)).await? {
@@ -461,9 +470,9 @@ impl OAuth {
             }
             if tokio::time::Instant::now() >= deadline {
                 return Err(AuthError(format!(
-                    "another mcp-sidecar has been signing in to {} for over {} s: finish that sign-in (or stop it), then try again",
+                    "another mcp-sidecar is signing in to {} or renewing its token and has not finished within {}: finish that sign-in (or stop it), then try again",
                     self.mcp.host_str().unwrap_or("the server"),
-                    LOCK_WAIT.as_secs()
+                    crate::retry::human(patience)
                 )));
             }
             tokio::time::sleep(LOCK_POLL).await;

@@ -5,7 +5,7 @@
 
 use std::io::Write;
 use std::path::Path;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::auth::grants::Grant;
 use crate::auth::store::{Entry, TokenStore};
@@ -71,7 +71,7 @@ pub async fn login(config: Config, device: bool) -> u8 {
         );
         return FAILED;
     }
-    match oauth.renew(None, bearer.as_ref(), Renew::Login).await {
+    match oauth.renew(None, bearer.as_ref(), Renew::Login, Duration::MAX).await {
         Ok(_) if unattended => {
             eprintln!(
                 "mcp-sidecar: the authorization server of {} accepted the credentials and issued a token. Nothing was stored: mcp-sidecar asks for a new token by itself whenever it needs one.",

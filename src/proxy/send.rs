@@ -114,13 +114,14 @@ impl Proxy {
                 };
                 if let Some(how) = how {
                     drop(response);
-                    let signed_in =
-                        Box::pin(o.renew(token.as_ref(), challenge.as_ref(), how)).await.map_err(|e| {
-                            let mut err = LocalError::new(AUTH_ERROR, ErrorKind::AuthRejected, e.0);
-                            err.http_status = Some(status.as_u16());
-                            err.request_sent = Some(false);
-                            err
-                        })?;
+                    let signed_in = Box::pin(o.renew(token.as_ref(), challenge.as_ref(), how, limit))
+                        .await
+                        .map_err(|e| {
+                        let mut err = LocalError::new(AUTH_ERROR, ErrorKind::AuthRejected, e.0);
+                        err.http_status = Some(status.as_u16());
+                        err.request_sent = Some(false);
+                        err
+                    })?;
                     if signed_in {
                         authorizations += 1;
                         sign_ins = MAX_SIGN_INS; // a fresh sign-in that is refused is not retried

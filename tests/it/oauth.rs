@@ -1291,3 +1291,41 @@ async fn a_refresh_does_not_wait_for_a_login_waiting_for_its_browser() {
     finish_checked(sc, &auth).await;
     assert!(login.try_wait().unwrap().is_none(), "the login still waits for its browser");
 }
+
+/// Issue 21.9: a renewal waits for another process's at most the request's time
+/// (`--request-timeout`), not a minute: the request is answered with what holds it.
+#[tokio::test]
+async fn a_renewal_waits_for_another_process_at_most_the_requests_time() {
+    let auth = AuthServer::start(|_| {}).await;
+    let server = auth.protect().await;
+    let dir = temp_dir("renew-bounded");
+    let browser = Browser::start(&dir, Agent::Follow).await;
+    let state = dir.join("state");
+    let mut sc = sidecar(&server, &state, &browser, &[]);
+    sc.handshake().await;
+    finish_checked(sc, &auth).await;
+    let file = std::fs::read_dir(state.join("tokens"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|e| e == "json"))
+        .unwrap();
+    // Another process renews (and is stuck): it holds the entry's lock.
+    let lock = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(file.with_extension("lock"))
+        .unwrap();
+    lock.try_lock().expect("the test takes the lock");
+    let mut sc = sidecar(&server, &state, &browser, &["--request-timeout", "2"]);
+    sc.handshake().await;
+    auth.s().access.clear();
+    let started = std::time::Instant::now();
+    let r = call(&mut sc, 1, "echo", json!({"text": "x"})).await;
+    let message = r["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("has not finished within 2 s"), "{r}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(15), "{:?}", started.elapsed());
+    finish_checked(sc, &auth).await;
+    drop(lock);
+}
