@@ -111,7 +111,7 @@ mod windows {
     /// write data, append, the generic read, write and all, write DAC and write owner.
     const SENSITIVE: u32 = 0x1 | 0x2 | 0x4 | 0x8000_0000 | 0x4000_0000 | 0x1000_0000 | 0x4_0000 | 0x8_0000;
 
-    fn wide(path: &Path) -> Vec<u16> {
+    pub(super) fn wide(path: &Path) -> Vec<u16> {
         path.as_os_str().encode_wide().chain(std::iter::once(0)).collect()
     }
 
@@ -355,10 +355,7 @@ mod tests {
         use windows_sys::Win32::Security::Authorization::*;
         use windows_sys::Win32::Security::*;
         let mut sd: PSECURITY_DESCRIPTOR = std::ptr::null_mut();
-        let wide: Vec<u16> = {
-            use std::os::windows::ffi::OsStrExt;
-            path.as_os_str().encode_wide().chain(std::iter::once(0)).collect()
-        };
+        let wide = super::windows::wide(path);
         // SAFETY: test code: valid strings and out-pointers.
         unsafe {
             assert_ne!(
@@ -393,10 +390,7 @@ mod tests {
     fn windows_dacl(path: &Path) -> u16 {
         use windows_sys::Win32::Security::Authorization::*;
         use windows_sys::Win32::Security::*;
-        let wide: Vec<u16> = {
-            use std::os::windows::ffi::OsStrExt;
-            path.as_os_str().encode_wide().chain(std::iter::once(0)).collect()
-        };
+        let wide = super::windows::wide(path);
         let (mut dacl, mut sd): (*mut ACL, PSECURITY_DESCRIPTOR) =
             (std::ptr::null_mut(), std::ptr::null_mut());
         // SAFETY: test code: valid strings and out-pointers.

@@ -800,12 +800,7 @@ async fn a_client_that_never_answers_the_servers_question_gets_one_error_in_time
 
 #[tokio::test]
 async fn a_probe_the_server_never_answers_delays_nothing_past_its_timeout_and_is_not_remembered() {
-    let never = Arc::new(tokio::sync::Notify::new());
-    let held = never.clone();
-    let hook: Hook = Arc::new(move |seen: &Seen| match seen.rpc_method() {
-        Some("server/discover") => Action::Hold(held.clone()),
-        _ => Action::Pass,
-    });
+    let (never, hook) = holding("server/discover");
     let server = Server::start(generic(), Some(hook)).await;
     let dir = scratch_dir("stalled-probe");
     let state = dir.to_string_lossy().into_owned();
@@ -818,6 +813,17 @@ async fn a_probe_the_server_never_answers_delays_nothing_past_its_timeout_and_is
     // No answer is no verdict: nothing remembered, the next run asks again.
     assert!(!dir.join("eras").exists() || dir.join("eras").read_dir().unwrap().count() == 0);
     never.notify_waiters();
+}
+
+/// A hook that holds every request of `method` until the returned `Notify` fires.
+fn holding(method: &'static str) -> (Arc<tokio::sync::Notify>, Hook) {
+    let never = Arc::new(tokio::sync::Notify::new());
+    let held = never.clone();
+    let hook: Hook = Arc::new(move |seen: &Seen| match seen.rpc_method() {
+        Some(m) if m == method => Action::Hold(held.clone()),
+        _ => Action::Pass,
+    });
+    (never, hook)
 }
 
 /// A dual-era server as the Python SDK's (`mcp` 2.3.0) is one: it takes `initialize` and opens a
@@ -1058,12 +1064,7 @@ async fn parked_requests_of_the_reverse_bridge_keep_their_room_in_flight() {
 /// exactly one answer, the stalled one as "shutting down".
 #[tokio::test]
 async fn the_end_of_stdin_is_seen_while_initialize_is_sent_inline() {
-    let never = Arc::new(tokio::sync::Notify::new());
-    let held = never.clone();
-    let hook: Hook = Arc::new(move |seen: &Seen| match seen.rpc_method() {
-        Some("initialize") => Action::Hold(held.clone()),
-        _ => Action::Pass,
-    });
+    let (never, hook) = holding("initialize");
     let server = Server::start(generic(), Some(hook)).await;
     let dir = scratch_dir("eof-inline");
     let mut s = sidecar_for(&server, &["--state-dir", &dir.to_string_lossy(), "--request-timeout", "300"]);
@@ -1089,12 +1090,7 @@ async fn the_end_of_stdin_is_seen_while_initialize_is_sent_inline() {
 /// request the eras are settled on is still answered exactly once when stdin ends.
 #[tokio::test]
 async fn the_end_of_stdin_during_the_era_probe_still_answers_initialize() {
-    let never = Arc::new(tokio::sync::Notify::new());
-    let held = never.clone();
-    let hook: Hook = Arc::new(move |seen: &Seen| match seen.rpc_method() {
-        Some("server/discover") => Action::Hold(held.clone()),
-        _ => Action::Pass,
-    });
+    let (never, hook) = holding("server/discover");
     let server = Server::start(generic(), Some(hook)).await;
     let dir = scratch_dir("eof-probe");
     let args =

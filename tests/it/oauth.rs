@@ -1014,14 +1014,7 @@ async fn a_sign_in_nobody_finishes_ends_at_auth_timeout_on_the_callback_port() {
 
 #[tokio::test]
 async fn a42_a_token_about_to_expire_is_refreshed_before_it_is_sent() {
-    let auth = AuthServer::start(|_| {}).await;
-    let server = auth.protect().await;
-    let dir = temp_dir("ahead");
-    let browser = Browser::start(&dir, Agent::Follow).await;
-    let state = dir.join("state");
-    let mut sc = sidecar(&server, &state, &browser, &[]);
-    sc.handshake().await;
-    finish_checked(sc, &auth).await;
+    let (auth, server, _dir, browser, state) = signed_in("ahead").await;
     // The stored token now has 10 s of its hour left.
     expire_stored_token(&state);
     let rejected = auth.s().rejected;
@@ -1214,13 +1207,45 @@ async fn a_2025_03_26_server_with_an_issuer_path_on_its_origin_is_accepted() {
     assert!(out.stderr.contains("on the same origin"), "{}", out.stderr);
 }
 
-/// Leaves the token stored under `state` 10 s of its hour; returns its file.
-fn expire_stored_token(state: &std::path::Path) -> std::path::PathBuf {
-    let file = std::fs::read_dir(state.join("tokens"))
+/// The token file stored under `state`.
+fn token_file(state: &std::path::Path) -> std::path::PathBuf {
+    std::fs::read_dir(state.join("tokens"))
         .unwrap()
         .map(|e| e.unwrap().path())
         .find(|p| p.extension().is_some_and(|e| e == "json"))
+        .unwrap()
+}
+
+/// Takes the entry's lock of the token file `file`, as another process renewing it would.
+fn hold_entry_lock(file: &std::path::Path) -> std::fs::File {
+    let lock = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(file.with_extension("lock"))
         .unwrap();
+    lock.try_lock().expect("the test takes the lock");
+    lock
+}
+
+/// A server behind an authorization server, signed in once through a browser that follows:
+/// the tokens are stored under `dir/state`.
+async fn signed_in(name: &str) -> (AuthServer, Server, std::path::PathBuf, Browser, std::path::PathBuf) {
+    let auth = AuthServer::start(|_| {}).await;
+    let server = auth.protect().await;
+    let dir = temp_dir(name);
+    let browser = Browser::start(&dir, Agent::Follow).await;
+    let state = dir.join("state");
+    let mut sc = sidecar(&server, &state, &browser, &[]);
+    sc.handshake().await;
+    finish_checked(sc, &auth).await;
+    (auth, server, dir, browser, state)
+}
+
+/// Leaves the token stored under `state` 10 s of its hour; returns its file.
+fn expire_stored_token(state: &std::path::Path) -> std::path::PathBuf {
+    let file = token_file(state);
     let mut entry: Value = serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
     entry["tokens"]["expires_at"] = json!(now + 10);
@@ -1234,24 +1259,10 @@ fn expire_stored_token(state: &std::path::Path) -> std::path::PathBuf {
 /// token in hand is still valid and is used. It used to block every request on the lock.
 #[tokio::test]
 async fn a_refresh_ahead_does_not_wait_for_another_process_s_sign_in() {
-    let auth = AuthServer::start(|_| {}).await;
-    let server = auth.protect().await;
-    let dir = temp_dir("ahead-locked");
-    let browser = Browser::start(&dir, Agent::Follow).await;
-    let state = dir.join("state");
-    let mut sc = sidecar(&server, &state, &browser, &[]);
-    sc.handshake().await;
-    finish_checked(sc, &auth).await;
+    let (auth, server, _dir, browser, state) = signed_in("ahead-locked").await;
     let file = expire_stored_token(&state);
-    // Another process's sign-in holds the lock.
-    let lock = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(file.with_extension("lock"))
-        .unwrap();
-    lock.try_lock().expect("the test takes the lock");
+    // Another process's renewal holds the lock.
+    let lock = hold_entry_lock(&file);
     let tokens = auth.s().tokens.len();
     let mut sc = sidecar(&server, &state, &browser, &[]);
     sc.handshake_within(std::time::Duration::from_secs(10)).await;
@@ -1266,14 +1277,7 @@ async fn a_refresh_ahead_does_not_wait_for_another_process_s_sign_in() {
 /// and then fail the request), and the login's browser wait goes on undisturbed.
 #[tokio::test]
 async fn a_refresh_does_not_wait_for_a_login_waiting_for_its_browser() {
-    let auth = AuthServer::start(|_| {}).await;
-    let server = auth.protect().await;
-    let dir = temp_dir("refresh-during-login");
-    let browser = Browser::start(&dir, Agent::Follow).await;
-    let state = dir.join("state");
-    let mut sc = sidecar(&server, &state, &browser, &[]);
-    sc.handshake().await;
-    finish_checked(sc, &auth).await;
+    let (auth, server, dir, browser, state) = signed_in("refresh-during-login").await;
     // A `login` whose user walked away from the browser.
     let away = Browser::start(&dir.join("away"), Agent::Ignore).await;
     let state_arg = state.to_string_lossy().into_owned();
@@ -1296,28 +1300,9 @@ async fn a_refresh_does_not_wait_for_a_login_waiting_for_its_browser() {
 /// (`--request-timeout`), not a minute: the request is answered with what holds it.
 #[tokio::test]
 async fn a_renewal_waits_for_another_process_at_most_the_requests_time() {
-    let auth = AuthServer::start(|_| {}).await;
-    let server = auth.protect().await;
-    let dir = temp_dir("renew-bounded");
-    let browser = Browser::start(&dir, Agent::Follow).await;
-    let state = dir.join("state");
-    let mut sc = sidecar(&server, &state, &browser, &[]);
-    sc.handshake().await;
-    finish_checked(sc, &auth).await;
-    let file = std::fs::read_dir(state.join("tokens"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .find(|p| p.extension().is_some_and(|e| e == "json"))
-        .unwrap();
+    let (auth, server, _dir, browser, state) = signed_in("renew-bounded").await;
     // Another process renews (and is stuck): it holds the entry's lock.
-    let lock = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(file.with_extension("lock"))
-        .unwrap();
-    lock.try_lock().expect("the test takes the lock");
+    let lock = hold_entry_lock(&token_file(&state));
     let mut sc = sidecar(&server, &state, &browser, &["--request-timeout", "2"]);
     sc.handshake().await;
     auth.s().access.clear();
