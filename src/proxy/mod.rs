@@ -1142,6 +1142,9 @@ impl Proxy {
                 _ => debug!("stdout takes nothing more; a shutdown answer was not written"),
             }
         }
+        // The rate-limit units this process leased and did not use go back (bounded: exit must
+        // not wait on another process's lock).
+        let _ = timeout(Duration::from_millis(500), self.gate.release()).await;
         if let Some(delete) = self.up.delete_session() {
             // Same rate-limit rules, within the shutdown budget.
             // Only if the rate limit lets it through at once: a session the server cannot be told

@@ -723,6 +723,19 @@ impl Gate {
         self.budget_changed.notify_waiters();
     }
 
+    /// Gives back the units of this process's lease it did not use and those answered (at exit:
+    /// otherwise they would hold the budget back for [`budget::PENDING_TTL`]).
+    pub async fn release(&self) {
+        let done = {
+            let mut lease = self.lease.locked();
+            if !lease.owes() {
+                return;
+            }
+            lease.give_back()
+        };
+        self.update(|state| state.budgets.forget_pending(&done)).await;
+    }
+
     /// Holds every request until `delay` from now, as the server asked (`source` names the
     /// header), at most [`crate::retry::MAX_SERVER_WAIT`]. `admitted` is the request whose
     /// answer said so: if it was let through after the deadline in force was set (a probe),
@@ -1317,6 +1330,30 @@ mod tests {
         b.answered(&last, Some(budget(left - 1))).await;
         drop(last);
         assert_eq!(shared_pending(&a), 0, "nothing left in flight");
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    /// Issue 21.6: at exit the units of a lease that were not used go back at once.
+    #[tokio::test(start_paused = true)]
+    async fn a_lease_goes_back_at_exit() {
+        let dir = temp("lease-exit");
+        let a = Gate::new("https://h", "k", Some(&dir), Vec::new());
+        let seen = crate::retry::Budget {
+            limit: Some(100),
+            remaining: 99,
+            resets_in: Duration::from_secs(30),
+            bucket: 1,
+        };
+        let first = a.admit(Duration::ZERO, Use::Request, |_, _| {}).await.unwrap();
+        a.answered(&first, Some(seen)).await;
+        drop(first);
+        let one = a.admit(Duration::ZERO, Use::Request, |_, _| {}).await.unwrap();
+        let _two = a.admit(Duration::ZERO, Use::Request, |_, _| {}).await.unwrap();
+        a.answered(&one, Some(crate::retry::Budget { remaining: 98, ..seen })).await;
+        drop(one);
+        assert_eq!(shared_pending(&a), LEASE as usize, "the lease, until its next batch");
+        a.release().await;
+        assert_eq!(shared_pending(&a), 1, "only the request still in flight");
         let _ = fs::remove_dir_all(&dir);
     }
 
