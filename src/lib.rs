@@ -40,6 +40,7 @@ pub mod proxy;
 pub mod ratelimit;
 pub mod retry;
 pub mod secrets;
+pub mod stable_id;
 pub mod stdio;
 mod sync;
 pub mod upstream;

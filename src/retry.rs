@@ -214,7 +214,7 @@ pub struct Budget {
     /// How long until it resets, from the response (at most [`MAX_SERVER_WAIT`]).
     pub resets_in: Duration,
     /// Which of the server's buckets it is (issue 21.2): the IETF policy's name, else
-    /// `X-RateLimit-Resource`, else the limit, hashed ([`crate::ratelimit::bucket_id`]); 0 when
+    /// `X-RateLimit-Resource`, else the limit, hashed ([`crate::stable_id::bucket_id`]); 0 when
     /// none is said.
     pub bucket: u64,
 }
@@ -238,8 +238,8 @@ pub fn budget(headers: &HeaderMap, local_now: SystemTime) -> Option<Budget> {
         .find_map(|n| header(headers, n))
         .and_then(|v| v.parse().ok());
     let bucket = match header(headers, "x-ratelimit-resource") {
-        Some(resource) => crate::ratelimit::bucket_id("resource", resource.as_bytes()),
-        None => limit.map_or(0, |l: u64| crate::ratelimit::bucket_id("limit", &l.to_le_bytes())),
+        Some(resource) => crate::stable_id::bucket_id("resource", resource.as_bytes()),
+        None => limit.map_or(0, |l: u64| crate::stable_id::bucket_id("limit", &l.to_le_bytes())),
     };
     Some(Budget { limit, remaining, resets_in: resets_in.min(MAX_SERVER_WAIT), bucket })
 }
@@ -265,7 +265,7 @@ fn ietf_budget(headers: &HeaderMap) -> Option<Budget> {
             (n == name).then(|| parse_params(item).into_iter().find(|(k, _)| *k == "q").map(|(_, q)| q))?
         })
     });
-    let bucket = crate::ratelimit::bucket_id("policy", name.as_bytes());
+    let bucket = crate::stable_id::bucket_id("policy", name.as_bytes());
     Some(Budget { limit, remaining, resets_in: Duration::from_secs(t).min(MAX_SERVER_WAIT), bucket })
 }
 
@@ -583,14 +583,14 @@ mod tests {
     #[test]
     fn budgets_from_every_header_family() {
         let b = |pairs: &[(&str, &str)]| budget(&headers(pairs), now());
-        let limit = |l: u64| crate::ratelimit::bucket_id("limit", &l.to_le_bytes());
+        let limit = |l: u64| crate::stable_id::bucket_id("limit", &l.to_le_bytes());
         // Issue 21.2: the bucket a server names is told apart.
         let resource = b(&[
             ("X-RateLimit-Remaining", "0"),
             ("X-RateLimit-Reset", "9"),
             ("X-RateLimit-Resource", "search"),
         ]);
-        assert_eq!(resource.unwrap().bucket, crate::ratelimit::bucket_id("resource", b"search"));
+        assert_eq!(resource.unwrap().bucket, crate::stable_id::bucket_id("resource", b"search"));
         let epoch = (1_795_348_800u64 + 30).to_string();
         assert_eq!(
             b(&[("X-RateLimit-Limit", "60"), ("X-RateLimit-Remaining", "7"), ("X-RateLimit-Reset", &epoch)]),
@@ -623,7 +623,7 @@ mod tests {
                 limit: Some(1000),
                 remaining: 3,
                 resets_in: Duration::from_secs(3600),
-                bucket: crate::ratelimit::bucket_id("policy", b"day")
+                bucket: crate::stable_id::bucket_id("policy", b"day")
             })
         );
         assert_eq!(b(&[("X-RateLimit-Remaining", "7")]), None, "no reset: no budget");

@@ -15,36 +15,13 @@
 use serde::{Deserialize, Serialize};
 
 use super::budget::{BudgetState, Room};
+#[cfg(test)]
+use crate::stable_id::{id_of, route_of};
 
 /// The most buckets kept.
 pub const MAX_BUCKETS: usize = 8;
 /// The most routes a bucket keeps; past that it applies to every request.
 pub const MAX_ROUTES: usize = 64;
-
-/// A stable 64-bit hash (FNV-1a) of some text: the same in every process and every build, since
-/// bucket and route ids are shared through the state file and the store.
-pub fn id_of(parts: &[&[u8]]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for part in parts {
-        for &b in *part {
-            h ^= u64::from(b);
-            h = h.wrapping_mul(0x0000_0100_0000_01b3);
-        }
-        h ^= 0xff;
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    h.max(1)
-}
-
-/// The route of a request: its method, and for `tools/call` and `prompts/get` the name.
-pub fn route_of(method: &str, name: Option<&str>) -> u64 {
-    id_of(&[method.as_bytes(), name.unwrap_or("").as_bytes()])
-}
-
-/// The id of a bucket the server names: `kind` (policy, resource, limit) and what it said.
-pub fn bucket_id(kind: &str, said: &[u8]) -> u64 {
-    id_of(&[kind.as_bytes(), said])
-}
 
 /// One bucket's budget and the routes answered from it.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

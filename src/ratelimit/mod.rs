@@ -22,7 +22,6 @@ pub(crate) mod file;
 mod store;
 mod tally;
 
-pub use buckets::{bucket_id, route_of};
 pub use file::{StoredLimit, clear_limits, stored_limits};
 pub use store::{StoreSettings, store_limits};
 
@@ -220,7 +219,7 @@ pub struct Admission<'a> {
     tracked: bool,
     /// Whether that unit came from this process's lease (given back in batches, issue 21.6).
     leased: bool,
-    /// Its route ([`route_of`]; 0: none).
+    /// Its route ([`crate::stable_id::route_of`]; 0: none).
     route: u64,
 }
 
@@ -498,7 +497,7 @@ impl Gate {
         self.admit_route(max_wait, usage, 0, on_wait).await
     }
 
-    /// [`Gate::admit`] for a request of `route` ([`route_of`]): held by the server's budgets of
+    /// [`Gate::admit`] for a request of `route` ([`crate::stable_id::route_of`]): held by the server's budgets of
     /// the buckets that route is counted in (issue 21.2).
     pub async fn admit_route(
         &self,

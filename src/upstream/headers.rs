@@ -49,7 +49,7 @@ impl MessageHeaders {
     /// Derives the headers of a request or notification with `method` and `params`.
     pub fn derive(method: &str, params: &Params<'_>) -> Self {
         let named = matches!(method, "tools/call" | "prompts/get").then(|| params.name.as_deref()).flatten();
-        let route = crate::ratelimit::route_of(method, named);
+        let route = crate::stable_id::route_of(method, named);
         let Some(version) = params.meta.as_ref().and_then(|m| m.protocol_version.as_deref()) else {
             return MessageHeaders { route, ..MessageHeaders::default() };
         };
@@ -224,7 +224,7 @@ mod tests {
     #[test]
     fn t13_legacy_message_adds_nothing_itself() {
         let h = derive(r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"sum"}}"#);
-        let route = crate::ratelimit::route_of("tools/call", Some("sum"));
+        let route = crate::stable_id::route_of("tools/call", Some("sum"));
         assert_eq!(
             h,
             MessageHeaders { route, ..MessageHeaders::default() },
