@@ -71,7 +71,19 @@ fn fail(steps: &mut Vec<Step>, step: &'static str, started: Instant, detail: Str
 }
 
 async fn run(config: &Config, steps: &mut Vec<Step>, server: &mut Value) -> bool {
-    // Configuration.
+    let auth = configuration_step(config, steps);
+    if !dns_step(config, steps).await || !http_step(config, steps).await {
+        return false;
+    }
+    let Some((mut client, init)) = handshake_step(config, steps, server).await else { return false };
+    let ok = offers_step(&mut client, &init, steps, server).await;
+    limits_step(&client, auth, steps, server);
+    client.close().await;
+    ok
+}
+
+/// The credential in use and the configuration's warnings; returns how auth is described.
+fn configuration_step(config: &Config, steps: &mut Vec<Step>) -> String {
     let started = Instant::now();
     let auth = match (&config.api_key, &config.oauth) {
         (Some(key), _) => {
@@ -84,8 +96,11 @@ async fn run(config: &Config, steps: &mut Vec<Step>, server: &mut Value) -> bool
     let warnings =
         if config.warnings.is_empty() { String::new() } else { format!("; {}", config.warnings.join("; ")) };
     push(steps, "configuration", started, true, format!("{auth}{warnings}"));
+    auth
+}
 
-    // DNS.
+/// The server's name resolves.
+async fn dns_step(config: &Config, steps: &mut Vec<Step>) -> bool {
     let host = config.url.host_str().unwrap_or_default().trim_matches(['[', ']']).to_owned();
     let port = config.url.port_or_known_default().unwrap_or(443);
     let started = Instant::now();
@@ -93,27 +108,30 @@ async fn run(config: &Config, steps: &mut Vec<Step>, server: &mut Value) -> bool
         Ok(Ok(addrs)) => {
             let addrs: Vec<String> = addrs.map(|a| a.ip().to_string()).take(3).collect();
             push(steps, "dns", started, true, format!("{host} → {}", addrs.join(", ")));
+            true
         }
-        _ => {
-            return fail(
-                steps,
-                "dns",
-                started,
-                format!("could not resolve {host}"),
-                "check the URL's spelling and your network or DNS".into(),
-            );
-        }
+        _ => fail(
+            steps,
+            "dns",
+            started,
+            format!("could not resolve {host}"),
+            "check the URL's spelling and your network or DNS".into(),
+        ),
     }
+}
 
-    // TLS and HTTP: one GET.
-    if !http_step(config, steps).await {
-        return false;
-    }
-
-    // The MCP handshake, through the proxy.
+/// The MCP handshake, through the proxy: the client and the `initialize` result when it worked.
+async fn handshake_step(
+    config: &Config,
+    steps: &mut Vec<Step>,
+    server: &mut Value,
+) -> Option<(Client, Value)> {
     let mut client = match Client::new(config).await {
         Ok(c) => c,
-        Err(e) => return fail(steps, "mcp", Instant::now(), e.to_string(), "see the message".into()),
+        Err(e) => {
+            fail(steps, "mcp", Instant::now(), e.to_string(), "see the message".into());
+            return None;
+        }
     };
     let (answer, took) = client.initialize().await;
     let started = Instant::now() - took;
@@ -128,7 +146,8 @@ async fn run(config: &Config, steps: &mut Vec<Step>, server: &mut Value) -> bool
                 _ => (message.clone(), "check the URL and the credential".to_owned()),
             };
             client.close().await;
-            return fail(steps, "mcp handshake", started, detail, fix);
+            fail(steps, "mcp handshake", started, detail, fix);
+            return None;
         }
     };
     let revision = init["protocolVersion"].as_str().unwrap_or("?").to_owned();
@@ -152,8 +171,11 @@ async fn run(config: &Config, steps: &mut Vec<Step>, server: &mut Value) -> bool
         "name": name, "version": version, "protocolVersion": revision, "era": era, "bridged": bridged,
         "transport": client.transport(), "capabilities": init["capabilities"],
     });
+    Some((client, init))
+}
 
-    // What it offers.
+/// What the server offers: its tools, resources and prompts, counted.
+async fn offers_step(client: &mut Client, init: &Value, steps: &mut Vec<Step>, server: &mut Value) -> bool {
     let started = Instant::now();
     let mut counts = Vec::new();
     let mut ok = true;
@@ -185,8 +207,11 @@ async fn run(config: &Config, steps: &mut Vec<Step>, server: &mut Value) -> bool
         ok,
         if counts.is_empty() { "nothing listed".into() } else { counts.join(", ") },
     );
+    ok
+}
 
-    // Auth and rate limits.
+/// How the client was signed in, and the rate limits the server stated.
+fn limits_step(client: &Client, auth: String, steps: &mut Vec<Step>, server: &mut Value) {
     let started = Instant::now();
     let auth = match client.signed_in() {
         Some(true) => "OAuth: signed in (a stored token; renewed as needed)".to_owned(),
@@ -207,8 +232,6 @@ async fn run(config: &Config, steps: &mut Vec<Step>, server: &mut Value) -> bool
     server["rateLimitHeaders"] =
         limits.iter().map(|(k, v)| (k.clone(), json!(v))).collect::<serde_json::Map<_, _>>().into();
     push(steps, "rate limits", started, true, detail);
-    client.close().await;
-    ok
 }
 
 /// The eras, for people (issue 13): the server's, and whether this handshake-era client reaches
