@@ -412,6 +412,20 @@ fn decide(
         }
         probe = true;
     }
+    if let Some(held) = client_side(state, limits, now, patience) {
+        return held;
+    }
+    if probe {
+        state.probe_at_ms = now.saturating_add(millis(PROBE_INTERVAL));
+        state.updated_ms = now;
+    }
+    let tracked = state.budgets.take(route, now);
+    Verdict::Go { probe, at: now, tracked, leased: false }
+}
+
+/// The client-side limits (`--rate-limit`): what holds a request now, or `None` when each has
+/// room, and then the send is counted in each.
+fn client_side(state: &mut State, limits: &[Limit], now: u64, patience: Duration) -> Option<Verdict> {
     state.tallies.resize(limits.len(), Tally::default());
     let mut longest: Option<(Duration, &Limit)> = None;
     for (limit, tally) in limits.iter().zip(state.tallies.iter_mut()) {
@@ -423,21 +437,16 @@ fn decide(
     }
     if let Some((wait, limit)) = longest {
         let reason = format!("--rate-limit {}", limit.describe());
-        return if wait <= patience {
+        return Some(if wait <= patience {
             Verdict::Wait { wait, reason, client_side: true, budget: false }
         } else {
             Verdict::Refuse { wait, reason, client_side: true }
-        };
+        });
     }
     for (limit, tally) in limits.iter().zip(state.tallies.iter_mut()) {
         tally.add(now, millis(limit.window));
     }
-    if probe {
-        state.probe_at_ms = now.saturating_add(millis(PROBE_INTERVAL));
-        state.updated_ms = now;
-    }
-    let tracked = state.budgets.take(route, now);
-    Verdict::Go { probe, at: now, tracked, leased: false }
+    None
 }
 
 impl Gate {
