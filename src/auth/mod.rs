@@ -565,38 +565,9 @@ impl OAuth {
         let (url, state) = request.url();
         metadata::check_url(&url)?;
 
-        let host = self.mcp.host_str().unwrap_or("the server");
-        let opened = browser::open(&url, self.settings.browser.as_deref()).await;
-        let how = if opened {
-            "a browser window opened; if not, open this URL"
-        } else {
-            "open this URL in a browser"
-        };
-        #[allow(clippy::print_stderr)]
-        {
-            eprintln!("mcp-sidecar: {host} needs you to sign in: {how}:\n\n  {url}\n");
-        }
-        let callback = tokio::time::timeout(self.settings.timeout, listener.wait(state.secret().clone()))
-            .await
-            .map_err(|_| {
-                AuthError(format!(
-                    "no sign-in answer from the browser within {} s (--auth-timeout): run mcp-sidecar login {} in a terminal, or try again",
-                    self.settings.timeout.as_secs(),
-                    redact_url(&self.mcp)
-                ))
-            })?;
+        let callback = self.ask_the_browser(listener, &url, state.secret().clone()).await?;
         check_issuer(server, discovered.from_metadata, callback.get("iss"))?;
-        if let Some(error) = callback.get("error") {
-            let said =
-                callback.get("error_description").map(|d| format!(": {}", clean(d))).unwrap_or_default();
-            return Err(AuthError(format!(
-                "the authorization server did not grant access ({}{said}): sign in again and approve the request",
-                clean(error)
-            )));
-        }
-        let code = callback.get("code").ok_or_else(|| {
-            AuthError("the sign-in answer carried no authorization code: try signing in again".into())
-        })?;
+        let code = code_of(&callback)?;
         let response = oauth
             .exchange_code(AuthorizationCode::new(code.to_owned()))
             .set_pkce_verifier(verifier)
@@ -610,8 +581,36 @@ impl OAuth {
                 ))
             })?;
         let tokens = tokens_from(&response, None, scope);
-        info!("signed in to {host}");
+        info!("signed in to {}", self.mcp.host_str().unwrap_or("the server"));
         Ok((tokens, discovered, client, Grant::Browser.kind()))
+    }
+
+    /// Shows the sign-in URL on stderr (and opens a browser on it), then waits for the browser's
+    /// answer at `listener`, at most `--auth-timeout`.
+    async fn ask_the_browser(
+        &self,
+        listener: callback::Listener,
+        url: &Url,
+        state: String,
+    ) -> Result<callback::Callback, AuthError> {
+        let host = self.mcp.host_str().unwrap_or("the server");
+        let opened = browser::open(url, self.settings.browser.as_deref()).await;
+        let how = if opened {
+            "a browser window opened; if not, open this URL"
+        } else {
+            "open this URL in a browser"
+        };
+        #[allow(clippy::print_stderr)]
+        {
+            eprintln!("mcp-sidecar: {host} needs you to sign in: {how}:\n\n  {url}\n");
+        }
+        tokio::time::timeout(self.settings.timeout, listener.wait(state)).await.map_err(|_| {
+            AuthError(format!(
+                "no sign-in answer from the browser within {} s (--auth-timeout): run mcp-sidecar login {} in a terminal, or try again",
+                self.settings.timeout.as_secs(),
+                redact_url(&self.mcp)
+            ))
+        })
     }
 
     /// RFC 8628: a code the user enters on another device, while this polls the token
@@ -661,6 +660,35 @@ impl OAuth {
                 ))
             })?;
         let details = sane_interval(details)?;
+        // Bounded by the code's life and by --auth-timeout, whichever ends first; no sleep
+        // between polls outlasts that.
+        let wait = details.expires_in().min(self.settings.timeout);
+        let deadline = crate::retry::deadline_after(wait);
+        self.show_device_code(&details, wait)?;
+        let response = oauth
+            .exchange_device_access_token(&details)
+            .add_extra_param("resource", discovered.resource.clone())
+            .request_async(
+                &via,
+                |d: Duration| {
+                    tokio::time::sleep(d.min(deadline.saturating_duration_since(tokio::time::Instant::now())))
+                },
+                Some(wait),
+            )
+            .await
+            .map_err(|e| self.device_error(&e))?;
+        let tokens = tokens_from(&response, None, scope);
+        info!("signed in to {}", self.mcp.host_str().unwrap_or("the server"));
+        Ok((tokens, client))
+    }
+
+    /// Shows where to enter the device code (after checking the URLs are ones to show), for
+    /// `wait` at most.
+    fn show_device_code(
+        &self,
+        details: &oauth2::StandardDeviceAuthorizationResponse,
+        wait: Duration,
+    ) -> Result<(), AuthError> {
         let host = self.mcp.host_str().unwrap_or("the server");
         let uri = details.verification_uri().to_string();
         let complete = details.verification_uri_complete().map(|c| c.secret().clone());
@@ -669,53 +697,46 @@ impl OAuth {
                 &Url::parse(u).map_err(|_| AuthError(format!("the verification URI {u:?} is not a URL")))?,
             )?;
         }
-        // Bounded by the code's life and by --auth-timeout, whichever ends first; no sleep
-        // between polls outlasts that.
-        let wait = details.expires_in().min(self.settings.timeout);
-        let deadline = crate::retry::deadline_after(wait);
+        let code = clean(details.user_code().secret());
+        let link = complete
+            .map(|c| {
+                format!("\n\nor open this link, which carries the code (for a phone):\n\n  {}", clean(&c))
+            })
+            .unwrap_or_default();
         #[allow(clippy::print_stderr)]
         {
-            let code = clean(details.user_code().secret());
             eprintln!(
-                "mcp-sidecar: {host} needs you to sign in. On any device, open\n\n  {}\n\nand enter the code  {code}{}\n\n(waiting up to {} s)",
+                "mcp-sidecar: {host} needs you to sign in. On any device, open\n\n  {}\n\nand enter the code  {code}{link}\n\n(waiting up to {} s)",
                 clean(&uri),
-                complete
-                    .map(|c| format!(
-                        "\n\nor open this link, which carries the code (for a phone):\n\n  {}",
-                        clean(&c)
-                    ))
-                    .unwrap_or_default(),
                 wait.as_secs()
             );
         }
-        let response = oauth
-            .exchange_device_access_token(&details)
-            .add_extra_param("resource", discovered.resource.clone())
-            .request_async(
-                &via,
-                |d: Duration| tokio::time::sleep(d.min(deadline.saturating_duration_since(tokio::time::Instant::now()))),
-                Some(wait),
-            )
-            .await
-            .map_err(|e| match &e {
-                RequestTokenError::ServerResponse(r)
-                    if *r.error() == oauth2::DeviceCodeErrorResponseType::ExpiredToken =>
-                {
-                    AuthError(format!(
-                        "the device code expired before the sign-in was approved: run mcp-sidecar login --device {} again and enter the new code sooner",
-                        redact_url(&self.mcp)
-                    ))
-                }
-                RequestTokenError::ServerResponse(r)
-                    if *r.error() == oauth2::DeviceCodeErrorResponseType::AccessDenied =>
-                {
-                    AuthError("the sign-in was denied on the other device: run the login again and approve it".into())
-                }
-                _ => AuthError(format!("the device sign-in failed ({}): try again", token_error(&e))),
-            })?;
-        let tokens = tokens_from(&response, None, scope);
-        info!("signed in to {host}");
-        Ok((tokens, client))
+        Ok(())
+    }
+
+    /// What a failed device sign-in means for people.
+    fn device_error<RE: std::error::Error + 'static>(
+        &self,
+        e: &RequestTokenError<RE, oauth2::DeviceCodeErrorResponse>,
+    ) -> AuthError {
+        match e {
+            RequestTokenError::ServerResponse(r)
+                if *r.error() == oauth2::DeviceCodeErrorResponseType::ExpiredToken =>
+            {
+                AuthError(format!(
+                    "the device code expired before the sign-in was approved: run mcp-sidecar login --device {} again and enter the new code sooner",
+                    redact_url(&self.mcp)
+                ))
+            }
+            RequestTokenError::ServerResponse(r)
+                if *r.error() == oauth2::DeviceCodeErrorResponseType::AccessDenied =>
+            {
+                AuthError(
+                    "the sign-in was denied on the other device: run the login again and approve it".into(),
+                )
+            }
+            _ => AuthError(format!("the device sign-in failed ({}): try again", token_error(e))),
+        }
     }
 
     /// Issue 14: tokens for a machine, no person: client credentials, workload identity or
@@ -1022,6 +1043,21 @@ enum Refresh {
     /// The refresh token is no longer good: sign in again (once).
     Rejected(String),
     Failed(AuthError),
+}
+
+/// The authorization code a browser's answer carries, or the error the authorization server
+/// gave instead.
+fn code_of(callback: &callback::Callback) -> Result<&str, AuthError> {
+    if let Some(error) = callback.get("error") {
+        let said = callback.get("error_description").map(|d| format!(": {}", clean(d))).unwrap_or_default();
+        return Err(AuthError(format!(
+            "the authorization server did not grant access ({}{said}): sign in again and approve the request",
+            clean(error)
+        )));
+    }
+    callback.get("code").ok_or_else(|| {
+        AuthError("the sign-in answer carried no authorization code: try signing in again".into())
+    })
 }
 
 /// Runs blocking store work (file I/O with fsync, the OS keyring) on tokio's blocking pool, so
