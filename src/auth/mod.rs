@@ -746,20 +746,7 @@ impl OAuth {
         challenge: Option<&BearerChallenge>,
         scope: Option<String>,
     ) -> Result<Tokens, AuthError> {
-        use crate::sync::Locked;
-        // Issue 21.8: a machine's credential must not follow a challenge elsewhere: only the
-        // server's own origin names its metadata, and the issuer is pinned at first sight.
-        let named = own_resource_metadata(challenge, &self.mcp);
-        let known = self.known.locked().clone().filter(|_| named.is_none());
-        let discovered = match known {
-            Some(d) => d,
-            None => {
-                let d = metadata::discover(&self.http, &self.mcp, named).await?;
-                self.pin_machine_issuer(&d.server.issuer).await?;
-                *self.known.locked() = Some(d.clone());
-                d
-            }
-        };
+        let discovered = self.machine_discovery(challenge).await?;
         let server = &discovered.server;
         let Some(token_url) = &server.token_endpoint else {
             return Err(AuthError(format!(
@@ -770,8 +757,53 @@ impl OAuth {
         let scope = scope_to_ask(&discovered, scope, false);
         let dpop = self.dpop_for(server)?;
         let via = Via { http: &self.http, dpop: dpop.as_deref() };
+        let mut form = vec![("resource", discovered.resource.clone())];
+        if let Some(s) = &scope {
+            form.push(("scope", s.clone()));
+        }
+        let fix = self.grant_form(&via, &discovered, scope.as_deref(), &mut form).await?;
+        let answer =
+            grants::request(&via, token_url, form, self.machine_auth(server)).await.map_err(|r| {
+                AuthError(format!(
+                    "the authorization server {} refused the {} grant ({}): {fix}",
+                    server.issuer,
+                    self.settings.grant.kind().replace('_', " "),
+                    r.text()
+                ))
+            })?;
+        let host = self.mcp.host_str().unwrap_or("the server");
+        info!("got an access token for {host} ({})", self.settings.grant.kind().replace('_', " "));
+        let now = now();
+        Ok(Tokens {
+            access_token: SecretString::from(answer.access_token),
+            // A machine asks again instead of keeping a refresh token.
+            refresh_token: None,
+            expires_at: answer.expires_in.map(|d| now.saturating_add(d.max(MIN_TOKEN_LIFE))),
+            issued_at: Some(now),
+            scope: answer.scope.or(scope),
+            dpop: is_dpop(&answer.token_type) && dpop.is_some(),
+        })
+    }
+
+    /// The authorization server of a machine grant. Issue 21.8: a machine's credential must not
+    /// follow a challenge elsewhere: only the server's own origin names its metadata, and the
+    /// issuer is pinned at first sight.
+    async fn machine_discovery(&self, challenge: Option<&BearerChallenge>) -> Result<Discovered, AuthError> {
+        use crate::sync::Locked;
+        let named = own_resource_metadata(challenge, &self.mcp);
+        if let Some(d) = self.known.locked().clone().filter(|_| named.is_none()) {
+            return Ok(d);
+        }
+        let d = metadata::discover(&self.http, &self.mcp, named).await?;
+        self.pin_machine_issuer(&d.server.issuer).await?;
+        *self.known.locked() = Some(d.clone());
+        Ok(d)
+    }
+
+    /// How a machine client authenticates at `server`'s token endpoint, as the flags say.
+    fn machine_auth<'a>(&'a self, server: &'a AuthServer) -> ClientAuth<'a> {
         let id = self.settings.client_id.as_deref();
-        let auth = match (id, &self.settings.client_key, &self.settings.client_secret) {
+        match (id, &self.settings.client_key, &self.settings.client_secret) {
             (Some(id), Some(key), _) => ClientAuth::Jwt(id, key, &server.issuer),
             (Some(id), None, Some((_, secret))) => {
                 match pick_auth(server.token_endpoint_auth_methods_supported.as_deref(), true) {
@@ -780,13 +812,21 @@ impl OAuth {
                 }
             }
             (id, _, _) => ClientAuth::None(id),
-        };
-        let mut form = vec![("resource", discovered.resource.clone())];
-        if let Some(s) = &scope {
-            form.push(("scope", s.clone()));
         }
-        let client = id.unwrap_or("mcp-sidecar");
-        let fix = match &self.settings.grant {
+    }
+
+    /// The grant's own fields of a machine token request (its type and assertion), added to
+    /// `form`; returns the fix to give if the server refuses it.
+    async fn grant_form(
+        &self,
+        via: &Via<'_>,
+        discovered: &Discovered,
+        scope: Option<&str>,
+        form: &mut Vec<(&'static str, String)>,
+    ) -> Result<String, AuthError> {
+        let server = &discovered.server;
+        let client = self.settings.client_id.as_deref().unwrap_or("mcp-sidecar");
+        Ok(match &self.settings.grant {
             Grant::ClientCredentials => {
                 form.push(("grant_type", "client_credentials".into()));
                 match &self.settings.client_secret {
@@ -806,14 +846,8 @@ impl OAuth {
                 )
             }
             Grant::Enterprise(e) => {
-                let jag = grants::exchange_id_token(
-                    &via,
-                    e,
-                    &server.issuer,
-                    &discovered.resource,
-                    scope.as_deref(),
-                )
-                .await?;
+                let jag =
+                    grants::exchange_id_token(via, e, &server.issuer, &discovered.resource, scope).await?;
                 form.push(("grant_type", grants::JWT_BEARER.into()));
                 form.push(("assertion", jag.expose_secret().to_owned()));
                 format!(
@@ -821,26 +855,6 @@ impl OAuth {
                 )
             }
             Grant::Browser | Grant::Device => unreachable!("a person's grant is not unattended"),
-        };
-        let answer = grants::request(&via, token_url, form, auth).await.map_err(|r| {
-            AuthError(format!(
-                "the authorization server {} refused the {} grant ({}): {fix}",
-                server.issuer,
-                self.settings.grant.kind().replace('_', " "),
-                r.text()
-            ))
-        })?;
-        let host = self.mcp.host_str().unwrap_or("the server");
-        info!("got an access token for {host} ({})", self.settings.grant.kind().replace('_', " "));
-        let now = now();
-        Ok(Tokens {
-            access_token: SecretString::from(answer.access_token),
-            // A machine asks again instead of keeping a refresh token.
-            refresh_token: None,
-            expires_at: answer.expires_in.map(|d| now.saturating_add(d.max(MIN_TOKEN_LIFE))),
-            issued_at: Some(now),
-            scope: answer.scope.or(scope),
-            dpop: is_dpop(&answer.token_type) && dpop.is_some(),
         })
     }
 
