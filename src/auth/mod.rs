@@ -944,25 +944,7 @@ impl OAuth {
         };
         let endpoint =
             Url::parse(endpoint).map_err(|e| AuthError(format!("bad registration endpoint: {e}")))?;
-        let body = match redirect {
-            Some((redirect_uri, _)) => serde_json::json!({
-                "client_name": CLIENT_NAME,
-                "redirect_uris": [redirect_uri],
-                "grant_types": ["authorization_code", "refresh_token"],
-                "response_types": ["code"],
-                "token_endpoint_auth_method": "none",
-                "application_type": "native",
-            }),
-            // RFC 8628: a device client has no redirect.
-            None => serde_json::json!({
-                "client_name": CLIENT_NAME,
-                "grant_types": [grants::DEVICE_CODE, "refresh_token"],
-                "response_types": [],
-                "token_endpoint_auth_method": "none",
-                "application_type": "native",
-            }),
-        };
-        let (status, bytes) = self.http.post_json(&endpoint, &body).await?;
+        let (status, bytes) = self.http.post_json(&endpoint, &registration(redirect)).await?;
         if !status.is_success() {
             let said = crate::upstream::server_message(&bytes)
                 .map(|m| format!(": {}", clean(&m)))
@@ -1057,6 +1039,28 @@ enum Refresh {
     /// The refresh token is no longer good: sign in again (once).
     Rejected(String),
     Failed(AuthError),
+}
+
+/// What a dynamic client registration asks for (RFC 7591): a native public client, with its
+/// loopback redirect, or for the device grant (RFC 8628: no redirect).
+fn registration(redirect: Option<(&str, u16)>) -> serde_json::Value {
+    match redirect {
+        Some((redirect_uri, _)) => serde_json::json!({
+            "client_name": CLIENT_NAME,
+            "redirect_uris": [redirect_uri],
+            "grant_types": ["authorization_code", "refresh_token"],
+            "response_types": ["code"],
+            "token_endpoint_auth_method": "none",
+            "application_type": "native",
+        }),
+        None => serde_json::json!({
+            "client_name": CLIENT_NAME,
+            "grant_types": [grants::DEVICE_CODE, "refresh_token"],
+            "response_types": [],
+            "token_endpoint_auth_method": "none",
+            "application_type": "native",
+        }),
+    }
 }
 
 /// The authorization code a browser's answer carries, or the error the authorization server
