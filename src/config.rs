@@ -157,6 +157,60 @@ pub struct Config {
     pub warnings: Vec<String>,
 }
 
+/// The API key: from `--api-key-env` or the preset's variable, sent in the header `--auth-header`
+/// or the preset names; `None` when another way to authenticate is chosen.
+fn resolve_api_key(
+    cli: &Args,
+    preset: Option<&PresetSpec>,
+    env: &dyn Fn(&str) -> Option<String>,
+    warnings: &mut Vec<String>,
+) -> Result<Option<ApiKey>, ConfigError> {
+    let key_env = match cli.auth {
+        Some(AuthMethod::ApiKey) | None => {
+            cli.api_key_env.clone().or_else(|| preset.map(|p| p.key_env.to_owned()))
+        }
+        Some(other) => {
+            if cli.api_key_env.is_some() {
+                return Err(ConfigError(format!(
+                    "--api-key-env does not go with --auth {}: drop one of them",
+                    method_name(other)
+                )));
+            }
+            None
+        }
+    };
+    if cli.auth == Some(AuthMethod::ApiKey) && key_env.is_none() {
+        return Err(ConfigError(
+            "--auth api-key needs a key: name the variable that holds it with --api-key-env (or use --preset)"
+                .into(),
+        ));
+    }
+    let style = match (&cli.auth_header, preset) {
+        (Some(s), _) => AuthStyle::parse(s)?,
+        (None, Some(p)) => p.auth.clone(),
+        (None, None) => AuthStyle::Bearer,
+    };
+    match key_env {
+        Some(name) => {
+            let key = read_key(&name, env, cli.preset)?;
+            if let Some(p) = preset
+                && !p.key_prefixes.iter().any(|pre| key.expose_secret().starts_with(pre))
+            {
+                warnings.push(format!(
+                    "the key in {name} does not start with {}, as {} keys do: check that it is the right key",
+                    p.key_prefixes.join(" or "),
+                    p.label
+                ));
+            }
+            Ok(Some(api_key(name, key, style)?))
+        }
+        None if cli.auth_header.is_some() => Err(ConfigError(
+            "--auth-header needs a key: name the variable that holds it with --api-key-env".into(),
+        )),
+        None => Ok(None),
+    }
+}
+
 impl Config {
     /// Resolves `cli` against the environment (`env` looks a variable up; tests pass a map).
     pub fn from_cli(cli: Args, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
@@ -167,52 +221,7 @@ impl Config {
         let url = resolve_url(cli.url.as_deref().or(cli.url_flag.as_deref()), preset)?;
         check_scheme(&url, cli.allow_http)?;
 
-        let key_env = match cli.auth {
-            Some(AuthMethod::ApiKey) | None => {
-                cli.api_key_env.clone().or_else(|| preset.map(|p| p.key_env.to_owned()))
-            }
-            Some(other) => {
-                if cli.api_key_env.is_some() {
-                    return Err(ConfigError(format!(
-                        "--api-key-env does not go with --auth {}: drop one of them",
-                        method_name(other)
-                    )));
-                }
-                None
-            }
-        };
-        if cli.auth == Some(AuthMethod::ApiKey) && key_env.is_none() {
-            return Err(ConfigError(
-                "--auth api-key needs a key: name the variable that holds it with --api-key-env (or use --preset)"
-                    .into(),
-            ));
-        }
-        let style = match (&cli.auth_header, preset) {
-            (Some(s), _) => AuthStyle::parse(s)?,
-            (None, Some(p)) => p.auth.clone(),
-            (None, None) => AuthStyle::Bearer,
-        };
-        let api_key = match key_env {
-            Some(name) => {
-                let key = read_key(&name, env, cli.preset)?;
-                if let Some(p) = preset
-                    && !p.key_prefixes.iter().any(|pre| key.expose_secret().starts_with(pre))
-                {
-                    warnings.push(format!(
-                        "the key in {name} does not start with {}, as {} keys do: check that it is the right key",
-                        p.key_prefixes.join(" or "),
-                        p.label
-                    ));
-                }
-                Some(api_key(name, key, style)?)
-            }
-            None if cli.auth_header.is_some() => {
-                return Err(ConfigError(
-                    "--auth-header needs a key: name the variable that holds it with --api-key-env".into(),
-                ));
-            }
-            None => None,
-        };
+        let api_key = resolve_api_key(&cli, preset, env, &mut warnings)?;
 
         let mut header_secrets = Vec::new();
         let headers = parse_headers(&cli.headers, env, &mut header_secrets)?;
