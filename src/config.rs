@@ -411,26 +411,7 @@ fn oauth_settings(
     cli: &Args,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<crate::auth::Settings, ConfigError> {
-    let client_secret = match &cli.client_secret_env {
-        Some(name) => {
-            if cli.client_id.is_none() {
-                return Err(ConfigError(
-                    "--client-secret-env needs --client-id: name the client the secret belongs to".into(),
-                ));
-            }
-            match env(name) {
-                Some(v) if !v.trim().is_empty() => {
-                    Some((name.clone(), SecretString::from(v.trim().to_owned())))
-                }
-                _ => {
-                    return Err(ConfigError(format!(
-                        "{name} (--client-secret-env) is not set: export it with the client secret, or drop --client-secret-env for a public client"
-                    )));
-                }
-            }
-        }
-        None => None,
-    };
+    let client_secret = client_secret(cli, env)?;
     if let Some(u) = &cli.client_metadata_url {
         let ok =
             Url::parse(u).is_ok_and(|u| u.scheme() == "https" && u.path() != "/" && u.fragment().is_none());
@@ -447,31 +428,7 @@ fn oauth_settings(
         ));
     }
     let grant = grant(cli, env)?;
-    let client_key = match &cli.client_key_file {
-        Some(path) => {
-            if !matches!(
-                cli.auth,
-                Some(AuthMethod::ClientCredentials | AuthMethod::WorkloadIdentity | AuthMethod::Enterprise)
-            ) {
-                return Err(ConfigError(
-                    "--client-key-file signs client assertions for --auth client-credentials (or workload-identity, enterprise): add that, or drop the key file".into(),
-                ));
-            }
-            if cli.client_id.is_none() {
-                return Err(ConfigError(
-                    "--client-key-file needs --client-id: name the client whose public key is registered"
-                        .into(),
-                ));
-            }
-            if client_secret.is_some() {
-                return Err(ConfigError(
-                    "--client-key-file and --client-secret-env are two ways to authenticate the client: keep one".into(),
-                ));
-            }
-            Some(crate::auth::grants::ClientKey::load(path).map_err(ConfigError)?)
-        }
-        None => None,
-    };
+    let client_key = client_key(cli, client_secret.is_some())?;
     if matches!(grant, crate::auth::grants::Grant::ClientCredentials)
         && client_secret.is_none()
         && client_key.is_none()
@@ -494,6 +451,60 @@ fn oauth_settings(
         client_key,
         headless: false,
     })
+}
+
+/// `--client-secret-env`: the variable's value, read here like the key.
+fn client_secret(
+    cli: &Args,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Option<(String, SecretString)>, ConfigError> {
+    match &cli.client_secret_env {
+        Some(name) => {
+            if cli.client_id.is_none() {
+                return Err(ConfigError(
+                    "--client-secret-env needs --client-id: name the client the secret belongs to".into(),
+                ));
+            }
+            match env(name) {
+                Some(v) if !v.trim().is_empty() => {
+                    Ok(Some((name.clone(), SecretString::from(v.trim().to_owned()))))
+                }
+                _ => Err(ConfigError(format!(
+                    "{name} (--client-secret-env) is not set: export it with the client secret, or drop --client-secret-env for a public client"
+                ))),
+            }
+        }
+        None => Ok(None),
+    }
+}
+
+/// `--client-key-file`: the private key for `private_key_jwt`, with the flags it needs.
+fn client_key(cli: &Args, has_secret: bool) -> Result<Option<crate::auth::grants::ClientKey>, ConfigError> {
+    match &cli.client_key_file {
+        Some(path) => {
+            if !matches!(
+                cli.auth,
+                Some(AuthMethod::ClientCredentials | AuthMethod::WorkloadIdentity | AuthMethod::Enterprise)
+            ) {
+                return Err(ConfigError(
+                "--client-key-file signs client assertions for --auth client-credentials (or workload-identity, enterprise): add that, or drop the key file".into(),
+            ));
+            }
+            if cli.client_id.is_none() {
+                return Err(ConfigError(
+                    "--client-key-file needs --client-id: name the client whose public key is registered"
+                        .into(),
+                ));
+            }
+            if has_secret {
+                return Err(ConfigError(
+                "--client-key-file and --client-secret-env are two ways to authenticate the client: keep one".into(),
+            ));
+            }
+            Ok(Some(crate::auth::grants::ClientKey::load(path).map_err(ConfigError)?))
+        }
+        None => Ok(None),
+    }
 }
 
 /// The `--auth` value as typed.
