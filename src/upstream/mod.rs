@@ -377,6 +377,23 @@ impl Upstream {
         }
     }
 
+    /// What a 401 means, by the credential in use (`said`: what the server said, if anything).
+    fn unauthorized_message(&self, said: &str) -> String {
+        match &self.api_key {
+            None if self.oauth.is_some() => format!(
+                "the server did not accept the OAuth sign-in (HTTP 401{said}): run mcp-sidecar login {} to sign in again",
+                self.shown_url
+            ),
+            Some(key) => format!(
+                "the server rejected the API key in {} (HTTP 401{said}): check that it is current and complete, or create a new key, then restart the client",
+                key.env_name
+            ),
+            None => format!(
+                "the server requires authentication (HTTP 401{said}): set the variable that holds your key with --api-key-env NAME (or use --preset), or pass the credential with --header"
+            ),
+        }
+    }
+
     /// What an HTTP error status means for a request, given the start of its body.
     /// `sent_session`: whether the request carried `Mcp-Session-Id` (a 404 then means expiry, T-12).
     pub fn status_error(
@@ -390,24 +407,8 @@ impl Upstream {
         let reason = status.canonical_reason().unwrap_or("");
         let server_text = server_message(body).map(|t| self.redact(&t));
         let said = server_text.as_deref().map(|t| format!(": {t}")).unwrap_or_default();
-        let host = self.url.host_str().unwrap_or("the server");
         let (code_rpc, kind, message) = match code {
-            401 => {
-                let m = match &self.api_key {
-                    None if self.oauth.is_some() => format!(
-                        "the server did not accept the OAuth sign-in (HTTP 401{said}): run mcp-sidecar login {} to sign in again",
-                        self.shown_url
-                    ),
-                    Some(key) => format!(
-                        "the server rejected the API key in {} (HTTP 401{said}): check that it is current and complete, or create a new key, then restart the client",
-                        key.env_name
-                    ),
-                    None => format!(
-                        "the server requires authentication (HTTP 401{said}): set the variable that holds your key with --api-key-env NAME (or use --preset), or pass the credential with --header"
-                    ),
-                };
-                (AUTH_ERROR, ErrorKind::AuthRejected, m)
-            }
+            401 => (AUTH_ERROR, ErrorKind::AuthRejected, self.unauthorized_message(&said)),
             403 => (
                 AUTH_ERROR,
                 ErrorKind::Forbidden,
@@ -445,11 +446,9 @@ impl Upstream {
                     .and_then(|v| v.to_str().ok())
                     .map(|v| format!("; the server asks to wait {v} s"))
                     .unwrap_or_default();
-                (
-                    UPSTREAM_ERROR,
-                    ErrorKind::HttpError,
-                    format!("rate limited by {host} (HTTP 429{said}){after}: wait and try again"),
-                )
+                let host = self.url.host_str().unwrap_or("the server");
+                let m = format!("rate limited by {host} (HTTP 429{said}){after}: wait and try again");
+                (UPSTREAM_ERROR, ErrorKind::HttpError, m)
             }
             500..=599 => (
                 UPSTREAM_ERROR,
