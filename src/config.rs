@@ -11,9 +11,10 @@ use std::time::Duration;
 
 use reqwest::header::{AUTHORIZATION, HeaderMap, HeaderName, HeaderValue};
 use secrecy::{ExposeSecret, SecretString};
-use url::{Host, Url};
+use url::Url;
 
 use crate::cli::{Args, AuthMethod, LogFormat, LogLevel, Plan, Preset, ProtocolEra, Transport};
+use crate::net::{is_loopback, redact_url};
 use crate::ratelimit::Limit;
 use crate::retry::RetryPolicy;
 
@@ -660,16 +661,6 @@ fn check_scheme(url: &Url, allow_http: bool) -> Result<(), ConfigError> {
     Ok(())
 }
 
-/// Whether the URL's host is this machine.
-pub fn is_loopback(url: &Url) -> bool {
-    match url.host() {
-        Some(Host::Ipv4(ip)) => ip.is_loopback(),
-        Some(Host::Ipv6(ip)) => ip.is_loopback(),
-        Some(Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
-        None => false,
-    }
-}
-
 fn read_key(
     name: &str,
     env: &dyn Fn(&str) -> Option<String>,
@@ -799,16 +790,6 @@ pub fn default_state_dir() -> Option<PathBuf> {
     let dir =
         if cfg!(windows) { base.cache_dir() } else { base.state_dir().unwrap_or_else(|| base.data_dir()) };
     Some(dir.join("mcp-sidecar"))
-}
-
-/// A URL fit for logs and messages: no user info, no query, no fragment.
-pub fn redact_url(url: &Url) -> String {
-    let mut u = url.clone();
-    let _ = u.set_username("");
-    let _ = u.set_password(None);
-    u.set_query(None);
-    u.set_fragment(None);
-    u.to_string()
 }
 
 #[cfg(test)]

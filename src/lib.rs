@@ -34,6 +34,7 @@ pub mod commands;
 pub mod config;
 pub mod envelope;
 pub mod era;
+pub mod net;
 pub mod platform;
 pub mod private;
 pub mod proxy;
@@ -61,7 +62,7 @@ use upstream::Upstream;
 pub enum RunError {
     /// The HTTP client could not be set up.
     /// (reqwest says only "builder error"; the cause is in its sources.)
-    #[error("could not set up the HTTP client: {}", upstream::error_chain(.0))]
+    #[error("could not set up the HTTP client: {}", net::error_chain(.0))]
     Client(#[source] reqwest::Error),
     /// The sign-in state could not be loaded.
     #[error("{0}")]

@@ -387,7 +387,7 @@ pub async fn exchange_id_token(
     let answer = request(&plain, e.idp_token_endpoint.as_str(), form, auth).await.map_err(|r| {
         AuthError(format!(
             "the identity provider {} refused to exchange the ID token ({}): sign in to your identity provider again for a fresh ID token",
-            crate::config::redact_url(&e.idp_token_endpoint),
+            crate::net::redact_url(&e.idp_token_endpoint),
             r.text()
         ))
     })?;

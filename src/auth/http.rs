@@ -15,7 +15,8 @@ use tracing::info;
 use url::Url;
 
 use super::AuthError;
-use crate::config::{Config, redact_url};
+use crate::config::Config;
+use crate::net::redact_url;
 use crate::retry::{self, RetryPolicy};
 
 /// How long one sign-in request may take.
@@ -65,7 +66,7 @@ impl AuthHttp {
 
     /// The client that sends to `url`: without a proxy when it is loopback.
     fn client_for(&self, url: &Url) -> Result<&reqwest::Client, AuthError> {
-        if crate::config::is_loopback(url) { self.build(&self.direct, true) } else { self.client() }
+        if crate::net::is_loopback(url) { self.build(&self.direct, true) } else { self.client() }
     }
 
     fn build<'a>(
@@ -100,7 +101,7 @@ impl AuthHttp {
             let response = self.client_for(attempt.url())?.execute(attempt).await.map_err(|e| {
                 AuthError(format!(
                     "the sign-in request to {shown} failed ({}): check the network and the server's address",
-                    crate::upstream::error_chain(&e)
+                    crate::net::error_chain(&e)
                 ))
             })?;
             let status = response.status();
@@ -242,7 +243,7 @@ async fn read_limited(mut response: reqwest::Response) -> Result<Vec<u8>, AuthEr
                 return Err(AuthError(format!(
                     "reading the answer of {} failed ({})",
                     redact_url(response.url()),
-                    crate::upstream::error_chain(&e)
+                    crate::net::error_chain(&e)
                 )));
             }
         }

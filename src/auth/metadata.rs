@@ -11,7 +11,7 @@ use super::discovery::{
     authorization_server_urls, canonical_resource, protected_resource_urls, resource_allowed,
 };
 use super::http::{AuthHttp, Fetched};
-use crate::config::redact_url;
+use crate::net::redact_url;
 
 /// RFC 9728 protected-resource metadata (the fields used).
 #[derive(Debug, Clone, Deserialize)]
@@ -232,7 +232,7 @@ pub fn check_pkce(d: &Discovered) -> Result<(), AuthError> {
 pub fn check_url(url: &Url) -> Result<(), AuthError> {
     match url.scheme() {
         "https" => Ok(()),
-        "http" if crate::config::is_loopback(url) => Ok(()),
+        "http" if crate::net::is_loopback(url) => Ok(()),
         _ => Err(AuthError(format!(
             "the sign-in URL {} is not https: refusing to send credentials over it",
             redact_url(url)

@@ -37,7 +37,7 @@ use secrecy::{ExposeSecret, SecretString};
 use tracing::{debug, info, warn};
 use url::Url;
 
-use crate::config::redact_url;
+use crate::net::redact_url;
 use crate::sync::ReadWrite;
 use challenge::BearerChallenge;
 use dpop::Dpop;
@@ -946,9 +946,8 @@ impl OAuth {
             Url::parse(endpoint).map_err(|e| AuthError(format!("bad registration endpoint: {e}")))?;
         let (status, bytes) = self.http.post_json(&endpoint, &registration(redirect)).await?;
         if !status.is_success() {
-            let said = crate::upstream::server_message(&bytes)
-                .map(|m| format!(": {}", clean(&m)))
-                .unwrap_or_default();
+            let said =
+                crate::net::server_message(&bytes).map(|m| format!(": {}", clean(&m))).unwrap_or_default();
             return Err(AuthError(format!(
                 "the authorization server refused to register mcp-sidecar as a client (HTTP {}{said}): register a client there and pass --client-id",
                 status.as_u16()

@@ -10,7 +10,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use crate::auth::grants::Grant;
 use crate::auth::store::{Entry, TokenStore};
 use crate::auth::{OAuth, Renew, challenge, discovery};
-use crate::config::{Config, redact_url};
+use crate::config::Config;
+use crate::net::redact_url;
 
 use super::{CONFIG, FAILED, OK};
 

@@ -16,7 +16,8 @@ use serde_json::{Value, json};
 use super::{FAILED, OK};
 use crate::cli::Preset;
 use crate::client::Client;
-use crate::config::{Config, redact_url};
+use crate::config::Config;
+use crate::net::redact_url;
 
 /// One step of the report.
 #[derive(Debug, Clone, serde::Serialize)]

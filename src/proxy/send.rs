@@ -268,7 +268,7 @@ impl Proxy {
             format!("it resets in {} ({source}){daily}", retry::human(wait))
         };
         let status = response.map_or(String::new(), |(s, body)| {
-            let said = crate::upstream::server_message(body)
+            let said = crate::net::server_message(body)
                 .map(|t| format!(": {}", self.up.redact(&t)))
                 .unwrap_or_default();
             format!(" (HTTP {}{said})", s.as_u16())

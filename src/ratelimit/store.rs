@@ -152,7 +152,7 @@ impl RedisStore {
         Ok(RedisStore {
             connection,
             key: format!("mcp-sidecar:ratelimit:{name}"),
-            shown: crate::config::redact_url(&settings.url),
+            shown: crate::net::redact_url(&settings.url),
             script: redis::Script::new(COMPARE_AND_SET),
         })
     }

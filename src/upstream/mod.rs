@@ -21,17 +21,15 @@ use reqwest::{Method, RequestBuilder, StatusCode};
 use serde_json::value::RawValue;
 use url::Url;
 
-use crate::config::{ApiKey, Config, redact_url};
+use crate::config::{ApiKey, Config};
 use crate::envelope::{AUTH_ERROR, ErrorKind, LocalError, REQUEST_TIMEOUT, UPSTREAM_ERROR};
+use crate::net::{cut, error_chain, redact_url, server_message};
 use headers::MessageHeaders;
 
 /// How many same-origin 307/308 redirects are followed.
 const MAX_REDIRECTS: usize = 5;
 /// How much of an error body is read to explain an HTTP error.
 pub const MAX_ERROR_BODY_BYTES: usize = 64 * 1024;
-/// How much server-provided text goes into one error message.
-const MAX_SERVER_TEXT: usize = 300;
-
 static ACCEPT_BOTH: HeaderValue = HeaderValue::from_static("application/json, text/event-stream");
 static ACCEPT_SSE: HeaderValue = HeaderValue::from_static("text/event-stream");
 static JSON: HeaderValue = HeaderValue::from_static("application/json");
@@ -476,7 +474,7 @@ impl Upstream {
 /// credentials included, in clear text to another host. A client for one origin (redirects are
 /// followed only on it) gets no proxy at all when that origin is loopback.
 pub fn direct_to_loopback(builder: reqwest::ClientBuilder, url: &Url) -> reqwest::ClientBuilder {
-    if crate::config::is_loopback(url) { builder.no_proxy() } else { builder }
+    if crate::net::is_loopback(url) { builder.no_proxy() } else { builder }
 }
 
 /// The JSON-RPC error object of an HTTP error body, if it is one (T-40): `{"error":{"code":int,…}}`.
@@ -501,42 +499,6 @@ pub fn jsonrpc_error(body: &[u8]) -> Option<(&RawValue, Option<&RawValue>)> {
     Some((parsed.error, parsed.id))
 }
 
-/// The human part of an error body: JSON `error.message` (+ `error.data.message`), `message`,
-/// `error` (string), or the first line of a text body; cut short.
-pub fn server_message(body: &[u8]) -> Option<String> {
-    if body.is_empty() {
-        return None;
-    }
-    let text = match serde_json::from_slice::<serde_json::Value>(body) {
-        Ok(v) => {
-            let err = v.get("error");
-            let msg = err
-                .and_then(|e| e.get("message"))
-                .or_else(|| v.get("message"))
-                .or(err.filter(|e| e.is_string()))
-                .and_then(|m| m.as_str());
-            let detail =
-                err.and_then(|e| e.get("data")).and_then(|d| d.get("message")).and_then(|m| m.as_str());
-            match (msg, detail) {
-                (Some(m), Some(d)) if m != d => format!("{m} ({d})"),
-                (Some(m), _) => m.to_owned(),
-                (None, Some(d)) => d.to_owned(),
-                (None, None) => return None,
-            }
-        }
-        Err(_) => {
-            let text = String::from_utf8_lossy(body);
-            let line = text.lines().map(str::trim).find(|l| !l.is_empty())?.to_owned();
-            if line.starts_with('<') {
-                // An HTML error page says nothing useful in one line.
-                return None;
-            }
-            line
-        }
-    };
-    Some(cut(&text, MAX_SERVER_TEXT))
-}
-
 /// The error body for `data.serverBody`: JSON as is, other text cut short.
 fn server_body(body: &[u8]) -> Option<serde_json::Value> {
     if body.is_empty() {
@@ -545,14 +507,6 @@ fn server_body(body: &[u8]) -> Option<serde_json::Value> {
     serde_json::from_slice(body)
         .ok()
         .or_else(|| Some(serde_json::Value::String(cut(&String::from_utf8_lossy(body), 1000))))
-}
-
-/// Cuts `text` to at most `max` characters, marking the cut.
-fn cut(text: &str, max: usize) -> String {
-    match text.char_indices().nth(max) {
-        Some((i, _)) => format!("{}…", &text[..i]),
-        None => text.to_owned(),
-    }
 }
 
 /// The TLS error behind a failed request, if that is what it was. rustls errors arrive as a
@@ -631,25 +585,6 @@ fn tls_message(e: &rustls::Error, host: &str, port: u16) -> String {
             "the TLS handshake with {host} failed ({other}): check the URL and the server's certificate"
         ),
     }
-}
-
-/// The causes of an error, innermost last, without the URL reqwest likes to include.
-pub fn error_chain(e: &reqwest::Error) -> String {
-    let mut parts: Vec<String> = Vec::new();
-    let mut source = e.source();
-    while let Some(s) = source {
-        let text = s.to_string();
-        if !parts.iter().any(|p| p.contains(&text)) {
-            parts.push(text);
-        }
-        source = s.source();
-    }
-    if parts.is_empty() {
-        parts.push(e.to_string());
-    }
-    // Keep the most specific causes; the outer ones repeat them.
-    let n = parts.len();
-    parts[n.saturating_sub(2)..].join(": ")
 }
 
 /// Formats seconds without noise: 300, 1.5.

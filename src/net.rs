@@ -1,0 +1,93 @@
+//! Small helpers about URLs, HTTP errors and what servers say, shared by the mechanisms (issue
+//! 22: they lived in `config` and `upstream`, which tied `auth` and `config` into import
+//! circles). A leaf: it imports nothing of the crate.
+
+use std::error::Error as _;
+
+use url::{Host, Url};
+
+/// How much server-provided text goes into one error message.
+const MAX_SERVER_TEXT: usize = 300;
+
+/// Whether the URL's host is this machine.
+pub fn is_loopback(url: &Url) -> bool {
+    match url.host() {
+        Some(Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(Host::Ipv6(ip)) => ip.is_loopback(),
+        Some(Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+        None => false,
+    }
+}
+
+/// A URL fit for logs and messages: no user info, no query, no fragment.
+pub fn redact_url(url: &Url) -> String {
+    let mut u = url.clone();
+    let _ = u.set_username("");
+    let _ = u.set_password(None);
+    u.set_query(None);
+    u.set_fragment(None);
+    u.to_string()
+}
+
+/// The human part of an error body: JSON `error.message` (+ `error.data.message`), `message`,
+/// `error` (string), or the first line of a text body; cut short.
+pub fn server_message(body: &[u8]) -> Option<String> {
+    if body.is_empty() {
+        return None;
+    }
+    let text = match serde_json::from_slice::<serde_json::Value>(body) {
+        Ok(v) => {
+            let err = v.get("error");
+            let msg = err
+                .and_then(|e| e.get("message"))
+                .or_else(|| v.get("message"))
+                .or(err.filter(|e| e.is_string()))
+                .and_then(|m| m.as_str());
+            let detail =
+                err.and_then(|e| e.get("data")).and_then(|d| d.get("message")).and_then(|m| m.as_str());
+            match (msg, detail) {
+                (Some(m), Some(d)) if m != d => format!("{m} ({d})"),
+                (Some(m), _) => m.to_owned(),
+                (None, Some(d)) => d.to_owned(),
+                (None, None) => return None,
+            }
+        }
+        Err(_) => {
+            let text = String::from_utf8_lossy(body);
+            let line = text.lines().map(str::trim).find(|l| !l.is_empty())?.to_owned();
+            if line.starts_with('<') {
+                // An HTML error page says nothing useful in one line.
+                return None;
+            }
+            line
+        }
+    };
+    Some(cut(&text, MAX_SERVER_TEXT))
+}
+
+/// Cuts `text` to at most `max` characters, marking the cut.
+pub fn cut(text: &str, max: usize) -> String {
+    match text.char_indices().nth(max) {
+        Some((i, _)) => format!("{}…", &text[..i]),
+        None => text.to_owned(),
+    }
+}
+
+/// The causes of an error, innermost last, without the URL reqwest likes to include.
+pub fn error_chain(e: &reqwest::Error) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !parts.iter().any(|p| p.contains(&text)) {
+            parts.push(text);
+        }
+        source = s.source();
+    }
+    if parts.is_empty() {
+        parts.push(e.to_string());
+    }
+    // Keep the most specific causes; the outer ones repeat them.
+    let n = parts.len();
+    parts[n.saturating_sub(2)..].join(": ")
+}
