@@ -615,7 +615,7 @@ impl EraCache {
     pub fn new(state_dir: &Path, url: &str) -> EraCache {
         // "era2": what is remembered changed with issue 20 (a refusal, no longer a mere
         // DiscoverResult), so memories written before are not read.
-        let name = crate::ratelimit::file::state_name(url, "era2");
+        let name = crate::statedir::state_name(url, "era2");
         EraCache { path: state_dir.join("eras").join(format!("{name}.json")) }
     }
 
@@ -635,7 +635,7 @@ impl EraCache {
     /// Remembers `era` as seen at `now`.
     pub fn store(&self, era: Era, now: SystemTime) -> std::io::Result<()> {
         let dir = self.path.parent().unwrap_or(Path::new("."));
-        crate::sync::create_private_dir(dir)?;
+        crate::statedir::create_private_dir(dir)?;
         let secs = now.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
         let tmp = self.path.with_extension(format!("tmp{}", std::process::id()));
         std::fs::write(&tmp, format!("{} {secs}\n", era.tag()))?;

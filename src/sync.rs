@@ -34,8 +34,6 @@ impl<T> ReadWrite<T> for RwLock<T> {
     }
 }
 
-pub(crate) use crate::private::create_private_dir;
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -145,7 +145,7 @@ impl ClientKey {
         if super::store::exposed(path, &meta) {
             return Err(format!(
                 "--client-key-file {shown} is readable by other users: run {}",
-                crate::private::fix_command(path)
+                crate::statedir::fix_command(path)
             ));
         }
         let pem = std::fs::read(path)

@@ -870,7 +870,7 @@ impl OAuth {
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                     let dir = path.parent().unwrap_or(std::path::Path::new("."));
                     let write =
-                        crate::sync::create_private_dir(dir).and_then(|()| std::fs::write(&path, &found));
+                        crate::statedir::create_private_dir(dir).and_then(|()| std::fs::write(&path, &found));
                     write.map_err(|e| {
                         AuthError(format!("cannot pin the authorization server in {}: {e}", dir.display()))
                     })?;
@@ -1081,7 +1081,7 @@ fn code_of(callback: &callback::Callback) -> Result<&str, AuthError> {
 /// that the one runtime thread keeps answering, timing out and handling signals meanwhile.
 /// Where a machine grant's authorization server for `mcp` and `client` is pinned.
 fn issuer_pin_file(state_dir: &std::path::Path, mcp: &Url, client: &str) -> std::path::PathBuf {
-    state_dir.join("issuers").join(crate::ratelimit::file::state_name(mcp.as_str(), client))
+    state_dir.join("issuers").join(crate::statedir::state_name(mcp.as_str(), client))
 }
 
 /// The challenge's `resource_metadata` if it is on `mcp`'s own origin (relative URLs included);

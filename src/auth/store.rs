@@ -10,7 +10,7 @@ use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use crate::sync::create_private_dir;
+use crate::statedir::create_private_dir;
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -242,14 +242,14 @@ impl From<&Entry> for Wire {
     }
 }
 
-pub use crate::private::exposed;
+pub use crate::statedir::exposed;
 
 /// Why the store could not be used.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error(
         "token file {path} is readable by other users: remove it (mcp-sidecar logout) or run {}",
-        crate::private::fix_command(path)
+        crate::statedir::fix_command(path)
     )]
     Exposed { path: PathBuf },
     #[error("token file {path} cannot be used ({reason}): remove it and sign in again")]
@@ -477,11 +477,11 @@ impl TokenStore {
         self.seal(&path, &mut wire)?;
         let tmp = path.with_extension(format!("tmp{}", std::process::id()));
         let mut options = fs::OpenOptions::new();
-        crate::private::owner_only(options.write(true).create(true).truncate(true));
+        crate::statedir::owner_only(options.write(true).create(true).truncate(true));
         let result = (|| {
             let mut file = options.open(&tmp)?;
             // Before a byte is written (Windows: it inherited the directory's access).
-            crate::private::restrict(&tmp)?;
+            crate::statedir::restrict(&tmp)?;
             file.write_all(&serde_json::to_vec(&wire).unwrap_or_default())?;
             file.sync_all()?;
             fs::rename(&tmp, &path)
@@ -505,7 +505,7 @@ impl TokenStore {
         let err = |source| StoreError::Write { dir: self.dir.clone(), source };
         create_private_dir(&self.dir).map_err(err)?;
         let mut options = fs::OpenOptions::new();
-        crate::private::owner_only(options.read(true).write(true).create(true).truncate(false));
+        crate::statedir::owner_only(options.read(true).write(true).create(true).truncate(false));
         let extension = match which {
             Lock::Entry => "lock",
             Lock::SignIn => "signin.lock",

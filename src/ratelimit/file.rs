@@ -13,10 +13,8 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use sha2::{Digest, Sha256};
-
 use super::State;
-use crate::sync::create_private_dir;
+use crate::statedir::create_private_dir;
 
 /// How long the proxy waits for another process to release the state file's lock before it
 /// decides in memory alone. The lock is held for a read and a write of a few hundred bytes, so
@@ -25,15 +23,6 @@ pub const LOCK_PATIENCE: Duration = Duration::from_secs(1);
 /// The first pause between two tries of a held lock; it doubles up to [`LOCK_MAX_PAUSE`].
 const LOCK_FIRST_PAUSE: Duration = Duration::from_millis(1);
 const LOCK_MAX_PAUSE: Duration = Duration::from_millis(20);
-
-/// The name of the state of `origin` and `key_id`: a hash that says nothing about either.
-pub fn state_name(origin: &str, key_id: &str) -> String {
-    let mut h = Sha256::new();
-    h.update(origin.as_bytes());
-    h.update([0]);
-    h.update(key_id.as_bytes());
-    h.finalize()[..12].iter().map(|b| format!("{b:02x}")).collect()
-}
 
 /// The state file of one origin and key, and its lock file.
 #[derive(Debug, Clone)]
@@ -51,7 +40,7 @@ pub struct Locked<'a> {
 impl StateFile {
     /// The file for `origin` and `key_id` under `state_dir`.
     pub fn new(state_dir: &Path, origin: &str, key_id: &str) -> StateFile {
-        let name = state_name(origin, key_id);
+        let name = crate::statedir::state_name(origin, key_id);
         let dir = state_dir.join("ratelimit");
         StateFile { path: dir.join(format!("{name}.json")), lock: dir.join(format!("{name}.lock")) }
     }

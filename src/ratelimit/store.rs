@@ -283,6 +283,6 @@ mod tests {
         assert_eq!(a.len(), 32);
         assert_ne!(a, key_name("https://h", "inv_kez"));
         assert_ne!(a, key_name("https://g", "inv_key"));
-        assert_ne!(a[..24], super::super::file::state_name("https://h", "inv_key"));
+        assert_ne!(a[..24], crate::statedir::state_name("https://h", "inv_key"));
     }
 }

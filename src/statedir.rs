@@ -1,5 +1,6 @@
-//! Files and directories for their owner only: the state dir holds tokens, DPoP keys and
+//! The state dir's files and directories, for their owner only: it holds tokens, DPoP keys and
 //! rate-limit state, and a private key (`--client-key-file`) is refused when others may read it.
+//! Also the names of state files ([`state_name`]). A leaf: it imports nothing of the crate.
 //!
 //! Unix: mode bits (0700 directories, 0600 files, and a file with any group or other bit is
 //! exposed). Windows (issue 21.17: a `--state-dir` outside the profile left every secret writable
@@ -12,6 +13,17 @@
 use std::fs;
 use std::io;
 use std::path::Path;
+
+use sha2::{Digest, Sha256};
+
+/// The name of the state of `origin` and `key_id`: a hash that says nothing about either.
+pub fn state_name(origin: &str, key_id: &str) -> String {
+    let mut h = Sha256::new();
+    h.update(origin.as_bytes());
+    h.update([0]);
+    h.update(key_id.as_bytes());
+    h.finalize()[..12].iter().map(|b| format!("{b:02x}")).collect()
+}
 
 /// Creates `dir` and its missing parents for the owner only (existing ones are left as they are).
 pub(crate) fn create_private_dir(dir: &Path) -> io::Result<()> {
