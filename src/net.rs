@@ -4,7 +4,13 @@
 
 use std::error::Error as _;
 
+use reqwest::header::HeaderName;
 use url::{Host, Url};
+
+/// RFC 9449 §4.1: the proof of possession of a DPoP-bound token (issue 14).
+pub static DPOP: HeaderName = HeaderName::from_static("dpop");
+/// RFC 9449 §8, §9: the nonce a server wants in the next proofs.
+pub static DPOP_NONCE: HeaderName = HeaderName::from_static("dpop-nonce");
 
 /// How much server-provided text goes into one error message.
 const MAX_SERVER_TEXT: usize = 300;
@@ -90,4 +96,25 @@ pub fn error_chain(e: &reqwest::Error) -> String {
     // Keep the most specific causes; the outer ones repeat them.
     let n = parts.len();
     parts[n.saturating_sub(2)..].join(": ")
+}
+
+/// Splits a header value on `sep` outside quoted strings (backslash escapes honoured inside),
+/// trimming each part: structured-field lists, auth-params.
+pub fn split_outside_quotes(s: &str, sep: char) -> Vec<&str> {
+    let mut parts = Vec::new();
+    let (mut start, mut quoted, mut escaped) = (0, false, false);
+    for (i, c) in s.char_indices() {
+        match c {
+            _ if escaped => escaped = false,
+            '\\' if quoted => escaped = true,
+            '"' => quoted = !quoted,
+            c if c == sep && !quoted => {
+                parts.push(s[start..i].trim());
+                start = i + c.len_utf8();
+            }
+            _ => {}
+        }
+    }
+    parts.push(s[start..].trim());
+    parts
 }

@@ -15,7 +15,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use backon::BackoffBuilder;
 use reqwest::header::{DATE, HeaderMap, RETRY_AFTER};
 
-use crate::upstream::headers::split_outside_quotes;
+use crate::net::split_outside_quotes;
 
 /// The longest header value parsed (rmcp keeps 128 bytes of Retry-After too).
 const MAX_HEADER_BYTES: usize = 128;

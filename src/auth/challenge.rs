@@ -6,7 +6,7 @@
 //! value is split on commas outside quotes, and an item that starts with `token SP` opens a new
 //! challenge. Parsing is lenient: what cannot be read is skipped, never fatal.
 
-use crate::upstream::headers::split_outside_quotes;
+use crate::net::split_outside_quotes;
 
 /// One challenge: its scheme (lowercase) and its parameters (names lowercase, values unquoted).
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -23,7 +23,7 @@ use url::Url;
 use super::AuthError;
 use super::dpop::Dpop;
 use super::http::{AuthHttp, HttpError};
-use crate::upstream::headers::{DPOP, DPOP_NONCE};
+use crate::net::{DPOP, DPOP_NONCE};
 
 pub const JWT_BEARER: &str = "urn:ietf:params:oauth:grant-type:jwt-bearer";
 pub const TOKEN_EXCHANGE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";

@@ -78,7 +78,7 @@ impl Proxy {
             // Issue 14: a DPoP nonce the server hands out goes into the next proofs; a 401
             // `use_dpop_nonce` (RFC 9449 §9) was not processed: once more with it.
             let nonce_given = oauth.is_some_and(|o| {
-                let nonce = response.headers().get(&crate::upstream::headers::DPOP_NONCE);
+                let nonce = response.headers().get(&crate::net::DPOP_NONCE);
                 nonce.and_then(|n| n.to_str().ok()).is_some_and(|n| o.dpop_nonce(response.url(), n))
             });
             // Issue 5: a refused token is renewed (stored, refreshed, or a new sign-in) and the

@@ -20,10 +20,6 @@ pub static SESSION_ID: HeaderName = HeaderName::from_static("mcp-session-id");
 pub static METHOD: HeaderName = HeaderName::from_static("mcp-method");
 /// `Mcp-Name` (T-14, 2026-07-28).
 pub static NAME: HeaderName = HeaderName::from_static("mcp-name");
-/// RFC 9449 §4.1: the proof of possession of a DPoP-bound token (issue 14).
-pub static DPOP: HeaderName = HeaderName::from_static("dpop");
-/// RFC 9449 §8, §9: the nonce a server wants in the next proofs.
-pub static DPOP_NONCE: HeaderName = HeaderName::from_static("dpop-nonce");
 
 /// The protocol revisions this build speaks, oldest first.
 pub const SUPPORTED_REVISIONS: &[&str] = &["2025-03-26", "2025-06-18", "2025-11-25", "2026-07-28"];
@@ -170,27 +166,6 @@ pub fn param_values(
             Some((a.header.clone(), encode_value(&text)))
         })
         .collect()
-}
-
-/// Splits a header value on `sep` outside quoted strings (backslash escapes honoured inside),
-/// trimming each part: structured-field lists, auth-params.
-pub fn split_outside_quotes(s: &str, sep: char) -> Vec<&str> {
-    let mut parts = Vec::new();
-    let (mut start, mut quoted, mut escaped) = (0, false, false);
-    for (i, c) in s.char_indices() {
-        match c {
-            _ if escaped => escaped = false,
-            '\\' if quoted => escaped = true,
-            '"' => quoted = !quoted,
-            c if c == sep && !quoted => {
-                parts.push(s[start..i].trim());
-                start = i + c.len_utf8();
-            }
-            _ => {}
-        }
-    }
-    parts.push(s[start..].trim());
-    parts
 }
 
 /// Encodes a header value, using the `=?base64?…?=` sentinel form for anything that is not plain,

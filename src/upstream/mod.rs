@@ -172,7 +172,7 @@ impl Upstream {
         }
         // Issue 14: a DPoP-bound token goes with a fresh proof of this request (RFC 9449 §7.1).
         if let Some(proof) = proof {
-            req = req.header(headers::DPOP.clone(), proof);
+            req = req.header(crate::net::DPOP.clone(), proof);
         }
         req
     }
@@ -256,7 +256,7 @@ impl Upstream {
                 self.oauth
                     .iter()
                     .filter_map(|o| o.proof(&Method::GET, &self.url))
-                    .map(|v| (headers::DPOP.clone(), v))
+                    .map(|v| (crate::net::DPOP.clone(), v))
                     .collect(),
             )
     }
