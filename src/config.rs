@@ -15,8 +15,6 @@ use url::Url;
 
 use crate::cli::{Args, AuthMethod, LogFormat, LogLevel, Plan, Preset, ProtocolEra, Transport};
 use crate::net::{is_loopback, redact_url};
-use crate::ratelimit::Limit;
-use crate::retry::RetryPolicy;
 
 /// Header name used with `--auth-header x-api-key`.
 static X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
@@ -149,13 +147,75 @@ pub struct Config {
     /// `--rate-limit`.
     pub rate_limits: Vec<Limit>,
     /// `--rate-limit-store` and its password.
-    pub rate_limit_store: Option<crate::ratelimit::StoreSettings>,
+    pub rate_limit_store: Option<StoreSettings>,
     /// `--log-level`.
     pub log_level: LogLevel,
     /// `--log-format`.
     pub log_format: LogFormat,
     /// Warnings found while resolving (a key without the expected prefix …), logged once at start.
     pub warnings: Vec<String>,
+}
+
+/// A client-side limit: at most `count` requests per `window`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limit {
+    pub count: u32,
+    pub window: Duration,
+}
+
+impl Limit {
+    /// Parses `N/s`, `N/min`, `N/h` or `N/day`.
+    pub fn parse(s: &str) -> Result<Limit, String> {
+        let (n, unit) =
+            s.trim().split_once('/').ok_or_else(|| format!("{s:?}: write it as N/min or N/day"))?;
+        let count: u32 = n
+            .trim()
+            .parse()
+            .ok()
+            .filter(|c| *c > 0)
+            .ok_or_else(|| format!("{s:?}: {n:?} is not a positive number"))?;
+        let window = match unit.trim() {
+            "s" | "sec" | "second" => Duration::from_secs(1),
+            "m" | "min" | "minute" => Duration::from_secs(60),
+            "h" | "hour" => Duration::from_secs(3600),
+            "d" | "day" => Duration::from_secs(86400),
+            other => return Err(format!("{s:?}: unknown unit {other:?}; use s, min, h or day")),
+        };
+        Ok(Limit { count, window })
+    }
+
+    /// `10/min`, for messages.
+    pub fn describe(&self) -> String {
+        let unit = match self.window.as_secs() {
+            1 => "s",
+            60 => "min",
+            3600 => "h",
+            _ => "day",
+        };
+        format!("{}/{unit}", self.count)
+    }
+}
+
+/// Where `--rate-limit-store` points, and the password from its variable.
+#[derive(Debug, Clone)]
+pub struct StoreSettings {
+    /// `redis://host:port/db` or `rediss://…`, without a password.
+    pub url: Url,
+    /// The password from the variable named by `--rate-limit-store-password-env`, whole (the
+    /// user, if any, is in the URL).
+    pub password: Option<SecretString>,
+    /// `--ca-file`'s certificates (PEM), trusted for `rediss://` instead of the system's store
+    /// (a private CA, as for the MCP server).
+    pub ca_pem: Option<Vec<u8>>,
+}
+
+/// The retry budget and the fallback backoff.
+#[derive(Debug, Clone)]
+pub struct RetryPolicy {
+    /// `--max-retries`: automatic re-sends of one message.
+    pub max_retries: u32,
+    /// `--max-wait`: the longest single wait sat through; longer ones fail at once.
+    pub max_wait: Duration,
 }
 
 /// The API key: from `--api-key-env` or the preset's variable, sent in the header `--auth-header`
@@ -320,7 +380,7 @@ impl Config {
 pub fn rate_limit_store(
     cli: &Args,
     env: &dyn Fn(&str) -> Option<String>,
-) -> Result<Option<crate::ratelimit::StoreSettings>, ConfigError> {
+) -> Result<Option<StoreSettings>, ConfigError> {
     let Some(text) = cli.rate_limit_store.as_deref().filter(|t| !t.trim().is_empty()) else {
         if cli.rate_limit_store_password_env.is_some() {
             return Err(ConfigError(
@@ -363,7 +423,7 @@ pub fn rate_limit_store(
         })?),
         None => None,
     };
-    Ok(Some(crate::ratelimit::StoreSettings { url, password, ca_pem }))
+    Ok(Some(StoreSettings { url, password, ca_pem }))
 }
 
 /// `--rate-limit` and the limits of `--plan` (issue 11), the strictest of each window kept.

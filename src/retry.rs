@@ -15,6 +15,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use backon::BackoffBuilder;
 use reqwest::header::{DATE, HeaderMap, RETRY_AFTER};
 
+pub use crate::config::RetryPolicy;
 use crate::net::split_outside_quotes;
 
 /// The longest header value parsed (rmcp keeps 128 bytes of Retry-After too).
@@ -316,15 +317,6 @@ pub fn rate_limit_headers(headers: &HeaderMap) -> Vec<(String, String)> {
             Some((n.as_str().to_owned(), v.to_str().ok()?.chars().take(MAX_HEADER_BYTES).collect()))
         })
         .collect()
-}
-
-/// The retry budget and the fallback backoff.
-#[derive(Debug, Clone)]
-pub struct RetryPolicy {
-    /// `--max-retries`: automatic re-sends of one message.
-    pub max_retries: u32,
-    /// `--max-wait`: the longest single wait sat through; longer ones fail at once.
-    pub max_wait: Duration,
 }
 
 impl Default for RetryPolicy {

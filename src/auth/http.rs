@@ -16,8 +16,9 @@ use url::Url;
 
 use super::AuthError;
 use crate::config::Config;
+use crate::config::RetryPolicy;
 use crate::net::redact_url;
-use crate::retry::{self, RetryPolicy};
+use crate::retry;
 
 /// How long one sign-in request may take.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);

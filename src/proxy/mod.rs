@@ -39,12 +39,13 @@ use tracing::{debug, info, trace, warn};
 
 use crate::auth::Renew;
 use crate::cli::Transport;
+use crate::config::RetryPolicy;
 use crate::envelope::{
     self, AUTH_ERROR, Envelope, ErrorKind, INVALID_REQUEST, IdKey, Kind, LocalError, OVERLOADED, PARSE_ERROR,
     RATE_LIMITED, REQUEST_TIMEOUT, SHUTTING_DOWN, UPSTREAM_ERROR,
 };
 use crate::ratelimit::Gate;
-use crate::retry::{self, RetryPolicy};
+use crate::retry;
 use crate::stdio::{Frame, Outbox};
 use crate::upstream::headers::{MessageHeaders, ParamHeader, SESSION_ID, param_annotations, param_values};
 use crate::upstream::{MAX_ERROR_BODY_BYTES, Upstream, jsonrpc_error, sse};

@@ -22,8 +22,9 @@ pub(crate) mod file;
 mod store;
 mod tally;
 
+pub use crate::config::{Limit, StoreSettings};
 pub use file::{StoredLimit, clear_limits, stored_limits};
-pub use store::{StoreSettings, store_limits};
+pub use store::store_limits;
 
 use crate::sync::Locked;
 use std::path::Path;
@@ -53,46 +54,6 @@ const STORE_RETRY: Duration = Duration::from_secs(5);
 /// probe): if the server answers it, the limit has lifted and the deadline is cleared; if not,
 /// its new answer sets the deadline afresh. Shared by every sidecar of the origin and key.
 pub const PROBE_INTERVAL: Duration = Duration::from_secs(60);
-
-/// A client-side limit: at most `count` requests per `window`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Limit {
-    pub count: u32,
-    pub window: Duration,
-}
-
-impl Limit {
-    /// Parses `N/s`, `N/min`, `N/h` or `N/day`.
-    pub fn parse(s: &str) -> Result<Limit, String> {
-        let (n, unit) =
-            s.trim().split_once('/').ok_or_else(|| format!("{s:?}: write it as N/min or N/day"))?;
-        let count: u32 = n
-            .trim()
-            .parse()
-            .ok()
-            .filter(|c| *c > 0)
-            .ok_or_else(|| format!("{s:?}: {n:?} is not a positive number"))?;
-        let window = match unit.trim() {
-            "s" | "sec" | "second" => Duration::from_secs(1),
-            "m" | "min" | "minute" => Duration::from_secs(60),
-            "h" | "hour" => Duration::from_secs(3600),
-            "d" | "day" => Duration::from_secs(86400),
-            other => return Err(format!("{s:?}: unknown unit {other:?}; use s, min, h or day")),
-        };
-        Ok(Limit { count, window })
-    }
-
-    /// `10/min`, for messages.
-    pub fn describe(&self) -> String {
-        let unit = match self.window.as_secs() {
-            1 => "s",
-            60 => "min",
-            3600 => "h",
-            _ => "day",
-        };
-        format!("{}/{unit}", self.count)
-    }
-}
 
 /// What the gate remembers, in wall-clock milliseconds so that processes can share it.
 #[derive(Debug, Default, Clone, Serialize, Deserialize)]

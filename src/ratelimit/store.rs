@@ -13,7 +13,9 @@ use std::future::Future;
 use std::pin::Pin;
 use std::time::Duration;
 
-use secrecy::{ExposeSecret, SecretString};
+use secrecy::ExposeSecret;
+
+use crate::config::StoreSettings;
 
 use super::State;
 use super::file::StateFile;
@@ -106,19 +108,6 @@ pub struct RedisStore {
     key: String,
     shown: String,
     script: redis::Script,
-}
-
-/// Where `--rate-limit-store` points, and the password from its variable.
-#[derive(Debug, Clone)]
-pub struct StoreSettings {
-    /// `redis://host:port/db` or `rediss://…`, without a password.
-    pub url: url::Url,
-    /// The password from the variable named by `--rate-limit-store-password-env`, whole (the
-    /// user, if any, is in the URL).
-    pub password: Option<SecretString>,
-    /// `--ca-file`'s certificates (PEM), trusted for `rediss://` instead of the system's store
-    /// (a private CA, as for the MCP server).
-    pub ca_pem: Option<Vec<u8>>,
 }
 
 impl RedisStore {
