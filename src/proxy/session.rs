@@ -239,18 +239,7 @@ impl Proxy {
             }
             match opened {
                 Ok(r) if retry::asks_to_wait(r.status(), r.headers()) => {
-                    // Issue 10.2: a 429 is a failed try like any other (a server that answers
-                    // `Retry-After: 0` forever must not be asked back to back), and the others
-                    // wait for the same deadline.
-                    self.gate.stats.limited.fetch_add(1, Ordering::Relaxed);
-                    let asked = retry::server_wait(r.headers(), SystemTime::now());
-                    let source = asked.map_or(retry::Source::Backoff, |w| w.source).as_str();
-                    if let Some(w) = asked {
-                        self.gate.block_for(w.delay, source, Some(&admitted)).await;
-                        asked_wait = self.policy.with_jitter(w.delay);
-                    }
-                    info!("the stream for server messages is rate limited ({source})");
-                    problem = format!("HTTP {} ({source})", r.status().as_u16());
+                    (asked_wait, problem) = self.get_stream_limited(&r, &admitted).await;
                 }
                 Ok(r) if matches!(r.status().as_u16(), 404 | 405) => {
                     debug!(status = r.status().as_u16(), "the server offers no GET stream");
@@ -259,18 +248,8 @@ impl Proxy {
                 Ok(r) if r.status().is_success() => {
                     self.gate.succeeded(&admitted).await;
                     drop(admitted);
-                    let mut events = sse::decode(r.bytes_stream(), self.max_message);
-                    while let Some(Ok(event)) = events.next().await {
+                    if self.read_get_stream(r, &mut last_event_id, &mut retry).await {
                         failures = 0;
-                        if let Some(id) = &event.id {
-                            last_event_id = Some(id.clone());
-                        }
-                        if let Some(ms) = event.retry {
-                            retry = Some(Duration::from_millis(ms));
-                        }
-                        if sse::is_message(&event) {
-                            self.deliver_body(Bytes::from(event.data.unwrap_or_default())).await;
-                        }
                     }
                 }
                 Ok(r) => {
@@ -301,5 +280,50 @@ impl Proxy {
                 .max(asked_wait);
             tokio::time::sleep(pause).await;
         }
+    }
+
+    /// A 429 (or 503 with a wait) for the GET stream. Issue 10.2: it is a failed try like any
+    /// other (a server that answers `Retry-After: 0` forever must not be asked back to back), and
+    /// the others wait for the same deadline. Returns what it asked to wait and what to report.
+    async fn get_stream_limited(
+        &self,
+        r: &reqwest::Response,
+        admitted: &crate::ratelimit::Admission<'_>,
+    ) -> (Duration, String) {
+        self.gate.stats.limited.fetch_add(1, Ordering::Relaxed);
+        let asked = retry::server_wait(r.headers(), SystemTime::now());
+        let source = asked.map_or(retry::Source::Backoff, |w| w.source).as_str();
+        let mut asked_wait = Duration::ZERO;
+        if let Some(w) = asked {
+            self.gate.block_for(w.delay, source, Some(admitted)).await;
+            asked_wait = self.policy.with_jitter(w.delay);
+        }
+        info!("the stream for server messages is rate limited ({source})");
+        (asked_wait, format!("HTTP {} ({source})", r.status().as_u16()))
+    }
+
+    /// Reads an open GET stream to its end, delivering its messages and keeping its last event
+    /// id and `retry`. Whether any event came.
+    async fn read_get_stream(
+        self: &Arc<Self>,
+        r: reqwest::Response,
+        last_event_id: &mut Option<String>,
+        retry: &mut Option<Duration>,
+    ) -> bool {
+        let mut any = false;
+        let mut events = sse::decode(r.bytes_stream(), self.max_message);
+        while let Some(Ok(event)) = events.next().await {
+            any = true;
+            if let Some(id) = &event.id {
+                *last_event_id = Some(id.clone());
+            }
+            if let Some(ms) = event.retry {
+                *retry = Some(Duration::from_millis(ms));
+            }
+            if sse::is_message(&event) {
+                self.deliver_body(Bytes::from(event.data.unwrap_or_default())).await;
+            }
+        }
+        any
     }
 }
