@@ -946,27 +946,7 @@ impl Proxy {
                 if let Some(list_key) = list_key {
                     self.lists.put(list_key, &message);
                 }
-                // Issue 10.4: room first (this may wait, and a task aborted here has changed
-                // nothing: the request is still pending and will be answered by its own task);
-                // then, with no await in between, the entry leaves the table and the answer is
-                // queued. Either both happen or neither. A captured answer needs no room.
-                let slot = if captured { None } else { self.out.reserve(message.len()).await };
-                let Some(mut entry) = self.pending.locked().remove(&key) else {
-                    return Delivered::Dropped; // answered meanwhile (a timeout, a cancel)
-                };
-                if let Some(version) = version {
-                    debug!(version, "protocol version negotiated");
-                    self.up.set_protocol_version(&version);
-                }
-                if let Some(done) = entry.done.take() {
-                    let _ = done.send(());
-                }
-                if let Some(capture) = entry.capture.take() {
-                    let _ = capture.send(message);
-                } else if !slot.is_some_and(|slot| slot.send(message)) {
-                    debug!("stdout is closed; answer dropped");
-                }
-                return Delivered::Answer;
+                return self.hand_over(&key, message, captured, version).await;
             }
             Ok(Kind::Notification) if env.method.as_deref() == Some("notifications/progress") => {
                 Delivered::Progress
@@ -998,6 +978,38 @@ impl Proxy {
         drop(env);
         self.write(one_line(bytes)).await;
         delivered
+    }
+
+    /// Hands the answer `message` of the pending request `key` over: to stdout, or to whoever
+    /// captures it. Issue 10.4: room first (this may wait, and a task aborted here has changed
+    /// nothing: the request is still pending and will be answered by its own task); then, with
+    /// no await in between, the entry leaves the table and the answer is queued. Either both
+    /// happen or neither. A captured answer needs no room. `version`: what an `initialize`
+    /// result negotiated.
+    async fn hand_over(
+        &self,
+        key: &IdKey,
+        message: Bytes,
+        captured: bool,
+        version: Option<String>,
+    ) -> Delivered {
+        let slot = if captured { None } else { self.out.reserve(message.len()).await };
+        let Some(mut entry) = self.pending.locked().remove(key) else {
+            return Delivered::Dropped; // answered meanwhile (a timeout, a cancel)
+        };
+        if let Some(version) = version {
+            debug!(version, "protocol version negotiated");
+            self.up.set_protocol_version(&version);
+        }
+        if let Some(done) = entry.done.take() {
+            let _ = done.send(());
+        }
+        if let Some(capture) = entry.capture.take() {
+            let _ = capture.send(message);
+        } else if !slot.is_some_and(|slot| slot.send(message)) {
+            debug!("stdout is closed; answer dropped");
+        }
+        Delivered::Answer
     }
 
     /// Delivers a JSON body or an SSE event's data: one message, or a 2025-03-26 batch of them
