@@ -19,6 +19,7 @@
 
 use std::sync::OnceLock;
 
+use super::probe::{Probe, reread, unreadable};
 use super::*;
 use crate::cli::ProtocolEra;
 use crate::era::{self, Additions, ClientMeta, Era, EraCache, Verdict};
@@ -162,16 +163,6 @@ impl Eras {
         *self.server.locked() = Some(found);
         self.settled.store(true, Ordering::Relaxed);
     }
-}
-
-/// What the `server/discover` probe found.
-pub(super) enum Probe {
-    /// The server speaks the stateless era only.
-    Stateless { discover: Box<RawValue>, meta: ClientMeta },
-    /// It speaks the handshake era (perhaps both).
-    Speaks(Era),
-    /// No answer to judge by (unreachable, refused credentials, a timeout).
-    Failed(LocalError),
 }
 
 /// Removes a request's entry from the pending table when its sender stops caring (an abort).
@@ -894,18 +885,6 @@ fn probe_backoff(failures: u32) -> Duration {
         0 | 1 => Duration::ZERO,
         n => Duration::from_secs(1).saturating_mul(2u32.saturating_pow(n - 2)).min(MAX_PROBE_BACKOFF),
     }
-}
-
-/// A bridged request's line, read again in its task, and its id.
-pub(super) fn reread(line: &[u8]) -> Result<(Envelope<'_>, &RawValue), LocalError> {
-    let env = Envelope::parse(line).map_err(|_| unreadable())?;
-    let id = env.id.ok_or_else(unreadable)?;
-    Ok((env, id))
-}
-
-/// A message the bridge made or checked already cannot be read: a bug, said as one.
-pub(super) fn unreadable() -> LocalError {
-    bad_response("mcp-sidecar cannot read a message it made or checked before (a bug)".into())
 }
 
 /// Whether the answer to a forwarded `initialize` is a stateless server's refusal: a JSON-RPC

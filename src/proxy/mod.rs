@@ -15,6 +15,7 @@
 
 mod bridge;
 mod lists;
+mod probe;
 mod reverse;
 mod send;
 mod session;

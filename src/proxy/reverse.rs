@@ -20,7 +20,7 @@ use std::sync::OnceLock;
 use tokio::sync::mpsc;
 use tokio_util::task::AbortOnDropHandle;
 
-use super::bridge::{Probe, reread, unreadable};
+use super::probe::{Probe, reread, unreadable};
 use super::*;
 use crate::cli::ProtocolEra;
 use crate::era::{self, Additions, Era, Verdict};
