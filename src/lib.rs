@@ -170,7 +170,7 @@ async fn serve<R: AsyncRead + Unpin>(
                         Err(e) => ended = Some(Stop::ReadError(e)),
                     }
                     if ended.is_some() && drain_until.is_none() {
-                        drain_until = Some(tokio::time::Instant::now() + proxy::DRAIN_TIMEOUT);
+                        drain_until = Some(retry::deadline_after(proxy::DRAIN_TIMEOUT));
                     }
                 }
             }
