@@ -174,7 +174,7 @@ struct Unregister<'a> {
 impl Drop for Unregister<'_> {
     fn drop(&mut self) {
         if let Some(key) = self.key.take() {
-            self.proxy.pending.locked().remove(&key);
+            self.proxy.ledger.forget(&key);
         }
     }
 }
@@ -234,7 +234,7 @@ impl Proxy {
             let n = self.eras.next_id.fetch_add(1, Ordering::Relaxed);
             let id = format!("mcp-sidecar-{n}");
             let key = IdKey::Str(id.clone());
-            if !self.pending.locked().contains_key(&key) && !self.bridge_waits_for(&key) {
+            if !self.ledger.is_open(&key) && !self.bridge_waits_for(&key) {
                 return (key, id);
             }
         }
@@ -260,35 +260,9 @@ impl Proxy {
         let method = env.method.as_deref().unwrap_or_default();
         let params = env.params();
         let headers = self.request_headers(method, &params);
-        let (capture_tx, capture) = oneshot::channel();
-        let (done_tx, done) = oneshot::channel();
-        {
-            let mut pending = self.pending.locked();
-            if pending.contains_key(&key) {
-                return Err(LocalError::new(
-                    INVALID_REQUEST,
-                    ErrorKind::InvalidRequest,
-                    format!(
-                        "request id {} is already in use by a request in flight: use a new id",
-                        raw_id.get()
-                    ),
-                ));
-            }
-            pending.insert(
-                key.clone(),
-                Pending {
-                    id: raw_id.to_owned(),
-                    initialize,
-                    modern: headers.is_modern(),
-                    done: Some(done_tx),
-                    abort: None,
-                    lists_tools: headers.is_modern() && method == "tools/list",
-                    capture: Some(capture_tx),
-                    internal,
-                    list_key: None,
-                },
-            );
-        }
+        let modern = headers.is_modern();
+        let flags = Flags { initialize, modern, lists_tools: modern && method == "tools/list", internal };
+        let (done, capture) = self.ledger.open_captured(raw_id, &key, flags)?;
         drop(env);
         // The client's own request stays in the table if this is dropped (a signal while it is
         // sent): shutdown answers it (every request read gets exactly one response).
@@ -298,7 +272,7 @@ impl Proxy {
         // returns, so its entry leaves now (no second answer at exit, and its id can be used
         // again, issue 20). An answer is delivered before the exchange returns, so a capture
         // still empty here will stay empty.
-        self.pending.locked().remove(&key);
+        self.ledger.forget(&key);
         sent?;
         capture.await.map_err(|_| {
             if self.shutting_down.load(Ordering::Relaxed) {
@@ -326,37 +300,7 @@ impl Proxy {
         F: std::future::Future<Output = ()> + Send + 'static,
     {
         let handle = self.tasks.spawn(holding(room, task));
-        if let Some(p) = self.pending.locked().get_mut(key) {
-            p.abort = Some(handle.abort_handle());
-        }
-    }
-
-    /// Answers a pending client request with `message` (room first, then the entry leaves the
-    /// table, as in [`Proxy::deliver`]); nothing if it was answered already.
-    pub(super) async fn reply(&self, key: &IdKey, message: Bytes) {
-        let slot = self.out.reserve(message.len()).await;
-        if self.pending.locked().remove(key).is_none() {
-            return;
-        }
-        if !slot.is_some_and(|slot| slot.send(message)) {
-            debug!("stdout is closed; answer dropped");
-        }
-    }
-
-    /// Answers at once a client request that is not in the pending table: its `initialize`, or
-    /// the request the eras were settled on.
-    pub(super) async fn answer_unregistered(&self, id: Option<&RawValue>, answer: Result<Bytes, LocalError>) {
-        // A request read on stdin like any other: the exit summary counts it (issue 21.14: "1 of
-        // 0 requests were answered with an error" when the client's initialize failed).
-        self.stats.requests.fetch_add(1, Ordering::Relaxed);
-        match answer {
-            Ok(bytes) => self.write(bytes).await,
-            Err(err) => {
-                self.stats.local_errors.fetch_add(1, Ordering::Relaxed);
-                self.report(&err);
-                self.write(err.to_response(id).into()).await;
-            }
-        }
+        self.ledger.set_abort(key, handle.abort_handle());
     }
 
     /// Decides the eras at a handshake-era client's `initialize` and answers it. Returns `false`
@@ -370,7 +314,7 @@ impl Proxy {
     /// Nothing is settled until an answer proves an era: after a timeout or an unreachable
     /// server the next `initialize` decides again.
     pub(super) async fn settle_era(self: &Arc<Self>, line: &Bytes) -> bool {
-        if self.eras.setting == ProtocolEra::Legacy || self.transport == Transport::Sse {
+        if self.eras.setting == ProtocolEra::Legacy || self.link.transport == Transport::Sse {
             self.eras.settle(Era::Handshake);
             return false;
         }
@@ -391,7 +335,7 @@ impl Proxy {
                         .await;
                 }
                 Some(Probe::Failed(err)) if modern => {
-                    self.answer_unregistered(client_id.as_deref(), Err(err)).await;
+                    self.ledger.answer_unopened(client_id.as_deref(), Err(err)).await;
                     return true;
                 }
                 Some(Probe::Speaks(found)) if modern => warn!(
@@ -404,7 +348,7 @@ impl Proxy {
                 Some(Probe::Failed(_)) | None => {}
             }
         }
-        *self.init_line.locked() = Some(line.clone());
+        self.link.keep_init_line(line.clone());
         let answer = self.call(line.clone(), false, true, self.request_timeout, "initialize").await;
         if refuses_the_handshake(&answer)
             && !modern
@@ -416,7 +360,7 @@ impl Proxy {
         if answer.as_ref().is_ok_and(|bytes| era::response_error(bytes).is_none()) {
             self.eras.settle(Era::Handshake);
         }
-        self.answer_unregistered(client_id.as_deref(), answer).await;
+        self.ledger.answer_unopened(client_id.as_deref(), answer).await;
         true
     }
 
@@ -533,14 +477,14 @@ impl Proxy {
         self.eras.settle(Era::Stateless);
         // A forwarded `initialize` the server answered (at a stateless-era version) may have
         // left a session and a line to replay: the stateless era has neither.
-        self.up.reset_session();
-        *self.init_line.locked() = None;
+        self.link.up.reset_session();
+        self.link.forget_init_line();
         self.relisten(&bridge);
         let answer = match (client_id, RawValue::from_string(result)) {
             (Some(id), Ok(result)) => Ok(era::response_with_id(id, "result", &result).into()),
             _ => Err(bad_response("the server's discovery result cannot be read".into())),
         };
-        self.answer_unregistered(client_id, answer).await;
+        self.ledger.answer_unopened(client_id, answer).await;
         true
     }
 
@@ -579,7 +523,7 @@ impl Proxy {
             let what = "the subscriptions/listen stream";
             let call = self.call(body.into(), true, false, LISTEN_LIMIT, what);
             // Nobody waits on it: it never takes the last units of the server's budget.
-            let outcome = super::send::USAGE.scope(crate::ratelimit::Use::Background, call).await;
+            let outcome = super::link::USAGE.scope(crate::ratelimit::Use::Background, call).await;
             // A stream the server ends within seconds is no listening at all (issue 21.4: one
             // ended at once was reopened every 500 ms for ever, each through the rate-limit gate).
             let short = opened.elapsed() < MIN_LISTEN_LIFE;
@@ -679,7 +623,7 @@ impl Proxy {
                     let id = env.id.map(RawValue::to_owned);
                     drop(env);
                     if let (Some(id), Ok(result)) = (id, RawValue::from_string(result)) {
-                        self.write(era::response_with_id(&id, "result", &result).into()).await;
+                        self.ledger.write(era::response_with_id(&id, "result", &result).into()).await;
                     }
                     return;
                 }
@@ -687,7 +631,8 @@ impl Proxy {
                     drop(env);
                     return self.dispatch_line_plain(line).await; // answered there as overloaded
                 };
-                let Some((key, _)) = self.register(&env, false, true) else { return };
+                let flags = Flags { modern: true, lists_tools: method == "tools/list", ..Flags::default() };
+                let Some((key, _)) = self.ledger.open(&env, flags) else { return };
                 drop(env);
                 let what = format!("{method} (bridged)");
                 self.spawn_request(
@@ -702,7 +647,7 @@ impl Proxy {
                 {
                     // Aborting the request's task drops its HTTP exchange: the stream closes,
                     // which is the cancellation in the stateless era (T-25).
-                    self.cancel(&key);
+                    self.ledger.cancel(&key);
                 }
                 // `notifications/initialized` and list changes of the client have no stateless
                 // counterpart (roots are asked for in each request's rounds).
@@ -729,8 +674,10 @@ impl Proxy {
     /// Runs one bridged request to its single answer.
     async fn run_bridged(self: Arc<Self>, bridge: Arc<Bridge>, key: IdKey, line: Bytes, what: String) {
         match self.bridged_rounds(&bridge, &line, &what).await {
-            Ok(answer) => self.reply(&key, answer).await,
-            Err(err) => self.fail(&key, &err).await,
+            Ok(answer) => {
+                self.ledger.settle(&key, answer, false, || {}).await;
+            }
+            Err(err) => self.ledger.fail(&key, &err).await,
         }
     }
 
@@ -822,7 +769,9 @@ impl Proxy {
             let (tx, rx) = oneshot::channel();
             bridge.waiting.locked().insert(key.clone(), tx);
             unwait.keys.push(key);
-            self.write(era::client_request(&id, &request.method, request.params.as_deref()).into()).await;
+            self.ledger
+                .write(era::client_request(&id, &request.method, request.params.as_deref()).into())
+                .await;
             asked.push(rx);
         }
         let mut answers = Vec::with_capacity(requests.len());

@@ -14,10 +14,12 @@
 //! HTTP+SSE transport), `tools` (`x-mcp-header`).
 
 mod bridge;
+mod ledger;
+mod link;
 mod lists;
 mod probe;
+mod reply;
 mod reverse;
-mod send;
 mod session;
 mod tools;
 
@@ -30,7 +32,7 @@ use std::time::{Duration, SystemTime};
 use bytes::Bytes;
 use futures_util::StreamExt;
 use reqwest::StatusCode;
-use reqwest::header::{CONTENT_TYPE, WWW_AUTHENTICATE};
+use reqwest::header::CONTENT_TYPE;
 use serde_json::value::RawValue;
 use tokio::sync::oneshot;
 use tokio::task::AbortHandle;
@@ -38,18 +40,20 @@ use tokio::time::{Instant, timeout, timeout_at};
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, trace, warn};
 
-use crate::auth::Renew;
 use crate::cli::Transport;
-use crate::config::RetryPolicy;
 use crate::envelope::{
-    self, AUTH_ERROR, Envelope, ErrorKind, INVALID_REQUEST, IdKey, Kind, LocalError, OVERLOADED, PARSE_ERROR,
-    RATE_LIMITED, REQUEST_TIMEOUT, SHUTTING_DOWN, UPSTREAM_ERROR,
+    self, Envelope, ErrorKind, INVALID_REQUEST, IdKey, Kind, LocalError, OVERLOADED, PARSE_ERROR,
+    REQUEST_TIMEOUT, SHUTTING_DOWN, UPSTREAM_ERROR,
 };
 use crate::ratelimit::Gate;
 use crate::retry;
 use crate::stdio::{Frame, Outbox};
 use crate::upstream::headers::{MessageHeaders, ParamHeader, SESSION_ID, param_annotations, param_values};
 use crate::upstream::{MAX_ERROR_BODY_BYTES, Upstream, jsonrpc_error, sse};
+use ledger::{Delivered, Flags, Ledger};
+use link::Link;
+pub use link::WaitObserver;
+use reply::{BodyError, LegacyEvents, first_response, read_body};
 
 /// The messages from stdin still being sent or waiting for their answers may hold this many
 /// times `--max-message-bytes` (64 MiB by default); a request past that is answered at once with
@@ -63,16 +67,6 @@ pub const DRAIN_TIMEOUT: Duration = Duration::from_millis(1500);
 const DELETE_TIMEOUT: Duration = Duration::from_millis(400);
 /// How long the HTTP+SSE stream may take to announce its endpoint (T-61).
 const LEGACY_ENDPOINT_TIMEOUT: Duration = Duration::from_secs(10);
-/// How many new sessions one request follows after 404s (T-12) before it is answered with an
-/// error: once per expired session it met (so "at most once" for any one expiry); renewals it
-/// merely waited for do not count. A server that drops every new session cannot make it loop.
-const MAX_RENEWALS: u32 = 5;
-/// Token renewals per request after a 401 (a stored or refreshed token, then one sign-in; never
-/// a loop of browser tabs).
-const MAX_SIGN_INS: u32 = 2;
-/// Browser sign-ins per request, the first one and those for more scope after a 403
-/// `insufficient_scope` together (A-12: "no more than a few times").
-const MAX_AUTHORIZATIONS: u32 = 3;
 /// The longest `retry:` of a server's event stream obeyed (T-24): the reconnection hint of a
 /// healthy server is seconds; `retry: 4000000000` must not leave a request unanswered for weeks.
 const MAX_SSE_RETRY: Duration = Duration::from_secs(60);
@@ -83,28 +77,6 @@ const MAX_RESUMPTIONS: u32 = 3;
 const MAX_STREAM_HOLD: Duration = Duration::from_secs(60);
 /// Consecutive failures after which the GET stream is given up.
 const MAX_GET_STREAM_FAILURES: u32 = 3;
-
-/// A request waiting for its answer.
-struct Pending {
-    /// The id exactly as the client wrote it.
-    id: Box<RawValue>,
-    /// Whether this is `initialize` (its result sets the negotiated version).
-    initialize: bool,
-    /// Whether it belongs to the 2026-07-28 era (cancelling it means closing its stream, T-25).
-    modern: bool,
-    /// Wakes the request's task when the answer came by another way (the GET stream).
-    done: Option<oneshot::Sender<()>>,
-    /// Aborts the request's task when the client cancels it.
-    abort: Option<AbortHandle>,
-    /// Whether this is a 2026-07-28 `tools/list`, whose result teaches `x-mcp-header` (T-15).
-    lists_tools: bool,
-    /// Where its answer goes instead of stdout (requests the bridge reads, [`Proxy::call`]).
-    capture: Option<oneshot::Sender<Bytes>>,
-    /// A request of the proxy's own: shutdown answers nobody for it.
-    internal: bool,
-    /// The list cache's key, for a stateless-era list request whose result may be reused.
-    list_key: Option<String>,
-}
 
 /// A client request the eras are being settled on, inline (issue 21.1): if the run ends before it
 /// is answered (stdin's end, a signal), dropping this puts it in the pending table, whose
@@ -130,78 +102,24 @@ impl<'a> Owed<'a> {
 impl Drop for Owed<'_> {
     fn drop(&mut self) {
         if let Some((key, id)) = self.id.take() {
-            self.proxy.pending.locked().entry(key).or_insert(Pending {
-                id,
-                initialize: false,
-                modern: false,
-                done: None,
-                abort: None,
-                lists_tools: false,
-                capture: None,
-                internal: false,
-                list_key: None,
-            });
+            self.proxy.ledger.owe(key, id);
         }
     }
 }
 
-/// What [`Proxy::deliver`] did with a server message.
-#[derive(Debug, PartialEq, Eq)]
-enum Delivered {
-    /// A response that answered a pending request.
-    Answer,
-    /// A progress notification (restarts request timeouts, T-32).
-    Progress,
-    /// Any other message written to stdout.
-    Other,
-    /// Not written: not JSON-RPC, or a response nobody waits for.
-    Dropped,
-}
-
-/// Told of each rate-limit wait: how long, and why.
-pub type WaitObserver = Box<dyn Fn(Duration, &str) + Send + Sync>;
-
-/// Counters reported at exit.
-#[derive(Default)]
-struct Stats {
-    requests: AtomicU64,
-    local_errors: AtomicU64,
-}
-
 /// The shared state of one proxy run.
 pub struct Proxy {
-    up: Upstream,
-    out: Outbox,
-    pending: Mutex<HashMap<IdKey, Pending>>,
+    /// The way to the server: gate, retries, token and session renewal.
+    link: Link,
+    /// The requests in flight and stdout: who answers each id.
+    ledger: Ledger,
     tasks: TaskTracker,
     request_timeout: Duration,
     max_message: usize,
     get_stream: Mutex<Option<AbortHandle>>,
-    stats: Stats,
-    /// Error kinds already logged at warn level: one line per problem, not per message.
-    warned: Mutex<Vec<ErrorKind>>,
     shutting_down: AtomicBool,
     /// The GET stream gave up after repeated failures; the next answered POST reopens it.
     get_stream_lost: AtomicBool,
-    /// The rate-limit gate of this origin and key.
-    gate: Gate,
-    /// `--max-retries`, `--max-wait`.
-    policy: RetryPolicy,
-    /// The rate-limit headers of the last 429, for errors made while holding requests.
-    last_limit_headers: Mutex<Vec<(String, String)>>,
-    /// Shown rate-limit waits instead of logging them (the one-shot commands' countdown).
-    wait_observer: std::sync::OnceLock<WaitObserver>,
-    /// The rate-limit headers of the last successful response that had any (for `check`),
-    /// recorded only when `record_limits` is set (the stdio proxy does not pay for it).
-    seen_limit_headers: Mutex<Vec<(String, String)>>,
-    record_limits: AtomicBool,
-    /// The client's `initialize` line, replayed to start a new session when the server has
-    /// dropped the old one (T-12): the client will not send it again.
-    init_line: Mutex<Option<Bytes>>,
-    /// Makes concurrent 404s start one new session, not one each.
-    renewing: tokio::sync::Mutex<()>,
-    /// `--transport`.
-    transport: Transport,
     /// The `x-mcp-header` annotations of each tool, from the last `tools/list` (T-15).
     tool_headers: std::sync::RwLock<HashMap<String, Vec<ParamHeader>>>,
     /// Room for the bytes of messages in flight, [`IN_FLIGHT_MESSAGES`] × `max_message`.
@@ -217,59 +135,53 @@ impl Proxy {
     /// A proxy that forwards to `up` and writes to `out`, set up as `config` says.
     pub fn new(up: Upstream, out: Outbox, gate: Gate, config: &crate::config::Config) -> Arc<Self> {
         let (request_timeout, max_message) = (config.request_timeout, config.max_message_bytes);
-        let (policy, transport) = (config.retry.clone(), config.transport);
         // Remembered per endpoint, not per origin: two endpoints of one host may be of two eras.
         let era_cache =
             config.state_dir.as_deref().map(|dir| crate::era::EraCache::new(dir, config.url.as_str()));
-        Arc::new(Proxy {
+        let proxy = Arc::new(Proxy {
             eras: bridge::Eras::new(config.protocol_era, era_cache),
             lists: lists::ListCache::default(),
-            gate,
-            policy,
-            last_limit_headers: Mutex::new(Vec::new()),
-            seen_limit_headers: Mutex::new(Vec::new()),
-            record_limits: AtomicBool::new(false),
-            wait_observer: std::sync::OnceLock::new(),
-            init_line: Mutex::new(None),
-            renewing: tokio::sync::Mutex::new(()),
-            transport,
             tool_headers: std::sync::RwLock::new(HashMap::new()),
             in_flight: Arc::new(tokio::sync::Semaphore::new(in_flight_limit(max_message) as usize)),
             in_flight_limit: in_flight_limit(max_message),
-            up,
-            out,
-            pending: Mutex::new(HashMap::new()),
+            link: Link::new(up, gate, config),
+            ledger: Ledger::new(out),
             tasks: TaskTracker::new(),
             request_timeout,
             max_message,
             get_stream: Mutex::new(None),
-            stats: Stats::default(),
-            warned: Mutex::new(Vec::new()),
             shutting_down: AtomicBool::new(false),
             get_stream_lost: AtomicBool::new(false),
-        })
+        });
+        let weak = Arc::downgrade(&proxy);
+        proxy.link.on_renewed(Box::new(move || {
+            if let Some(proxy) = weak.upgrade() {
+                proxy.restart_get_stream();
+            }
+        }));
+        proxy
     }
 
     /// Calls `observe` for each rate-limit wait instead of logging it.
     pub fn observe_waits(&self, observe: WaitObserver) {
-        let _ = self.wait_observer.set(observe);
+        self.link.observe_waits(observe);
     }
 
     /// The transport in use, for people.
     pub fn transport_name(&self) -> &'static str {
-        if self.up.is_legacy() { "HTTP+SSE (2024-11-05)" } else { "Streamable HTTP" }
+        if self.link.up.is_legacy() { "HTTP+SSE (2024-11-05)" } else { "Streamable HTTP" }
     }
 
     /// Whether an OAuth token is in use: `None` when OAuth is not the credential.
     pub fn signed_in(&self) -> Option<bool> {
-        self.up.oauth().map(|o| o.header().is_some())
+        self.link.up.oauth().map(|o| o.header().is_some())
     }
 
     /// What the rate limits did so far, for people (`None` when they did nothing): requests the
     /// server's budget held and for how long, 429s still received, waits, requests sent again
     /// (issue 11).
     pub fn rate_limit_summary(&self) -> Option<String> {
-        let s = &self.gate.stats;
+        let s = &self.link.gate.stats;
         let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
         let (limited, waits, held, probes) =
             (load(&s.limited), load(&s.waits), load(&s.budget_waits), load(&s.probes));
@@ -296,13 +208,12 @@ impl Proxy {
 
     /// Records the rate-limit headers of successful responses too (for `check`).
     pub fn record_limits(&self) {
-        self.record_limits.store(true, Ordering::Relaxed);
+        self.link.record_limits();
     }
 
     /// The rate-limit headers last seen: on a success, else on a 429.
     pub fn rate_limit_headers(&self) -> Vec<(String, String)> {
-        let seen = self.seen_limit_headers.locked().clone();
-        if seen.is_empty() { self.last_limit_headers.locked().clone() } else { seen }
+        self.link.rate_limit_headers()
     }
 
     /// Handles one frame read from stdin.
@@ -319,8 +230,7 @@ impl Proxy {
                         self.max_message
                     ),
                 );
-                self.report(&err);
-                self.write(err.to_response(id.as_deref()).into()).await;
+                self.ledger.refuse(id.as_deref(), &err).await;
             }
         }
     }
@@ -372,7 +282,10 @@ impl Proxy {
                 if let Some(cached) = list_key.as_deref().and_then(|k| self.lists.get(k))
                     && let Some(id) = env.id
                 {
-                    return self.write(crate::era::response_with_id(id, "result", &cached).into()).await;
+                    return self
+                        .ledger
+                        .write(crate::era::response_with_id(id, "result", &cached).into())
+                        .await;
                 }
                 let Some(room) = self.room_now(line.len()) else {
                     let mut err = LocalError::new(
@@ -384,22 +297,26 @@ impl Proxy {
                         ),
                     );
                     err.request_sent = Some(false);
-                    self.report(&err);
-                    return self.write(err.to_response(env.id).into()).await;
+                    return self.ledger.refuse(env.id, &err).await;
                 };
                 let limit = if method == "server/discover" {
                     self.request_timeout.min(DISCOVER_TIMEOUT)
                 } else {
                     self.request_timeout
                 };
-                let Some((key, id)) = self.register(&env, init, headers.is_modern()) else { return };
-                if let Some(list_key) = list_key
-                    && let Some(p) = self.pending.locked().get_mut(&key)
-                {
-                    p.list_key = Some(list_key);
+                let modern = headers.is_modern();
+                let flags = Flags {
+                    initialize: init,
+                    modern,
+                    lists_tools: modern && method == "tools/list",
+                    internal: false,
+                };
+                let Some((key, id)) = self.ledger.open(&env, flags) else { return };
+                if let Some(list_key) = list_key {
+                    self.ledger.set_list_key(&key, list_key);
                 }
                 if init {
-                    *self.init_line.locked() = Some(line.clone());
+                    self.link.keep_init_line(line.clone());
                 }
                 let what = format!("{method} (id {})", env.id.map_or("?", RawValue::get));
                 let ids = vec![(key.clone(), id)];
@@ -411,15 +328,15 @@ impl Proxy {
                     // In line: whatever the client sends next needs the session this creates
                     // (a client must wait for the answer anyway, S-11; scripts may not).
                     let _ = handle.await;
-                } else if let Some(p) = self.pending.locked().get_mut(&key) {
-                    p.abort = Some(handle.abort_handle());
+                } else {
+                    self.ledger.set_abort(&key, handle.abort_handle());
                 }
             }
             Ok(Kind::Notification) => {
                 let method = env.method.as_deref().unwrap_or_default().to_owned();
                 let params = env.params();
                 if method == "notifications/cancelled" {
-                    let modern = params.request_id.and_then(IdKey::new).and_then(|k| self.cancel(&k));
+                    let modern = params.request_id.and_then(IdKey::new).and_then(|k| self.ledger.cancel(&k));
                     // In the 2026-07-28 era, closing the request's stream is the cancellation (T-25).
                     if modern == Some(true) {
                         return;
@@ -453,8 +370,7 @@ impl Proxy {
                     ErrorKind::InvalidRequest,
                     format!("invalid JSON-RPC message: {invalid}"),
                 );
-                self.report(&err);
-                self.write(err.to_response(id).into()).await;
+                self.ledger.refuse(id, &err).await;
             }
         }
     }
@@ -471,7 +387,7 @@ impl Proxy {
                 ErrorKind::InvalidRequest,
                 "invalid JSON-RPC message: empty batch",
             );
-            return self.write(err.to_response(None).into()).await;
+            return self.ledger.write(err.to_response(None).into()).await;
         }
         let mut valid: Vec<&str> = Vec::new();
         let mut ids = Vec::new();
@@ -480,7 +396,7 @@ impl Proxy {
             match env.as_ref().map(|e| (e.kind(), e)) {
                 Ok((Ok(kind), env)) => {
                     if kind == Kind::Request {
-                        match self.register(env, false, false) {
+                        match self.ledger.open(env, Flags::default()) {
                             Some(entry) => ids.push(entry),
                             None => continue,
                         }
@@ -494,7 +410,7 @@ impl Proxy {
                         ErrorKind::InvalidRequest,
                         format!("invalid JSON-RPC message: {invalid}"),
                     );
-                    self.write(err.to_response(id).into()).await;
+                    self.ledger.write(err.to_response(id).into()).await;
                 }
                 Err(_) => {
                     let err = LocalError::new(
@@ -502,7 +418,7 @@ impl Proxy {
                         ErrorKind::InvalidRequest,
                         "invalid JSON-RPC message in batch",
                     );
-                    self.write(err.to_response(None).into()).await;
+                    self.ledger.write(err.to_response(None).into()).await;
                 }
             }
         }
@@ -558,62 +474,7 @@ impl Proxy {
                 format!("parse error: the line is not valid JSON ({e})"),
             )
         };
-        self.report(&err);
-        self.write(err.to_response(None).into()).await;
-    }
-
-    /// Enters a request in the pending table. Returns its key and the receiver that wakes its task,
-    /// or `None` (after answering it) when its id is already in flight (J-02).
-    fn register(
-        &self,
-        env: &Envelope<'_>,
-        initialize: bool,
-        modern: bool,
-    ) -> Option<(IdKey, oneshot::Receiver<()>)> {
-        let (raw, key) = env.id.zip(env.id_key())?;
-        let (tx, rx) = oneshot::channel();
-        let mut pending = self.pending.locked();
-        if pending.contains_key(&key) {
-            drop(pending);
-            let err = LocalError::new(
-                INVALID_REQUEST,
-                ErrorKind::InvalidRequest,
-                format!("request id {} is already in use by a request in flight: use a new id", raw.get()),
-            );
-            self.report(&err);
-            let out = self.out.clone();
-            let bytes: Bytes = err.to_response(Some(raw)).into();
-            tokio::spawn(async move { out.send(bytes).await });
-            return None;
-        }
-        let lists_tools = modern && env.method.as_deref() == Some("tools/list");
-        pending.insert(
-            key.clone(),
-            Pending {
-                id: raw.to_owned(),
-                initialize,
-                modern,
-                done: Some(tx),
-                abort: None,
-                lists_tools,
-                capture: None,
-                internal: false,
-                list_key: None,
-            },
-        );
-        self.stats.requests.fetch_add(1, Ordering::Relaxed);
-        Some((key, rx))
-    }
-
-    /// Drops a request the client cancelled (J-08): no answer will be written for it. Returns
-    /// whether it was a 2026-07-28 request, or `None` if it was not pending.
-    fn cancel(&self, key: &IdKey) -> Option<bool> {
-        let entry = self.pending.locked().remove(key)?;
-        if let Some(abort) = entry.abort {
-            abort.abort();
-        }
-        debug!(id = %entry.id, "request cancelled by the client");
-        Some(entry.modern)
+        self.ledger.refuse(None, &err).await;
     }
 
     /// Sends one request (or batch) and sees that each of its ids is answered.
@@ -629,7 +490,7 @@ impl Proxy {
         let keys: Vec<IdKey> = ids.iter().map(|(k, _)| k.clone()).collect();
         if let Err(err) = self.exchange(body, &headers, ids, initialize, limit, &what).await {
             for key in &keys {
-                self.fail(key, &err).await;
+                self.ledger.fail(key, &err).await;
             }
         }
     }
@@ -646,8 +507,8 @@ impl Proxy {
         what: &str,
     ) -> Result<(), LocalError> {
         if initialize {
-            self.up.reset_session();
-            if self.transport == Transport::Sse && !self.up.is_legacy() {
+            self.link.up.reset_session();
+            if self.link.transport == Transport::Sse && !self.link.up.is_legacy() {
                 Box::pin(self.start_legacy()).await.map_err(|reason| self.legacy_error(&reason))?;
             }
         }
@@ -655,7 +516,7 @@ impl Proxy {
         let (mut relisted, mut version_retried) = (false, false);
         let (response, _, mut deadline) = loop {
             let (response, sent_session, deadline) =
-                self.send(&body, &headers, initialize, limit, what).await?;
+                self.link.send(&body, &headers, initialize, limit, what).await?;
             let status = response.status();
             debug!(status = status.as_u16(), "POST answered");
             if status.is_success() {
@@ -695,8 +556,8 @@ impl Proxy {
             // T-60: a server that refuses the initialize POST with 400/404/405 and no JSON-RPC
             // error may speak only the 2024-11-05 HTTP+SSE transport: try its GET stream.
             if initialize
-                && self.transport == Transport::Auto
-                && !self.up.is_legacy()
+                && self.link.transport == Transport::Auto
+                && !self.link.up.is_legacy()
                 && matches!(status.as_u16(), 400 | 404 | 405)
                 && jsonrpc_error(&error_body).is_none()
             {
@@ -714,7 +575,7 @@ impl Proxy {
             self.restart_get_stream();
         }
         if initialize {
-            self.up.set_session_id(response.headers().get(&SESSION_ID).cloned());
+            self.link.up.set_session_id(response.headers().get(&SESSION_ID).cloned());
         }
         let content_type = response
             .headers()
@@ -722,7 +583,7 @@ impl Proxy {
             .and_then(|v| v.to_str().ok())
             .unwrap_or("")
             .to_ascii_lowercase();
-        if self.up.is_legacy() {
+        if self.link.up.is_legacy() {
             // HTTP+SSE: the POST only says "accepted"; the answer comes on the stream (T-61).
             drop(response);
         } else if content_type.starts_with("text/event-stream") {
@@ -731,7 +592,7 @@ impl Proxy {
             let (mut last_id, mut retry_after, mut resumed) = (None::<String>, None::<Duration>, 0u32);
             loop {
                 let event = match timeout_at(deadline, events.next()).await {
-                    Err(_) => return Err(self.up.timeout_error(limit)),
+                    Err(_) => return Err(self.link.up.timeout_error(limit)),
                     Ok(next @ (None | Some(Err(_)))) => {
                         // The stream ended or broke before the answer. A legacy server that gave
                         // event ids can replay it on a GET with Last-Event-ID; 2026-07-28 cannot.
@@ -751,7 +612,7 @@ impl Proxy {
                         debug!(what, last_event_id = %id, wait_ms = wait.as_millis() as u64, "resuming the reply stream");
                         // Issue 10.2: the server's `retry` counts against the request's deadline.
                         if timeout_at(deadline, tokio::time::sleep(wait)).await.is_err() {
-                            return Err(self.up.timeout_error(limit));
+                            return Err(self.link.up.timeout_error(limit));
                         }
                         match Box::pin(self.resume(&id, deadline, what)).await? {
                             Ok(Ok(r)) if r.status().is_success() => {
@@ -779,16 +640,16 @@ impl Proxy {
                 if self.deliver_body_from(data, ids.first().map(|(k, _)| k)).await {
                     deadline = retry::deadline_after(limit);
                 }
-                if !self.any_pending(&ids) {
+                if !self.ledger.any_open(&ids) {
                     return Ok(());
                 }
             }
         } else {
             let body = match read_body(response, self.max_message, deadline).await {
                 Ok(body) => body,
-                Err(BodyError::Timeout) => return Err(self.up.timeout_error(limit)),
+                Err(BodyError::Timeout) => return Err(self.link.up.timeout_error(limit)),
                 Err(BodyError::TooLarge) => return Err(self.too_large()),
-                Err(BodyError::Http(e)) => return Err(self.up.send_error(&e)),
+                Err(BodyError::Http(e)) => return Err(self.link.up.send_error(&e)),
             };
             if body.iter().any(|b| !b.is_ascii_whitespace()) {
                 if !content_type.is_empty() && !content_type.contains("json") {
@@ -799,14 +660,14 @@ impl Proxy {
                 self.deliver_body(body).await;
             }
         }
-        if !self.any_pending(&ids) {
+        if !self.ledger.any_open(&ids) {
             return Ok(());
         }
-        if status == StatusCode::ACCEPTED || status == StatusCode::NO_CONTENT || self.up.is_legacy() {
+        if status == StatusCode::ACCEPTED || status == StatusCode::NO_CONTENT || self.link.up.is_legacy() {
             // Accepted without an answer: it will come on the GET stream (T-20).
             for (key, done) in ids {
-                if self.is_pending(&key) && timeout_at(deadline, done).await.is_err() {
-                    return Err(self.up.timeout_error(limit));
+                if self.ledger.is_open(&key) && timeout_at(deadline, done).await.is_err() {
+                    return Err(self.link.up.timeout_error(limit));
                 }
             }
             return Ok(());
@@ -825,11 +686,11 @@ impl Proxy {
         what: &str,
     ) -> Result<Result<Result<reqwest::Response, reqwest::Error>, tokio::time::error::Elapsed>, LocalError>
     {
-        let admitted = self.admit(what, 0).await?;
-        let resumed = timeout_at(deadline, self.up.get_stream(Some(id)).send()).await;
+        let admitted = self.link.admit(what, 0).await?;
+        let resumed = timeout_at(deadline, self.link.up.get_stream(Some(id)).send()).await;
         match &resumed {
-            Ok(Ok(r)) => self.answered(&admitted, r.headers()).await,
-            _ => self.gate.answered(&admitted, None).await,
+            Ok(Ok(r)) => self.link.answered(&admitted, r.headers()).await,
+            _ => self.link.gate.answered(&admitted, None).await,
         }
         Ok(resumed)
     }
@@ -850,7 +711,7 @@ impl Proxy {
             && let [(key, _)] = ids
             && let Some((error, server_id)) = jsonrpc_error(body)
         {
-            let Some(id) = self.pending.locked().get(key).map(|p| p.id.clone()) else { return Ok(()) };
+            let Some(id) = self.ledger.id_of(key) else { return Ok(()) };
             // The server's answer as it sent it when it is a well-formed error response for
             // this id; else one made of its error object under the pending id (issue 21.1: a body
             // with `result` too, or a `method`, was dropped by `deliver` and left unanswered).
@@ -866,19 +727,19 @@ impl Proxy {
             }
             envelope::flatten_lines(&mut message);
             self.deliver(message.into()).await;
-            if !self.is_pending(key) {
+            if !self.ledger.is_open(key) {
                 return Ok(());
             }
         }
-        Err(self.up.status_error(status, headers, body, sent_session))
+        Err(self.link.up.status_error(status, headers, body, sent_session))
     }
 
     /// Sends a notification or a client response; nothing comes back to the client. Returns
     /// whether the server accepted it.
     async fn send_one_way(self: Arc<Self>, body: Bytes, headers: MessageHeaders, what: String) -> bool {
-        match self.send(&body, &headers, false, self.request_timeout, &what).await {
+        match self.link.send(&body, &headers, false, self.request_timeout, &what).await {
             Err(err) => {
-                self.report_with(&err, &format!("{what} was not delivered"));
+                self.ledger.report_with(&err, &format!("{what} was not delivered"));
                 false
             }
             Ok((response, _, _)) if response.status().is_success() => {
@@ -891,8 +752,8 @@ impl Proxy {
                 let resp_headers = response.headers().clone();
                 let deadline = retry::deadline_after(Duration::from_secs(5));
                 let body = read_body(response, MAX_ERROR_BODY_BYTES, deadline).await.unwrap_or_default();
-                let err = self.up.status_error(status, &resp_headers, &body, sent_session);
-                self.report_with(&err, &format!("the server did not accept a {what}"));
+                let err = self.link.up.status_error(status, &resp_headers, &body, sent_session);
+                self.ledger.report_with(&err, &format!("the server did not accept a {what}"));
                 false
             }
         }
@@ -913,7 +774,7 @@ impl Proxy {
         let env = match Envelope::parse(&bytes) {
             Ok(env) => env,
             Err(_) => {
-                self.report(&bad_response(
+                self.ledger.report(&bad_response(
                     "the server sent a message that is not a JSON-RPC object; it was dropped".into(),
                 ));
                 return Delivered::Dropped;
@@ -922,9 +783,9 @@ impl Proxy {
         let delivered = match env.kind() {
             Ok(Kind::Response) => {
                 let Some(key) = env.id_key() else { return Delivered::Dropped };
-                let (initialize, lists_tools, captured, list_key) = match self.pending.locked().get(&key) {
-                    Some(entry) => {
-                        (entry.initialize, entry.lists_tools, entry.capture.is_some(), entry.list_key.clone())
+                let (initialize, lists_tools, captured, list_key) = match self.ledger.peek(&key) {
+                    Some(open) => {
+                        (open.flags.initialize, open.flags.lists_tools, open.captured, open.list_key)
                     }
                     None => {
                         debug!(id = %env.id.map_or("", RawValue::get), "response for no pending request dropped (cancelled, answered or unknown)");
@@ -970,23 +831,20 @@ impl Proxy {
             }
             Ok(_) => Delivered::Other,
             Err(e) => {
-                self.report(&bad_response(format!(
+                self.ledger.report(&bad_response(format!(
                     "the server sent an invalid JSON-RPC message ({e}); it was dropped"
                 )));
                 return Delivered::Dropped;
             }
         };
         drop(env);
-        self.write(one_line(bytes)).await;
+        self.ledger.write(one_line(bytes)).await;
         delivered
     }
 
-    /// Hands the answer `message` of the pending request `key` over: to stdout, or to whoever
-    /// captures it. Issue 10.4: room first (this may wait, and a task aborted here has changed
-    /// nothing: the request is still pending and will be answered by its own task); then, with
-    /// no await in between, the entry leaves the table and the answer is queued. Either both
-    /// happen or neither. A captured answer needs no room. `version`: what an `initialize`
-    /// result negotiated.
+    /// Hands the answer `message` of the pending request `key` over (to stdout, or to whoever
+    /// captures it) through the ledger; `version`: what an `initialize` result negotiated, set
+    /// before the answer is queued.
     async fn hand_over(
         &self,
         key: &IdKey,
@@ -994,23 +852,14 @@ impl Proxy {
         captured: bool,
         version: Option<String>,
     ) -> Delivered {
-        let slot = if captured { None } else { self.out.reserve(message.len()).await };
-        let Some(mut entry) = self.pending.locked().remove(key) else {
-            return Delivered::Dropped; // answered meanwhile (a timeout, a cancel)
-        };
-        if let Some(version) = version {
-            debug!(version, "protocol version negotiated");
-            self.up.set_protocol_version(&version);
-        }
-        if let Some(done) = entry.done.take() {
-            let _ = done.send(());
-        }
-        if let Some(capture) = entry.capture.take() {
-            let _ = capture.send(message);
-        } else if !slot.is_some_and(|slot| slot.send(message)) {
-            debug!("stdout is closed; answer dropped");
-        }
-        Delivered::Answer
+        self.ledger
+            .settle(key, message, captured, || {
+                if let Some(version) = version {
+                    debug!(version, "protocol version negotiated");
+                    self.link.up.set_protocol_version(&version);
+                }
+            })
+            .await
     }
 
     /// Delivers a JSON body or an SSE event's data: one message, or a 2025-03-26 batch of them
@@ -1028,7 +877,8 @@ impl Proxy {
         let members: Vec<Bytes> = match serde_json::from_slice::<Vec<&RawValue>>(&body) {
             Ok(members) => members.iter().map(|m| body.slice_ref(m.get().as_bytes())).collect(),
             Err(_) => {
-                self.report(&bad_response("the server's reply is not valid JSON; it was dropped".into()));
+                self.ledger
+                    .report(&bad_response("the server's reply is not valid JSON; it was dropped".into()));
                 return false;
             }
         };
@@ -1037,37 +887,6 @@ impl Proxy {
             progress |= self.deliver_from(m, owner).await == Delivered::Progress;
         }
         progress
-    }
-
-    /// Answers a pending request with a local error, unless it was answered already. Like
-    /// [`Proxy::deliver`], it takes room in the outbox before the entry leaves the table.
-    async fn fail(&self, key: &IdKey, err: &LocalError) {
-        let Some(id) = self.pending.locked().get(key).map(|p| p.id.clone()) else { return };
-        let message: Bytes = err.to_response(Some(&id)).into();
-        let slot = self.out.reserve(message.len()).await;
-        if self.pending.locked().remove(key).is_none() {
-            return;
-        }
-        self.stats.local_errors.fetch_add(1, Ordering::Relaxed);
-        self.report(err);
-        if !slot.is_some_and(|slot| slot.send(message)) {
-            debug!("stdout is closed; error answer dropped");
-        }
-    }
-
-    fn is_pending(&self, key: &IdKey) -> bool {
-        self.pending.locked().contains_key(key)
-    }
-
-    fn any_pending(&self, ids: &[(IdKey, oneshot::Receiver<()>)]) -> bool {
-        let pending = self.pending.locked();
-        ids.iter().any(|(k, _)| pending.contains_key(k))
-    }
-
-    async fn write(&self, bytes: Bytes) {
-        if !self.out.send(bytes).await {
-            debug!("stdout is closed; message dropped");
-        }
     }
 
     fn stream_error<E: std::fmt::Display>(&self, e: &E) -> LocalError {
@@ -1095,28 +914,6 @@ impl Proxy {
         err
     }
 
-    /// Logs a problem: the first time of its kind at warn level, later ones at debug.
-    fn report(&self, err: &LocalError) {
-        self.report_with(err, "");
-    }
-
-    fn report_with(&self, err: &LocalError, context: &str) {
-        let first = {
-            let mut warned = self.warned.locked();
-            let first = !warned.contains(&err.kind);
-            if first {
-                warned.push(err.kind);
-            }
-            first
-        };
-        let sep = if context.is_empty() { "" } else { ": " };
-        if first {
-            warn!("{context}{sep}{}", err.message);
-        } else {
-            debug!("{context}{sep}{}", err.message);
-        }
-    }
-
     /// Stops everything in order (S-06, T-22): waits up to [`DRAIN_TIMEOUT`] for requests in
     /// flight, answers the rest with an error, ends the session with DELETE.
     pub async fn shutdown(self: &Arc<Self>, drain: bool) {
@@ -1132,47 +929,25 @@ impl Proxy {
             get.abort();
         }
         self.stop_listening();
-        let left: Vec<Pending> = self.pending.locked().drain().map(|(_, p)| p).collect();
         // Within the 2 s the whole shutdown has, whatever the client does with stdout.
-        let budget = DRAIN_TIMEOUT + DELETE_TIMEOUT;
-        for entry in left {
-            if let Some(abort) = &entry.abort {
-                abort.abort();
-            }
-            if entry.internal {
-                continue;
-            }
-            let err = LocalError::new(
-                SHUTTING_DOWN,
-                ErrorKind::ShuttingDown,
-                "mcp-sidecar is shutting down and the server had not answered yet; the request may have been processed",
-            );
-            let message: Bytes = err.to_response(Some(&entry.id)).into();
-            let left = budget.saturating_sub(started.elapsed());
-            match timeout(left, self.out.reserve(message.len())).await {
-                Ok(Some(slot)) => {
-                    slot.send(message);
-                }
-                _ => debug!("stdout takes nothing more; a shutdown answer was not written"),
-            }
-        }
+        self.ledger.drain(started, DRAIN_TIMEOUT + DELETE_TIMEOUT).await;
         // The rate-limit units this process leased and did not use go back (bounded: exit must
         // not wait on another process's lock).
-        let _ = timeout(Duration::from_millis(500), self.gate.release()).await;
-        if let Some(delete) = self.up.delete_session() {
+        let _ = timeout(Duration::from_millis(500), self.link.gate.release()).await;
+        if let Some(delete) = self.link.up.delete_session() {
             // Same rate-limit rules, within the shutdown budget.
             // Only if the rate limit lets it through at once: a session the server cannot be told
             // about expires by itself, and exit must not wait for the next window.
             match timeout(
                 DELETE_TIMEOUT,
-                self.gate.admit(Duration::ZERO, crate::ratelimit::Use::Background, |_, _| {}),
+                self.link.gate.admit(Duration::ZERO, crate::ratelimit::Use::Background, |_, _| {}),
             )
             .await
             {
                 Ok(Ok(admitted)) => match timeout(DELETE_TIMEOUT, delete.send()).await {
                     Ok(Ok(r)) => {
                         debug!(status = r.status().as_u16(), "session closed");
-                        let _ = timeout(DELETE_TIMEOUT, self.answered(&admitted, r.headers())).await;
+                        let _ = timeout(DELETE_TIMEOUT, self.link.answered(&admitted, r.headers())).await;
                     }
                     Ok(Err(e)) => debug!(error = %e.without_url(), "closing the session failed"),
                     Err(_) => debug!("closing the session timed out"),
@@ -1188,13 +963,12 @@ impl Proxy {
         if let Some(summary) = self.bridge_summary() {
             info!("protocol bridge: {summary}");
         }
-        let requests = self.stats.requests.load(Ordering::Relaxed);
-        let errors = self.stats.local_errors.load(Ordering::Relaxed);
+        let (requests, errors) = self.ledger.counts();
         debug!(requests, errors, "proxy stopped");
         if errors > 0 {
             info!(
                 "{errors} of {requests} requests to {} were answered with an error by mcp-sidecar",
-                self.up.shown_url()
+                self.link.up.shown_url()
             );
         }
     }
@@ -1246,79 +1020,6 @@ fn bad_response(message: String) -> LocalError {
     let mut err = LocalError::new(UPSTREAM_ERROR, ErrorKind::BadResponse, message);
     err.request_sent = Some(true);
     err
-}
-
-/// The first JSON-RPC response in a reply, JSON or SSE; `None` if there is none in time.
-async fn first_response(response: reqwest::Response, max: usize, deadline: Instant) -> Option<Bytes> {
-    let is_sse = response
-        .headers()
-        .get(CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.to_ascii_lowercase().starts_with("text/event-stream"));
-    if !is_sse {
-        return read_body(response, max, deadline).await.ok();
-    }
-    let mut events = sse::decode(response.bytes_stream(), max);
-    while let Ok(Some(Ok(event))) = timeout_at(deadline, events.next()).await {
-        if sse::is_message(&event) {
-            let data = Bytes::from(event.data.unwrap_or_default());
-            if Envelope::parse(&data).ok().and_then(|e| e.kind().ok()) == Some(Kind::Response) {
-                return Some(data);
-            }
-        }
-    }
-    None
-}
-
-/// The events of an HTTP+SSE stream after its `endpoint`.
-type LegacyEvents =
-    std::pin::Pin<Box<dyn futures_util::Stream<Item = Result<sse_stream::Sse, sse_stream::Error>> + Send>>;
-
-/// Why reading a body failed.
-enum BodyError {
-    Timeout,
-    TooLarge,
-    Http(reqwest::Error),
-}
-
-/// Reads a whole body of at most `max` bytes before `deadline`.
-async fn read_body(
-    mut response: reqwest::Response,
-    max: usize,
-    deadline: Instant,
-) -> Result<Bytes, BodyError> {
-    if response.content_length().is_some_and(|n| n > max as u64) {
-        return Err(BodyError::TooLarge);
-    }
-    // The chunks are kept and joined once at the end: one copy of the body, not one per
-    // doubling of a growing buffer (chunked replies say no length up front).
-    let mut chunks: Vec<Bytes> = Vec::new();
-    let mut len = 0usize;
-    loop {
-        match timeout_at(deadline, response.chunk()).await {
-            Err(_) => return Err(BodyError::Timeout),
-            Ok(Err(e)) => return Err(BodyError::Http(e)),
-            Ok(Ok(None)) => break,
-            Ok(Ok(Some(chunk))) => {
-                len += chunk.len();
-                if len > max {
-                    return Err(BodyError::TooLarge);
-                }
-                chunks.push(chunk);
-            }
-        }
-    }
-    Ok(match chunks.len() {
-        0 => Bytes::new(),
-        1 => chunks.pop().unwrap_or_default(),
-        _ => {
-            let mut body = Vec::with_capacity(len);
-            for c in &chunks {
-                body.extend_from_slice(c);
-            }
-            body.into()
-        }
-    })
 }
 
 #[cfg(test)]

@@ -113,7 +113,7 @@ impl Proxy {
                     if let Some(found) = found {
                         self.learned(found).await;
                     }
-                    self.answer_unregistered(client_id.as_deref(), answer).await;
+                    self.ledger.answer_unopened(client_id.as_deref(), answer).await;
                     return true;
                 }
                 Era::Handshake
@@ -173,7 +173,7 @@ impl Proxy {
                 false
             }
             Err(err) => {
-                self.answer_unregistered(client_id, Err(err)).await;
+                self.ledger.answer_unopened(client_id, Err(err)).await;
                 true
             }
         }
@@ -194,7 +194,7 @@ impl Proxy {
             client.capabilities
         );
         let init = Bytes::from(init);
-        *self.init_line.locked() = Some(init.clone());
+        self.link.keep_init_line(init.clone());
         let answer = self
             .call(init, true, true, self.request_timeout, "initialize (for a stateless-era client)")
             .await?;
@@ -245,7 +245,7 @@ impl Proxy {
                     let id = env.id.map(RawValue::to_owned);
                     drop(env);
                     if let (Some(id), Ok(result)) = (id, RawValue::from_string(reverse.discover.clone())) {
-                        self.write(era::response_with_id(&id, "result", &result).into()).await;
+                        self.ledger.write(era::response_with_id(&id, "result", &result).into()).await;
                     }
                     return;
                 }
@@ -253,7 +253,7 @@ impl Proxy {
                     drop(env);
                     return self.dispatch_line_plain(line).await;
                 };
-                let Some((key, _)) = self.register(&env, false, false) else { return };
+                let Some((key, _)) = self.ledger.open(&env, Flags::default()) else { return };
                 drop(env);
                 let what = format!("{method} (bridged to the handshake era)");
                 // The room goes with the request, into its parked entry if the server asks.
@@ -268,7 +268,7 @@ impl Proxy {
                 drop(env);
                 // A handshake-era server is told (closing a stream is no cancellation there, T-25).
                 let upstream = reverse.upstream_of.locked().remove(&key);
-                if self.cancel(&key).is_some()
+                if self.ledger.cancel(&key).is_some()
                     && let Some(upstream) = upstream
                 {
                     self.cancel_upstream(&upstream).await;
@@ -292,8 +292,10 @@ impl Proxy {
         let outcome = self.reverse_request(&reverse, &key, &line, &what, room).await;
         reverse.upstream_of.locked().remove(&key);
         match outcome {
-            Ok(answer) => self.reply(&key, answer).await,
-            Err(err) => self.fail(&key, &err).await,
+            Ok(answer) => {
+                self.ledger.settle(&key, answer, false, || {}).await;
+            }
+            Err(err) => self.ledger.fail(&key, &err).await,
         }
     }
 

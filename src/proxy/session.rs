@@ -5,70 +5,6 @@ use super::*;
 use crate::ratelimit::Use;
 
 impl Proxy {
-    /// Starts a new session after the server dropped `expired` (T-12): replays the client's
-    /// `initialize` and `notifications/initialized` upstream (their answers stay here: the client
-    /// has its session already) and reopens the GET stream. One renewal for all the requests
-    /// that met the same 404. Returns whether this call started it (false: another request had).
-    pub(super) async fn renew_session(
-        self: &Arc<Self>,
-        expired: &reqwest::header::HeaderValue,
-        limit: Duration,
-    ) -> Result<bool, LocalError> {
-        let _one_at_a_time = self.renewing.lock().await;
-        if self.up.session().id.as_ref() != Some(expired) {
-            return Ok(false); // renewed by another request meanwhile
-        }
-        let Some(line) = self.init_line.locked().clone() else {
-            return Err(LocalError::new(
-                UPSTREAM_ERROR,
-                ErrorKind::WrongEndpoint,
-                "the server ended the MCP session",
-            ));
-        };
-        warn!("the server ended the MCP session (HTTP 404 for its session id); starting a new one");
-        let fail = |detail: String| {
-            let mut err = LocalError::new(
-                UPSTREAM_ERROR,
-                ErrorKind::WrongEndpoint,
-                format!(
-                    "the server ended the MCP session and starting a new one failed ({detail}): restart the client"
-                ),
-            );
-            err.request_sent = Some(false);
-            err
-        };
-        let deadline = retry::deadline_after(limit);
-        let (request, _) = self.up.post(line, &MessageHeaders::default(), None);
-        let response = match timeout_at(deadline, request.send()).await {
-            Ok(Ok(r)) if r.status().is_success() => r,
-            Ok(Ok(r)) => return Err(fail(format!("HTTP {}", r.status().as_u16()))),
-            Ok(Err(e)) => return Err(fail(self.up.send_error(&e).message)),
-            Err(_) => return Err(fail("no answer".into())),
-        };
-        let new_id = response.headers().get(&SESSION_ID).cloned();
-        let version = first_response(response, self.max_message, deadline).await.and_then(|bytes| {
-            let env = Envelope::parse(&bytes).ok()?;
-            let params: envelope::Params = serde_json::from_str(env.result?.get()).ok()?;
-            params.protocol_version.map(|v| v.into_owned())
-        });
-        self.up.set_session_id(new_id);
-        if let Some(v) = version {
-            self.up.set_protocol_version(&v);
-        }
-        let initialized = Bytes::from_static(br#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#);
-        let (request, _) = self.up.post(initialized, &MessageHeaders::default(), Some(&self.up.session()));
-        match timeout_at(deadline, request.send()).await {
-            Ok(Ok(r)) if r.status().is_success() => {}
-            Ok(Ok(r)) => {
-                return Err(fail(format!("notifications/initialized: HTTP {}", r.status().as_u16())));
-            }
-            _ => return Err(fail("notifications/initialized was not delivered".into())),
-        }
-        self.restart_get_stream();
-        info!("new MCP session started; requests continue");
-        Ok(true)
-    }
-
     /// Opens the 2024-11-05 HTTP+SSE stream and waits for its `endpoint` event (T-60, T-61).
     pub(super) async fn start_legacy(self: &Arc<Self>) -> Result<(), String> {
         let (tx, rx) = oneshot::channel();
@@ -78,7 +14,7 @@ impl Proxy {
         }
         match timeout(LEGACY_ENDPOINT_TIMEOUT, rx).await {
             Ok(Ok(Ok(()))) => {
-                info!("{} speaks the 2024-11-05 HTTP+SSE transport; using it", self.up.host());
+                info!("{} speaks the 2024-11-05 HTTP+SSE transport; using it", self.link.up.host());
                 Ok(())
             }
             Ok(Ok(Err(reason))) => Err(reason),
@@ -92,7 +28,7 @@ impl Proxy {
             ErrorKind::WrongEndpoint,
             format!(
                 "{} offers no HTTP+SSE stream ({reason}): check the URL, or try --transport auto",
-                self.up.shown_url()
+                self.link.up.shown_url()
             ),
         );
         err.request_sent = Some(false);
@@ -112,7 +48,7 @@ impl Proxy {
                         Some(tx) => {
                             let _ = tx.send(Ok(()));
                         }
-                        None => self.replay_handshake().await,
+                        None => self.link.replay_handshake(self.request_timeout).await,
                     }
                     failures = 0;
                     while let Some(Ok(event)) = events.next().await {
@@ -141,22 +77,22 @@ impl Proxy {
 
     /// Opens the stream and reads up to its `endpoint` event.
     pub(super) async fn open_legacy(&self) -> Result<LegacyEvents, String> {
-        let admitted = match self.gate.admit(self.policy.max_wait, Use::Stream, |_, _| {}).await {
+        let admitted = match self.link.gate.admit(self.link.policy.max_wait, Use::Stream, |_, _| {}).await {
             Ok(admitted) => Some(admitted),
             Err(b) => {
                 tokio::time::sleep(b.wait.min(MAX_STREAM_HOLD)).await;
                 None
             }
         };
-        let response = self.up.legacy_stream().send().await;
+        let response = self.link.up.legacy_stream().send().await;
         if let Some(admitted) = &admitted {
             // Issue 21.5: the unit goes back, with the answer's word or as not sent.
             match &response {
-                Ok(r) => self.answered(admitted, r.headers()).await,
-                Err(_) => self.gate.answered(admitted, None).await,
+                Ok(r) => self.link.answered(admitted, r.headers()).await,
+                Err(_) => self.link.gate.answered(admitted, None).await,
             }
         }
-        let response = response.map_err(|e| self.up.send_error(&e).message)?;
+        let response = response.map_err(|e| self.link.up.send_error(&e).message)?;
         let status = response.status();
         let is_sse = response
             .headers()
@@ -170,26 +106,12 @@ impl Proxy {
         loop {
             match events.next().await {
                 Some(Ok(e)) if e.event.as_deref() == Some("endpoint") => {
-                    self.up.set_endpoint(e.data.as_deref().unwrap_or(""))?;
+                    self.link.up.set_endpoint(e.data.as_deref().unwrap_or(""))?;
                     return Ok(events);
                 }
                 Some(Ok(e)) if e.data.is_none() => continue,
                 Some(Ok(_)) => return Err("the stream's first event is not `endpoint`".into()),
                 _ => return Err("the stream ended before announcing an endpoint".into()),
-            }
-        }
-    }
-
-    /// Sends the client's `initialize` and `notifications/initialized` again, for a new session.
-    pub(super) async fn replay_handshake(&self) {
-        let Some(line) = self.init_line.locked().clone() else { return };
-        let initialized = Bytes::from_static(br#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#);
-        for body in [line, initialized] {
-            let (request, _) = self.up.post(body, &MessageHeaders::default(), None);
-            match timeout(self.request_timeout, request.send()).await {
-                Ok(Ok(_)) => {}
-                Ok(Err(e)) => debug!("replaying the handshake failed: {}", self.up.send_error(&e).message),
-                Err(_) => debug!("replaying the handshake timed out"),
             }
         }
     }
@@ -222,20 +144,21 @@ impl Proxy {
             // The GET stream waits at the gate like everything else; nobody waits on it, so it
             // sits out even waits longer than --max-wait (looking again now and then: a success
             // may clear the deadline), and it never takes the probe of a long deadline.
-            let admitted = match self.gate.admit(self.policy.max_wait, Use::Background, |_, _| {}).await {
-                Ok(admitted) => admitted,
-                Err(b) => {
-                    tokio::time::sleep(b.wait.min(MAX_STREAM_HOLD)).await;
-                    continue;
-                }
-            };
+            let admitted =
+                match self.link.gate.admit(self.link.policy.max_wait, Use::Background, |_, _| {}).await {
+                    Ok(admitted) => admitted,
+                    Err(b) => {
+                        tokio::time::sleep(b.wait.min(MAX_STREAM_HOLD)).await;
+                        continue;
+                    }
+                };
             // What a 429 asked to wait, on top of the usual pause before the next try.
             let mut asked_wait = Duration::ZERO;
-            let opened = self.up.get_stream(last_event_id.as_deref()).send().await;
+            let opened = self.link.up.get_stream(last_event_id.as_deref()).send().await;
             match &opened {
-                Ok(r) => self.answered(&admitted, r.headers()).await,
+                Ok(r) => self.link.answered(&admitted, r.headers()).await,
                 // Issue 21.5: not sent, or no answer: the unit goes back.
-                Err(_) => self.gate.answered(&admitted, None).await,
+                Err(_) => self.link.gate.answered(&admitted, None).await,
             }
             match opened {
                 Ok(r) if retry::asks_to_wait(r.status(), r.headers()) => {
@@ -246,7 +169,7 @@ impl Proxy {
                     return;
                 }
                 Ok(r) if r.status().is_success() => {
-                    self.gate.succeeded(&admitted).await;
+                    self.link.gate.succeeded(&admitted).await;
                     drop(admitted);
                     if self.read_get_stream(r, &mut last_event_id, &mut retry).await {
                         failures = 0;
@@ -258,7 +181,7 @@ impl Proxy {
                     problem = format!("HTTP {} {}", status.as_u16(), status.canonical_reason().unwrap_or(""));
                 }
                 Err(e) => {
-                    problem = self.up.send_error(&e).message;
+                    problem = self.link.up.send_error(&e).message;
                     debug!(error = %problem, "GET stream failed");
                 }
             }
@@ -290,13 +213,13 @@ impl Proxy {
         r: &reqwest::Response,
         admitted: &crate::ratelimit::Admission<'_>,
     ) -> (Duration, String) {
-        self.gate.stats.limited.fetch_add(1, Ordering::Relaxed);
+        self.link.gate.stats.limited.fetch_add(1, Ordering::Relaxed);
         let asked = retry::server_wait(r.headers(), SystemTime::now());
         let source = asked.map_or(retry::Source::Backoff, |w| w.source).as_str();
         let mut asked_wait = Duration::ZERO;
         if let Some(w) = asked {
-            self.gate.block_for(w.delay, source, Some(admitted)).await;
-            asked_wait = self.policy.with_jitter(w.delay);
+            self.link.gate.block_for(w.delay, source, Some(admitted)).await;
+            asked_wait = self.link.policy.with_jitter(w.delay);
         }
         info!("the stream for server messages is rate limited ({source})");
         (asked_wait, format!("HTTP {} ({source})", r.status().as_u16()))

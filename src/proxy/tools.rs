@@ -71,7 +71,8 @@ impl Proxy {
                 Err(_) => return false,
             };
             let what = "tools/list (to refresh x-mcp-header)";
-            let Ok((response, _, deadline)) = self.send(&bytes, &headers, false, limit, what).await else {
+            let Ok((response, _, deadline)) = self.link.send(&bytes, &headers, false, limit, what).await
+            else {
                 return false;
             };
             if !response.status().is_success() {
