@@ -259,7 +259,7 @@ impl Proxy {
         let (Some(raw_id), Some(key)) = (env.id, env.id_key()) else { return Err(unreadable()) };
         let method = env.method.as_deref().unwrap_or_default();
         let params = env.params();
-        let headers = self.request_headers(method, &params);
+        let headers = self.policies.params.request_headers(method, &params);
         let modern = headers.is_modern();
         let flags = Flags { initialize, modern, lists_tools: modern && method == "tools/list", internal };
         let (done, capture) = self.ledger.open_captured(raw_id, &key, flags)?;
@@ -627,7 +627,7 @@ impl Proxy {
                     }
                     return;
                 }
-                let Some(room) = self.room_now(line.len()) else {
+                let Some(room) = self.room.now(line.len()) else {
                     drop(env);
                     return self.dispatch_line_plain(line).await; // answered there as overloaded
                 };
@@ -692,8 +692,9 @@ impl Proxy {
         let (env, client_id) = reread(line)?;
         let method = env.method.as_deref().unwrap_or_default();
         bridge.bridged.fetch_add(1, Ordering::Relaxed);
-        let list_key = super::lists::cacheable(method).then(|| super::lists::key(method, &env.params()));
-        if let Some(cached) = list_key.as_deref().and_then(|k| self.lists.get(k)) {
+        let list_key =
+            super::policy::lists::cacheable(method).then(|| super::policy::lists::key(method, &env.params()));
+        if let Some(cached) = list_key.as_deref().and_then(|k| self.policies.lists.get(k)) {
             return Ok(era::response_with_id(client_id, "result", &cached).into());
         }
         let mut answers: Option<Vec<(String, Box<RawValue>)>> = None;
@@ -739,7 +740,7 @@ impl Proxy {
             let Some(result) = reply.result else { return Err(unreadable()) };
             let Some(input) = era::input_required(result) else {
                 if let Some(list_key) = list_key {
-                    self.lists.put(list_key, &answer);
+                    self.policies.lists.put(list_key, &answer);
                 }
                 return Ok(era::response_with_id(client_id, "result", result).into());
             };

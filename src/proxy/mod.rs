@@ -16,14 +16,14 @@
 mod bridge;
 mod ledger;
 mod link;
-mod lists;
+mod policy;
 mod probe;
 mod reply;
 mod reverse;
-mod session;
-mod tools;
+mod room;
+mod streams;
 
-use crate::sync::{Locked, ReadWrite};
+use crate::sync::Locked;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -48,35 +48,25 @@ use crate::envelope::{
 use crate::ratelimit::Gate;
 use crate::retry;
 use crate::stdio::{Frame, Outbox};
-use crate::upstream::headers::{MessageHeaders, ParamHeader, SESSION_ID, param_annotations, param_values};
+use crate::upstream::headers::{MessageHeaders, SESSION_ID};
 use crate::upstream::{MAX_ERROR_BODY_BYTES, Upstream, jsonrpc_error, sse};
 use ledger::{Delivered, Flags, Ledger};
 use link::Link;
 pub use link::WaitObserver;
-use reply::{BodyError, LegacyEvents, first_response, read_body};
+use policy::{Policies, lists};
+use reply::{BodyError, read_body};
+pub use room::IN_FLIGHT_MESSAGES;
+use room::{Room, holding};
+use streams::{MAX_SSE_RETRY, Streams};
 
-/// The messages from stdin still being sent or waiting for their answers may hold this many
-/// times `--max-message-bytes` (64 MiB by default); a request past that is answered at once with
-/// an `overloaded` error, and notifications, responses and batches wait for room (issue 10.15).
-pub const IN_FLIGHT_MESSAGES: usize = 4;
 /// `server/discover` probes must be answered soon, whatever the server does (S-09).
 const DISCOVER_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long shutdown waits for requests in flight before answering them with an error.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_millis(1500);
 /// How long the closing DELETE may take (T-22); shutdown must finish within 2 s.
 const DELETE_TIMEOUT: Duration = Duration::from_millis(400);
-/// How long the HTTP+SSE stream may take to announce its endpoint (T-61).
-const LEGACY_ENDPOINT_TIMEOUT: Duration = Duration::from_secs(10);
-/// The longest `retry:` of a server's event stream obeyed (T-24): the reconnection hint of a
-/// healthy server is seconds; `retry: 4000000000` must not leave a request unanswered for weeks.
-const MAX_SSE_RETRY: Duration = Duration::from_secs(60);
 /// How many times a broken reply stream is resumed with Last-Event-ID (T-23).
 const MAX_RESUMPTIONS: u32 = 3;
-/// The longest a stream for server messages sits out a rate-limit deadline before it looks at
-/// the gate again (the deadline may have been cleared by a success meanwhile).
-const MAX_STREAM_HOLD: Duration = Duration::from_secs(60);
-/// Consecutive failures after which the GET stream is given up.
-const MAX_GET_STREAM_FAILURES: u32 = 3;
 
 /// A client request the eras are being settled on, inline (issue 21.1): if the run ends before it
 /// is answered (stdin's end, a signal), dropping this puts it in the pending table, whose
@@ -116,19 +106,15 @@ pub struct Proxy {
     tasks: TaskTracker,
     request_timeout: Duration,
     max_message: usize,
-    get_stream: Mutex<Option<AbortHandle>>,
+    /// The stream for server messages.
+    streams: Streams,
     shutting_down: AtomicBool,
-    /// The GET stream gave up after repeated failures; the next answered POST reopens it.
-    get_stream_lost: AtomicBool,
-    /// The `x-mcp-header` annotations of each tool, from the last `tools/list` (T-15).
-    tool_headers: std::sync::RwLock<HashMap<String, Vec<ParamHeader>>>,
     /// Room for the bytes of messages in flight, [`IN_FLIGHT_MESSAGES`] × `max_message`.
-    in_flight: Arc<tokio::sync::Semaphore>,
-    in_flight_limit: u32,
+    room: Room,
     /// The eras of client and server, and the bridge between them when they differ.
     eras: bridge::Eras,
-    /// Stateless-era lists reused within their `ttlMs`.
-    lists: lists::ListCache,
+    /// What is done to messages beyond forwarding them.
+    policies: Policies,
 }
 
 impl Proxy {
@@ -140,23 +126,20 @@ impl Proxy {
             config.state_dir.as_deref().map(|dir| crate::era::EraCache::new(dir, config.url.as_str()));
         let proxy = Arc::new(Proxy {
             eras: bridge::Eras::new(config.protocol_era, era_cache),
-            lists: lists::ListCache::default(),
-            tool_headers: std::sync::RwLock::new(HashMap::new()),
-            in_flight: Arc::new(tokio::sync::Semaphore::new(in_flight_limit(max_message) as usize)),
-            in_flight_limit: in_flight_limit(max_message),
+            policies: Policies::default(),
+            room: Room::new(max_message),
             link: Link::new(up, gate, config),
             ledger: Ledger::new(out),
             tasks: TaskTracker::new(),
             request_timeout,
             max_message,
-            get_stream: Mutex::new(None),
+            streams: Streams::new(max_message, request_timeout),
             shutting_down: AtomicBool::new(false),
-            get_stream_lost: AtomicBool::new(false),
         });
         let weak = Arc::downgrade(&proxy);
         proxy.link.on_renewed(Box::new(move || {
             if let Some(proxy) = weak.upgrade() {
-                proxy.restart_get_stream();
+                Streams::restart_get(&proxy);
             }
         }));
         proxy
@@ -274,12 +257,12 @@ impl Proxy {
             Ok(Kind::Request) => {
                 let method = env.method.as_deref().unwrap_or_default();
                 let params = env.params();
-                let headers = self.request_headers(method, &params);
+                let headers = self.policies.params.request_headers(method, &params);
                 let init = method == "initialize";
                 // A stateless-era list still fresh in the cache costs the server nothing.
                 let list_key =
                     (headers.is_modern() && lists::cacheable(method)).then(|| lists::key(method, &params));
-                if let Some(cached) = list_key.as_deref().and_then(|k| self.lists.get(k))
+                if let Some(cached) = list_key.as_deref().and_then(|k| self.policies.lists.get(k))
                     && let Some(id) = env.id
                 {
                     return self
@@ -287,13 +270,13 @@ impl Proxy {
                         .write(crate::era::response_with_id(id, "result", &cached).into())
                         .await;
                 }
-                let Some(room) = self.room_now(line.len()) else {
+                let Some(room) = self.room.now(line.len()) else {
                     let mut err = LocalError::new(
                         OVERLOADED,
                         ErrorKind::Overloaded,
                         format!(
                             "too many requests are in flight: together they hold more than {} bytes ({IN_FLIGHT_MESSAGES} × --max-message-bytes), so this one was not sent: wait for answers before sending more",
-                            self.in_flight_limit
+                            self.room.limit()
                         ),
                     );
                     err.request_sent = Some(false);
@@ -344,11 +327,11 @@ impl Proxy {
                 }
                 let headers = MessageHeaders::derive(&method, &params);
                 drop(env);
-                let room = self.room(line.len()).await;
+                let room = self.room.wait(line.len()).await;
                 if method == "notifications/initialized" {
                     // In line: the server must see it before the requests that follow (S-11).
                     if self.clone().send_one_way(line, headers, method).await {
-                        self.open_get_stream();
+                        Streams::open_get(self);
                     }
                 } else {
                     self.tasks.spawn(holding(room, self.clone().send_one_way(line, headers, method)));
@@ -357,7 +340,7 @@ impl Proxy {
             Ok(Kind::Response) => {
                 // The client's answer to a server request (T-30).
                 drop(env);
-                let room = self.room(line.len()).await;
+                let room = self.room.wait(line.len()).await;
                 self.tasks.spawn(holding(
                     room,
                     self.clone().send_one_way(line, MessageHeaders::default(), "response".into()),
@@ -428,7 +411,7 @@ impl Proxy {
         let body: Bytes =
             if valid.len() == members.len() { line.clone() } else { format!("[{}]", valid.join(",")).into() };
         drop(members);
-        let room = self.room(body.len()).await;
+        let room = self.room.wait(body.len()).await;
         if ids.is_empty() {
             self.tasks.spawn(holding(
                 room,
@@ -442,21 +425,6 @@ impl Proxy {
                 self.clone().run_request(body, MessageHeaders::default(), ids, false, limit, what),
             ));
         }
-    }
-
-    /// Room for a message of `len` bytes in flight, if there is some now (a message larger
-    /// than all the room fits when nothing else is in flight).
-    fn room_now(&self, len: usize) -> Option<tokio::sync::OwnedSemaphorePermit> {
-        self.in_flight.clone().try_acquire_many_owned(self.room_needed(len)).ok()
-    }
-
-    /// Room for a message of `len` bytes in flight, waiting for it (backpressure on stdin).
-    async fn room(&self, len: usize) -> Option<tokio::sync::OwnedSemaphorePermit> {
-        self.in_flight.clone().acquire_many_owned(self.room_needed(len)).await.ok()
-    }
-
-    fn room_needed(&self, len: usize) -> u32 {
-        u32::try_from(len.max(1)).unwrap_or(u32::MAX).min(self.in_flight_limit)
     }
 
     /// Answers a line that is not JSON (-32700) or not an object (-32600), with id null (J-05).
@@ -509,7 +477,9 @@ impl Proxy {
         if initialize {
             self.link.up.reset_session();
             if self.link.transport == Transport::Sse && !self.link.up.is_legacy() {
-                Box::pin(self.start_legacy()).await.map_err(|reason| self.legacy_error(&reason))?;
+                Box::pin(Streams::start_legacy(self))
+                    .await
+                    .map_err(|reason| Streams::legacy_error(&self.link, &reason))?;
             }
         }
         let mut headers = headers.clone();
@@ -532,10 +502,12 @@ impl Proxy {
                 && Envelope::parse(&body).is_ok_and(|e| e.method.as_deref() == Some("tools/call"))
             {
                 relisted = true;
-                if Box::pin(self.relist_tools(&body, limit)).await {
+                if Box::pin(self.policies.params.relist_tools(&self.link, &body, limit, self.max_message))
+                    .await
+                {
                     let env =
                         Envelope::parse(&body).map_err(|_| bad_response("unreadable request".into()))?;
-                    headers.params = self.param_headers(&env.params());
+                    headers.params = self.policies.params.param_headers(&env.params());
                     continue;
                 }
             }
@@ -561,7 +533,7 @@ impl Proxy {
                 && matches!(status.as_u16(), 400 | 404 | 405)
                 && jsonrpc_error(&error_body).is_none()
             {
-                match Box::pin(self.start_legacy()).await {
+                match Box::pin(Streams::start_legacy(self)).await {
                     Ok(()) => continue,
                     Err(reason) => debug!("no HTTP+SSE fallback either: {reason}"),
                 }
@@ -571,9 +543,7 @@ impl Proxy {
         };
         let status = response.status();
         // The server answers again: if the GET stream had given up, it is worth another try.
-        if self.get_stream_lost.swap(false, Ordering::Relaxed) {
-            self.restart_get_stream();
-        }
+        Streams::reopen_if_lost(self);
         if initialize {
             self.link.up.set_session_id(response.headers().get(&SESSION_ID).cloned());
         }
@@ -801,12 +771,12 @@ impl Proxy {
                         .map(|v| v.into_owned())
                 });
                 drop(env);
-                let message = match lists_tools.then(|| self.learn_tools(&bytes)).flatten() {
+                let message = match lists_tools.then(|| self.policies.params.learn_tools(&bytes)).flatten() {
                     Some(filtered) => one_line(filtered.into()),
                     None => one_line(bytes),
                 };
                 if let Some(list_key) = list_key {
-                    self.lists.put(list_key, &message);
+                    self.policies.lists.put(list_key, &message);
                 }
                 return self.hand_over(&key, message, captured, version).await;
             }
@@ -825,8 +795,8 @@ impl Proxy {
                 self.server_request(owner, &bytes);
                 return Delivered::Dropped;
             }
-            Ok(Kind::Notification) if !self.lists.is_empty() => {
-                self.lists.changed(env.method.as_deref().unwrap_or_default());
+            Ok(Kind::Notification) if !self.policies.lists.is_empty() => {
+                self.policies.lists.changed(env.method.as_deref().unwrap_or_default());
                 Delivered::Other
             }
             Ok(_) => Delivered::Other,
@@ -925,9 +895,7 @@ impl Proxy {
         if drain && timeout(DRAIN_TIMEOUT, self.tasks.wait()).await.is_err() {
             info!("shutting down with requests still in flight; answering them with an error");
         }
-        if let Some(get) = self.get_stream.locked().take() {
-            get.abort();
-        }
+        self.streams.stop();
         self.stop_listening();
         // Within the 2 s the whole shutdown has, whatever the client does with stdout.
         self.ledger.drain(started, DRAIN_TIMEOUT + DELETE_TIMEOUT).await;
@@ -974,6 +942,24 @@ impl Proxy {
     }
 }
 
+impl streams::Host for Proxy {
+    fn link(&self) -> &Link {
+        &self.link
+    }
+
+    fn streams(&self) -> &Streams {
+        &self.streams
+    }
+
+    fn closing(&self) -> bool {
+        self.shutting_down.load(Ordering::Relaxed)
+    }
+
+    fn deliver_body(this: &Arc<Self>, body: Bytes) -> impl std::future::Future<Output = bool> + Send {
+        this.deliver_body(body)
+    }
+}
+
 /// Whether `body` is a JSON-RPC error response and nothing else (no `result`, no `method`).
 fn is_error_response(body: &[u8]) -> bool {
     std::str::from_utf8(body)
@@ -989,21 +975,6 @@ fn first_request(line: &[u8]) -> Option<bool> {
     // `ping` may come before `initialize` (S-11) and says nothing about the era.
     let method = env.method.as_deref()?;
     (env.kind() == Ok(Kind::Request) && method != "ping").then(|| method == "initialize")
-}
-
-/// Runs `task` holding `room` in flight; the room is given back when it ends or is aborted.
-async fn holding<F: std::future::Future>(
-    room: Option<tokio::sync::OwnedSemaphorePermit>,
-    task: F,
-) -> F::Output {
-    let _room = room;
-    task.await
-}
-
-/// The room for messages in flight, in bytes (at most what a semaphore counts).
-fn in_flight_limit(max_message: usize) -> u32 {
-    u32::try_from(max_message.saturating_mul(IN_FLIGHT_MESSAGES).min(tokio::sync::Semaphore::MAX_PERMITS))
-        .unwrap_or(u32::MAX)
 }
 
 /// A valid JSON text on one line: its CR/LF can only be whitespace, so they become spaces (S-02).

@@ -3,7 +3,7 @@
 
 use bytes::Bytes;
 use futures_util::StreamExt;
-use reqwest::header::CONTENT_TYPE;
+use reqwest::header::{CONTENT_TYPE, HeaderMap};
 use tokio::time::{Instant, timeout_at};
 
 use crate::envelope::{Envelope, Kind};
@@ -15,12 +15,7 @@ pub(super) async fn first_response(
     max: usize,
     deadline: Instant,
 ) -> Option<Bytes> {
-    let is_sse = response
-        .headers()
-        .get(CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.to_ascii_lowercase().starts_with("text/event-stream"));
-    if !is_sse {
+    if !is_event_stream(response.headers()) {
         return read_body(response, max, deadline).await.ok();
     }
     let mut events = sse::decode(response.bytes_stream(), max);
@@ -33,6 +28,12 @@ pub(super) async fn first_response(
         }
     }
     None
+}
+
+/// Whether a reply is an event stream (its media type, in any case).
+pub(super) fn is_event_stream(headers: &HeaderMap) -> bool {
+    let value = headers.get(CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    value.get(..17).is_some_and(|v| v.eq_ignore_ascii_case("text/event-stream"))
 }
 
 /// The events of an HTTP+SSE stream after its `endpoint`.

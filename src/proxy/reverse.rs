@@ -218,7 +218,7 @@ impl Proxy {
             .send_one_way(initialized, MessageHeaders::default(), "notifications/initialized".into())
             .await
         {
-            self.open_get_stream();
+            super::streams::Streams::open_get(self);
         }
         info!("the server speaks only the handshake era; bridging this stateless-era client to it");
         Ok(Arc::new(Reverse {
@@ -249,7 +249,7 @@ impl Proxy {
                     }
                     return;
                 }
-                let Some(room) = self.room_now(line.len()) else {
+                let Some(room) = self.room.now(line.len()) else {
                     drop(env);
                     return self.dispatch_line_plain(line).await;
                 };

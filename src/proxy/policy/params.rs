@@ -1,13 +1,34 @@
 //! `x-mcp-header` for 2026-07-28 (T-15): learning annotations from `tools/list`, leaving out
 //! tools whose annotations are invalid, mirroring arguments into `Mcp-Param-*` headers.
 
-use super::*;
+use std::collections::HashMap;
+use std::sync::RwLock;
+use std::time::Duration;
 
-impl Proxy {
+use bytes::Bytes;
+use tracing::warn;
+
+use super::super::link::Link;
+use super::super::reply::first_response;
+use crate::envelope::{self, Envelope};
+use crate::sync::ReadWrite;
+use crate::upstream::headers::{MessageHeaders, ParamHeader, param_annotations, param_values};
+
+/// The `x-mcp-header` annotations of each tool, from the last `tools/list` (T-15).
+#[derive(Default)]
+pub(in crate::proxy) struct Params {
+    tool_headers: RwLock<HashMap<String, Vec<ParamHeader>>>,
+}
+
+impl Params {
     /// The `Mcp-Param-*` headers of a 2026-07-28 `tools/call` (T-15).
     /// The headers of a request: T-13/T-14 from its method and `_meta`, and for a 2026-07-28
     /// `tools/call` the `Mcp-Param-*` its tool's schema asks for (T-15).
-    pub(super) fn request_headers(&self, method: &str, params: &envelope::Params<'_>) -> MessageHeaders {
+    pub(in crate::proxy) fn request_headers(
+        &self,
+        method: &str,
+        params: &envelope::Params<'_>,
+    ) -> MessageHeaders {
         let mut headers = MessageHeaders::derive(method, params);
         if headers.is_modern() && method == "tools/call" {
             headers.params = self.param_headers(params);
@@ -15,7 +36,7 @@ impl Proxy {
         headers
     }
 
-    pub(super) fn param_headers(
+    pub(in crate::proxy) fn param_headers(
         &self,
         params: &envelope::Params<'_>,
     ) -> Vec<(reqwest::header::HeaderName, reqwest::header::HeaderValue)> {
@@ -31,7 +52,7 @@ impl Proxy {
 
     /// Learns the `x-mcp-header` annotations of a `tools/list` result (T-15). Tools with invalid
     /// annotations must be excluded: then the message is rebuilt without them and returned.
-    pub(super) fn learn_tools(&self, message: &[u8]) -> Option<Vec<u8>> {
+    pub(in crate::proxy) fn learn_tools(&self, message: &[u8]) -> Option<Vec<u8>> {
         let mut msg: serde_json::Value = serde_json::from_slice(message).ok()?;
         let tools = msg.pointer_mut("/result/tools")?.as_array_mut()?;
         let mut known = self.tool_headers.writing();
@@ -55,7 +76,13 @@ impl Proxy {
 
     /// Runs `tools/list` for the proxy itself (every page), with the `_meta` of `call`, to learn
     /// the current `x-mcp-header` annotations. Returns whether it got a list.
-    pub(super) async fn relist_tools(self: &Arc<Self>, call: &[u8], limit: Duration) -> bool {
+    pub(in crate::proxy) async fn relist_tools(
+        &self,
+        link: &Link,
+        call: &[u8],
+        limit: Duration,
+        max_message: usize,
+    ) -> bool {
         let Ok(call) = serde_json::from_slice::<serde_json::Value>(call) else { return false };
         let meta = call.pointer("/params/_meta").cloned().unwrap_or(serde_json::Value::Null);
         let mut cursor: Option<serde_json::Value> = None;
@@ -71,14 +98,13 @@ impl Proxy {
                 Err(_) => return false,
             };
             let what = "tools/list (to refresh x-mcp-header)";
-            let Ok((response, _, deadline)) = self.link.send(&bytes, &headers, false, limit, what).await
-            else {
+            let Ok((response, _, deadline)) = link.send(&bytes, &headers, false, limit, what).await else {
                 return false;
             };
             if !response.status().is_success() {
                 return false;
             }
-            let Some(answer) = first_response(response, self.max_message, deadline).await else {
+            let Some(answer) = first_response(response, max_message, deadline).await else {
                 return false;
             };
             self.learn_tools(&answer);

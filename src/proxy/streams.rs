@@ -1,20 +1,87 @@
-//! Sessions and streams: renewing an expired session (T-12), the GET stream for server
-//! messages (T-20, T-23), and the 2024-11-05 HTTP+SSE transport (T-60, T-61).
+//! The streams for server messages: the GET stream (T-20, T-23) and the 2024-11-05 HTTP+SSE
+//! transport's stream (T-60, T-61). [`Streams`] owns their tasks; what they read goes to the
+//! [`Host`] that runs them (the proxy), which is handed in: this file knows nothing of it.
 
-use super::*;
-use crate::ratelimit::Use;
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
 
-impl Proxy {
+use bytes::Bytes;
+use futures_util::StreamExt;
+use tokio::sync::oneshot;
+use tokio::task::AbortHandle;
+use tokio::time::timeout;
+use tracing::{debug, info, warn};
+
+use super::link::Link;
+use super::reply::{LegacyEvents, is_event_stream};
+use crate::envelope::{ErrorKind, LocalError, UPSTREAM_ERROR};
+use crate::ratelimit::{Admission, Use};
+use crate::retry;
+use crate::sync::Locked;
+use crate::upstream::sse;
+
+/// How long the HTTP+SSE stream may take to announce its endpoint (T-61).
+const LEGACY_ENDPOINT_TIMEOUT: Duration = Duration::from_secs(10);
+/// The longest `retry:` of a server's event stream obeyed (T-24): the reconnection hint of a
+/// healthy server is seconds; `retry: 4000000000` must not leave a request unanswered for weeks.
+pub(super) const MAX_SSE_RETRY: Duration = Duration::from_secs(60);
+/// The longest a stream for server messages sits out a rate-limit deadline before it looks at
+/// the gate again (the deadline may have been cleared by a success meanwhile).
+const MAX_STREAM_HOLD: Duration = Duration::from_secs(60);
+/// Consecutive failures after which the GET stream is given up.
+const MAX_GET_STREAM_FAILURES: u32 = 3;
+
+/// What runs the streams: the way to the server, and where their messages go.
+pub(super) trait Host: Send + Sync + Sized + 'static {
+    fn link(&self) -> &Link;
+    fn streams(&self) -> &Streams;
+    /// Whether the run is ending (no stream is opened again).
+    fn closing(&self) -> bool;
+    /// Delivers a body of server messages (one, or a batch).
+    fn deliver_body(this: &Arc<Self>, body: Bytes) -> impl Future<Output = bool> + Send;
+}
+
+/// The task reading the stream for server messages, and whether it gave up.
+pub(super) struct Streams {
+    task: Mutex<Option<AbortHandle>>,
+    /// The GET stream gave up after repeated failures; the next answered POST reopens it.
+    lost: AtomicBool,
+    max_message: usize,
+    /// `--request-timeout`, for the handshake replayed on a new HTTP+SSE stream.
+    request_timeout: Duration,
+}
+
+impl Streams {
+    pub(super) fn new(max_message: usize, request_timeout: Duration) -> Streams {
+        Streams { task: Mutex::new(None), lost: AtomicBool::new(false), max_message, request_timeout }
+    }
+
+    /// Stops the stream (shutdown).
+    pub(super) fn stop(&self) {
+        if let Some(task) = self.task.locked().take() {
+            task.abort();
+        }
+    }
+
+    /// The server answers again: if the GET stream had given up, it is worth another try.
+    pub(super) fn reopen_if_lost<H: Host>(host: &Arc<H>) {
+        if host.streams().lost.swap(false, Ordering::Relaxed) {
+            Self::restart_get(host);
+        }
+    }
+
     /// Opens the 2024-11-05 HTTP+SSE stream and waits for its `endpoint` event (T-60, T-61).
-    pub(super) async fn start_legacy(self: &Arc<Self>) -> Result<(), String> {
+    pub(super) async fn start_legacy<H: Host>(host: &Arc<H>) -> Result<(), String> {
         let (tx, rx) = oneshot::channel();
-        let task = tokio::spawn(self.clone().listen_legacy(tx)).abort_handle();
-        if let Some(old) = self.get_stream.locked().replace(task) {
+        let task = tokio::spawn(Self::listen_legacy(host.clone(), tx)).abort_handle();
+        if let Some(old) = host.streams().task.locked().replace(task) {
             old.abort();
         }
         match timeout(LEGACY_ENDPOINT_TIMEOUT, rx).await {
             Ok(Ok(Ok(()))) => {
-                info!("{} speaks the 2024-11-05 HTTP+SSE transport; using it", self.link.up.host());
+                info!("{} speaks the 2024-11-05 HTTP+SSE transport; using it", host.link().up.host());
                 Ok(())
             }
             Ok(Ok(Err(reason))) => Err(reason),
@@ -22,13 +89,13 @@ impl Proxy {
         }
     }
 
-    pub(super) fn legacy_error(&self, reason: &str) -> LocalError {
+    pub(super) fn legacy_error(link: &Link, reason: &str) -> LocalError {
         let mut err = LocalError::new(
             UPSTREAM_ERROR,
             ErrorKind::WrongEndpoint,
             format!(
                 "{} offers no HTTP+SSE stream ({reason}): check the URL, or try --transport auto",
-                self.link.up.shown_url()
+                link.up.shown_url()
             ),
         );
         err.request_sent = Some(false);
@@ -38,22 +105,23 @@ impl Proxy {
     /// Reads the HTTP+SSE stream: its first event names the POST endpoint, every later `message`
     /// event is delivered. When it drops, it is reopened (a new endpoint, so a new session: the
     /// client's handshake is replayed, its answers dropped as nobody waits for them).
-    pub(super) async fn listen_legacy(self: Arc<Self>, ready: oneshot::Sender<Result<(), String>>) {
+    async fn listen_legacy<H: Host>(host: Arc<H>, ready: oneshot::Sender<Result<(), String>>) {
+        let (link, streams) = (host.link(), host.streams());
         let mut ready = Some(ready);
         let mut failures = 0u32;
         loop {
-            match self.open_legacy().await {
+            match streams.open_legacy(link).await {
                 Ok(mut events) => {
                     match ready.take() {
                         Some(tx) => {
                             let _ = tx.send(Ok(()));
                         }
-                        None => self.link.replay_handshake(self.request_timeout).await,
+                        None => link.replay_handshake(streams.request_timeout).await,
                     }
                     failures = 0;
                     while let Some(Ok(event)) = events.next().await {
                         if sse::is_message(&event) {
-                            self.deliver_body(Bytes::from(event.data.unwrap_or_default())).await;
+                            H::deliver_body(&host, Bytes::from(event.data.unwrap_or_default())).await;
                         }
                     }
                     info!("the HTTP+SSE stream ended; reopening it");
@@ -67,7 +135,7 @@ impl Proxy {
                 }
             }
             failures += 1;
-            if failures > MAX_GET_STREAM_FAILURES || self.shutting_down.load(Ordering::Relaxed) {
+            if failures > MAX_GET_STREAM_FAILURES || host.closing() {
                 warn!("the HTTP+SSE stream was lost and could not be reopened: restart the client");
                 return;
             }
@@ -76,37 +144,32 @@ impl Proxy {
     }
 
     /// Opens the stream and reads up to its `endpoint` event.
-    pub(super) async fn open_legacy(&self) -> Result<LegacyEvents, String> {
-        let admitted = match self.link.gate.admit(self.link.policy.max_wait, Use::Stream, |_, _| {}).await {
+    async fn open_legacy(&self, link: &Link) -> Result<LegacyEvents, String> {
+        let admitted = match link.gate.admit(link.policy.max_wait, Use::Stream, |_, _| {}).await {
             Ok(admitted) => Some(admitted),
             Err(b) => {
                 tokio::time::sleep(b.wait.min(MAX_STREAM_HOLD)).await;
                 None
             }
         };
-        let response = self.link.up.legacy_stream().send().await;
+        let response = link.up.legacy_stream().send().await;
         if let Some(admitted) = &admitted {
             // Issue 21.5: the unit goes back, with the answer's word or as not sent.
             match &response {
-                Ok(r) => self.link.answered(admitted, r.headers()).await,
-                Err(_) => self.link.gate.answered(admitted, None).await,
+                Ok(r) => link.answered(admitted, r.headers()).await,
+                Err(_) => link.gate.answered(admitted, None).await,
             }
         }
-        let response = response.map_err(|e| self.link.up.send_error(&e).message)?;
+        let response = response.map_err(|e| link.up.send_error(&e).message)?;
         let status = response.status();
-        let is_sse = response
-            .headers()
-            .get(CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.to_ascii_lowercase().starts_with("text/event-stream"));
-        if !status.is_success() || !is_sse {
+        if !status.is_success() || !is_event_stream(response.headers()) {
             return Err(format!("the GET answered HTTP {} without an event stream", status.as_u16()));
         }
         let mut events: LegacyEvents = Box::pin(sse::decode(response.bytes_stream(), self.max_message));
         loop {
             match events.next().await {
                 Some(Ok(e)) if e.event.as_deref() == Some("endpoint") => {
-                    self.link.up.set_endpoint(e.data.as_deref().unwrap_or(""))?;
+                    link.up.set_endpoint(e.data.as_deref().unwrap_or(""))?;
                     return Ok(events);
                 }
                 Some(Ok(e)) if e.data.is_none() => continue,
@@ -117,25 +180,24 @@ impl Proxy {
     }
 
     /// Starts listening on the GET stream for server-initiated messages (T-20), once.
-    pub(super) fn open_get_stream(self: &Arc<Self>) {
-        let mut slot = self.get_stream.locked();
-        if slot.is_some() || self.shutting_down.load(Ordering::Relaxed) {
+    pub(super) fn open_get<H: Host>(host: &Arc<H>) {
+        let mut slot = host.streams().task.locked();
+        if slot.is_some() || host.closing() {
             return;
         }
-        *slot = Some(tokio::spawn(self.clone().listen()).abort_handle());
+        *slot = Some(tokio::spawn(Self::listen(host.clone())).abort_handle());
     }
 
     /// Replaces the GET stream with one for the current session.
-    pub(super) fn restart_get_stream(self: &Arc<Self>) {
-        if let Some(old) = self.get_stream.locked().take() {
-            old.abort();
-        }
-        self.open_get_stream();
+    pub(super) fn restart_get<H: Host>(host: &Arc<H>) {
+        host.streams().stop();
+        Self::open_get(host);
     }
 
     /// Reads the GET stream, reopening it after drops with `Last-Event-ID` (T-23), until the
     /// server says it has none (405/404) or it fails repeatedly.
-    pub(super) async fn listen(self: Arc<Self>) {
+    async fn listen<H: Host>(host: Arc<H>) {
+        let (link, streams) = (host.link(), host.streams());
         let mut last_event_id: Option<String> = None;
         let mut retry: Option<Duration> = None;
         let mut failures = 0u32;
@@ -144,34 +206,33 @@ impl Proxy {
             // The GET stream waits at the gate like everything else; nobody waits on it, so it
             // sits out even waits longer than --max-wait (looking again now and then: a success
             // may clear the deadline), and it never takes the probe of a long deadline.
-            let admitted =
-                match self.link.gate.admit(self.link.policy.max_wait, Use::Background, |_, _| {}).await {
-                    Ok(admitted) => admitted,
-                    Err(b) => {
-                        tokio::time::sleep(b.wait.min(MAX_STREAM_HOLD)).await;
-                        continue;
-                    }
-                };
+            let admitted = match link.gate.admit(link.policy.max_wait, Use::Background, |_, _| {}).await {
+                Ok(admitted) => admitted,
+                Err(b) => {
+                    tokio::time::sleep(b.wait.min(MAX_STREAM_HOLD)).await;
+                    continue;
+                }
+            };
             // What a 429 asked to wait, on top of the usual pause before the next try.
             let mut asked_wait = Duration::ZERO;
-            let opened = self.link.up.get_stream(last_event_id.as_deref()).send().await;
+            let opened = link.up.get_stream(last_event_id.as_deref()).send().await;
             match &opened {
-                Ok(r) => self.link.answered(&admitted, r.headers()).await,
+                Ok(r) => link.answered(&admitted, r.headers()).await,
                 // Issue 21.5: not sent, or no answer: the unit goes back.
-                Err(_) => self.link.gate.answered(&admitted, None).await,
+                Err(_) => link.gate.answered(&admitted, None).await,
             }
             match opened {
                 Ok(r) if retry::asks_to_wait(r.status(), r.headers()) => {
-                    (asked_wait, problem) = self.get_stream_limited(&r, &admitted).await;
+                    (asked_wait, problem) = streams.get_stream_limited(link, &r, &admitted).await;
                 }
                 Ok(r) if matches!(r.status().as_u16(), 404 | 405) => {
                     debug!(status = r.status().as_u16(), "the server offers no GET stream");
                     return;
                 }
                 Ok(r) if r.status().is_success() => {
-                    self.link.gate.succeeded(&admitted).await;
+                    link.gate.succeeded(&admitted).await;
                     drop(admitted);
-                    if self.read_get_stream(r, &mut last_event_id, &mut retry).await {
+                    if Self::read_get_stream(&host, r, &mut last_event_id, &mut retry).await {
                         failures = 0;
                     }
                 }
@@ -181,12 +242,12 @@ impl Proxy {
                     problem = format!("HTTP {} {}", status.as_u16(), status.canonical_reason().unwrap_or(""));
                 }
                 Err(e) => {
-                    problem = self.link.up.send_error(&e).message;
+                    problem = link.up.send_error(&e).message;
                     debug!(error = %problem, "GET stream failed");
                 }
             }
             failures += 1;
-            if self.shutting_down.load(Ordering::Relaxed) {
+            if host.closing() {
                 return;
             }
             if failures >= MAX_GET_STREAM_FAILURES {
@@ -194,7 +255,7 @@ impl Proxy {
                     "the stream for server-initiated messages could not be opened ({}); it is reopened after the next answer",
                     problem.trim_end()
                 );
-                self.get_stream_lost.store(true, Ordering::Relaxed);
+                streams.lost.store(true, Ordering::Relaxed);
                 return;
             }
             // The server's `retry` (bounded, T-24), else backoff; never less than a 429 asked.
@@ -210,16 +271,17 @@ impl Proxy {
     /// the others wait for the same deadline. Returns what it asked to wait and what to report.
     async fn get_stream_limited(
         &self,
+        link: &Link,
         r: &reqwest::Response,
-        admitted: &crate::ratelimit::Admission<'_>,
+        admitted: &Admission<'_>,
     ) -> (Duration, String) {
-        self.link.gate.stats.limited.fetch_add(1, Ordering::Relaxed);
+        link.gate.stats.limited.fetch_add(1, Ordering::Relaxed);
         let asked = retry::server_wait(r.headers(), SystemTime::now());
         let source = asked.map_or(retry::Source::Backoff, |w| w.source).as_str();
         let mut asked_wait = Duration::ZERO;
         if let Some(w) = asked {
-            self.link.gate.block_for(w.delay, source, Some(admitted)).await;
-            asked_wait = self.link.policy.with_jitter(w.delay);
+            link.gate.block_for(w.delay, source, Some(admitted)).await;
+            asked_wait = link.policy.with_jitter(w.delay);
         }
         info!("the stream for server messages is rate limited ({source})");
         (asked_wait, format!("HTTP {} ({source})", r.status().as_u16()))
@@ -227,14 +289,14 @@ impl Proxy {
 
     /// Reads an open GET stream to its end, delivering its messages and keeping its last event
     /// id and `retry`. Whether any event came.
-    async fn read_get_stream(
-        self: &Arc<Self>,
+    async fn read_get_stream<H: Host>(
+        host: &Arc<H>,
         r: reqwest::Response,
         last_event_id: &mut Option<String>,
         retry: &mut Option<Duration>,
     ) -> bool {
         let mut any = false;
-        let mut events = sse::decode(r.bytes_stream(), self.max_message);
+        let mut events = sse::decode(r.bytes_stream(), host.streams().max_message);
         while let Some(Ok(event)) = events.next().await {
             any = true;
             if let Some(id) = &event.id {
@@ -244,7 +306,7 @@ impl Proxy {
                 *retry = Some(Duration::from_millis(ms));
             }
             if sse::is_message(&event) {
-                self.deliver_body(Bytes::from(event.data.unwrap_or_default())).await;
+                H::deliver_body(host, Bytes::from(event.data.unwrap_or_default())).await;
             }
         }
         any

@@ -3,7 +3,15 @@
 //! that lists on every turn does not spend the server's rate budget (issue 13.4). A list-changed
 //! notification from the server forgets that list at once.
 
-use super::*;
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use serde_json::value::RawValue;
+use tokio::time::Instant;
+
+use crate::envelope::{self, Envelope};
+use crate::sync::Locked;
 
 /// The longest a list is reused, whatever `ttlMs` says: a server's absurd value must not pin a
 /// stale list for days.
@@ -16,7 +24,7 @@ pub const MAX_LIST_CACHE_BYTES: usize = 16 << 20;
 /// Lists kept: by method and cursor, the result (raw), until when it holds, and when it was
 /// last used.
 #[derive(Default)]
-pub(super) struct ListCache {
+pub(in crate::proxy) struct ListCache {
     inner: Mutex<Lists>,
 }
 
@@ -52,12 +60,12 @@ impl Lists {
 }
 
 /// Whether `method` returns a cacheable list.
-pub(super) fn cacheable(method: &str) -> bool {
+pub(in crate::proxy) fn cacheable(method: &str) -> bool {
     matches!(method, "tools/list" | "prompts/list" | "resources/list" | "resources/templates/list")
 }
 
 /// The cache key of a list request: its method and the cursor it asks for.
-pub(super) fn key(method: &str, params: &envelope::Params<'_>) -> String {
+pub(in crate::proxy) fn key(method: &str, params: &envelope::Params<'_>) -> String {
     format!("{method}\0{}", params.cursor.map_or("", RawValue::get))
 }
 
@@ -81,7 +89,7 @@ fn lifetime(result: &RawValue) -> Option<Duration> {
 
 impl ListCache {
     /// The cached result for `key`, if it still holds.
-    pub(super) fn get(&self, key: &str) -> Option<Box<RawValue>> {
+    pub(in crate::proxy) fn get(&self, key: &str) -> Option<Box<RawValue>> {
         let mut lists = self.inner.locked();
         lists.tick += 1;
         let tick = lists.tick;
@@ -101,7 +109,7 @@ impl ListCache {
     /// Keeps the result of a response (raw bytes) under `key` for its `ttlMs`. Expired lists go
     /// first; a first page (no cursor) starts a new listing, so the pages of the old one go too;
     /// then the least recently used until all fits in [`MAX_LIST_CACHE_BYTES`].
-    pub(super) fn put(&self, key: String, response: &[u8]) {
+    pub(in crate::proxy) fn put(&self, key: String, response: &[u8]) {
         let Ok(env) = Envelope::parse(response) else { return };
         let Some(result) = env.result else { return };
         let Some(ttl) = lifetime(result) else { return };
@@ -132,7 +140,7 @@ impl ListCache {
     }
 
     /// Forgets the lists a server notification says have changed.
-    pub(super) fn changed(&self, notification: &str) {
+    pub(in crate::proxy) fn changed(&self, notification: &str) {
         let method = match notification {
             "notifications/tools/list_changed" => "tools/list",
             "notifications/prompts/list_changed" => "prompts/list",
@@ -143,7 +151,7 @@ impl ListCache {
     }
 
     /// Whether anything is cached (so that notifications need not be looked at otherwise).
-    pub(super) fn is_empty(&self) -> bool {
+    pub(in crate::proxy) fn is_empty(&self) -> bool {
         self.inner.locked().entries.is_empty()
     }
 
