@@ -588,37 +588,7 @@ impl Proxy {
         let method = env.method.as_deref().unwrap_or_default().to_owned();
         match env.kind() {
             Ok(Kind::Request) => {
-                let local = match method.as_str() {
-                    // No handshake and no ping upstream: answered here.
-                    "initialize" => Some(era::initialize_result(
-                        &bridge.discover,
-                        era::negotiated_legacy(env.params().protocol_version.as_deref()),
-                    )),
-                    "ping" => Some("{}".to_owned()),
-                    // T-33: subscriptions are the filter of the listen stream.
-                    "resources/subscribe" | "resources/unsubscribe" if bridge.listen.locked().subscribe => {
-                        let uri = env.params().uri.map(|u| u.into_owned()).unwrap_or_default();
-                        {
-                            let mut listen = bridge.listen.locked();
-                            listen.uris.retain(|u| *u != uri);
-                            if method == "resources/subscribe" {
-                                listen.uris.push(uri);
-                            }
-                        }
-                        self.relisten(bridge);
-                        Some("{}".to_owned())
-                    }
-                    "logging/setLevel" => {
-                        #[derive(serde::Deserialize)]
-                        struct Level {
-                            level: String,
-                        }
-                        let level = env.params.and_then(|p| serde_json::from_str::<Level>(p.get()).ok());
-                        bridge.meta.locked().log_level = level.map(|l| l.level);
-                        Some("{}".to_owned())
-                    }
-                    _ => None,
-                };
+                let local = self.answer_locally(bridge, &env, &method);
                 if let Some(result) = local {
                     let id = env.id.map(RawValue::to_owned);
                     drop(env);
@@ -668,6 +638,48 @@ impl Proxy {
                 drop(env);
                 self.dispatch_line_plain(line).await;
             }
+        }
+    }
+
+    /// The result of a client request the bridge answers itself, if it is one: there is no
+    /// handshake and no `ping` upstream, subscriptions are the filter of the listen stream
+    /// (T-33), and the log level goes into each request's `_meta`.
+    fn answer_locally(
+        self: &Arc<Self>,
+        bridge: &Arc<Bridge>,
+        env: &Envelope<'_>,
+        method: &str,
+    ) -> Option<String> {
+        match method {
+            // No handshake and no ping upstream: answered here.
+            "initialize" => Some(era::initialize_result(
+                &bridge.discover,
+                era::negotiated_legacy(env.params().protocol_version.as_deref()),
+            )),
+            "ping" => Some("{}".to_owned()),
+            // T-33: subscriptions are the filter of the listen stream.
+            "resources/subscribe" | "resources/unsubscribe" if bridge.listen.locked().subscribe => {
+                let uri = env.params().uri.map(|u| u.into_owned()).unwrap_or_default();
+                {
+                    let mut listen = bridge.listen.locked();
+                    listen.uris.retain(|u| *u != uri);
+                    if method == "resources/subscribe" {
+                        listen.uris.push(uri);
+                    }
+                }
+                self.relisten(bridge);
+                Some("{}".to_owned())
+            }
+            "logging/setLevel" => {
+                #[derive(serde::Deserialize)]
+                struct Level {
+                    level: String,
+                }
+                let level = env.params.and_then(|p| serde_json::from_str::<Level>(p.get()).ok());
+                bridge.meta.locked().log_level = level.map(|l| l.level);
+                Some("{}".to_owned())
+            }
+            _ => None,
         }
     }
 

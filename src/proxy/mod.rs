@@ -254,89 +254,8 @@ impl Proxy {
             Err(e) => return self.reject_unparsable(&e).await,
         };
         match env.kind() {
-            Ok(Kind::Request) => {
-                let method = env.method.as_deref().unwrap_or_default();
-                let params = env.params();
-                let headers = self.policies.params.request_headers(method, &params);
-                let init = method == "initialize";
-                // A stateless-era list still fresh in the cache costs the server nothing.
-                let list_key =
-                    (headers.is_modern() && lists::cacheable(method)).then(|| lists::key(method, &params));
-                if let Some(cached) = list_key.as_deref().and_then(|k| self.policies.lists.get(k))
-                    && let Some(id) = env.id
-                {
-                    return self
-                        .ledger
-                        .write(crate::era::response_with_id(id, "result", &cached).into())
-                        .await;
-                }
-                let Some(room) = self.room.now(line.len()) else {
-                    let mut err = LocalError::new(
-                        OVERLOADED,
-                        ErrorKind::Overloaded,
-                        format!(
-                            "too many requests are in flight: together they hold more than {} bytes ({IN_FLIGHT_MESSAGES} × --max-message-bytes), so this one was not sent: wait for answers before sending more",
-                            self.room.limit()
-                        ),
-                    );
-                    err.request_sent = Some(false);
-                    return self.ledger.refuse(env.id, &err).await;
-                };
-                let limit = if method == "server/discover" {
-                    self.request_timeout.min(DISCOVER_TIMEOUT)
-                } else {
-                    self.request_timeout
-                };
-                let modern = headers.is_modern();
-                let flags = Flags {
-                    initialize: init,
-                    modern,
-                    lists_tools: modern && method == "tools/list",
-                    internal: false,
-                };
-                let Some((key, id)) = self.ledger.open(&env, flags) else { return };
-                if let Some(list_key) = list_key {
-                    self.ledger.set_list_key(&key, list_key);
-                }
-                if init {
-                    self.link.keep_init_line(line.clone());
-                }
-                let what = format!("{method} (id {})", env.id.map_or("?", RawValue::get));
-                let ids = vec![(key.clone(), id)];
-                let handle = self.tasks.spawn(holding(
-                    Some(room),
-                    self.clone().run_request(line, headers, ids, init, limit, what),
-                ));
-                if init {
-                    // In line: whatever the client sends next needs the session this creates
-                    // (a client must wait for the answer anyway, S-11; scripts may not).
-                    let _ = handle.await;
-                } else {
-                    self.ledger.set_abort(&key, handle.abort_handle());
-                }
-            }
-            Ok(Kind::Notification) => {
-                let method = env.method.as_deref().unwrap_or_default().to_owned();
-                let params = env.params();
-                if method == "notifications/cancelled" {
-                    let modern = params.request_id.and_then(IdKey::new).and_then(|k| self.ledger.cancel(&k));
-                    // In the 2026-07-28 era, closing the request's stream is the cancellation (T-25).
-                    if modern == Some(true) {
-                        return;
-                    }
-                }
-                let headers = MessageHeaders::derive(&method, &params);
-                drop(env);
-                let room = self.room.wait(line.len()).await;
-                if method == "notifications/initialized" {
-                    // In line: the server must see it before the requests that follow (S-11).
-                    if self.clone().send_one_way(line, headers, method).await {
-                        Streams::open_get(self);
-                    }
-                } else {
-                    self.tasks.spawn(holding(room, self.clone().send_one_way(line, headers, method)));
-                }
-            }
+            Ok(Kind::Request) => self.dispatch_request(env, &line).await,
+            Ok(Kind::Notification) => self.dispatch_notification(env, &line).await,
             Ok(Kind::Response) => {
                 // The client's answer to a server request (T-30).
                 drop(env);
@@ -355,6 +274,91 @@ impl Proxy {
                 );
                 self.ledger.refuse(id, &err).await;
             }
+        }
+    }
+
+    /// A client request: answered from the list cache, refused for want of room, or entered in
+    /// the ledger and sent by a task of its own (`initialize` in line).
+    async fn dispatch_request(self: &Arc<Self>, env: Envelope<'_>, line: &Bytes) {
+        let method = env.method.as_deref().unwrap_or_default();
+        let params = env.params();
+        let headers = self.policies.params.request_headers(method, &params);
+        let init = method == "initialize";
+        // A stateless-era list still fresh in the cache costs the server nothing.
+        let list_key = (headers.is_modern() && lists::cacheable(method)).then(|| lists::key(method, &params));
+        if let Some(cached) = list_key.as_deref().and_then(|k| self.policies.lists.get(k))
+            && let Some(id) = env.id
+        {
+            return self.ledger.write(crate::era::response_with_id(id, "result", &cached).into()).await;
+        }
+        let Some(room) = self.room.now(line.len()) else {
+            let mut err = LocalError::new(
+                OVERLOADED,
+                ErrorKind::Overloaded,
+                format!(
+                    "too many requests are in flight: together they hold more than {} bytes ({IN_FLIGHT_MESSAGES} × --max-message-bytes), so this one was not sent: wait for answers before sending more",
+                    self.room.limit()
+                ),
+            );
+            err.request_sent = Some(false);
+            return self.ledger.refuse(env.id, &err).await;
+        };
+        let limit = if method == "server/discover" {
+            self.request_timeout.min(DISCOVER_TIMEOUT)
+        } else {
+            self.request_timeout
+        };
+        let modern = headers.is_modern();
+        let flags = Flags {
+            initialize: init,
+            modern,
+            lists_tools: modern && method == "tools/list",
+            internal: false,
+        };
+        let Some((key, id)) = self.ledger.open(&env, flags) else { return };
+        if let Some(list_key) = list_key {
+            self.ledger.set_list_key(&key, list_key);
+        }
+        if init {
+            self.link.keep_init_line(line.clone());
+        }
+        let what = format!("{method} (id {})", env.id.map_or("?", RawValue::get));
+        let ids = vec![(key.clone(), id)];
+        let handle = self.tasks.spawn(holding(
+            Some(room),
+            self.clone().run_request(line.clone(), headers, ids, init, limit, what),
+        ));
+        if init {
+            // In line: whatever the client sends next needs the session this creates
+            // (a client must wait for the answer anyway, S-11; scripts may not).
+            let _ = handle.await;
+        } else {
+            self.ledger.set_abort(&key, handle.abort_handle());
+        }
+    }
+
+    /// A client notification: a cancel ends its request (T-25, J-08); the others are sent
+    /// (`notifications/initialized` in line, then the GET stream opens).
+    async fn dispatch_notification(self: &Arc<Self>, env: Envelope<'_>, line: &Bytes) {
+        let method = env.method.as_deref().unwrap_or_default().to_owned();
+        let params = env.params();
+        if method == "notifications/cancelled" {
+            let modern = params.request_id.and_then(IdKey::new).and_then(|k| self.ledger.cancel(&k));
+            // In the 2026-07-28 era, closing the request's stream is the cancellation (T-25).
+            if modern == Some(true) {
+                return;
+            }
+        }
+        let headers = MessageHeaders::derive(&method, &params);
+        drop(env);
+        let room = self.room.wait(line.len()).await;
+        if method == "notifications/initialized" {
+            // In line: the server must see it before the requests that follow (S-11).
+            if self.clone().send_one_way(line.clone(), headers, method).await {
+                Streams::open_get(self);
+            }
+        } else {
+            self.tasks.spawn(holding(room, self.clone().send_one_way(line.clone(), headers, method)));
         }
     }
 
@@ -482,64 +486,9 @@ impl Proxy {
                     .map_err(|reason| Streams::legacy_error(&self.link, &reason))?;
             }
         }
-        let mut headers = headers.clone();
-        let (mut relisted, mut version_retried) = (false, false);
-        let (response, _, mut deadline) = loop {
-            let (response, sent_session, deadline) =
-                self.link.send(&body, &headers, initialize, limit, what).await?;
-            let status = response.status();
-            debug!(status = status.as_u16(), "POST answered");
-            if status.is_success() {
-                break (response, sent_session, deadline);
-            }
-            let resp_headers = response.headers().clone();
-            let error_body = read_body(response, MAX_ERROR_BODY_BYTES, deadline).await.unwrap_or_default();
-            // T-15: HeaderMismatch about Mcp-Param-* means our schemas are stale: re-list, retry once.
-            if status == StatusCode::BAD_REQUEST
-                && headers.is_modern()
-                && !relisted
-                && jsonrpc_error(&error_body).is_some_and(|(e, _)| e.get().contains("-32020"))
-                && Envelope::parse(&body).is_ok_and(|e| e.method.as_deref() == Some("tools/call"))
-            {
-                relisted = true;
-                if Box::pin(self.policies.params.relist_tools(&self.link, &body, limit, self.max_message))
-                    .await
-                {
-                    let env =
-                        Envelope::parse(&body).map_err(|_| bad_response("unreadable request".into()))?;
-                    headers.params = self.policies.params.param_headers(&env.params());
-                    continue;
-                }
-            }
-            // T-13: `-32022` listing the very version the request carries (a server mid-rollout,
-            // or one that rejects a first request) was not processed: sent again once, unchanged.
-            if status == StatusCode::BAD_REQUEST
-                && headers.is_modern()
-                && !version_retried
-                && headers.protocol_version.as_ref().and_then(|v| v.to_str().ok()).is_some_and(|v| {
-                    crate::era::response_error(&error_body)
-                        .is_some_and(|e| e.supported_modern().as_deref() == Some(v))
-                })
-            {
-                version_retried = true;
-                debug!(what, "the server refused a version it lists as supported; sending the request again");
-                continue;
-            }
-            // T-60: a server that refuses the initialize POST with 400/404/405 and no JSON-RPC
-            // error may speak only the 2024-11-05 HTTP+SSE transport: try its GET stream.
-            if initialize
-                && self.link.transport == Transport::Auto
-                && !self.link.up.is_legacy()
-                && matches!(status.as_u16(), 400 | 404 | 405)
-                && jsonrpc_error(&error_body).is_none()
-            {
-                match Box::pin(Streams::start_legacy(self)).await {
-                    Ok(()) => continue,
-                    Err(reason) => debug!("no HTTP+SSE fallback either: {reason}"),
-                }
-            }
-            return Box::pin(self.answer_http_error(status, &resp_headers, &error_body, sent_session, &ids))
-                .await;
+        let attempt = Attempt { body: &body, initialize, limit, what };
+        let Some((response, deadline)) = self.post_until_answered(&attempt, headers, &ids).await? else {
+            return Ok(()); // the ids were answered from the error response
         };
         let status = response.status();
         // The server answers again: if the GET stream had given up, it is worth another try.
@@ -547,88 +496,14 @@ impl Proxy {
         if initialize {
             self.link.up.set_session_id(response.headers().get(&SESSION_ID).cloned());
         }
-        let content_type = response
-            .headers()
-            .get(CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("")
-            .to_ascii_lowercase();
+        let mut deadline = deadline;
         if self.link.up.is_legacy() {
             // HTTP+SSE: the POST only says "accepted"; the answer comes on the stream (T-61).
             drop(response);
-        } else if content_type.starts_with("text/event-stream") {
-            let mut events = sse::decode(response.bytes_stream(), self.max_message);
-            // Resumption state (T-23, T-24): the last event id and the server's `retry`.
-            let (mut last_id, mut retry_after, mut resumed) = (None::<String>, None::<Duration>, 0u32);
-            loop {
-                let event = match timeout_at(deadline, events.next()).await {
-                    Err(_) => return Err(self.link.up.timeout_error(limit)),
-                    Ok(next @ (None | Some(Err(_)))) => {
-                        // The stream ended or broke before the answer. A legacy server that gave
-                        // event ids can replay it on a GET with Last-Event-ID; 2026-07-28 cannot.
-                        let broken = next.and_then(Result::err);
-                        let Some(id) =
-                            last_id.clone().filter(|_| !headers.is_modern() && resumed < MAX_RESUMPTIONS)
-                        else {
-                            match broken {
-                                Some(e) => return Err(self.stream_error(&e)),
-                                None => break,
-                            }
-                        };
-                        resumed += 1;
-                        let wait = retry_after
-                            .unwrap_or(Duration::from_millis(1000) * (resumed + 1) / 2)
-                            .min(MAX_SSE_RETRY);
-                        debug!(what, last_event_id = %id, wait_ms = wait.as_millis() as u64, "resuming the reply stream");
-                        // Issue 10.2: the server's `retry` counts against the request's deadline.
-                        if timeout_at(deadline, tokio::time::sleep(wait)).await.is_err() {
-                            return Err(self.link.up.timeout_error(limit));
-                        }
-                        match Box::pin(self.resume(&id, deadline, what)).await? {
-                            Ok(Ok(r)) if r.status().is_success() => {
-                                events = sse::decode(r.bytes_stream(), self.max_message);
-                                continue;
-                            }
-                            _ => match broken {
-                                Some(e) => return Err(self.stream_error(&e)),
-                                None => break,
-                            },
-                        }
-                    }
-                    Ok(Some(Ok(event))) => event,
-                };
-                if let Some(id) = &event.id {
-                    last_id = Some(id.clone());
-                }
-                if let Some(ms) = event.retry {
-                    retry_after = Some(Duration::from_millis(ms));
-                }
-                if !sse::is_message(&event) {
-                    continue;
-                }
-                let data = Bytes::from(event.data.unwrap_or_default());
-                if self.deliver_body_from(data, ids.first().map(|(k, _)| k)).await {
-                    deadline = retry::deadline_after(limit);
-                }
-                if !self.ledger.any_open(&ids) {
-                    return Ok(());
-                }
-            }
+        } else if reply::is_event_stream(response.headers()) {
+            deadline = self.read_events(response, headers.is_modern(), &ids, deadline, &attempt).await?;
         } else {
-            let body = match read_body(response, self.max_message, deadline).await {
-                Ok(body) => body,
-                Err(BodyError::Timeout) => return Err(self.link.up.timeout_error(limit)),
-                Err(BodyError::TooLarge) => return Err(self.too_large()),
-                Err(BodyError::Http(e)) => return Err(self.link.up.send_error(&e)),
-            };
-            if body.iter().any(|b| !b.is_ascii_whitespace()) {
-                if !content_type.is_empty() && !content_type.contains("json") {
-                    return Err(bad_response(format!(
-                        "the server answered with {content_type}, not JSON or an event stream: check that the URL is the MCP endpoint"
-                    )));
-                }
-                self.deliver_body(body).await;
-            }
+            self.read_json(response, deadline, limit).await?;
         }
         if !self.ledger.any_open(&ids) {
             return Ok(());
@@ -647,22 +522,163 @@ impl Proxy {
         ))
     }
 
-    /// The GET that resumes a broken reply stream after `id` (T-23), through the gate; its unit
-    /// goes back with what the answer says, or as not sent when there is none (issue 21.5).
+    /// POSTs the request until the server answers it with a success (and returns that), after
+    /// each error status trying what [`after_error`] names; `None` when the error status was
+    /// the answer and the ids were answered from it.
+    async fn post_until_answered(
+        self: &Arc<Self>,
+        attempt: &Attempt<'_>,
+        headers: &MessageHeaders,
+        ids: &[(IdKey, oneshot::Receiver<()>)],
+    ) -> Result<Option<(reqwest::Response, Instant)>, LocalError> {
+        let Attempt { body, initialize, limit, what } = *attempt;
+        // Copied only when a relist changes the `Mcp-Param-*` headers.
+        let mut headers = std::borrow::Cow::Borrowed(headers);
+        let mut tried = Tried::default();
+        loop {
+            let (response, sent_session, deadline) =
+                self.link.send(body, &headers, initialize, limit, what).await?;
+            let status = response.status();
+            debug!(status = status.as_u16(), "POST answered");
+            if status.is_success() {
+                return Ok(Some((response, deadline)));
+            }
+            let resp_headers = response.headers().clone();
+            let error_body = read_body(response, MAX_ERROR_BODY_BYTES, deadline).await.unwrap_or_default();
+            let legacy_possible =
+                initialize && self.link.transport == Transport::Auto && !self.link.up.is_legacy();
+            let mut next = after_error(status, &error_body, body, &headers, legacy_possible, &tried);
+            if next == Next::Relist {
+                tried.relisted = true;
+                let params = &self.policies.params;
+                if Box::pin(params.relist_tools(&self.link, body, limit, self.max_message)).await {
+                    let env = Envelope::parse(body).map_err(|_| bad_response("unreadable request".into()))?;
+                    headers.to_mut().params = params.param_headers(&env.params());
+                    continue;
+                }
+                next = after_error(status, &error_body, body, &headers, legacy_possible, &tried);
+            }
+            match next {
+                Next::SameVersion => {
+                    tried.version = true;
+                    debug!(
+                        what,
+                        "the server refused a version it lists as supported; sending the request again"
+                    );
+                    continue;
+                }
+                Next::Legacy => match Box::pin(Streams::start_legacy(self)).await {
+                    Ok(()) => continue,
+                    Err(reason) => debug!("no HTTP+SSE fallback either: {reason}"),
+                },
+                Next::Relist | Next::Give => {}
+            }
+            Box::pin(self.answer_http_error(status, &resp_headers, &error_body, sent_session, ids)).await?;
+            return Ok(None);
+        }
+    }
+
+    /// Reads a reply stream (T-21), delivering each message, until every id is answered or the
+    /// stream ends; a broken stream of the handshake era is resumed with Last-Event-ID (T-23).
+    /// Returns the deadline, moved on by each progress notification (T-32).
+    async fn read_events(
+        self: &Arc<Self>,
+        response: reqwest::Response,
+        modern: bool,
+        ids: &[(IdKey, oneshot::Receiver<()>)],
+        mut deadline: Instant,
+        attempt: &Attempt<'_>,
+    ) -> Result<Instant, LocalError> {
+        let limit = attempt.limit;
+        let mut events = sse::decode(response.bytes_stream(), self.max_message);
+        // Resumption state (T-23, T-24): the last event id and the server's `retry`.
+        let mut resumption = Resumption::default();
+        loop {
+            let event = match timeout_at(deadline, events.next()).await {
+                Err(_) => return Err(self.link.up.timeout_error(limit)),
+                Ok(next @ (None | Some(Err(_)))) => {
+                    // The stream ended or broke before the answer. A legacy server that gave
+                    // event ids can replay it on a GET with Last-Event-ID; 2026-07-28 cannot.
+                    let broken = next.and_then(Result::err);
+                    let resumed = match resumption.next_try(modern) {
+                        Some((id, wait)) => Box::pin(self.resume(&id, wait, deadline, attempt)).await?,
+                        None => None,
+                    };
+                    match (resumed, broken) {
+                        (Some(r), _) => {
+                            events = sse::decode(r.bytes_stream(), self.max_message);
+                            continue;
+                        }
+                        (None, Some(e)) => return Err(self.stream_error(&e)),
+                        (None, None) => return Ok(deadline),
+                    }
+                }
+                Ok(Some(Ok(event))) => event,
+            };
+            resumption.saw(&event);
+            if !sse::is_message(&event) {
+                continue;
+            }
+            let data = Bytes::from(event.data.unwrap_or_default());
+            if self.deliver_body_from(data, ids.first().map(|(k, _)| k)).await {
+                deadline = retry::deadline_after(limit);
+            }
+            if !self.ledger.any_open(ids) {
+                return Ok(deadline);
+            }
+        }
+    }
+
+    /// Reads a JSON reply and delivers what it holds.
+    async fn read_json(
+        self: &Arc<Self>,
+        response: reqwest::Response,
+        deadline: Instant,
+        limit: Duration,
+    ) -> Result<(), LocalError> {
+        let content_type = response.headers().get(CONTENT_TYPE).cloned();
+        let body = match read_body(response, self.max_message, deadline).await {
+            Ok(body) => body,
+            Err(BodyError::Timeout) => return Err(self.link.up.timeout_error(limit)),
+            Err(BodyError::TooLarge) => return Err(self.too_large()),
+            Err(BodyError::Http(e)) => return Err(self.link.up.send_error(&e)),
+        };
+        if body.iter().any(|b| !b.is_ascii_whitespace()) {
+            let content_type =
+                content_type.as_ref().and_then(|v| v.to_str().ok()).unwrap_or("").to_ascii_lowercase();
+            if !content_type.is_empty() && !content_type.contains("json") {
+                return Err(bad_response(format!(
+                    "the server answered with {content_type}, not JSON or an event stream: check that the URL is the MCP endpoint"
+                )));
+            }
+            self.deliver_body(body).await;
+        }
+        Ok(())
+    }
+
+    /// The GET that resumes a broken reply stream after `id` (T-23), after the server's `wait`
+    /// (issue 10.2: it counts against the request's deadline), through the gate; its unit goes
+    /// back with what the answer says, or as not sent when there is none (issue 21.5). The
+    /// response, if it opened a stream.
     async fn resume(
         self: &Arc<Self>,
         id: &str,
+        wait: Duration,
         deadline: Instant,
-        what: &str,
-    ) -> Result<Result<Result<reqwest::Response, reqwest::Error>, tokio::time::error::Elapsed>, LocalError>
-    {
+        attempt: &Attempt<'_>,
+    ) -> Result<Option<reqwest::Response>, LocalError> {
+        let what = attempt.what;
+        debug!(what, last_event_id = %id, wait_ms = wait.as_millis() as u64, "resuming the reply stream");
+        if timeout_at(deadline, tokio::time::sleep(wait)).await.is_err() {
+            return Err(self.link.up.timeout_error(attempt.limit));
+        }
         let admitted = self.link.admit(what, 0).await?;
         let resumed = timeout_at(deadline, self.link.up.get_stream(Some(id)).send()).await;
         match &resumed {
             Ok(Ok(r)) => self.link.answered(&admitted, r.headers()).await,
             _ => self.link.gate.answered(&admitted, None).await,
         }
-        Ok(resumed)
+        Ok(resumed.ok().and_then(Result::ok).filter(|r| r.status().is_success()))
     }
 
     /// Answers the pending ids of a request that got an HTTP error status: the server's own
@@ -960,6 +976,103 @@ impl streams::Host for Proxy {
     }
 }
 
+/// What one exchange sends, the same at each try.
+#[derive(Clone, Copy)]
+struct Attempt<'a> {
+    body: &'a Bytes,
+    initialize: bool,
+    limit: Duration,
+    what: &'a str,
+}
+
+/// The second tries an exchange has spent after error statuses.
+#[derive(Default)]
+struct Tried {
+    relisted: bool,
+    version: bool,
+}
+
+/// What comes after an error status.
+#[derive(Debug, PartialEq, Eq)]
+enum Next {
+    /// T-15: re-list the tools (their `x-mcp-header` schemas are stale), then send again.
+    Relist,
+    /// T-13: send again unchanged.
+    SameVersion,
+    /// T-60: try the 2024-11-05 HTTP+SSE transport.
+    Legacy,
+    /// The status is the answer.
+    Give,
+}
+
+/// What to do after the error status `status` with `error_body`, for a request `body` sent with
+/// `headers`: a pure function of what came back and what was tried already.
+fn after_error(
+    status: StatusCode,
+    error_body: &[u8],
+    body: &[u8],
+    headers: &MessageHeaders,
+    legacy_possible: bool,
+    tried: &Tried,
+) -> Next {
+    let bad_request = status == StatusCode::BAD_REQUEST && headers.is_modern();
+    // T-15: HeaderMismatch about Mcp-Param-* means our schemas are stale: re-list, retry once.
+    if bad_request
+        && !tried.relisted
+        && jsonrpc_error(error_body).is_some_and(|(e, _)| e.get().contains("-32020"))
+        && Envelope::parse(body).is_ok_and(|e| e.method.as_deref() == Some("tools/call"))
+    {
+        return Next::Relist;
+    }
+    // T-13: `-32022` listing the very version the request carries (a server mid-rollout, or one
+    // that rejects a first request) was not processed: sent again once, unchanged.
+    if bad_request
+        && !tried.version
+        && headers.protocol_version.as_ref().and_then(|v| v.to_str().ok()).is_some_and(|v| {
+            crate::era::response_error(error_body).is_some_and(|e| e.supported_modern().as_deref() == Some(v))
+        })
+    {
+        return Next::SameVersion;
+    }
+    // T-60: a server that refuses the initialize POST with 400/404/405 and no JSON-RPC error
+    // may speak only the 2024-11-05 HTTP+SSE transport: try its GET stream.
+    if legacy_possible && matches!(status.as_u16(), 400 | 404 | 405) && jsonrpc_error(error_body).is_none() {
+        return Next::Legacy;
+    }
+    Next::Give
+}
+
+/// Where a broken reply stream can be resumed from (T-23, T-24).
+#[derive(Default)]
+struct Resumption {
+    last_id: Option<String>,
+    retry: Option<Duration>,
+    resumed: u32,
+}
+
+impl Resumption {
+    /// Keeps the event's id and `retry`.
+    fn saw(&mut self, event: &sse_stream::Sse) {
+        if let Some(id) = &event.id {
+            self.last_id = Some(id.clone());
+        }
+        if let Some(ms) = event.retry {
+            self.retry = Some(Duration::from_millis(ms));
+        }
+    }
+
+    /// The event id to resume after and the wait before, if the stream may be resumed: only in
+    /// the handshake era (2026-07-28 has no resumption), only with an id, at most
+    /// [`MAX_RESUMPTIONS`] times.
+    fn next_try(&mut self, modern: bool) -> Option<(String, Duration)> {
+        let id = self.last_id.clone().filter(|_| !modern && self.resumed < MAX_RESUMPTIONS)?;
+        self.resumed += 1;
+        let wait =
+            self.retry.unwrap_or(Duration::from_millis(1000) * (self.resumed + 1) / 2).min(MAX_SSE_RETRY);
+        Some((id, wait))
+    }
+}
+
 /// Whether `body` is a JSON-RPC error response and nothing else (no `result`, no `method`).
 fn is_error_response(body: &[u8]) -> bool {
     std::str::from_utf8(body)
@@ -1024,5 +1137,79 @@ mod future_sizes {
             "send_one_way: {}",
             std::mem::size_of_val(&one_way)
         );
+    }
+}
+
+#[cfg(test)]
+mod decisions {
+    use super::*;
+    use reqwest::header::HeaderValue;
+
+    fn modern(version: &str) -> MessageHeaders {
+        MessageHeaders {
+            protocol_version: Some(HeaderValue::from_str(version).unwrap()),
+            ..Default::default()
+        }
+    }
+
+    const CALL: &[u8] = br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"t"}}"#;
+
+    #[test]
+    fn t15_a_header_mismatch_relists_once_then_gives_the_error() {
+        let error =
+            br#"{"jsonrpc":"2.0","id":1,"error":{"code":-32020,"message":"Mcp-Param-Region mismatch"}}"#;
+        let headers = modern("2026-07-28");
+        let fresh = Tried::default();
+        assert_eq!(after_error(StatusCode::BAD_REQUEST, error, CALL, &headers, false, &fresh), Next::Relist);
+        let relisted = Tried { relisted: true, ..Tried::default() };
+        assert_eq!(after_error(StatusCode::BAD_REQUEST, error, CALL, &headers, false, &relisted), Next::Give);
+        // Not for the handshake era, and not for another status.
+        let legacy = MessageHeaders::default();
+        assert_eq!(after_error(StatusCode::BAD_REQUEST, error, CALL, &legacy, false, &fresh), Next::Give);
+        assert_eq!(after_error(StatusCode::FORBIDDEN, error, CALL, &headers, false, &fresh), Next::Give);
+    }
+
+    #[test]
+    fn t13_the_same_version_listed_as_supported_is_sent_again_once() {
+        let error = br#"{"jsonrpc":"2.0","id":1,"error":{"code":-32022,"message":"x","data":{"supported":["2026-07-28"]}}}"#;
+        let fresh = Tried::default();
+        let same = modern("2026-07-28");
+        assert_eq!(
+            after_error(StatusCode::BAD_REQUEST, error, CALL, &same, false, &fresh),
+            Next::SameVersion
+        );
+        let tried = Tried { version: true, ..Tried::default() };
+        assert_eq!(after_error(StatusCode::BAD_REQUEST, error, CALL, &same, false, &tried), Next::Give);
+        let other = modern("2027-01-01");
+        assert_eq!(after_error(StatusCode::BAD_REQUEST, error, CALL, &other, false, &fresh), Next::Give);
+    }
+
+    #[test]
+    fn t60_only_a_bare_refusal_of_initialize_tries_http_sse() {
+        let fresh = Tried::default();
+        let none = MessageHeaders::default();
+        for status in [StatusCode::BAD_REQUEST, StatusCode::NOT_FOUND, StatusCode::METHOD_NOT_ALLOWED] {
+            assert_eq!(after_error(status, b"Not Found", b"{}", &none, true, &fresh), Next::Legacy);
+            assert_eq!(after_error(status, b"Not Found", b"{}", &none, false, &fresh), Next::Give);
+        }
+        let jsonrpc = br#"{"jsonrpc":"2.0","id":1,"error":{"code":-32600,"message":"x"}}"#;
+        assert_eq!(after_error(StatusCode::BAD_REQUEST, jsonrpc, b"{}", &none, true, &fresh), Next::Give);
+        assert_eq!(
+            after_error(StatusCode::INTERNAL_SERVER_ERROR, b"", b"{}", &none, true, &fresh),
+            Next::Give
+        );
+    }
+
+    #[test]
+    fn t23_a_reply_stream_is_resumed_at_most_three_times_with_a_bounded_wait() {
+        let mut r = Resumption::default();
+        assert_eq!(r.next_try(false), None, "no event id, nothing to resume after");
+        r.last_id = Some("7".into());
+        assert_eq!(r.next_try(true), None, "2026-07-28 has no resumption");
+        r.retry = Some(Duration::from_millis(u64::MAX));
+        for _ in 0..MAX_RESUMPTIONS {
+            assert_eq!(r.next_try(false), Some(("7".into(), MAX_SSE_RETRY)));
+        }
+        assert_eq!(r.next_try(false), None);
     }
 }
