@@ -10,6 +10,9 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
+/// Default `--max-retries`.
+pub const DEFAULT_MAX_RETRIES: u32 = 3;
+
 const AFTER_HELP: &str = "\
 Examples:
   # Investra: the key comes from INVESTRA_API_KEY, sent as Authorization: Bearer
@@ -346,7 +349,7 @@ pub struct Args {
         long,
         value_name = "N",
         env = "MCP_SIDECAR_MAX_RETRIES",
-        default_value_t = crate::retry::DEFAULT_MAX_RETRIES
+        default_value_t = DEFAULT_MAX_RETRIES
     )]
     pub max_retries: u32,
 

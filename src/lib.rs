@@ -34,6 +34,7 @@ pub mod commands;
 pub mod config;
 pub mod envelope;
 pub mod era;
+pub mod keyfile;
 pub mod net;
 pub mod platform;
 pub mod proxy;

@@ -20,8 +20,7 @@ use crate::net::split_outside_quotes;
 
 /// The longest header value parsed (rmcp keeps 128 bytes of Retry-After too).
 const MAX_HEADER_BYTES: usize = 128;
-/// Default `--max-retries`.
-pub const DEFAULT_MAX_RETRIES: u32 = 3;
+pub use crate::cli::DEFAULT_MAX_RETRIES;
 /// Default `--max-wait`: the longest single wait worth sitting through. Below the 60 s request
 /// timeout of the reference SDKs (TypeScript `DEFAULT_REQUEST_TIMEOUT_MSEC`), with room for the
 /// call itself.

@@ -18,7 +18,7 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinSet;
 
-use super::AuthError;
+use super::common::AuthError;
 
 /// The callback's query parameters.
 #[derive(Debug, Clone, Default)]

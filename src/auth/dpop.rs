@@ -21,7 +21,7 @@ use secrecy::{ExposeSecret, SecretString};
 use sha2::{Digest, Sha256};
 use url::Url;
 
-use super::AuthError;
+use super::common::AuthError;
 use crate::sync::Locked;
 
 /// The one signing algorithm offered (every DPoP server supports ES256; RFC 9449 §5.1).
@@ -90,7 +90,7 @@ impl Dpop {
             jti: random_id(),
             htm: method,
             htu: htu.as_str(),
-            iat: super::now(),
+            iat: super::common::now(),
             ath: token.map(|t| URL_SAFE_NO_PAD.encode(Sha256::digest(t.as_bytes()))),
             nonce,
         };

@@ -11,16 +11,14 @@
 //!   takes in the JWT bearer grant.
 //! - The device authorization grant (RFC 8628) lives in `super` (it talks to the user).
 
-use std::path::PathBuf;
-
 use base64::Engine;
-use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use jsonwebtoken::Header;
 use reqwest::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, HeaderValue};
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use url::Url;
 
-use super::AuthError;
+use super::common::AuthError;
 use super::dpop::Dpop;
 use super::http::{AuthHttp, HttpError};
 use crate::net::{DPOP, DPOP_NONCE};
@@ -32,65 +30,8 @@ const ID_TOKEN: &str = "urn:ietf:params:oauth:token-type:id_token";
 const ID_JAG: &str = "urn:ietf:params:oauth:token-type:id-jag";
 const ASSERTION_TYPE: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
 
-/// How tokens are obtained (`--auth`).
-#[derive(Debug, Clone, Default)]
-pub enum Grant {
-    /// `--auth oauth`: the browser (authorization code with PKCE).
-    #[default]
-    Browser,
-    /// `--auth oauth-device`: a code the user enters on another device (RFC 8628).
-    Device,
-    /// `--auth client-credentials`: the client itself, no user.
-    ClientCredentials,
-    /// `--auth workload-identity`: the JWT bearer grant with the workload's identity token.
-    WorkloadIdentity(Assertion),
-    /// `--auth enterprise`: the user's ID token, exchanged at the IdP, then the JWT bearer grant.
-    Enterprise(Box<Enterprise>),
-}
-
-impl Grant {
-    /// Whether this grant needs no person (it may run in the middle of a proxied request).
-    pub fn unattended(&self) -> bool {
-        matches!(self, Grant::ClientCredentials | Grant::WorkloadIdentity(_) | Grant::Enterprise(_))
-    }
-
-    /// The name `status` shows and the store keeps.
-    pub fn kind(&self) -> &'static str {
-        match self {
-            Grant::Browser => "authorization_code",
-            Grant::Device => "device_code",
-            Grant::ClientCredentials => "client_credentials",
-            Grant::WorkloadIdentity(_) => "workload_identity",
-            Grant::Enterprise(_) => "enterprise",
-        }
-    }
-}
-
-/// `--auth enterprise`: where the IdP exchanges the ID token, and as which client.
-#[derive(Debug, Clone)]
-pub struct Enterprise {
-    pub idp_token_endpoint: Url,
-    pub idp_client_id: String,
-    pub idp_client_secret: Option<SecretString>,
-    pub id_token: Assertion,
-}
-
-/// A token handed to us by the platform: a file (re-read at each use: CI platforms and
-/// Kubernetes rotate them) or a variable (read at start).
-#[derive(Clone)]
-pub enum Assertion {
-    File(PathBuf),
-    Env(String, SecretString),
-}
-
-impl std::fmt::Debug for Assertion {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Assertion::File(p) => write!(f, "File({})", p.display()),
-            Assertion::Env(n, _) => write!(f, "Env({n})"),
-        }
-    }
-}
+pub use crate::config::auth::{Assertion, Enterprise, Grant};
+pub use crate::keyfile::ClientKey;
 
 impl Assertion {
     /// The token, off the runtime's thread for a file.
@@ -99,7 +40,7 @@ impl Assertion {
             Assertion::Env(_, v) => Ok(v.clone()),
             Assertion::File(path) => {
                 let p = path.clone();
-                let text = super::off_thread(move || {
+                let text = super::common::off_thread(move || {
                     std::fs::read_to_string(&p).map_err(|e| {
                         AuthError(format!(
                             "the identity token file {} cannot be read ({e}): check the path your CI platform writes it to",
@@ -122,64 +63,11 @@ impl Assertion {
     }
 }
 
-/// A private key for `private_key_jwt` (`--client-key-file`), PEM.
-#[derive(Clone)]
-pub struct ClientKey {
-    key: EncodingKey,
-    alg: Algorithm,
-}
-
-impl std::fmt::Debug for ClientKey {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "ClientKey({:?}, [redacted])", self.alg)
-    }
-}
-
 impl ClientKey {
-    /// Reads a PEM private key (EC P-256, RSA or Ed25519), refusing a file others may read.
-    pub fn load(path: &std::path::Path) -> Result<ClientKey, String> {
-        let shown = path.display();
-        let meta = std::fs::metadata(path)
-            .map_err(|e| format!("--client-key-file {shown} cannot be read ({e}): check the path"))?;
-        // Like ssh: a private key others can read is not used.
-        if super::store::exposed(path, &meta) {
-            return Err(format!(
-                "--client-key-file {shown} is readable by other users: run {}",
-                crate::statedir::fix_command(path)
-            ));
-        }
-        let pem = std::fs::read(path)
-            .map_err(|e| format!("--client-key-file {shown} cannot be read ({e}): check the path"))?;
-        let tried = [
-            (EncodingKey::from_ec_pem(&pem), Algorithm::ES256),
-            (EncodingKey::from_rsa_pem(&pem), Algorithm::RS256),
-            (EncodingKey::from_ed_pem(&pem), Algorithm::EdDSA),
-        ];
-        for (key, alg) in tried {
-            let Ok(key) = key else { continue };
-            let k = ClientKey { key, alg };
-            if k.sign("probe", "probe").is_ok() {
-                return Ok(k);
-            }
-        }
-        Err(format!(
-            "--client-key-file {shown} holds no usable private key: give a PEM file with a P-256 EC, RSA or Ed25519 key (PKCS#8)"
-        ))
-    }
-
-    /// The JWT name of the signing algorithm.
-    pub fn alg(&self) -> &'static str {
-        match self.alg {
-            Algorithm::RS256 => "RS256",
-            Algorithm::EdDSA => "EdDSA",
-            _ => "ES256",
-        }
-    }
-
     /// A client assertion (RFC 7523 §3): `iss` and `sub` the client, `aud` the authorization
     /// server's issuer (SEP-1046), five minutes of life, a fresh `jti`.
     pub fn sign(&self, client_id: &str, audience: &str) -> Result<String, AuthError> {
-        let now = super::now();
+        let now = super::common::now();
         let claims = serde_json::json!({
             "iss": client_id, "sub": client_id, "aud": audience,
             "iat": now, "exp": now.saturating_add(300), "jti": super::dpop::random_id(),
@@ -350,8 +238,8 @@ pub async fn request(
     }
     match serde_json::from_slice::<ErrorBody>(response.body()) {
         Ok(b) => Err(Refused::Server {
-            error: super::clean(&b.error),
-            said: b.error_description.as_deref().map(super::clean).unwrap_or_default(),
+            error: super::common::clean(&b.error),
+            said: b.error_description.as_deref().map(super::common::clean).unwrap_or_default(),
         }),
         Err(_) => Err(failed(format!("{endpoint} answered HTTP {}", status.as_u16()))),
     }

@@ -14,7 +14,7 @@ use serde::de::DeserializeOwned;
 use tracing::info;
 use url::Url;
 
-use super::AuthError;
+use super::common::AuthError;
 use crate::config::Config;
 use crate::config::RetryPolicy;
 use crate::net::redact_url;

@@ -6,7 +6,7 @@ use serde::Deserialize;
 use tracing::{debug, warn};
 use url::Url;
 
-use super::AuthError;
+use super::common::AuthError;
 use super::discovery::{
     authorization_server_urls, canonical_resource, protected_resource_urls, resource_allowed,
 };

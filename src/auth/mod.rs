@@ -16,6 +16,7 @@
 pub mod browser;
 pub mod callback;
 pub mod challenge;
+mod common;
 pub mod discovery;
 pub mod dpop;
 pub mod grants;
@@ -25,7 +26,7 @@ pub mod store;
 
 use std::io::IsTerminal;
 use std::sync::{Arc, RwLock};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use oauth2::basic::{BasicClient, BasicErrorResponseType};
 use oauth2::{
@@ -43,53 +44,16 @@ use challenge::BearerChallenge;
 use dpop::Dpop;
 use grants::{ClientAuth, Grant, Via};
 use metadata::{AuthServer, Discovered};
-use store::{Client, Entry, Lock, StoreError, TokenAuth, TokenStore, Tokens};
-
-/// A sign-in problem, as one sentence for people.
-#[derive(Debug, Clone, thiserror::Error)]
-#[error("{0}")]
-pub struct AuthError(pub String);
-
-impl From<StoreError> for AuthError {
-    fn from(e: StoreError) -> Self {
-        AuthError(e.to_string())
-    }
-}
+use store::{Client, Entry, Lock, TokenAuth, TokenStore, Tokens};
 
 /// Tokens expiring within this margin are refreshed before use.
 const REFRESH_MARGIN: Duration = Duration::from_secs(60);
 /// The client name registered with authorization servers.
 const CLIENT_NAME: &str = "mcp-sidecar";
 
-/// How the sign-in is set up (from the command line).
-#[derive(Debug, Clone)]
-pub struct Settings {
-    /// `--client-id`: a client registered with the authorization server beforehand.
-    pub client_id: Option<String>,
-    /// The secret from the variable named by `--client-secret-env`, with that name.
-    pub client_secret: Option<(String, SecretString)>,
-    /// `--client-metadata-url`: a client ID metadata document (CIMD, A-21).
-    pub client_metadata_url: Option<String>,
-    /// `--callback-port`; `None`: an ephemeral port (or the one registered before).
-    pub callback_port: Option<u16>,
-    /// `--auth-timeout`: how long to wait for the browser.
-    pub timeout: Duration,
-    /// `$BROWSER`.
-    pub browser: Option<String>,
-    /// Whether a browser sign-in may start by itself (false: report that `login` is needed).
-    pub interactive: bool,
-    /// `--auth oauth` was given.
-    pub explicit: bool,
-    /// `--token-store keyring`.
-    pub keyring: bool,
-    /// How tokens are obtained (`--auth`; issue 14).
-    pub grant: Grant,
-    /// `login` where no browser can be opened: a device code instead, where the server offers
-    /// one.
-    pub headless: bool,
-    /// `--client-key-file`: the client authenticates with signed assertions.
-    pub client_key: Option<grants::ClientKey>,
-}
+pub use crate::config::auth::Settings;
+pub use common::AuthError;
+use common::{clean, now, off_thread};
 
 /// What [`OAuth::renew`] is asked to do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -1096,15 +1060,6 @@ fn own_resource_metadata<'a>(challenge: Option<&'a BearerChallenge>, mcp: &Url) 
     })
 }
 
-async fn off_thread<T: Send + 'static, E: Into<AuthError> + Send + 'static>(
-    work: impl FnOnce() -> Result<T, E> + Send + 'static,
-) -> Result<T, AuthError> {
-    match tokio::task::spawn_blocking(work).await {
-        Ok(result) => result.map_err(Into::into),
-        Err(_) => Err(AuthError("the token store could not be used (its worker stopped)".into())),
-    }
-}
-
 #[cfg(feature = "keyring")]
 fn token_store(dir: &std::path::Path, keyring: bool) -> Result<TokenStore, AuthError> {
     Ok(if keyring { TokenStore::with_keyring(dir)? } else { TokenStore::new(dir) })
@@ -1272,17 +1227,6 @@ fn token_error<RE: std::error::Error + 'static, T: oauth2::ErrorResponseType + s
         RequestTokenError::Parse(_, _) => "the answer is not an OAuth token response".into(),
         RequestTokenError::Other(s) => clean(s),
     }
-}
-
-/// Server-provided text made safe for one log line: no control characters, bounded length, no
-/// secret of ours echoed back (issue 10.9).
-fn clean(s: &str) -> String {
-    let text: String = s.chars().filter(|c| !c.is_control()).collect();
-    crate::secrets::redact(&text).chars().take(200).collect()
-}
-
-fn now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
 #[cfg(test)]

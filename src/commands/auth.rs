@@ -13,7 +13,7 @@ use crate::auth::{OAuth, Renew, challenge, discovery};
 use crate::config::Config;
 use crate::net::redact_url;
 
-use super::{CONFIG, FAILED, OK};
+use super::exit::{CONFIG, FAILED, OK};
 
 /// `mcp-sidecar login`: asks the server whether it needs a sign-in, and signs in.
 pub async fn login(config: Config, device: bool) -> u8 {

@@ -8,16 +8,10 @@
 
 pub mod auth;
 pub mod check;
+mod exit;
 pub mod install;
 pub mod oneshot;
 
 pub use auth::{login, logout, status};
 
-/// Done.
-pub const OK: u8 = 0;
-/// Failed: the reason is on stderr.
-pub const FAILED: u8 = 1;
-/// A configuration problem.
-pub const CONFIG: u8 = 2;
-/// The server answered with a JSON-RPC error (`call`, `tool`), or a tool reported `isError`.
-pub const SERVER_ERROR: u8 = 3;
+pub use exit::{CONFIG, FAILED, OK, SERVER_ERROR};

@@ -17,6 +17,10 @@
 use std::collections::VecDeque;
 use std::time::Duration;
 
+/// The most units a lease holds (a process takes up to this many of the server's budget at
+/// once, issue 21.6).
+pub(super) const LEASE: u64 = 8;
+
 use serde::{Deserialize, Serialize};
 
 /// How long an admission stays pending without its answer (a request this old has long been
@@ -143,7 +147,7 @@ impl BudgetState {
         self.pending.push_back(now);
     }
 
-    /// After a unit was taken at `at`: far from the limit, takes up to [`super::LEASE`] − 1
+    /// After a unit was taken at `at`: far from the limit, takes up to [`LEASE`] − 1
     /// more at the same time, never so many that the budget comes near its end. Returns how many.
     pub fn lease(&mut self, at: u64) -> u64 {
         if !self.far() {
@@ -151,7 +155,7 @@ impl BudgetState {
         }
         let margin = NEAR.max(self.limit.unwrap_or(0) / 2);
         let above = self.remaining.saturating_sub(self.pending.len() as u64).saturating_sub(margin);
-        let n = (super::LEASE - 1).min(above.saturating_sub(1));
+        let n = (LEASE - 1).min(above.saturating_sub(1));
         for _ in 0..n {
             self.pending.push_back(at);
         }

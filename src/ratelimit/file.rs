@@ -13,7 +13,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use super::State;
+use super::state::State;
 use crate::statedir::create_private_dir;
 
 /// How long the proxy waits for another process to release the state file's lock before it

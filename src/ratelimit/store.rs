@@ -17,8 +17,8 @@ use secrecy::ExposeSecret;
 
 use crate::config::StoreSettings;
 
-use super::State;
 use super::file::StateFile;
+use super::state::State;
 
 /// A boxed future (the trait is used behind `dyn`).
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -158,7 +158,7 @@ pub async fn store_limits(
     settings: &StoreSettings,
     origin: Option<&str>,
     clear: bool,
-) -> Result<Vec<super::StoredLimit>, StoreError> {
+) -> Result<Vec<super::file::StoredLimit>, StoreError> {
     let probe = RedisStore::new(settings, "")?;
     let mut connection = probe.connection.clone();
     let keys: Vec<String> = tokio::time::timeout(STORE_TIMEOUT * 4, async {
@@ -183,7 +183,7 @@ pub async fn store_limits(
     })
     .await
     .map_err(|_| StoreError(format!("{} did not answer in time", probe.shown)))??;
-    let now = super::now_ms();
+    let now = super::state::now_ms();
     let mut found = Vec::new();
     for key in keys {
         let store = RedisStore {

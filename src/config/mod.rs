@@ -6,6 +6,8 @@
 //! by `--api-key-env` (or the preset) straight into a [`SecretString`]; no message here ever
 //! contains it.
 
+pub mod auth;
+
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -123,7 +125,7 @@ pub struct Config {
     pub api_key: Option<ApiKey>,
     /// OAuth sign-in, when no key is configured and `--auth none` is not given: used when the
     /// server answers 401 with a Bearer challenge.
-    pub oauth: Option<crate::auth::Settings>,
+    pub oauth: Option<self::auth::Settings>,
     /// Extra headers, `${VAR}` already expanded; values marked sensitive.
     pub headers: HeaderMap,
     /// The values `${VAR}` put into those headers (secrets, by assumption).
@@ -356,7 +358,7 @@ impl Config {
                 crate::secrets::remember(secret.expose_secret());
             }
             // Issue 14: the identity tokens and the IdP client's secret.
-            use crate::auth::grants::{Assertion, Grant};
+            use self::auth::{Assertion, Grant};
             let (token, idp_secret) = match &oauth.grant {
                 Grant::WorkloadIdentity(a) => (Some(a), None),
                 Grant::Enterprise(e) => (Some(&e.id_token), e.idp_client_secret.as_ref()),
@@ -471,7 +473,7 @@ fn adjust_level(level: LogLevel, verbose: u8, quiet: u8) -> LogLevel {
 fn oauth_settings(
     cli: &Args,
     env: &dyn Fn(&str) -> Option<String>,
-) -> Result<crate::auth::Settings, ConfigError> {
+) -> Result<self::auth::Settings, ConfigError> {
     let client_secret = client_secret(cli, env)?;
     if let Some(u) = &cli.client_metadata_url {
         let ok =
@@ -490,7 +492,7 @@ fn oauth_settings(
     }
     let grant = grant(cli, env)?;
     let client_key = client_key(cli, client_secret.is_some())?;
-    if matches!(grant, crate::auth::grants::Grant::ClientCredentials)
+    if matches!(grant, self::auth::Grant::ClientCredentials)
         && client_secret.is_none()
         && client_key.is_none()
     {
@@ -498,7 +500,7 @@ fn oauth_settings(
             "--auth client-credentials needs the client's credential: --client-secret-env NAME (the variable with its secret) or --client-key-file PATH (its private key)".into(),
         ));
     }
-    Ok(crate::auth::Settings {
+    Ok(self::auth::Settings {
         client_id: cli.client_id.clone(),
         client_secret,
         client_metadata_url: cli.client_metadata_url.clone(),
@@ -540,7 +542,7 @@ fn client_secret(
 }
 
 /// `--client-key-file`: the private key for `private_key_jwt`, with the flags it needs.
-fn client_key(cli: &Args, has_secret: bool) -> Result<Option<crate::auth::grants::ClientKey>, ConfigError> {
+fn client_key(cli: &Args, has_secret: bool) -> Result<Option<crate::keyfile::ClientKey>, ConfigError> {
     match &cli.client_key_file {
         Some(path) => {
             if !matches!(
@@ -562,7 +564,7 @@ fn client_key(cli: &Args, has_secret: bool) -> Result<Option<crate::auth::grants
                 "--client-key-file and --client-secret-env are two ways to authenticate the client: keep one".into(),
             ));
             }
-            Ok(Some(crate::auth::grants::ClientKey::load(path).map_err(ConfigError)?))
+            Ok(Some(crate::keyfile::ClientKey::load(path).map_err(ConfigError)?))
         }
         None => Ok(None),
     }
@@ -575,11 +577,8 @@ fn method_name(m: AuthMethod) -> String {
 }
 
 /// How tokens are obtained, from `--auth` and the flags that go with it (issue 14).
-fn grant(
-    cli: &Args,
-    env: &dyn Fn(&str) -> Option<String>,
-) -> Result<crate::auth::grants::Grant, ConfigError> {
-    use crate::auth::grants::{Enterprise, Grant};
+fn grant(cli: &Args, env: &dyn Fn(&str) -> Option<String>) -> Result<self::auth::Grant, ConfigError> {
+    use self::auth::{Enterprise, Grant};
     let needs_client = |what: &str| {
         if cli.client_id.is_none() {
             return Err(ConfigError(format!(
@@ -647,8 +646,8 @@ fn identity_token(
     cli: &Args,
     env: &dyn Fn(&str) -> Option<String>,
     what: &str,
-) -> Result<crate::auth::grants::Assertion, ConfigError> {
-    use crate::auth::grants::Assertion;
+) -> Result<self::auth::Assertion, ConfigError> {
+    use self::auth::Assertion;
     match (&cli.identity_token_file, &cli.identity_token_env) {
         (Some(path), None) => Ok(Assertion::File(path.clone())),
         (None, Some(name)) => match env(name) {
@@ -930,13 +929,13 @@ mod tests {
         let o = c.oauth.unwrap();
         assert!(o.explicit && o.grant.unattended() && o.grant.kind() == "workload_identity");
         match o.grant {
-            crate::auth::grants::Grant::WorkloadIdentity(crate::auth::grants::Assertion::Env(n, v)) => {
+            self::auth::Grant::WorkloadIdentity(self::auth::Assertion::Env(n, v)) => {
                 assert_eq!((n.as_str(), v.expose_secret()), ("T", "tok-SECRET"));
             }
             other => panic!("{other:?}"),
         }
         let c = config(&[u, "--auth", "oauth-device"], &[]).unwrap();
-        assert!(matches!(c.oauth.unwrap().grant, crate::auth::grants::Grant::Device));
+        assert!(matches!(c.oauth.unwrap().grant, self::auth::Grant::Device));
     }
 
     #[test]
