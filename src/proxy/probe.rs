@@ -1,10 +1,15 @@
-//! What both era bridges share (issue 22: `bridge.rs` and `reverse.rs` imported each other for
-//! it): the verdict of a `server/discover` probe, and reading a bridged line again.
+//! The era probe and what both era bridges share: a `server/discover` of the proxy's own and
+//! its verdict, and reading a bridged line again.
+
+use std::sync::Arc;
 
 use serde_json::value::RawValue;
+use tracing::debug;
 
-use crate::envelope::{Envelope, ErrorKind, LocalError, UPSTREAM_ERROR};
-use crate::era::{ClientMeta, Era};
+use super::core::{Core, DISCOVER_TIMEOUT, bad_response, unreadable};
+use super::exchange;
+use crate::envelope::{Envelope, LocalError};
+use crate::era::{self, Additions, ClientMeta, Era, Verdict};
 
 /// What the `server/discover` probe found.
 pub(super) enum Probe {
@@ -23,13 +28,56 @@ pub(super) fn reread(line: &[u8]) -> Result<(Envelope<'_>, &RawValue), LocalErro
     Ok((env, id))
 }
 
-/// A message the bridge made or checked already cannot be read: a bug, said as one.
-pub(super) fn unreadable() -> LocalError {
-    let mut err = LocalError::new(
-        UPSTREAM_ERROR,
-        ErrorKind::BadResponse,
-        "mcp-sidecar cannot read a message it made or checked before (a bug)",
-    );
-    err.request_sent = Some(true);
-    err
+/// Asks the server `server/discover` (S-09, T-62), once more after `-32022` with a version it
+/// lists.
+pub(super) async fn probe(core: &Arc<Core>, mut meta: ClientMeta) -> Probe {
+    let limit = core.request_timeout.min(DISCOVER_TIMEOUT);
+    for attempt in 0..2 {
+        let (_, id) = core.own_id();
+        let body = match era::rewrite_request(
+            "server/discover",
+            None,
+            &id,
+            &Additions { meta: Some(&meta), ..Additions::default() },
+        ) {
+            Ok(body) => body,
+            Err(_) => return Probe::Speaks(Era::Handshake),
+        };
+        match exchange::call(core, body.into(), true, false, limit, "the server/discover probe").await {
+            // A server that failed proves nothing about its era.
+            Ok(answer) if era::response_error(&answer).is_some_and(|e| e.code == era::INTERNAL_ERROR) => {
+                return Probe::Failed(bad_response("the server failed to answer server/discover".into()));
+            }
+            Ok(answer) => match era::probe_verdict(&answer) {
+                Verdict::Stateless(discover) => return Probe::Stateless { discover, meta },
+                Verdict::Both => return Probe::Speaks(Era::Both),
+                Verdict::RetryWith(version) if attempt == 0 => {
+                    debug!(version, "the server asks for another stateless version");
+                    meta.version = version;
+                }
+                _ => return Probe::Speaks(Era::Handshake),
+            },
+            // A 4xx without a JSON-RPC error: an old server (or the HTTP+SSE transport)
+            // that does not know the method (T-60, T-62).
+            Err(e)
+                if e.http_status
+                    .is_some_and(|s| (400..500).contains(&s) && !matches!(s, 401 | 403 | 429)) =>
+            {
+                return Probe::Speaks(Era::Handshake);
+            }
+            Err(e) => return Probe::Failed(e),
+        }
+    }
+    Probe::Speaks(Era::Handshake)
+}
+
+/// [`Proxy::probe`], unless a probe failed a moment ago (`None`): see [`probe_backoff`].
+pub(super) async fn probe_when_due(core: &Arc<Core>, meta: ClientMeta) -> Option<Probe> {
+    if !core.eras.probe_due() {
+        debug!("the era probe failed a moment ago; not asking again yet");
+        return None;
+    }
+    let probe = probe(core, meta).await;
+    core.eras.probed(matches!(probe, Probe::Failed(_)));
+    Some(probe)
 }

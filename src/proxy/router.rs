@@ -1,0 +1,234 @@
+//! Lines from the client on the same-era path: each parsed once, a request entered in the ledger
+//! and sent by a task of its own (only `initialize` and `notifications/initialized` in line, S-11),
+//! a notification or a client response sent one way, and what cannot be read answered at once.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use serde_json::value::RawValue;
+
+use crate::envelope::{
+    Envelope, ErrorKind, INVALID_REQUEST, IdKey, Kind, LocalError, OVERLOADED, PARSE_ERROR,
+};
+use crate::upstream::headers::MessageHeaders;
+
+use super::core::{Core, DISCOVER_TIMEOUT};
+use super::ledger::Flags;
+use super::policy::lists;
+use super::room::{IN_FLIGHT_MESSAGES, holding};
+use super::streams::Streams;
+
+/// Handles one line as it is, with no bridge.
+pub(super) async fn dispatch_plain(core: &Arc<Core>, line: Bytes) {
+    if line.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[') {
+        return dispatch_batch(core, line).await;
+    }
+    let env = match Envelope::parse(&line) {
+        Ok(env) => env,
+        Err(e) => return reject_unparsable(core, &e).await,
+    };
+    match env.kind() {
+        Ok(Kind::Request) => dispatch_request(core, env, &line).await,
+        Ok(Kind::Notification) => dispatch_notification(core, env, &line).await,
+        Ok(Kind::Response) => {
+            // The client's answer to a server request (T-30).
+            drop(env);
+            let room = core.room.wait(line.len()).await;
+            core.tasks.spawn(holding(
+                room,
+                super::exchange::send_one_way(
+                    core.clone(),
+                    line,
+                    MessageHeaders::default(),
+                    "response".into(),
+                ),
+            ));
+        }
+        Err(invalid) => {
+            let id = env.id.filter(|id| IdKey::new(id).is_some());
+            let err = LocalError::new(
+                INVALID_REQUEST,
+                ErrorKind::InvalidRequest,
+                format!("invalid JSON-RPC message: {invalid}"),
+            );
+            core.ledger.refuse(id, &err).await;
+        }
+    }
+}
+
+/// A client request: answered from the list cache, refused for want of room, or entered in
+/// the ledger and sent by a task of its own (`initialize` in line).
+async fn dispatch_request(core: &Arc<Core>, env: Envelope<'_>, line: &Bytes) {
+    let method = env.method.as_deref().unwrap_or_default();
+    let params = env.params();
+    let headers = core.policies.params.request_headers(method, &params);
+    let init = method == "initialize";
+    // A stateless-era list still fresh in the cache costs the server nothing.
+    let list_key = (headers.is_modern() && lists::cacheable(method)).then(|| lists::key(method, &params));
+    if let Some(cached) = list_key.as_deref().and_then(|k| core.policies.lists.get(k))
+        && let Some(id) = env.id
+    {
+        return core.ledger.write(crate::era::response_with_id(id, "result", &cached).into()).await;
+    }
+    let Some(room) = core.room.now(line.len()) else {
+        let mut err = LocalError::new(
+            OVERLOADED,
+            ErrorKind::Overloaded,
+            format!(
+                "too many requests are in flight: together they hold more than {} bytes ({IN_FLIGHT_MESSAGES} × --max-message-bytes), so this one was not sent: wait for answers before sending more",
+                core.room.limit()
+            ),
+        );
+        err.request_sent = Some(false);
+        return core.ledger.refuse(env.id, &err).await;
+    };
+    let limit = if method == "server/discover" {
+        core.request_timeout.min(DISCOVER_TIMEOUT)
+    } else {
+        core.request_timeout
+    };
+    let modern = headers.is_modern();
+    let flags =
+        Flags { initialize: init, modern, lists_tools: modern && method == "tools/list", internal: false };
+    let Some((key, id)) = core.ledger.open(&env, flags) else { return };
+    if let Some(list_key) = list_key {
+        core.ledger.set_list_key(&key, list_key);
+    }
+    if init {
+        core.link.keep_init_line(line.clone());
+    }
+    let what = format!("{method} (id {})", env.id.map_or("?", RawValue::get));
+    let ids = vec![(key.clone(), id)];
+    let handle = core.tasks.spawn(holding(
+        Some(room),
+        super::exchange::run_request(core.clone(), line.clone(), headers, ids, init, limit, what),
+    ));
+    if init {
+        // In line: whatever the client sends next needs the session this creates
+        // (a client must wait for the answer anyway, S-11; scripts may not).
+        let _ = handle.await;
+    } else {
+        core.ledger.set_abort(&key, handle.abort_handle());
+    }
+}
+
+/// A client notification: a cancel ends its request (T-25, J-08); the others are sent
+/// (`notifications/initialized` in line, then the GET stream opens).
+async fn dispatch_notification(core: &Arc<Core>, env: Envelope<'_>, line: &Bytes) {
+    let method = env.method.as_deref().unwrap_or_default().to_owned();
+    let params = env.params();
+    if method == "notifications/cancelled" {
+        let modern = params.request_id.and_then(IdKey::new).and_then(|k| core.ledger.cancel(&k));
+        // In the 2026-07-28 era, closing the request's stream is the cancellation (T-25).
+        if modern == Some(true) {
+            return;
+        }
+    }
+    let headers = MessageHeaders::derive(&method, &params);
+    drop(env);
+    let room = core.room.wait(line.len()).await;
+    if method == "notifications/initialized" {
+        // In line: the server must see it before the requests that follow (S-11).
+        if super::exchange::send_one_way(core.clone(), line.clone(), headers, method).await {
+            Streams::open_get(core);
+        }
+    } else {
+        core.tasks
+            .spawn(holding(room, super::exchange::send_one_way(core.clone(), line.clone(), headers, method)));
+    }
+}
+
+/// A 2025-03-26 batch (J-07): valid members go out in one POST, invalid ones are answered here.
+async fn dispatch_batch(core: &Arc<Core>, line: Bytes) {
+    let members: Vec<&RawValue> = match serde_json::from_slice(&line) {
+        Ok(m) => m,
+        Err(e) => return reject_unparsable(core, &e).await,
+    };
+    if members.is_empty() {
+        let err = LocalError::new(
+            INVALID_REQUEST,
+            ErrorKind::InvalidRequest,
+            "invalid JSON-RPC message: empty batch",
+        );
+        return core.ledger.write(err.to_response(None).into()).await;
+    }
+    let mut valid: Vec<&str> = Vec::new();
+    let mut ids = Vec::new();
+    for member in &members {
+        let env = Envelope::parse(member.get().as_bytes());
+        match env.as_ref().map(|e| (e.kind(), e)) {
+            Ok((Ok(kind), env)) => {
+                if kind == Kind::Request {
+                    match core.ledger.open(env, Flags::default()) {
+                        Some(entry) => ids.push(entry),
+                        None => continue,
+                    }
+                }
+                valid.push(member.get());
+            }
+            Ok((Err(invalid), env)) => {
+                let id = env.id.filter(|id| IdKey::new(id).is_some());
+                let err = LocalError::new(
+                    INVALID_REQUEST,
+                    ErrorKind::InvalidRequest,
+                    format!("invalid JSON-RPC message: {invalid}"),
+                );
+                core.ledger.write(err.to_response(id).into()).await;
+            }
+            Err(_) => {
+                let err = LocalError::new(
+                    INVALID_REQUEST,
+                    ErrorKind::InvalidRequest,
+                    "invalid JSON-RPC message in batch",
+                );
+                core.ledger.write(err.to_response(None).into()).await;
+            }
+        }
+    }
+    if valid.is_empty() {
+        return;
+    }
+    let body: Bytes =
+        if valid.len() == members.len() { line.clone() } else { format!("[{}]", valid.join(",")).into() };
+    drop(members);
+    let room = core.room.wait(body.len()).await;
+    if ids.is_empty() {
+        core.tasks.spawn(holding(
+            room,
+            super::exchange::send_one_way(core.clone(), body, MessageHeaders::default(), "batch".into()),
+        ));
+    } else {
+        let limit = core.request_timeout;
+        let what = format!("a batch of {}", valid.len());
+        core.tasks.spawn(holding(
+            room,
+            super::exchange::run_request(
+                core.clone(),
+                body,
+                MessageHeaders::default(),
+                ids,
+                false,
+                limit,
+                what,
+            ),
+        ));
+    }
+}
+
+/// Answers a line that is not JSON (-32700) or not an object (-32600), with id null (J-05).
+async fn reject_unparsable(core: &Core, e: &serde_json::Error) {
+    let err = if e.is_data() {
+        LocalError::new(
+            INVALID_REQUEST,
+            ErrorKind::InvalidRequest,
+            "invalid JSON-RPC message: expected a JSON object",
+        )
+    } else {
+        LocalError::new(
+            PARSE_ERROR,
+            ErrorKind::Parse,
+            format!("parse error: the line is not valid JSON ({e})"),
+        )
+    };
+    core.ledger.refuse(None, &err).await;
+}
