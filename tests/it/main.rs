@@ -1,6 +1,7 @@
 //! Integration tests: the real `mcp-sidecar` binary between a real MCP client and a real MCP
 //! server (rmcp, over HTTP on 127.0.0.1). One test binary, one link step.
 //!
+//! - `architecture`: the shape of `src/` (no import circle, no function over 80 lines; issue 22).
 //! - `harness`: the example server behind a recording/fault layer; the sidecar process; the
 //!   invariant checks every test runs on its captured stdout and stderr.
 //! - `streamable`: the Streamable HTTP happy paths with a real rmcp client (T-01…T-33).
@@ -16,6 +17,7 @@
 //! - `tls`: certificate failures explained; `--ca-file`.
 //! - `stdio`: framing, invalid input, shutdown and exit codes (S-01…S-06).
 
+mod architecture;
 mod bytes;
 mod commands;
 mod eras;
