@@ -329,6 +329,16 @@ pub fn flatten_lines(bytes: &mut [u8]) {
     }
 }
 
+/// A valid JSON text on one line: its CR/LF can only be whitespace, so they become spaces (S-02).
+pub fn one_line(bytes: bytes::Bytes) -> bytes::Bytes {
+    if memchr::memchr2(b'\n', b'\r', &bytes).is_none() {
+        return bytes;
+    }
+    let mut owned = bytes.to_vec();
+    flatten_lines(&mut owned);
+    owned.into()
+}
+
 /// Scans the start of an over-long line for a top-level `"id"` so that even a message the proxy
 /// refuses to read whole gets its error with the right id. Returns the id's raw text.
 ///

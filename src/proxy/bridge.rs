@@ -41,6 +41,7 @@ use crate::sync::Locked;
 use super::core::{Core, Inbound, bad_response, unreadable};
 use super::exchange;
 use super::ledger::Flags;
+use super::policy::Hooks;
 use super::probe::{self, Probe, reread};
 use super::router;
 
@@ -379,8 +380,9 @@ pub(super) async fn dispatch_bridged(core: &Arc<Core>, bridge: &Arc<Bridge>, lin
                 drop(env);
                 return router::dispatch_plain(core, line).await; // answered there as overloaded
             };
-            let flags = Flags { modern: true, lists_tools: method == "tools/list", ..Flags::default() };
-            let Some((key, _)) = core.ledger.open(&env, flags) else { return };
+            let flags = Flags { modern: true, ..Flags::default() };
+            let hooks = Hooks { learn_tools: method == "tools/list", ..Hooks::default() };
+            let Some((key, _)) = core.ledger.open(&env, flags, hooks) else { return };
             drop(env);
             let what = format!("{method} (bridged)");
             exchange::spawn_request(

@@ -167,10 +167,8 @@ impl Core {
         let delivered = match env.kind() {
             Ok(Kind::Response) => {
                 let Some(key) = env.id_key() else { return Delivered::Dropped };
-                let (initialize, lists_tools, captured, list_key) = match self.ledger.peek(&key) {
-                    Some(open) => {
-                        (open.flags.initialize, open.flags.lists_tools, open.captured, open.list_key)
-                    }
+                let (initialize, captured, hooks) = match self.ledger.peek(&key) {
+                    Some(open) => (open.flags.initialize, open.captured, open.hooks),
                     None => {
                         debug!(id = %env.id.map_or("", RawValue::get), "response for no pending request dropped (cancelled, answered or unknown)");
                         return Delivered::Dropped;
@@ -185,13 +183,7 @@ impl Core {
                         .map(|v| v.into_owned())
                 });
                 drop(env);
-                let message = match lists_tools.then(|| self.policies.params.learn_tools(&bytes)).flatten() {
-                    Some(filtered) => one_line(filtered.into()),
-                    None => one_line(bytes),
-                };
-                if let Some(list_key) = list_key {
-                    self.policies.lists.put(list_key, &message);
-                }
+                let message = self.policies.answer(&hooks, bytes);
                 return self.hand_over(&key, message, captured, version).await;
             }
             Ok(Kind::Notification) if env.method.as_deref() == Some("notifications/progress") => {
@@ -210,8 +202,8 @@ impl Core {
                 }
                 return Delivered::Dropped;
             }
-            Ok(Kind::Notification) if !self.policies.lists.is_empty() => {
-                self.policies.lists.changed(env.method.as_deref().unwrap_or_default());
+            Ok(Kind::Notification) => {
+                self.policies.observe(env.method.as_deref().unwrap_or_default());
                 Delivered::Other
             }
             Ok(_) => Delivered::Other,
@@ -223,7 +215,7 @@ impl Core {
             }
         };
         drop(env);
-        self.ledger.write(one_line(bytes)).await;
+        self.ledger.write(envelope::one_line(bytes)).await;
         delivered
     }
 
@@ -316,16 +308,6 @@ impl streams::Host for Core {
     fn deliver_body(this: &Arc<Self>, body: Bytes) -> impl std::future::Future<Output = bool> + Send {
         this.deliver_body(body)
     }
-}
-
-/// A valid JSON text on one line: its CR/LF can only be whitespace, so they become spaces (S-02).
-pub(super) fn one_line(bytes: Bytes) -> Bytes {
-    if memchr::memchr2(b'\n', b'\r', &bytes).is_none() {
-        return bytes;
-    }
-    let mut owned = bytes.to_vec();
-    envelope::flatten_lines(&mut owned);
-    owned.into()
 }
 
 pub(super) fn bad_response(message: String) -> LocalError {

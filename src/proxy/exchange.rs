@@ -23,6 +23,7 @@ use crate::upstream::{MAX_ERROR_BODY_BYTES, jsonrpc_error, sse};
 
 use super::core::{Core, bad_response, unreadable};
 use super::ledger::Flags;
+use super::policy::Hooks;
 use super::reply::{self, BodyError, read_body};
 use super::room::holding;
 use super::streams::{MAX_SSE_RETRY, Streams};
@@ -346,8 +347,9 @@ pub(super) async fn call(
     let params = env.params();
     let headers = core.policies.params.request_headers(method, &params);
     let modern = headers.is_modern();
-    let flags = Flags { initialize, modern, lists_tools: modern && method == "tools/list", internal };
-    let (done, capture) = core.ledger.open_captured(raw_id, &key, flags)?;
+    let flags = Flags { initialize, modern, internal };
+    let hooks = Hooks { learn_tools: modern && method == "tools/list", ..Hooks::default() };
+    let (done, capture) = core.ledger.open_captured(raw_id, &key, flags, hooks)?;
     drop(env);
     // The client's own request stays in the table if this is dropped (a signal while it is
     // sent): shutdown answers it (every request read gets exactly one response).

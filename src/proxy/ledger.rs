@@ -21,6 +21,7 @@ use tokio::task::AbortHandle;
 use tokio::time::{Instant, timeout};
 use tracing::{debug, warn};
 
+use super::policy::Hooks;
 use crate::envelope::{Envelope, ErrorKind, INVALID_REQUEST, IdKey, LocalError, SHUTTING_DOWN};
 use crate::stdio::Outbox;
 use crate::sync::Locked;
@@ -32,8 +33,6 @@ pub(super) struct Flags {
     pub initialize: bool,
     /// Of the 2026-07-28 era (cancelling it means closing its stream, T-25).
     pub modern: bool,
-    /// A 2026-07-28 `tools/list`, whose result teaches `x-mcp-header` (T-15).
-    pub lists_tools: bool,
     /// A request of the proxy's own: shutdown answers nobody for it.
     pub internal: bool,
 }
@@ -49,15 +48,15 @@ struct Entry {
     abort: Option<AbortHandle>,
     /// Where its answer goes instead of stdout (requests the bridges read).
     capture: Option<oneshot::Sender<Bytes>>,
-    /// The list cache's key, for a stateless-era list request whose result may be reused.
-    list_key: Option<String>,
+    /// The policies its answer passes through.
+    hooks: Hooks,
 }
 
 /// What the answer path needs to know of an open request before it settles it.
 pub(super) struct Open {
     pub flags: Flags,
     pub captured: bool,
-    pub list_key: Option<String>,
+    pub hooks: Hooks,
 }
 
 /// What [`Ledger::settle`] did.
@@ -96,7 +95,12 @@ impl Ledger {
 
     /// Enters a client request. Returns its key and the receiver that wakes its task, or `None`
     /// (after answering it) when its id is already in flight (J-02).
-    pub(super) fn open(&self, env: &Envelope<'_>, flags: Flags) -> Option<(IdKey, oneshot::Receiver<()>)> {
+    pub(super) fn open(
+        &self,
+        env: &Envelope<'_>,
+        flags: Flags,
+        hooks: Hooks,
+    ) -> Option<(IdKey, oneshot::Receiver<()>)> {
         let (raw, key) = env.id.zip(env.id_key())?;
         let (tx, rx) = oneshot::channel();
         let mut table = self.table.locked();
@@ -109,8 +113,7 @@ impl Ledger {
             tokio::spawn(async move { out.send(bytes).await });
             return None;
         }
-        let entry =
-            Entry { id: raw.to_owned(), flags, done: Some(tx), abort: None, capture: None, list_key: None };
+        let entry = Entry { id: raw.to_owned(), flags, done: Some(tx), abort: None, capture: None, hooks };
         table.insert(key.clone(), entry);
         self.requests.fetch_add(1, Ordering::Relaxed);
         Some((key, rx))
@@ -125,6 +128,7 @@ impl Ledger {
         raw: &RawValue,
         key: &IdKey,
         flags: Flags,
+        hooks: Hooks,
     ) -> Result<(oneshot::Receiver<()>, oneshot::Receiver<Bytes>), LocalError> {
         let (capture_tx, capture) = oneshot::channel();
         let (done_tx, done) = oneshot::channel();
@@ -138,7 +142,7 @@ impl Ledger {
             done: Some(done_tx),
             abort: None,
             capture: Some(capture_tx),
-            list_key: None,
+            hooks,
         };
         table.insert(key.clone(), entry);
         Ok((done, capture))
@@ -153,7 +157,7 @@ impl Ledger {
             done: None,
             abort: None,
             capture: None,
-            list_key: None,
+            hooks: Hooks::default(),
         });
     }
 
@@ -161,13 +165,6 @@ impl Ledger {
     pub(super) fn set_abort(&self, key: &IdKey, abort: AbortHandle) {
         if let Some(e) = self.table.locked().get_mut(key) {
             e.abort = Some(abort);
-        }
-    }
-
-    /// Records under which key an open request's result goes into the list cache.
-    pub(super) fn set_list_key(&self, key: &IdKey, list_key: String) {
-        if let Some(e) = self.table.locked().get_mut(key) {
-            e.list_key = Some(list_key);
         }
     }
 
@@ -205,7 +202,7 @@ impl Ledger {
     pub(super) fn peek(&self, key: &IdKey) -> Option<Open> {
         let table = self.table.locked();
         let e = table.get(key)?;
-        Some(Open { flags: e.flags, captured: e.capture.is_some(), list_key: e.list_key.clone() })
+        Some(Open { flags: e.flags, captured: e.capture.is_some(), hooks: e.hooks.clone() })
     }
 
     /// Answers the open request `key` with `message`: to stdout, or to whoever captures it.

@@ -34,6 +34,7 @@ use tokio_util::task::AbortOnDropHandle;
 use super::core::{Core, DISCOVER_TIMEOUT, Inbound, bad_response, unreadable};
 use super::exchange;
 use super::ledger::Flags;
+use super::policy::Hooks;
 use super::probe::{self, Probe, reread};
 use super::router;
 use super::streams::Streams;
@@ -272,7 +273,7 @@ pub(super) async fn dispatch_reverse(core: &Arc<Core>, reverse: &Arc<Reverse>, l
                 drop(env);
                 return router::dispatch_plain(core, line).await;
             };
-            let Some((key, _)) = core.ledger.open(&env, Flags::default()) else { return };
+            let Some((key, _)) = core.ledger.open(&env, Flags::default(), Hooks::default()) else { return };
             drop(env);
             let what = format!("{method} (bridged to the handshake era)");
             // The room goes with the request, into its parked entry if the server asks.

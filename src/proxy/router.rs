@@ -14,7 +14,7 @@ use crate::upstream::headers::MessageHeaders;
 
 use super::core::{Core, DISCOVER_TIMEOUT};
 use super::ledger::Flags;
-use super::policy::lists;
+use super::policy::{Hooks, Step};
 use super::room::{IN_FLIGHT_MESSAGES, holding};
 use super::streams::Streams;
 
@@ -61,15 +61,14 @@ pub(super) async fn dispatch_plain(core: &Arc<Core>, line: Bytes) {
 async fn dispatch_request(core: &Arc<Core>, env: Envelope<'_>, line: &Bytes) {
     let method = env.method.as_deref().unwrap_or_default();
     let params = env.params();
-    let headers = core.policies.params.request_headers(method, &params);
     let init = method == "initialize";
-    // A stateless-era list still fresh in the cache costs the server nothing.
-    let list_key = (headers.is_modern() && lists::cacheable(method)).then(|| lists::key(method, &params));
-    if let Some(cached) = list_key.as_deref().and_then(|k| core.policies.lists.get(k))
-        && let Some(id) = env.id
-    {
-        return core.ledger.write(crate::era::response_with_id(id, "result", &cached).into()).await;
-    }
+    let (headers, hooks) = match core.policies.request(method, &params) {
+        Step::Pass(headers, hooks) => (headers, hooks),
+        Step::Answer(result) => {
+            let Some(id) = env.id else { return };
+            return core.ledger.write(crate::era::response_with_id(id, "result", &result).into()).await;
+        }
+    };
     let Some(room) = core.room.now(line.len()) else {
         let mut err = LocalError::new(
             OVERLOADED,
@@ -88,12 +87,8 @@ async fn dispatch_request(core: &Arc<Core>, env: Envelope<'_>, line: &Bytes) {
         core.request_timeout
     };
     let modern = headers.is_modern();
-    let flags =
-        Flags { initialize: init, modern, lists_tools: modern && method == "tools/list", internal: false };
-    let Some((key, id)) = core.ledger.open(&env, flags) else { return };
-    if let Some(list_key) = list_key {
-        core.ledger.set_list_key(&key, list_key);
-    }
+    let flags = Flags { initialize: init, modern, internal: false };
+    let Some((key, id)) = core.ledger.open(&env, flags, hooks) else { return };
     if init {
         core.link.keep_init_line(line.clone());
     }
@@ -159,7 +154,7 @@ async fn dispatch_batch(core: &Arc<Core>, line: Bytes) {
         match env.as_ref().map(|e| (e.kind(), e)) {
             Ok((Ok(kind), env)) => {
                 if kind == Kind::Request {
-                    match core.ledger.open(env, Flags::default()) {
+                    match core.ledger.open(env, Flags::default(), Hooks::default()) {
                         Some(entry) => ids.push(entry),
                         None => continue,
                     }
