@@ -24,12 +24,9 @@ use crate::upstream::{MAX_ERROR_BODY_BYTES, jsonrpc_error, sse};
 use super::core::{Core, bad_response, unreadable};
 use super::ledger::Flags;
 use super::policy::Hooks;
-use super::reply::{self, BodyError, read_body};
+use super::reply::{self, BodyError, Resumption, read_body};
 use super::room::holding;
-use super::streams::{MAX_SSE_RETRY, Streams};
-
-/// How many times a broken reply stream is resumed with Last-Event-ID (T-23).
-const MAX_RESUMPTIONS: u32 = 3;
+use super::streams::Streams;
 
 /// Sends one request (or batch) and sees that each of its ids is answered.
 pub(super) async fn run_request(
@@ -470,37 +467,6 @@ fn after_error(
     Next::Give
 }
 
-/// Where a broken reply stream can be resumed from (T-23, T-24).
-#[derive(Default)]
-struct Resumption {
-    last_id: Option<String>,
-    retry: Option<Duration>,
-    resumed: u32,
-}
-
-impl Resumption {
-    /// Keeps the event's id and `retry`.
-    fn saw(&mut self, event: &sse_stream::Sse) {
-        if let Some(id) = &event.id {
-            self.last_id = Some(id.clone());
-        }
-        if let Some(ms) = event.retry {
-            self.retry = Some(Duration::from_millis(ms));
-        }
-    }
-
-    /// The event id to resume after and the wait before, if the stream may be resumed: only in
-    /// the handshake era (2026-07-28 has no resumption), only with an id, at most
-    /// [`MAX_RESUMPTIONS`] times.
-    fn next_try(&mut self, modern: bool) -> Option<(String, Duration)> {
-        let id = self.last_id.clone().filter(|_| !modern && self.resumed < MAX_RESUMPTIONS)?;
-        self.resumed += 1;
-        let wait =
-            self.retry.unwrap_or(Duration::from_millis(1000) * (self.resumed + 1) / 2).min(MAX_SSE_RETRY);
-        Some((id, wait))
-    }
-}
-
 /// Whether `body` is a JSON-RPC error response and nothing else (no `result`, no `method`).
 fn is_error_response(body: &[u8]) -> bool {
     std::str::from_utf8(body)
@@ -553,6 +519,7 @@ mod future_sizes {
 #[cfg(test)]
 mod decisions {
     use super::*;
+    use crate::proxy::reply::{MAX_RESUMPTIONS, MAX_SSE_RETRY};
     use reqwest::header::HeaderValue;
 
     fn modern(version: &str) -> MessageHeaders {

@@ -4,6 +4,8 @@
 use bytes::Bytes;
 use futures_util::StreamExt;
 use reqwest::header::{CONTENT_TYPE, HeaderMap};
+use std::time::Duration;
+
 use tokio::time::{Instant, timeout_at};
 
 use crate::envelope::{Envelope, Kind};
@@ -29,6 +31,12 @@ pub(super) async fn first_response(
     }
     None
 }
+
+/// The longest `retry:` of a server's event stream obeyed (T-24): the reconnection hint of a
+/// healthy server is seconds; `retry: 4000000000` must not leave a request unanswered for weeks.
+pub(super) const MAX_SSE_RETRY: Duration = Duration::from_secs(60);
+/// How many times a broken reply stream is resumed with Last-Event-ID (T-23).
+pub(super) const MAX_RESUMPTIONS: u32 = 3;
 
 /// Whether a reply is an event stream (its media type, in any case).
 pub(super) fn is_event_stream(headers: &HeaderMap) -> bool {
@@ -85,4 +93,36 @@ pub(super) async fn read_body(
             body.into()
         }
     })
+}
+
+/// Where a broken event stream can be resumed from (T-23, T-24): the last event id and the
+/// server's `retry`. The reply stream of a request and the GET stream keep one each.
+#[derive(Default)]
+pub(super) struct Resumption {
+    pub(super) last_id: Option<String>,
+    pub(super) retry: Option<Duration>,
+    resumed: u32,
+}
+
+impl Resumption {
+    /// Keeps the event's id and `retry`.
+    pub(super) fn saw(&mut self, event: &sse_stream::Sse) {
+        if let Some(id) = &event.id {
+            self.last_id = Some(id.clone());
+        }
+        if let Some(ms) = event.retry {
+            self.retry = Some(Duration::from_millis(ms));
+        }
+    }
+
+    /// The event id to resume after and the wait before, if the stream may be resumed: only in
+    /// the handshake era (2026-07-28 has no resumption), only with an id, at most
+    /// [`MAX_RESUMPTIONS`] times.
+    pub(super) fn next_try(&mut self, modern: bool) -> Option<(String, Duration)> {
+        let id = self.last_id.clone().filter(|_| !modern && self.resumed < MAX_RESUMPTIONS)?;
+        self.resumed += 1;
+        let wait =
+            self.retry.unwrap_or(Duration::from_millis(1000) * (self.resumed + 1) / 2).min(MAX_SSE_RETRY);
+        Some((id, wait))
+    }
 }

@@ -15,7 +15,7 @@ use tokio::time::timeout;
 use tracing::{debug, info, warn};
 
 use super::link::Link;
-use super::reply::{LegacyEvents, is_event_stream};
+use super::reply::{LegacyEvents, MAX_SSE_RETRY, Resumption, is_event_stream};
 use crate::envelope::{ErrorKind, LocalError, UPSTREAM_ERROR};
 use crate::ratelimit::{Admission, Use};
 use crate::retry;
@@ -24,9 +24,6 @@ use crate::upstream::sse;
 
 /// How long the HTTP+SSE stream may take to announce its endpoint (T-61).
 const LEGACY_ENDPOINT_TIMEOUT: Duration = Duration::from_secs(10);
-/// The longest `retry:` of a server's event stream obeyed (T-24): the reconnection hint of a
-/// healthy server is seconds; `retry: 4000000000` must not leave a request unanswered for weeks.
-pub(super) const MAX_SSE_RETRY: Duration = Duration::from_secs(60);
 /// The longest a stream for server messages sits out a rate-limit deadline before it looks at
 /// the gate again (the deadline may have been cleared by a success meanwhile).
 const MAX_STREAM_HOLD: Duration = Duration::from_secs(60);
@@ -198,8 +195,8 @@ impl Streams {
     /// server says it has none (405/404) or it fails repeatedly.
     async fn listen<H: Host>(host: Arc<H>) {
         let (link, streams) = (host.link(), host.streams());
-        let mut last_event_id: Option<String> = None;
-        let mut retry: Option<Duration> = None;
+        // The last event id and the server's `retry` (T-23, T-24), kept across reopenings.
+        let mut resumption = Resumption::default();
         let mut failures = 0u32;
         let mut problem = String::from("the stream ended");
         loop {
@@ -215,7 +212,7 @@ impl Streams {
             };
             // What a 429 asked to wait, on top of the usual pause before the next try.
             let mut asked_wait = Duration::ZERO;
-            let opened = link.up.get_stream(last_event_id.as_deref()).send().await;
+            let opened = link.up.get_stream(resumption.last_id.as_deref()).send().await;
             match &opened {
                 Ok(r) => link.answered(&admitted, r.headers()).await,
                 // Issue 21.5: not sent, or no answer: the unit goes back.
@@ -232,7 +229,7 @@ impl Streams {
                 Ok(r) if r.status().is_success() => {
                     link.gate.succeeded(&admitted).await;
                     drop(admitted);
-                    if Self::read_get_stream(&host, r, &mut last_event_id, &mut retry).await {
+                    if Self::read_get_stream(&host, r, &mut resumption).await {
                         failures = 0;
                     }
                 }
@@ -259,7 +256,8 @@ impl Streams {
                 return;
             }
             // The server's `retry` (bounded, T-24), else backoff; never less than a 429 asked.
-            let pause = retry
+            let pause = resumption
+                .retry
                 .map_or(Duration::from_millis(500) * 2u32.pow(failures), |r| r.min(MAX_SSE_RETRY))
                 .max(asked_wait);
             tokio::time::sleep(pause).await;
@@ -292,19 +290,13 @@ impl Streams {
     async fn read_get_stream<H: Host>(
         host: &Arc<H>,
         r: reqwest::Response,
-        last_event_id: &mut Option<String>,
-        retry: &mut Option<Duration>,
+        resumption: &mut Resumption,
     ) -> bool {
         let mut any = false;
         let mut events = sse::decode(r.bytes_stream(), host.streams().max_message);
         while let Some(Ok(event)) = events.next().await {
             any = true;
-            if let Some(id) = &event.id {
-                *last_event_id = Some(id.clone());
-            }
-            if let Some(ms) = event.retry {
-                *retry = Some(Duration::from_millis(ms));
-            }
+            resumption.saw(&event);
             if sse::is_message(&event) {
                 H::deliver_body(host, Bytes::from(event.data.unwrap_or_default())).await;
             }
