@@ -1,7 +1,7 @@
 //! The era bridge: a handshake-era client (it opens with `initialize`) talking to a server of
 //! the stateless era (2026-07-28), which has no handshake, no sessions and no server requests.
 //!
-//! Each client's own era goes first ([`Proxy::settle_era`]): its `initialize` is forwarded as
+//! Each client's own era goes first ([`settle_era`]): its `initialize` is forwarded as
 //! it came, and only a server that refuses it the stateless way (T-62), and then answers a
 //! `server/discover` probe with a `DiscoverResult`, gets a bridge; that refusal is remembered
 //! per endpoint in the state dir for a day, so the next run probes first. A dual-era server
@@ -15,7 +15,7 @@
 //! implies (T-13, T-14), is retried once with a version the server lists after `-32022`, and
 //! each `input_required` round (T-31) is played with the client as the handshake-era requests it
 //! stands for. The client sees one response under its own id. Sending goes through
-//! [`Proxy::call`], so rate limits, retries and sign-in work exactly as for forwarded requests.
+//! `exchange::call`, so rate limits, retries and sign-in work exactly as for forwarded requests.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};

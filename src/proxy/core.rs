@@ -58,7 +58,7 @@ pub(super) struct Core {
     /// The stream for server messages.
     pub(super) streams: Streams,
     pub(super) shutting_down: AtomicBool,
-    /// Room for the bytes of messages in flight, [`IN_FLIGHT_MESSAGES`] × `max_message`.
+    /// Room for the bytes of messages in flight, [`super::room::IN_FLIGHT_MESSAGES`] × `max_message`.
     pub(super) room: Room,
     /// The eras of client and server, and the bridge between them when they differ.
     pub(super) eras: Eras,
@@ -149,7 +149,7 @@ impl Core {
         self.deliver_from(bytes, None).await
     }
 
-    /// [`Proxy::deliver`] for a message that came on the reply stream of request `owner` (the
+    /// [`Core::deliver`] for a message that came on the reply stream of request `owner` (the
     /// reverse bridge ties a server request to the request it belongs to).
     pub(super) async fn deliver_from(self: &Arc<Self>, bytes: Bytes, owner: Option<&IdKey>) -> Delivered {
         trace!(body = %String::from_utf8_lossy(&bytes), "from server");
@@ -246,7 +246,7 @@ impl Core {
         self.deliver_body_from(body, None).await
     }
 
-    /// [`Proxy::deliver_body`] for a body that came on the reply stream of request `owner`.
+    /// [`Core::deliver_body`] for a body that came on the reply stream of request `owner`.
     pub(super) async fn deliver_body_from(self: &Arc<Self>, body: Bytes, owner: Option<&IdKey>) -> bool {
         if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'[') {
             return self.deliver_from(body, owner).await == Delivered::Progress;

@@ -1,8 +1,8 @@
 //! The proxy between stdin and the server: each line read goes down once, through the era
 //! adapter chosen once for the run, and its answer comes back once.
 //!
-//! [`Proxy`] is what the read loop owns: the shared [`core::Core`] and the era adapter
-//! ([`Front`]), set once the client's first request has settled the eras. The stages, each in
+//! [`Proxy`] is what the read loop owns: the shared `core::Core` and the era adapter
+//! (`Front`), set once the client's first request has settled the eras. The stages, each in
 //! its own file and each owning its state (ARCHITECTURE.md has the map):
 //!
 //! - `router` turns a line of the same era into a ledger entry and a task; `exchange` runs that

@@ -71,7 +71,7 @@ pub(super) async fn probe(core: &Arc<Core>, mut meta: ClientMeta) -> Probe {
     Probe::Speaks(Era::Handshake)
 }
 
-/// [`Proxy::probe`], unless a probe failed a moment ago (`None`): see [`probe_backoff`].
+/// [`probe`], unless a probe failed a moment ago (`None`): see `eras::probe_backoff`.
 pub(super) async fn probe_when_due(core: &Arc<Core>, meta: ClientMeta) -> Option<Probe> {
     if !core.eras.probe_due() {
         debug!("the era probe failed a moment ago; not asking again yet");

@@ -1,7 +1,7 @@
 //! The era bridge the other way: a stateless-era client (per-request `_meta`, no handshake)
 //! talking to a server of the handshake era only.
 //!
-//! The client's first stateless request settles it ([`Proxy::settle_stateless_client`]): the
+//! The client's first stateless request settles it ([`settle_stateless_client`]): the
 //! server's era comes from the state dir, or from the answer to the client's own
 //! `server/discover` (else a probe of ours, T-62). For a handshake-only server the sidecar
 //! performs `initialize` upstream with the client's capabilities and info (S-09), answers
@@ -149,7 +149,7 @@ pub(super) async fn settle_stateless_client(core: &Arc<Core>, line: &Bytes) -> (
 
 /// Remembers what a stateless client's request taught: a refusal (the handshake era only),
 /// or that the server takes the stateless era. Only a refusal of the handshake itself, seen
-/// by [`Proxy::settle_era`], is remembered as the stateless era only.
+/// by `bridge::settle_era`, is remembered as the stateless era only.
 async fn learned(core: &Core, found: Era) {
     let stored = if found == Era::Handshake { Era::Handshake } else { Era::Both };
     core.eras.remember(stored).await;
