@@ -225,7 +225,8 @@ pub(super) async fn settle_era(core: &Arc<Core>, line: &Bytes) -> (bool, Option<
         }
     }
     core.link.keep_init_line(line.clone());
-    let answer = exchange::call(core, line.clone(), false, true, core.request_timeout, "initialize").await;
+    let answer =
+        exchange::call(core, line.clone(), false, true, core.limits.request_timeout, "initialize").await;
     if refuses_the_handshake(&answer)
         && !modern
         && let Some(Probe::Stateless { discover, meta }) = probe::probe_when_due(core, meta()).await
@@ -502,20 +503,21 @@ async fn bridged_rounds(
         let body = era::rewrite_request(method, env.params, &id, &add).map_err(|e| {
             LocalError::new(INVALID_REQUEST, ErrorKind::InvalidRequest, format!("invalid params: {e}"))
         })?;
-        let answer = match exchange::call(core, body.into(), true, false, core.request_timeout, what).await {
-            // A broken stream loses the request in this era; one that changes nothing is
-            // asked again under a new id, once (T-23). Others may have been processed.
-            Err(e)
-                if matches!(e.kind, ErrorKind::StreamEnded | ErrorKind::BadResponse)
-                    && !reissued
-                    && IDEMPOTENT.contains(&method) =>
-            {
-                debug!(what, "the stream broke; asking again with a new id");
-                reissued = true;
-                continue;
-            }
-            other => other?,
-        };
+        let answer =
+            match exchange::call(core, body.into(), true, false, core.limits.request_timeout, what).await {
+                // A broken stream loses the request in this era; one that changes nothing is
+                // asked again under a new id, once (T-23). Others may have been processed.
+                Err(e)
+                    if matches!(e.kind, ErrorKind::StreamEnded | ErrorKind::BadResponse)
+                        && !reissued
+                        && IDEMPOTENT.contains(&method) =>
+                {
+                    debug!(what, "the stream broke; asking again with a new id");
+                    reissued = true;
+                    continue;
+                }
+                other => other?,
+            };
         let reply = Envelope::parse(&answer).map_err(|_| unreadable())?;
         if let Some(error) = reply.error {
             // -32022: the version we chose is not the server's; once, with one it lists.
@@ -577,7 +579,7 @@ async fn ask_client(
         };
         // A client that never answers cannot hold the request for ever: it has as long as
         // any request has (`--request-timeout`).
-        let line = match timeout(core.request_timeout, rx).await {
+        let line = match timeout(core.limits.request_timeout, rx).await {
             Ok(answer) => answer.map_err(|_| gone())?,
             Err(_) => {
                 let mut err = LocalError::new(
@@ -586,7 +588,7 @@ async fn ask_client(
                     format!(
                         "the server needs {} from the client to finish this request, and the client did not answer within {} (--request-timeout)",
                         request.method,
-                        retry::human(core.request_timeout)
+                        retry::human(core.limits.request_timeout)
                     ),
                 );
                 err.request_sent = Some(true);

@@ -46,21 +46,31 @@ pub(super) trait Inbound: Send + Sync {
     }
 }
 
+/// The per-message limits of the run (plain settings, copied down from the config).
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Limits {
+    /// `--request-timeout`: how long the server has for each request.
+    pub(super) request_timeout: Duration,
+    /// `--max-message-bytes`: the largest message either way.
+    pub(super) max_message: usize,
+}
+
 /// The shared state of one proxy run.
 pub(super) struct Core {
     /// The way to the server: gate, retries, token and session renewal.
     pub(super) link: Link,
     /// The requests in flight and stdout: who answers each id.
     pub(super) ledger: Ledger,
+    /// The tasks of requests and one-way messages, waited for at shutdown.
     pub(super) tasks: TaskTracker,
-    pub(super) request_timeout: Duration,
-    pub(super) max_message: usize,
+    /// `--request-timeout` and `--max-message-bytes`.
+    pub(super) limits: Limits,
     /// The stream for server messages.
     pub(super) streams: Streams,
     pub(super) shutting_down: AtomicBool,
     /// Room for the bytes of messages in flight, [`super::room::IN_FLIGHT_MESSAGES`] × `max_message`.
     pub(super) room: Room,
-    /// The eras of client and server, and the bridge between them when they differ.
+    /// What is known of the server's era (the adapter itself is the `Proxy`'s `Front`).
     pub(super) eras: Eras,
     /// The era adapter's view of server messages, once a bridge is in use.
     pub(super) inbound: OnceLock<Arc<dyn Inbound>>,
@@ -83,8 +93,7 @@ impl Core {
             link: Link::new(up, gate, config),
             ledger: Ledger::new(out),
             tasks: TaskTracker::new(),
-            request_timeout,
-            max_message,
+            limits: Limits { request_timeout, max_message },
             streams: Streams::new(max_message, request_timeout),
             shutting_down: AtomicBool::new(false),
         });
@@ -285,7 +294,7 @@ impl Core {
     pub(super) fn too_large(&self) -> LocalError {
         let mut err = bad_response(format!(
             "the server's answer is larger than --max-message-bytes ({}): raise the limit",
-            self.max_message
+            self.limits.max_message
         ));
         err.kind = ErrorKind::MessageTooLarge;
         err

@@ -131,7 +131,7 @@ async fn post_until_answered(
         if next == Next::Relist {
             tried.relisted = true;
             let params = &core.policies.params;
-            if Box::pin(params.relist_tools(&core.link, body, limit, core.max_message)).await {
+            if Box::pin(params.relist_tools(&core.link, body, limit, core.limits.max_message)).await {
                 let env = Envelope::parse(body).map_err(|_| bad_response("unreadable request".into()))?;
                 headers.to_mut().params = params.param_headers(&env.params());
                 continue;
@@ -167,7 +167,7 @@ async fn read_events(
     attempt: &Attempt<'_>,
 ) -> Result<Instant, LocalError> {
     let limit = attempt.limit;
-    let mut events = sse::decode(response.bytes_stream(), core.max_message);
+    let mut events = sse::decode(response.bytes_stream(), core.limits.max_message);
     // Resumption state (T-23, T-24): the last event id and the server's `retry`.
     let mut resumption = Resumption::default();
     loop {
@@ -183,7 +183,7 @@ async fn read_events(
                 };
                 match (resumed, broken) {
                     (Some(r), _) => {
-                        events = sse::decode(r.bytes_stream(), core.max_message);
+                        events = sse::decode(r.bytes_stream(), core.limits.max_message);
                         continue;
                     }
                     (None, Some(e)) => return Err(core.stream_error(&e)),
@@ -214,7 +214,7 @@ async fn read_json(
     limit: Duration,
 ) -> Result<(), LocalError> {
     let content_type = response.headers().get(CONTENT_TYPE).cloned();
-    let body = match read_body(response, core.max_message, deadline).await {
+    let body = match read_body(response, core.limits.max_message, deadline).await {
         Ok(body) => body,
         Err(BodyError::Timeout) => return Err(core.link.up.timeout_error(limit)),
         Err(BodyError::TooLarge) => return Err(core.too_large()),
@@ -305,7 +305,7 @@ pub(super) async fn send_one_way(
     headers: MessageHeaders,
     what: String,
 ) -> bool {
-    match core.link.send(&body, &headers, false, core.request_timeout, &what).await {
+    match core.link.send(&body, &headers, false, core.limits.request_timeout, &what).await {
         Err(err) => {
             core.ledger.report_with(&err, &format!("{what} was not delivered"));
             false

@@ -167,7 +167,7 @@ impl Proxy {
                     ErrorKind::MessageTooLarge,
                     format!(
                         "the message is {len} bytes, more than --max-message-bytes ({}) allows: raise the limit or send less",
-                        self.core.max_message
+                        self.core.limits.max_message
                     ),
                 );
                 self.core.ledger.refuse(id.as_deref(), &err).await;

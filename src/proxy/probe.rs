@@ -31,7 +31,7 @@ pub(super) fn reread(line: &[u8]) -> Result<(Envelope<'_>, &RawValue), LocalErro
 /// Asks the server `server/discover` (S-09, T-62), once more after `-32022` with a version it
 /// lists.
 pub(super) async fn probe(core: &Arc<Core>, mut meta: ClientMeta) -> Probe {
-    let limit = core.request_timeout.min(DISCOVER_TIMEOUT);
+    let limit = core.limits.request_timeout.min(DISCOVER_TIMEOUT);
     for attempt in 0..2 {
         let (_, id) = core.own_id();
         let body = match era::rewrite_request(

@@ -116,7 +116,7 @@ pub(super) async fn settle_stateless_client(core: &Arc<Core>, line: &Bytes) -> (
         Some(found) => found,
         None if method == "server/discover" => {
             // The client's own probe is ours too: its answer decides.
-            let limit = core.request_timeout.min(DISCOVER_TIMEOUT);
+            let limit = core.limits.request_timeout.min(DISCOVER_TIMEOUT);
             let answer = exchange::call(core, line.clone(), false, false, limit, "server/discover").await;
             let found = discover_verdict(&answer);
             if found != Some(Era::Handshake) {
@@ -211,7 +211,7 @@ async fn start_reverse(core: &Arc<Core>, meta: Option<&RawValue>) -> Result<Arc<
         init,
         true,
         true,
-        core.request_timeout,
+        core.limits.request_timeout,
         "initialize (for a stateless-era client)",
     )
     .await?;
@@ -371,7 +371,7 @@ async fn reverse_request(
             reverse.asks.locked().insert(upstream.clone(), tx);
             reverse.upstream_of.locked().insert(key.clone(), upstream.clone());
             let me = core.clone();
-            let (what, limit) = (what.to_owned(), core.request_timeout);
+            let (what, limit) = (what.to_owned(), core.limits.request_timeout);
             // The way to the client's answers goes with the upstream call, however it ends
             // (answered, given up, cancelled: issue 21.13, an entry per cancelled request
             // stayed for ever).
@@ -421,7 +421,7 @@ async fn park(
         let (reverse, token, me) = (reverse.clone(), token.clone(), core.clone());
         AbortOnDropHandle::new(tokio::spawn(async move {
             // As long as any request may take (`--request-timeout`).
-            tokio::time::sleep(me.request_timeout).await;
+            tokio::time::sleep(me.limits.request_timeout).await;
             let parked = reverse.parked.locked().remove(&token);
             if let Some(parked) = parked {
                 debug!("a parked request was given up: the client did not come back with the answers");

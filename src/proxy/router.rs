@@ -82,9 +82,9 @@ async fn dispatch_request(core: &Arc<Core>, env: Envelope<'_>, line: &Bytes) {
         return core.ledger.refuse(env.id, &err).await;
     };
     let limit = if method == "server/discover" {
-        core.request_timeout.min(DISCOVER_TIMEOUT)
+        core.limits.request_timeout.min(DISCOVER_TIMEOUT)
     } else {
-        core.request_timeout
+        core.limits.request_timeout
     };
     let modern = headers.is_modern();
     let flags = Flags { initialize: init, modern, internal: false };
@@ -193,7 +193,7 @@ async fn dispatch_batch(core: &Arc<Core>, line: Bytes) {
             super::exchange::send_one_way(core.clone(), body, MessageHeaders::default(), "batch".into()),
         ));
     } else {
-        let limit = core.request_timeout;
+        let limit = core.limits.request_timeout;
         let what = format!("a batch of {}", valid.len());
         core.tasks.spawn(holding(
             room,
