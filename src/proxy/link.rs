@@ -53,11 +53,12 @@ pub type WaitObserver = Box<dyn Fn(Duration, &str) + Send + Sync>;
 pub(super) type Sent = (reqwest::Response, bool, Instant);
 
 /// What comes after one try of a send.
+#[allow(clippy::large_enum_variant)] // moved once per try, never stored: a box would cost a malloc per request
 enum Next {
     /// Send it again.
     Again,
     /// This is the answer.
-    Done(Box<Sent>),
+    Done(Sent),
 }
 
 /// The retries one send has spent, each against its own bound.
@@ -165,7 +166,7 @@ impl Link {
         loop {
             match self.try_once(body, headers, initialize, limit, what, &mut tries).await? {
                 Next::Again => continue,
-                Next::Done(sent) => return Ok(*sent),
+                Next::Done(sent) => return Ok(sent),
             }
         }
     }
@@ -202,17 +203,23 @@ impl Link {
             }
             Ok(Err(e)) => {
                 self.gate.answered(&admitted, None).await;
-                return self.not_sent(&e, tries, what).await;
+                return Box::pin(self.not_sent(&e, tries, what)).await;
             }
             Ok(Ok(r)) => r,
         };
         // Issue 11: what the answer says of the server's budget (and the unit this request took
         // from it) goes back to the gate, whatever the status.
         self.answered(&admitted, response.headers()).await;
-        if let Some(o) = oauth
-            && self.token_refused(o, &response, token.as_ref(), tries, limit).await?
-        {
-            return Ok(Next::Again);
+        if let Some(o) = oauth {
+            // Issue 14: a DPoP nonce the server hands out goes into the next proofs.
+            let nonce = response.headers().get(&crate::net::DPOP_NONCE).and_then(|n| n.to_str().ok());
+            let nonce_given = nonce.is_some_and(|n| o.dpop_nonce(response.url(), n));
+            if matches!(response.status(), StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN)
+                && Box::pin(self.token_refused(o, &response, nonce_given, token.as_ref(), tries, limit))
+                    .await?
+            {
+                return Ok(Next::Again);
+            }
         }
         // T-12: a 404 for a request that carried the session id means the session is gone.
         // A request in flight may meet several expiries under load; a server that drops every
@@ -230,9 +237,9 @@ impl Link {
         }
         if !retry::asks_to_wait(response.status(), response.headers()) {
             self.passed(&admitted, &response).await;
-            return Ok(Next::Done(Box::new((response, sent_session, deadline))));
+            return Ok(Next::Done((response, sent_session, deadline)));
         }
-        self.wait_as_asked(response, &admitted, deadline, what, tries).await
+        Box::pin(self.wait_as_asked(response, &admitted, deadline, what, tries)).await
     }
 
     /// A send that failed before any answer: sent again after a backoff when it provably did
@@ -260,24 +267,18 @@ impl Link {
     }
 
     /// Issues 5 and 14: whether a 401 or 403 was dealt with so that the request goes again
-    /// (it was not processed): a DPoP nonce handed out with `use_dpop_nonce` (RFC 9449 §9), or
-    /// a renewed token (stored, refreshed, or a new sign-in, within their bounds).
+    /// (it was not processed): a DPoP nonce handed out (`nonce_given`) with `use_dpop_nonce`
+    /// (RFC 9449 §9), or a renewed token (stored, refreshed, or a new sign-in, within bounds).
     async fn token_refused(
         &self,
         o: &OAuth,
         response: &reqwest::Response,
+        nonce_given: bool,
         token: Option<&reqwest::header::HeaderValue>,
         tries: &mut Tries,
         limit: Duration,
     ) -> Result<bool, LocalError> {
-        // A DPoP nonce the server hands out goes into the next proofs.
-        let nonce = response.headers().get(&crate::net::DPOP_NONCE);
-        let nonce_given =
-            nonce.and_then(|n| n.to_str().ok()).is_some_and(|n| o.dpop_nonce(response.url(), n));
         let status = response.status();
-        if !matches!(status, StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN) {
-            return Ok(false);
-        }
         let values: Vec<&str> =
             response.headers().get_all(WWW_AUTHENTICATE).iter().filter_map(|v| v.to_str().ok()).collect();
         let challenge = crate::auth::challenge::bearer(&values);
