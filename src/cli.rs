@@ -400,6 +400,11 @@ pub struct Args {
     #[arg(short = 'q', long = "quiet", action = clap::ArgAction::Count, conflicts_with = "verbose")]
     pub quiet: u8,
 
+    /// Set by `install` (not a flag): the settings are read to be written into a client's config,
+    /// so a missing key is to be exported before install runs, not put in the "env" block by hand.
+    #[arg(skip)]
+    pub installing: bool,
+
     /// How much to log on stderr: error, warn, info, debug or trace (bodies only at trace).
     #[arg(long, value_name = "LEVEL", env = "MCP_SIDECAR_LOG_LEVEL", default_value = "info")]
     pub log_level: LogLevel,

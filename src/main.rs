@@ -50,7 +50,8 @@ fn main() -> ExitCode {
         }),
         Some(Command::Install(i)) => {
             let args = i.args.clone();
-            subcommand(i.args, |config, _| {
+            let installing = Args { installing: true, ..i.args };
+            subcommand(installing, |config, _| {
                 let request = install::Request {
                     client: i.client,
                     name: i.name.as_deref(),

@@ -410,23 +410,35 @@ fn merge_entry(path: &Path, name: &str, entry: Value, dry_run: bool, then: &str)
         eprintln!("mcp-sidecar: cannot create {} ({e})", dir.display());
         return FAILED;
     }
+    let mut backup = None;
     if let Some((bytes, _)) = &old {
-        let stamp = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
-        let backup = path.with_extension(format!("json.bak-{stamp}"));
-        if let Err(e) = write_private(&backup, bytes) {
-            eprintln!("mcp-sidecar: cannot back up {} ({e}); nothing was changed", path.display());
-            return FAILED;
+        match write_backup(path, bytes) {
+            Ok(saved) => {
+                eprintln!("mcp-sidecar: the old config is saved as {}", saved.display());
+                backup = Some(saved);
+            }
+            Err(e) => {
+                eprintln!("mcp-sidecar: cannot back up {} ({e}); nothing was changed", path.display());
+                return FAILED;
+            }
         }
-        eprintln!("mcp-sidecar: the old config is saved as {}", backup.display());
     }
     let text = serde_json::to_string_pretty(&doc).unwrap_or_default() + "\n";
     let tmp = path.with_extension("json.tmp");
     match write_private(&tmp, text.as_bytes()).and_then(|()| std::fs::rename(&tmp, path)) {
         Ok(()) => {
-            eprintln!("mcp-sidecar: {verb}ed \"{name}\" in {}; {then}", path.display());
+            match (replaced, &backup) {
+                // Issue 23.9: an entry of the same name is replaced, and said so.
+                (true, Some(saved)) => eprintln!(
+                    "mcp-sidecar: replaced the existing \"{name}\" in {} (the old one is in {}); {then}",
+                    path.display(),
+                    saved.display()
+                ),
+                (true, None) => {
+                    eprintln!("mcp-sidecar: replaced the existing \"{name}\" in {}; {then}", path.display())
+                }
+                (false, _) => eprintln!("mcp-sidecar: added \"{name}\" in {}; {then}", path.display()),
+            }
             OK
         }
         Err(e) => {
@@ -435,6 +447,32 @@ fn merge_entry(path: &Path, name: &str, entry: Value, dry_run: bool, then: &str)
             FAILED
         }
     }
+}
+
+/// Saves `bytes` (the config as it was) beside `path` under a name no other backup has
+/// (issue 23.9: two installs within one second overwrote the original's backup): `.bak-<epoch>`,
+/// else `.bak-<epoch>-2`, `-3`, …, each created only if it does not exist yet.
+fn write_backup(path: &Path, bytes: &[u8]) -> std::io::Result<std::path::PathBuf> {
+    let stamp =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    for n in 1..=1000u32 {
+        let suffix = if n == 1 { format!("json.bak-{stamp}") } else { format!("json.bak-{stamp}-{n}") };
+        let backup = path.with_extension(suffix);
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create_new(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+        match options.open(&backup) {
+            Ok(mut f) => {
+                f.write_all(bytes)?;
+                f.sync_all()?;
+                return Ok(backup);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Err(std::io::Error::other("a thousand backups of this second exist already"))
 }
 
 /// Writes a file only its owner can read (it may hold a key).

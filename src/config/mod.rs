@@ -255,7 +255,7 @@ fn resolve_api_key(
     };
     match key_env {
         Some(name) => {
-            let key = read_key(&name, env, cli.preset)?;
+            let key = read_key(&name, env, cli.preset, cli.installing)?;
             if let Some(p) = preset
                 && !p.key_prefixes.iter().any(|pre| key.expose_secret().starts_with(pre))
             {
@@ -724,10 +724,15 @@ fn read_key(
     name: &str,
     env: &dyn Fn(&str) -> Option<String>,
     preset: Option<Preset>,
+    installing: bool,
 ) -> Result<SecretString, ConfigError> {
     let example = preset.map_or("your-key", |p| p.spec().key_prefixes[0]);
     let suffix = if preset.is_some() { "..." } else { "" };
     match env(name) {
+        // Issue 23.9: `install` writes the key into the client's "env" block itself.
+        None if installing => Err(ConfigError(format!(
+            "{name} is not set: export it (export {name}={example}{suffix}) and run install again: it copies the key into the \"env\" block of the client's config for you (or name another variable with --api-key-env)"
+        ))),
         None => Err(ConfigError(format!(
             "{name} is not set: export it (export {name}={example}{suffix}) or put it in the \"env\" block of your MCP client's config, or name another variable with --api-key-env"
         ))),

@@ -215,6 +215,51 @@ async fn install_merges_into_claude_desktops_config_with_the_key_in_env_only() {
     assert_eq!(backup, before);
 }
 
+/// Issue 23.9: two installs within one second overwrote the original's backup (named by the
+/// second); a same-named entry was replaced with "replaceed" as the only word; a missing key sent
+/// install's users to edit the "env" block that install itself writes.
+#[tokio::test]
+async fn issue23_9_install_keeps_every_backup_and_says_what_it_replaced() {
+    let dir = temp("backups");
+    let file = dir.join("claude_desktop_config.json");
+    let original = json!({"mcpServers": {"investra": {"command": "old-sidecar", "args": ["--old"]}}});
+    std::fs::write(&file, serde_json::to_string_pretty(&original).unwrap()).unwrap();
+    // The names this second (and the next) would take are in use already: nothing may overwrite
+    // them, whatever the clock says when install runs.
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let taken: Vec<_> =
+        (now..now + 3).map(|s| dir.join(format!("claude_desktop_config.json.bak-{s}"))).collect();
+    for t in &taken {
+        std::fs::write(t, "an earlier backup").unwrap();
+    }
+    let f = file.to_string_lossy().into_owned();
+    let base = ["install", "--client", "claude-desktop", "--config-file", &f, "--preset", "investra"];
+    let env = [("INVESTRA_API_KEY", KEY)];
+    let (code, _, stderr) = run_command(&base, &env).await;
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stderr.contains("replaced the existing \"investra\""), "{stderr}");
+    assert!(!stderr.contains("replaceed"), "{stderr}");
+    let (code, _, stderr) = run_command(&base, &env).await;
+    assert_eq!(code, 0, "{stderr}");
+    for t in &taken {
+        assert_eq!(std::fs::read_to_string(t).unwrap(), "an earlier backup", "{} overwritten", t.display());
+    }
+    let backups: Vec<Value> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.to_string_lossy().contains(".bak-") && !taken.contains(p))
+        .map(|p| serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap())
+        .collect();
+    assert_eq!(backups.len(), 2, "one backup per install: {backups:?}");
+    assert!(backups.contains(&original), "the original config is kept: {backups:?}");
+
+    // A missing key: export it and run install again (install writes the env block).
+    let (code, _, stderr) = run_command(&base, &[]).await;
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("export INVESTRA_API_KEY=") && stderr.contains("run install again"), "{stderr}");
+    assert!(!stderr.contains("put it in the \"env\" block"), "{stderr}");
+}
+
 #[tokio::test]
 async fn install_for_claude_code_prints_the_command_without_the_key() {
     let (code, stdout, stderr) = run_command(
