@@ -427,18 +427,7 @@ fn merge_entry(path: &Path, name: &str, entry: Value, dry_run: bool, then: &str)
     let tmp = path.with_extension("json.tmp");
     match write_private(&tmp, text.as_bytes()).and_then(|()| std::fs::rename(&tmp, path)) {
         Ok(()) => {
-            match (replaced, &backup) {
-                // Issue 23.9: an entry of the same name is replaced, and said so.
-                (true, Some(saved)) => eprintln!(
-                    "mcp-sidecar: replaced the existing \"{name}\" in {} (the old one is in {}); {then}",
-                    path.display(),
-                    saved.display()
-                ),
-                (true, None) => {
-                    eprintln!("mcp-sidecar: replaced the existing \"{name}\" in {}; {then}", path.display())
-                }
-                (false, _) => eprintln!("mcp-sidecar: added \"{name}\" in {}; {then}", path.display()),
-            }
+            eprintln!("mcp-sidecar: {}; {then}", written(name, path, replaced, backup.as_deref()));
             OK
         }
         Err(e) => {
@@ -446,6 +435,19 @@ fn merge_entry(path: &Path, name: &str, entry: Value, dry_run: bool, then: &str)
             eprintln!("mcp-sidecar: cannot write {} ({e})", path.display());
             FAILED
         }
+    }
+}
+
+/// What was written, for people: an entry of the same name replaced is said so (issue 23.9).
+fn written(name: &str, path: &Path, replaced: bool, backup: Option<&Path>) -> String {
+    match (replaced, backup) {
+        (true, Some(saved)) => format!(
+            "replaced the existing \"{name}\" in {} (the old one is in {})",
+            path.display(),
+            saved.display()
+        ),
+        (true, None) => format!("replaced the existing \"{name}\" in {}", path.display()),
+        (false, _) => format!("added \"{name}\" in {}", path.display()),
     }
 }
 
