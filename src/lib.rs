@@ -71,6 +71,10 @@ pub enum RunError {
     /// Reading stdin failed.
     #[error("reading stdin failed: {0}")]
     Stdin(#[source] std::io::Error),
+    /// The client's `initialize` was answered only with errors: no MCP session started (the
+    /// reason went to the client and, once, to stderr).
+    #[error("no MCP session started: the client's initialize failed")]
+    Handshake,
 }
 
 /// Why the read loop stopped.
@@ -209,6 +213,7 @@ where
     }
     match stop {
         Stop::ReadError(e) => Err(RunError::Stdin(e)),
+        _ if proxy.handshake_failed() => Err(RunError::Handshake),
         _ => Ok(()),
     }
 }

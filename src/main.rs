@@ -136,6 +136,8 @@ fn proxy(args: Args) -> ExitCode {
     runtime.shutdown_background();
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        // Issue 23.1: the reason was answered to the client and said once on stderr already.
+        Err(mcp_sidecar::RunError::Handshake) => ExitCode::from(1),
         Err(e) => {
             eprintln!("mcp-sidecar: {e}");
             ExitCode::from(1)

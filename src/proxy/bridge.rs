@@ -211,6 +211,7 @@ pub(super) async fn settle_era(core: &Arc<Core>, line: &Bytes) -> (bool, Option<
                 return start_bridge(core, client_id.as_deref(), requested.as_deref(), discover, meta).await;
             }
             Some(Probe::Failed(err)) if modern => {
+                core.ledger.handshake(false);
                 core.ledger.answer_unopened(client_id.as_deref(), Err(err)).await;
                 return (true, None);
             }
@@ -234,9 +235,11 @@ pub(super) async fn settle_era(core: &Arc<Core>, line: &Bytes) -> (bool, Option<
         core.eras.remember(Era::Stateless).await;
         return start_bridge(core, client_id.as_deref(), requested.as_deref(), discover, meta).await;
     }
-    if answer.as_ref().is_ok_and(|bytes| era::response_error(bytes).is_none()) {
+    let answered = answer.as_ref().is_ok_and(|bytes| era::response_error(bytes).is_none());
+    if answered {
         core.eras.settle(Era::Handshake);
     }
+    core.ledger.handshake(answered);
     core.ledger.answer_unopened(client_id.as_deref(), answer).await;
     (true, None)
 }
@@ -275,6 +278,7 @@ async fn start_bridge(
         (Some(id), Ok(result)) => Ok(era::response_with_id(id, "result", &result).into()),
         _ => Err(bad_response("the server's discovery result cannot be read".into())),
     };
+    core.ledger.handshake(answer.is_ok());
     core.ledger.answer_unopened(client_id, answer).await;
     (true, Some(bridge))
 }

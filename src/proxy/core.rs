@@ -191,6 +191,9 @@ impl Core {
                         .protocol_version
                         .map(|v| v.into_owned())
                 });
+                if initialize {
+                    self.ledger.handshake(env.result.is_some());
+                }
                 drop(env);
                 let message = self.policies.answer(&hooks, bytes);
                 return self.hand_over(&key, message, captured, version).await;

@@ -11,7 +11,7 @@
 
 use std::collections::HashMap;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -80,7 +80,14 @@ pub(super) struct Ledger {
     local_errors: AtomicU64,
     /// Error kinds already logged at warn level: one line per problem, not per message.
     warned: Mutex<Vec<ErrorKind>>,
+    /// How the client's `initialize` was answered: [`NO_HANDSHAKE`], [`HANDSHAKE_OK`] (once is
+    /// enough) or [`HANDSHAKE_FAILED`] (only errors so far): the exit status says it (issue 23.1).
+    handshake: AtomicU8,
 }
+
+const NO_HANDSHAKE: u8 = 0;
+const HANDSHAKE_OK: u8 = 1;
+const HANDSHAKE_FAILED: u8 = 2;
 
 impl Ledger {
     pub(super) fn new(out: Outbox) -> Ledger {
@@ -90,7 +97,27 @@ impl Ledger {
             requests: AtomicU64::new(0),
             local_errors: AtomicU64::new(0),
             warned: Mutex::new(Vec::new()),
+            handshake: AtomicU8::new(NO_HANDSHAKE),
         }
+    }
+
+    /// Records how the client's `initialize` was answered: with a result (`ok`), or with an error.
+    pub(super) fn handshake(&self, ok: bool) {
+        if ok {
+            self.handshake.store(HANDSHAKE_OK, Ordering::Relaxed);
+        } else {
+            let _ = self.handshake.compare_exchange(
+                NO_HANDSHAKE,
+                HANDSHAKE_FAILED,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            );
+        }
+    }
+
+    /// Whether the client's `initialize` was answered, only ever with errors.
+    pub(super) fn handshake_failed(&self) -> bool {
+        self.handshake.load(Ordering::Relaxed) == HANDSHAKE_FAILED
     }
 
     /// Enters a client request. Returns its key and the receiver that wakes its task, or `None`
@@ -237,8 +264,9 @@ impl Ledger {
         let Some(id) = self.id_of(key) else { return };
         let message: Bytes = err.to_response(Some(&id)).into();
         let slot = self.out.reserve(message.len()).await;
-        if self.table.locked().remove(key).is_none() {
-            return;
+        let Some(entry) = self.table.locked().remove(key) else { return };
+        if entry.flags.initialize {
+            self.handshake(false);
         }
         self.local_errors.fetch_add(1, Ordering::Relaxed);
         self.report(err);
@@ -286,6 +314,7 @@ impl Ledger {
             if entry.flags.internal {
                 continue;
             }
+            // An `initialize` cut short by the end of the run did not fail: the run was stopped.
             let err = LocalError::new(
                 SHUTTING_DOWN,
                 ErrorKind::ShuttingDown,

@@ -32,6 +32,10 @@ use crate::upstream::{MAX_ERROR_BODY_BYTES, Upstream};
 /// error: once per expired session it met (so "at most once" for any one expiry); renewals it
 /// merely waited for do not count. A server that drops every new session cannot make it loop.
 const MAX_RENEWALS: u32 = 5;
+/// Retries of a request that could not reach a server that never answered yet (refused, no
+/// such host), and the pause before it: a server still starting gets one more chance.
+const FIRST_CONTACT_RETRIES: u32 = 1;
+const FIRST_CONTACT_RETRY: Duration = Duration::from_millis(250);
 /// Token renewals per request after a 401 (a stored or refreshed token, then one sign-in; never
 /// a loop of browser tabs).
 const MAX_SIGN_INS: u32 = 2;
@@ -96,6 +100,10 @@ pub(super) struct Link {
     renewing: tokio::sync::Mutex<()>,
     /// Told when a new session was started (the GET stream is reopened for it).
     on_renewed: OnceLock<Box<dyn Fn() + Send + Sync>>,
+    /// The server has answered once (any HTTP status): from then on a refused connection is a
+    /// server restarting, worth the usual retries; before, a wrong URL or a server that is down,
+    /// said at once (issue 23.4).
+    reached: AtomicBool,
 }
 
 impl Link {
@@ -113,6 +121,7 @@ impl Link {
             init_line: Mutex::new(None),
             renewing: tokio::sync::Mutex::new(()),
             on_renewed: OnceLock::new(),
+            reached: AtomicBool::new(false),
         }
     }
 
@@ -207,6 +216,7 @@ impl Link {
             }
             Ok(Ok(r)) => r,
         };
+        self.reached.store(true, Ordering::Relaxed);
         // Issue 11: what the answer says of the server's budget (and the unit this request took
         // from it) goes back to the gate, whatever the status.
         self.answered(&admitted, response.headers()).await;
@@ -246,22 +256,21 @@ impl Link {
     /// not reach the server (and the failure is not TLS), else the error.
     async fn not_sent(&self, e: &reqwest::Error, tries: &mut Tries, what: &str) -> Result<Next, LocalError> {
         let err = self.up.send_error(e);
-        if err.request_sent != Some(false)
-            || Upstream::is_tls_failure(e)
-            || tries.retries >= self.policy.max_retries
-        {
+        // Before the server ever answered: one quick retry (a server still starting), then the
+        // error, at once: `connection refused` after 9 s helped nobody (issue 23.4).
+        let reached = self.reached.load(Ordering::Relaxed);
+        let max = if reached {
+            self.policy.max_retries
+        } else {
+            self.policy.max_retries.min(FIRST_CONTACT_RETRIES)
+        };
+        if err.request_sent != Some(false) || Upstream::is_tls_failure(e) || tries.retries >= max {
             return Err(err);
         }
-        let wait = self.policy.backoff(tries.retries);
+        let wait = if reached { self.policy.backoff(tries.retries) } else { FIRST_CONTACT_RETRY };
         tries.retries += 1;
         self.gate.stats.retries.fetch_add(1, Ordering::Relaxed);
-        info!(
-            "{what}: {}; trying again in {} ({} of {})",
-            err.message,
-            retry::human(wait),
-            tries.retries,
-            self.policy.max_retries
-        );
+        info!("{what}: {}; trying again in {} ({} of {max})", err.message, retry::human(wait), tries.retries);
         tokio::time::sleep(wait).await;
         Ok(Next::Again)
     }

@@ -131,6 +131,12 @@ impl Proxy {
         self.core.link.rate_limit_headers()
     }
 
+    /// Whether the client's `initialize` was answered, only ever with errors: no MCP session
+    /// started (issue 23.1: the exit status says so).
+    pub fn handshake_failed(&self) -> bool {
+        self.core.ledger.handshake_failed()
+    }
+
     /// The server's era as learned, and whether a bridge is in use (for `check`).
     pub fn eras(&self) -> (Option<Era>, bool) {
         (self.core.eras.server(), matches!(self.front.get(), Some(Front::Forward(_) | Front::Reverse(_))))

@@ -369,7 +369,8 @@ async fn one_shot_commands_explain_a_wrong_url_and_an_untrusted_certificate_in_o
 #[cfg(unix)]
 #[tokio::test]
 async fn on_a_terminal_a_rate_limit_wait_is_a_countdown() {
-    let (hook, count) = first_tools_list_429(2);
+    // Three seconds: a later frame still comes when a loaded machine wakes the countdown late.
+    let (hook, count) = first_tools_list_429(3);
     let server = Server::start(generic(), Some(hook)).await;
     // util-linux `script` gives the command a pseudo-terminal.
     let line = format!(
@@ -383,10 +384,10 @@ async fn on_a_terminal_a_rate_limit_wait_is_a_countdown() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{text}");
     assert!(
-        text.contains("\rwaiting 2 s for the rate limit") || text.contains("\r\u{1b}[2Kwaiting 2 s"),
+        text.contains("\rwaiting 3 s for the rate limit") || text.contains("\r\u{1b}[2Kwaiting 3 s"),
         "{text:?}"
     );
-    assert!(text.contains("waiting 1 s"), "it counts down: {text:?}");
+    assert!(text.contains("waiting 2 s") || text.contains("waiting 1 s"), "it counts down: {text:?}");
     assert!(!text.contains(KEY));
     assert_eq!(count.load(Ordering::SeqCst), 2, "the 429, then the retry");
 }

@@ -40,7 +40,8 @@ async fn wrong_key_names_the_variable_for_every_vendor_and_logs_once() {
             assert!(msg.contains("rejected the API key in TEST_KEY"), "{msg}");
         }
         let outcome = s.finish().await;
-        assert!(outcome.status.success());
+        // Issue 23.1: no session ever started; the exit status says so.
+        assert_eq!(outcome.status.code(), Some(1), "{v:?}");
         assert_eq!(outcome.stderr.matches("WARN").count(), 1, "one line per problem:\n{}", outcome.stderr);
         // Each vendor's own words reach the user.
         let expected = match v {
@@ -220,4 +221,53 @@ async fn tls_failures_are_explained() {
     assert_eq!(e["data"]["requestSent"], false);
     assert!(e["message"].as_str().unwrap().contains("TLS"), "{e}");
     s.finish().await;
+}
+
+/// Issues 23.1 and 23.4, as a user meets them: an `initialize` that fails, whatever the cause (a
+/// refused key, a wrong path, nothing listening), sent with stdin closed right after it, is
+/// answered exactly once with the real error, at once (a refused connection gets one quick
+/// retry, not six: never the `shutting_down` of the drain, and said to be not sent), nothing
+/// panics, and the exit status is 1. Thirty runs of each cause.
+#[tokio::test]
+async fn issue23_1_a_failed_initialize_is_answered_once_and_the_exit_status_says_so() {
+    let server = Server::start(generic(), None).await;
+    let closed = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("http://127.0.0.1:{}/mcp", listener.local_addr().unwrap().port())
+    };
+    let wrong_path = server.url.replace("/mcp", "/nope");
+    let cases: [(&str, &str, &str, Option<u16>); 3] = [
+        ("a refused key", server.url.as_str(), "wrong_key_SECRET_23", Some(401)),
+        ("a wrong path", wrong_path.as_str(), KEY, Some(404)),
+        ("nothing listening", closed.as_str(), KEY, None),
+    ];
+    for (cause, url, key, status) in cases {
+        for batch in 0..3 {
+            let runs = (0..10).map(|_| async move {
+                let args = [url, "--api-key-env", "TEST_KEY", "--max-retries", "3"];
+                let mut s = Sidecar::spawn(&args, &[("TEST_KEY", key)]).secret(key);
+                s.send_json(&request(
+                    1,
+                    "initialize",
+                    json!({"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"t","version":"1"}}),
+                ))
+                .await;
+                s.finish().await
+            });
+            for outcome in futures_util::future::join_all(runs).await {
+                let what = format!("{cause} (batch {batch}):\n{}\n{}", outcome.stdout, outcome.stderr);
+                let answers = outcome.messages();
+                assert_eq!(answers.len(), 1, "exactly one answer: {what}");
+                assert_eq!(answers[0]["id"], 1, "{what}");
+                let data = &answers[0]["error"]["data"];
+                assert_ne!(data["kind"], "shutting_down", "answered with the real error: {what}");
+                assert_eq!(data["httpStatus"].as_u64().map(|s| s as u16), status, "{what}");
+                if status.is_none() {
+                    assert_eq!(data["requestSent"], false, "{what}");
+                }
+                assert!(!outcome.stderr.contains("panicked"), "{what}");
+                assert_eq!(outcome.status.code(), Some(1), "the exit status says it failed: {what}");
+            }
+        }
+    }
 }
