@@ -140,13 +140,19 @@ async fn handshake_step(
         Ok(init) => init,
         Err(e) => {
             let message = e["message"].as_str().unwrap_or("the handshake failed").to_owned();
-            let (detail, fix) = match split_fix(&message) {
+            let (detail, mut fix) = match split_fix(&message) {
                 Some((cause, fix)) if e["data"]["source"] == "mcp-sidecar" => {
                     (cause.to_owned(), fix.to_owned())
                 }
                 _ => (message.clone(), "check the URL and the credential".to_owned()),
             };
             client.close().await;
+            if e["data"]["kind"] == "wrong_endpoint"
+                && matches!(e["data"]["httpStatus"].as_u64(), Some(404 | 405 | 410))
+                && let Some(found) = Box::pin(handshake_elsewhere(config)).await
+            {
+                fix = found;
+            }
             fail(steps, "mcp handshake", started, detail, fix);
             return None;
         }
@@ -256,6 +262,35 @@ async fn era_of(client: &Client, revision: &str) -> (String, bool) {
     (era, bridged)
 }
 
+/// Issue 23.6: the likely endpoints (the preset's path, or the URL with `/mcp`) tried with the
+/// MCP handshake itself, credentials and all; the first that answers it, for people.
+async fn handshake_elsewhere(config: &Config) -> Option<String> {
+    for likely in crate::upstream::likely_endpoints(&config.url, config.preset_path) {
+        let there = Config { url: likely.clone(), ..config.clone() };
+        let Ok(mut client) = Client::new(&there).await else { continue };
+        let (answer, _) = client.initialize().await;
+        client.close().await;
+        if answer.is_ok() {
+            return Some(format!("{} answers the MCP handshake: use that URL", redact_url(&likely)));
+        }
+    }
+    None
+}
+
+/// What to do about a URL that answers 404 (issue 23.6): the likely endpoint (the preset's path,
+/// or the URL with `/mcp`), tried with the same GET, reported when it answers as MCP endpoints do.
+async fn endpoint_fix(client: &reqwest::Client, config: &Config) -> String {
+    for likely in crate::upstream::likely_endpoints(&config.url, config.preset_path) {
+        let answer = client.get(likely.clone()).header("accept", "text/event-stream").send().await;
+        if let Ok(code) = answer.map(|r| r.status().as_u16())
+            && !matches!(code, 404 | 410)
+        {
+            return format!("{} answers HTTP {code}, as MCP endpoints do: use that URL", redact_url(&likely));
+        }
+    }
+    crate::upstream::endpoint_hint(&config.url, config.preset_path)
+}
+
 /// TLS (issuer, expiry) and HTTP reachability, from one GET.
 async fn http_step(config: &Config, steps: &mut Vec<Step>) -> bool {
     let started = Instant::now();
@@ -295,12 +330,13 @@ async fn http_step(config: &Config, steps: &mut Vec<Step>) -> bool {
         405 | 400 | 406 => format!("reachable (HTTP {status} to a plain GET, as MCP endpoints answer)"),
         s if s < 400 => format!("reachable (HTTP {status})"),
         404 | 410 => {
+            let fix = endpoint_fix(&client, config).await;
             return fail(
                 steps,
                 "http",
                 started,
                 format!("{} answers HTTP {status}", redact_url(&config.url)),
-                "check the URL; MCP endpoints usually end in /mcp".into(),
+                fix,
             );
         }
         _ => format!("reachable (HTTP {status})"),

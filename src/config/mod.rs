@@ -121,6 +121,8 @@ pub struct ConfigError(pub String);
 pub struct Config {
     /// The MCP endpoint.
     pub url: Url,
+    /// The endpoint's path as the `--preset` knows it (for the hint when a URL answers 404).
+    pub preset_path: Option<&'static str>,
     /// The API key, when one is configured.
     pub api_key: Option<ApiKey>,
     /// OAuth sign-in, when no key is configured and `--auth none` is not given: used when the
@@ -314,6 +316,7 @@ impl Config {
         let rate_limit_store = rate_limit_store(&cli, env)?;
         Ok(Config {
             url,
+            preset_path: preset.map(|p| p.path),
             api_key,
             oauth,
             headers,

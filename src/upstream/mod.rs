@@ -50,6 +50,8 @@ pub struct Upstream {
     url: Url,
     /// The URL as it may appear in logs and messages.
     shown_url: String,
+    /// What to say when the URL is not an MCP endpoint (issue 23.6).
+    endpoint_hint: String,
     api_key: Option<ApiKey>,
     /// OAuth sign-in, when the credential is an OAuth token (issue 5).
     oauth: Option<std::sync::Arc<crate::auth::OAuth>>,
@@ -107,6 +109,7 @@ impl Upstream {
         Ok(Upstream {
             client,
             shown_url: redact_url(&config.url),
+            endpoint_hint: endpoint_hint(&config.url, config.preset_path),
             url: config.url.clone(),
             api_key: config.api_key.clone(),
             oauth,
@@ -425,8 +428,8 @@ impl Upstream {
                 UPSTREAM_ERROR,
                 ErrorKind::WrongEndpoint,
                 format!(
-                    "{} is not an MCP endpoint (HTTP {code} {reason}{said}): check the URL; MCP endpoints usually end in /mcp",
-                    self.shown_url
+                    "{} is not an MCP endpoint (HTTP {code} {reason}{said}): {}",
+                    self.shown_url, self.endpoint_hint
                 ),
             ),
             300..=399 => {
@@ -475,6 +478,39 @@ impl Upstream {
 /// followed only on it) gets no proxy at all when that origin is loopback.
 pub fn direct_to_loopback(builder: reqwest::ClientBuilder, url: &Url) -> reqwest::ClientBuilder {
     if crate::net::is_loopback(url) { builder.no_proxy() } else { builder }
+}
+
+/// The URLs most likely to be the MCP endpoint when `url` answers 404 (issue 23.6), best first:
+/// the path the `--preset` knows; else `url` with `/mcp` appended and the host's `/mcp`, when the
+/// URL does not end with `/mcp` already. Empty when nothing better is known.
+pub fn likely_endpoints(url: &Url, preset_path: Option<&str>) -> Vec<Url> {
+    let path = url.path().trim_end_matches('/');
+    let paths = match preset_path {
+        Some(p) if path != p.trim_end_matches('/') => vec![p.to_owned()],
+        Some(_) => vec![],
+        None if path.ends_with("/mcp") => vec![],
+        None => vec![format!("{path}/mcp"), "/mcp".to_owned()],
+    };
+    let mut out: Vec<Url> = Vec::new();
+    for p in paths {
+        let mut likely = url.clone();
+        likely.set_path(&p);
+        likely.set_query(None);
+        if !out.contains(&likely) {
+            out.push(likely);
+        }
+    }
+    out
+}
+
+/// What to say of a URL that is not an MCP endpoint: the likely one when something better is
+/// known (the preset's path, or `/mcp`), never a hint the URL already follows.
+pub fn endpoint_hint(url: &Url, preset_path: Option<&str>) -> String {
+    match (likely_endpoints(url, preset_path).into_iter().next(), preset_path) {
+        (Some(likely), Some(_)) => format!("the preset's endpoint is {}: use that URL", redact_url(&likely)),
+        (Some(likely), None) => format!("MCP endpoints usually end in /mcp: try {}", redact_url(&likely)),
+        (None, _) => "check the URL with the server's documentation: the host answers, but this path is not its MCP endpoint".into(),
+    }
 }
 
 /// The JSON-RPC error object of an HTTP error body, if it is one (T-40): `{"error":{"code":int,…}}`.
@@ -596,6 +632,28 @@ pub fn fmt_secs(d: Duration) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn issue23_6_the_404_hint_names_what_is_known_and_never_what_the_url_already_does() {
+        let url = |s: &str| Url::parse(s).unwrap();
+        let shown = |u: Vec<Url>| u.iter().map(Url::to_string).collect::<Vec<_>>();
+        // Ends in /mcp, no preset: nothing better is known, and the hint does not say "/mcp".
+        assert!(likely_endpoints(&url("https://h/v2/mcp"), None).is_empty());
+        let hint = endpoint_hint(&url("https://h/v2/mcp"), None);
+        assert!(!hint.contains("end in /mcp") && hint.contains("documentation"), "{hint}");
+        // Does not end in /mcp: the URL with /mcp, then the host's /mcp.
+        assert_eq!(
+            shown(likely_endpoints(&url("https://h/api?x=1"), None)),
+            ["https://h/api/mcp", "https://h/mcp"]
+        );
+        assert_eq!(shown(likely_endpoints(&url("https://h/"), None)), ["https://h/mcp"]);
+        assert!(endpoint_hint(&url("https://h/api"), None).contains("try https://h/api/mcp"));
+        // A preset knows its path: that one only, and nothing when the URL has it.
+        assert_eq!(shown(likely_endpoints(&url("https://h/mcp"), Some("/api/mcp"))), ["https://h/api/mcp"]);
+        assert!(likely_endpoints(&url("https://h/mcp/inspector"), Some("/mcp/inspector")).is_empty());
+        let hint = endpoint_hint(&url("https://h/mcp"), Some("/mcp/inspector"));
+        assert!(hint.contains("https://h/mcp/inspector") && hint.contains("preset"), "{hint}");
+    }
 
     /// Issue 12: Windows' verifier speaks in OS error codes; the revocation check that a
     /// firewall blocks is explained, not shown as a number.

@@ -61,6 +61,48 @@ async fn check_reports_each_step_of_a_healthy_server() {
     assert_eq!(steps, ["configuration", "dns", "http", "mcp handshake", "offers", "auth", "rate limits"]);
 }
 
+/// Issue 23.6: the 404 hint told a URL ending in /mcp that "MCP endpoints usually end in /mcp",
+/// and said nothing of the path a preset knows; `check` now tries the likely endpoint.
+#[tokio::test]
+async fn issue23_6_a_404_names_the_likely_endpoint_and_check_tries_it() {
+    let server = Server::start(generic(), None).await;
+    let origin = server.url.trim_end_matches("/mcp").to_owned();
+    let init = request(
+        1,
+        "initialize",
+        json!({"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"t","version":"1"}}),
+    );
+    for (url, preset, expected, not) in [
+        (format!("{origin}/v2/mcp"), None, "the server's documentation", Some("usually end in /mcp")),
+        (format!("{origin}/nope"), None, &*format!("try {origin}/nope/mcp"), None),
+        (
+            format!("{origin}/nope"),
+            Some("investra"),
+            &*format!("the preset's endpoint is {origin}/api/mcp"),
+            None,
+        ),
+    ] {
+        let mut args = vec![url.as_str(), "--api-key-env", "TEST_KEY"];
+        if let Some(p) = preset {
+            args.extend(["--preset", p]);
+        }
+        let mut s = Sidecar::spawn(&args, ENV);
+        s.send_json(&init).await;
+        let answer = s.recv().await;
+        let message = answer["error"]["message"].as_str().unwrap_or_default().to_owned();
+        assert!(message.contains("is not an MCP endpoint") && message.contains(expected), "{url}: {message}");
+        if let Some(not) = not {
+            assert!(!message.contains(not), "{url}: {message}");
+        }
+        s.finish().await;
+    }
+    // `check` at the host's root: it tries /mcp, which answers as MCP endpoints do.
+    let root = format!("{origin}/");
+    let (code, stdout, _) = run_command(&["check", "--url", &root, "--api-key-env", "TEST_KEY"], ENV).await;
+    assert_eq!(code, 1);
+    assert!(stdout.contains(&format!("{origin}/mcp answers the MCP handshake: use that URL")), "{stdout}");
+}
+
 #[tokio::test]
 async fn check_names_the_cause_and_the_fix() {
     let server = Server::start(generic(), None).await;
@@ -73,7 +115,9 @@ async fn check_names_the_cause_and_the_fix() {
     let wrong = server.url.replace("/mcp", "/nope");
     let (code, stdout, _) = run_command(&["check", "--url", &wrong, "--api-key-env", "TEST_KEY"], ENV).await;
     assert_eq!(code, 1);
-    assert!(stdout.contains("FAIL") && stdout.contains("MCP endpoints usually end in /mcp"), "{stdout}");
+    // Issue 23.6: the likely endpoint is tried, and named.
+    let right = format!("{} answers the MCP handshake: use that URL", server.url);
+    assert!(stdout.contains("FAIL") && stdout.contains(&right), "{stdout}");
     // Nothing listening.
     let (code, stdout, _) =
         run_command(&["check", "--url", "http://127.0.0.1:1/mcp", "--auth", "none"], &[]).await;
