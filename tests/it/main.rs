@@ -16,6 +16,7 @@
 //! - `resilience`: expired sessions, server restarts, a dying parent (T-12, issue 4).
 //! - `tls`: certificate failures explained; `--ca-file`.
 //! - `stdio`: framing, invalid input, shutdown and exit codes (S-01…S-06).
+//! - `scripts`: the README's test command (`scripts/test.sh`) with stand-in package managers.
 
 mod architecture;
 mod bytes;
@@ -35,6 +36,9 @@ mod load_driver;
 mod oauth;
 mod ratelimit;
 mod resilience;
+// Unix only: bash drives scripts/test.sh with stand-in commands.
+#[cfg(unix)]
+mod scripts;
 mod stdio;
 mod streamable;
 mod tls;
