@@ -66,7 +66,11 @@ fn main() -> ExitCode {
             clap_complete::generate(shell, &mut Cli::command(), "mcp-sidecar", &mut std::io::stdout());
             ExitCode::SUCCESS
         }
-        Some(Command::Man) => match clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout()) {
+        // Issue 23.10: the man page's title line takes the version alone (the two-line `--version`
+        // put the protocol revisions above NAME).
+        Some(Command::Man) => match clap_mangen::Man::new(Cli::command().version(env!("CARGO_PKG_VERSION")))
+            .render(&mut std::io::stdout())
+        {
             Ok(()) => ExitCode::SUCCESS,
             Err(_) => ExitCode::from(1),
         },

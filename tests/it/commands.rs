@@ -350,6 +350,12 @@ async fn version_help_completions_and_man_page() {
     assert_eq!(code, 0);
     assert!(man.starts_with(".ie") || man.contains(".TH mcp-sidecar"), "{}", &man[..200.min(man.len())]);
     assert!(man.contains("api\\-key\\-env"));
+    // Issue 23.10: the title line is whole, and nothing stands above NAME but the title.
+    let title = man.lines().find(|l| l.starts_with(".TH")).unwrap_or_default();
+    assert!(title.ends_with('"') || title.ends_with("\" "), "{title}");
+    assert!(title.contains(concat!("mcp-sidecar ", env!("CARGO_PKG_VERSION"))), "{title}");
+    let head = &man[..man.find(".SH NAME").unwrap()];
+    assert!(!head.contains("MCP protocol revisions"), "{head}");
 }
 
 #[tokio::test]
