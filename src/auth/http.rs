@@ -43,6 +43,15 @@ pub enum Fetched<T> {
     Missing(String),
 }
 
+/// What the MCP endpoint answered a request without credentials.
+pub struct Probe {
+    pub status: StatusCode,
+    /// The `WWW-Authenticate` values.
+    pub challenges: Vec<String>,
+    /// The body's text (up to the largest document read).
+    pub body: String,
+}
+
 /// The transport error the [`oauth2`] crate sees (its message is already for people).
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
@@ -176,7 +185,7 @@ impl AuthHttp {
 
     /// POSTs an `initialize` without a credential to see whether `mcp` asks for a sign-in;
     /// returns the status and the `WWW-Authenticate` values.
-    pub async fn probe(&self, mcp: &Url) -> Result<(StatusCode, Vec<String>), AuthError> {
+    pub async fn probe(&self, mcp: &Url) -> Result<Probe, AuthError> {
         let body = serde_json::json!({
             "jsonrpc": "2.0", "id": "mcp-sidecar-login", "method": "initialize",
             "params": {"protocolVersion": "2025-11-25", "capabilities": {},
@@ -197,7 +206,11 @@ impl AuthHttp {
             .iter()
             .filter_map(|v| v.to_str().ok().map(str::to_owned))
             .collect();
-        Ok((response.status(), values))
+        let status = response.status();
+        // What the server said (a key's refusal reads differently from a sign-in's request,
+        // issue 23.2); a body too long to be a message is no message.
+        let body = read_limited(response).await.map(|b| String::from_utf8_lossy(&b).into_owned());
+        Ok(Probe { status, challenges: values, body: body.unwrap_or_default() })
     }
 
     /// The [`oauth2`] crate's HTTP client.

@@ -117,7 +117,7 @@ pub async fn discover(
 }
 
 /// the first protected-resource metadata found, validated; `None` if there is none.
-async fn protected_resource(
+pub(super) async fn protected_resource(
     http: &AuthHttp,
     mcp: &Url,
     resource_metadata: Option<&str>,
@@ -165,7 +165,7 @@ pub fn resource_metadata_allowed(url: &str, mcp: &Url) -> bool {
 /// 2025-03-26 fallback (no protected-resource metadata; the MCP origin is the authorization
 /// base), where an `issuer` with a path on that same origin is accepted with a warning (servers
 /// of that era often put their OAuth routes under a prefix such as `/oauth`).
-async fn authorization_server(
+pub(super) async fn authorization_server(
     http: &AuthHttp,
     issuer: &Url,
     legacy: bool,

@@ -21,6 +21,7 @@ pub mod discovery;
 pub mod dpop;
 pub mod grants;
 pub mod http;
+mod keyhint;
 pub mod metadata;
 pub mod store;
 
@@ -292,6 +293,12 @@ impl OAuth {
         if what == Renew::Ahead {
             return Ok(false);
         }
+        // Issue 23.2: a server that wants a key is not sent into a sign-in it cannot offer.
+        if !self.settings.explicit
+            && let Some(hint) = keyhint::wants_a_key(&self.http, &self.mcp, challenge).await
+        {
+            return Err(AuthError(hint));
+        }
         let device = matches!(self.settings.grant, Grant::Device);
         self.may_ask_a_person(what, device)?;
         // Issue 21.9: a person's sign-in holds only the sign-in lock (processes that need one too
@@ -393,7 +400,7 @@ impl OAuth {
     }
 
     /// Asks the server, without a credential, whether it wants a sign-in (for `login`).
-    pub async fn probe(&self) -> Result<(reqwest::StatusCode, Vec<String>), AuthError> {
+    pub async fn probe(&self) -> Result<http::Probe, AuthError> {
         self.http.probe(&self.mcp).await
     }
 

@@ -53,8 +53,8 @@ pub async fn login(config: Config, device: bool) -> u8 {
             return FAILED;
         }
     };
-    let (status, values) = probe;
-    let refs: Vec<&str> = values.iter().map(String::as_str).collect();
+    let status = probe.status;
+    let refs: Vec<&str> = probe.challenges.iter().map(String::as_str).collect();
     let bearer = challenge::bearer(&refs);
     if status.is_success() && !oauth.explicit() {
         eprintln!(

@@ -103,6 +103,39 @@ async fn issue23_6_a_404_names_the_likely_endpoint_and_check_tries_it() {
     assert!(stdout.contains(&format!("{origin}/mcp answers the MCP handshake: use that URL")), "{stdout}");
 }
 
+/// Issue 23.2: with no key set, a key server's 401 led into OAuth ("needs a sign-in: run
+/// mcp-sidecar login", then "refused to register mcp-sidecar as a client … pass --client-id").
+/// A server with no OAuth metadata whose 401 speaks of a key gets the key's fix, everywhere.
+#[tokio::test]
+async fn issue23_2_a_forgotten_key_is_named_not_sent_into_oauth() {
+    let server = Server::start(generic(), None).await;
+    let dir = scratch_dir("issue23-2");
+    let state = dir.to_str().unwrap();
+    let wants_key = |text: &str| {
+        text.contains("wants an API key, not a sign-in (HTTP 401: Invalid API key")
+            && text.contains("--api-key-env NAME")
+            && !text.contains("login")
+            && !text.contains("--client-id")
+    };
+    for command in [&["tools"][..], &["call", "tools/list"], &["check"], &["login"]] {
+        let mut args = command.to_vec();
+        args.extend(["--url", &server.url, "--state-dir", state]);
+        let (code, stdout, stderr) = run_command(&args, &[]).await;
+        assert_eq!(code, 1, "{command:?}: {stdout}{stderr}");
+        assert!(wants_key(&format!("{stdout}{stderr}")), "{command:?}: {stdout}{stderr}");
+    }
+    let mut s = Sidecar::spawn(&[&server.url, "--state-dir", state], &[]);
+    s.send_json(&request(
+        1,
+        "initialize",
+        json!({"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"t","version":"1"}}),
+    ))
+    .await;
+    let answer = s.recv().await;
+    assert!(wants_key(answer["error"]["message"].as_str().unwrap_or_default()), "{answer}");
+    s.finish().await;
+}
+
 #[tokio::test]
 async fn check_names_the_cause_and_the_fix() {
     let server = Server::start(generic(), None).await;
