@@ -12,6 +12,13 @@ use clap::{Parser, Subcommand, ValueEnum};
 
 /// Default `--max-retries`.
 pub const DEFAULT_MAX_RETRIES: u32 = 3;
+/// Default `--request-timeout` of the proxy, in seconds.
+pub const DEFAULT_REQUEST_TIMEOUT: f64 = 300.0;
+/// Default `--request-timeout` of `call`, `tool` and `tools` (issue 23.3: a person waits at a
+/// terminal; a stalled server was five silent minutes). An MCP client's usual timeout.
+pub const ONE_SHOT_REQUEST_TIMEOUT: f64 = 60.0;
+/// Default `--request-timeout` of each step of `check`: a health check answers quickly.
+pub const CHECK_REQUEST_TIMEOUT: f64 = 10.0;
 
 const AFTER_HELP: &str = "\
 Examples:
@@ -338,9 +345,10 @@ pub struct Args {
     pub connect_timeout: f64,
 
     /// Seconds one request may wait for its answer before the client gets an error; a progress
-    /// notification from the server restarts the clock.
-    #[arg(long, value_name = "SECS", env = "MCP_SIDECAR_REQUEST_TIMEOUT", default_value = "300")]
-    pub request_timeout: f64,
+    /// notification from the server restarts the clock [default: 300; 60 for call, tool and
+    /// tools; 10 for each step of check].
+    #[arg(long, value_name = "SECS", env = "MCP_SIDECAR_REQUEST_TIMEOUT")]
+    pub request_timeout: Option<f64>,
 
     /// How many times one message is sent again after a 429 (or a 503 with Retry-After), or
     /// after a connection that failed before the request went out. Never after a reply that may

@@ -6,6 +6,7 @@
 //! it would write to stdout come back here. Nothing is printed.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -19,12 +20,25 @@ use crate::stdio::{Frame, Inbox, Outbox};
 /// The protocol revision one-shot commands ask for.
 pub const PROTOCOL_VERSION: &str = "2025-11-25";
 
+/// Issue 23.3: after this long without an answer, a person at a terminal is told what the
+/// command is waiting for (a stalled server was minutes of silence).
+const SLOW: Duration = Duration::from_secs(2);
+
 /// An MCP client over an in-process proxy.
 pub struct Client {
     proxy: Arc<Proxy>,
     _outbox: Outbox,
     rx: Inbox,
     next_id: u64,
+    /// Set by [`Client::show_waits`] on a terminal: the line said about a slow answer.
+    slow: Option<Arc<Slow>>,
+}
+
+/// What the line about a slow answer says, and whether a rate-limit countdown says it already.
+struct Slow {
+    host: String,
+    timeout: Duration,
+    counting_down: AtomicBool,
 }
 
 /// A request's outcome: the result, or the JSON-RPC error object (the server's or the proxy's).
@@ -35,7 +49,7 @@ impl Client {
     pub async fn new(config: &Config) -> Result<Client, RunError> {
         let (proxy, outbox, rx) = crate::build(config).await?;
         proxy.record_limits();
-        Ok(Client { proxy, _outbox: outbox, rx, next_id: 0 })
+        Ok(Client { proxy, _outbox: outbox, rx, next_id: 0, slow: None })
     }
 
     /// `initialize` then `notifications/initialized`; the initialize result, and how long it took.
@@ -68,7 +82,32 @@ impl Client {
         self.next_id += 1;
         let id = self.next_id;
         let msg = json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params});
-        self.proxy.dispatch(Frame::Line(Bytes::from(msg.to_string()))).await;
+        let slow = self.slow.clone();
+        // The dispatch is timed too: the first request's waits for the server (the era probe,
+        // the forwarded `initialize`) happen inside it.
+        let answer = async {
+            self.proxy.dispatch(Frame::Line(Bytes::from(msg.to_string()))).await;
+            self.answer(id).await
+        };
+        let Some(slow) = slow else { return answer.await };
+        tokio::pin!(answer);
+        tokio::select! {
+            done = &mut answer => return done,
+            () = tokio::time::sleep(SLOW) => {}
+        }
+        if !slow.counting_down.load(Ordering::Relaxed) {
+            eprintln!(
+                "mcp-sidecar: waiting for {} to answer {method} (nothing yet after {}; giving up after {}, which --request-timeout sets)",
+                slow.host,
+                crate::retry::human(SLOW),
+                crate::retry::human(slow.timeout)
+            );
+        }
+        answer.await
+    }
+
+    /// The answer to request `id`, answering what the server asks meanwhile.
+    async fn answer(&mut self, id: u64) -> Answer {
         while let Some(line) = self.rx.recv().await {
             let Ok(msg) = serde_json::from_slice::<Value>(&line) else { continue };
             let is_answer = msg.get("method").is_none() && msg.get("id") == Some(&json!(id));
@@ -91,16 +130,28 @@ impl Client {
         Err(json!({"code": -32000, "message": "the proxy stopped before answering"}))
     }
 
-    /// Shows each rate-limit wait on stderr: a countdown on a terminal, else one plain line.
-    pub fn show_waits(&self, terminal: bool) {
+    /// Shows each rate-limit wait on stderr: a countdown on a terminal, else one plain line. On
+    /// a terminal, an answer that takes longer than [`SLOW`] is also said (`config`'s server and
+    /// timeout).
+    pub fn show_waits(&mut self, terminal: bool, config: &Config) {
         if !terminal {
             self.proxy.observe_waits(Box::new(|wait, why| {
                 eprintln!("mcp-sidecar: waiting {} for the rate limit ({why})", crate::retry::human(wait));
             }));
             return;
         }
-        self.proxy.observe_waits(Box::new(|wait, why| {
+        let url = &config.url;
+        let host = url.host_str().unwrap_or("the server");
+        let slow = Arc::new(Slow {
+            host: url.port().map_or_else(|| host.to_owned(), |p| format!("{host}:{p}")),
+            timeout: config.request_timeout,
+            counting_down: AtomicBool::new(false),
+        });
+        self.slow = Some(slow.clone());
+        self.proxy.observe_waits(Box::new(move |wait, why| {
+            slow.counting_down.store(true, Ordering::Relaxed);
             let why = why.to_owned();
+            let slow = slow.clone();
             tokio::spawn(async move {
                 use std::io::Write;
                 let end = crate::retry::deadline_after(wait);
@@ -114,6 +165,7 @@ impl Client {
                     }
                     if left.is_zero() {
                         let _ = write!(std::io::stderr(), "\r\x1b[2K");
+                        slow.counting_down.store(false, Ordering::Relaxed);
                         return;
                     }
                     tokio::time::sleep(left.min(Duration::from_secs(1))).await;

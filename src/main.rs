@@ -6,7 +6,9 @@
 use std::process::ExitCode;
 
 use clap::{CommandFactory, Parser};
-use mcp_sidecar::cli::{Args, Cli, Command, LogFormat, LogLevel};
+use mcp_sidecar::cli::{
+    Args, CHECK_REQUEST_TIMEOUT, Cli, Command, LogFormat, LogLevel, ONE_SHOT_REQUEST_TIMEOUT,
+};
 use mcp_sidecar::commands::{self, check, install, oneshot};
 use mcp_sidecar::config::{Config, default_state_dir, rate_limit_store};
 
@@ -36,16 +38,16 @@ fn main() -> ExitCode {
             let store = config.rate_limit_store.clone();
             commands::status(config.state_dir.as_deref(), Some(&config), s.clear_limits, store.as_ref())
         }),
-        Some(Command::Check(c)) => {
-            subcommand(quiet(c.args), |config, rt| rt.block_on(check::check(config, c.json)))
-        }
-        Some(Command::Call(c)) => subcommand(quiet(c.args), |config, rt| {
+        Some(Command::Check(c)) => subcommand(one_shot(c.args, CHECK_REQUEST_TIMEOUT), |config, rt| {
+            rt.block_on(check::check(config, c.json))
+        }),
+        Some(Command::Call(c)) => subcommand(one_shot(c.args, ONE_SHOT_REQUEST_TIMEOUT), |config, rt| {
             rt.block_on(oneshot::call(config, &c.method, c.params.as_deref()))
         }),
-        Some(Command::Tools(args)) => {
-            subcommand(quiet(args), |config, rt| rt.block_on(oneshot::tools(config)))
-        }
-        Some(Command::Tool(t)) => subcommand(quiet(t.args), |config, rt| {
+        Some(Command::Tools(args)) => subcommand(one_shot(args, ONE_SHOT_REQUEST_TIMEOUT), |config, rt| {
+            rt.block_on(oneshot::tools(config))
+        }),
+        Some(Command::Tool(t)) => subcommand(one_shot(t.args, ONE_SHOT_REQUEST_TIMEOUT), |config, rt| {
             rt.block_on(oneshot::tool(config, &t.name, &t.arg, t.json.as_deref()))
         }),
         Some(Command::Install(i)) => {
@@ -75,6 +77,13 @@ fn main() -> ExitCode {
             Err(_) => ExitCode::from(1),
         },
     }
+}
+
+/// A one-shot command's settings: quiet (below), and a person's `--request-timeout` unless one
+/// is given (issue 23.3).
+fn one_shot(mut args: Args, timeout: f64) -> Args {
+    args.request_timeout.get_or_insert(timeout);
+    quiet(args)
 }
 
 /// One-shot commands report for themselves: the proxy's own log lines (which would repeat the

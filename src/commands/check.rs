@@ -19,6 +19,16 @@ use crate::client::Client;
 use crate::config::Config;
 use crate::net::redact_url;
 
+/// The fix for a step that got no answer in time.
+const STALLED: &str =
+    "the server is stalled or overloaded: try again later, or give it longer with --request-timeout SECS";
+
+/// The server's host and port, as a person reads it.
+fn host_of(config: &Config) -> String {
+    let host = config.url.host_str().unwrap_or("the server");
+    config.url.port().map_or_else(|| host.to_owned(), |p| format!("{host}:{p}"))
+}
+
 /// One step of the report.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Step {
@@ -141,6 +151,14 @@ async fn handshake_step(
         Err(e) => {
             let message = e["message"].as_str().unwrap_or("the handshake failed").to_owned();
             let (detail, mut fix) = match split_fix(&message) {
+                _ if e["data"]["kind"] == "timeout" => (
+                    format!(
+                        "{} sent no answer to initialize within {}",
+                        host_of(config),
+                        crate::retry::human(config.request_timeout)
+                    ),
+                    STALLED.to_owned(),
+                ),
                 Some((cause, fix)) if e["data"]["source"] == "mcp-sidecar" => {
                     (cause.to_owned(), fix.to_owned())
                 }
@@ -297,7 +315,7 @@ async fn http_step(config: &Config, steps: &mut Vec<Step>) -> bool {
     let client = crate::upstream::direct_to_loopback(reqwest::Client::builder(), &config.url)
         .redirect(reqwest::redirect::Policy::none())
         .connect_timeout(config.connect_timeout)
-        .timeout(Duration::from_secs(30))
+        .timeout(config.request_timeout)
         .tls_info(true)
         .tls_certs_merge(config.ca_certs.iter().cloned())
         .user_agent(concat!("mcp-sidecar/", env!("CARGO_PKG_VERSION")))
@@ -308,6 +326,20 @@ async fn http_step(config: &Config, steps: &mut Vec<Step>) -> bool {
     let response = client.get(config.url.clone()).header("accept", "text/event-stream").send().await;
     let response = match response {
         Ok(r) => r,
+        Err(e) if e.is_timeout() && !e.is_connect() => {
+            // Issue 23.3: which step stalled, not "check the URL".
+            return fail(
+                steps,
+                "http",
+                started,
+                format!(
+                    "{} accepted the connection but sent no answer to a plain GET within {}",
+                    host_of(config),
+                    crate::retry::human(config.request_timeout)
+                ),
+                STALLED.into(),
+            );
+        }
         Err(e) => {
             let up = match crate::upstream::Upstream::new(config, None) {
                 Ok(up) => up,

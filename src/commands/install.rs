@@ -178,10 +178,12 @@ pub fn server_args(a: &Args, config: &Config) -> Vec<String> {
     opt("--state-dir", state_dir.map(|d| absolute(&d).display().to_string()));
     opt("--token-store", (a.token_store != TokenStoreKind::File).then(|| name_of(a.token_store)));
     opt("--callback-port", a.callback_port.map(|p| p.to_string()));
+    // The proxy's default stays out (one-shot commands have their own, issue 23.3).
+    let timeout = a.request_timeout.filter(|&s| s != crate::cli::DEFAULT_REQUEST_TIMEOUT);
+    opt("--request-timeout", timeout.map(|s| s.to_string()));
     let numbers = [
         ("--auth-timeout", a.auth_timeout.to_string()),
         ("--connect-timeout", a.connect_timeout.to_string()),
-        ("--request-timeout", a.request_timeout.to_string()),
         ("--max-wait", a.max_wait.to_string()),
         ("--max-retries", a.max_retries.to_string()),
         ("--max-message-bytes", a.max_message_bytes.to_string()),

@@ -158,7 +158,7 @@ async fn connect(config: &Config) -> Option<(Client, Value)> {
             return None;
         }
     };
-    client.show_waits(std::io::stderr().is_terminal());
+    client.show_waits(std::io::stderr().is_terminal(), config);
     match client.initialize().await {
         (Ok(init), _) => Some((client, init)),
         (Err(e), _) => {

@@ -329,7 +329,10 @@ impl Config {
             },
             state_dir: cli.state_dir.or_else(default_state_dir),
             connect_timeout: seconds("--connect-timeout", cli.connect_timeout)?,
-            request_timeout: seconds("--request-timeout", cli.request_timeout)?,
+            request_timeout: seconds(
+                "--request-timeout",
+                cli.request_timeout.unwrap_or(crate::cli::DEFAULT_REQUEST_TIMEOUT),
+            )?,
             max_message_bytes: cli.max_message_bytes.max(1024),
             retry: RetryPolicy {
                 max_retries: cli.max_retries,

@@ -448,6 +448,83 @@ async fn one_shot_commands_explain_a_wrong_url_and_an_untrusted_certificate_in_o
     ct.cancel();
 }
 
+/// A server that accepts every request and answers none (`posts`: only its POSTs); the `Notify`
+/// releases them.
+fn stalled(posts: bool) -> (Hook, Arc<tokio::sync::Notify>) {
+    let held = Arc::new(tokio::sync::Notify::new());
+    let h = held.clone();
+    let hook: Hook = Arc::new(move |s: &Seen| {
+        if posts && s.method != axum::http::Method::POST { Action::Pass } else { Action::Hold(h.clone()) }
+    });
+    (hook, held)
+}
+
+/// Issue 23.3: `tools` against a server that never answers was 310 silent seconds. On a
+/// terminal a line says what it waits for after about 2 s, with the one-shot default (60 s,
+/// not the proxy's 300); a script's stderr gets no such line.
+#[cfg(unix)]
+#[tokio::test]
+async fn issue23_3_a_stalled_server_is_said_on_a_terminal() {
+    use tokio::io::AsyncBufReadExt;
+    let (hook, _held) = stalled(true);
+    let server = Server::start(generic(), Some(hook)).await;
+    let line = format!("{} tools {} --api-key-env TEST_KEY", env!("CARGO_BIN_EXE_mcp-sidecar"), server.url);
+    let mut cmd = tokio::process::Command::new("script");
+    cmd.args(["-qfec", &line, "/dev/null"]).env_clear().env("TEST_KEY", KEY).env("TERM", "dumb");
+    cmd.stdout(std::process::Stdio::piped()).stdin(std::process::Stdio::piped()).kill_on_drop(true);
+    let mut child = cmd.spawn().unwrap();
+    let mut out = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let said = tokio::time::timeout(PATIENCE, out.next_line()).await.expect("nothing said").unwrap().unwrap();
+    let port = server.url.split(':').nth(2).unwrap().split('/').next().unwrap().to_owned();
+    assert!(
+        said.contains(&format!(
+            "waiting for 127.0.0.1:{port} to answer initialize (nothing yet after 2 s; giving up after 60 s"
+        )),
+        "{said:?}"
+    );
+    child.kill().await.unwrap();
+    // Not a terminal: no such line; the timeout's error alone.
+    let (code, stdout, stderr) =
+        run_command(&["tools", &server.url, "--api-key-env", "TEST_KEY", "--request-timeout", "3"], ENV)
+            .await;
+    assert_eq!(code, 1, "{stdout}{stderr}");
+    assert!(
+        !stderr.contains("waiting for") && stderr.contains("no answer from 127.0.0.1 within 3 s"),
+        "{stderr}"
+    );
+}
+
+/// Issue 23.3: `check` against a stalled server took 30 s and said "check the URL"; it now takes
+/// its own default (10 s a step) and names the step that stalled.
+#[tokio::test]
+async fn issue23_3_check_names_the_step_that_stalled() {
+    let (hook, _held) = stalled(true);
+    let server = Server::start(generic(), Some(hook)).await;
+    let args = ["check", &server.url, "--api-key-env", "TEST_KEY", "--request-timeout", "1"];
+    let (code, stdout, _) = run_command(&args, ENV).await;
+    assert_eq!(code, 1, "{stdout}");
+    assert!(
+        stdout.contains("FAIL mcp handshake") && stdout.contains("sent no answer to initialize within 1 s"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("the server is stalled or overloaded") && !stdout.contains("check the URL"),
+        "{stdout}"
+    );
+
+    let (hook, _held) = stalled(false);
+    let server = Server::start(generic(), Some(hook)).await;
+    let started = std::time::Instant::now();
+    let (code, stdout, _) = run_command(&["check", &server.url, "--api-key-env", "TEST_KEY"], ENV).await;
+    assert_eq!(code, 1, "{stdout}");
+    assert!(
+        stdout.contains("FAIL http")
+            && stdout.contains("accepted the connection but sent no answer to a plain GET within 10 s"),
+        "{stdout}"
+    );
+    assert!(started.elapsed() < std::time::Duration::from_secs(20));
+}
+
 // Unix only: util-linux `script` provides the pseudo-terminal; Windows consoles are not ptys.
 #[cfg(unix)]
 #[tokio::test]
