@@ -206,6 +206,6 @@ impl Client {
 
     /// Ends the session (DELETE) and stops.
     pub async fn close(self) {
-        self.proxy.shutdown(true).await;
+        self.proxy.shutdown(true, tokio::time::Instant::now()).await;
     }
 }

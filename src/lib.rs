@@ -89,8 +89,8 @@ enum Stop {
 
 /// How many lines stdin is read ahead while a dispatch waits (issue 21.1).
 const READ_AHEAD: usize = 64;
-/// How long the last lines may take to reach a client at exit.
-const FINAL_FLUSH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+/// The least time the last lines have to reach a client at exit.
+const FINAL_FLUSH_MIN: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// The proxy for `config`, the outbox it writes to, and the receiving end of that outbox.
 pub(crate) async fn build(
@@ -119,13 +119,14 @@ pub(crate) async fn build(
 }
 
 /// Reads stdin and dispatches each message until the input ends, `shutdown` resolves, stdout
-/// closes or the parent goes; says which.
+/// closes or the parent goes; says which, and since when (stdin's end may be seen while a
+/// dispatch waits: the time it had since counts in shutdown's 2 s, issue 23.4).
 async fn serve<R: AsyncRead + Unpin>(
     proxy: &std::sync::Arc<Proxy>,
     reader: &mut LineReader<R>,
     outbox: &Outbox,
     shutdown: impl Future<Output = ()>,
-) -> Stop {
+) -> (Stop, tokio::time::Instant) {
     tokio::pin!(shutdown);
     let parent = platform::parent_gone();
     tokio::pin!(parent);
@@ -133,7 +134,7 @@ async fn serve<R: AsyncRead + Unpin>(
     let mut backlog = std::collections::VecDeque::new();
     let mut ended: Option<Stop> = None;
     let mut drain_until = None;
-    'run: loop {
+    let stop = 'run: loop {
         let frame = match backlog.pop_front() {
             Some(frame) => frame,
             None => match ended.take() {
@@ -180,7 +181,9 @@ async fn serve<R: AsyncRead + Unpin>(
                 }
             }
         }
-    }
+    };
+    let now = tokio::time::Instant::now();
+    (stop, drain_until.map_or(now, |d| d.checked_sub(proxy::DRAIN_TIMEOUT).unwrap_or(now)))
 }
 
 /// Runs the proxy: reads messages from `input`, forwards them, writes answers to `output`, until
@@ -196,17 +199,19 @@ where
     let writer = tokio::spawn(stdio::write_lines(rx, output, finished));
     let mut reader = LineReader::new(input, config.max_message_bytes);
 
-    let stop = serve(&proxy, &mut reader, &outbox, shutdown).await;
+    let (stop, since) = serve(&proxy, &mut reader, &outbox, shutdown).await;
     debug!(?stop, "no more input");
     if matches!(stop, Stop::ParentGone) {
         tracing::info!("the client that started mcp-sidecar has exited; shutting down");
     }
-    proxy.shutdown(!matches!(stop, Stop::StdoutClosed | Stop::ParentGone)).await;
+    proxy.shutdown(!matches!(stop, Stop::StdoutClosed | Stop::ParentGone), since).await;
     drop(outbox);
     let _ = finish.send(());
     // What is queued still goes out, unless the client has stopped reading: then mcp-sidecar
-    // exits anyway rather than wait forever on a full pipe.
-    match tokio::time::timeout(FINAL_FLUSH_TIMEOUT, writer).await {
+    // exits anyway rather than wait forever on a full pipe (within the shutdown's 2 s, with a
+    // moment for the last lines however late they were queued).
+    let flush_until = (since + proxy::SHUTDOWN_BUDGET).max(tokio::time::Instant::now() + FINAL_FLUSH_MIN);
+    match tokio::time::timeout_at(flush_until, writer).await {
         Ok(Ok(Err(e))) if e.kind() != std::io::ErrorKind::BrokenPipe => error!("writing stdout failed: {e}"),
         Err(_) => debug!("the client reads stdout no more; exiting with lines unwritten"),
         _ => {}

@@ -23,6 +23,7 @@ use crate::upstream::{MAX_ERROR_BODY_BYTES, jsonrpc_error, sse};
 
 use super::core::{Core, bad_response, unreadable};
 use super::ledger::Flags;
+use super::link::OnWire;
 use super::policy::Hooks;
 use super::reply::{self, BodyError, Resumption, read_body};
 use super::room::holding;
@@ -39,7 +40,11 @@ pub(super) async fn run_request(
     what: String,
 ) {
     let keys: Vec<IdKey> = ids.iter().map(|(k, _)| k.clone()).collect();
-    if let Err(err) = exchange(&core, body, &headers, ids, initialize, limit, &what).await {
+    // Issue 23.4: from here on the request may reach the server; before, shutdown can say it
+    // was never sent.
+    let on_wire = |on| core.ledger.sending(&keys, on);
+    let attempt = Attempt { body: &body, initialize, limit, what: &what, on_wire: Some(&on_wire) };
+    if let Err(err) = exchange(&core, attempt, &headers, ids).await {
         for key in &keys {
             core.ledger.fail(key, &err).await;
         }
@@ -48,15 +53,13 @@ pub(super) async fn run_request(
 
 /// The HTTP exchange of a request. Returns once every id is answered, or with the error that
 /// answers the ids still pending.
-pub(super) async fn exchange(
+async fn exchange(
     core: &Arc<Core>,
-    body: Bytes,
+    attempt: Attempt<'_>,
     headers: &MessageHeaders,
     ids: Vec<(IdKey, oneshot::Receiver<()>)>,
-    initialize: bool,
-    limit: Duration,
-    what: &str,
 ) -> Result<(), LocalError> {
+    let Attempt { initialize, limit, .. } = attempt;
     if initialize {
         core.link.up.reset_session();
         if core.link.transport == Transport::Sse && !core.link.up.is_legacy() {
@@ -65,7 +68,6 @@ pub(super) async fn exchange(
                 .map_err(|reason| Streams::legacy_error(&core.link, &reason))?;
         }
     }
-    let attempt = Attempt { body: &body, initialize, limit, what };
     let Some((response, deadline)) = post_until_answered(core, &attempt, headers, &ids).await? else {
         return Ok(()); // the ids were answered from the error response
     };
@@ -111,13 +113,13 @@ async fn post_until_answered(
     headers: &MessageHeaders,
     ids: &[(IdKey, oneshot::Receiver<()>)],
 ) -> Result<Option<(reqwest::Response, Instant)>, LocalError> {
-    let Attempt { body, initialize, limit, what } = *attempt;
+    let Attempt { body, initialize, limit, what, on_wire } = *attempt;
     // Copied only when a relist changes the `Mcp-Param-*` headers.
     let mut headers = std::borrow::Cow::Borrowed(headers);
     let mut tried = Tried::default();
     loop {
         let (response, sent_session, deadline) =
-            core.link.send(body, &headers, initialize, limit, what).await?;
+            core.link.send(body, &headers, initialize, limit, what, on_wire).await?;
         let status = response.status();
         debug!(status = status.as_u16(), "POST answered");
         if status.is_success() {
@@ -305,7 +307,7 @@ pub(super) async fn send_one_way(
     headers: MessageHeaders,
     what: String,
 ) -> bool {
-    match core.link.send(&body, &headers, false, core.limits.request_timeout, &what).await {
+    match core.link.send(&body, &headers, false, core.limits.request_timeout, &what, None).await {
         Err(err) => {
             core.ledger.report_with(&err, &format!("{what} was not delivered"));
             false
@@ -344,14 +346,15 @@ pub(super) async fn call(
     let params = env.params();
     let headers = core.policies.params.request_headers(method, &params);
     let modern = headers.is_modern();
-    let flags = Flags { initialize, modern, internal };
+    let flags = Flags { initialize, modern, internal, held: false };
     let hooks = Hooks { learn_tools: modern && method == "tools/list", ..Hooks::default() };
     let (done, capture) = core.ledger.open_captured(raw_id, &key, flags, hooks)?;
     drop(env);
     // The client's own request stays in the table if this is dropped (a signal while it is
     // sent): shutdown answers it (every request read gets exactly one response).
     let _unregister = Unregister { core, key: internal.then(|| key.clone()) };
-    let sent = exchange(core, body, &headers, vec![(key.clone(), done)], initialize, limit, what).await;
+    let attempt = Attempt { body: &body, initialize, limit, what, on_wire: None };
+    let sent = exchange(core, attempt, &headers, vec![(key.clone(), done)]).await;
     // Answered or not, the request is over: its caller answers the client from what this
     // returns, so its entry leaves now (no second answer at exit, and its id can be used
     // again, issue 20). An answer is delivered before the exchange returns, so a capture
@@ -408,6 +411,8 @@ struct Attempt<'a> {
     initialize: bool,
     limit: Duration,
     what: &'a str,
+    /// Told when the request goes out, and when it waits to go again (see [`OnWire`]).
+    on_wire: OnWire<'a>,
 }
 
 /// The second tries an exchange has spent after error statuses.

@@ -12,13 +12,12 @@
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
-use std::time::Duration;
 
 use bytes::Bytes;
 use serde_json::value::RawValue;
 use tokio::sync::oneshot;
 use tokio::task::AbortHandle;
-use tokio::time::{Instant, timeout};
+use tokio::time::{Instant, timeout_at};
 use tracing::{debug, warn};
 
 use super::policy::Hooks;
@@ -35,6 +34,9 @@ pub(super) struct Flags {
     pub modern: bool,
     /// A request of the proxy's own: shutdown answers nobody for it.
     pub internal: bool,
+    /// Not sent yet (it waits for its turn: the rate limit, a backoff, a token), until
+    /// [`Ledger::sending`]: shutdown then says it was not processed (issue 23.4).
+    pub held: bool,
 }
 
 /// A request waiting for its answer.
@@ -305,7 +307,7 @@ impl Ledger {
 
     /// Shutdown: every request still open leaves the table; those of the client are answered
     /// with an error, within what is `left` of the shutdown's budget after `started`.
-    pub(super) async fn drain(&self, started: Instant, budget: Duration) {
+    pub(super) async fn drain(&self, end: Instant) {
         let left: Vec<Entry> = self.table.locked().drain().map(|(_, e)| e).collect();
         for entry in left {
             if let Some(abort) = &entry.abort {
@@ -315,18 +317,38 @@ impl Ledger {
                 continue;
             }
             // An `initialize` cut short by the end of the run did not fail: the run was stopped.
-            let err = LocalError::new(
-                SHUTTING_DOWN,
-                ErrorKind::ShuttingDown,
-                "mcp-sidecar is shutting down and the server had not answered yet; the request may have been processed",
-            );
+            let err = if entry.flags.held {
+                let mut err = LocalError::new(
+                    SHUTTING_DOWN,
+                    ErrorKind::ShuttingDown,
+                    "mcp-sidecar is shutting down before this request was sent (it was waiting for its turn: the rate limit, a retry or a sign-in); it was not processed",
+                );
+                err.request_sent = Some(false);
+                err
+            } else {
+                LocalError::new(
+                    SHUTTING_DOWN,
+                    ErrorKind::ShuttingDown,
+                    "mcp-sidecar is shutting down and the server had not answered yet; the request may have been processed",
+                )
+            };
             let message: Bytes = err.to_response(Some(&entry.id)).into();
-            let left = budget.saturating_sub(started.elapsed());
-            match timeout(left, self.out.reserve(message.len())).await {
+            match timeout_at(end, self.out.reserve(message.len())).await {
                 Ok(Some(slot)) => {
                     slot.send(message);
                 }
                 _ => debug!("stdout takes nothing more; a shutdown answer was not written"),
+            }
+        }
+    }
+
+    /// The requests `keys` go out to the server now (`on`), or wait to go again after an
+    /// answer that says they were not processed ([`Flags::held`]).
+    pub(super) fn sending(&self, keys: &[IdKey], on: bool) {
+        let mut table = self.table.locked();
+        for key in keys {
+            if let Some(entry) = table.get_mut(key) {
+                entry.flags.held = !on;
             }
         }
     }

@@ -52,6 +52,10 @@ tokio::task_local! {
 /// Told of each rate-limit wait: how long, and why.
 pub type WaitObserver = Box<dyn Fn(Duration, &str) + Send + Sync>;
 
+/// Told `true` just before a request goes out to the server, `false` when its answer says it
+/// was not processed and it waits to go again (issue 23.4: shutdown then says so).
+pub(super) type OnWire<'a> = Option<&'a (dyn Fn(bool) + Sync)>;
+
 /// What one POST came back with: the response, whether it carried the session id, and the
 /// deadline for reading it.
 pub(super) type Sent = (reqwest::Response, bool, Instant);
@@ -67,12 +71,28 @@ enum Next {
 
 /// The retries one send has spent, each against its own bound.
 #[derive(Default)]
-struct Tries {
+struct Tries<'a> {
+    /// Told when the request goes out, and when it waits to go again.
+    on_wire: OnWire<'a>,
+    /// Whether `on_wire` was last told `true`.
+    on_the_wire: bool,
     retries: u32,
     renewals: u32,
     sign_ins: u32,
     authorizations: u32,
     nonce_retried: bool,
+}
+
+impl Tries<'_> {
+    /// Tells `on_wire` that the request goes out (`true`) or waits to go again, once per change.
+    fn tell(&mut self, on: bool) {
+        if self.on_the_wire != on {
+            self.on_the_wire = on;
+            if let Some(tell) = self.on_wire {
+                tell(on);
+            }
+        }
+    }
 }
 
 /// The way to the server, and what a send must remember across requests.
@@ -170,11 +190,13 @@ impl Link {
         initialize: bool,
         limit: Duration,
         what: &str,
+        on_wire: OnWire<'_>,
     ) -> Result<Sent, LocalError> {
-        let mut tries = Tries::default();
+        let mut tries = Tries { on_wire, ..Tries::default() };
         loop {
             match self.try_once(body, headers, initialize, limit, what, &mut tries).await? {
-                Next::Again => continue,
+                // Every way to another try is an answer that says "not processed".
+                Next::Again => tries.tell(false),
                 Next::Done(sent) => return Ok(sent),
             }
         }
@@ -188,7 +210,7 @@ impl Link {
         initialize: bool,
         limit: Duration,
         what: &str,
-        tries: &mut Tries,
+        tries: &mut Tries<'_>,
     ) -> Result<Next, LocalError> {
         let admitted = self.admit(what, headers.route).await?;
         let oauth = self.up.oauth();
@@ -204,6 +226,7 @@ impl Link {
         let (request, sent_session) = self.up.post(body.clone(), headers, session.as_ref());
         // The timeout measures the server, not the time spent waiting for the gate.
         let deadline = retry::deadline_after(limit);
+        tries.tell(true);
         let response = match timeout_at(deadline, request.send()).await {
             Err(_) => {
                 // Issue 21.5: no answer will give the unit back; it is given back now.
@@ -254,7 +277,12 @@ impl Link {
 
     /// A send that failed before any answer: sent again after a backoff when it provably did
     /// not reach the server (and the failure is not TLS), else the error.
-    async fn not_sent(&self, e: &reqwest::Error, tries: &mut Tries, what: &str) -> Result<Next, LocalError> {
+    async fn not_sent(
+        &self,
+        e: &reqwest::Error,
+        tries: &mut Tries<'_>,
+        what: &str,
+    ) -> Result<Next, LocalError> {
         let err = self.up.send_error(e);
         // Before the server ever answered: one quick retry (a server still starting), then the
         // error, at once: `connection refused` after 9 s helped nobody (issue 23.4).
@@ -271,6 +299,7 @@ impl Link {
         tries.retries += 1;
         self.gate.stats.retries.fetch_add(1, Ordering::Relaxed);
         info!("{what}: {}; trying again in {} ({} of {max})", err.message, retry::human(wait), tries.retries);
+        tries.tell(false);
         tokio::time::sleep(wait).await;
         Ok(Next::Again)
     }
@@ -284,7 +313,7 @@ impl Link {
         response: &reqwest::Response,
         nonce_given: bool,
         token: Option<&reqwest::header::HeaderValue>,
-        tries: &mut Tries,
+        tries: &mut Tries<'_>,
         limit: Duration,
     ) -> Result<bool, LocalError> {
         let status = response.status();
@@ -306,6 +335,7 @@ impl Link {
         } else {
             return Ok(false);
         };
+        tries.tell(false); // refused, so not processed: it waits for a token now
         if Box::pin(renew_token(o, token, challenge.as_ref(), how, limit, status)).await? {
             tries.authorizations += 1;
             tries.sign_ins = MAX_SIGN_INS; // a fresh sign-in that is refused is not retried
@@ -335,7 +365,7 @@ impl Link {
         admitted: &Admission<'_>,
         deadline: Instant,
         what: &str,
-        tries: &mut Tries,
+        tries: &mut Tries<'_>,
     ) -> Result<Next, LocalError> {
         let status = response.status();
         self.gate.stats.limited.fetch_add(1, Ordering::Relaxed);

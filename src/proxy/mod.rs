@@ -33,7 +33,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use serde_json::value::RawValue;
-use tokio::time::{Instant, timeout};
+use tokio::time::{Instant, timeout_at};
 use tracing::{debug, info, trace};
 
 use crate::envelope::{self, Envelope, ErrorKind, INVALID_REQUEST, IdKey, Kind, LocalError};
@@ -51,6 +51,9 @@ pub use room::IN_FLIGHT_MESSAGES;
 pub const DRAIN_TIMEOUT: Duration = Duration::from_millis(1500);
 /// How long the closing DELETE may take (T-22); shutdown must finish within 2 s.
 const DELETE_TIMEOUT: Duration = Duration::from_millis(400);
+/// The whole shutdown, from the moment the end was seen (stdin's end, a signal): README promises
+/// an exit within 2 s, whatever the network does (issue 23.4).
+pub const SHUTDOWN_BUDGET: Duration = Duration::from_secs(2);
 
 /// The era adapter of the run, chosen once: the client's own era forwarded as it is (`Same`, the
 /// hot path), or one of the two bridges.
@@ -224,14 +227,16 @@ impl Proxy {
 
     /// Stops everything in order (S-06, T-22): waits up to [`DRAIN_TIMEOUT`] for requests in
     /// flight, answers the rest with an error, ends the session with DELETE.
-    pub async fn shutdown(&self, drain: bool) {
+    pub async fn shutdown(&self, drain: bool, since: Instant) {
         let core = &self.core;
-        let started = Instant::now();
+        // Every step below ends by `end` (issue 23.4: the time a dispatch in line had after
+        // stdin's end counts, as do the lease's release and the DELETE).
+        let end = since + SHUTDOWN_BUDGET;
         core.shutting_down.store(true, std::sync::atomic::Ordering::Relaxed);
         core.tasks.close();
         // Issue 10.3: the stream for server messages stays open while requests drain: answers
         // of the HTTP+SSE transport, and of requests the server accepted with 202, come on it.
-        if drain && timeout(DRAIN_TIMEOUT, core.tasks.wait()).await.is_err() {
+        if drain && timeout_at(since + DRAIN_TIMEOUT, core.tasks.wait()).await.is_err() {
             info!("shutting down with requests still in flight; answering them with an error");
         }
         core.streams.stop();
@@ -239,11 +244,12 @@ impl Proxy {
             bridge.stop_listening();
         }
         // Within the 2 s the whole shutdown has, whatever the client does with stdout.
-        core.ledger.drain(started, DRAIN_TIMEOUT + DELETE_TIMEOUT).await;
+        core.ledger.drain(end).await;
         // The rate-limit units this process leased and did not use go back (bounded: exit must
         // not wait on another process's lock).
-        let _ = timeout(Duration::from_millis(500), core.link.gate.release()).await;
-        self.close_session().await;
+        let release = Instant::now() + Duration::from_millis(500);
+        let _ = timeout_at(release.min(end), core.link.gate.release()).await;
+        self.close_session(end).await;
         if let Some(summary) = core.rate_limit_summary() {
             info!("rate limits: {summary}");
         }
@@ -263,18 +269,17 @@ impl Proxy {
     /// Ends the session with DELETE (T-22), under the same rate-limit rules, within the shutdown
     /// budget: only if the rate limit lets it through at once (a session the server cannot be
     /// told about expires by itself, and exit must not wait for the next window).
-    async fn close_session(&self) {
+    async fn close_session(&self, end: Instant) {
         let link = &self.core.link;
         let Some(delete) = link.up.delete_session() else { return };
-        let admitted = timeout(
-            DELETE_TIMEOUT,
-            link.gate.admit(Duration::ZERO, crate::ratelimit::Use::Background, |_, _| {}),
-        );
+        let end = end.min(Instant::now() + DELETE_TIMEOUT);
+        let admitted =
+            timeout_at(end, link.gate.admit(Duration::ZERO, crate::ratelimit::Use::Background, |_, _| {}));
         match admitted.await {
-            Ok(Ok(admitted)) => match timeout(DELETE_TIMEOUT, delete.send()).await {
+            Ok(Ok(admitted)) => match timeout_at(end, delete.send()).await {
                 Ok(Ok(r)) => {
                     debug!(status = r.status().as_u16(), "session closed");
-                    let _ = timeout(DELETE_TIMEOUT, link.answered(&admitted, r.headers())).await;
+                    let _ = timeout_at(end, link.answered(&admitted, r.headers())).await;
                 }
                 Ok(Err(e)) => debug!(error = %e.without_url(), "closing the session failed"),
                 Err(_) => debug!("closing the session timed out"),

@@ -87,7 +87,7 @@ async fn dispatch_request(core: &Arc<Core>, env: Envelope<'_>, line: &Bytes) {
         core.limits.request_timeout
     };
     let modern = headers.is_modern();
-    let flags = Flags { initialize: init, modern, internal: false };
+    let flags = Flags { initialize: init, modern, internal: false, held: true };
     let Some((key, id)) = core.ledger.open(&env, flags, hooks) else { return };
     if init {
         core.link.keep_init_line(line.clone());

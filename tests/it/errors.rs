@@ -271,3 +271,111 @@ async fn issue23_1_a_failed_initialize_is_answered_once_and_the_exit_status_says
         }
     }
 }
+
+/// Issue 23.4: at shutdown a request that never went out (it waited for its turn behind a
+/// rate-limit deadline, or for its retry after a 429) was told it "may have been processed";
+/// it is now told it was not (`requestSent: false`), while one the server holds is still told
+/// it may have been. The exit stays within the README's 2 s of stdin's end.
+#[tokio::test]
+async fn issue23_4_shutdown_says_what_was_never_sent_and_keeps_its_2_s() {
+    let held = Arc::new(tokio::sync::Notify::new());
+    let h = held.clone();
+    let hook: Hook = Arc::new(move |s: &Seen| match s.rpc_method() {
+        Some("tools/call") => Action::Hold(h.clone()),
+        Some("tools/list") => {
+            let mut r = respond(429, "application/json", "{}");
+            r.headers_mut().insert("retry-after", "30".parse().unwrap());
+            Action::Respond(r)
+        }
+        _ => Action::Pass,
+    });
+    let server = Server::start(generic(), Some(hook)).await;
+    let mut s = sidecar_for(&server, &["--max-wait", "120"]);
+    s.handshake().await;
+    s.send_json(&call(2, "echo", json!({"text": "x"}))).await;
+    s.send_json(&request(3, "tools/list", json!({}))).await;
+    until("both reached the server", || {
+        server.posts("tools/call").len() == 1 && server.posts("tools/list").len() == 1
+    })
+    .await;
+    s.send_json(&request(4, "prompts/list", json!({}))).await;
+    s.stderr_shows("prompts/list (id 4): waiting").await;
+    let started = std::time::Instant::now();
+    let outcome = s.finish().await;
+    let took = started.elapsed();
+    let answers = outcome.messages();
+    let of = |id: i64| {
+        answers.iter().find(|a| a["id"] == id).unwrap_or_else(|| panic!("no answer {id}: {answers:?}"))
+    };
+    for id in [2, 3, 4] {
+        assert_eq!(of(id)["error"]["data"]["kind"], "shutting_down", "{answers:?}");
+    }
+    let held_by_server = &of(2)["error"];
+    assert!(
+        held_by_server["message"].as_str().unwrap().contains("may have been processed"),
+        "{held_by_server}"
+    );
+    assert_ne!(held_by_server["data"]["requestSent"], false);
+    for id in [3, 4] {
+        let e = &of(id)["error"];
+        assert_eq!(e["data"]["requestSent"], false, "{e}");
+        assert!(e["message"].as_str().unwrap().contains("it was not processed"), "{e}");
+    }
+    assert_eq!(server.posts("prompts/list").len(), 0);
+    assert!(took < std::time::Duration::from_millis(2800), "exited {took:?} after stdin's end");
+    held.notify_waiters();
+}
+
+/// Issue 23.4: `initialize` is dispatched in line; when stdin ends while the server holds it,
+/// the time the in-line dispatch had since stdin's end counts in shutdown's 2 s (shutdown now
+/// measures every step from stdin's end). A guard: the run before this change also ended in
+/// time here, since the held request's task was the one the drain waited for.
+#[tokio::test]
+async fn issue23_4_a_held_initialize_still_exits_within_2_s_of_stdins_end() {
+    let held = Arc::new(tokio::sync::Notify::new());
+    let h = held.clone();
+    let hook: Hook =
+        Arc::new(
+            move |s: &Seen| {
+                if s.rpc_method() == Some("initialize") { Action::Hold(h.clone()) } else { Action::Pass }
+            },
+        );
+    let server = Server::start(generic(), Some(hook)).await;
+    let mut s = sidecar_for(&server, &[]);
+    s.send_json(&request(
+        1,
+        "initialize",
+        json!({"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"t","version":"1"}}),
+    ))
+    .await;
+    until("initialize reached the server", || server.posts("initialize").len() == 1).await;
+    let started = std::time::Instant::now();
+    let outcome = s.finish().await;
+    let took = started.elapsed();
+    let answers = outcome.messages();
+    assert_eq!(answers.len(), 1, "{answers:?}");
+    assert_eq!(answers[0]["error"]["data"]["kind"], "shutting_down", "{answers:?}");
+    assert!(took < std::time::Duration::from_millis(2800), "exited {took:?} after stdin's end");
+    held.notify_waiters();
+}
+
+/// Issue 23.4: a server that goes away after the handshake: a request meets refused
+/// connections and backs off between retries (1 s, 2 s, 4 s: the server had answered before, so
+/// not the first contact's single quick retry). Stdin's end still means an exit within 2 s, and
+/// the request is told it was never sent.
+#[tokio::test]
+async fn issue23_4_a_server_gone_mid_run_keeps_the_2_s_exit() {
+    let server = Server::start(generic(), None).await;
+    let mut s = sidecar_for(&server, &[]);
+    s.handshake().await;
+    server.stop();
+    s.send_json(&request(2, "tools/list", json!({}))).await;
+    s.stderr_shows("tools/list (id 2): could not connect").await;
+    let started = std::time::Instant::now();
+    let outcome = s.finish().await;
+    let took = started.elapsed();
+    let answers = outcome.messages();
+    let e = &answers.iter().find(|a| a["id"] == 2).expect("answered")["error"];
+    assert_eq!(e["data"]["requestSent"], false, "{e}");
+    assert!(took < std::time::Duration::from_millis(2800), "exited {took:?} after stdin's end");
+}

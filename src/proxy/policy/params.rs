@@ -98,7 +98,8 @@ impl Params {
                 Err(_) => return false,
             };
             let what = "tools/list (to refresh x-mcp-header)";
-            let Ok((response, _, deadline)) = link.send(&bytes, &headers, false, limit, what).await else {
+            let Ok((response, _, deadline)) = link.send(&bytes, &headers, false, limit, what, None).await
+            else {
                 return false;
             };
             if !response.status().is_success() {
