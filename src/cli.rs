@@ -413,6 +413,10 @@ pub struct Args {
     #[arg(skip)]
     pub installing: bool,
 
+    /// Set by the one-shot commands (not a flag): see [`crate::config::Config::one_shot`].
+    #[arg(skip)]
+    pub one_shot: bool,
+
     /// How much to log on stderr: error, warn, info, debug or trace (bodies only at trace).
     #[arg(long, value_name = "LEVEL", env = "MCP_SIDECAR_LOG_LEVEL", default_value = "info")]
     pub log_level: LogLevel,

@@ -79,10 +79,11 @@ fn main() -> ExitCode {
     }
 }
 
-/// A one-shot command's settings: quiet (below), and a person's `--request-timeout` unless one
-/// is given (issue 23.3).
+/// A one-shot command's settings: quiet (below), a person's `--request-timeout` unless one is
+/// given (issue 23.3), and the fewest requests (issue 23.5).
 fn one_shot(mut args: Args, timeout: f64) -> Args {
     args.request_timeout.get_or_insert(timeout);
+    args.one_shot = true;
     quiet(args)
 }
 

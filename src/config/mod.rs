@@ -123,6 +123,11 @@ pub struct Config {
     pub url: Url,
     /// The endpoint's path as the `--preset` knows it (for the hint when a URL answers 404).
     pub preset_path: Option<&'static str>,
+    /// A one-shot command (`call`, `tool`, `tools`, `check`), which spends as few of the user's
+    /// requests as the protocol allows (issue 23.5): no stream for messages the server starts
+    /// (nobody reads them), and no closing `DELETE` where the server states a rate limit (the
+    /// session expires by itself; the request is the user's).
+    pub one_shot: bool,
     /// The API key, when one is configured.
     pub api_key: Option<ApiKey>,
     /// OAuth sign-in, when no key is configured and `--auth none` is not given: used when the
@@ -317,6 +322,7 @@ impl Config {
         Ok(Config {
             url,
             preset_path: preset.map(|p| p.path),
+            one_shot: cli.one_shot,
             api_key,
             oauth,
             headers,

@@ -290,7 +290,7 @@ fn relisten(core: &Arc<Core>, bridge: &Arc<Bridge>) {
     if let Some(old) = listen.task.take() {
         old.abort();
     }
-    if listen.filter().is_none() || core.shutting_down.load(Ordering::Relaxed) {
+    if listen.filter().is_none() || core.shutting_down.load(Ordering::Relaxed) || !core.streams.listening {
         return;
     }
     listen.task = Some(tokio::spawn(listen_stream(core.clone(), bridge.clone())).abort_handle());

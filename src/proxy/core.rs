@@ -94,7 +94,7 @@ impl Core {
             ledger: Ledger::new(out),
             tasks: TaskTracker::new(),
             limits: Limits { request_timeout, max_message },
-            streams: Streams::new(max_message, request_timeout),
+            streams: Streams::new(max_message, request_timeout, !config.one_shot),
             shutting_down: AtomicBool::new(false),
         });
         let weak = Arc::downgrade(&proxy);

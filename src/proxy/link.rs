@@ -124,6 +124,10 @@ pub(super) struct Link {
     /// server restarting, worth the usual retries; before, a wrong URL or a server that is down,
     /// said at once (issue 23.4).
     reached: AtomicBool,
+    /// A one-shot command's with a rate limit given (`--rate-limit`, a preset's plan): see
+    /// [`Link::spares_the_delete`].
+    one_shot: bool,
+    limits_given: bool,
 }
 
 impl Link {
@@ -142,7 +146,19 @@ impl Link {
             renewing: tokio::sync::Mutex::new(()),
             on_renewed: OnceLock::new(),
             reached: AtomicBool::new(false),
+            one_shot: config.one_shot,
+            limits_given: !config.rate_limits.is_empty(),
         }
+    }
+
+    /// Issue 23.5: a one-shot command leaves out the closing `DELETE` (T-22 is a SHOULD; the
+    /// session expires by itself) where requests are counted: a rate limit given, or stated by
+    /// the server's headers. Elsewhere the session is ended as usual.
+    pub(super) fn spares_the_delete(&self) -> bool {
+        self.one_shot
+            && (self.limits_given
+                || !self.seen_limit_headers.locked().is_empty()
+                || !self.last_limit_headers.locked().is_empty())
     }
 
     /// Calls `observe` for each rate-limit wait instead of logging it.

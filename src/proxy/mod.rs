@@ -271,6 +271,10 @@ impl Proxy {
     /// told about expires by itself, and exit must not wait for the next window).
     async fn close_session(&self, end: Instant) {
         let link = &self.core.link;
+        if link.spares_the_delete() {
+            debug!("not closing the session: a one-shot command's requests count against a rate limit");
+            return;
+        }
         let Some(delete) = link.up.delete_session() else { return };
         let end = end.min(Instant::now() + DELETE_TIMEOUT);
         let admitted =

@@ -48,11 +48,21 @@ pub(super) struct Streams {
     max_message: usize,
     /// `--request-timeout`, for the handshake replayed on a new HTTP+SSE stream.
     request_timeout: Duration,
+    /// Whether a stream for messages the server starts is opened at all (not for a one-shot
+    /// command, whose client reads none: issue 23.5). The HTTP+SSE transport's stream carries
+    /// the answers too, and is always opened.
+    pub(super) listening: bool,
 }
 
 impl Streams {
-    pub(super) fn new(max_message: usize, request_timeout: Duration) -> Streams {
-        Streams { task: Mutex::new(None), lost: AtomicBool::new(false), max_message, request_timeout }
+    pub(super) fn new(max_message: usize, request_timeout: Duration, listening: bool) -> Streams {
+        Streams {
+            task: Mutex::new(None),
+            lost: AtomicBool::new(false),
+            max_message,
+            request_timeout,
+            listening,
+        }
     }
 
     /// Stops the stream (shutdown).
@@ -179,7 +189,7 @@ impl Streams {
     /// Starts listening on the GET stream for server-initiated messages (T-20), once.
     pub(super) fn open_get<H: Host>(host: &Arc<H>) {
         let mut slot = host.streams().task.locked();
-        if slot.is_some() || host.closing() {
+        if slot.is_some() || host.closing() || !host.streams().listening {
             return;
         }
         *slot = Some(tokio::spawn(Self::listen(host.clone())).abort_handle());

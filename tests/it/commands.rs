@@ -459,6 +459,57 @@ fn stalled(posts: bool) -> (Hook, Arc<tokio::sync::Notify>) {
     (hook, held)
 }
 
+/// What the server saw, as "HTTP-method rpc-method" (the GET stream and DELETE by their HTTP
+/// method alone).
+fn seen_requests(server: &Server) -> Vec<String> {
+    server
+        .seen()
+        .iter()
+        .map(|s| match s.rpc_method() {
+            Some(m) => format!("{} {m}", s.method),
+            None => s.method.to_string(),
+        })
+        .collect()
+}
+
+/// Issue 23.5: a one-shot command spent 4–5 of the user's requests (the probe, initialize,
+/// initialized, the GET stream, the call, DELETE). Now: no stream for server messages (nobody
+/// reads them), and no DELETE where requests are counted (a rate limit stated by the server's
+/// headers, or given), so 3 against a rate-limited server, 4 against one that states no limit.
+#[tokio::test]
+async fn issue23_5_one_shot_commands_spend_few_requests() {
+    let server = Server::start(generic(), None).await;
+    let dir = scratch_dir("issue23-5");
+    let state = dir.to_str().unwrap();
+    let args = ["tools", server.url.as_str(), "--api-key-env", "TEST_KEY", "--state-dir", state];
+    let (code, _, stderr) = run_command(&args, ENV).await;
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(
+        seen_requests(&server),
+        ["POST initialize", "POST notifications/initialized", "POST tools/list", "DELETE"]
+    );
+
+    for (limited, given) in [(true, &[][..]), (false, &["--rate-limit", "100/min"][..])] {
+        let opts = if limited {
+            Options { limit_headers: true, per_minute: Some(100), ..generic() }
+        } else {
+            generic()
+        };
+        let server = Server::start(opts, None).await;
+        let mut args =
+            vec!["tool", "echo", "--arg", "text=hi", server.url.as_str(), "--api-key-env", "TEST_KEY"];
+        args.extend(["--state-dir", state]);
+        args.extend(given);
+        let (code, _, stderr) = run_command(&args, ENV).await;
+        assert_eq!(code, 0, "{stderr}");
+        assert_eq!(
+            seen_requests(&server),
+            ["POST initialize", "POST notifications/initialized", "POST tools/call"],
+            "limited {limited}, given {given:?}"
+        );
+    }
+}
+
 /// Issue 23.3: `tools` against a server that never answers was 310 silent seconds. On a
 /// terminal a line says what it waits for after about 2 s, with the one-shot default (60 s,
 /// not the proxy's 300); a script's stderr gets no such line.

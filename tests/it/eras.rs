@@ -1111,3 +1111,29 @@ async fn the_end_of_stdin_during_the_era_probe_still_answers_initialize() {
     assert_eq!(answers[0]["error"]["data"]["kind"], "shutting_down", "{}", out.stdout);
     never.notify_waiters();
 }
+
+/// Issue 23.5: a one-shot command against a stateless server opened the bridge's
+/// `subscriptions/listen` stream, a request of the user's that nobody read. Now: the first run
+/// learns the era (its `initialize` refused, then `server/discover`) and makes the call; a later
+/// run, with the era remembered, spends two requests.
+#[tokio::test]
+async fn issue23_5_a_one_shot_command_opens_no_listen_stream() {
+    let (url, server) = stateless_server().await;
+    let dir = scratch_dir("issue23-5-stateless");
+    let args = ["tools", url.as_str(), "--auth", "none", "--state-dir", dir.to_str().unwrap()];
+    let methods = || -> Vec<String> {
+        server
+            .posts
+            .lock()
+            .unwrap()
+            .drain(..)
+            .map(|p| p.body["method"].as_str().unwrap_or("?").to_owned())
+            .collect()
+    };
+    let (code, stdout, stderr) = run_command(&args, &[]).await;
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    assert_eq!(methods(), ["initialize", "server/discover", "tools/list"]);
+    let (code, stdout, stderr) = run_command(&args, &[]).await;
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    assert_eq!(methods(), ["server/discover", "tools/list"]);
+}
