@@ -150,6 +150,32 @@ pub struct StatusArgs {
     pub args: Args,
 }
 
+/// Issue 23.7: a first word that is neither a command nor a URL, but close to a command's name
+/// (`chek`): the command it likely meant.
+pub fn mistyped_command(word: &str) -> Option<String> {
+    if word.starts_with('-') || word.contains(['/', ':', '.', '@']) {
+        return None;
+    }
+    let names = command_names();
+    if names.iter().any(|n| n == word) {
+        return None;
+    }
+    let word = word.to_ascii_lowercase();
+    names
+        .into_iter()
+        .map(|name| (strsim::damerau_levenshtein(&word, &name), name))
+        // Two edits at most, and fewer than half the word (`to` is not `tool` mistyped).
+        .filter(|(d, name)| *d <= 2 && d * 2 < name.len().max(word.len()))
+        .min()
+        .map(|(_, name)| name)
+}
+
+/// The names of the commands, for messages.
+pub fn command_names() -> Vec<String> {
+    use clap::CommandFactory;
+    Cli::command().get_subcommands().map(|c| c.get_name().to_owned()).filter(|n| n != "help").collect()
+}
+
 /// `call`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct CallArgs {
@@ -161,6 +187,31 @@ pub struct CallArgs {
     pub params: Option<String>,
     #[command(flatten)]
     pub args: Args,
+}
+
+impl CallArgs {
+    /// Issue 23.7: `call tools/list URL` put the URL in PARAMS_JSON ("must be a JSON object",
+    /// or "no server URL"). The positional arguments are read by what they are, in any order:
+    /// an http(s) URL is the server, a JSON object or array the params, the other word the
+    /// method. Anything ambiguous is left as written.
+    pub fn sorted(mut self) -> CallArgs {
+        let given: Vec<String> = [Some(self.method.clone()), self.params.clone(), self.args.url.clone()]
+            .into_iter()
+            .flatten()
+            .collect();
+        let is_url = |s: &str| s.starts_with("http://") || s.starts_with("https://");
+        let is_json = |s: &str| s.trim_start().starts_with(['{', '[']);
+        let urls: Vec<&String> = given.iter().filter(|s| is_url(s)).collect();
+        let jsons: Vec<&String> = given.iter().filter(|s| is_json(s)).collect();
+        let words: Vec<&String> = given.iter().filter(|s| !is_url(s) && !is_json(s)).collect();
+        if urls.len() > 1 || jsons.len() > 1 || words.len() != 1 {
+            return self;
+        }
+        self.method = words[0].clone();
+        self.params = jsons.first().map(|s| (*s).clone());
+        self.args.url = urls.first().map(|s| (*s).clone());
+        self
+    }
 }
 
 /// `tool`.
@@ -218,11 +269,12 @@ pub enum InstallClient {
 #[derive(Debug, Clone, clap::Args)]
 pub struct Args {
     /// The remote MCP endpoint, e.g. https://mcp.example.com/mcp.
-    #[arg(value_name = "URL", conflicts_with = "url_flag")]
+    #[arg(value_name = "URL")]
     pub url: Option<String>,
 
-    /// The remote MCP endpoint (same as the positional URL).
-    #[arg(long = "url", value_name = "URL", env = "MCP_SIDECAR_URL")]
+    /// The remote MCP endpoint (same as the positional URL). Also read from MCP_SIDECAR_URL,
+    /// which a URL on the command line overrides.
+    #[arg(long = "url", value_name = "URL")]
     pub url_flag: Option<String>,
 
     /// Fill in endpoint, key variable, header style and key prefix for a known service.
@@ -526,10 +578,43 @@ mod tests {
     }
 
     #[test]
-    fn positional_and_flag_url_conflict() {
-        assert!(Cli::try_parse_from(["mcp-sidecar", "http://a/mcp", "--url", "http://b/mcp"]).is_err());
-        let cli = Cli::try_parse_from(["mcp-sidecar", "--url", "http://b/mcp"]).unwrap();
+    fn positional_and_flag_url_both_parse() {
+        // Whether they agree is the config's to say (issue 23.7).
+        let cli = Cli::try_parse_from(["mcp-sidecar", "http://a/mcp", "--url", "http://b/mcp"]).unwrap();
+        assert_eq!(cli.args.url.as_deref(), Some("http://a/mcp"));
         assert_eq!(cli.args.url_flag.as_deref(), Some("http://b/mcp"));
+    }
+
+    #[test]
+    fn issue23_7_a_word_close_to_a_command_is_named() {
+        assert_eq!(mistyped_command("chek").as_deref(), Some("check"));
+        assert_eq!(mistyped_command("tols").as_deref(), Some("tools"));
+        assert_eq!(mistyped_command("Login").as_deref(), Some("login"));
+        assert_eq!(mistyped_command("instal").as_deref(), Some("install"));
+        for not in ["tools", "tool", "check", "to", "hello", "https://chek", "mcp.chek.io", "--chek", "x"] {
+            assert_eq!(mistyped_command(not), None, "{not}");
+        }
+    }
+
+    #[test]
+    fn issue23_7_calls_arguments_are_read_by_what_they_are() {
+        let parse = |argv: &[&str]| {
+            let cli = Cli::try_parse_from([&["mcp-sidecar", "call"][..], argv].concat()).unwrap();
+            let Some(Command::Call(c)) = cli.command else { panic!() };
+            let c = c.sorted();
+            (c.method, c.params, c.args.url)
+        };
+        let url = Some("https://h/mcp".to_owned());
+        let json = Some(r#"{"a":1}"#.to_owned());
+        assert_eq!(parse(&["tools/list", "https://h/mcp"]), ("tools/list".into(), None, url.clone()));
+        assert_eq!(parse(&["https://h/mcp", "tools/list"]), ("tools/list".into(), None, url.clone()));
+        assert_eq!(
+            parse(&["tools/call", "https://h/mcp", r#"{"a":1}"#]),
+            ("tools/call".into(), json.clone(), url.clone())
+        );
+        assert_eq!(parse(&["tools/call", r#"{"a":1}"#, "https://h/mcp"]), ("tools/call".into(), json, url));
+        // Ambiguous: as written (PARAMS_JSON's own error follows).
+        assert_eq!(parse(&["a", "b"]), ("a".into(), Some("b".into()), None));
     }
 
     #[test]

@@ -13,6 +13,13 @@ use mcp_sidecar::commands::{self, check, install, oneshot};
 use mcp_sidecar::config::{Config, default_state_dir, rate_limit_store};
 
 fn main() -> ExitCode {
+    // Issue 23.7: `chek URL` met clap's "the subcommand … cannot be used with [URL]".
+    if let Some(word) = std::env::args().nth(1)
+        && let Some(meant) = mcp_sidecar::cli::mistyped_command(&word)
+    {
+        eprintln!("mcp-sidecar: {word:?} is not a command: did you mean mcp-sidecar {meant}?");
+        return ExitCode::from(2);
+    }
     let cli = Cli::parse();
     match cli.command {
         None => proxy(cli.args),
@@ -22,7 +29,10 @@ fn main() -> ExitCode {
         }
         Some(Command::Logout(args)) => subcommand(args, |config, _| commands::logout(&config)),
         Some(Command::Status(s))
-            if s.args.url.is_none() && s.args.url_flag.is_none() && s.args.preset.is_none() =>
+            if s.args.url.is_none()
+                && s.args.url_flag.is_none()
+                && std::env::var_os("MCP_SIDECAR_URL").is_none()
+                && s.args.preset.is_none() =>
         {
             let dir = s.args.state_dir.clone().or_else(default_state_dir);
             let store = match rate_limit_store(&s.args, &|name| std::env::var(name).ok()) {
@@ -41,9 +51,12 @@ fn main() -> ExitCode {
         Some(Command::Check(c)) => subcommand(one_shot(c.args, CHECK_REQUEST_TIMEOUT), |config, rt| {
             rt.block_on(check::check(config, c.json))
         }),
-        Some(Command::Call(c)) => subcommand(one_shot(c.args, ONE_SHOT_REQUEST_TIMEOUT), |config, rt| {
-            rt.block_on(oneshot::call(config, &c.method, c.params.as_deref()))
-        }),
+        Some(Command::Call(c)) => {
+            let c = c.sorted();
+            subcommand(one_shot(c.args, ONE_SHOT_REQUEST_TIMEOUT), |config, rt| {
+                rt.block_on(oneshot::call(config, &c.method, c.params.as_deref()))
+            })
+        }
         Some(Command::Tools(args)) => subcommand(one_shot(args, ONE_SHOT_REQUEST_TIMEOUT), |config, rt| {
             rt.block_on(oneshot::tools(config))
         }),

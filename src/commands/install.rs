@@ -145,8 +145,10 @@ fn default_of(long: &str) -> Option<String> {
 /// written). Numbers are written when they differ from the built-in default.
 pub fn server_args(a: &Args, config: &Config) -> Vec<String> {
     let mut out = Vec::new();
-    if let Some(u) = a.url.as_ref().or(a.url_flag.as_ref()) {
-        out.push(u.clone());
+    if let Some(u) =
+        a.url.clone().or_else(|| a.url_flag.clone()).or_else(|| std::env::var("MCP_SIDECAR_URL").ok())
+    {
+        out.push(u);
     }
     let mut opt = |flag: &str, v: Option<String>| {
         if let Some(v) = v {

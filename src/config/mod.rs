@@ -288,7 +288,7 @@ impl Config {
         let preset = spec.as_ref();
         let mut warnings = Vec::new();
 
-        let url = resolve_url(cli.url.as_deref().or(cli.url_flag.as_deref()), preset)?;
+        let url = resolve_url(given_url(&cli, env)?.as_deref(), preset)?;
         check_scheme(&url, cli.allow_http)?;
 
         let api_key = resolve_api_key(&cli, preset, env, &mut warnings)?;
@@ -679,6 +679,24 @@ fn identity_token(
     }
 }
 
+/// The URL given: on the command line (positional or `--url`; both only if they agree), else
+/// `MCP_SIDECAR_URL` (issue 23.7: the variable exported and a URL on the command line were a
+/// conflict, though flags win over the environment everywhere else).
+fn given_url(cli: &Args, env: &dyn Fn(&str) -> Option<String>) -> Result<Option<String>, ConfigError> {
+    match (&cli.url, &cli.url_flag) {
+        (Some(a), Some(b)) if a != b => {
+            let shown = |u: &str| Url::parse(u).map_or_else(|_| format!("{u:?}"), |u| redact_url(&u));
+            Err(ConfigError(format!(
+                "two different URLs were given, {} and {} (--url): give one",
+                shown(a),
+                shown(b)
+            )))
+        }
+        (Some(u), _) | (None, Some(u)) => Ok(Some(u.clone())),
+        (None, None) => Ok(env("MCP_SIDECAR_URL").filter(|u| !u.is_empty())),
+    }
+}
+
 fn resolve_url(given: Option<&str>, preset: Option<&PresetSpec>) -> Result<Url, ConfigError> {
     let text = match (given, preset) {
         (Some(u), _) => u,
@@ -702,6 +720,16 @@ fn resolve_url(given: Option<&str>, preset: Option<&PresetSpec>) -> Result<Url, 
         )));
     }
     let mut url = Url::parse(text).map_err(|e| {
+        // Issue 23.7: a word where a command goes is not "an invalid URL".
+        if let Some(meant) = crate::cli::mistyped_command(text) {
+            return ConfigError(format!("{text:?} is not a command: did you mean mcp-sidecar {meant}?"));
+        }
+        if !text.contains(['/', ':', '.']) {
+            return ConfigError(format!(
+                "{text:?} is neither a command ({}) nor a URL (the full address, e.g. https://host/mcp)",
+                crate::cli::command_names().join(", ")
+            ));
+        }
         ConfigError(format!(
             "{text:?} is not a valid URL ({e}): give the full address, e.g. https://host/mcp"
         ))
@@ -953,6 +981,24 @@ mod tests {
         }
         let c = config(&[u, "--auth", "oauth-device"], &[]).unwrap();
         assert!(matches!(c.oauth.unwrap().grant, self::auth::Grant::Device));
+    }
+
+    #[test]
+    fn issue23_7_a_url_on_the_command_line_wins_over_mcp_sidecar_url() {
+        let env = [("MCP_SIDECAR_URL", "http://127.0.0.1:1/env"), ("K", "k")];
+        let c = config(&["http://127.0.0.1:2/arg", "--api-key-env", "K"], &env).unwrap();
+        assert_eq!(c.url.as_str(), "http://127.0.0.1:2/arg");
+        let c = config(&["--url", "http://127.0.0.1:3/flag", "--api-key-env", "K"], &env).unwrap();
+        assert_eq!(c.url.as_str(), "http://127.0.0.1:3/flag");
+        let c = config(&["--api-key-env", "K"], &env).unwrap();
+        assert_eq!(c.url.as_str(), "http://127.0.0.1:1/env");
+        let same = ["http://127.0.0.1:2/a", "--url", "http://127.0.0.1:2/a", "--api-key-env", "K"];
+        assert!(config(&same, &env).is_ok());
+        let e =
+            err(&["http://u:pw@127.0.0.1:2/a", "--url", "http://127.0.0.1:2/b", "--api-key-env", "K"], &env);
+        assert!(e.starts_with("two different URLs were given") && !e.contains("pw"), "{e}");
+        let e = err(&["chek", "--api-key-env", "K"], &env);
+        assert_eq!(e, r#""chek" is not a command: did you mean mcp-sidecar check?"#);
     }
 
     #[test]

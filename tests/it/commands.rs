@@ -510,6 +510,44 @@ async fn issue23_5_one_shot_commands_spend_few_requests() {
     }
 }
 
+/// Issue 23.7: the positional-argument traps, as a user meets them: `call tools/list URL`
+/// ("PARAMS_JSON must be a JSON object" or "no server URL"), a mistyped command ("is not a
+/// valid URL", or clap's conflict between [URL] and a subcommand), `MCP_SIDECAR_URL` exported
+/// and a URL given (a conflict, though README says flags win).
+#[tokio::test]
+async fn issue23_7_positional_arguments_are_read_by_what_they_are() {
+    let server = Server::start(generic(), None).await;
+    let url = server.url.as_str();
+    for args in [
+        &["call", "tools/list", url, "--api-key-env", "TEST_KEY"][..],
+        &[
+            "call",
+            url,
+            "tools/call",
+            r#"{"name":"echo","arguments":{"text":"hi"}}"#,
+            "--api-key-env",
+            "TEST_KEY",
+        ],
+    ] {
+        let (code, stdout, stderr) = run_command(args, ENV).await;
+        assert_eq!(code, 0, "{args:?}: {stderr}");
+        assert!(stdout.contains("\"tools\"") || stdout.contains("hi"), "{args:?}: {stdout}");
+    }
+    for args in [&["chek", url][..], &["chek"], &["chek", "--url", url]] {
+        let (code, _, stderr) = run_command(args, ENV).await;
+        assert_eq!(code, 2, "{args:?}");
+        assert_eq!(
+            stderr.trim(),
+            r#"mcp-sidecar: "chek" is not a command: did you mean mcp-sidecar check?"#,
+            "{args:?}"
+        );
+    }
+    let env = [("TEST_KEY", KEY), ("MCP_SIDECAR_URL", "http://127.0.0.1:9/elsewhere")];
+    let (code, stdout, stderr) = run_command(&["tools", url, "--api-key-env", "TEST_KEY"], &env).await;
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains("echo"), "{stdout}");
+}
+
 /// Issue 23.3: `tools` against a server that never answers was 310 silent seconds. On a
 /// terminal a line says what it waits for after about 2 s, with the one-shot default (60 s,
 /// not the proxy's 300); a script's stderr gets no such line.

@@ -290,7 +290,10 @@ async fn issue23_4_shutdown_says_what_was_never_sent_and_keeps_its_2_s() {
         _ => Action::Pass,
     });
     let server = Server::start(generic(), Some(hook)).await;
-    let mut s = sidecar_for(&server, &["--max-wait", "120"]);
+    // Its own state dir: the 30 s deadline stays there, not where a later server on this port
+    // would meet it.
+    let dir = scratch_dir("issue23-4-held");
+    let mut s = sidecar_for(&server, &["--max-wait", "120", "--state-dir", dir.to_str().unwrap()]);
     s.handshake().await;
     s.send_json(&call(2, "echo", json!({"text": "x"}))).await;
     s.send_json(&request(3, "tools/list", json!({}))).await;
