@@ -13,12 +13,8 @@ use mcp_sidecar::commands::{self, check, install, oneshot};
 use mcp_sidecar::config::{Config, default_state_dir, rate_limit_store};
 
 fn main() -> ExitCode {
-    // Issue 23.7: `chek URL` met clap's "the subcommand … cannot be used with [URL]".
-    if let Some(word) = std::env::args().nth(1)
-        && let Some(meant) = mcp_sidecar::cli::mistyped_command(&word)
-    {
-        eprintln!("mcp-sidecar: {word:?} is not a command: did you mean mcp-sidecar {meant}?");
-        return ExitCode::from(2);
+    if let Some(code) = mistyped() {
+        return code;
     }
     let cli = Cli::parse();
     match cli.command {
@@ -78,8 +74,9 @@ fn main() -> ExitCode {
             })
         }
         Some(Command::Completions { shell }) => {
-            clap_complete::generate(shell, &mut Cli::command(), "mcp-sidecar", &mut std::io::stdout());
-            ExitCode::SUCCESS
+            let written =
+                std::io::Write::write_all(&mut std::io::stdout(), &commands::completions::script(shell));
+            if written.is_ok() { ExitCode::SUCCESS } else { ExitCode::from(1) }
         }
         // Issue 23.10: the man page's title line takes the version alone (the two-line `--version`
         // put the protocol revisions above NAME).
@@ -90,6 +87,15 @@ fn main() -> ExitCode {
             Err(_) => ExitCode::from(1),
         },
     }
+}
+
+/// Issue 23.7: `chek URL` met clap's "the subcommand … cannot be used with [URL]": a first word
+/// close to a command's name is named, exit 2.
+fn mistyped() -> Option<ExitCode> {
+    let word = std::env::args().nth(1)?;
+    let meant = mcp_sidecar::cli::mistyped_command(&word)?;
+    eprintln!("mcp-sidecar: {word:?} is not a command: did you mean mcp-sidecar {meant}?");
+    Some(ExitCode::from(2))
 }
 
 /// A one-shot command's settings: quiet (below), a person's `--request-timeout` unless one is

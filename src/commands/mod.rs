@@ -5,9 +5,11 @@
 //! - [`oneshot`]: `call`, `tools`, `tool` (one request through the in-process proxy).
 //! - [`check`]: `check` (each step of a connection, timed, with a verdict).
 //! - [`install`]: `install` (Claude Desktop's config file, Claude Code's `claude mcp add`).
+//! - [`completions`]: `completions` (the shells' scripts, bash's mended).
 
 pub mod auth;
 pub mod check;
+pub mod completions;
 mod exit;
 pub mod install;
 pub mod oneshot;
