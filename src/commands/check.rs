@@ -323,7 +323,14 @@ async fn http_step(config: &Config, steps: &mut Vec<Step>) -> bool {
     let Ok(client) = client else {
         return fail(steps, "http", started, "the HTTP client could not start".into(), "report this".into());
     };
-    let response = client.get(config.url.clone()).header("accept", "text/event-stream").send().await;
+    let get = || client.get(config.url.clone()).header("accept", "text/event-stream").send();
+    let mut response = get().await;
+    // One quick retry of a refused connection, as the proxy's first contact has (issue 23.4): a
+    // server started a moment ago (the README's Quick start pasted in one go) is not "down".
+    if response.as_ref().is_err_and(reqwest::Error::is_connect) {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        response = get().await;
+    }
     let response = match response {
         Ok(r) => r,
         Err(e) if e.is_timeout() && !e.is_connect() => {
