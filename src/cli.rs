@@ -265,6 +265,14 @@ pub enum InstallClient {
     ClaudeCode,
 }
 
+/// The headings the proxy's options are grouped under in every command's help (issue 23.11: a
+/// command's own options first, then these, instead of ~40 options in one list).
+const SERVER: &str = "Server and key";
+const SIGN_IN: &str = "Sign-in (OAuth and other grants)";
+const CONNECTION: &str = "Connection, timeouts and retries";
+const RATE_LIMITS: &str = "Rate limits";
+const LOGGING: &str = "Messages and logging";
+
 /// The options of the proxy (and of `login`, `logout`, `status`).
 #[derive(Debug, Clone, clap::Args)]
 pub struct Args {
@@ -274,19 +282,19 @@ pub struct Args {
 
     /// The remote MCP endpoint (same as the positional URL). Also read from MCP_SIDECAR_URL,
     /// which a URL on the command line overrides.
-    #[arg(long = "url", value_name = "URL")]
+    #[arg(help_heading = SERVER, long = "url", value_name = "URL")]
     pub url_flag: Option<String>,
 
     /// Fill in endpoint, key variable, header style and key prefix for a known service.
-    #[arg(long, value_name = "NAME", env = "MCP_SIDECAR_PRESET")]
+    #[arg(help_heading = SERVER, long, value_name = "NAME", env = "MCP_SIDECAR_PRESET")]
     pub preset: Option<Preset>,
 
     /// The environment variable that holds the API key (the key itself is never an option).
-    #[arg(long, value_name = "NAME", env = "MCP_SIDECAR_API_KEY_ENV")]
+    #[arg(help_heading = SERVER, long, value_name = "NAME", env = "MCP_SIDECAR_API_KEY_ENV")]
     pub api_key_env: Option<String>,
 
     /// How the key is sent: bearer (Authorization: Bearer KEY), x-api-key, or a header name.
-    #[arg(long, value_name = "STYLE", env = "MCP_SIDECAR_AUTH_HEADER")]
+    #[arg(help_heading = SERVER, long, value_name = "STYLE", env = "MCP_SIDECAR_AUTH_HEADER")]
     pub auth_header: Option<String>,
 
     /// How to authenticate: api-key (the key variable), oauth (sign in with the browser when
@@ -296,16 +304,16 @@ pub struct Args {
     /// --identity-token-env), enterprise (an ID token exchanged at your identity provider,
     /// --idp-token-endpoint), none. Default: api-key when a key variable is configured, else
     /// OAuth when the server asks for it.
-    #[arg(long, value_name = "METHOD", env = "MCP_SIDECAR_AUTH")]
+    #[arg(help_heading = SIGN_IN, long, value_name = "METHOD", env = "MCP_SIDECAR_AUTH")]
     pub auth: Option<AuthMethod>,
 
     /// OAuth: the id of a client registered with the authorization server beforehand (else
     /// mcp-sidecar registers itself).
-    #[arg(long, value_name = "ID", env = "MCP_SIDECAR_CLIENT_ID")]
+    #[arg(help_heading = SIGN_IN, long, value_name = "ID", env = "MCP_SIDECAR_CLIENT_ID")]
     pub client_id: Option<String>,
 
     /// OAuth: the environment variable that holds the pre-registered client's secret.
-    #[arg(long, value_name = "NAME", env = "MCP_SIDECAR_CLIENT_SECRET_ENV")]
+    #[arg(help_heading = SIGN_IN, long, value_name = "NAME", env = "MCP_SIDECAR_CLIENT_SECRET_ENV")]
     pub client_secret_env: Option<String>,
 
     /// OAuth client credentials: a PEM private key (P-256, RSA or Ed25519; chmod 600) whose
@@ -313,52 +321,53 @@ pub struct Args {
     /// (private_key_jwt) instead of a secret: the safer choice, since an assertion is short-lived
     /// and names its audience, while a secret works anywhere it is sent. Either way the
     /// authorization server first seen is pinned in the state dir.
-    #[arg(long, value_name = "PATH", env = "MCP_SIDECAR_CLIENT_KEY_FILE")]
+    #[arg(help_heading = SIGN_IN, long, value_name = "PATH", env = "MCP_SIDECAR_CLIENT_KEY_FILE")]
     pub client_key_file: Option<std::path::PathBuf>,
 
     /// Workload identity / enterprise: a file holding the identity token (a CI job's OIDC
     /// token; the user's ID token), read again at every renewal.
-    #[arg(long, value_name = "PATH", env = "MCP_SIDECAR_IDENTITY_TOKEN_FILE")]
+    #[arg(help_heading = SIGN_IN, long, value_name = "PATH", env = "MCP_SIDECAR_IDENTITY_TOKEN_FILE")]
     pub identity_token_file: Option<std::path::PathBuf>,
 
     /// Workload identity / enterprise: the environment variable that holds the identity token.
-    #[arg(long, value_name = "NAME", env = "MCP_SIDECAR_IDENTITY_TOKEN_ENV")]
+    #[arg(help_heading = SIGN_IN, long, value_name = "NAME", env = "MCP_SIDECAR_IDENTITY_TOKEN_ENV")]
     pub identity_token_env: Option<String>,
 
     /// Enterprise: the token endpoint of your identity provider, where the ID token is
     /// exchanged for an identity assertion (RFC 8693).
-    #[arg(long, value_name = "URL", env = "MCP_SIDECAR_IDP_TOKEN_ENDPOINT")]
+    #[arg(help_heading = SIGN_IN, long, value_name = "URL", env = "MCP_SIDECAR_IDP_TOKEN_ENDPOINT")]
     pub idp_token_endpoint: Option<String>,
 
     /// Enterprise: mcp-sidecar's client id at your identity provider.
-    #[arg(long, value_name = "ID", env = "MCP_SIDECAR_IDP_CLIENT_ID")]
+    #[arg(help_heading = SIGN_IN, long, value_name = "ID", env = "MCP_SIDECAR_IDP_CLIENT_ID")]
     pub idp_client_id: Option<String>,
 
     /// Enterprise: the environment variable that holds that client's secret, if it has one.
-    #[arg(long, value_name = "NAME", env = "MCP_SIDECAR_IDP_CLIENT_SECRET_ENV")]
+    #[arg(help_heading = SIGN_IN, long, value_name = "NAME", env = "MCP_SIDECAR_IDP_CLIENT_SECRET_ENV")]
     pub idp_client_secret_env: Option<String>,
 
     /// OAuth: an https URL where a client ID metadata document for mcp-sidecar is hosted, used
     /// as the client id where the authorization server supports that.
-    #[arg(long, value_name = "URL", env = "MCP_SIDECAR_CLIENT_METADATA_URL")]
+    #[arg(help_heading = SIGN_IN, long, value_name = "URL", env = "MCP_SIDECAR_CLIENT_METADATA_URL")]
     pub client_metadata_url: Option<String>,
 
     /// OAuth: the 127.0.0.1 port the browser is sent back to [default: any free port].
-    #[arg(long, value_name = "PORT", env = "MCP_SIDECAR_CALLBACK_PORT")]
+    #[arg(help_heading = SIGN_IN, long, value_name = "PORT", env = "MCP_SIDECAR_CALLBACK_PORT")]
     pub callback_port: Option<u16>,
 
     /// OAuth: where tokens are kept: file (under --state-dir, private to you) or keyring (the OS
     /// credential store; builds with the keyring feature).
-    #[arg(long, value_name = "STORE", env = "MCP_SIDECAR_TOKEN_STORE", default_value = "file")]
+    #[arg(help_heading = SIGN_IN, long, value_name = "STORE", env = "MCP_SIDECAR_TOKEN_STORE", default_value = "file")]
     pub token_store: TokenStoreKind,
 
     /// OAuth: seconds to wait for the sign-in in the browser.
-    #[arg(long, value_name = "SECS", env = "MCP_SIDECAR_AUTH_TIMEOUT", default_value = "300")]
+    #[arg(help_heading = SIGN_IN, long, value_name = "SECS", env = "MCP_SIDECAR_AUTH_TIMEOUT", default_value = "300")]
     pub auth_timeout: f64,
 
     /// An extra header 'Name: value' (repeatable); ${VAR} in the value is read from the
     /// environment. In MCP_SIDECAR_HEADER, separate several headers with newlines.
     #[arg(
+        help_heading = CONNECTION,
         long = "header",
         short = 'H',
         value_name = "HEADER",
@@ -370,42 +379,43 @@ pub struct Args {
 
     /// Which HTTP transport to use: auto tries Streamable HTTP and falls back to the 2024-11-05
     /// HTTP+SSE transport when the server only speaks that.
-    #[arg(long, value_name = "TRANSPORT", env = "MCP_SIDECAR_TRANSPORT", default_value = "auto")]
+    #[arg(help_heading = CONNECTION, long, value_name = "TRANSPORT", env = "MCP_SIDECAR_TRANSPORT", default_value = "auto")]
     pub transport: Transport,
 
     /// Which protocol era the server speaks: auto learns it once per origin (a server/discover
     /// probe, remembered for a day) and bridges a client of the other era; legacy and modern
     /// skip the probe.
-    #[arg(long, value_name = "ERA", env = "MCP_SIDECAR_PROTOCOL_ERA", default_value = "auto")]
+    #[arg(help_heading = CONNECTION, long, value_name = "ERA", env = "MCP_SIDECAR_PROTOCOL_ERA", default_value = "auto")]
     pub protocol_era: ProtocolEra,
 
     /// Where state shared between runs is kept [default: $XDG_STATE_HOME/mcp-sidecar].
-    #[arg(long, value_name = "DIR", env = "MCP_SIDECAR_STATE_DIR")]
+    #[arg(help_heading = CONNECTION, long, value_name = "DIR", env = "MCP_SIDECAR_STATE_DIR")]
     pub state_dir: Option<PathBuf>,
 
     /// Also trust the CA certificates in this PEM file (a private or corporate CA), on top of the
     /// system's trust store.
-    #[arg(long, value_name = "FILE", env = "MCP_SIDECAR_CA_FILE")]
+    #[arg(help_heading = CONNECTION, long, value_name = "FILE", env = "MCP_SIDECAR_CA_FILE")]
     pub ca_file: Option<PathBuf>,
 
     /// Allow plain http:// to hosts other than loopback (credentials would travel unencrypted).
-    #[arg(long, env = "MCP_SIDECAR_ALLOW_HTTP")]
+    #[arg(help_heading = CONNECTION, long, env = "MCP_SIDECAR_ALLOW_HTTP")]
     pub allow_http: bool,
 
     /// Seconds to wait for a TCP/TLS connection to the server.
-    #[arg(long, value_name = "SECS", env = "MCP_SIDECAR_CONNECT_TIMEOUT", default_value = "10")]
+    #[arg(help_heading = CONNECTION, long, value_name = "SECS", env = "MCP_SIDECAR_CONNECT_TIMEOUT", default_value = "10")]
     pub connect_timeout: f64,
 
     /// Seconds one request may wait for its answer before the client gets an error; a progress
     /// notification from the server restarts the clock [default: 300; 60 for call, tool and
     /// tools; 10 for each step of check].
-    #[arg(long, value_name = "SECS", env = "MCP_SIDECAR_REQUEST_TIMEOUT")]
+    #[arg(help_heading = CONNECTION, long, value_name = "SECS", env = "MCP_SIDECAR_REQUEST_TIMEOUT")]
     pub request_timeout: Option<f64>,
 
     /// How many times one message is sent again after a 429 (or a 503 with Retry-After), or
     /// after a connection that failed before the request went out. Never after a reply that may
     /// mean the server processed it.
     #[arg(
+        help_heading = CONNECTION,
         long,
         value_name = "N",
         env = "MCP_SIDECAR_MAX_RETRIES",
@@ -416,13 +426,13 @@ pub struct Args {
     /// The longest single wait for a rate limit, in seconds. A longer one is answered at once
     /// with an error that says when the limit resets. The default stays under the 60 s request
     /// timeout of common clients; raise it if yours waits longer.
-    #[arg(long, value_name = "SECS", env = "MCP_SIDECAR_MAX_WAIT", default_value = "45")]
+    #[arg(help_heading = CONNECTION, long, value_name = "SECS", env = "MCP_SIDECAR_MAX_WAIT", default_value = "45")]
     pub max_wait: f64,
 
     /// A client-side limit such as 10/min or 1000/day (repeatable, or comma-separated:
     /// 60/min,5000/day), shared by every mcp-sidecar on this machine that uses the same key, so
     /// the server's limit is never hit.
-    #[arg(long, value_name = "N/UNIT", env = "MCP_SIDECAR_RATE_LIMIT", value_delimiter = ',')]
+    #[arg(help_heading = RATE_LIMITS, long, value_name = "N/UNIT", env = "MCP_SIDECAR_RATE_LIMIT", value_delimiter = ',')]
     pub rate_limit: Vec<String>,
 
     /// Share the rate-limit state (deadlines, the server's budget, client-side limits) in Redis
@@ -430,21 +440,22 @@ pub struct Args {
     /// budget: redis://HOST:PORT[/DB] or rediss:// (TLS). No password here: see
     /// --rate-limit-store-password-env. While the store cannot be reached, the local state is
     /// used.
-    #[arg(long, value_name = "URL", env = "MCP_SIDECAR_RATE_LIMIT_STORE")]
+    #[arg(help_heading = RATE_LIMITS, long, value_name = "URL", env = "MCP_SIDECAR_RATE_LIMIT_STORE")]
     pub rate_limit_store: Option<String>,
 
     /// The environment variable that holds the store's password, whole (a user goes in the URL:
     /// redis://USER@HOST:PORT).
-    #[arg(long, value_name = "NAME", env = "MCP_SIDECAR_RATE_LIMIT_STORE_PASSWORD_ENV")]
+    #[arg(help_heading = RATE_LIMITS, long, value_name = "NAME", env = "MCP_SIDECAR_RATE_LIMIT_STORE_PASSWORD_ENV")]
     pub rate_limit_store_password_env: Option<String>,
 
     /// Your plan with the preset's service, for its published limits as --rate-limit (Investra:
     /// free 10/min and 100/day, pro 30/min and 1000/day, pro-plus 60/min and 5000/day).
-    #[arg(long, value_name = "PLAN", env = "MCP_SIDECAR_PLAN")]
+    #[arg(help_heading = RATE_LIMITS, long, value_name = "PLAN", env = "MCP_SIDECAR_PLAN")]
     pub plan: Option<Plan>,
 
     /// The largest message accepted, in bytes, on stdin and from the server.
     #[arg(
+        help_heading = LOGGING,
         long,
         value_name = "BYTES",
         env = "MCP_SIDECAR_MAX_MESSAGE_BYTES",
@@ -452,12 +463,12 @@ pub struct Args {
     )]
     pub max_message_bytes: usize,
 
-    /// More logging (-v debug, -vv trace).
-    #[arg(short = 'v', long = "verbose", action = clap::ArgAction::Count)]
+    /// More logging (-v debug, -vv trace; --debug, as mcp-remote spells it, is -v).
+    #[arg(help_heading = LOGGING, short = 'v', long = "verbose", alias = "debug", action = clap::ArgAction::Count)]
     pub verbose: u8,
 
     /// Less logging (-q warnings and errors, -qq errors only).
-    #[arg(short = 'q', long = "quiet", action = clap::ArgAction::Count, conflicts_with = "verbose")]
+    #[arg(help_heading = LOGGING, short = 'q', long = "quiet", action = clap::ArgAction::Count, conflicts_with = "verbose")]
     pub quiet: u8,
 
     /// Set by `install` (not a flag): the settings are read to be written into a client's config,
@@ -470,11 +481,11 @@ pub struct Args {
     pub one_shot: bool,
 
     /// How much to log on stderr: error, warn, info, debug or trace (bodies only at trace).
-    #[arg(long, value_name = "LEVEL", env = "MCP_SIDECAR_LOG_LEVEL", default_value = "info")]
+    #[arg(help_heading = LOGGING, long, value_name = "LEVEL", env = "MCP_SIDECAR_LOG_LEVEL", default_value = "info")]
     pub log_level: LogLevel,
 
     /// Log line format on stderr.
-    #[arg(long, value_name = "FORMAT", env = "MCP_SIDECAR_LOG_FORMAT", default_value = "text")]
+    #[arg(help_heading = LOGGING, long, value_name = "FORMAT", env = "MCP_SIDECAR_LOG_FORMAT", default_value = "text")]
     pub log_format: LogFormat,
 }
 

@@ -124,7 +124,13 @@ fn configure(args: Args) -> Result<Config, ExitCode> {
     config.remember_secrets();
     init_logging(config.log_level, config.log_format);
     for warning in &config.warnings {
-        tracing::warn!("{warning}");
+        // Issue 23.11: one-shot commands log errors only, and the warning (a key without its
+        // service's prefix) was not seen; they say it as a line of their own.
+        if config.one_shot && config.log_level == LogLevel::Error {
+            eprintln!("mcp-sidecar: warning: {warning}");
+        } else {
+            tracing::warn!("{warning}");
+        }
     }
     Ok(config)
 }
@@ -150,6 +156,12 @@ fn proxy(args: Args) -> ExitCode {
         Ok(config) => config,
         Err(code) => return code,
     };
+    // Issue 23.11: started by hand, it seemed to hang; it waits for a client's messages.
+    if std::io::IsTerminal::is_terminal(&std::io::stdin()) {
+        eprintln!(
+            "mcp-sidecar: waiting for an MCP client's messages on stdin (an MCP client starts this command itself; to try the server by hand: mcp-sidecar check, tools or call with the same options; Ctrl-D ends)"
+        );
+    }
     // One thread: a proxy's work per message is a few syscalls, and every hand-off between
     // threads costs a wake-up. Measured with shared/bench: current-thread beats two workers at
     // C=1 (0.55x vs 0.34x of direct HTTP) and at C=32 (0.86x vs 0.76x), with less memory.

@@ -226,6 +226,18 @@ fn sign_ins(dir: &Path, server: Option<&Config>) -> u8 {
                 (config.url.origin().ascii_serialization(), discovery::canonical_resource(&config.url));
             match store.load(&origin, &key) {
                 Ok(Some(e)) => vec![Ok(e)],
+                // Issue 23.11: an API-key setup is not "not signed in": it says which key it uses.
+                Ok(None) if let Some(key) = &config.api_key => {
+                    let shown = super::check::mask(secrecy::ExposeSecret::expose_secret(&key.secret));
+                    let _ = writeln!(
+                        out,
+                        "{}: the API key in {} ({shown}), sent as {}; no OAuth sign-in is used",
+                        redact_url(&config.url),
+                        key.env_name,
+                        key.header
+                    );
+                    return OK;
+                }
                 Ok(None) => {
                     let _ = writeln!(out, "{}: not signed in", redact_url(&config.url));
                     return OK;

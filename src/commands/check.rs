@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use secrecy::ExposeSecret;
 use serde_json::{Value, json};
 
-use super::{FAILED, OK};
+use super::exit::{FAILED, OK};
 use crate::cli::Preset;
 use crate::client::Client;
 use crate::config::Config;
@@ -171,7 +171,9 @@ async fn handshake_step(
             {
                 fix = found;
             }
-            fail(steps, "mcp handshake", started, detail, fix);
+            // Issue 23.11: a refused credential is the auth step's failure, not the handshake's.
+            let step = if e["data"]["kind"] == "auth_rejected" { "auth" } else { "mcp handshake" };
+            fail(steps, step, started, detail, fix);
             return None;
         }
     };

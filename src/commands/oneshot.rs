@@ -99,6 +99,10 @@ pub async fn tool(config: Config, name: &str, args: &[String], json_args: Option
         }
     };
     let Some((mut client, _)) = connect(&config).await else { return FAILED };
+    let mut arguments = arguments;
+    if json_args.is_none() {
+        Box::pin(type_by_schema(&mut client, name, args, &mut arguments)).await;
+    }
     let code = match client.request("tools/call", json!({"name": name, "arguments": arguments})).await {
         Ok(result) => {
             let code = print(&result);
@@ -115,10 +119,79 @@ pub async fn tool(config: Config, name: &str, args: &[String], json_args: Option
                 code
             }
         }
+        Err(e) if unknown_tool(&e) => {
+            // Issue 23.11: "tool not found" named neither the tool nor where the list is.
+            eprintln!(
+                "mcp-sidecar: the server has no tool {name:?} ({}: {}): mcp-sidecar tools, with the same options, lists the ones it has",
+                e["code"],
+                e["message"].as_str().unwrap_or("?")
+            );
+            SERVER_ERROR
+        }
         Err(e) => report(&e),
     };
     client.close().await;
     code
+}
+
+/// Whether a `tools/call` error says the tool does not exist (the spec's -32602 "Unknown tool",
+/// or the wording servers use).
+fn unknown_tool(error: &Value) -> bool {
+    let message = error["message"].as_str().unwrap_or_default().to_ascii_lowercase();
+    error["data"]["source"] != "mcp-sidecar"
+        && message.contains("tool")
+        && ["unknown", "not found", "no such", "does not exist"].iter().any(|w| message.contains(w))
+}
+
+/// Issue 23.11: `--arg text=true` was sent as a boolean though the tool's schema says string.
+/// Only when some `--arg` value reads as something other than a string is the tool's schema
+/// looked up (one `tools/list` a page, until the tool is found: the call costs nothing more
+/// otherwise), and a value whose property is declared a string, and not the type it read as,
+/// goes as the text given.
+async fn type_by_schema(client: &mut Client, name: &str, pairs: &[String], arguments: &mut Value) {
+    let Some(map) = arguments.as_object_mut() else { return };
+    let typed: Vec<&String> = map.iter().filter(|(_, v)| !v.is_string()).map(|(k, _)| k).collect();
+    if typed.is_empty() {
+        return;
+    }
+    let Some(schema) = tool_schema(client, name).await else { return };
+    for pair in pairs {
+        let Some((key, raw)) = pair.split_once('=') else { continue };
+        let declared = &schema["properties"][key]["type"];
+        let types: Vec<&str> = match declared {
+            Value::String(t) => vec![t.as_str()],
+            Value::Array(ts) => ts.iter().filter_map(Value::as_str).collect(),
+            _ => continue,
+        };
+        let read_as = match map.get(key) {
+            Some(Value::Bool(_)) => "boolean",
+            Some(Value::Number(n)) if n.is_i64() || n.is_u64() => "integer",
+            Some(Value::Number(_)) => "number",
+            Some(Value::Null) => "null",
+            Some(Value::Array(_)) => "array",
+            Some(Value::Object(_)) => "object",
+            _ => continue,
+        };
+        let fits = types.contains(&read_as) || (read_as == "integer" && types.contains(&"number"));
+        if types.contains(&"string") && !fits {
+            map.insert(key.to_owned(), Value::String(raw.to_owned()));
+        }
+    }
+}
+
+/// The `inputSchema` of the tool `name`, from the server's list (at most ten pages).
+async fn tool_schema(client: &mut Client, name: &str) -> Option<Value> {
+    let mut cursor: Option<String> = None;
+    for _ in 0..10 {
+        let params = cursor.as_ref().map_or(json!({}), |c| json!({"cursor": c}));
+        let page = client.request("tools/list", params).await.ok()?;
+        let tools = page["tools"].as_array()?;
+        if let Some(tool) = tools.iter().find(|t| t["name"] == name) {
+            return Some(tool["inputSchema"].clone());
+        }
+        cursor = Some(page["nextCursor"].as_str()?.to_owned());
+    }
+    None
 }
 
 /// The arguments object from `--json`, or from `--arg key=value` pairs (JSON values where they

@@ -288,10 +288,15 @@ impl Config {
         let preset = spec.as_ref();
         let mut warnings = Vec::new();
 
+        // Before anything else: a key given as a name is refused without being repeated.
+        if let Some(name) = &cli.api_key_env {
+            refuse_a_key_for_a_name(name)?;
+        }
         let url = resolve_url(given_url(&cli, env)?.as_deref(), preset)?;
         check_scheme(&url, cli.allow_http)?;
 
         let api_key = resolve_api_key(&cli, preset, env, &mut warnings)?;
+        one_credential(&url, api_key.as_ref())?;
 
         let mut header_secrets = Vec::new();
         let headers = parse_headers(&cli.headers, env, &mut header_secrets)?;
@@ -679,6 +684,55 @@ fn identity_token(
     }
 }
 
+/// Issue 23.11: a key where a word of the command line goes (`--api-key-env inv_…`, a
+/// positional `inv_…`): the preset of the service whose keys look like it.
+pub fn looks_like_a_key(text: &str) -> Option<PresetSpec> {
+    [Preset::Investra, Preset::Ai2fin, Preset::Converra]
+        .into_iter()
+        .map(Preset::spec)
+        .find(|spec| spec.key_prefixes.iter().any(|pre| text.starts_with(pre) && text.len() > pre.len() + 3))
+}
+
+/// The error for a key given where a word goes: it is said without the key.
+fn key_on_the_command_line(spec: &PresetSpec, place: &str) -> ConfigError {
+    ConfigError(format!(
+        "{place} looks like {} {} API key, which never goes on a command line (every local user can read it there; it is not repeated here): export it (export {}=…) and use --preset {} or --api-key-env {}",
+        if spec.label.starts_with(['A', 'E', 'I', 'O', 'U']) { "an" } else { "a" },
+        spec.label,
+        spec.key_env,
+        spec.label.to_ascii_lowercase(),
+        spec.key_env
+    ))
+}
+
+/// Issue 23.11: credentials in the URL went as Basic auth instead of the key, and the 401 then
+/// blamed the key's variable: one or the other.
+fn one_credential(url: &Url, api_key: Option<&ApiKey>) -> Result<(), ConfigError> {
+    match api_key {
+        Some(key) if !url.username().is_empty() || url.password().is_some() => Err(ConfigError(format!(
+            "the URL carries credentials (user:password@) and the key in {} is configured too: keep one (take them out of the URL, or pass --auth none to send only the URL's)",
+            key.env_name
+        ))),
+        _ => Ok(()),
+    }
+}
+
+/// `--api-key-env` takes a variable's name: a key there is refused, unrepeated (issue 23.11).
+fn refuse_a_key_for_a_name(name: &str) -> Result<(), ConfigError> {
+    if let Some(spec) = looks_like_a_key(name) {
+        return Err(key_on_the_command_line(&spec, "the value of --api-key-env"));
+    }
+    let identifier = name.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+    if !identifier {
+        return Err(ConfigError(
+            "--api-key-env takes the name of the variable that holds the key (letters, digits and _, e.g. MY_API_KEY), and what was given is not one (it is not repeated here, in case it is the key): export the key in a variable and name that"
+                .into(),
+        ));
+    }
+    Ok(())
+}
+
 /// The URL given: on the command line (positional or `--url`; both only if they agree), else
 /// `MCP_SIDECAR_URL` (issue 23.7: the variable exported and a URL on the command line were a
 /// conflict, though flags win over the environment everywhere else).
@@ -698,6 +752,9 @@ fn given_url(cli: &Args, env: &dyn Fn(&str) -> Option<String>) -> Result<Option<
 }
 
 fn resolve_url(given: Option<&str>, preset: Option<&PresetSpec>) -> Result<Url, ConfigError> {
+    if let Some(spec) = given.and_then(looks_like_a_key) {
+        return Err(key_on_the_command_line(&spec, "the argument where the server's URL goes"));
+    }
     let text = match (given, preset) {
         (Some(u), _) => u,
         (None, Some(p)) => p.url.ok_or_else(|| {
@@ -999,6 +1056,23 @@ mod tests {
         assert!(e.starts_with("two different URLs were given") && !e.contains("pw"), "{e}");
         let e = err(&["chek", "--api-key-env", "K"], &env);
         assert_eq!(e, r#""chek" is not a command: did you mean mcp-sidecar check?"#);
+    }
+
+    #[test]
+    fn issue23_11_a_key_where_a_name_or_the_url_goes_is_refused_unrepeated() {
+        let key = "inv_abcdefSECRET123";
+        for args in
+            [&["--api-key-env", key][..], &[key], &["http://127.0.0.1:1/mcp", "--api-key-env", "my-var.x"]]
+        {
+            let e = err(args, &[]);
+            assert!(!e.contains("SECRET") && !e.contains("my-var"), "{e}");
+        }
+        assert!(err(&["--api-key-env", key], &[]).contains("export INVESTRA_API_KEY"));
+        assert!(looks_like_a_key("sk_live_1234567").is_some_and(|p| p.label == "Converra"));
+        assert!(looks_like_a_key("INVESTRA_API_KEY").is_none() && looks_like_a_key("inv_").is_none());
+        let env = [("K", "inv_abcdef123456")];
+        let e = err(&["https://u:pw@h.example/mcp", "--api-key-env", "K"], &env);
+        assert!(e.starts_with("the URL carries credentials") && !e.contains("pw"), "{e}");
     }
 
     #[test]

@@ -548,6 +548,95 @@ async fn issue23_7_positional_arguments_are_read_by_what_they_are() {
     assert!(stdout.contains("echo"), "{stdout}");
 }
 
+/// Issue 23.11, the smaller things people hit, each as they meet it.
+#[tokio::test]
+async fn issue23_11_the_smaller_things() {
+    let server = Options { vendor: Vendor::Investra, keys: vec![KEY.to_owned()], ..Options::default() };
+    let server = Server::start(server, None).await;
+    let url = server.url.as_str();
+    let env = [("INVESTRA_API_KEY", KEY)];
+    // A key where a variable's name or the URL goes: refused, never repeated.
+    let pasted = "inv_pasted_SECRET_0123456789";
+    for args in [
+        &["--api-key-env", pasted][..],
+        &[pasted],
+        &["tools", pasted],
+        &["tools", url, "--api-key-env", pasted],
+    ] {
+        let (code, stdout, stderr) = run_command(args, &env).await;
+        assert_eq!(code, 2, "{args:?}: {stderr}");
+        assert!(!stdout.contains("SECRET") && !stderr.contains("SECRET"), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains("looks like an Investra API key") && stderr.contains("export INVESTRA_API_KEY"),
+            "{stderr}"
+        );
+    }
+    // The prefix warning, from a one-shot command too.
+    let (code, _, stderr) = run_command(
+        &["tools", url, "--preset", "investra"],
+        &[("INVESTRA_API_KEY", "no_prefix_key_1234567")],
+    )
+    .await;
+    assert_eq!(code, 1);
+    assert!(stderr.contains("warning: the key in INVESTRA_API_KEY does not start with inv_"), "{stderr}");
+    // An unknown tool is named, with where the list is.
+    let (code, _, stderr) = run_command(&["tool", "nosuch", url, "--preset", "investra"], &env).await;
+    assert_eq!(code, 3, "{stderr}");
+    assert!(stderr.contains(r#"no tool "nosuch""#) && stderr.contains("mcp-sidecar tools"), "{stderr}");
+    // --arg values are typed by the tool's schema: `text` is a string, `a` and `b` numbers.
+    let (code, stdout, stderr) =
+        run_command(&["tool", "echo", "--arg", "text=true", url, "--preset", "investra"], &env).await;
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains(r#""text": "true""#), "{stdout}");
+    let (code, stdout, _) =
+        run_command(&["tool", "sum", "--arg", "a=2", "--arg", "b=40", url, "--preset", "investra"], &env)
+            .await;
+    assert_eq!(code, 0);
+    assert!(stdout.contains(r#""text": "42""#), "{stdout}");
+    // status of an API-key setup names the key's variable, masked.
+    let dir = scratch_dir("issue23-11-status");
+    let (code, stdout, _) =
+        run_command(&["status", url, "--preset", "investra", "--state-dir", dir.to_str().unwrap()], &env)
+            .await;
+    assert_eq!(code, 0);
+    assert!(
+        stdout.contains("the API key in INVESTRA_API_KEY (inv_…") && !stdout.contains("not signed in"),
+        "{stdout}"
+    );
+    // Credentials in the URL do not silently replace the key.
+    let with_user = url.replace("http://", "http://user:pw@");
+    let (code, _, stderr) = run_command(&["tools", &with_user, "--preset", "investra"], &env).await;
+    assert_eq!(code, 2);
+    assert!(stderr.contains("the URL carries credentials") && !stderr.contains("pw@"), "{stderr}");
+    // --debug is -v; a command's own options come before the proxy's, which have headings.
+    let (code, _, stderr) = run_command(&["--debug", url, "--preset", "investra"], &env).await;
+    assert_eq!(code, 0);
+    assert!(stderr.contains("DEBUG"), "{stderr}");
+    let (_, help, _) = run_command(&["tool", "-h"], &[]).await;
+    let (own, shared) = (help.find("--arg <KEY=VALUE>").unwrap(), help.find("Server and key:").unwrap());
+    assert!(
+        own < shared && help.contains("Rate limits:") && help.contains("Messages and logging:"),
+        "{help}"
+    );
+}
+
+/// Issue 23.11: a proxy started by hand in a terminal said nothing; it says it waits for a
+/// client's messages (a pseudo-terminal from util-linux `script`).
+#[cfg(unix)]
+#[tokio::test]
+async fn issue23_11_a_proxy_started_in_a_terminal_says_it_waits_for_a_client() {
+    let line = format!("{} http://127.0.0.1:9/mcp --auth none", env!("CARGO_BIN_EXE_mcp-sidecar"));
+    let mut cmd = tokio::process::Command::new("script");
+    cmd.args(["-qfec", &line, "/dev/null"]).env_clear().env("TERM", "dumb");
+    cmd.stdout(std::process::Stdio::piped()).stdin(std::process::Stdio::piped()).kill_on_drop(true);
+    let mut child = cmd.spawn().unwrap();
+    use tokio::io::AsyncBufReadExt;
+    let mut out = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let said = tokio::time::timeout(PATIENCE, out.next_line()).await.expect("nothing said").unwrap().unwrap();
+    assert!(said.contains("waiting for an MCP client's messages on stdin"), "{said:?}");
+    child.kill().await.unwrap();
+}
+
 /// Issue 23.3: `tools` against a server that never answers was 310 silent seconds. On a
 /// terminal a line says what it waits for after about 2 s, with the one-shot default (60 s,
 /// not the proxy's 300); a script's stderr gets no such line.

@@ -301,6 +301,8 @@ async fn issue23_4_shutdown_says_what_was_never_sent_and_keeps_its_2_s() {
         server.posts("tools/call").len() == 1 && server.posts("tools/list").len() == 1
     })
     .await;
+    // The 429 has reached the gate once its request waits to go again.
+    s.stderr_shows("tools/list (id 3): waiting").await;
     s.send_json(&request(4, "prompts/list", json!({}))).await;
     s.stderr_shows("prompts/list (id 4): waiting").await;
     let started = std::time::Instant::now();
