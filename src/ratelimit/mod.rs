@@ -416,17 +416,21 @@ impl Gate {
             // not return all at once; the budget needs none (it lets through only what fits, one
             // unit at a time), nor do our own client-side limits.
             let wait = if client_side || by_budget { wait } else { crate::retry::with_jitter(wait) };
-            // Told once per request (a request woken by an answer that left no room waits on).
+            // Told, and counted, once per request (a request woken by an answer that left no room
+            // waits on). A budget's wait is at most until the reset: an answer may free room
+            // sooner, and the log says so (issue 23.11: "waiting 7.6 s" for a call answered in
+            // 57 ms).
             if !waited || !by_budget {
-                on_wait(wait, &reason);
+                if by_budget {
+                    on_wait(wait, &format!("{reason}; sooner if an answer frees room"));
+                    self.stats.budget_waits.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    on_wait(wait, &reason);
+                }
+                self.stats.waits.fetch_add(1, Ordering::Relaxed);
             }
             waited = true;
-            if by_budget {
-                self.stats.budget_waits.fetch_add(1, Ordering::Relaxed);
-                self.stats.budget_waited_ms.fetch_add(millis(wait), Ordering::Relaxed);
-            }
-            self.stats.waits.fetch_add(1, Ordering::Relaxed);
-            self.stats.waited_ms.fetch_add(millis(wait), Ordering::Relaxed);
+            let slept = Instant::now();
             if by_budget {
                 // An answer may free room before the window resets.
                 tokio::select! {
@@ -436,6 +440,12 @@ impl Gate {
             } else {
                 tokio::time::sleep(wait).await;
             }
+            // What was waited, not what was planned (issue 23.11: the summary counted the plan).
+            let spent = millis(slept.elapsed());
+            if by_budget {
+                self.stats.budget_waited_ms.fetch_add(spent, Ordering::Relaxed);
+            }
+            self.stats.waited_ms.fetch_add(spent, Ordering::Relaxed);
         }
     }
 
@@ -1070,6 +1080,32 @@ mod tests {
         let waited = Instant::now() - before;
         assert!(c.is_ok() && waited >= Duration::from_secs(10), "{waited:?}");
         assert!(gate.stats.budget_waits.load(Ordering::Relaxed) >= 1);
+    }
+
+    /// Issue 23.11: a budget's wait that an answer ends after 1 s of a planned 60 is counted as
+    /// 1 s, once, and said as "sooner if an answer frees room" (the summary counted the plan).
+    #[tokio::test(start_paused = true)]
+    async fn a_wait_cut_short_is_counted_as_waited() {
+        let gate = Gate::new("https://h", "k", None, Vec::new());
+        let first = gate.admit(Duration::ZERO, Use::Request, |_, _| {}).await.unwrap();
+        gate.answered(&first, Some(seen(1, Duration::from_secs(60)))).await;
+        drop(first);
+        let a = gate.admit(Duration::ZERO, Use::Request, |_, _| {}).await.unwrap();
+        let mut said = Vec::new();
+        let (held, _) = tokio::join!(
+            gate.admit(Duration::from_secs(90), Use::Request, |wait, why| said.push((wait, why.to_owned()))),
+            async {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                gate.answered(&a, Some(seen(5, Duration::from_secs(59)))).await;
+            }
+        );
+        assert!(held.is_ok());
+        assert_eq!(said.len(), 1, "{said:?}");
+        assert!(said[0].0 > Duration::from_secs(50) && said[0].1.ends_with("sooner if an answer frees room"));
+        assert_eq!(gate.stats.waits.load(Ordering::Relaxed), 1);
+        let waited = gate.stats.waited_ms.load(Ordering::Relaxed);
+        assert!((1000..2000).contains(&waited), "{waited} ms counted");
+        assert_eq!(gate.stats.budget_waited_ms.load(Ordering::Relaxed), waited);
     }
 
     /// Issue 11: an answer of a request in flight frees its unit at once: a request held only
