@@ -133,7 +133,8 @@ async fn dispatch_notification(core: &Arc<Core>, env: Envelope<'_>, line: &Bytes
     }
 }
 
-/// A 2025-03-26 batch (J-07): valid members go out in one POST, invalid ones are answered here.
+/// A 2025-03-26 batch (J-07): valid members go out in one POST, invalid ones are answered here
+/// (the whole batch, where the session's revision has no batches: see [`batches_removed`]).
 async fn dispatch_batch(core: &Arc<Core>, line: Bytes) {
     let members: Vec<&RawValue> = match serde_json::from_slice(&line) {
         Ok(m) => m,
@@ -147,11 +148,17 @@ async fn dispatch_batch(core: &Arc<Core>, line: Bytes) {
         );
         return core.ledger.write(err.to_response(None).into()).await;
     }
+    let refused = batches_removed(core);
     let mut valid: Vec<&str> = Vec::new();
     let mut ids = Vec::new();
     for member in &members {
         let env = Envelope::parse(member.get().as_bytes());
         match env.as_ref().map(|e| (e.kind(), e)) {
+            Ok((Ok(kind), env)) if let Some(err) = &refused => {
+                if kind == Kind::Request {
+                    core.ledger.write(err.to_response(env.id).into()).await;
+                }
+            }
             Ok((Ok(kind), env)) => {
                 if kind == Kind::Request {
                     match core.ledger.open(env, Flags::default(), Hooks::default()) {
@@ -163,24 +170,12 @@ async fn dispatch_batch(core: &Arc<Core>, line: Bytes) {
             }
             Ok((Err(invalid), env)) => {
                 let id = env.id.filter(|id| IdKey::new(id).is_some());
-                let err = LocalError::new(
-                    INVALID_REQUEST,
-                    ErrorKind::InvalidRequest,
-                    format!("invalid JSON-RPC message: {invalid}"),
-                );
-                core.ledger.write(err.to_response(id).into()).await;
+                invalid_member(core, id, &format!("invalid JSON-RPC message: {invalid}")).await;
             }
-            Err(_) => {
-                let err = LocalError::new(
-                    INVALID_REQUEST,
-                    ErrorKind::InvalidRequest,
-                    "invalid JSON-RPC message in batch",
-                );
-                core.ledger.write(err.to_response(None).into()).await;
-            }
+            Err(_) => invalid_member(core, None, "invalid JSON-RPC message in batch").await,
         }
     }
-    if valid.is_empty() {
+    if valid.is_empty() || refused.is_some() {
         return;
     }
     let body: Bytes =
@@ -208,6 +203,31 @@ async fn dispatch_batch(core: &Arc<Core>, line: Bytes) {
             ),
         ));
     }
+}
+
+/// Answers an invalid member of a batch (-32600).
+async fn invalid_member(core: &Core, id: Option<&RawValue>, message: &str) {
+    let err = LocalError::new(INVALID_REQUEST, ErrorKind::InvalidRequest, message);
+    core.ledger.write(err.to_response(id).into()).await;
+}
+
+/// Issue 23.11: a batch to a server whose negotiated revision has none (they were removed in
+/// 2025-06-18) went out and came back as "HTTP 415" for each request. Such a batch is answered
+/// here, nothing sent: each request gets this error (said once in the log; notifications in
+/// it are dropped with it), each invalid member its own.
+fn batches_removed(core: &Core) -> Option<LocalError> {
+    let version = core.link.up.session().version?;
+    let version = version.to_str().ok().filter(|v| *v >= "2025-06-18")?;
+    let mut err = LocalError::new(
+        INVALID_REQUEST,
+        ErrorKind::InvalidRequest,
+        format!(
+            "JSON-RPC batches were removed from MCP in 2025-06-18, and this session speaks {version}: send each message on a line of its own"
+        ),
+    );
+    err.request_sent = Some(false);
+    core.ledger.report(&err);
+    Some(err)
 }
 
 /// Answers a line that is not JSON (-32700) or not an object (-32600), with id null (J-05).

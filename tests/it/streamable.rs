@@ -268,7 +268,16 @@ async fn j07_batches_go_out_in_one_post_and_every_request_is_answered() {
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let hook_server = server;
     let mut sidecar = Sidecar::spawn(&args, ENV);
-    sidecar.handshake().await;
+    // 2025-03-26, the last revision with batches (2025-06-18 removed them: see below).
+    sidecar
+        .send_json(&request(
+            0,
+            "initialize",
+            json!({"protocolVersion":"2025-03-26","capabilities":{},"clientInfo":{"name":"it","version":"1"}}),
+        ))
+        .await;
+    assert_eq!(sidecar.recv().await["result"]["protocolVersion"], "2025-03-26");
+    sidecar.send(r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#).await;
     // rmcp's server does not take batches; whatever it answers, each id gets exactly one answer.
     sidecar.send(r#"[{"jsonrpc":"2.0","id":"b1","method":"ping"},{"jsonrpc":"2.0","id":"b2","method":"ping"},{"bad":true}]"#).await;
     let mut ids = Vec::new();
@@ -281,6 +290,29 @@ async fn j07_batches_go_out_in_one_post_and_every_request_is_answered() {
     let batch: Vec<_> = hook_server.seen().into_iter().filter(|s| s.json.is_array()).collect();
     assert_eq!(batch.len(), 1);
     assert_eq!(batch[0].json.as_array().unwrap().len(), 2, "the invalid member is answered locally");
+}
+
+/// Issue 23.11: a batch in a session of 2025-06-18 or later (batches were removed then) went out
+/// and came back as "HTTP 415" for each request; it is answered here, nothing sent, each request
+/// with the reason, an invalid member with its own error.
+#[tokio::test]
+async fn issue23_11_a_batch_where_the_revision_has_none_is_answered_with_the_reason() {
+    let server = Server::start(Options { json: true, ..generic() }, None).await;
+    let mut sidecar = sidecar_for(&server, &[]);
+    sidecar.handshake().await;
+    sidecar.send(r#"[{"jsonrpc":"2.0","id":"b1","method":"ping"},{"jsonrpc":"2.0","method":"notifications/x"},{"bad":true}]"#).await;
+    let (a, b) = (sidecar.recv().await, sidecar.recv().await);
+    let (request, invalid) = if a["id"] == "b1" { (a, b) } else { (b, a) };
+    let message = request["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("batches were removed from MCP in 2025-06-18") && message.contains("2025-11-25"),
+        "{message}"
+    );
+    assert_eq!(request["error"]["data"]["requestSent"], false);
+    assert_eq!(invalid["id"], serde_json::Value::Null);
+    assert_eq!(invalid["error"]["code"], -32600);
+    sidecar.finish().await;
+    assert!(server.seen().iter().all(|s| !s.json.is_array()), "nothing of the batch was sent");
 }
 
 /// A 2026-07-28 request line with the per-request `_meta`.
