@@ -384,3 +384,39 @@ async fn issue23_4_a_server_gone_mid_run_keeps_the_2_s_exit() {
     assert_eq!(e["data"]["requestSent"], false, "{e}");
     assert!(took < std::time::Duration::from_millis(2800), "exited {took:?} after stdin's end");
 }
+
+/// Issue 23.4: an unknown host at start was retried about six times (5 s for `tools` to say so).
+/// In a network namespace with loopback only (`unshare -rn`: no resolver is reachable, nothing
+/// leaves the machine), a name that cannot be resolved is said at once, one quick retry at
+/// most, as never sent, by `tools` and by the proxy. Linux: network namespaces are Linux's.
+#[cfg(target_os = "linux")]
+#[tokio::test]
+async fn issue23_4_an_unknown_host_is_said_at_once() {
+    let bin = env!("CARGO_BIN_EXE_mcp-sidecar");
+    let url = "https://mcp-sidecar-test.invalid/mcp";
+    let run = |args: &[&str], stdin: &str| {
+        let mut cmd = std::process::Command::new("unshare");
+        cmd.args(["-rn", bin]).args(args).env_clear().env("TEST_KEY", KEY);
+        cmd.stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        let mut child = cmd.spawn().expect("unshare (util-linux) is needed");
+        use std::io::Write;
+        child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
+        let started = std::time::Instant::now();
+        let out = child.wait_with_output().unwrap();
+        (out, started.elapsed())
+    };
+    let (out, took) = run(&["tools", url, "--api-key-env", "TEST_KEY"], "");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("could not resolve the host mcp-sidecar-test.invalid"), "{stderr}");
+    assert!(took < std::time::Duration::from_secs(3), "{took:?}");
+    let init = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"t","version":"1"}}}"#;
+    let (out, took) =
+        run(&[url, "--api-key-env", "TEST_KEY"], Box::leak(format!("{init}\n").into_boxed_str()));
+    let answer: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(answer["error"]["data"]["requestSent"], false, "{answer}");
+    assert!(answer["error"]["message"].as_str().unwrap().contains("could not resolve"), "{answer}");
+    assert!(took < std::time::Duration::from_secs(3), "{took:?}");
+}
