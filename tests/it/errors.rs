@@ -420,3 +420,60 @@ async fn issue23_4_an_unknown_host_is_said_at_once() {
     assert!(answer["error"]["message"].as_str().unwrap().contains("could not resolve"), "{answer}");
     assert!(took < std::time::Duration::from_secs(3), "{took:?}");
 }
+
+/// Issue 23, done when: the README's promises hold in every failure case of points 1–4. For each
+/// (a refused key, a wrong path, nothing listening, a forgotten key, a server that never
+/// answers), a client that sends `initialize` and `tools/list` and closes stdin at once gets
+/// exactly one answer per id, and the proxy exits within 2 s of stdin's end (a margin for a
+/// loaded machine), without a panic.
+#[tokio::test]
+async fn issue23_the_promises_hold_in_every_failure_case_of_points_1_to_4() {
+    let server = Server::start(generic(), None).await;
+    let held = Arc::new(tokio::sync::Notify::new());
+    let h = held.clone();
+    let hung = Server::start(generic(), Some(Arc::new(move |_: &Seen| Action::Hold(h.clone())))).await;
+    let closed = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("http://127.0.0.1:{}/mcp", listener.local_addr().unwrap().port())
+    };
+    let wrong_path = server.url.replace("/mcp", "/nope");
+    let dir = scratch_dir("issue23-promises");
+    let state = dir.to_str().unwrap();
+    let cases: [(&str, &str, Option<&str>); 5] = [
+        ("a refused key", &server.url, Some("wrong_key_SECRET_23")),
+        ("a wrong path", &wrong_path, Some(KEY)),
+        ("nothing listening", &closed, Some(KEY)),
+        ("a forgotten key", &server.url, None),
+        ("a server that never answers", &hung.url, Some(KEY)),
+    ];
+    for (cause, url, key) in cases {
+        let mut args = vec![url, "--state-dir", state];
+        if key.is_some() {
+            args.extend(["--api-key-env", "TEST_KEY"]);
+        }
+        let env: Vec<(&str, &str)> = key.map(|k| ("TEST_KEY", k)).into_iter().collect();
+        let mut s = Sidecar::spawn(&args, &env);
+        if let Some(k) = key {
+            s = s.secret(k);
+        }
+        s.send_json(&request(
+            1,
+            "initialize",
+            json!({"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"t","version":"1"}}),
+        ))
+        .await;
+        s.send_json(&request(2, "tools/list", json!({}))).await;
+        let started = std::time::Instant::now();
+        let outcome = s.finish().await;
+        let took = started.elapsed();
+        let what = format!("{cause}:\n{}\n{}", outcome.stdout, outcome.stderr);
+        let answers = outcome.messages();
+        for id in [1, 2] {
+            assert_eq!(answers.iter().filter(|a| a["id"] == id).count(), 1, "one answer for {id}: {what}");
+        }
+        assert_eq!(answers.len(), 2, "{what}");
+        assert!(!outcome.stderr.contains("panicked"), "{what}");
+        assert!(took < std::time::Duration::from_millis(2800), "{cause}: exited {took:?} after stdin's end");
+    }
+    held.notify_waiters();
+}
