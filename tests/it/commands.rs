@@ -67,11 +67,7 @@ async fn check_reports_each_step_of_a_healthy_server() {
 async fn issue23_6_a_404_names_the_likely_endpoint_and_check_tries_it() {
     let server = Server::start(generic(), None).await;
     let origin = server.url.trim_end_matches("/mcp").to_owned();
-    let init = request(
-        1,
-        "initialize",
-        json!({"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"t","version":"1"}}),
-    );
+    let init = initialize(1);
     for (url, preset, expected, not) in [
         (format!("{origin}/v2/mcp"), None, "the server's documentation", Some("usually end in /mcp")),
         (format!("{origin}/nope"), None, &*format!("try {origin}/nope/mcp"), None),
@@ -125,12 +121,7 @@ async fn issue23_2_a_forgotten_key_is_named_not_sent_into_oauth() {
         assert!(wants_key(&format!("{stdout}{stderr}")), "{command:?}: {stdout}{stderr}");
     }
     let mut s = Sidecar::spawn(&[&server.url, "--state-dir", state], &[]);
-    s.send_json(&request(
-        1,
-        "initialize",
-        json!({"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"t","version":"1"}}),
-    ))
-    .await;
+    s.send_json(&initialize(1)).await;
     let answer = s.recv().await;
     assert!(wants_key(answer["error"]["message"].as_str().unwrap_or_default()), "{answer}");
     s.finish().await;

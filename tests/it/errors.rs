@@ -246,12 +246,7 @@ async fn issue23_1_a_failed_initialize_is_answered_once_and_the_exit_status_says
             let runs = (0..10).map(|_| async move {
                 let args = [url, "--api-key-env", "TEST_KEY", "--max-retries", "3"];
                 let mut s = Sidecar::spawn(&args, &[("TEST_KEY", key)]).secret(key);
-                s.send_json(&request(
-                    1,
-                    "initialize",
-                    json!({"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"t","version":"1"}}),
-                ))
-                .await;
+                s.send_json(&initialize(1)).await;
                 s.finish().await
             });
             for outcome in futures_util::future::join_all(runs).await {
@@ -347,12 +342,7 @@ async fn issue23_4_a_held_initialize_still_exits_within_2_s_of_stdins_end() {
         );
     let server = Server::start(generic(), Some(hook)).await;
     let mut s = sidecar_for(&server, &[]);
-    s.send_json(&request(
-        1,
-        "initialize",
-        json!({"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"t","version":"1"}}),
-    ))
-    .await;
+    s.send_json(&initialize(1)).await;
     until("initialize reached the server", || server.posts("initialize").len() == 1).await;
     let started = std::time::Instant::now();
     let outcome = s.finish().await;
@@ -456,12 +446,7 @@ async fn issue23_the_promises_hold_in_every_failure_case_of_points_1_to_4() {
         if let Some(k) = key {
             s = s.secret(k);
         }
-        s.send_json(&request(
-            1,
-            "initialize",
-            json!({"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"t","version":"1"}}),
-        ))
-        .await;
+        s.send_json(&initialize(1)).await;
         s.send_json(&request(2, "tools/list", json!({}))).await;
         let started = std::time::Instant::now();
         let outcome = s.finish().await;

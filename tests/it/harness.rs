@@ -496,6 +496,15 @@ pub fn request(id: impl Into<Value>, method: &str, params: Value) -> Value {
     serde_json::json!({"jsonrpc":"2.0","id":id.into(),"method":method,"params":params})
 }
 
+/// An `initialize` line (2025-11-25) with `id`.
+pub fn initialize(id: impl Into<Value>) -> Value {
+    request(
+        id,
+        "initialize",
+        serde_json::json!({"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"t","version":"1"}}),
+    )
+}
+
 /// A `tools/call` line.
 pub fn call(id: impl Into<Value>, tool: &str, args: Value) -> Value {
     request(id, "tools/call", serde_json::json!({"name":tool,"arguments":args}))

@@ -154,12 +154,7 @@ async fn a_signal_ends_the_run_even_while_initialize_hangs() {
     });
     let server = Server::start(generic(), Some(hook)).await;
     let mut s = sidecar_for(&server, &[]);
-    s.send_json(&request(
-        0,
-        "initialize",
-        json!({"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"t","version":"1"}}),
-    ))
-    .await;
+    s.send_json(&initialize(0)).await;
     while server.posts("initialize").is_empty() {
         tokio::task::yield_now().await;
     }
