@@ -272,6 +272,7 @@ const SIGN_IN: &str = "Sign-in (OAuth and other grants)";
 const CONNECTION: &str = "Connection, timeouts and retries";
 const RATE_LIMITS: &str = "Rate limits";
 const LOGGING: &str = "Messages and logging";
+const TOOLS: &str = "What reaches the model";
 
 /// The options of the proxy (and of `login`, `logout`, `status`).
 #[derive(Debug, Clone, clap::Args)]
@@ -454,6 +455,16 @@ pub struct Args {
     pub plan: Option<Plan>,
 
     /// The largest message accepted, in bytes, on stdin and from the server.
+    /// Only the tools whose names match one of these globs (`*` any run of characters, `?` one;
+    /// comma-separated, repeatable) are listed and may be called.
+    #[arg(help_heading = TOOLS, long, value_name = "GLOB,…", env = "MCP_SIDECAR_ALLOW_TOOLS", value_delimiter = ',')]
+    pub allow_tools: Vec<String>,
+
+    /// Tools whose names match one of these globs are left out of lists, and their calls are
+    /// answered as calls of an unknown tool, never sent (deny wins over --allow-tools).
+    #[arg(help_heading = TOOLS, long, value_name = "GLOB,…", env = "MCP_SIDECAR_DENY_TOOLS", value_delimiter = ',')]
+    pub deny_tools: Vec<String>,
+
     #[arg(
         help_heading = LOGGING,
         long,

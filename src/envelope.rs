@@ -16,6 +16,8 @@ use serde_json::value::RawValue;
 pub const PARSE_ERROR: i64 = -32700;
 /// JSON-RPC invalid request (J-05).
 pub const INVALID_REQUEST: i64 = -32600;
+/// JSON-RPC invalid params: the spec's answer to a call of an unknown tool.
+pub const INVALID_PARAMS: i64 = -32602;
 /// Local error codes live in the implementation-defined range -32000..=-32019 (T-41).
 /// The server could not be reached, or answered with an HTTP error we could not pass on.
 pub const UPSTREAM_ERROR: i64 = -32000;
@@ -203,6 +205,8 @@ pub enum ErrorKind {
     Overloaded,
     /// The client refused a request the server needed answered (the era bridge, T-31).
     InputRefused,
+    /// A call of a tool a filter hides (issue 24.1).
+    HiddenTool,
 }
 
 impl ErrorKind {
@@ -225,6 +229,7 @@ impl ErrorKind {
             ErrorKind::RateLimited => "rate_limited",
             ErrorKind::Overloaded => "overloaded",
             ErrorKind::InputRefused => "input_refused",
+            ErrorKind::HiddenTool => "hidden_tool",
         }
     }
 }

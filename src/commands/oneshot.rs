@@ -119,6 +119,12 @@ pub async fn tool(config: Config, name: &str, args: &[String], json_args: Option
                 code
             }
         }
+        Err(e) if e["data"]["kind"] == "hidden_tool" => {
+            eprintln!(
+                "mcp-sidecar: the tool {name:?} is hidden by --allow-tools or --deny-tools, so it was not called: mcp-sidecar tools, with the same options, lists what a client sees"
+            );
+            CONFIG
+        }
         Err(e) if unknown_tool(&e) => {
             // Issue 23.11: "tool not found" named neither the tool nor where the list is.
             eprintln!(

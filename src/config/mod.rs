@@ -123,6 +123,9 @@ pub struct Config {
     pub url: Url,
     /// The endpoint's path as the `--preset` knows it (for the hint when a URL answers 404).
     pub preset_path: Option<&'static str>,
+    /// `--allow-tools`, `--deny-tools`: globs over tool names (issue 24.1).
+    pub allow_tools: Vec<String>,
+    pub deny_tools: Vec<String>,
     /// A one-shot command (`call`, `tool`, `tools`, `check`), which spends as few of the user's
     /// requests as the protocol allows (issue 23.5): no stream for messages the server starts
     /// (nobody reads them), and no closing `DELETE` where the server states a rate limit (the
@@ -328,6 +331,8 @@ impl Config {
             url,
             preset_path: preset.map(|p| p.path),
             one_shot: cli.one_shot,
+            allow_tools: tool_globs("--allow-tools", &cli.allow_tools)?,
+            deny_tools: tool_globs("--deny-tools", &cli.deny_tools)?,
             api_key,
             oauth,
             headers,
@@ -715,6 +720,20 @@ fn one_credential(url: &Url, api_key: Option<&ApiKey>) -> Result<(), ConfigError
         ))),
         _ => Ok(()),
     }
+}
+
+/// The globs of `--allow-tools` or `--deny-tools`, trimmed; an empty one is refused (a stray
+/// comma would otherwise hide every tool, or none).
+fn tool_globs(flag: &str, given: &[String]) -> Result<Vec<String>, ConfigError> {
+    given
+        .iter()
+        .map(|g| match g.trim() {
+            "" => Err(ConfigError(format!(
+                "{flag} has an empty glob (two commas, or one at an end): list names or globs like jira_*,echo"
+            ))),
+            g => Ok(g.to_owned()),
+        })
+        .collect()
 }
 
 /// `--api-key-env` takes a variable's name: a key there is refused, unrepeated (issue 23.11).

@@ -87,7 +87,7 @@ impl Core {
             config.state_dir.as_deref().map(|dir| crate::era::EraCache::new(dir, config.url.as_str()));
         let proxy = Arc::new(Core {
             eras: Eras::new(config.protocol_era, era_cache),
-            policies: Policies::default(),
+            policies: Policies::new(config),
             room: Room::new(max_message),
             inbound: OnceLock::new(),
             link: Link::new(up, gate, config),

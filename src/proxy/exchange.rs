@@ -347,7 +347,11 @@ pub(super) async fn call(
     let headers = core.policies.params.request_headers(method, &params);
     let modern = headers.is_modern();
     let flags = Flags { initialize, modern, internal, held: false };
-    let hooks = Hooks { learn_tools: modern && method == "tools/list", ..Hooks::default() };
+    let hooks = Hooks {
+        learn_tools: modern && method == "tools/list",
+        filter_tools: core.policies.filters(method),
+        ..Hooks::default()
+    };
     let (done, capture) = core.ledger.open_captured(raw_id, &key, flags, hooks)?;
     drop(env);
     // The client's own request stays in the table if this is dropped (a signal while it is

@@ -68,6 +68,7 @@ async fn dispatch_request(core: &Arc<Core>, env: Envelope<'_>, line: &Bytes) {
             let Some(id) = env.id else { return };
             return core.ledger.write(crate::era::response_with_id(id, "result", &result).into()).await;
         }
+        Step::Refuse(err) => return core.ledger.write(err.to_response(env.id).into()).await,
     };
     let Some(room) = core.room.now(line.len()) else {
         let mut err = LocalError::new(

@@ -1137,3 +1137,42 @@ async fn issue23_5_a_one_shot_command_opens_no_listen_stream() {
     assert_eq!(code, 0, "{stdout}{stderr}");
     assert_eq!(methods(), ["server/discover", "tools/list"]);
 }
+
+/// Issue 24.1: `--deny-tools` and `--allow-tools` through the bridge (a handshake client, rmcp,
+/// to a stateless-only server): the list the client gets lacks the hidden tools, and a hidden
+/// tool's call is answered as a call of an unknown tool and never reaches the server.
+#[tokio::test]
+async fn issue24_1_filters_hold_through_the_bridge() {
+    let (url, server) = stateless_server().await;
+    let dir = scratch_dir("issue24-1-bridge");
+    let state = dir.to_string_lossy().into_owned();
+    let args = [
+        url.as_str(),
+        "--auth",
+        "none",
+        "--state-dir",
+        &state,
+        "--deny-tools",
+        "a*,slow",
+        "--allow-tools",
+        "*",
+    ];
+    let (client, sidecar) =
+        rmcp_client(&args, &[], Helpful, Some(rmcp::ClientLifecycleMode::Initialize)).await;
+    let client = client.expect("initialize answered by the bridge");
+    let names: Vec<String> =
+        client.list_all_tools().await.unwrap().into_iter().map(|t| t.name.to_string()).collect();
+    assert_eq!(names, ["echo", "forever"]);
+    let refused = client.call_tool(CallToolRequestParams::new("ask")).await.unwrap_err();
+    let text = format!("{refused:?}");
+    assert!(
+        text.contains("-32602") || text.contains("InvalidParams") || text.contains("Unknown tool: ask"),
+        "{text}"
+    );
+    client.cancel().await.unwrap();
+    sidecar.wait().await;
+    assert!(
+        posts(&server).iter().all(|p| p.body["params"]["name"] != "ask"),
+        "the hidden call reached the server"
+    );
+}

@@ -374,3 +374,39 @@ async fn t15_header_mismatch_relists_and_retries_once() {
     assert_eq!(calls[1].header("mcp-param-region"), Some("north"));
     assert_eq!(server.posts("tools/list").len(), 1);
 }
+
+/// Issue 24.1: the same era (rmcp's server): every page of `tools/list` loses the hidden tools,
+/// a hidden tool's call is answered here with the spec's unknown-tool error (-32602) and never
+/// reaches the server (its log), and `mcp-sidecar tools` shows what the client sees.
+#[tokio::test]
+async fn issue24_1_a_hidden_tool_is_neither_listed_nor_called() {
+    let server = Server::start(generic(), None).await;
+    let mut s = sidecar_for(&server, &["--deny-tools", "s*,place_order"]);
+    s.handshake().await;
+    s.send_json(&request(1, "tools/list", json!({}))).await;
+    let list = s.recv().await;
+    let names: Vec<&str> =
+        list["result"]["tools"].as_array().unwrap().iter().map(|t| t["name"].as_str().unwrap()).collect();
+    assert!(
+        names.contains(&"echo") && !names.iter().any(|n| n.starts_with('s') || *n == "place_order"),
+        "{names:?}"
+    );
+    s.send_json(&call(2, "sum", json!({"a": 1, "b": 2}))).await;
+    let refused = s.recv().await;
+    assert_eq!(refused["error"]["code"], -32602, "{refused}");
+    assert_eq!(refused["error"]["message"], "Unknown tool: sum");
+    assert_eq!(refused["error"]["data"]["kind"], "hidden_tool");
+    s.send_json(&call(3, "echo", json!({"text": "hi"}))).await;
+    assert!(s.recv().await["result"]["content"].is_array());
+    s.finish().await;
+    assert!(
+        server.posts("tools/call").iter().all(|p| p.json["params"]["name"] != "sum"),
+        "the hidden call reached the server"
+    );
+    let (code, stdout, _) =
+        run_command(&["tools", &server.url, "--api-key-env", "TEST_KEY", "--allow-tools", "echo,sum"], ENV)
+            .await;
+    assert_eq!(code, 0);
+    let listed: Vec<&str> = stdout.lines().filter_map(|l| l.split_whitespace().next()).collect();
+    assert_eq!(listed, ["echo", "sum"], "{stdout}");
+}

@@ -10,10 +10,12 @@
 //!   the ledger hands it over (nothing for the others: no cost on the common path).
 //! - [`Policies::observe`]: a server notification on its way to the client.
 //!
-//! Today: `params` (`x-mcp-header` learning and the `Mcp-Param-*` headers, T-15) and `lists`
-//! (stateless-era lists reused within their `ttlMs`). A new per-message policy (a tool filter, a
+//! Today: `params` (`x-mcp-header` learning and the `Mcp-Param-*` headers, T-15), `lists`
+//! (stateless-era lists reused within their `ttlMs`) and `filter` (`--allow-tools`,
+//! `--deny-tools`, issue 24.1). A new per-message policy (a tool filter, a
 //! rename, a pin) is a file here, a field of [`Policies`] and a line in each hook it uses.
 
+pub(super) mod filter;
 pub(super) mod lists;
 pub(super) mod params;
 
@@ -28,6 +30,8 @@ use crate::upstream::headers::MessageHeaders;
 pub(super) struct Policies {
     pub(super) params: params::Params,
     pub(super) lists: lists::ListCache,
+    /// `--allow-tools`, `--deny-tools` (issue 24.1); `None` when neither is given.
+    pub(super) tools: Option<filter::ToolFilter>,
 }
 
 /// What a request's answer passes through on its way back (kept with the request in the ledger).
@@ -37,11 +41,13 @@ pub(super) struct Hooks {
     pub(super) learn_tools: bool,
     /// A stateless-era list whose result may be reused: its key in the list cache.
     pub(super) list_key: Option<String>,
+    /// A `tools/list` whose answer loses the tools a filter hides (issue 24.1).
+    pub(super) filter_tools: bool,
 }
 
 impl Hooks {
     fn any(&self) -> bool {
-        self.learn_tools || self.list_key.is_some()
+        self.learn_tools || self.list_key.is_some() || self.filter_tools
     }
 }
 
@@ -51,18 +57,59 @@ pub(super) enum Step {
     Pass(MessageHeaders, Hooks),
     /// Answered here with this result (a list still fresh in the cache costs the server nothing).
     Answer(Box<RawValue>),
+    /// Answered here with this error (a hidden tool's call: it never reaches the server).
+    Refuse(crate::envelope::LocalError),
 }
 
 impl Policies {
+    /// The policies `config` asks for.
+    pub(super) fn new(config: &crate::config::Config) -> Policies {
+        Policies {
+            tools: filter::ToolFilter::new(&config.allow_tools, &config.deny_tools),
+            ..Policies::default()
+        }
+    }
+
+    /// Issue 24.1: the error for a `tools/call` of a tool a filter hides (the spec's unknown-tool
+    /// error, which the model reads; `data` says which rule, for people); `None` otherwise.
+    /// Every era and adapter asks this before a request goes on.
+    pub(super) fn hidden_call(
+        &self,
+        method: &str,
+        params: &Params<'_>,
+    ) -> Option<crate::envelope::LocalError> {
+        let filter = self.tools.as_ref()?;
+        if method != "tools/call" {
+            return None;
+        }
+        let name = params.name.as_deref()?;
+        let rule = filter.hides(name)?;
+        tracing::info!("a call of the hidden tool {name:?} answered here ({rule})");
+        Some(crate::envelope::LocalError::new(
+            crate::envelope::INVALID_PARAMS,
+            crate::envelope::ErrorKind::HiddenTool,
+            format!("Unknown tool: {name}"),
+        ))
+    }
+
+    /// Whether a request of `method` has an answer a filter changes.
+    pub(super) fn filters(&self, method: &str) -> bool {
+        self.tools.is_some() && method == "tools/list"
+    }
+
     /// A client request of the same era on its way up.
     pub(super) fn request(&self, method: &str, params: &Params<'_>) -> Step {
+        if let Some(err) = self.hidden_call(method, params) {
+            return Step::Refuse(err);
+        }
         let headers = self.params.request_headers(method, params);
         let modern = headers.is_modern();
         let list_key = (modern && lists::cacheable(method)).then(|| lists::key(method, params));
         if let Some(cached) = list_key.as_deref().and_then(|k| self.lists.get(k)) {
             return Step::Answer(cached);
         }
-        Step::Pass(headers, Hooks { learn_tools: modern && method == "tools/list", list_key })
+        let filter_tools = self.filters(method);
+        Step::Pass(headers, Hooks { learn_tools: modern && method == "tools/list", list_key, filter_tools })
     }
 
     /// The answer `message` of a request with `hooks`, made one line (S-02), as the client gets
@@ -75,6 +122,8 @@ impl Policies {
             Some(filtered) => envelope::one_line(filtered.into()),
             None => envelope::one_line(message),
         };
+        let filtered = self.tools.as_ref().filter(|_| hooks.filter_tools).and_then(|f| f.list(&message));
+        let message = filtered.map_or(message, |m| envelope::one_line(m.into()));
         if let Some(key) = &hooks.list_key {
             self.lists.put(key.clone(), &message);
         }
