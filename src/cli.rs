@@ -465,6 +465,20 @@ pub struct Args {
     #[arg(help_heading = TOOLS, long, value_name = "GLOB,…", env = "MCP_SIDECAR_DENY_TOOLS", value_delimiter = ',')]
     pub deny_tools: Vec<String>,
 
+    /// Only the prompts whose names match one of these globs are listed and may be got.
+    #[arg(help_heading = TOOLS, long, value_name = "GLOB,…", env = "MCP_SIDECAR_ALLOW_PROMPTS", value_delimiter = ',')]
+    pub allow_prompts: Vec<String>,
+
+    /// Prompts whose names match one of these globs are left out of lists and never got (deny
+    /// wins over --allow-prompts).
+    #[arg(help_heading = TOOLS, long, value_name = "GLOB,…", env = "MCP_SIDECAR_DENY_PROMPTS", value_delimiter = ',')]
+    pub deny_prompts: Vec<String>,
+
+    /// Resources whose URIs match one of these globs (`file:///secret/*`) are left out of lists
+    /// and never read.
+    #[arg(help_heading = TOOLS, long, value_name = "GLOB,…", env = "MCP_SIDECAR_DENY_RESOURCES", value_delimiter = ',')]
+    pub deny_resources: Vec<String>,
+
     #[arg(
         help_heading = LOGGING,
         long,

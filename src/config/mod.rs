@@ -123,9 +123,8 @@ pub struct Config {
     pub url: Url,
     /// The endpoint's path as the `--preset` knows it (for the hint when a URL answers 404).
     pub preset_path: Option<&'static str>,
-    /// `--allow-tools`, `--deny-tools`: globs over tool names (issue 24.1).
-    pub allow_tools: Vec<String>,
-    pub deny_tools: Vec<String>,
+    /// What reaches the model (issue 24.1).
+    pub filters: Filters,
     /// A one-shot command (`call`, `tool`, `tools`, `check`), which spends as few of the user's
     /// requests as the protocol allows (issue 23.5): no stream for messages the server starts
     /// (nobody reads them), and no closing `DELETE` where the server states a rate limit (the
@@ -331,8 +330,7 @@ impl Config {
             url,
             preset_path: preset.map(|p| p.path),
             one_shot: cli.one_shot,
-            allow_tools: tool_globs("--allow-tools", &cli.allow_tools)?,
-            deny_tools: tool_globs("--deny-tools", &cli.deny_tools)?,
+            filters: Filters::from_cli(&cli)?,
             api_key,
             oauth,
             headers,
@@ -722,7 +720,30 @@ fn one_credential(url: &Url, api_key: Option<&ApiKey>) -> Result<(), ConfigError
     }
 }
 
-/// The globs of `--allow-tools` or `--deny-tools`, trimmed; an empty one is refused (a stray
+/// `--allow-tools`, `--deny-tools`, `--allow-prompts`, `--deny-prompts`, `--deny-resources`:
+/// globs, as given (issue 24.1).
+#[derive(Debug, Clone, Default)]
+pub struct Filters {
+    pub allow_tools: Vec<String>,
+    pub deny_tools: Vec<String>,
+    pub allow_prompts: Vec<String>,
+    pub deny_prompts: Vec<String>,
+    pub deny_resources: Vec<String>,
+}
+
+impl Filters {
+    fn from_cli(cli: &Args) -> Result<Filters, ConfigError> {
+        Ok(Filters {
+            allow_tools: tool_globs("--allow-tools", &cli.allow_tools)?,
+            deny_tools: tool_globs("--deny-tools", &cli.deny_tools)?,
+            allow_prompts: tool_globs("--allow-prompts", &cli.allow_prompts)?,
+            deny_prompts: tool_globs("--deny-prompts", &cli.deny_prompts)?,
+            deny_resources: tool_globs("--deny-resources", &cli.deny_resources)?,
+        })
+    }
+}
+
+/// The globs of one of those flags, trimmed; an empty one is refused (a stray
 /// comma would otherwise hide every tool, or none).
 fn tool_globs(flag: &str, given: &[String]) -> Result<Vec<String>, ConfigError> {
     given

@@ -349,7 +349,7 @@ pub(super) async fn call(
     let flags = Flags { initialize, modern, internal, held: false };
     let hooks = Hooks {
         learn_tools: modern && method == "tools/list",
-        filter_tools: core.policies.filters(method),
+        filter: core.policies.filters(method),
         ..Hooks::default()
     };
     let (done, capture) = core.ledger.open_captured(raw_id, &key, flags, hooks)?;

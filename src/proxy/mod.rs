@@ -189,7 +189,7 @@ impl Proxy {
         trace!(body = %String::from_utf8_lossy(&line), "stdin");
         // Issue 24.1: a hidden tool's call is answered before any adapter sees it (the same-era
         // path asks in `Policies::request`); nothing is parsed here when no filter is given.
-        if self.core.policies.tools.is_some()
+        if self.core.policies.filtering()
             && !matches!(self.front.get(), Some(Front::Same))
             && let Ok(env) = Envelope::parse(&line)
             && let Some(err) =

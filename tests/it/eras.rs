@@ -1176,3 +1176,29 @@ async fn issue24_1_filters_hold_through_the_bridge() {
         "the hidden call reached the server"
     );
 }
+
+/// Issue 24.1: `--deny-resources` by URI glob, through the bridge (raw lines): the list loses
+/// the resource, and reading it is answered with the spec's -32002, never sent.
+#[tokio::test]
+async fn issue24_1_a_denied_resource_is_neither_listed_nor_read() {
+    let (url, server) = stateless_server().await;
+    let dir = scratch_dir("issue24-1-resources");
+    let state = dir.to_string_lossy().into_owned();
+    let mut s = Sidecar::spawn(
+        &[&url, "--auth", "none", "--state-dir", &state, "--deny-resources", "file:///a*"],
+        &[],
+    );
+    s.handshake().await;
+    s.send_json(&request(1, "resources/list", json!({}))).await;
+    let list = s.recv().await;
+    assert_eq!(list["result"]["resources"], json!([]), "{list}");
+    s.send_json(&request(2, "resources/read", json!({"uri": "file:///a.txt"}))).await;
+    let refused = s.recv().await;
+    assert_eq!(refused["error"]["code"], -32002, "{refused}");
+    assert_eq!(refused["error"]["message"], "Resource not found: file:///a.txt");
+    s.finish().await;
+    assert!(
+        posts(&server).iter().all(|p| p.body["method"] != "resources/read"),
+        "the read reached the server"
+    );
+}

@@ -30,8 +30,9 @@ use crate::upstream::headers::MessageHeaders;
 pub(super) struct Policies {
     pub(super) params: params::Params,
     pub(super) lists: lists::ListCache,
-    /// `--allow-tools`, `--deny-tools` (issue 24.1); `None` when neither is given.
-    pub(super) tools: Option<filter::ToolFilter>,
+    /// `--allow-tools`/`--deny-tools`, `--allow-prompts`/`--deny-prompts`, `--deny-resources`
+    /// (issue 24.1); empty when none is given.
+    pub(super) filters: Vec<filter::NameFilter>,
 }
 
 /// What a request's answer passes through on its way back (kept with the request in the ledger).
@@ -41,13 +42,13 @@ pub(super) struct Hooks {
     pub(super) learn_tools: bool,
     /// A stateless-era list whose result may be reused: its key in the list cache.
     pub(super) list_key: Option<String>,
-    /// A `tools/list` whose answer loses the tools a filter hides (issue 24.1).
-    pub(super) filter_tools: bool,
+    /// A list whose answer loses the items a filter hides (issue 24.1).
+    pub(super) filter: Option<filter::Over>,
 }
 
 impl Hooks {
     fn any(&self) -> bool {
-        self.learn_tools || self.list_key.is_some() || self.filter_tools
+        self.learn_tools || self.list_key.is_some() || self.filter.is_some()
     }
 }
 
@@ -64,37 +65,47 @@ pub(super) enum Step {
 impl Policies {
     /// The policies `config` asks for.
     pub(super) fn new(config: &crate::config::Config) -> Policies {
-        Policies {
-            tools: filter::ToolFilter::new(&config.allow_tools, &config.deny_tools),
-            ..Policies::default()
-        }
+        let f = &config.filters;
+        let filters = [
+            filter::NameFilter::new(filter::Over::Tools, &f.allow_tools, &f.deny_tools),
+            filter::NameFilter::new(filter::Over::Prompts, &f.allow_prompts, &f.deny_prompts),
+            filter::NameFilter::new(filter::Over::Resources, &[], &f.deny_resources),
+        ];
+        Policies { filters: filters.into_iter().flatten().collect(), ..Policies::default() }
     }
 
-    /// Issue 24.1: the error for a `tools/call` of a tool a filter hides (the spec's unknown-tool
-    /// error, which the model reads; `data` says which rule, for people); `None` otherwise.
-    /// Every era and adapter asks this before a request goes on.
+    /// Issue 24.1: the error for a request of an item a filter hides (`tools/call`,
+    /// `prompts/get`, `resources/read`: the spec's error for an unknown one, which the model
+    /// reads; `data.kind` says `hidden_tool`); `None` otherwise. Every era and adapter asks this
+    /// before a request goes on.
     pub(super) fn hidden_call(
         &self,
         method: &str,
         params: &Params<'_>,
     ) -> Option<crate::envelope::LocalError> {
-        let filter = self.tools.as_ref()?;
-        if method != "tools/call" {
+        if self.filters.is_empty() {
             return None;
         }
-        let name = params.name.as_deref()?;
-        let rule = filter.hides(name)?;
-        tracing::info!("a call of the hidden tool {name:?} answered here ({rule})");
-        Some(crate::envelope::LocalError::new(
-            crate::envelope::INVALID_PARAMS,
-            crate::envelope::ErrorKind::HiddenTool,
-            format!("Unknown tool: {name}"),
-        ))
+        let over = filter::Over::of_request(method)?;
+        let filter = self.filters.iter().find(|f| f.over() == over)?;
+        let item =
+            if over == filter::Over::Resources { params.uri.as_deref() } else { params.name.as_deref() }?;
+        let rule = filter.hides(item)?;
+        tracing::info!("{method} of the hidden {item:?} answered here ({rule})");
+        Some(over.unknown(item))
     }
 
-    /// Whether a request of `method` has an answer a filter changes.
-    pub(super) fn filters(&self, method: &str) -> bool {
-        self.tools.is_some() && method == "tools/list"
+    /// The filter a request of `method` has its answer pass through, if any.
+    pub(super) fn filters(&self, method: &str) -> Option<filter::Over> {
+        if self.filters.is_empty() {
+            return None;
+        }
+        filter::Over::of_list(method).filter(|over| self.filters.iter().any(|f| f.over() == *over))
+    }
+
+    /// Whether any filter is given.
+    pub(super) fn filtering(&self) -> bool {
+        !self.filters.is_empty()
     }
 
     /// A client request of the same era on its way up.
@@ -108,8 +119,8 @@ impl Policies {
         if let Some(cached) = list_key.as_deref().and_then(|k| self.lists.get(k)) {
             return Step::Answer(cached);
         }
-        let filter_tools = self.filters(method);
-        Step::Pass(headers, Hooks { learn_tools: modern && method == "tools/list", list_key, filter_tools })
+        let filter = self.filters(method);
+        Step::Pass(headers, Hooks { learn_tools: modern && method == "tools/list", list_key, filter })
     }
 
     /// The answer `message` of a request with `hooks`, made one line (S-02), as the client gets
@@ -122,7 +133,10 @@ impl Policies {
             Some(filtered) => envelope::one_line(filtered.into()),
             None => envelope::one_line(message),
         };
-        let filtered = self.tools.as_ref().filter(|_| hooks.filter_tools).and_then(|f| f.list(&message));
+        let filtered = hooks
+            .filter
+            .and_then(|over| self.filters.iter().find(|f| f.over() == over))
+            .and_then(|f| f.list(&message));
         let message = filtered.map_or(message, |m| envelope::one_line(m.into()));
         if let Some(key) = &hooks.list_key {
             self.lists.put(key.clone(), &message);
