@@ -210,7 +210,10 @@ where
     // What is queued still goes out, unless the client has stopped reading: then mcp-sidecar
     // exits anyway rather than wait forever on a full pipe (within the shutdown's 2 s, with a
     // moment for the last lines however late they were queued).
-    let flush_until = (since + proxy::SHUTDOWN_BUDGET).max(tokio::time::Instant::now() + FINAL_FLUSH_MIN);
+    let flush_until = since
+        .checked_add(proxy::SHUTDOWN_BUDGET)
+        .unwrap_or(since)
+        .max(retry::deadline_after(FINAL_FLUSH_MIN));
     match tokio::time::timeout_at(flush_until, writer).await {
         Ok(Ok(Err(e))) if e.kind() != std::io::ErrorKind::BrokenPipe => error!("writing stdout failed: {e}"),
         Err(_) => debug!("the client reads stdout no more; exiting with lines unwritten"),

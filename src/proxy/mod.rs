@@ -241,12 +241,13 @@ impl Proxy {
         let core = &self.core;
         // Every step below ends by `end` (issue 23.4: the time a dispatch in line had after
         // stdin's end counts, as do the lease's release and the DELETE).
-        let end = since + SHUTDOWN_BUDGET;
+        let after = |d: Duration| since.checked_add(d).unwrap_or(since);
+        let end = after(SHUTDOWN_BUDGET);
         core.shutting_down.store(true, std::sync::atomic::Ordering::Relaxed);
         core.tasks.close();
         // Issue 10.3: the stream for server messages stays open while requests drain: answers
         // of the HTTP+SSE transport, and of requests the server accepted with 202, come on it.
-        if drain && timeout_at(since + DRAIN_TIMEOUT, core.tasks.wait()).await.is_err() {
+        if drain && timeout_at(after(DRAIN_TIMEOUT), core.tasks.wait()).await.is_err() {
             info!("shutting down with requests still in flight; answering them with an error");
         }
         core.streams.stop();
@@ -257,7 +258,7 @@ impl Proxy {
         core.ledger.drain(end).await;
         // The rate-limit units this process leased and did not use go back (bounded: exit must
         // not wait on another process's lock).
-        let release = Instant::now() + Duration::from_millis(500);
+        let release = crate::retry::deadline_after(Duration::from_millis(500));
         let _ = timeout_at(release.min(end), core.link.gate.release()).await;
         self.close_session(end).await;
         if let Some(summary) = core.rate_limit_summary() {
@@ -286,7 +287,7 @@ impl Proxy {
             return;
         }
         let Some(delete) = link.up.delete_session() else { return };
-        let end = end.min(Instant::now() + DELETE_TIMEOUT);
+        let end = end.min(crate::retry::deadline_after(DELETE_TIMEOUT));
         let admitted =
             timeout_at(end, link.gate.admit(Duration::ZERO, crate::ratelimit::Use::Background, |_, _| {}));
         match admitted.await {
