@@ -140,10 +140,8 @@ impl Client {
             }));
             return;
         }
-        let url = &config.url;
-        let host = url.host_str().unwrap_or("the server");
         let slow = Arc::new(Slow {
-            host: url.port().map_or_else(|| host.to_owned(), |p| format!("{host}:{p}")),
+            host: crate::net::host_and_port(&config.url),
             timeout: config.request_timeout,
             counting_down: AtomicBool::new(false),
         });

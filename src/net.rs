@@ -25,6 +25,12 @@ pub fn is_loopback(url: &Url) -> bool {
     }
 }
 
+/// A URL's host and, when it names one, its port, as a person reads them ("127.0.0.1:8931").
+pub fn host_and_port(url: &url::Url) -> String {
+    let host = url.host_str().unwrap_or("the server");
+    url.port().map_or_else(|| host.to_owned(), |p| format!("{host}:{p}"))
+}
+
 /// A URL fit for logs and messages: no user info, no query, no fragment.
 pub fn redact_url(url: &Url) -> String {
     let mut u = url.clone();

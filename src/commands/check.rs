@@ -23,12 +23,6 @@ use crate::net::redact_url;
 const STALLED: &str =
     "the server is stalled or overloaded: try again later, or give it longer with --request-timeout SECS";
 
-/// The server's host and port, as a person reads it.
-fn host_of(config: &Config) -> String {
-    let host = config.url.host_str().unwrap_or("the server");
-    config.url.port().map_or_else(|| host.to_owned(), |p| format!("{host}:{p}"))
-}
-
 /// One step of the report.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Step {
@@ -154,7 +148,7 @@ async fn handshake_step(
                 _ if e["data"]["kind"] == "timeout" => (
                     format!(
                         "{} sent no answer to initialize within {}",
-                        host_of(config),
+                        crate::net::host_and_port(&config.url),
                         crate::retry::human(config.request_timeout)
                     ),
                     STALLED.to_owned(),
@@ -343,7 +337,7 @@ async fn http_step(config: &Config, steps: &mut Vec<Step>) -> bool {
                 started,
                 format!(
                     "{} accepted the connection but sent no answer to a plain GET within {}",
-                    host_of(config),
+                    crate::net::host_and_port(&config.url),
                     crate::retry::human(config.request_timeout)
                 ),
                 STALLED.into(),
