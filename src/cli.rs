@@ -97,8 +97,9 @@ pub enum Command {
         after_help = "Example:\n  mcp-sidecar call tools/list --preset investra\n  mcp-sidecar call tools/call '{\"name\":\"echo\",\"arguments\":{\"text\":\"hi\"}}' --url https://host/mcp"
     )]
     Call(CallArgs),
-    /// List the server's tools, one per line with its description.
-    Tools(Args),
+    /// List the server's tools, one per line with its description (what a client sees, after
+    /// --allow-tools and --deny-tools).
+    Tools(ToolsArgs),
     /// Call one tool and print its result JSON.
     #[command(
         after_help = "Example:\n  mcp-sidecar tool sum --arg a=1 --arg b=2 --url https://host/mcp\n  mcp-sidecar tool echo --json '{\"text\":\"hi\"}' --preset investra"
@@ -174,6 +175,17 @@ pub fn mistyped_command(word: &str) -> Option<String> {
 pub fn command_names() -> Vec<String> {
     use clap::CommandFactory;
     Cli::command().get_subcommands().map(|c| c.get_name().to_owned()).filter(|n| n != "help").collect()
+}
+
+/// `tools`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ToolsArgs {
+    /// Every tool the server offers, those --allow-tools or --deny-tools hide marked with the
+    /// rule that hides them.
+    #[arg(long)]
+    pub all: bool,
+    #[command(flatten)]
+    pub args: Args,
 }
 
 /// `call`.

@@ -45,7 +45,15 @@ pub const MAX_TOOL_PAGES: usize = 100;
 
 /// `tools`: one line per tool, `name  description`. Pagination ends at the last page, at a
 /// cursor seen before (a cycle of any length, issue 10.15), or after [`MAX_TOOL_PAGES`].
-pub async fn tools(config: Config) -> u8 {
+/// `all` (issue 24.1): the proxy lists without the tool filters, and each tool they hide is
+/// marked with the rule that hides it.
+pub async fn tools(config: Config, all: bool) -> u8 {
+    let hidden = crate::proxy::HiddenBy::new(&config.filters);
+    let mut config = config;
+    if all {
+        config.filters.allow_tools.clear();
+        config.filters.deny_tools.clear();
+    }
     let Some((mut client, _)) = connect(&config).await else { return FAILED };
     let mut cursor: Option<String> = None;
     let mut seen = std::collections::HashSet::new();
@@ -63,7 +71,11 @@ pub async fn tools(config: Config) -> u8 {
                 for tool in result["tools"].as_array().into_iter().flatten() {
                     let name = tool["name"].as_str().unwrap_or("?");
                     let about = tool["description"].as_str().unwrap_or("").lines().next().unwrap_or("");
-                    lines.push((name.to_owned(), about.to_owned()));
+                    let about = match hidden.tool(name).filter(|_| all) {
+                        Some(rule) => format!("[hidden: {rule}] {about}"),
+                        None => about.to_owned(),
+                    };
+                    lines.push((name.to_owned(), about));
                 }
                 match result["nextCursor"].as_str() {
                     Some(c) if seen.insert(c.to_owned()) => cursor = Some(c.to_owned()),

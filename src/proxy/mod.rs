@@ -45,6 +45,7 @@ use core::Core;
 use probe::Probe;
 
 pub use link::WaitObserver;
+pub use policy::filter::HiddenBy;
 pub use room::IN_FLIGHT_MESSAGES;
 
 /// How long shutdown waits for requests in flight before answering them with an error.

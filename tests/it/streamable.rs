@@ -409,4 +409,13 @@ async fn issue24_1_a_hidden_tool_is_neither_listed_nor_called() {
     assert_eq!(code, 0);
     let listed: Vec<&str> = stdout.lines().filter_map(|l| l.split_whitespace().next()).collect();
     assert_eq!(listed, ["echo", "sum"], "{stdout}");
+    // --all: every tool, the hidden ones marked with the rule that hides them.
+    let args = ["tools", &server.url, "--api-key-env", "TEST_KEY", "--deny-tools", "s*", "--all"];
+    let (code, stdout, _) = run_command(&args, ENV).await;
+    assert_eq!(code, 0);
+    let line = |name: &str| {
+        stdout.lines().find(|l| l.starts_with(&format!("{name} "))).unwrap_or_default().to_owned()
+    };
+    assert!(line("sum").contains("[hidden: --deny-tools s*]"), "{stdout}");
+    assert!(!line("echo").contains("hidden") && !line("echo").is_empty(), "{stdout}");
 }

@@ -110,6 +110,20 @@ impl NameFilter {
     }
 }
 
+/// Which rule of `--allow-tools`/`--deny-tools` hides a tool, for `tools --all` (issue 24.1).
+pub struct HiddenBy(Option<NameFilter>);
+
+impl HiddenBy {
+    pub fn new(filters: &crate::config::Filters) -> HiddenBy {
+        HiddenBy(NameFilter::new(Over::Tools, &filters.allow_tools, &filters.deny_tools))
+    }
+
+    /// The rule that hides the tool `name`, if one does.
+    pub fn tool(&self, name: &str) -> Option<String> {
+        self.0.as_ref()?.hides(name)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
