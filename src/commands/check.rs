@@ -100,8 +100,24 @@ fn configuration_step(config: &Config, steps: &mut Vec<Step>) -> String {
     };
     let warnings =
         if config.warnings.is_empty() { String::new() } else { format!("; {}", config.warnings.join("; ")) };
-    push(steps, "configuration", started, true, format!("{auth}{warnings}"));
+    push(steps, "configuration", started, true, format!("{auth}{}{warnings}", filters(&config.filters)));
     auth
+}
+
+/// Issue 24.1: the filters given, as flags a person can read again ("" when none).
+fn filters(f: &crate::config::Filters) -> String {
+    let given: Vec<String> = [
+        ("--allow-tools", &f.allow_tools),
+        ("--deny-tools", &f.deny_tools),
+        ("--allow-prompts", &f.allow_prompts),
+        ("--deny-prompts", &f.deny_prompts),
+        ("--deny-resources", &f.deny_resources),
+    ]
+    .into_iter()
+    .filter(|(_, globs)| !globs.is_empty())
+    .map(|(flag, globs)| format!("{flag} {}", globs.join(",")))
+    .collect();
+    if given.is_empty() { String::new() } else { format!("; filters: {}", given.join(" ")) }
 }
 
 /// The server's name resolves.

@@ -409,6 +409,11 @@ async fn issue24_1_a_hidden_tool_is_neither_listed_nor_called() {
     assert_eq!(code, 0);
     let listed: Vec<&str> = stdout.lines().filter_map(|l| l.split_whitespace().next()).collect();
     assert_eq!(listed, ["echo", "sum"], "{stdout}");
+    // check says which filters are given.
+    let args = ["check", &server.url, "--api-key-env", "TEST_KEY", "--deny-tools", "s*,place_order"];
+    let (code, stdout, _) = run_command(&args, ENV).await;
+    assert_eq!(code, 0, "{stdout}");
+    assert!(stdout.contains("; filters: --deny-tools s*,place_order"), "{stdout}");
     // --all: every tool, the hidden ones marked with the rule that hides them.
     let args = ["tools", &server.url, "--api-key-env", "TEST_KEY", "--deny-tools", "s*", "--all"];
     let (code, stdout, _) = run_command(&args, ENV).await;
