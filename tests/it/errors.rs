@@ -300,9 +300,7 @@ async fn issue23_4_shutdown_says_what_was_never_sent_and_keeps_its_2_s() {
     s.stderr_shows("tools/list (id 3): waiting").await;
     s.send_json(&request(4, "prompts/list", json!({}))).await;
     s.stderr_shows("prompts/list (id 4): waiting").await;
-    let started = std::time::Instant::now();
-    let outcome = s.finish().await;
-    let took = started.elapsed();
+    let (outcome, took) = s.finish_timed().await;
     let answers = outcome.messages();
     let of = |id: i64| {
         answers.iter().find(|a| a["id"] == id).unwrap_or_else(|| panic!("no answer {id}: {answers:?}"))
@@ -344,9 +342,7 @@ async fn issue23_4_a_held_initialize_still_exits_within_2_s_of_stdins_end() {
     let mut s = sidecar_for(&server, &[]);
     s.send_json(&initialize(1)).await;
     until("initialize reached the server", || server.posts("initialize").len() == 1).await;
-    let started = std::time::Instant::now();
-    let outcome = s.finish().await;
-    let took = started.elapsed();
+    let (outcome, took) = s.finish_timed().await;
     let answers = outcome.messages();
     assert_eq!(answers.len(), 1, "{answers:?}");
     assert_eq!(answers[0]["error"]["data"]["kind"], "shutting_down", "{answers:?}");
@@ -366,9 +362,7 @@ async fn issue23_4_a_server_gone_mid_run_keeps_the_2_s_exit() {
     server.stop();
     s.send_json(&request(2, "tools/list", json!({}))).await;
     s.stderr_shows("tools/list (id 2): could not connect").await;
-    let started = std::time::Instant::now();
-    let outcome = s.finish().await;
-    let took = started.elapsed();
+    let (outcome, took) = s.finish_timed().await;
     let answers = outcome.messages();
     let e = &answers.iter().find(|a| a["id"] == 2).expect("answered")["error"];
     assert_eq!(e["data"]["requestSent"], false, "{e}");
@@ -448,9 +442,7 @@ async fn issue23_the_promises_hold_in_every_failure_case_of_points_1_to_4() {
         }
         s.send_json(&initialize(1)).await;
         s.send_json(&request(2, "tools/list", json!({}))).await;
-        let started = std::time::Instant::now();
-        let outcome = s.finish().await;
-        let took = started.elapsed();
+        let (outcome, took) = s.finish_timed().await;
         let what = format!("{cause}:\n{}\n{}", outcome.stdout, outcome.stderr);
         let answers = outcome.messages();
         for id in [1, 2] {

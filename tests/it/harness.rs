@@ -430,6 +430,13 @@ impl Sidecar {
         self.wait().await
     }
 
+    /// [`Sidecar::finish`], and how long the exit took after stdin's end.
+    pub async fn finish_timed(self) -> (Outcome, Duration) {
+        let started = std::time::Instant::now();
+        let outcome = self.finish().await;
+        (outcome, started.elapsed())
+    }
+
     /// The exit status if the process exits within `limit` (stdout left as it is).
     pub async fn exit_status_within(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
         tokio::time::timeout(limit, self.child.wait()).await.ok().and_then(Result::ok)
