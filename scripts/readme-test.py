@@ -52,6 +52,7 @@ PLAN = [
     ("{", {"mode": "json"}),
     ("export INVESTRA_API_KEY=inv_your_key_here", {"mode": "run"}),
     ("mcp-sidecar tools --preset investra --deny-tools", {"mode": "run", "expect": ["echo"]}),
+    ("mcp-sidecar tools --preset investra --tool-prefix", {"mode": "run", "expect": ["inv_echo"]}),
     ("mcp-sidecar tools --preset investra", {"mode": "run"}),
     ("$ mcp-sidecar check", {"mode": "console"}),
     ("mcp-sidecar login https://", {"mode": "cli"}),

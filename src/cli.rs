@@ -466,7 +466,6 @@ pub struct Args {
     #[arg(help_heading = RATE_LIMITS, long, value_name = "PLAN", env = "MCP_SIDECAR_PLAN")]
     pub plan: Option<Plan>,
 
-    /// The largest message accepted, in bytes, on stdin and from the server.
     /// Only the tools whose names match one of these globs (`*` any run of characters, `?` one;
     /// comma-separated, repeatable) are listed and may be called.
     #[arg(help_heading = TOOLS, long, value_name = "GLOB,…", env = "MCP_SIDECAR_ALLOW_TOOLS", value_delimiter = ',')]
@@ -491,6 +490,17 @@ pub struct Args {
     #[arg(help_heading = TOOLS, long, value_name = "GLOB,…", env = "MCP_SIDECAR_DENY_RESOURCES", value_delimiter = ',')]
     pub deny_resources: Vec<String>,
 
+    /// Every tool is listed under this prefix (PREFIX + its name) and called back under its
+    /// own name, so that two servers' tools cannot collide in one client.
+    #[arg(help_heading = TOOLS, long, value_name = "PREFIX", env = "MCP_SIDECAR_TOOL_PREFIX")]
+    pub tool_prefix: Option<String>,
+
+    /// The tool OLD is listed as NEW (no prefix added) and called back as OLD (repeatable;
+    /// comma-separated). --allow-tools and --deny-tools match the server's own names.
+    #[arg(help_heading = TOOLS, long, value_name = "OLD=NEW", env = "MCP_SIDECAR_RENAME_TOOL", value_delimiter = ',')]
+    pub rename_tool: Vec<String>,
+
+    /// The largest message accepted, in bytes, on stdin and from the server.
     #[arg(
         help_heading = LOGGING,
         long,

@@ -31,6 +31,9 @@ pub const RATE_LIMITED: i64 = -32004;
 pub const SHUTTING_DOWN: i64 = -32005;
 /// The requests in flight already hold as many bytes as mcp-sidecar keeps (issue 10.15).
 pub const OVERLOADED: i64 = -32006;
+/// A `tools/list` in which `--tool-prefix` or `--rename-tool` would list two tools under one
+/// name (issue 24.2): the list is refused rather than make one of them uncallable.
+pub const NAME_COLLISION: i64 = -32007;
 
 /// The members of a JSON-RPC message the proxy needs, borrowed from the message's bytes.
 #[derive(Debug, Deserialize)]
@@ -207,6 +210,8 @@ pub enum ErrorKind {
     InputRefused,
     /// A call of a tool a filter hides (issue 24.1).
     HiddenTool,
+    /// Two tools would be listed under one name (issue 24.2).
+    NameCollision,
 }
 
 impl ErrorKind {
@@ -230,6 +235,7 @@ impl ErrorKind {
             ErrorKind::Overloaded => "overloaded",
             ErrorKind::InputRefused => "input_refused",
             ErrorKind::HiddenTool => "hidden_tool",
+            ErrorKind::NameCollision => "name_collision",
         }
     }
 }

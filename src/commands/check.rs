@@ -104,7 +104,7 @@ fn configuration_step(config: &Config, steps: &mut Vec<Step>) -> String {
     auth
 }
 
-/// Issue 24.1: the filters given, as flags a person can read again ("" when none).
+/// Issue 24.1 and 24.2: the filters and names given, as flags a person can read again ("" when none).
 fn filters(f: &crate::config::Filters) -> String {
     let given: Vec<String> = [
         ("--allow-tools", &f.allow_tools),
@@ -116,6 +116,8 @@ fn filters(f: &crate::config::Filters) -> String {
     .into_iter()
     .filter(|(_, globs)| !globs.is_empty())
     .map(|(flag, globs)| format!("{flag} {}", globs.join(",")))
+    .chain(f.tool_prefix.iter().map(|p| format!("--tool-prefix {p}")))
+    .chain(f.renames.iter().map(|(old, new)| format!("--rename-tool {old}={new}")))
     .collect();
     if given.is_empty() { String::new() } else { format!("; filters: {}", given.join(" ")) }
 }

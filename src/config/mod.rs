@@ -721,7 +721,7 @@ fn one_credential(url: &Url, api_key: Option<&ApiKey>) -> Result<(), ConfigError
 }
 
 /// `--allow-tools`, `--deny-tools`, `--allow-prompts`, `--deny-prompts`, `--deny-resources`:
-/// globs, as given (issue 24.1).
+/// globs, as given (issue 24.1); `--tool-prefix` and `--rename-tool` (issue 24.2), checked.
 #[derive(Debug, Clone, Default)]
 pub struct Filters {
     pub allow_tools: Vec<String>,
@@ -729,6 +729,9 @@ pub struct Filters {
     pub allow_prompts: Vec<String>,
     pub deny_prompts: Vec<String>,
     pub deny_resources: Vec<String>,
+    pub tool_prefix: Option<String>,
+    /// `(OLD, NEW)`, in the order given.
+    pub renames: Vec<(String, String)>,
 }
 
 impl Filters {
@@ -739,8 +742,79 @@ impl Filters {
             allow_prompts: tool_globs("--allow-prompts", &cli.allow_prompts)?,
             deny_prompts: tool_globs("--deny-prompts", &cli.deny_prompts)?,
             deny_resources: tool_globs("--deny-resources", &cli.deny_resources)?,
+            tool_prefix: tool_prefix(cli.tool_prefix.as_deref())?,
+            renames: renames(&cli.rename_tool)?,
         })
     }
+
+    /// Whether tools are listed under other names than the server's.
+    pub fn renaming(&self) -> bool {
+        self.tool_prefix.is_some() || !self.renames.is_empty()
+    }
+}
+
+/// What makes `name` break the spec's rules for a tool's name (2025-11-25, "Tool names": 1 to
+/// 128 characters of `A-Z a-z 0-9 _ - .`); `None` when it keeps them.
+pub fn tool_name_problem(name: &str) -> Option<String> {
+    if name.is_empty() {
+        return Some("it is empty".into());
+    }
+    if name.len() > 128 {
+        return Some(format!("it is {} characters long, and a tool's name has at most 128", name.len()));
+    }
+    let bad = name.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.')))?;
+    Some(format!("it has {bad:?}, and a tool's name has only letters, digits, _, - and ."))
+}
+
+/// `--tool-prefix`: a start of a valid tool name (issue 24.2).
+fn tool_prefix(given: Option<&str>) -> Result<Option<String>, ConfigError> {
+    let Some(prefix) = given else { return Ok(None) };
+    match tool_name_problem(prefix) {
+        Some(problem) if !prefix.is_empty() => {
+            Err(ConfigError(format!("--tool-prefix {prefix:?} cannot start a tool's name: {problem}")))
+        }
+        Some(_) => {
+            Err(ConfigError("--tool-prefix is empty: give a prefix like jira_, or leave the flag out".into()))
+        }
+        None if prefix.len() >= 128 => Err(ConfigError(format!(
+            "--tool-prefix is {} characters long, which leaves no room for a tool's name (at most 128 in all)",
+            prefix.len()
+        ))),
+        None => Ok(Some(prefix.to_owned())),
+    }
+}
+
+/// `--rename-tool OLD=NEW`, each NEW a valid tool name, no OLD renamed twice and no NEW given
+/// to two tools (issue 24.2).
+fn renames(given: &[String]) -> Result<Vec<(String, String)>, ConfigError> {
+    let mut out: Vec<(String, String)> = Vec::new();
+    for pair in given {
+        let Some((old, new)) = pair.split_once('=').map(|(o, n)| (o.trim(), n.trim())) else {
+            return Err(ConfigError(format!(
+                "--rename-tool {pair:?} is not OLD=NEW: give the server's name, =, and the name to list, like search=jira_search"
+            )));
+        };
+        if old.is_empty() {
+            return Err(ConfigError(format!("--rename-tool {pair:?} has no OLD name before =")));
+        }
+        if let Some(problem) = tool_name_problem(new) {
+            return Err(ConfigError(format!(
+                "--rename-tool {pair:?}: the new name {new:?} is not a valid tool name: {problem}"
+            )));
+        }
+        if let Some((_, first)) = out.iter().find(|(o, _)| o == old) {
+            return Err(ConfigError(format!(
+                "--rename-tool renames {old} twice (to {first} and to {new}): keep one"
+            )));
+        }
+        if let Some((other, _)) = out.iter().find(|(_, n)| n == new) {
+            return Err(ConfigError(format!(
+                "--rename-tool gives the name {new} to two tools, {other} and {old}: the client could not tell them apart"
+            )));
+        }
+        out.push((old.to_owned(), new.to_owned()));
+    }
+    Ok(out)
 }
 
 /// The globs of one of those flags, trimmed; an empty one is refused (a stray

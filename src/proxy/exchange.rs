@@ -24,7 +24,6 @@ use crate::upstream::{MAX_ERROR_BODY_BYTES, jsonrpc_error, sse};
 use super::core::{Core, bad_response, unreadable};
 use super::ledger::Flags;
 use super::link::OnWire;
-use super::policy::Hooks;
 use super::reply::{self, BodyError, Resumption, read_body};
 use super::room::holding;
 use super::streams::Streams;
@@ -347,11 +346,7 @@ pub(super) async fn call(
     let headers = core.policies.params.request_headers(method, &params);
     let modern = headers.is_modern();
     let flags = Flags { initialize, modern, internal, held: false };
-    let hooks = Hooks {
-        learn_tools: modern && method == "tools/list",
-        filter: core.policies.filters(method),
-        ..Hooks::default()
-    };
+    let hooks = core.policies.hooks(method, &params, modern);
     let (done, capture) = core.ledger.open_captured(raw_id, &key, flags, hooks)?;
     drop(env);
     // The client's own request stays in the table if this is dropped (a signal while it is

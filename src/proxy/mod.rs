@@ -188,16 +188,19 @@ impl Proxy {
     /// One line, through the era adapter: one match on the same-era path.
     async fn dispatch_line(&self, line: Bytes) {
         trace!(body = %String::from_utf8_lossy(&line), "stdin");
-        // Issue 24.1: a hidden tool's call is answered before any adapter sees it (the same-era
-        // path asks in `Policies::request`); nothing is parsed here when no filter is given.
-        if self.core.policies.filtering()
-            && !matches!(self.front.get(), Some(Front::Same))
-            && let Ok(env) = Envelope::parse(&line)
-            && let Some(err) =
-                self.core.policies.hidden_call(env.method.as_deref().unwrap_or_default(), &env.params())
-        {
-            return self.core.ledger.write(err.to_response(env.id).into()).await;
-        }
+        // Issue 24: a hidden or unlisted tool's call is answered before any adapter sees it, a
+        // renamed one goes on under the server's name; nothing is read here when no filter or
+        // name is given.
+        let line = if self.core.policies.reads_lines() {
+            let seen = self.core.policies.client_line(line);
+            for answer in seen.answers {
+                self.core.ledger.write(answer).await;
+            }
+            let Some(line) = seen.line else { return };
+            line
+        } else {
+            line
+        };
         match self.front.get() {
             Some(Front::Same) => router::dispatch_plain(&self.core, line).await,
             Some(Front::Forward(bridge)) => bridge::dispatch_bridged(&self.core, bridge, line).await,

@@ -14,7 +14,7 @@ use crate::upstream::headers::MessageHeaders;
 
 use super::core::{Core, DISCOVER_TIMEOUT};
 use super::ledger::Flags;
-use super::policy::{Hooks, Step};
+use super::policy::Step;
 use super::room::{IN_FLIGHT_MESSAGES, holding};
 use super::streams::Streams;
 
@@ -68,7 +68,6 @@ async fn dispatch_request(core: &Arc<Core>, env: Envelope<'_>, line: &Bytes) {
             let Some(id) = env.id else { return };
             return core.ledger.write(crate::era::response_with_id(id, "result", &result).into()).await;
         }
-        Step::Refuse(err) => return core.ledger.write(err.to_response(env.id).into()).await,
     };
     let Some(room) = core.room.now(line.len()) else {
         let mut err = LocalError::new(
@@ -162,7 +161,9 @@ async fn dispatch_batch(core: &Arc<Core>, line: Bytes) {
             }
             Ok((Ok(kind), env)) => {
                 if kind == Kind::Request {
-                    match core.ledger.open(env, Flags::default(), Hooks::default()) {
+                    let method = env.method.as_deref().unwrap_or_default();
+                    let hooks = core.policies.hooks(method, &env.params(), false);
+                    match core.ledger.open(env, Flags::default(), hooks) {
                         Some(entry) => ids.push(entry),
                         None => continue,
                     }

@@ -1177,6 +1177,44 @@ async fn issue24_1_filters_hold_through_the_bridge() {
     );
 }
 
+/// Issue 24.2: names hold through the bridge (a handshake-era rmcp client, a stateless-only
+/// server): the client lists and calls the prefixed names, the server sees its own.
+#[tokio::test]
+async fn issue24_2_names_hold_through_the_bridge() {
+    let (url, server) = stateless_server().await;
+    let dir = scratch_dir("issue24-2-bridge");
+    let state = dir.to_string_lossy().into_owned();
+    let args = [
+        url.as_str(),
+        "--auth",
+        "none",
+        "--state-dir",
+        &state,
+        "--tool-prefix",
+        "st.",
+        "--rename-tool",
+        "ask=question",
+    ];
+    let (client, sidecar) =
+        rmcp_client(&args, &[], Helpful, Some(rmcp::ClientLifecycleMode::Initialize)).await;
+    let client = client.expect("initialize answered by the bridge");
+    let names: Vec<String> =
+        client.list_all_tools().await.unwrap().into_iter().map(|t| t.name.to_string()).collect();
+    assert_eq!(names, ["st.echo", "question", "st.all", "st.slow", "st.forever"]);
+    let echoed = client.call_tool(CallToolRequestParams::new("st.echo")).await.unwrap();
+    assert!(serde_json::to_string(&echoed).unwrap().contains("arguments"), "{echoed:?}");
+    let refused = client.call_tool(CallToolRequestParams::new("echo")).await.unwrap_err();
+    assert!(format!("{refused:?}").contains("Unknown tool: echo"), "{refused:?}");
+    client.cancel().await.unwrap();
+    sidecar.wait().await;
+    let called: Vec<String> = posts(&server)
+        .iter()
+        .filter(|p| p.body["method"] == "tools/call")
+        .map(|p| p.body["params"]["name"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    assert_eq!(called, ["echo"], "the server saw its own name, and not the refused call");
+}
+
 /// Issue 24.1: `--deny-resources` by URI glob, through the bridge (raw lines): the list loses
 /// the resource, and reading it is answered with the spec's -32002, never sent.
 #[tokio::test]

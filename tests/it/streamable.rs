@@ -424,3 +424,134 @@ async fn issue24_1_a_hidden_tool_is_neither_listed_nor_called() {
     assert!(line("sum").contains("[hidden: --deny-tools s*]"), "{stdout}");
     assert!(!line("echo").contains("hidden") && !line("echo").is_empty(), "{stdout}");
 }
+
+/// Issue 24.2: `--tool-prefix` and `--rename-tool`, end to end. The client sees only the new
+/// names; calls go back under the server's (the server's log says so); a name the client was
+/// never shown is an unknown tool, answered here; an error that names the tool says the name
+/// the client called; the filters match the server's names; `tools` and `tools --all` list the
+/// client's names; a rename onto a name the server lists is refused with both names.
+#[tokio::test]
+async fn issue24_2_renamed_tools_round_trip() {
+    // The server's own error for `sum` with a = 13 names the tool (as the Python SDK's does).
+    let hook: Hook = Arc::new(|seen: &Seen| {
+        if seen.json["params"]["name"] == "sum" && seen.json["params"]["arguments"]["a"] == 13 {
+            let body = json!({"jsonrpc":"2.0","id":seen.json["id"],"result":{"isError":true,
+                "content":[{"type":"text","text":"Error executing tool sum: 13 is unlucky"}]}});
+            return Action::Respond(respond(200, "application/json", body.to_string()));
+        }
+        Action::Pass
+    });
+    let server = Server::start(generic(), Some(hook)).await;
+    let flags = ["--tool-prefix", "inv_", "--rename-tool", "sum=add", "--deny-tools", "place_order"];
+    let args: Vec<&str> = [&server.url, "--api-key-env", "TEST_KEY"].into_iter().chain(flags).collect();
+    let mut s = Sidecar::spawn(&args, ENV);
+    s.handshake().await;
+    s.send_json(&request(1, "tools/list", json!({}))).await;
+    let list = s.recv().await;
+    let names: Vec<&str> =
+        list["result"]["tools"].as_array().unwrap().iter().map(|t| t["name"].as_str().unwrap()).collect();
+    assert!(names.contains(&"add") && names.contains(&"inv_echo"), "{names:?}");
+    assert!(!names.iter().any(|n| ["sum", "echo", "inv_sum", "inv_place_order"].contains(n)), "{names:?}");
+    s.send_json(&call(2, "add", json!({"a": 1, "b": 2}))).await;
+    assert_eq!(s.recv().await["result"]["content"][0]["text"], "3");
+    s.send_json(&call(3, "inv_echo", json!({"text": "hi"}))).await;
+    assert_eq!(s.recv().await["result"]["content"][0]["text"], "hi");
+    for (id, unlisted) in [(4, "echo"), (5, "sum"), (6, "inv_sum"), (7, "inv_place_order")] {
+        s.send_json(&call(id, unlisted, json!({"a": 1, "b": 2}))).await;
+        let refused = s.recv().await;
+        assert_eq!(refused["error"]["message"], format!("Unknown tool: {unlisted}"), "{refused}");
+        assert_eq!(refused["error"]["data"]["kind"], "hidden_tool");
+    }
+    s.send_json(&call(8, "add", json!({"a": 13, "b": 2}))).await;
+    let failed = s.recv().await;
+    assert_eq!(failed["result"]["content"][0]["text"], "Error executing tool add: 13 is unlucky", "{failed}");
+    s.finish().await;
+    let called: Vec<String> = server
+        .posts("tools/call")
+        .iter()
+        .map(|p| p.json["params"]["name"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(called, ["sum", "echo", "sum"], "the server saw only its own names, and no refused call");
+
+    // The one-shot commands list what the client sees.
+    let (code, stdout, _) =
+        run_command(&["tools"].into_iter().chain(args.clone()).collect::<Vec<_>>(), ENV).await;
+    assert_eq!(code, 0);
+    let listed: Vec<&str> = stdout.lines().filter_map(|l| l.split_whitespace().next()).collect();
+    assert!(listed.contains(&"add") && listed.contains(&"inv_echo") && !listed.contains(&"sum"), "{stdout}");
+    let all: Vec<&str> = ["tools"].into_iter().chain(args.clone()).chain(["--all"]).collect();
+    let (code, stdout, _) = run_command(&all, ENV).await;
+    assert_eq!(code, 0);
+    let line = stdout.lines().find(|l| l.starts_with("inv_place_order ")).unwrap_or_default();
+    assert!(line.contains("[hidden: --deny-tools place_order]"), "{stdout}");
+    let (code, stdout, _) = run_command(
+        &[
+            "tool",
+            "add",
+            &server.url,
+            "--api-key-env",
+            "TEST_KEY",
+            "--rename-tool",
+            "sum=add",
+            "--arg",
+            "a=2",
+            "--arg",
+            "b=5",
+        ],
+        ENV,
+    )
+    .await;
+    assert_eq!(code, 0, "{stdout}");
+    assert!(stdout.contains("\"text\": \"7\""), "the renamed tool called by its new name: {stdout}");
+
+    // A rename onto a name the server lists: the list is refused, naming both.
+    let onto = ["tools", &server.url, "--api-key-env", "TEST_KEY", "--rename-tool", "sum=echo"];
+    let (code, _, stderr) = run_command(&onto, ENV).await;
+    assert_ne!(code, 0);
+    assert!(
+        stderr.contains(
+            "the server's tool echo would be listed as echo, the name --rename-tool sum=echo gives sum"
+        ),
+        "{stderr}"
+    );
+}
+
+/// Issue 24.2: names are checked when the flags are read: a NEW name or a prefix outside the
+/// spec's tool-name rules, one tool renamed twice, one name given to two tools.
+#[tokio::test]
+async fn issue24_2_names_are_checked_at_start() {
+    for (flags, said) in [
+        (&["--rename-tool", "sum=add numbers"][..], "the new name \"add numbers\" is not a valid tool name"),
+        (&["--rename-tool", "sum"][..], "is not OLD=NEW"),
+        (&["--rename-tool", "=add"][..], "has no OLD name"),
+        (&["--rename-tool", "sum=a,echo=a"][..], "gives the name a to two tools, sum and echo"),
+        (&["--rename-tool", "sum=a", "--rename-tool", "sum=b"][..], "renames sum twice"),
+        (&["--tool-prefix", "jira:"][..], "--tool-prefix \"jira:\" cannot start a tool's name"),
+        (&["--tool-prefix", ""][..], "--tool-prefix is empty"),
+    ] {
+        let args: Vec<&str> = ["tools", "http://127.0.0.1:9/mcp", "--api-key-env", "TEST_KEY"]
+            .into_iter()
+            .chain(flags.iter().copied())
+            .collect();
+        let (code, _, stderr) = run_command(&args, ENV).await;
+        assert_eq!(code, 2, "{flags:?}: {stderr}");
+        assert!(stderr.contains(said), "{flags:?}: {stderr}");
+    }
+    let long = format!("{}=x", "a".repeat(10));
+    let (code, _, stderr) = run_command(
+        &[
+            "tools",
+            "http://127.0.0.1:9/mcp",
+            "--api-key-env",
+            "TEST_KEY",
+            "--rename-tool",
+            &long,
+            "--rename-tool",
+            &format!("b={}", "y".repeat(129)),
+        ],
+        ENV,
+    )
+    .await;
+    assert_eq!(code, 2);
+    assert!(stderr.contains("129 characters long"), "{stderr}");
+}

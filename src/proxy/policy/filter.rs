@@ -110,17 +110,25 @@ impl NameFilter {
     }
 }
 
-/// Which rule of `--allow-tools`/`--deny-tools` hides a tool, for `tools --all` (issue 24.1).
-pub struct HiddenBy(Option<NameFilter>);
+/// Which rule of `--allow-tools`/`--deny-tools` hides a tool, for `tools --all` (issue 24.1);
+/// the rules match the server's names, the list says the client's (issue 24.2).
+pub struct HiddenBy(Option<NameFilter>, Option<super::names::ToolNames>);
 
 impl HiddenBy {
     pub fn new(filters: &crate::config::Filters) -> HiddenBy {
-        HiddenBy(NameFilter::new(Over::Tools, &filters.allow_tools, &filters.deny_tools))
+        HiddenBy(
+            NameFilter::new(Over::Tools, &filters.allow_tools, &filters.deny_tools),
+            super::names::ToolNames::new(filters),
+        )
     }
 
-    /// The rule that hides the tool `name`, if one does.
+    /// The rule that hides the tool the client sees as `name`, if one does.
     pub fn tool(&self, name: &str) -> Option<String> {
-        self.0.as_ref()?.hides(name)
+        let server = match &self.1 {
+            Some(names) => names.server_name(name)?,
+            None => name,
+        };
+        self.0.as_ref()?.hides(server)
     }
 }
 
