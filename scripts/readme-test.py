@@ -55,6 +55,7 @@ PLAN = [
     ("mcp-sidecar tools --preset investra --tool-prefix", {"mode": "run", "expect": ["inv_echo"]}),
     ("mcp-sidecar tools --preset investra", {"mode": "run"}),
     ("$ mcp-sidecar check", {"mode": "console"}),
+    ("$ mcp-sidecar --preset investra      # a tools/call", {"mode": "console"}),
     ("mcp-sidecar login https://", {"mode": "cli"}),
     ("{ \"mcpServers\"", {"mode": "json"}),
     ("mcp-sidecar login --device", {"mode": "cli"}),

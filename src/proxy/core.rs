@@ -199,7 +199,11 @@ impl Core {
                 return self.hand_over(&key, message, captured, version).await;
             }
             Ok(Kind::Notification) if env.method.as_deref() == Some("notifications/progress") => {
-                Delivered::Progress
+                drop(env);
+                // Issue 24.4: kept above the values of the sidecar's own notifications.
+                let bytes = self.policies.progress.server(&bytes).map_or(bytes, Bytes::from);
+                self.ledger.write(envelope::one_line(bytes)).await;
+                return Delivered::Progress;
             }
             // The listen stream's acknowledgement is the bridge's business (T-33).
             Ok(Kind::Notification)

@@ -42,7 +42,15 @@ pub(super) async fn run_request(
     // Issue 23.4: from here on the request may reach the server; before, shutdown can say it
     // was never sent.
     let on_wire = |on| core.ledger.sending(&keys, on);
-    let attempt = Attempt { body: &body, initialize, limit, what: &what, on_wire: Some(&on_wire) };
+    let progress = keys.first().and_then(|k| core.ledger.peek(k)?.hooks.progress);
+    let attempt = Attempt {
+        body: &body,
+        initialize,
+        limit,
+        what: &what,
+        on_wire: Some(&on_wire),
+        progress: progress.as_ref(),
+    };
     if let Err(err) = exchange(&core, attempt, &headers, ids).await {
         for key in &keys {
             core.ledger.fail(key, &err).await;
@@ -112,13 +120,21 @@ async fn post_until_answered(
     headers: &MessageHeaders,
     ids: &[(IdKey, oneshot::Receiver<()>)],
 ) -> Result<Option<(reqwest::Response, Instant)>, LocalError> {
-    let Attempt { body, initialize, limit, what, on_wire } = *attempt;
+    let Attempt { body, initialize, limit, what, on_wire, progress } = *attempt;
     // Copied only when a relist changes the `Mcp-Param-*` headers.
     let mut headers = std::borrow::Cow::Borrowed(headers);
     let mut tried = Tried::default();
     loop {
-        let (response, sent_session, deadline) =
-            core.link.send(body, &headers, initialize, limit, what, on_wire).await?;
+        let send = core.link.send(body, &headers, initialize, limit, what, on_wire);
+        let (response, sent_session, deadline) = match progress {
+            // Issue 24.4: the client hears of each wait here (boxed: the hot path's future
+            // would otherwise hold this one's room too).
+            Some(track) => {
+                let write = |note: Vec<u8>| core.ledger.write(note.into());
+                Box::pin(super::policy::progress::while_held(track, send, write)).await?
+            }
+            None => send.await?,
+        };
         let status = response.status();
         debug!(status = status.as_u16(), "POST answered");
         if status.is_success() {
@@ -347,12 +363,14 @@ pub(super) async fn call(
     let modern = headers.is_modern();
     let flags = Flags { initialize, modern, internal, held: false };
     let hooks = core.policies.hooks(method, &params, modern);
+    let progress = hooks.progress.clone();
     let (done, capture) = core.ledger.open_captured(raw_id, &key, flags, hooks)?;
     drop(env);
     // The client's own request stays in the table if this is dropped (a signal while it is
     // sent): shutdown answers it (every request read gets exactly one response).
     let _unregister = Unregister { core, key: internal.then(|| key.clone()) };
-    let attempt = Attempt { body: &body, initialize, limit, what, on_wire: None };
+    let attempt =
+        Attempt { body: &body, initialize, limit, what, on_wire: None, progress: progress.as_ref() };
     let sent = exchange(core, attempt, &headers, vec![(key.clone(), done)]).await;
     // Answered or not, the request is over: its caller answers the client from what this
     // returns, so its entry leaves now (no second answer at exit, and its id can be used
@@ -412,6 +430,8 @@ struct Attempt<'a> {
     what: &'a str,
     /// Told when the request goes out, and when it waits to go again (see [`OnWire`]).
     on_wire: OnWire<'a>,
+    /// A request with a progress token: told of each wait (issue 24.4).
+    progress: Option<&'a std::sync::Arc<super::policy::progress::Track>>,
 }
 
 /// The second tries an exchange has spent after error statuses.

@@ -16,6 +16,7 @@ use reqwest::header::WWW_AUTHENTICATE;
 use tokio::time::{Instant, timeout, timeout_at};
 use tracing::{debug, info, warn};
 
+use super::policy::progress;
 use super::reply::{first_response, read_body};
 use crate::auth::challenge::BearerChallenge as Challenge;
 use crate::auth::{OAuth, Renew};
@@ -243,6 +244,7 @@ impl Link {
         // The timeout measures the server, not the time spent waiting for the gate.
         let deadline = retry::deadline_after(limit);
         tries.tell(true);
+        progress::going();
         let response = match timeout_at(deadline, request.send()).await {
             Err(_) => {
                 // Issue 21.5: no answer will give the unit back; it is given back now.
@@ -316,6 +318,7 @@ impl Link {
         self.gate.stats.retries.fetch_add(1, Ordering::Relaxed);
         info!("{what}: {}; trying again in {} ({} of {max})", err.message, retry::human(wait), tries.retries);
         tries.tell(false);
+        progress::held(|| format!("another try at {} ({})", self.up.host(), err.message), Some(wait));
         tokio::time::sleep(wait).await;
         Ok(Next::Again)
     }
@@ -352,6 +355,7 @@ impl Link {
             return Ok(false);
         };
         tries.tell(false); // refused, so not processed: it waits for a token now
+        progress::held(|| format!("a new token for {} (a refresh, or a sign-in)", self.up.host()), None);
         if Box::pin(renew_token(o, token, challenge.as_ref(), how, limit, status)).await? {
             tries.authorizations += 1;
             tries.sign_ins = MAX_SIGN_INS; // a fresh sign-in that is refused is not retried
@@ -432,9 +436,12 @@ impl Link {
         let max = self.policy.max_wait;
         let usage = USAGE.try_with(|u| *u).unwrap_or(Use::Request);
         self.gate
-            .admit_route(max, usage, route, |wait, why| match self.wait_observer.get() {
-                Some(observe) => observe(wait, why),
-                None => info!("{what}: waiting {} for the rate limit ({why})", retry::human(wait)),
+            .admit_route(max, usage, route, |wait, why| {
+                progress::held(|| format!("the rate limit of {} ({why})", self.up.host()), Some(wait));
+                match self.wait_observer.get() {
+                    Some(observe) => observe(wait, why),
+                    None => info!("{what}: waiting {} for the rate limit ({why})", retry::human(wait)),
+                }
             })
             .await
             .map_err(|b| {

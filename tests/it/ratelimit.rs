@@ -788,3 +788,135 @@ async fn a_spent_bucket_of_one_tool_does_not_hold_the_others() {
     s.finish().await;
     assert_eq!(server.posts("tools/call").len(), 4, "the held search was not sent");
 }
+
+/// A client that records each progress notification it gets (rmcp's own callback).
+#[derive(Clone, Default)]
+struct ProgressClient {
+    seen: Arc<std::sync::Mutex<Vec<rmcp::model::ProgressNotificationParam>>>,
+}
+
+impl rmcp::ClientHandler for ProgressClient {
+    async fn on_progress(
+        &self,
+        params: rmcp::model::ProgressNotificationParam,
+        _: rmcp::service::NotificationContext<rmcp::RoleClient>,
+    ) {
+        self.seen.lock().unwrap().push(params);
+    }
+}
+
+/// Issue 24.4: a call with a progress token that the sidecar holds for a 429 with
+/// `Retry-After: 25` gets progress notifications while it waits (at once, then every 5 s, each
+/// with a message a person can read), so that a real client whose timeout (12 s) resets on
+/// progress (rmcp's `reset_timeout_on_progress`, as Claude Code does) gets the result instead of
+/// giving up. A second call is held for 6 s and then the server's own progress starts from 0:
+/// the values the client sees for that token still only increase.
+#[tokio::test]
+async fn issue24_4_progress_while_a_request_is_held() {
+    use rmcp::model::{CallToolRequest, CallToolRequestParams, ClientRequest, ProgressNotificationParam};
+    use rmcp::service::PeerRequestOptions;
+    let posts = AtomicUsize::new(0);
+    let hook: Hook = Arc::new(move |s: &Seen| {
+        if s.rpc_method() != Some("tools/call") {
+            return Action::Pass;
+        }
+        match posts.fetch_add(1, Ordering::SeqCst) {
+            0 => Action::Respond(too_many(&[("retry-after", "25".into())])),
+            2 => Action::Respond(too_many(&[("retry-after", "6".into())])),
+            3 => {
+                // The server's own progress, from 0, then the result.
+                let (id, token) = (&s.json["id"], &s.json["params"]["_meta"]["progressToken"]);
+                let note = |p: u32| {
+                    json!({"jsonrpc":"2.0","method":"notifications/progress",
+                    "params":{"progressToken":token,"progress":p,"total":2}})
+                };
+                let result =
+                    json!({"jsonrpc":"2.0","id":id,"result":{"content":[{"type":"text","text":"done"}]}});
+                let body = format!("data: {}\n\ndata: {}\n\ndata: {result}\n\n", note(0), note(1));
+                Action::Respond(respond(200, "text/event-stream", body))
+            }
+            _ => Action::Pass,
+        }
+    });
+    let server = Server::start(generic(), Some(hook)).await;
+    let dir = scratch_dir("issue24-4-progress");
+    let state = dir.to_string_lossy().into_owned();
+    let args = [server.url.as_str(), "--api-key-env", "TEST_KEY", "--state-dir", &state];
+    let handler = ProgressClient::default();
+    let seen = handler.seen.clone();
+    let (client, sidecar) = rmcp_client(&args, ENV, handler, None).await;
+    let client = client.expect("initialized");
+    let call = |name: &str| {
+        let params = CallToolRequestParams::new(name.to_owned())
+            .with_arguments(json!({"text": "held"}).as_object().unwrap().clone());
+        ClientRequest::CallToolRequest(CallToolRequest::new(params))
+    };
+    let options = || PeerRequestOptions::with_timeout(Duration::from_secs(12)).reset_timeout_on_progress();
+    let started = std::time::Instant::now();
+    let handle = client.peer().send_request_with_option(call("echo"), options()).await.unwrap();
+    let token = handle.progress_token.clone();
+    let answer = handle.await_response().await.expect("answered, not timed out: progress reset the timer");
+    assert!(format!("{answer:?}").contains("held"), "{answer:?}");
+    assert!(started.elapsed() >= Duration::from_secs(25), "never earlier than the server said");
+    let of = |token: &rmcp::model::ProgressToken| -> Vec<ProgressNotificationParam> {
+        seen.lock().unwrap().iter().filter(|p| &p.progress_token == token).cloned().collect()
+    };
+    let notes = of(&token);
+    assert!(notes.len() >= 2, "{notes:?}");
+    assert!(notes.windows(2).all(|w| w[1].progress > w[0].progress), "{notes:?}");
+    let message = notes[0].message.clone().unwrap_or_default();
+    assert!(
+        message.starts_with("waiting 2")
+            && message.contains("for the rate limit of 127.0.0.1 (Retry-After), until "),
+        "{message}"
+    );
+
+    let handle = client.peer().send_request_with_option(call("slow"), options()).await.unwrap();
+    let token = handle.progress_token.clone();
+    let answer = handle.await_response().await.expect("answered");
+    assert!(format!("{answer:?}").contains("done"), "{answer:?}");
+    let notes = of(&token);
+    let (ours, theirs): (Vec<_>, Vec<_>) = notes.iter().partition(|p| p.message.is_some());
+    assert!(ours.len() >= 2 && theirs.len() == 2, "{notes:?}");
+    assert!(
+        notes.windows(2).all(|w| w[1].progress > w[0].progress),
+        "monotonic as the client sees it: {notes:?}"
+    );
+    assert!(theirs[0].total.unwrap() > theirs[0].progress, "the total moved with the value: {notes:?}");
+    client.cancel().await.unwrap();
+    sidecar.wait().await;
+}
+
+/// Issue 24.4, hostile tokens: a progress token that is an object, or a string of 100 kB, held
+/// for a 429: no notification of ours carries it (the spec's tokens are strings or integers, and
+/// a huge one is not copied every 5 s); a plain integer token next to them gets ours. Every call
+/// is answered once.
+#[tokio::test]
+async fn issue24_4_hostile_progress_tokens_get_nothing_of_ours() {
+    let server =
+        Server::start(generic(), Some(first_calls(3, || too_many(&[("retry-after", "2".into())])))).await;
+    let dir = scratch_dir("issue24-4-hostile");
+    let state = dir.to_string_lossy().into_owned();
+    let mut s = Sidecar::spawn(&[&server.url, "--api-key-env", "TEST_KEY", "--state-dir", &state], ENV);
+    s.handshake().await;
+    let huge = "t".repeat(100_000);
+    for (id, token) in [(1, json!({"a": 1})), (2, json!(huge)), (3, json!(42))] {
+        let mut msg = call(id, "echo", json!({"text": "x"}));
+        msg["params"]["_meta"] = json!({"progressToken": token});
+        s.send_json(&msg).await;
+    }
+    let (mut answered, mut notes) = (Vec::new(), Vec::new());
+    while answered.len() < 3 {
+        let line = s.recv().await;
+        match line["method"].as_str() {
+            Some("notifications/progress") => notes.push(line["params"]["progressToken"].clone()),
+            _ => answered.push(line["id"].clone()),
+        }
+    }
+    answered.sort_by_key(|id| id.as_i64());
+    assert_eq!(answered, [json!(1), json!(2), json!(3)]);
+    assert!(!notes.is_empty() && notes.iter().all(|t| *t == json!(42)), "{notes:?}");
+    let outcome = s.finish().await;
+    outcome.check(&[]);
+    assert!(outcome.status.success(), "{}", outcome.stderr);
+}

@@ -24,6 +24,7 @@ pub(super) mod filter;
 pub(super) mod lists;
 pub(super) mod names;
 pub(super) mod params;
+pub(super) mod progress;
 
 use bytes::Bytes;
 use serde_json::Value;
@@ -42,6 +43,8 @@ pub(super) struct Policies {
     pub(super) filters: Vec<filter::NameFilter>,
     /// `--tool-prefix`, `--rename-tool` (issue 24.2); `None` when tools keep their names.
     pub(super) names: Option<names::ToolNames>,
+    /// Progress while a request waits here (issue 24.4): the tracks of requests with a token.
+    pub(super) progress: progress::Tracks,
 }
 
 /// What a request's answer passes through on its way back (kept with the request in the ledger).
@@ -58,6 +61,9 @@ pub(super) struct Hooks {
     /// A call of a renamed tool: the server's name, which its answer's errors say as the
     /// client's (issue 24.2).
     pub(super) called: Option<Box<str>>,
+    /// A request with a progress token: the client hears of its waits here (issue 24.4). Not
+    /// an answer hook: its answer goes by as any other.
+    pub(super) progress: Option<std::sync::Arc<progress::Track>>,
 }
 
 impl Hooks {
@@ -227,6 +233,11 @@ impl Policies {
             filter: self.filters(method),
             rename_list: names.is_some() && method == "tools/list",
             called,
+            progress: params
+                .meta
+                .as_ref()
+                .and_then(|m| m.progress_token)
+                .and_then(|t| self.progress.start(t)),
         }
     }
 
