@@ -53,6 +53,7 @@ PLAN = [
     ("export INVESTRA_API_KEY=inv_your_key_here", {"mode": "run"}),
     ("mcp-sidecar tools --preset investra --deny-tools", {"mode": "run", "expect": ["echo"]}),
     ("mcp-sidecar tools --preset investra --tool-prefix", {"mode": "run", "expect": ["inv_echo"]}),
+    ("mcp-sidecar tools --all --preset investra --pin-tools", {"mode": "run", "expect": ["echo"]}),
     ("mcp-sidecar tools --preset investra", {"mode": "run"}),
     ("$ mcp-sidecar check", {"mode": "console"}),
     ("$ mcp-sidecar --preset investra      # a tools/call", {"mode": "console"}),

@@ -177,6 +177,15 @@ pub fn command_names() -> Vec<String> {
     Cli::command().get_subcommands().map(|c| c.get_name().to_owned()).filter(|n| n != "help").collect()
 }
 
+/// What `--pin-tools` holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum PinMode {
+    /// Changed tools and new ones.
+    Strict,
+    /// Changed tools only: new ones are pinned as they are first seen.
+    NewOk,
+}
+
 /// `tools`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ToolsArgs {
@@ -184,8 +193,29 @@ pub struct ToolsArgs {
     /// rule that hides them.
     #[arg(long)]
     pub all: bool,
+    /// Shows what changed in each tool --pin-tools holds (or the NAMEs given) since it was
+    /// pinned, and pins it as it is now.
+    #[arg(long)]
+    pub approve: bool,
     #[command(flatten)]
     pub args: Args,
+    /// With --approve: the tools to approve (all held ones when none is named).
+    #[arg(value_name = "NAME", requires = "approve")]
+    pub names: Vec<String>,
+}
+
+impl ToolsArgs {
+    /// `tools --approve NAME` with the URL from a preset or the environment: the first name
+    /// was read as the URL.
+    pub fn sorted(mut self) -> ToolsArgs {
+        let is_url = |s: &str| s.starts_with("http://") || s.starts_with("https://");
+        if self.approve
+            && let Some(first) = self.args.url.take_if(|u| !is_url(u))
+        {
+            self.names.insert(0, first);
+        }
+        self
+    }
 }
 
 /// `call`.
@@ -499,6 +529,20 @@ pub struct Args {
     /// comma-separated). --allow-tools and --deny-tools match the server's own names.
     #[arg(help_heading = TOOLS, long, value_name = "OLD=NEW", env = "MCP_SIDECAR_RENAME_TOOL", value_delimiter = ',')]
     pub rename_tool: Vec<String>,
+
+    /// Pin each tool's definition at the server's first listing (kept in the state dir); later a
+    /// changed tool, or a new one, is withheld and its calls refused until `mcp-sidecar tools
+    /// --approve URL NAME` (new-ok: new tools pass, changed ones are still held).
+    #[arg(
+        help_heading = TOOLS,
+        long,
+        value_name = "new-ok",
+        env = "MCP_SIDECAR_PIN_TOOLS",
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "strict"
+    )]
+    pub pin_tools: Option<PinMode>,
 
     /// The largest message accepted, in bytes, on stdin and from the server.
     #[arg(

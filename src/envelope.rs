@@ -34,6 +34,9 @@ pub const OVERLOADED: i64 = -32006;
 /// A `tools/list` in which `--tool-prefix` or `--rename-tool` would list two tools under one
 /// name (issue 24.2): the list is refused rather than make one of them uncallable.
 pub const NAME_COLLISION: i64 = -32007;
+/// A call of a tool `--pin-tools` holds: it changed, or is new, since the tools were pinned
+/// (issue 24.3).
+pub const TOOL_HELD: i64 = -32008;
 
 /// The members of a JSON-RPC message the proxy needs, borrowed from the message's bytes.
 #[derive(Debug, Deserialize)]
@@ -212,6 +215,8 @@ pub enum ErrorKind {
     HiddenTool,
     /// Two tools would be listed under one name (issue 24.2).
     NameCollision,
+    /// A call of a tool held since it changed (issue 24.3).
+    ToolHeld,
 }
 
 impl ErrorKind {
@@ -236,6 +241,7 @@ impl ErrorKind {
             ErrorKind::InputRefused => "input_refused",
             ErrorKind::HiddenTool => "hidden_tool",
             ErrorKind::NameCollision => "name_collision",
+            ErrorKind::ToolHeld => "tool_held",
         }
     }
 }

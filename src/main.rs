@@ -53,9 +53,13 @@ fn main() -> ExitCode {
                 rt.block_on(oneshot::call(config, &c.method, c.params.as_deref()))
             })
         }
-        Some(Command::Tools(t)) => subcommand(one_shot(t.args, ONE_SHOT_REQUEST_TIMEOUT), |config, rt| {
-            rt.block_on(oneshot::tools(config, t.all))
-        }),
+        Some(Command::Tools(t)) => {
+            let t = t.sorted();
+            let approve = t.approve.then(|| t.names.clone());
+            subcommand(one_shot(t.args, ONE_SHOT_REQUEST_TIMEOUT), |config, rt| {
+                rt.block_on(oneshot::tools(config, t.all, approve))
+            })
+        }
         Some(Command::Tool(t)) => subcommand(one_shot(t.args, ONE_SHOT_REQUEST_TIMEOUT), |config, rt| {
             rt.block_on(oneshot::tool(config, &t.name, &t.arg, t.json.as_deref()))
         }),

@@ -80,8 +80,13 @@ async fn run(config: &Config, steps: &mut Vec<Step>, server: &mut Value) -> bool
     if !dns_step(config, steps).await || !http_step(config, steps).await {
         return false;
     }
-    let Some((mut client, init)) = handshake_step(config, steps, server).await else { return false };
-    let ok = offers_step(&mut client, &init, steps, server).await;
+    // Issue 24.3: check pins nothing; it lists every tool and says which --pin-tools holds.
+    let unpinned = Config {
+        filters: crate::config::Filters { pin_tools: None, ..config.filters.clone() },
+        ..config.clone()
+    };
+    let Some((mut client, init)) = handshake_step(&unpinned, steps, server).await else { return false };
+    let ok = offers_step(&mut client, &init, steps, server, config).await;
     limits_step(&client, auth, steps, server);
     client.close().await;
     ok
@@ -100,8 +105,47 @@ fn configuration_step(config: &Config, steps: &mut Vec<Step>) -> String {
     };
     let warnings =
         if config.warnings.is_empty() { String::new() } else { format!("; {}", config.warnings.join("; ")) };
-    push(steps, "configuration", started, true, format!("{auth}{}{warnings}", filters(&config.filters)));
+    let detail = format!("{auth}{}{}{warnings}", filters(&config.filters), pinning(config));
+    push(steps, "configuration", started, true, detail);
     auth
+}
+
+/// Issue 24.3: what `--pin-tools` keeps for this server ("" without the flag).
+fn pinning(config: &Config) -> String {
+    let Some(mode) = config.filters.pin_tools else { return String::new() };
+    let mode = if mode == crate::cli::PinMode::NewOk { "=new-ok" } else { "" };
+    let kept = match crate::proxy::PinFile::path(config).map(|p| crate::proxy::PinFile::load(&p)) {
+        None => "no state dir: pins last one run".to_owned(),
+        Some(Ok(None)) => "nothing pinned yet (the first listing pins)".to_owned(),
+        Some(Ok(Some(file))) => format!("{} tools pinned", file.tools.len()),
+        Some(Err(e)) => format!("the pins cannot be read ({e}): every tool is held"),
+    };
+    format!("; --pin-tools{mode}: {kept}")
+}
+
+/// Issue 24.3: the tools `--pin-tools` holds among those listed, for people ("" when none).
+fn held(config: &Config, tools: &[Value]) -> String {
+    let Some(Ok(Some(file))) = crate::proxy::PinFile::path(config).map(|p| crate::proxy::PinFile::load(&p))
+    else {
+        return String::new();
+    };
+    let hidden = crate::proxy::HiddenBy::new(&config.filters);
+    let held: Vec<String> = tools
+        .iter()
+        .filter_map(|tool| {
+            let name = tool["name"].as_str()?;
+            let change = file.change(hidden.server_name(name)?, tool);
+            (change != crate::proxy::Change::Same).then(|| format!("{name} ({})", change.said()))
+        })
+        .collect();
+    if held.is_empty() {
+        return String::new();
+    }
+    format!(
+        "; held by --pin-tools: {} (review with mcp-sidecar tools --approve {})",
+        held.join(", "),
+        crate::net::redact_url(&config.url)
+    )
 }
 
 /// Issue 24.1 and 24.2: the filters and names given, as flags a person can read again ("" when none).
@@ -214,9 +258,16 @@ async fn handshake_step(
 }
 
 /// What the server offers: its tools, resources and prompts, counted.
-async fn offers_step(client: &mut Client, init: &Value, steps: &mut Vec<Step>, server: &mut Value) -> bool {
+async fn offers_step(
+    client: &mut Client,
+    init: &Value,
+    steps: &mut Vec<Step>,
+    server: &mut Value,
+    config: &Config,
+) -> bool {
     let started = Instant::now();
     let mut counts = Vec::new();
+    let mut pins = String::new();
     let mut ok = true;
     for (cap, method, field) in [
         ("tools", "tools/list", "tools"),
@@ -232,6 +283,9 @@ async fn offers_step(client: &mut Client, init: &Value, steps: &mut Vec<Step>, s
                 let more = if r["nextCursor"].is_string() { "+" } else { "" };
                 counts.push(format!("{n}{more} {field}"));
                 server[field] = json!(n);
+                if field == "tools" && config.filters.pin_tools.is_some() {
+                    pins = held(config, r[field].as_array().map_or(&[], Vec::as_slice));
+                }
             }
             Err(e) => {
                 ok = false;
@@ -244,7 +298,7 @@ async fn offers_step(client: &mut Client, init: &Value, steps: &mut Vec<Step>, s
         "offers",
         started,
         ok,
-        if counts.is_empty() { "nothing listed".into() } else { counts.join(", ") },
+        if counts.is_empty() { "nothing listed".into() } else { format!("{}{pins}", counts.join(", ")) },
     );
     ok
 }

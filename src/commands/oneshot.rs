@@ -46,59 +46,192 @@ pub const MAX_TOOL_PAGES: usize = 100;
 /// `tools`: one line per tool, `name  description`. Pagination ends at the last page, at a
 /// cursor seen before (a cycle of any length, issue 10.15), or after [`MAX_TOOL_PAGES`].
 /// `all` (issue 24.1): the proxy lists without the tool filters, and each tool they hide is
-/// marked with the rule that hides it.
-pub async fn tools(config: Config, all: bool) -> u8 {
+/// marked with the rule that hides it. With `--pin-tools` (issue 24.3) the tools it holds are
+/// judged here (listed with `all`, counted otherwise); `approve` shows what changed in them
+/// and pins them as they are now.
+pub async fn tools(config: Config, all: bool, approve: Option<Vec<String>>) -> u8 {
     let hidden = crate::proxy::HiddenBy::new(&config.filters);
+    let pins = match Pinned::open(&config, approve.is_some()) {
+        Ok(pins) => pins,
+        Err(e) => {
+            eprintln!("mcp-sidecar: {e}");
+            return FAILED;
+        }
+    };
     let mut config = config;
-    if all {
+    if all || approve.is_some() {
         config.filters.allow_tools.clear();
         config.filters.deny_tools.clear();
     }
+    config.filters.pin_tools = None;
     let Some((mut client, _)) = connect(&config).await else { return FAILED };
-    let mut cursor: Option<String> = None;
-    let mut seen = std::collections::HashSet::new();
+    let (listed, code) = list_tools(&mut client).await;
+    client.close().await;
+    if code != OK {
+        return code;
+    }
+    if let Some(names) = approve {
+        let Some(pins) = pins else { return FAILED };
+        return pins.approve(&hidden, &listed, &names);
+    }
+    let pins = pins.map(|p| p.first_listing(&hidden, &listed));
     let mut lines = Vec::new();
-    let code = loop {
-        if seen.len() >= MAX_TOOL_PAGES {
-            eprintln!(
-                "mcp-sidecar: the server kept paging after {MAX_TOOL_PAGES} pages of tools; showing those"
-            );
-            break OK;
+    let mut held = 0;
+    for tool in &listed {
+        let name = tool["name"].as_str().unwrap_or("?");
+        let mut about = tool["description"].as_str().unwrap_or("").lines().next().unwrap_or("").to_owned();
+        if let Some(rule) = hidden.tool(name).filter(|_| all) {
+            about = format!("[hidden: {rule}] {about}");
         }
-        let params = cursor.as_ref().map_or(json!({}), |c| json!({"cursor": c}));
-        match client.request("tools/list", params).await {
-            Ok(result) => {
-                for tool in result["tools"].as_array().into_iter().flatten() {
-                    let name = tool["name"].as_str().unwrap_or("?");
-                    let about = tool["description"].as_str().unwrap_or("").lines().next().unwrap_or("");
-                    let about = match hidden.tool(name).filter(|_| all) {
-                        Some(rule) => format!("[hidden: {rule}] {about}"),
-                        None => about.to_owned(),
-                    };
-                    lines.push((name.to_owned(), about));
-                }
-                match result["nextCursor"].as_str() {
-                    Some(c) if seen.insert(c.to_owned()) => cursor = Some(c.to_owned()),
-                    Some(_) => {
-                        eprintln!(
-                            "mcp-sidecar: the server's tool pages loop back to an earlier page; showing each once"
-                        );
-                        break OK;
-                    }
-                    None => break OK,
-                }
+        if let Some(change) = pins.as_ref().and_then(|p| p.held(&hidden, name, tool)) {
+            held += 1;
+            if !all {
+                continue;
             }
-            Err(e) => break report(&e),
+            about = format!("[held: {}] {about}", change.said());
         }
-    };
+        lines.push((name.to_owned(), about));
+    }
     let width = lines.iter().map(|(n, _)| n.len()).max().unwrap_or(0);
     let mut out = std::io::stdout().lock();
     for (name, about) in &lines {
         let _ = writeln!(out, "{name:<width$}  {about}");
     }
     drop(out);
-    client.close().await;
-    code
+    if held > 0 && !all {
+        eprintln!(
+            "mcp-sidecar: {held} tool(s) are held by --pin-tools (changed or new since they were pinned): see them with tools --all, review and approve them with tools --approve {}",
+            crate::net::redact_url(&config.url)
+        );
+    }
+    OK
+}
+
+/// Every tool the server lists, page after page; the exit status.
+async fn list_tools(client: &mut Client) -> (Vec<Value>, u8) {
+    let mut cursor: Option<String> = None;
+    let mut seen = std::collections::HashSet::new();
+    let mut listed = Vec::new();
+    loop {
+        if seen.len() >= MAX_TOOL_PAGES {
+            eprintln!(
+                "mcp-sidecar: the server kept paging after {MAX_TOOL_PAGES} pages of tools; showing those"
+            );
+            return (listed, OK);
+        }
+        let params = cursor.as_ref().map_or(json!({}), |c| json!({"cursor": c}));
+        let result = match client.request("tools/list", params).await {
+            Ok(result) => result,
+            Err(e) => return (listed, report(&e)),
+        };
+        listed.extend(result["tools"].as_array().into_iter().flatten().cloned());
+        match result["nextCursor"].as_str() {
+            Some(c) if seen.insert(c.to_owned()) => cursor = Some(c.to_owned()),
+            Some(_) => {
+                eprintln!(
+                    "mcp-sidecar: the server's tool pages loop back to an earlier page; showing each once"
+                );
+                return (listed, OK);
+            }
+            None => return (listed, OK),
+        }
+    }
+}
+
+/// The pins of `--pin-tools` (issue 24.3), for `tools`.
+struct Pinned {
+    path: std::path::PathBuf,
+    /// `None`: nothing pinned yet.
+    file: Option<crate::proxy::PinFile>,
+}
+
+impl Pinned {
+    /// The pins of `config`'s endpoint and credential, when `--pin-tools` is given or `approve`.
+    fn open(config: &Config, approve: bool) -> Result<Option<Pinned>, String> {
+        if config.filters.pin_tools.is_none() && !approve {
+            return Ok(None);
+        }
+        let path = crate::proxy::PinFile::path(config)
+            .ok_or("there is no state dir to keep pinned tools in: give one with --state-dir DIR")?;
+        let file = crate::proxy::PinFile::load(&path)
+            .map_err(|e| format!("the pinned tools cannot be read: {e}"))?;
+        Ok(Some(Pinned { path, file }))
+    }
+
+    /// Nothing pinned yet: the tools listed are pinned, as the proxy's first listing would.
+    fn first_listing(mut self, hidden: &crate::proxy::HiddenBy, listed: &[Value]) -> Pinned {
+        if self.file.is_some() {
+            return self;
+        }
+        let mut file = crate::proxy::PinFile::default();
+        for tool in listed {
+            if let Some(server) = tool["name"].as_str().and_then(|n| hidden.server_name(n)) {
+                file.pin(server, tool);
+            }
+        }
+        match file.save(&self.path, true) {
+            Ok(_) => {
+                eprintln!("mcp-sidecar: {} tools pinned as they are now (--pin-tools)", file.tools.len())
+            }
+            Err(e) => eprintln!(
+                "mcp-sidecar: the pinned tools could not be written to {} ({e})",
+                self.path.display()
+            ),
+        }
+        self.file = crate::proxy::PinFile::load(&self.path).ok().flatten();
+        self
+    }
+
+    /// What keeps the tool the client sees as `name` held, if anything does.
+    fn held(
+        &self,
+        hidden: &crate::proxy::HiddenBy,
+        name: &str,
+        tool: &Value,
+    ) -> Option<crate::proxy::Change> {
+        let server = hidden.server_name(name)?;
+        let change = self.file.as_ref()?.change(server, tool);
+        (change != crate::proxy::Change::Same).then_some(change)
+    }
+
+    /// `tools --approve [NAME…]`: each held tool named (every held one when none is), its
+    /// changes shown as a diff, then pinned as it is now.
+    fn approve(self, hidden: &crate::proxy::HiddenBy, listed: &[Value], names: &[String]) -> u8 {
+        let mut file = self.file.unwrap_or_default();
+        let (mut approved, mut matched) = (0, std::collections::HashSet::new());
+        let mut out = std::io::stdout().lock();
+        for tool in listed {
+            let shown = tool["name"].as_str().unwrap_or_default();
+            let Some(server) = hidden.server_name(shown) else { continue };
+            let named: Vec<&String> = names.iter().filter(|n| *n == shown || *n == server).collect();
+            let change = file.change(server, tool);
+            if (names.is_empty() || !named.is_empty()) && change != crate::proxy::Change::Same {
+                let _ = writeln!(out, "{shown}: {}\n{}", change.said(), file.diff(server, tool));
+                file.pin(server, tool);
+                approved += 1;
+            }
+            matched.extend(named);
+        }
+        drop(out);
+        if let Some(missing) = names.iter().find(|n| !matched.contains(n)) {
+            eprintln!(
+                "mcp-sidecar: the server lists no tool {missing}: check the name with mcp-sidecar tools --all"
+            );
+            return CONFIG;
+        }
+        if approved == 0 {
+            eprintln!("mcp-sidecar: nothing to approve: every tool is as it was pinned");
+            return OK;
+        }
+        if let Err(e) = file.save(&self.path, false) {
+            eprintln!("mcp-sidecar: the pinned tools could not be written to {} ({e})", self.path.display());
+            return FAILED;
+        }
+        eprintln!(
+            "mcp-sidecar: {approved} tool(s) approved and pinned as they are now; running sidecars let them through at their next listing"
+        );
+        OK
+    }
 }
 
 /// `tool NAME [--arg k=v …|--json '{…}']`.

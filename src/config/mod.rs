@@ -732,6 +732,8 @@ pub struct Filters {
     pub tool_prefix: Option<String>,
     /// `(OLD, NEW)`, in the order given.
     pub renames: Vec<(String, String)>,
+    /// `--pin-tools` (issue 24.3).
+    pub pin_tools: Option<crate::cli::PinMode>,
 }
 
 impl Filters {
@@ -744,6 +746,7 @@ impl Filters {
             deny_resources: tool_globs("--deny-resources", &cli.deny_resources)?,
             tool_prefix: tool_prefix(cli.tool_prefix.as_deref())?,
             renames: renames(&cli.rename_tool)?,
+            pin_tools: cli.pin_tools,
         })
     }
 

@@ -46,6 +46,7 @@ use probe::Probe;
 
 pub use link::WaitObserver;
 pub use policy::filter::HiddenBy;
+pub use policy::pins::{Change, PinFile};
 pub use room::IN_FLIGHT_MESSAGES;
 
 /// How long shutdown waits for requests in flight before answering them with an error.
@@ -196,6 +197,9 @@ impl Proxy {
             for answer in seen.answers {
                 self.core.ledger.write(answer).await;
             }
+            if seen.relist {
+                self.core.policies.refresh_pins().await;
+            }
             let Some(line) = seen.line else { return };
             line
         } else {
@@ -260,6 +264,8 @@ impl Proxy {
         }
         // Within the 2 s the whole shutdown has, whatever the client does with stdout.
         core.ledger.drain(end).await;
+        // Pins being written reach the disk (issue 24.3), within the same 2 s.
+        let _ = timeout_at(end, core.policies.flush()).await;
         // The rate-limit units this process leased and did not use go back (bounded: exit must
         // not wait on another process's lock).
         let release = crate::retry::deadline_after(Duration::from_millis(500));

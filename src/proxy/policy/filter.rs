@@ -124,11 +124,15 @@ impl HiddenBy {
 
     /// The rule that hides the tool the client sees as `name`, if one does.
     pub fn tool(&self, name: &str) -> Option<String> {
-        let server = match &self.1 {
-            Some(names) => names.server_name(name)?,
-            None => name,
-        };
-        self.0.as_ref()?.hides(server)
+        self.0.as_ref()?.hides(self.server_name(name)?)
+    }
+
+    /// The server's name of the tool the client sees as `name` (`None`: no tool is listed so).
+    pub fn server_name<'a>(&'a self, name: &'a str) -> Option<&'a str> {
+        match &self.1 {
+            Some(names) => names.server_name(name),
+            None => Some(name),
+        }
     }
 }
 

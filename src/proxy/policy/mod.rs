@@ -24,6 +24,7 @@ pub(super) mod filter;
 pub(super) mod lists;
 pub(super) mod names;
 pub(super) mod params;
+pub(super) mod pins;
 pub(super) mod progress;
 
 use bytes::Bytes;
@@ -45,6 +46,8 @@ pub(super) struct Policies {
     pub(super) names: Option<names::ToolNames>,
     /// Progress while a request waits here (issue 24.4): the tracks of requests with a token.
     pub(super) progress: progress::Tracks,
+    /// `--pin-tools` (issue 24.3).
+    pub(super) pins: Option<pins::Pins>,
 }
 
 /// What a request's answer passes through on its way back (kept with the request in the ledger).
@@ -58,6 +61,8 @@ pub(super) struct Hooks {
     pub(super) filter: Option<filter::Over>,
     /// A `tools/list` whose tools are listed under the client's names (issue 24.2).
     pub(super) rename_list: bool,
+    /// A `tools/list` whose tools are judged against their pins (issue 24.3).
+    pub(super) pin_list: bool,
     /// A call of a renamed tool: the server's name, which its answer's errors say as the
     /// client's (issue 24.2).
     pub(super) called: Option<Box<str>>,
@@ -72,6 +77,7 @@ impl Hooks {
             || self.list_key.is_some()
             || self.filter.is_some()
             || self.rename_list
+            || self.pin_list
             || self.called.is_some()
     }
 }
@@ -82,6 +88,9 @@ pub(super) struct Inbound {
     pub(super) line: Option<Bytes>,
     /// Answers made here, for stdout.
     pub(super) answers: Vec<Bytes>,
+    /// A `tools/list` while `--pin-tools` holds a tool: the pins are read again first
+    /// ([`Policies::refresh_pins`]).
+    pub(super) relist: bool,
 }
 
 /// One message of a client line, as the filters and names see it.
@@ -111,13 +120,14 @@ impl Policies {
         Policies {
             filters: filters.into_iter().flatten().collect(),
             names: names::ToolNames::new(&config.filters),
+            pins: pins::Pins::new(config, &crate::net::redact_url(&config.url)),
             ..Policies::default()
         }
     }
 
     /// Whether client lines are read before any era adapter: a filter or a name is given.
     pub(super) fn reads_lines(&self) -> bool {
-        !self.filters.is_empty() || self.names.is_some()
+        !self.filters.is_empty() || self.names.is_some() || self.pins.is_some()
     }
 
     /// A client line before any era adapter (a batch member by member): the call of a tool a
@@ -128,17 +138,36 @@ impl Policies {
         if line.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[') {
             return self.client_batch(line);
         }
+        let relist = self.pins.as_ref().is_some_and(pins::Pins::holds_any)
+            && Envelope::parse(&line).is_ok_and(|e| e.method.as_deref() == Some("tools/list"));
         match self.client_message(&line) {
-            Seen::Keep => Inbound { line: Some(line), answers: Vec::new() },
-            Seen::Rewritten(new) => Inbound { line: Some(new.into()), answers: Vec::new() },
-            Seen::Refused(answer) => Inbound { line: None, answers: vec![answer] },
+            Seen::Keep => Inbound { line: Some(line), answers: Vec::new(), relist },
+            Seen::Rewritten(new) => Inbound { line: Some(new.into()), answers: Vec::new(), relist },
+            Seen::Refused(answer) => Inbound { line: None, answers: vec![answer], relist: false },
+        }
+    }
+
+    /// Shutdown: the pins being written are on disk before the process ends (issue 24.3).
+    pub(super) async fn flush(&self) {
+        if let Some(pins) = &self.pins {
+            pins.flush().await;
+        }
+    }
+
+    /// Reads the pins again if an approval changed them (issue 24.3).
+    /// A list kept from before is forgotten then: it lacks what was approved.
+    pub(super) async fn refresh_pins(&self) {
+        if let Some(pins) = &self.pins
+            && pins.refresh().await
+        {
+            self.lists.changed("notifications/tools/list_changed");
         }
     }
 
     /// [`Policies::client_line`] for a 2025-03-26 batch (J-07): members refused here leave it.
     fn client_batch(&self, line: Bytes) -> Inbound {
         let Ok(members) = serde_json::from_slice::<Vec<&RawValue>>(&line) else {
-            return Inbound { line: Some(line), answers: Vec::new() };
+            return Inbound { line: Some(line), answers: Vec::new(), relist: false };
         };
         let (mut kept, mut answers, mut changed) = (Vec::new(), Vec::new(), false);
         for member in &members {
@@ -159,7 +188,7 @@ impl Policies {
             (true, true) => None,
             (true, false) => Some(format!("[{}]", kept.join(",")).into()),
         };
-        Inbound { line, answers }
+        Inbound { line, answers, relist: false }
     }
 
     /// One client message: a request for a hidden or unlisted item refused, a renamed tool's
@@ -185,6 +214,11 @@ impl Policies {
         }
         if let Some(item) = item
             && let Some(err) = self.hidden(method, renamed.unwrap_or(item), item)
+        {
+            return Seen::Refused(err.to_response(env.id).into());
+        }
+        if let (Some(pins), "tools/call", Some(item)) = (&self.pins, method, item)
+            && let Some(err) = pins.refuse(renamed.unwrap_or(item), item)
         {
             return Seen::Refused(err.to_response(env.id).into());
         }
@@ -232,6 +266,7 @@ impl Policies {
             list_key: None,
             filter: self.filters(method),
             rename_list: names.is_some() && method == "tools/list",
+            pin_list: self.pins.is_some() && method == "tools/list",
             called,
             progress: params
                 .meta
@@ -267,6 +302,8 @@ impl Policies {
             .and_then(|over| self.filters.iter().find(|f| f.over() == over))
             .and_then(|f| f.list(&message));
         let message = filtered.map_or(message, |m| envelope::one_line(m.into()));
+        let pinned = self.pins.as_ref().filter(|_| hooks.pin_list).and_then(|p| p.list(&message));
+        let message = pinned.map_or(message, |m| envelope::one_line(m.into()));
         let message = match &self.names {
             Some(names) if hooks.rename_list => match names.list(&message) {
                 Ok(renamed) => renamed.map_or(message, |m| envelope::one_line(m.into())),
