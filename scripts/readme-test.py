@@ -57,6 +57,7 @@ PLAN = [
     ("mcp-sidecar tools --preset investra", {"mode": "run"}),
     ("$ mcp-sidecar check", {"mode": "console"}),
     ("$ mcp-sidecar --preset investra      # a tools/call", {"mode": "console"}),
+    ("mcp-sidecar --preset investra --no-list-cache", {"mode": "run"}),
     ("mcp-sidecar login https://", {"mode": "cli"}),
     ("{ \"mcpServers\"", {"mode": "json"}),
     ("mcp-sidecar login --device", {"mode": "cli"}),

@@ -130,6 +130,9 @@ pub struct Config {
     /// (nobody reads them), and no closing `DELETE` where the server states a rate limit (the
     /// session expires by itself; the request is the user's).
     pub one_shot: bool,
+    /// Issue 24.5: the last `initialize` answer and lists are kept, to answer a client at
+    /// start while the server cannot (`--no-list-cache` turns it off; one-shots keep none).
+    pub keep_lists: bool,
     /// The API key, when one is configured.
     pub api_key: Option<ApiKey>,
     /// OAuth sign-in, when no key is configured and `--auth none` is not given: used when the
@@ -330,6 +333,7 @@ impl Config {
             url,
             preset_path: preset.map(|p| p.path),
             one_shot: cli.one_shot,
+            keep_lists: !cli.no_list_cache && !cli.one_shot,
             filters: Filters::from_cli(&cli)?,
             api_key,
             oauth,

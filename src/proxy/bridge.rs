@@ -228,6 +228,7 @@ pub(super) async fn settle_era(core: &Arc<Core>, line: &Bytes) -> (bool, Option<
     core.link.keep_init_line(line.clone());
     let answer =
         exchange::call(core, line.clone(), false, true, core.limits.request_timeout, "initialize").await;
+    let answer = answer.or_else(|err| kept_handshake(core, client_id.as_deref(), err));
     if refuses_the_handshake(&answer)
         && !modern
         && let Some(Probe::Stateless { discover, meta }) = probe::probe_when_due(core, meta()).await
@@ -242,6 +243,23 @@ pub(super) async fn settle_era(core: &Arc<Core>, line: &Bytes) -> (bool, Option<
     core.ledger.handshake(answered);
     core.ledger.answer_unopened(client_id.as_deref(), answer).await;
     (true, None)
+}
+
+/// Issue 24.5: a client's `initialize` the server cannot answer now (rate-limited past
+/// `--max-wait`, unreachable) is answered from the last one kept, if any; the server's
+/// handshake is then owed, paid by the first request that goes to it.
+fn kept_handshake(core: &Core, client_id: Option<&RawValue>, err: LocalError) -> Result<Bytes, LocalError> {
+    if !matches!(err.kind, ErrorKind::RateLimited | ErrorKind::Unreachable) {
+        return Err(err);
+    }
+    let (Some(id), Some(kept)) = (client_id, core.policies.kept.as_ref()) else { return Err(err) };
+    let Some((result, _)) = kept.stale("initialize") else { return Err(err) };
+    warn!(
+        "{}; the client's initialize was answered from what was kept, and its requests wait for the server",
+        err.message
+    );
+    core.link.owe_handshake();
+    Ok(era::response_with_id(id, "result", &result).into())
 }
 
 /// Installs the bridge and answers the client's `initialize` from `discover`.

@@ -10,7 +10,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use serde_json::value::RawValue;
 use tokio_util::task::TaskTracker;
-use tracing::{debug, trace};
+use tracing::{debug, info, trace};
 
 use crate::envelope::{self, Envelope, ErrorKind, IdKey, Kind, LocalError, UPSTREAM_ERROR};
 use crate::ratelimit::Gate;
@@ -174,30 +174,7 @@ impl Core {
             }
         };
         let delivered = match env.kind() {
-            Ok(Kind::Response) => {
-                let Some(key) = env.id_key() else { return Delivered::Dropped };
-                let (initialize, captured, hooks) = match self.ledger.peek(&key) {
-                    Some(open) => (open.flags.initialize, open.captured, open.hooks),
-                    None => {
-                        debug!(id = %env.id.map_or("", RawValue::get), "response for no pending request dropped (cancelled, answered or unknown)");
-                        return Delivered::Dropped;
-                    }
-                };
-                // Only an `initialize` result is read (for the negotiated version): a 1 MB tool
-                // result is not parsed a second time.
-                let version = env.result.filter(|_| initialize).and_then(|r| {
-                    serde_json::from_str::<envelope::Params>(r.get())
-                        .ok()?
-                        .protocol_version
-                        .map(|v| v.into_owned())
-                });
-                if initialize {
-                    self.ledger.handshake(env.result.is_some());
-                }
-                drop(env);
-                let message = self.policies.answer(&hooks, bytes);
-                return self.hand_over(&key, message, captured, version).await;
-            }
+            Ok(Kind::Response) => return self.deliver_response(env, &bytes).await,
             Ok(Kind::Notification) if env.method.as_deref() == Some("notifications/progress") => {
                 drop(env);
                 // Issue 24.4: kept above the values of the sidecar's own notifications.
@@ -232,6 +209,41 @@ impl Core {
         };
         drop(env);
         self.ledger.write(envelope::one_line(bytes)).await;
+        delivered
+    }
+
+    /// A response: handed over if its request is still pending, through the policies its
+    /// hooks name.
+    async fn deliver_response(&self, env: Envelope<'_>, bytes: &Bytes) -> Delivered {
+        let Some(key) = env.id_key() else { return Delivered::Dropped };
+        let (initialize, captured, hooks) = match self.ledger.peek(&key) {
+            Some(open) => (open.flags.initialize, open.captured, open.hooks),
+            None => {
+                debug!(id = %env.id.map_or("", RawValue::get), "response for no pending request dropped (cancelled, answered or unknown)");
+                return Delivered::Dropped;
+            }
+        };
+        // Only an `initialize` result is read (for the negotiated version): a 1 MB tool
+        // result is not parsed a second time.
+        let version = env.result.filter(|_| initialize).and_then(|r| {
+            serde_json::from_str::<envelope::Params>(r.get()).ok()?.protocol_version.map(|v| v.into_owned())
+        });
+        if initialize {
+            self.ledger.handshake(env.result.is_some());
+        }
+        drop(env);
+        // Issue 24.5: kept as the server sent it; a list served stale that changed is
+        // announced after its answer.
+        let changed = hooks.keep.filter(|m| self.policies.kept.as_ref().is_some_and(|k| k.record(m, bytes)));
+        let message = self.policies.answer(&hooks, bytes.clone());
+        let delivered = self.hand_over(&key, message, captured, version).await;
+        if let Some(list) = changed.and_then(|m| m.strip_suffix("/list")) {
+            info!(
+                "the server's {list} differ from those kept; the client is told (notifications/{list}/list_changed)"
+            );
+            let note = format!(r#"{{"jsonrpc":"2.0","method":"notifications/{list}/list_changed"}}"#);
+            self.ledger.write(note.into()).await;
+        }
         delivered
     }
 

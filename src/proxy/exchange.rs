@@ -344,6 +344,24 @@ pub(super) async fn send_one_way(
     }
 }
 
+/// Issue 24.5: the lists answered from what was kept while the server's handshake was owed
+/// are asked again, as the proxy's own requests; one that differs is announced to the client
+/// when its answer is kept (`Core::deliver`).
+pub(super) fn refresh_kept(core: &Arc<Core>) {
+    let Some(kept) = core.policies.kept.as_ref() else { return };
+    for method in kept.served() {
+        let core = core.clone();
+        core.clone().tasks.spawn(async move {
+            let (_, id) = core.own_id();
+            let body = serde_json::json!({"jsonrpc": "2.0", "id": id, "method": method, "params": {}});
+            let limit = core.limits.request_timeout;
+            if let Err(e) = call(&core, body.to_string().into(), true, false, limit, &method).await {
+                debug!("{method} was not asked again: {}", e.message);
+            }
+        });
+    }
+}
+
 /// Sends a request and returns the server's response instead of writing it to stdout.
 /// `internal` requests are the proxy's own (shutdown does not answer them on stdout); the
 /// client's `initialize` is sent this way under its own id, so that its answer can be read.

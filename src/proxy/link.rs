@@ -121,6 +121,11 @@ pub(super) struct Link {
     renewing: tokio::sync::Mutex<()>,
     /// Told when a new session was started (the GET stream is reopened for it).
     on_renewed: OnceLock<Box<dyn Fn() + Send + Sync>>,
+    /// Issue 24.5: the client's `initialize` was answered from what was kept; the server's
+    /// handshake is owed, paid by the first request that goes to it.
+    owed: AtomicBool,
+    /// Told when the owed handshake was paid (the lists served stale are asked again).
+    on_paid: OnceLock<Box<dyn Fn() + Send + Sync>>,
     /// The server has answered once (any HTTP status): from then on a refused connection is a
     /// server restarting, worth the usual retries; before, a wrong URL or a server that is down,
     /// said at once (issue 23.4).
@@ -146,6 +151,8 @@ impl Link {
             init_line: Mutex::new(None),
             renewing: tokio::sync::Mutex::new(()),
             on_renewed: OnceLock::new(),
+            owed: AtomicBool::new(false),
+            on_paid: OnceLock::new(),
             reached: AtomicBool::new(false),
             one_shot: config.one_shot,
             limits_given: !config.rate_limits.is_empty(),
@@ -170,6 +177,21 @@ impl Link {
     /// Calls `renewed` after each new session this link started.
     pub(super) fn on_renewed(&self, renewed: Box<dyn Fn() + Send + Sync>) {
         let _ = self.on_renewed.set(renewed);
+    }
+
+    /// Issue 24.5: the client's handshake was answered from what was kept; the server's is owed.
+    pub(super) fn owe_handshake(&self) {
+        self.owed.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether the server's handshake is owed (no session yet).
+    pub(super) fn owes_handshake(&self) -> bool {
+        self.owed.load(Ordering::Relaxed)
+    }
+
+    /// Told when the owed handshake is paid.
+    pub(super) fn on_paid(&self, paid: Box<dyn Fn() + Send + Sync>) {
+        let _ = self.on_paid.set(paid);
     }
 
     /// Records the rate-limit headers of successful responses too (for `check`).
@@ -229,6 +251,9 @@ impl Link {
         what: &str,
         tries: &mut Tries<'_>,
     ) -> Result<Next, LocalError> {
+        if !initialize && self.owes_handshake() {
+            Box::pin(self.pay_handshake(what, limit, tries)).await?;
+        }
         let admitted = self.admit(what, headers.route).await?;
         let oauth = self.up.oauth();
         if let Some(o) = oauth
@@ -542,6 +567,56 @@ impl Link {
         }
         info!("new MCP session started; requests continue");
         Ok(true)
+    }
+
+    /// Issue 24.5: starts the session the client was told it has (its `initialize` answered
+    /// from what was kept), through the gate, before the request that needs it; while the
+    /// server cannot be reached, waits and tries again within `--max-retries` (the request
+    /// waits with progress), then says the request was not sent.
+    async fn pay_handshake(
+        &self,
+        what: &str,
+        limit: Duration,
+        tries: &mut Tries<'_>,
+    ) -> Result<(), LocalError> {
+        let _one_at_a_time = self.renewing.lock().await;
+        loop {
+            let Some(line) = self.init_line().filter(|_| self.owes_handshake()) else { return Ok(()) };
+            let admitted = self.admit(what, 0).await?;
+            progress::going();
+            let started = self.start_session(line, retry::deadline_after(limit)).await;
+            self.gate.answered(&admitted, None).await;
+            let detail = match started {
+                Ok(()) => {
+                    self.owed.store(false, Ordering::Relaxed);
+                    info!("the server answers again: the MCP session is started, and requests go on");
+                    if let Some(renewed) = self.on_renewed.get() {
+                        renewed();
+                    }
+                    if let Some(paid) = self.on_paid.get() {
+                        paid();
+                    }
+                    return Ok(());
+                }
+                Err(detail) => detail,
+            };
+            if tries.retries >= self.policy.max_retries {
+                let mut err = LocalError::new(
+                    UPSTREAM_ERROR,
+                    ErrorKind::Unreachable,
+                    format!(
+                        "the server still cannot start the MCP session ({detail}); this request was not sent: try again later"
+                    ),
+                );
+                err.request_sent = Some(false);
+                return Err(err);
+            }
+            let wait = self.policy.backoff(tries.retries);
+            tries.retries += 1;
+            progress::held(|| format!("{} to start the session ({detail})", self.up.host()), Some(wait));
+            debug!("starting the owed session failed ({detail}); again in {}", retry::human(wait));
+            tokio::time::sleep(wait).await;
+        }
     }
 
     /// Sends the client's `initialize` line and `notifications/initialized` for a new session,

@@ -103,7 +103,14 @@ pub struct Proxy {
 impl Proxy {
     /// A proxy that forwards to `up` and writes to `out`, set up as `config` says.
     pub fn new(up: Upstream, out: Outbox, gate: Gate, config: &crate::config::Config) -> Arc<Self> {
-        Arc::new(Proxy { core: Core::new(up, out, gate, config), front: OnceLock::new() })
+        let core = Core::new(up, out, gate, config);
+        let weak = Arc::downgrade(&core);
+        core.link.on_paid(Box::new(move || {
+            if let Some(core) = weak.upgrade() {
+                exchange::refresh_kept(&core);
+            }
+        }));
+        Arc::new(Proxy { core, front: OnceLock::new() })
     }
 
     /// Calls `observe` for each rate-limit wait instead of logging it.

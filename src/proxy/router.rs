@@ -62,6 +62,13 @@ async fn dispatch_request(core: &Arc<Core>, env: Envelope<'_>, line: &Bytes) {
     let method = env.method.as_deref().unwrap_or_default();
     let params = env.params();
     let init = method == "initialize";
+    // Issue 24.5: while the server's handshake is owed, the lists kept answer at once.
+    if core.link.owes_handshake()
+        && let Some(id) = env.id
+        && let Some(answer) = core.policies.stale(method, id, &params)
+    {
+        return core.ledger.write(answer).await;
+    }
     let (headers, hooks) = match core.policies.request(method, &params) {
         Step::Pass(headers, hooks) => (headers, hooks),
         Step::Answer(result) => {
@@ -121,6 +128,9 @@ async fn dispatch_notification(core: &Arc<Core>, env: Envelope<'_>, line: &Bytes
     }
     let headers = MessageHeaders::derive(&method, &params);
     drop(env);
+    if method == "notifications/initialized" && core.link.owes_handshake() {
+        return; // the owed handshake sends its own (issue 24.5)
+    }
     let room = core.room.wait(line.len()).await;
     if method == "notifications/initialized" {
         // In line: the server must see it before the requests that follow (S-11).

@@ -121,8 +121,12 @@ async fn connection_refused_says_nothing_was_sent() {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!("http://{}/mcp", listener.local_addr().unwrap());
     drop(listener);
+    // Its own state dir: nothing kept for this port by another test answers it (issue 24.5).
+    let dir = scratch_dir("refused-nothing-sent");
+    let state = dir.to_str().unwrap();
     // No retries: a refused connection is retried with backoff otherwise (nothing was sent).
-    let mut s = Sidecar::spawn(&[&url, "--api-key-env", "TEST_KEY", "--max-retries", "0"], ENV);
+    let mut s =
+        Sidecar::spawn(&[&url, "--api-key-env", "TEST_KEY", "--max-retries", "0", "--state-dir", state], ENV);
     let e = init_error(&mut s, 3).await;
     assert!(e["message"].as_str().unwrap().contains("connection refused"), "{e}");
     assert_eq!(e["data"]["requestSent"], false);
@@ -241,10 +245,13 @@ async fn issue23_1_a_failed_initialize_is_answered_once_and_the_exit_status_says
         ("a wrong path", wrong_path.as_str(), KEY, Some(404)),
         ("nothing listening", closed.as_str(), KEY, None),
     ];
+    // Its own state dir: nothing kept for these ports by another test answers them (issue 24.5).
+    let dir = scratch_dir("issue23-1-once");
+    let state = dir.to_str().unwrap();
     for (cause, url, key, status) in cases {
         for batch in 0..3 {
             let runs = (0..10).map(|_| async move {
-                let args = [url, "--api-key-env", "TEST_KEY", "--max-retries", "3"];
+                let args = [url, "--api-key-env", "TEST_KEY", "--max-retries", "3", "--state-dir", state];
                 let mut s = Sidecar::spawn(&args, &[("TEST_KEY", key)]).secret(key);
                 s.send_json(&initialize(1)).await;
                 s.finish().await

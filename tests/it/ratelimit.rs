@@ -920,3 +920,73 @@ async fn issue24_4_hostile_progress_tokens_get_nothing_of_ours() {
     outcome.check(&[]);
     assert!(outcome.status.success(), "{}", outcome.stderr);
 }
+
+/// Issue 24.5 with a rate limit: the server's `initialize` gets a 429 that `--max-retries 0`
+/// will not wait out, so the client's handshake and list are answered from what was kept; a
+/// call with a progress token then waits for the rate limit with progress, starts the owed
+/// session, and is answered; the server's list now differs, so the client is told.
+#[tokio::test]
+async fn issue24_5_a_rate_limited_start_is_answered_from_what_was_kept() {
+    let limited = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = limited.clone();
+    let hook: Hook = Arc::new(move |s: &Seen| {
+        if !flag.load(Ordering::SeqCst) {
+            return Action::Pass;
+        }
+        match s.rpc_method() {
+            Some("initialize") if flag.swap(false, Ordering::SeqCst) => {
+                Action::Respond(too_many(&[("retry-after", "2".into())]))
+            }
+            _ => Action::Pass,
+        }
+    });
+    let server = Server::start(generic(), Some(hook)).await;
+    let dir = scratch_dir("issue24-5-limited");
+    let state = dir.to_string_lossy().into_owned();
+    let args =
+        [server.url.as_str(), "--api-key-env", "TEST_KEY", "--state-dir", &state, "--max-retries", "0"];
+    let mut s = Sidecar::spawn(&args, ENV);
+    s.handshake().await;
+    s.send_json(&request(1, "tools/list", json!({"_meta": {}}))).await;
+    let before = s.recv().await;
+    s.finish().await;
+    // Make the kept list differ from what the server will list: one tool fewer kept.
+    let kept_path = std::fs::read_dir(dir.join("kept")).unwrap().next().unwrap().unwrap().path();
+    let mut kept: serde_json::Value = serde_json::from_slice(&std::fs::read(&kept_path).unwrap()).unwrap();
+    kept["results"]["tools/list"]["result"]["tools"].as_array_mut().unwrap().pop();
+    std::fs::write(&kept_path, kept.to_string()).unwrap();
+
+    limited.store(true, Ordering::SeqCst);
+    let mut s = Sidecar::spawn(&args, ENV);
+    s.handshake().await;
+    s.send_json(&request(2, "tools/list", json!({}))).await;
+    let stale = s.recv().await;
+    assert_eq!(
+        stale["result"]["tools"].as_array().unwrap().len() + 1,
+        before["result"]["tools"].as_array().unwrap().len(),
+        "{stale}"
+    );
+    let mut msg = call(3, "echo", json!({"text": "later"}));
+    msg["params"]["_meta"] = json!({"progressToken": "p3"});
+    s.send_json(&msg).await;
+    let (mut answered, mut told, mut progress) = (None, false, Vec::new());
+    while answered.is_none() || !told {
+        let line = s.recv().await;
+        match line["method"].as_str() {
+            Some("notifications/tools/list_changed") => told = true,
+            Some("notifications/progress") => progress.push(line["params"]["message"].clone()),
+            Some(_) => {}
+            None => answered = Some(line),
+        }
+    }
+    assert_eq!(answered.unwrap()["result"]["content"][0]["text"], "later");
+    assert!(
+        progress
+            .first()
+            .and_then(|m| m.as_str())
+            .is_some_and(|m| m.contains("for the rate limit of 127.0.0.1")),
+        "{progress:?}"
+    );
+    let outcome = s.finish().await;
+    assert!(outcome.stderr.contains("answered from what was kept"), "{}", outcome.stderr);
+}

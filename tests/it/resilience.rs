@@ -267,3 +267,89 @@ async fn the_sidecar_exits_when_its_parent_is_gone_on_windows() {
         .unwrap();
     assert!(said.contains("the client that started mcp-sidecar has exited"), "{said}");
 }
+
+/// Issue 24.5: the server's last `initialize` answer and tool list are kept (owner-only, no
+/// key inside). At the next start the server is down: the client's `initialize` and
+/// `tools/list` are answered from what was kept (said stale in the log), a `tools/call` is never
+/// (it waits, then says it was not sent). The server comes back with one more tool: the next
+/// call starts the owed session first, and the client is told the tools changed
+/// (`notifications/tools/list_changed`); its next listing has the new tool.
+#[tokio::test]
+async fn issue24_5_kept_lists_answer_at_start_while_the_server_is_down() {
+    let server = Server::start(generic(), None).await;
+    let (addr, url) = (server.addr, server.url.clone());
+    let dir = scratch_dir("issue24-5-kept");
+    let state = dir.to_string_lossy().into_owned();
+    let args = [url.as_str(), "--api-key-env", "TEST_KEY", "--state-dir", &state, "--max-retries", "1"];
+    let mut s = Sidecar::spawn(&args, ENV);
+    let init = s.handshake().await;
+    s.send_json(&request(1, "tools/list", json!({}))).await;
+    let fresh = s.recv().await;
+    s.finish().await;
+    let kept: Vec<_> = std::fs::read_dir(dir.join("kept")).unwrap().map(|e| e.unwrap().path()).collect();
+    assert_eq!(kept.len(), 1, "{kept:?}");
+    assert!(!String::from_utf8_lossy(&std::fs::read(&kept[0]).unwrap()).contains(KEY));
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(std::fs::metadata(&kept[0]).unwrap().permissions().mode() & 0o077, 0);
+    }
+    server.stop();
+    drop(server);
+
+    // Down: answered from what was kept.
+    let mut s = Sidecar::spawn(&args, ENV);
+    let stale = s.handshake().await;
+    assert_eq!(stale["result"], init["result"]);
+    s.send_json(&request(2, "tools/list", json!({}))).await;
+    assert_eq!(s.recv().await["result"], fresh["result"]);
+    s.stderr_shows("tools/list answered from what was kept").await;
+    s.send_json(&call(3, "echo", json!({"text": "down"}))).await;
+    let refused = s.recv().await;
+    assert_eq!(refused["error"]["data"]["requestSent"], false, "{refused}");
+    assert!(refused["error"]["message"].as_str().unwrap().contains("was not sent"), "{refused}");
+
+    // Back, with one more tool.
+    let mut tools = fresh["result"]["tools"].clone();
+    tools.as_array_mut().unwrap().push(json!({"name":"fresh_tool","inputSchema":{"type":"object"}}));
+    let hook: Hook = Arc::new(move |seen: &Seen| {
+        if seen.rpc_method() != Some("tools/list") {
+            return Action::Pass;
+        }
+        let body = json!({"jsonrpc":"2.0","id":seen.json["id"],"result":{"tools":tools}});
+        Action::Respond(respond(200, "application/json", body.to_string()))
+    });
+    let listener = loop {
+        match tokio::net::TcpListener::bind(addr).await {
+            Ok(l) => break l,
+            Err(_) => tokio::task::yield_now().await,
+        }
+    };
+    let back = Server::start_on(listener, generic(), Some(hook));
+    s.send_json(&call(4, "echo", json!({"text": "back"}))).await;
+    let (mut answered, mut told) = (None, false);
+    while answered.is_none() || !told {
+        let line = s.recv().await;
+        match line["method"].as_str() {
+            Some("notifications/tools/list_changed") => told = true,
+            Some(_) => {}
+            None => answered = Some(line),
+        }
+    }
+    assert_eq!(answered.unwrap()["result"]["content"][0]["text"], "back");
+    s.send_json(&request(5, "tools/list", json!({}))).await;
+    let relisted = s.recv().await;
+    assert!(
+        relisted["result"]["tools"].as_array().unwrap().iter().any(|t| t["name"] == "fresh_tool"),
+        "{relisted}"
+    );
+    let outcome = s.finish().await;
+    outcome.check(&[]);
+    let posts: Vec<String> = back.seen().iter().filter_map(|p| p.rpc_method().map(str::to_owned)).collect();
+    assert_eq!(
+        posts[..2],
+        ["initialize", "notifications/initialized"],
+        "the owed handshake first: {posts:?}"
+    );
+    assert_eq!(posts.iter().filter(|m| *m == "tools/call").count(), 1, "{posts:?}");
+}

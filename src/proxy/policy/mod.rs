@@ -21,6 +21,7 @@
 //! renamed tool's call goes on under the server's name, in every era, bridged or not.
 
 pub(super) mod filter;
+pub(super) mod kept;
 pub(super) mod lists;
 pub(super) mod names;
 pub(super) mod params;
@@ -48,6 +49,8 @@ pub(super) struct Policies {
     pub(super) progress: progress::Tracks,
     /// `--pin-tools` (issue 24.3).
     pub(super) pins: Option<pins::Pins>,
+    /// The last `initialize` answer and lists, kept for a bad minute (issue 24.5).
+    pub(super) kept: Option<kept::Kept>,
 }
 
 /// What a request's answer passes through on its way back (kept with the request in the ledger).
@@ -69,6 +72,9 @@ pub(super) struct Hooks {
     /// A request with a progress token: the client hears of its waits here (issue 24.4). Not
     /// an answer hook: its answer goes by as any other.
     pub(super) progress: Option<std::sync::Arc<progress::Track>>,
+    /// An answer kept for a bad minute (issue 24.5): its method. Not an answer hook either:
+    /// the server's bytes are kept as they came, in `Core::deliver`.
+    pub(super) keep: Option<&'static str>,
 }
 
 impl Hooks {
@@ -101,6 +107,7 @@ enum Seen {
 }
 
 /// What the policies decided for a client request on its way up.
+#[allow(clippy::large_enum_variant)] // moved once per request, never stored: a box would cost a malloc
 pub(super) enum Step {
     /// Send it, with these headers; its answer passes through these hooks.
     Pass(MessageHeaders, Hooks),
@@ -121,6 +128,7 @@ impl Policies {
             filters: filters.into_iter().flatten().collect(),
             names: names::ToolNames::new(&config.filters),
             pins: pins::Pins::new(config, &crate::net::redact_url(&config.url)),
+            kept: kept::Kept::new(config, &crate::net::redact_url(&config.url)),
             ..Policies::default()
         }
     }
@@ -147,11 +155,23 @@ impl Policies {
         }
     }
 
-    /// Shutdown: the pins being written are on disk before the process ends (issue 24.3).
+    /// Shutdown: the pins and kept lists being written are on disk before the process ends.
     pub(super) async fn flush(&self) {
         if let Some(pins) = &self.pins {
             pins.flush().await;
         }
+        if let Some(kept) = &self.kept {
+            kept.flush().await;
+        }
+    }
+
+    /// Issue 24.5: the answer to the client's `method` request `id` from what was kept, passed
+    /// through the same policies as a fresh one; `None` when nothing was kept for it.
+    pub(super) fn stale(&self, method: &str, id: &RawValue, params: &Params<'_>) -> Option<Bytes> {
+        let keep = kept::Kept::keeps(method, params.cursor.is_some())?;
+        let (result, _) = self.kept.as_ref()?.stale(keep)?;
+        let message: Bytes = crate::era::response_with_id(id, "result", &result).into();
+        Some(self.answer(&self.hooks(method, params, false), message))
     }
 
     /// Reads the pins again if an approval changed them (issue 24.3).
@@ -273,6 +293,7 @@ impl Policies {
                 .as_ref()
                 .and_then(|m| m.progress_token)
                 .and_then(|t| self.progress.start(t)),
+            keep: self.kept.as_ref().and_then(|_| kept::Kept::keeps(method, params.cursor.is_some())),
         }
     }
 

@@ -1,0 +1,258 @@
+//! Lists and the handshake that survive a bad minute (issue 24.5). The server's last
+//! `initialize` result and its `tools/list`, `prompts/list` and `resources/list` results (whole
+//! lists, one page) are kept in the state dir, per endpoint and key (owner-only, at most
+//! [`MAX_KEPT_BYTES`]), as the server sent them: filters, names and pins apply when they are
+//! served, as to a fresh answer. When at start the server is rate-limited past `--max-wait` or
+//! unreachable, the client's `initialize` and those lists are answered from what was kept (the
+//! log says they are stale and how old); the handshake is owed to the server and paid by the
+//! first request that goes to it (waiting with progress, issue 24.4); then the lists served
+//! stale are asked again, and one that differs is announced with its `list_changed`
+//! notification. Never a `tools/call` result. `--no-list-cache` turns it off.
+
+use std::collections::{BTreeMap, HashSet};
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use tracing::{debug, info, warn};
+
+use crate::envelope::Envelope;
+use crate::sync::Locked;
+
+/// The most bytes the kept answers take: one that would pass it is not kept.
+pub const MAX_KEPT_BYTES: usize = 4 << 20;
+
+/// The methods whose results are kept.
+pub const KEPT: [&str; 4] = ["initialize", "tools/list", "prompts/list", "resources/list"];
+
+/// One kept result.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Entry {
+    /// When it was kept (Unix seconds, wall clock).
+    at: u64,
+    result: Box<RawValue>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct KeptFile {
+    endpoint: String,
+    results: BTreeMap<String, Entry>,
+}
+
+impl KeptFile {
+    fn bytes(&self) -> usize {
+        self.results.values().map(|e| e.result.get().len()).sum()
+    }
+}
+
+/// The kept answers of one run.
+pub(in crate::proxy) struct Kept {
+    path: Option<PathBuf>,
+    state: Arc<Mutex<State>>,
+    written: Arc<Mutex<u64>>,
+    pending: Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+#[derive(Default)]
+struct State {
+    file: KeptFile,
+    /// The lists answered from what was kept: a fresh one that differs is announced.
+    served: HashSet<String>,
+    version: u64,
+}
+
+impl Kept {
+    /// What was kept for `config`'s endpoint and key; `None` with `--no-list-cache` or without
+    /// a state dir.
+    pub(in crate::proxy) fn new(config: &crate::config::Config, shown: &str) -> Option<Kept> {
+        if !config.keep_lists {
+            return None;
+        }
+        let path = kept_path(config)?;
+        let file = match load(&path) {
+            Ok(file) => file.unwrap_or_default(),
+            Err(e) => {
+                debug!("the kept lists cannot be read ({e}); starting afresh");
+                KeptFile::default()
+            }
+        };
+        let file = KeptFile { endpoint: shown.to_owned(), ..file };
+        let state = State { file, ..State::default() };
+        Some(Kept {
+            path: Some(path),
+            state: Arc::new(Mutex::new(state)),
+            written: Arc::default(),
+            pending: Mutex::default(),
+        })
+    }
+
+    /// Whether `method` (with no cursor) is kept.
+    pub(in crate::proxy) fn keeps(method: &str, cursor: bool) -> Option<&'static str> {
+        KEPT.into_iter().find(|m| *m == method && !cursor)
+    }
+
+    /// Keeps the result of the server's answer `response` to `method` (a whole list: one with a
+    /// `nextCursor` is not kept). Returns whether it differs from a list served stale, which
+    /// the client must then be told of.
+    pub(in crate::proxy) fn record(&self, method: &'static str, response: &[u8]) -> bool {
+        let Ok(env) = Envelope::parse(response) else { return false };
+        let Some(result) = env.result else { return false };
+        if method != "initialize" && result.get().contains("\"nextCursor\"") && has_cursor(result) {
+            return false;
+        }
+        let mut state = self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let before = state.file.results.get(method).map(|e| e.result.get().to_owned());
+        let same = before.as_deref() == Some(result.get());
+        let served = state.served.remove(method);
+        if same {
+            return false;
+        }
+        let others = state.file.bytes() - before.map_or(0, |b| b.len());
+        if others + result.get().len() > MAX_KEPT_BYTES {
+            debug!(method, "not kept: past the {MAX_KEPT_BYTES} bytes kept");
+            return served;
+        }
+        let at = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        state.file.results.insert(method.to_owned(), Entry { at, result: result.to_owned() });
+        state.version += 1;
+        let (file, version) = (state.file.clone(), state.version);
+        drop(state);
+        self.write(file, version);
+        served
+    }
+
+    /// The kept result of `method` and its age, for an answer while the server cannot give
+    /// one (a list: remembered as served stale).
+    pub(in crate::proxy) fn stale(&self, method: &str) -> Option<(Box<RawValue>, Duration)> {
+        let mut state = self.state.locked();
+        let entry = state.file.results.get(method)?.clone();
+        if method != "initialize" {
+            state.served.insert(method.to_owned());
+        }
+        drop(state);
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        let age = Duration::from_secs(now.saturating_sub(entry.at));
+        info!(
+            "{method} answered from what was kept {} ago (stale: the server cannot answer now)",
+            crate::retry::human(age)
+        );
+        Some((entry.result, age))
+    }
+
+    /// The lists served stale (asked again once the server answers).
+    pub(in crate::proxy) fn served(&self) -> Vec<String> {
+        self.state.locked().served.iter().cloned().collect()
+    }
+
+    fn write(&self, file: KeptFile, version: u64) {
+        let (Some(path), Ok(runtime)) = (self.path.clone(), tokio::runtime::Handle::try_current()) else {
+            return;
+        };
+        let written = self.written.clone();
+        let handle = runtime.spawn_blocking(move || {
+            let mut done = written.locked();
+            if *done >= version {
+                return;
+            }
+            match save(&file, &path) {
+                Ok(()) => *done = version,
+                Err(e) => warn!("the kept lists could not be written to {} ({e})", path.display()),
+            }
+        });
+        *self.pending.locked() = Some(handle);
+    }
+
+    /// Waits for the last write.
+    pub(in crate::proxy) async fn flush(&self) {
+        let pending = self.pending.locked().take();
+        if let Some(handle) = pending {
+            let _ = handle.await;
+        }
+    }
+}
+
+/// Whether a list result has a `nextCursor` (more pages).
+fn has_cursor(result: &RawValue) -> bool {
+    #[derive(Deserialize)]
+    struct Page<'a> {
+        #[serde(borrow, rename = "nextCursor")]
+        next: Option<&'a RawValue>,
+    }
+    serde_json::from_str::<Page<'_>>(result.get())
+        .ok()
+        .and_then(|p| p.next)
+        .is_some_and(|c| c.get() != "null")
+}
+
+/// Where the kept answers of `config`'s endpoint and key live.
+fn kept_path(config: &crate::config::Config) -> Option<PathBuf> {
+    use secrecy::ExposeSecret;
+    let key = config.api_key.as_ref().map(|k| k.secret.expose_secret().to_owned()).unwrap_or_default();
+    let name = crate::statedir::state_name(config.url.as_str(), &key);
+    Some(config.state_dir.as_ref()?.join("kept").join(format!("{name}.json")))
+}
+
+fn load(path: &Path) -> io::Result<Option<KeptFile>> {
+    match std::fs::read(path) {
+        Ok(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(io::Error::other),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Writes the file whole, for the owner only: a temporary file, then a rename.
+fn save(file: &KeptFile, path: &Path) -> io::Result<()> {
+    let dir = path.parent().ok_or_else(|| io::Error::other("no directory"))?;
+    crate::statedir::create_private_dir(dir)?;
+    static TEMPS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = TEMPS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let temp = dir.join(format!(".kept-{}-{n}.tmp", std::process::id()));
+    let written = (|| {
+        let mut options = std::fs::OpenOptions::new();
+        let mut out = crate::statedir::owner_only(options.write(true).create_new(true)).open(&temp)?;
+        crate::statedir::restrict(&temp)?;
+        io::Write::write_all(&mut out, &serde_json::to_vec(file)?)?;
+        out.sync_all()?;
+        std::fs::rename(&temp, path)
+    })();
+    let _ = std::fs::remove_file(&temp);
+    written
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn kept() -> Kept {
+        Kept { path: None, state: Arc::default(), written: Arc::default(), pending: Mutex::default() }
+    }
+
+    #[test]
+    fn issue24_5_whole_lists_are_kept_and_a_change_after_a_stale_answer_is_told() {
+        let k = kept();
+        let list = |tools: &str| format!(r#"{{"jsonrpc":"2.0","id":1,"result":{{"tools":[{tools}]}}}}"#);
+        assert!(!k.record("tools/list", list(r#"{"name":"a"}"#).as_bytes()), "nothing was served stale");
+        let (result, _) = k.stale("tools/list").unwrap();
+        assert_eq!(result.get(), r#"{"tools":[{"name":"a"}]}"#);
+        assert!(
+            !k.record("tools/list", list(r#"{"name":"a"}"#).as_bytes()),
+            "the same list: nothing to tell"
+        );
+        k.stale("tools/list");
+        assert!(k.record("tools/list", list(r#"{"name":"b"}"#).as_bytes()), "it changed: told once");
+        assert!(!k.record("tools/list", list(r#"{"name":"c"}"#).as_bytes()), "not served stale since");
+        // A page with more after it, an error, and a result past the cap are not kept.
+        let paged = r#"{"jsonrpc":"2.0","id":1,"result":{"prompts":[],"nextCursor":"2"}}"#;
+        k.record("prompts/list", paged.as_bytes());
+        k.record("resources/list", br#"{"jsonrpc":"2.0","id":1,"error":{"code":1,"message":"x"}}"#);
+        let huge = list(&format!(r#"{{"name":"{}"}}"#, "x".repeat(MAX_KEPT_BYTES)));
+        k.record("initialize", huge.as_bytes());
+        assert!(k.stale("prompts/list").is_none() && k.stale("resources/list").is_none());
+        assert!(k.stale("initialize").is_none());
+        assert_eq!(Kept::keeps("tools/list", true), None, "a later page is not kept");
+        assert_eq!(Kept::keeps("tools/call", false), None, "never a call's result");
+    }
+}
