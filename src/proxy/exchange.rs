@@ -13,7 +13,7 @@ use reqwest::StatusCode;
 use reqwest::header::CONTENT_TYPE;
 use tokio::sync::oneshot;
 use tokio::time::{Instant, timeout_at};
-use tracing::debug;
+use tracing::{debug, info};
 
 use crate::cli::Transport;
 use crate::envelope::{self, Envelope, ErrorKind, IdKey, LocalError, SHUTTING_DOWN};
@@ -52,10 +52,30 @@ pub(super) async fn run_request(
         progress: progress.as_ref(),
     };
     if let Err(err) = exchange(&core, attempt, &headers, ids).await {
+        if let [key] = keys.as_slice()
+            && let Some(answer) = stale_list(&core, &body, &err)
+        {
+            core.hand_over(key, answer, false, None).await;
+            return;
+        }
         for key in &keys {
             core.ledger.fail(key, &err).await;
         }
     }
+}
+
+/// Issue 24.5: a list the server cannot give now (rate-limited past `--max-wait`, unreachable)
+/// is answered from the one kept, in any era (a stateless client has no handshake to answer
+/// stale); its next listing asks the server again. `None` for anything else.
+fn stale_list(core: &Core, body: &[u8], err: &LocalError) -> Option<Bytes> {
+    if !matches!(err.kind, ErrorKind::RateLimited | ErrorKind::Unreachable) {
+        return None;
+    }
+    core.policies.kept.as_ref()?;
+    let env = Envelope::parse(body).ok()?;
+    let answer = core.policies.stale(env.method.as_deref()?, env.id?, &env.params())?;
+    info!("{}; answered from what was kept", err.message);
+    Some(answer)
 }
 
 /// The HTTP exchange of a request. Returns once every id is answered, or with the error that

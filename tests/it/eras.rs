@@ -1240,3 +1240,38 @@ async fn issue24_1_a_denied_resource_is_neither_listed_nor_read() {
         "the read reached the server"
     );
 }
+
+/// Issue 24.5 for a stateless-era client (no handshake to answer stale): its `tools/list` while
+/// the server is down is answered from the list kept the last time, and a call is not; its next
+/// listing asks the server again.
+#[tokio::test]
+async fn issue24_5_a_stateless_client_gets_the_kept_list_while_the_server_is_down() {
+    let (url, server) = stateless_server().await;
+    let dir = scratch_dir("issue24-5-stateless");
+    let state = dir.to_string_lossy().into_owned();
+    let meta = json!({"io.modelcontextprotocol/protocolVersion":"2026-07-28","io.modelcontextprotocol/clientCapabilities":{}});
+    let args = [url.as_str(), "--auth", "none", "--state-dir", &state, "--max-retries", "0"];
+    let mut s = Sidecar::spawn(&args, &[]);
+    s.send_json(&request(1, "tools/list", json!({"_meta": meta}))).await;
+    let fresh = s.recv().await;
+    assert!(fresh["result"]["tools"].is_array(), "{fresh}");
+    s.finish().await;
+    server.task.lock().unwrap().take().unwrap().abort();
+    let addr = url.trim_start_matches("http://").trim_end_matches("/mcp").to_owned();
+    // Down: nothing listens on the address any more.
+    let dead = loop {
+        match std::net::TcpStream::connect(&addr) {
+            Err(_) => break true,
+            Ok(_) => tokio::task::yield_now().await,
+        }
+    };
+    assert!(dead);
+    let mut s = Sidecar::spawn(&args, &[]);
+    s.send_json(&request(2, "tools/list", json!({"_meta": meta}))).await;
+    let stale = s.recv().await;
+    assert_eq!(stale["result"]["tools"], fresh["result"]["tools"], "{stale}");
+    s.send_json(&request(3, "tools/call", json!({"name":"echo","_meta": meta}))).await;
+    assert_eq!(s.recv().await["error"]["data"]["kind"], "unreachable");
+    let outcome = s.finish().await;
+    assert!(outcome.stderr.contains("tools/list answered from what was kept"), "{}", outcome.stderr);
+}
