@@ -28,21 +28,29 @@ use super::reply::{self, BodyError, Resumption, read_body};
 use super::room::holding;
 use super::streams::Streams;
 
+/// What a client request (or batch) is, beside its bytes: for [`run_request`].
+pub(super) struct Sending {
+    pub(super) initialize: bool,
+    pub(super) limit: Duration,
+    /// The request, for people.
+    pub(super) what: String,
+    /// Its progress token's track (issue 24.4).
+    pub(super) progress: Option<Arc<super::policy::progress::Track>>,
+}
+
 /// Sends one request (or batch) and sees that each of its ids is answered.
 pub(super) async fn run_request(
     core: Arc<Core>,
     body: Bytes,
     headers: MessageHeaders,
     ids: Vec<(IdKey, oneshot::Receiver<()>)>,
-    initialize: bool,
-    limit: Duration,
-    what: String,
+    sending: Sending,
 ) {
+    let Sending { initialize, limit, what, progress } = sending;
     let keys: Vec<IdKey> = ids.iter().map(|(k, _)| k.clone()).collect();
     // Issue 23.4: from here on the request may reach the server; before, shutdown can say it
     // was never sent.
     let on_wire = |on| core.ledger.sending(&keys, on);
-    let progress = keys.first().and_then(|k| core.ledger.peek(k)?.hooks.progress);
     let attempt = Attempt {
         body: &body,
         initialize,
@@ -555,15 +563,8 @@ mod future_sizes {
         let (proxy, _out, _rx) = crate::build(&config).await.unwrap();
         let (body, headers) = (Bytes::from_static(b"{}"), MessageHeaders::default());
         let limit = Duration::from_secs(1);
-        let request = run_request(
-            proxy.core.clone(),
-            body.clone(),
-            headers.clone(),
-            Vec::new(),
-            false,
-            limit,
-            String::new(),
-        );
+        let sending = Sending { initialize: false, limit, what: String::new(), progress: None };
+        let request = run_request(proxy.core.clone(), body.clone(), headers.clone(), Vec::new(), sending);
         assert!(
             std::mem::size_of_val(&request) <= BUDGET,
             "run_request: {}",

@@ -95,6 +95,7 @@ async fn dispatch_request(core: &Arc<Core>, env: Envelope<'_>, line: &Bytes) {
     };
     let modern = headers.is_modern();
     let flags = Flags { initialize: init, modern, internal: false, held: true };
+    let progress = hooks.progress.clone();
     let Some((key, id)) = core.ledger.open(&env, flags, hooks) else { return };
     if init {
         core.link.keep_init_line(line.clone());
@@ -103,7 +104,13 @@ async fn dispatch_request(core: &Arc<Core>, env: Envelope<'_>, line: &Bytes) {
     let ids = vec![(key.clone(), id)];
     let handle = core.tasks.spawn(holding(
         Some(room),
-        super::exchange::run_request(core.clone(), line.clone(), headers, ids, init, limit, what),
+        super::exchange::run_request(
+            core.clone(),
+            line.clone(),
+            headers,
+            ids,
+            super::exchange::Sending { initialize: init, limit, what, progress },
+        ),
     ));
     if init {
         // In line: whatever the client sends next needs the session this creates
@@ -209,9 +216,7 @@ async fn dispatch_batch(core: &Arc<Core>, line: Bytes) {
                 body,
                 MessageHeaders::default(),
                 ids,
-                false,
-                limit,
-                what,
+                super::exchange::Sending { initialize: false, limit, what, progress: None },
             ),
         ));
     }
