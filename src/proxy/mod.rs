@@ -199,7 +199,8 @@ impl Proxy {
         // Issue 24: a hidden or unlisted tool's call is answered before any adapter sees it, a
         // renamed one goes on under the server's name; nothing is read here when no filter or
         // name is given.
-        let line = if self.core.policies.reads_lines() {
+        let same = matches!(self.front.get(), Some(Front::Same));
+        let line = if self.core.policies.reads_lines(same) {
             let seen = self.core.policies.client_line(line);
             for answer in seen.answers {
                 self.core.ledger.write(answer).await;

@@ -75,6 +75,7 @@ async fn dispatch_request(core: &Arc<Core>, env: Envelope<'_>, line: &Bytes) {
             let Some(id) = env.id else { return };
             return core.ledger.write(crate::era::response_with_id(id, "result", &result).into()).await;
         }
+        Step::Refuse(err) => return core.ledger.write(err.to_response(env.id).into()).await,
     };
     let Some(room) = core.room.now(line.len()) else {
         let mut err = LocalError::new(
@@ -179,6 +180,10 @@ async fn dispatch_batch(core: &Arc<Core>, line: Bytes) {
             Ok((Ok(kind), env)) => {
                 if kind == Kind::Request {
                     let method = env.method.as_deref().unwrap_or_default();
+                    if let Some(err) = core.policies.refusal(method, &env.params()) {
+                        core.ledger.write(err.to_response(env.id).into()).await;
+                        continue;
+                    }
                     let hooks = core.policies.hooks(method, &env.params(), false);
                     match core.ledger.open(env, Flags::default(), hooks) {
                         Some(entry) => ids.push(entry),

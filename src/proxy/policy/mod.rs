@@ -113,6 +113,8 @@ pub(super) enum Step {
     Pass(MessageHeaders, Hooks),
     /// Answered here with this result (a list still fresh in the cache costs the server nothing).
     Answer(Box<RawValue>),
+    /// Answered here with this error (a hidden tool's call: it never reaches the server).
+    Refuse(crate::envelope::LocalError),
 }
 
 impl Policies {
@@ -133,9 +135,11 @@ impl Policies {
         }
     }
 
-    /// Whether client lines are read before any era adapter: a filter or a name is given.
-    pub(super) fn reads_lines(&self) -> bool {
-        !self.filters.is_empty() || self.names.is_some() || self.pins.is_some()
+    /// Whether client lines are read before the era adapter: names or pins are given, or
+    /// filters with an adapter other than the same-era path (`same`), which asks
+    /// [`Policies::request`] instead: one parse of each line, not two.
+    pub(super) fn reads_lines(&self, same: bool) -> bool {
+        self.names.is_some() || self.pins.is_some() || (!same && !self.filters.is_empty())
     }
 
     /// A client line before any era adapter (a batch member by member): the call of a tool a
@@ -233,18 +237,35 @@ impl Policies {
             }
         }
         if let Some(item) = item
-            && let Some(err) = self.hidden(method, renamed.unwrap_or(item), item)
-        {
-            return Seen::Refused(err.to_response(env.id).into());
-        }
-        if let (Some(pins), "tools/call", Some(item)) = (&self.pins, method, item)
-            && let Some(err) = pins.refuse(renamed.unwrap_or(item), item)
+            && let Some(err) = self.refusal_of(method, renamed.unwrap_or(item), item)
         {
             return Seen::Refused(err.to_response(env.id).into());
         }
         match renamed.and_then(|server| with_name(msg, server)) {
             Some(new) => Seen::Rewritten(new),
             None => Seen::Keep,
+        }
+    }
+
+    /// The error for a request answered here (an item a filter hides, a tool the pins hold);
+    /// `None` for the others, at once when neither is given. The same-era path asks this in
+    /// [`Policies::request`] (one parse of the line when only filters are given).
+    pub(super) fn refusal(&self, method: &str, params: &Params<'_>) -> Option<crate::envelope::LocalError> {
+        if self.filters.is_empty() && self.pins.is_none() {
+            return None;
+        }
+        let item = if method == "resources/read" { params.uri.as_deref() } else { params.name.as_deref() }?;
+        self.refusal_of(method, item, item)
+    }
+
+    /// [`Policies::refusal`] of the item the server calls `item` and the client `shown`.
+    fn refusal_of(&self, method: &str, item: &str, shown: &str) -> Option<crate::envelope::LocalError> {
+        if let Some(err) = self.hidden(method, item, shown) {
+            return Some(err);
+        }
+        match (&self.pins, method) {
+            (Some(pins), "tools/call") => pins.refuse(item, shown),
+            _ => None,
         }
     }
 
@@ -299,6 +320,9 @@ impl Policies {
 
     /// A client request of the same era on its way up (after [`Policies::client_line`]).
     pub(super) fn request(&self, method: &str, params: &Params<'_>) -> Step {
+        if let Some(err) = self.refusal(method, params) {
+            return Step::Refuse(err);
+        }
         let headers = self.params.request_headers(method, params);
         let modern = headers.is_modern();
         let list_key = (modern && lists::cacheable(method)).then(|| lists::key(method, params));
