@@ -51,6 +51,35 @@ pub(crate) fn owner_only(options: &mut fs::OpenOptions) -> &mut fs::OpenOptions 
     options
 }
 
+/// Writes `bytes` to `path` whole, for the owner only: a temporary file beside it, then a
+/// rename (readers never see half a file). `create_only`: only if no file is there yet
+/// (`Ok(false)` when one was: a hard link cannot replace a file, so of two processes the first
+/// wins).
+pub(crate) fn write_private(path: &Path, bytes: &[u8], create_only: bool) -> io::Result<bool> {
+    static TEMPS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let dir = path.parent().ok_or_else(|| io::Error::other("no directory"))?;
+    create_private_dir(dir)?;
+    let n = TEMPS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let temp = dir.join(format!(".write-{}-{n}.tmp", std::process::id()));
+    let written = (|| {
+        let mut options = fs::OpenOptions::new();
+        let mut file = owner_only(options.write(true).create_new(true)).open(&temp)?;
+        restrict(&temp)?;
+        io::Write::write_all(&mut file, bytes)?;
+        file.sync_all()?;
+        if create_only {
+            return match fs::hard_link(&temp, path) {
+                Ok(()) => Ok(true),
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(false),
+                Err(e) => Err(e),
+            };
+        }
+        fs::rename(&temp, path).map(|()| true)
+    })();
+    let _ = fs::remove_file(&temp);
+    written
+}
+
 /// Gives the file at `path` to the owner only, whatever it inherited (Windows: a file created in
 /// a directory others may use inherits their access; Unix: the mode was set when it was created).
 pub(crate) fn restrict(path: &Path) -> io::Result<()> {

@@ -368,6 +368,14 @@ impl Config {
 }
 
 impl Config {
+    /// The file `dir/NAME.json` of the state dir that belongs to this endpoint and key (a hash
+    /// that says nothing about either; issue 24: pins, kept lists); `None` without a state dir.
+    pub fn endpoint_file(&self, dir: &str) -> Option<std::path::PathBuf> {
+        let key = self.api_key.as_ref().map(|k| k.secret.expose_secret()).unwrap_or_default();
+        let name = crate::statedir::state_name(self.url.as_str(), key);
+        Some(self.state_dir.as_ref()?.join(dir).join(format!("{name}.json")))
+    }
+
     /// Tells [`crate::secrets`] every secret this configuration holds (the key, the values of
     /// variables in headers, the client secret), so no error or log line can show one.
     pub fn remember_secrets(&self) {

@@ -1138,28 +1138,28 @@ async fn issue23_5_a_one_shot_command_opens_no_listen_stream() {
     assert_eq!(methods(), ["server/discover", "tools/list"]);
 }
 
+/// A handshake-era rmcp client bridged to a fresh stateless-only server, with `flags` and a
+/// state dir of its own (`name`).
+async fn bridged_rmcp(
+    name: &str,
+    flags: &[&str],
+) -> (rmcp::service::RunningService<RoleClient, Helpful>, Sidecar, Arc<Stateless>) {
+    let (url, server) = stateless_server().await;
+    let state = scratch_dir(name).to_string_lossy().into_owned();
+    let mut args = vec![url.as_str(), "--auth", "none", "--state-dir", &state];
+    args.extend(flags);
+    let (client, sidecar) =
+        rmcp_client(&args, &[], Helpful, Some(rmcp::ClientLifecycleMode::Initialize)).await;
+    (client.expect("initialize answered by the bridge"), sidecar, server)
+}
+
 /// Issue 24.1: `--deny-tools` and `--allow-tools` through the bridge (a handshake client, rmcp,
 /// to a stateless-only server): the list the client gets lacks the hidden tools, and a hidden
 /// tool's call is answered as a call of an unknown tool and never reaches the server.
 #[tokio::test]
 async fn issue24_1_filters_hold_through_the_bridge() {
-    let (url, server) = stateless_server().await;
-    let dir = scratch_dir("issue24-1-bridge");
-    let state = dir.to_string_lossy().into_owned();
-    let args = [
-        url.as_str(),
-        "--auth",
-        "none",
-        "--state-dir",
-        &state,
-        "--deny-tools",
-        "a*,slow",
-        "--allow-tools",
-        "*",
-    ];
-    let (client, sidecar) =
-        rmcp_client(&args, &[], Helpful, Some(rmcp::ClientLifecycleMode::Initialize)).await;
-    let client = client.expect("initialize answered by the bridge");
+    let (client, sidecar, server) =
+        bridged_rmcp("issue24-1-bridge", &["--deny-tools", "a*,slow", "--allow-tools", "*"]).await;
     let names: Vec<String> =
         client.list_all_tools().await.unwrap().into_iter().map(|t| t.name.to_string()).collect();
     assert_eq!(names, ["echo", "forever"]);
@@ -1181,23 +1181,8 @@ async fn issue24_1_filters_hold_through_the_bridge() {
 /// server): the client lists and calls the prefixed names, the server sees its own.
 #[tokio::test]
 async fn issue24_2_names_hold_through_the_bridge() {
-    let (url, server) = stateless_server().await;
-    let dir = scratch_dir("issue24-2-bridge");
-    let state = dir.to_string_lossy().into_owned();
-    let args = [
-        url.as_str(),
-        "--auth",
-        "none",
-        "--state-dir",
-        &state,
-        "--tool-prefix",
-        "st.",
-        "--rename-tool",
-        "ask=question",
-    ];
-    let (client, sidecar) =
-        rmcp_client(&args, &[], Helpful, Some(rmcp::ClientLifecycleMode::Initialize)).await;
-    let client = client.expect("initialize answered by the bridge");
+    let flags = ["--tool-prefix", "st.", "--rename-tool", "ask=question"];
+    let (client, sidecar, server) = bridged_rmcp("issue24-2-bridge", &flags).await;
     let names: Vec<String> =
         client.list_all_tools().await.unwrap().into_iter().map(|t| t.name.to_string()).collect();
     assert_eq!(names, ["st.echo", "question", "st.all", "st.slow", "st.forever"]);

@@ -11,8 +11,8 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::io;
-use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::path::Path;
+use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
@@ -50,10 +50,9 @@ impl KeptFile {
 
 /// The kept answers of one run.
 pub(in crate::proxy) struct Kept {
-    path: Option<PathBuf>,
-    state: Arc<Mutex<State>>,
-    written: Arc<Mutex<u64>>,
-    pending: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    state: Mutex<State>,
+    /// The file (`None` in unit tests).
+    disk: Option<super::disk::Disk>,
 }
 
 #[derive(Default)]
@@ -71,7 +70,7 @@ impl Kept {
         if !config.keep_lists {
             return None;
         }
-        let path = kept_path(config)?;
+        let path = config.endpoint_file("kept")?;
         let file = match load(&path) {
             Ok(file) => file.unwrap_or_default(),
             Err(e) => {
@@ -81,12 +80,7 @@ impl Kept {
         };
         let file = KeptFile { endpoint: shown.to_owned(), ..file };
         let state = State { file, ..State::default() };
-        Some(Kept {
-            path: Some(path),
-            state: Arc::new(Mutex::new(state)),
-            written: Arc::default(),
-            pending: Mutex::default(),
-        })
+        Some(Kept { state: Mutex::new(state), disk: Some(super::disk::Disk::new(path)) })
     }
 
     /// Whether `method` (with no cursor) is kept.
@@ -103,7 +97,7 @@ impl Kept {
         if method != "initialize" && result.get().contains("\"nextCursor\"") && has_cursor(result) {
             return false;
         }
-        let mut state = self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut state = self.state.locked();
         let before = state.file.results.get(method).map(|e| e.result.get().to_owned());
         let same = before.as_deref() == Some(result.get());
         let served = state.served.remove(method);
@@ -148,28 +142,21 @@ impl Kept {
     }
 
     fn write(&self, file: KeptFile, version: u64) {
-        let (Some(path), Ok(runtime)) = (self.path.clone(), tokio::runtime::Handle::try_current()) else {
-            return;
-        };
-        let written = self.written.clone();
-        let handle = runtime.spawn_blocking(move || {
-            let mut done = written.locked();
-            if *done >= version {
-                return;
-            }
-            match save(&file, &path) {
-                Ok(()) => *done = version,
-                Err(e) => warn!("the kept lists could not be written to {} ({e})", path.display()),
-            }
+        let Some(disk) = &self.disk else { return };
+        disk.write(version, move |path| {
+            let written = serde_json::to_vec(&file)
+                .map_err(std::io::Error::other)
+                .and_then(|bytes| crate::statedir::write_private(path, &bytes, false));
+            written
+                .map_err(|e| warn!("the kept lists could not be written to {} ({e})", path.display()))
+                .is_ok()
         });
-        *self.pending.locked() = Some(handle);
     }
 
     /// Waits for the last write.
     pub(in crate::proxy) async fn flush(&self) {
-        let pending = self.pending.locked().take();
-        if let Some(handle) = pending {
-            let _ = handle.await;
+        if let Some(disk) = &self.disk {
+            disk.flush().await;
         }
     }
 }
@@ -187,14 +174,6 @@ fn has_cursor(result: &RawValue) -> bool {
         .is_some_and(|c| c.get() != "null")
 }
 
-/// Where the kept answers of `config`'s endpoint and key live.
-fn kept_path(config: &crate::config::Config) -> Option<PathBuf> {
-    use secrecy::ExposeSecret;
-    let key = config.api_key.as_ref().map(|k| k.secret.expose_secret().to_owned()).unwrap_or_default();
-    let name = crate::statedir::state_name(config.url.as_str(), &key);
-    Some(config.state_dir.as_ref()?.join("kept").join(format!("{name}.json")))
-}
-
 fn load(path: &Path) -> io::Result<Option<KeptFile>> {
     match std::fs::read(path) {
         Ok(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(io::Error::other),
@@ -203,31 +182,12 @@ fn load(path: &Path) -> io::Result<Option<KeptFile>> {
     }
 }
 
-/// Writes the file whole, for the owner only: a temporary file, then a rename.
-fn save(file: &KeptFile, path: &Path) -> io::Result<()> {
-    let dir = path.parent().ok_or_else(|| io::Error::other("no directory"))?;
-    crate::statedir::create_private_dir(dir)?;
-    static TEMPS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let n = TEMPS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let temp = dir.join(format!(".kept-{}-{n}.tmp", std::process::id()));
-    let written = (|| {
-        let mut options = std::fs::OpenOptions::new();
-        let mut out = crate::statedir::owner_only(options.write(true).create_new(true)).open(&temp)?;
-        crate::statedir::restrict(&temp)?;
-        io::Write::write_all(&mut out, &serde_json::to_vec(file)?)?;
-        out.sync_all()?;
-        std::fs::rename(&temp, path)
-    })();
-    let _ = std::fs::remove_file(&temp);
-    written
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn kept() -> Kept {
-        Kept { path: None, state: Arc::default(), written: Arc::default(), pending: Mutex::default() }
+        Kept { state: Mutex::default(), disk: None }
     }
 
     #[test]

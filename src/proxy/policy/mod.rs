@@ -20,6 +20,7 @@
 //! ([`Policies::client_line`]): a hidden or unlisted tool's call is answered there, and a
 //! renamed tool's call goes on under the server's name, in every era, bridged or not.
 
+pub(super) mod disk;
 pub(super) mod filter;
 pub(super) mod kept;
 pub(super) mod lists;

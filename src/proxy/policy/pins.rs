@@ -26,7 +26,6 @@ use tracing::{debug, warn};
 use crate::cli::PinMode;
 use crate::envelope::{ErrorKind, LocalError, TOOL_HELD};
 use crate::sync::Locked;
-use secrecy::ExposeSecret;
 
 /// The most bytes a pin file holds: past it, definitions are left out (their digests stay, so
 /// changes are still caught; the diff then cannot show the old text).
@@ -89,9 +88,7 @@ pub struct PinFile {
 impl PinFile {
     /// Where the pins of `config`'s endpoint and credential live (`None`: no state dir).
     pub fn path(config: &crate::config::Config) -> Option<PathBuf> {
-        let key = config.api_key.as_ref().map(|k| k.secret.expose_secret().to_owned()).unwrap_or_default();
-        let name = crate::statedir::state_name(config.url.as_str(), &key);
-        Some(config.state_dir.as_ref()?.join("pins").join(format!("{name}.json")))
+        config.endpoint_file("pins")
     }
 
     /// The pins at `path`; `None` when nothing was pinned there yet.
@@ -108,31 +105,10 @@ impl PinFile {
         }
     }
 
-    /// Writes the pins to `path` whole (a temporary file, then a rename), for the owner only;
-    /// `create`: only if no file is there yet (`Ok(false)` when one was).
+    /// Writes the pins to `path` whole, for the owner only; `create`: only if no file is there
+    /// yet (`Ok(false)` when one was).
     pub fn save(&self, path: &Path, create: bool) -> io::Result<bool> {
-        let dir = path.parent().ok_or_else(|| io::Error::other("no directory"))?;
-        crate::statedir::create_private_dir(dir)?;
-        static TEMPS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-        let n = TEMPS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let temp = dir.join(format!(".pins-{}-{n}.tmp", std::process::id()));
-        let written = (|| {
-            let mut options = std::fs::OpenOptions::new();
-            let mut file = crate::statedir::owner_only(options.write(true).create_new(true)).open(&temp)?;
-            crate::statedir::restrict(&temp)?;
-            io::Write::write_all(&mut file, &serde_json::to_vec_pretty(&self.bounded())?)?;
-            file.sync_all()?;
-            if create {
-                return match std::fs::hard_link(&temp, path) {
-                    Ok(()) => Ok(true),
-                    Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(false),
-                    Err(e) => Err(e),
-                };
-            }
-            std::fs::rename(&temp, path).map(|()| true)
-        })();
-        let _ = std::fs::remove_file(&temp);
-        written
+        crate::statedir::write_private(path, &serde_json::to_vec_pretty(&self.bounded())?, create)
     }
 
     /// The file as written: definitions left out from the largest down while it is over
@@ -201,14 +177,11 @@ impl PinFile {
 /// The pins of a run, and what is held.
 pub(in crate::proxy) struct Pins {
     mode: PinMode,
-    path: Option<PathBuf>,
     /// The endpoint as people see it, for messages.
     shown: String,
     state: Arc<Mutex<State>>,
-    /// The version last written, held while a write runs (never by the runtime's threads).
-    written: Arc<Mutex<u64>>,
-    /// The last write started: shutdown waits for it (nothing is lost on shutdown).
-    pending: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// The file (`None`: no state dir, pins for this run only).
+    disk: Option<super::disk::Disk>,
 }
 
 #[derive(Default)]
@@ -252,14 +225,7 @@ impl Pins {
         let file = found.unwrap_or_else(|| PinFile { endpoint: shown.to_owned(), ..PinFile::default() });
         let state = State { file, first_listing, modified, ..State::default() };
         let state = Arc::new(Mutex::new(state));
-        Some(Pins {
-            mode,
-            path,
-            shown: shown.to_owned(),
-            state,
-            written: Arc::default(),
-            pending: Mutex::default(),
-        })
+        Some(Pins { mode, shown: shown.to_owned(), state, disk: path.map(super::disk::Disk::new) })
     }
 
     /// A `tools/list` answer without the tools held (`None`: all go on as they came); pins what
@@ -312,7 +278,10 @@ impl Pins {
     /// Reads the file again, off the runtime thread, if it changed since it was last read (a
     /// `tools --approve` in another process); whether it did.
     pub(in crate::proxy) async fn refresh(&self) -> bool {
-        let (Some(path), state) = (self.path.clone(), self.state.clone()) else { return false };
+        let (Some(path), state) = (self.disk.as_ref().map(|d| d.path().to_owned()), self.state.clone())
+        else {
+            return false;
+        };
         let seen = self.state.locked().modified;
         let reread = tokio::task::spawn_blocking(move || {
             let modified = std::fs::metadata(&path).ok()?.modified().ok();
@@ -370,39 +339,35 @@ impl Pins {
     /// Writes `file` off the runtime thread, unless a newer version was written meanwhile; a
     /// first write that finds a file another process created takes that one's pins.
     fn write(&self, file: PinFile, version: u64, create: bool) {
-        let (Some(path), Ok(runtime)) = (self.path.clone(), tokio::runtime::Handle::try_current()) else {
-            return;
-        };
-        let (state, written) = (self.state.clone(), self.written.clone());
-        let handle = runtime.spawn_blocking(move || {
-            let mut done = written.locked();
-            if *done >= version {
-                return;
+        let Some(disk) = &self.disk else { return };
+        let state = self.state.clone();
+        disk.write(version, move |path| match file.save(path, create) {
+            Ok(true) => {
+                state.locked().modified = std::fs::metadata(path).ok().and_then(|m| m.modified().ok());
+                true
             }
-            match file.save(&path, create) {
-                Ok(true) => {
-                    *done = version;
-                    state.locked().modified = std::fs::metadata(&path).ok().and_then(|m| m.modified().ok());
+            Ok(false) => match PinFile::load(path) {
+                Ok(Some(theirs)) => {
+                    debug!("another process pinned this server first; its pins are used");
+                    state.locked().file = theirs;
+                    true
                 }
-                Ok(false) => match PinFile::load(&path) {
-                    Ok(Some(theirs)) => {
-                        debug!("another process pinned this server first; its pins are used");
-                        state.locked().file = theirs;
-                        *done = version;
-                    }
-                    _ => warn!("the pinned tools could not be read back from {}", path.display()),
-                },
-                Err(e) => warn!("the pinned tools could not be written to {} ({e})", path.display()),
+                _ => {
+                    warn!("the pinned tools could not be read back from {}", path.display());
+                    false
+                }
+            },
+            Err(e) => {
+                warn!("the pinned tools could not be written to {} ({e})", path.display());
+                false
             }
         });
-        *self.pending.locked() = Some(handle);
     }
 
-    /// Waits for the last write (a later one waits for those before it).
+    /// Waits for the last write.
     pub(in crate::proxy) async fn flush(&self) {
-        let pending = self.pending.locked().take();
-        if let Some(handle) = pending {
-            let _ = handle.await;
+        if let Some(disk) = &self.disk {
+            disk.flush().await;
         }
     }
 }
