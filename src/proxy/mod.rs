@@ -218,9 +218,20 @@ impl Proxy {
             Some(Front::Forward(bridge)) => bridge::dispatch_bridged(&self.core, bridge, line).await,
             Some(Front::Reverse(reverse)) => reverse::dispatch_reverse(&self.core, reverse, line).await,
             None => {
-                if !self.settle(&line).await {
+                // Issue 24.4: a request the era probe holds hears of it if it lasts (its track
+                // lives on into the request's own).
+                let track = self.core.policies.track_of(&line);
+                let settled = match &track {
+                    Some(track) => {
+                        let write = |note: Vec<u8>| self.core.ledger.write(note.into());
+                        Box::pin(policy::progress::while_held(track, self.settle(&line), write)).await
+                    }
+                    None => self.settle(&line).await,
+                };
+                if !settled {
                     router::dispatch_plain(&self.core, line).await;
                 }
+                drop(track);
             }
         }
     }

@@ -8,6 +8,10 @@ use tracing::debug;
 
 use super::core::{Core, DISCOVER_TIMEOUT, bad_response, unreadable};
 use super::exchange;
+
+/// How long the era probe holds a client request before the client hears of it (issue 24.4):
+/// usually it answers at once.
+const PROBE_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
 use crate::envelope::{Envelope, LocalError};
 use crate::era::{self, Additions, ClientMeta, Era, Verdict};
 
@@ -32,6 +36,12 @@ pub(super) fn reread(line: &[u8]) -> Result<(Envelope<'_>, &RawValue), LocalErro
 /// lists.
 pub(super) async fn probe(core: &Arc<Core>, mut meta: ClientMeta) -> Probe {
     let limit = core.limits.request_timeout.min(DISCOVER_TIMEOUT);
+    // Issue 24.4: a client request held by the probe hears of it if it lasts.
+    let host = core.link.up.host();
+    super::policy::progress::held_after(
+        || format!("the protocol era of {host} (server/discover)"),
+        PROBE_GRACE,
+    );
     for attempt in 0..2 {
         let (_, id) = core.own_id();
         let body = match era::rewrite_request(

@@ -1260,3 +1260,49 @@ async fn issue24_5_a_stateless_client_gets_the_kept_list_while_the_server_is_dow
     let outcome = s.finish().await;
     assert!(outcome.stderr.contains("tools/list answered from what was kept"), "{}", outcome.stderr);
 }
+
+/// Issue 24.4, the era probe: a stateless-era client's first request, with a progress token,
+/// waits while the sidecar learns the server's era, and the probe meets a 429 with
+/// `Retry-After: 3`: the client hears of the wait (progress for its token, with a message),
+/// then gets its answer; the values keep increasing.
+#[tokio::test]
+async fn issue24_4_a_request_held_by_the_era_probe_gets_progress() {
+    let limited = Arc::new(AtomicBool::new(true));
+    let l = limited.clone();
+    let hook: Hook = Arc::new(move |seen: &Seen| match seen.rpc_method() {
+        Some("server/discover") if l.swap(false, Ordering::SeqCst) => {
+            let mut r = respond(429, "application/json", "{}");
+            r.headers_mut().insert("retry-after", "3".parse().unwrap());
+            Action::Respond(r)
+        }
+        Some("server/discover") => {
+            Action::Respond(respond(400, "text/plain", "Bad Request: No valid session ID provided"))
+        }
+        _ => Action::Pass,
+    });
+    let server = Server::start(generic(), Some(hook)).await;
+    let dir = scratch_dir("issue24-4-probe");
+    let state = dir.to_string_lossy().into_owned();
+    let mut s = sidecar_for(&server, &["--state-dir", &state]);
+    let meta = json!({"io.modelcontextprotocol/protocolVersion":"2026-07-28",
+        "io.modelcontextprotocol/clientCapabilities":{},"progressToken":"first"});
+    s.send_json(&request(1, "tools/call", json!({"name":"sum","arguments":{"a":1,"b":2},"_meta": meta})))
+        .await;
+    let mut notes = Vec::new();
+    let answer = loop {
+        let line = s.recv().await;
+        match line["method"].as_str() {
+            Some("notifications/progress") => notes.push(line["params"].clone()),
+            Some(_) => {}
+            None => break line,
+        }
+    };
+    assert!(answer["result"]["content"].is_array(), "{answer}");
+    assert!(!notes.is_empty(), "no progress while the probe waited");
+    assert!(notes.iter().all(|n| n["progressToken"] == "first"), "{notes:?}");
+    let message = notes[0]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("for the rate limit of 127.0.0.1"), "{message}");
+    let values: Vec<f64> = notes.iter().map(|n| n["progress"].as_f64().unwrap()).collect();
+    assert!(values.windows(2).all(|w| w[1] > w[0]), "{values:?}");
+    s.finish().await;
+}

@@ -293,6 +293,13 @@ impl Policies {
         filter::Over::of_list(method).filter(|over| self.filters.iter().any(|f| f.over() == *over))
     }
 
+    /// The progress track of a client line that carries a progress token (issue 24.4).
+    pub(super) fn track_of(&self, line: &[u8]) -> Option<std::sync::Arc<progress::Track>> {
+        let env = Envelope::parse(line).ok()?;
+        let token = env.params().meta?.progress_token?;
+        self.progress.start(token)
+    }
+
     /// The hooks the answer of a request of `method` passes through (`modern`: in the
     /// 2026-07-28 era); the list cache's key is the caller's.
     pub(super) fn hooks(&self, method: &str, params: &Params<'_>, modern: bool) -> Hooks {

@@ -51,6 +51,16 @@ pub(in crate::proxy) fn held(why: impl FnOnce() -> String, wait: Option<Duration
     let _ = HOLDING.try_with(|track| track.hold(why(), wait));
 }
 
+/// [`held`] for a wait that is usually short (the era probe): the client hears of it only
+/// once it has lasted `grace`.
+pub(in crate::proxy) fn held_after(why: impl FnOnce() -> String, grace: Duration) {
+    let _ = HOLDING.try_with(|track| {
+        track.hold(why(), None);
+        let quiet = Instant::now().checked_add(grace).and_then(|t| t.checked_sub(PROGRESS_EVERY));
+        track.state.locked().said = quiet;
+    });
+}
+
 /// Tells the request this task sends that it goes out now.
 pub(in crate::proxy) fn going() {
     let _ = HOLDING.try_with(|track| track.go());
@@ -200,9 +210,14 @@ impl Tracks {
             return None;
         }
         let key = IdKey::new(token)?;
+        let mut map = self.by_token.locked();
+        // One token, one request: a track already running for it (the era probe held the
+        // request before it was entered) goes on, so its values keep increasing.
+        if let Some(live) = map.get(&key).and_then(Weak::upgrade) {
+            return Some(live);
+        }
         let track =
             Arc::new(Track { token: token.to_owned(), state: Mutex::default(), changed: Notify::new() });
-        let mut map = self.by_token.locked();
         // Bounded by the requests in flight: the tracks of answered ones go at each start.
         map.retain(|_, track| track.strong_count() > 0);
         map.insert(key, Arc::downgrade(&track));
