@@ -118,7 +118,7 @@ async fn t40_jsonrpc_error_bodies_are_passed_on_with_the_request_id() {
 
 #[tokio::test]
 async fn connection_refused_says_nothing_was_sent() {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let listener = fresh_listener().await;
     let url = format!("http://{}/mcp", listener.local_addr().unwrap());
     drop(listener);
     // Its own state dir: nothing kept for this port by another test answers it (issue 24.5).
@@ -236,7 +236,7 @@ async fn tls_failures_are_explained() {
 async fn issue23_1_a_failed_initialize_is_answered_once_and_the_exit_status_says_so() {
     let server = Server::start(generic(), None).await;
     let closed = {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let listener = fresh_listener().await;
         format!("http://127.0.0.1:{}/mcp", listener.local_addr().unwrap().port())
     };
     let wrong_path = server.url.replace("/mcp", "/nope");
@@ -424,7 +424,7 @@ async fn issue23_the_promises_hold_in_every_failure_case_of_points_1_to_4() {
     let h = held.clone();
     let hung = Server::start(generic(), Some(Arc::new(move |_: &Seen| Action::Hold(h.clone())))).await;
     let closed = {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let listener = fresh_listener().await;
         format!("http://127.0.0.1:{}/mcp", listener.local_addr().unwrap().port())
     };
     let wrong_path = server.url.replace("/mcp", "/nope");

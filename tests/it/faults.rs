@@ -14,7 +14,7 @@ where
     F: Fn(tokio::net::TcpStream) -> Fut + Send + Sync + 'static,
     Fut: std::future::Future<Output = ()> + Send,
 {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let listener = fresh_listener().await;
     let url = format!("http://{}/mcp", listener.local_addr().unwrap());
     let act = Arc::new(act);
     tokio::spawn(async move {

@@ -77,6 +77,22 @@ struct Recorder {
     hook: Option<Hook>,
 }
 
+/// A listener on a port no other server of this test process had: sidecars without a
+/// `--state-dir` share one per process, and what one test's server left there for its origin
+/// (a rate-limit deadline, kept lists) must not meet another test's server on the same port.
+pub async fn fresh_listener() -> tokio::net::TcpListener {
+    static USED: Mutex<Option<std::collections::HashSet<u16>>> = Mutex::new(None);
+    let mut held = Vec::new();
+    loop {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        if USED.lock().unwrap().get_or_insert_with(Default::default).insert(port) {
+            return listener;
+        }
+        held.push(listener); // kept until one is found, so the OS does not hand it out again
+    }
+}
+
 /// A running example server.
 pub struct Server {
     pub url: String,
@@ -88,8 +104,7 @@ pub struct Server {
 impl Server {
     /// Starts the example server with `opts`, behind the recorder and `hook`.
     pub async fn start(opts: Options, hook: Option<Hook>) -> Server {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        Server::start_on(listener, opts, hook)
+        Server::start_on(fresh_listener().await, opts, hook)
     }
 
     /// Starts it on a given listener (to restart on the same port).

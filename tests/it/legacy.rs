@@ -102,7 +102,7 @@ async fn start(state: Legacy) -> (String, Arc<Legacy>) {
         .route("/sse", axum::routing::get(open_stream))
         .route("/messages", axum::routing::post(post_message))
         .with_state(state.clone());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let listener = fresh_listener().await;
     let url = format!("http://{}/sse", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
     (url, state)
