@@ -180,7 +180,8 @@ pub fn command_names() -> Vec<String> {
 /// What `--pin-tools` holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum PinMode {
-    /// Changed tools and new ones.
+    /// Changed tools and new ones (also `MCP_SIDECAR_PIN_TOOLS=1`, `true`, `on` or `yes`).
+    #[value(alias = "1", alias = "true", alias = "on", alias = "yes")]
     Strict,
     /// Changed tools only: new ones are pinned as they are first seen.
     NewOk,

@@ -731,4 +731,10 @@ async fn issue24_3_two_processes_pin_at_once() {
     assert_eq!(files.len(), 1, "{files:?}");
     let kept: serde_json::Value = serde_json::from_slice(&std::fs::read(&files[0]).unwrap()).unwrap();
     assert_eq!(kept["tools"].as_object().unwrap().len(), listed_names(&la).len(), "{kept}");
+    // The variable takes what people write for "on".
+    let env = [("TEST_KEY", KEY), ("MCP_SIDECAR_PIN_TOOLS", "1")];
+    let (code, stdout, _) =
+        run_command(&["check", &server.url, "--api-key-env", "TEST_KEY", "--state-dir", &state], &env).await;
+    assert_eq!(code, 0, "{stdout}");
+    assert!(stdout.contains(&format!("; --pin-tools: {} tools pinned", listed_names(&la).len())), "{stdout}");
 }
