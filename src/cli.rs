@@ -548,7 +548,7 @@ pub struct Args {
     /// Do not keep the server's last initialize answer and tool, prompt and resource lists in
     /// the state dir (by default they answer a client at start while the server is
     /// rate-limited past --max-wait or unreachable, marked stale in the log).
-    #[arg(help_heading = TOOLS, long, env = "MCP_SIDECAR_NO_LIST_CACHE")]
+    #[arg(help_heading = TOOLS, long, env = "MCP_SIDECAR_NO_LIST_CACHE", value_parser = clap::builder::BoolishValueParser::new())]
     pub no_list_cache: bool,
 
     /// The largest message accepted, in bytes, on stdin and from the server.

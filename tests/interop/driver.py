@@ -8,7 +8,9 @@ over HTTP on 127.0.0.1.
 For each pair: connect, tools/list, tools/call, a call cancelled at its first progress that must
 reach the server the way its era expects (notifications/cancelled for a handshake server, the
 stream closed for a stateless one), a server->client request round trip (elicitation), a 429 on
-the first request waited out, and at exit the session ended with DELETE where there was one. It
+the first request waited out, and at exit the session ended with DELETE where there was one;
+then, the server gone, the same client again: its handshake and tools/list answered from what the
+sidecar kept (issue 24.5; a handshake-era client of a server that takes that era). It
 also checks the rule of issue 20: the bridge is used exactly when the server refuses the client's
 era. Prints a table (also written to --table) and 'N passed, N failed'; exit 1 if any failed.
 """
@@ -127,7 +129,27 @@ def run_pair(a, client, server, work, sidecar):
             proc.wait(5)
         except subprocess.TimeoutExpired:
             proc.kill()
-    return judge(report, read(record), read(log), client_era, accepts, skip)
+    checks, server_era, bridged = judge(report, read(record), read(log), client_era, accepts, skip)
+    checks["kept lists, server down"] = kept_start(cmd, scenario, work, client_era, accepts)
+    return checks, server_era, bridged
+
+
+def kept_start(cmd, scenario, work, client_era, accepts):
+    """Issue 24.5: the same client again, the server gone: its handshake and tools/list are
+    answered from what the sidecar kept (its own log goes to a second file)."""
+    if client_era != "handshake" or "handshake" not in accepts:
+        return "n/a: nothing of a handshake was kept for this pair"
+    log = work / "sidecar-down.log"
+    down = dict(scenario, only=["tools/list"], env=dict(scenario["env"], SIDECAR_LOG=str(log)))
+    out = subprocess.run(cmd + [json.dumps(down)], capture_output=True, text=True, timeout=120)
+    try:
+        report = json.loads(out.stdout.strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        return f"FAIL: no report (exit {out.returncode}): {out.stderr[-300:]}"
+    if report.get("connect") != "ok" or report.get("tools/list") != "ok":
+        return f"FAIL: connect {report.get('connect')}, tools/list {report.get('tools/list')}: {read(log)[-600:]}"
+    return "ok" if "answered from what was kept" in read(log) else "FAIL: not answered from what was kept"
+
 
 
 def read(path):

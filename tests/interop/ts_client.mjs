@@ -38,6 +38,10 @@ async function main() {
     const missing = ["echo", "ask", "slow"].map((k) => scenario[k].name).filter((n) => !names.includes(n));
     return missing.length ? `error: ${missing} not listed in ${names}` : "ok";
   });
+  if (scenario.only) {
+    await client.close();
+    return;
+  }
   await step("tools/call", async () => {
     const text = textOf(await client.callTool({ name: scenario.echo.name, arguments: scenario.echo.arguments }));
     return text.includes(scenario.echo.expect) ? "ok" : `error: answered ${JSON.stringify(text)}`;
