@@ -226,9 +226,7 @@ pub(super) async fn settle_era(core: &Arc<Core>, line: &Bytes) -> (bool, Option<
         }
     }
     core.link.keep_init_line(line.clone());
-    let answer =
-        exchange::call(core, line.clone(), false, true, core.limits.request_timeout, "initialize").await;
-    let answer = answer.or_else(|err| kept_handshake(core, client_id.as_deref(), err));
+    let answer = forward_initialize(core, line, client_id.as_deref()).await;
     if refuses_the_handshake(&answer)
         && !modern
         && let Some(Probe::Stateless { discover, meta }) = probe::probe_when_due(core, meta()).await
@@ -243,6 +241,86 @@ pub(super) async fn settle_era(core: &Arc<Core>, line: &Bytes) -> (bool, Option<
     core.ledger.handshake(answered);
     core.ledger.answer_unopened(client_id.as_deref(), answer).await;
     (true, None)
+}
+
+/// How long a client's `initialize` waits for a sign-in before it is answered from what was
+/// kept (issue 24.5): well inside the 60 s most clients give an `initialize`.
+const SIGN_IN_GRACE: Duration = Duration::from_secs(10);
+
+/// Forwards the client's `initialize`. Issue 24.5: with something kept, it is answered from
+/// that when the server cannot answer now ([`kept_handshake`]), or when a sign-in (OAuth) is
+/// still going on after [`SIGN_IN_GRACE`]: the client would give up first. The `initialize`
+/// then goes on in the background under the client's id (its answer captured, never written)
+/// and pays the handshake owed when it is answered; requests wait for it.
+async fn forward_initialize(
+    core: &Arc<Core>,
+    line: &Bytes,
+    client_id: Option<&RawValue>,
+) -> Result<Bytes, LocalError> {
+    let limit = core.limits.request_timeout;
+    let kept = core.policies.kept.as_ref().is_some_and(|k| k.holds("initialize"));
+    let paying =
+        if kept && client_id.is_some() && core.link.up.oauth().is_some() { core.link.paying() } else { None };
+    let Some(paying) = paying else {
+        let answer = exchange::call(core, line.clone(), false, true, limit, "initialize").await;
+        return answer.or_else(|err| kept_handshake(core, client_id, err));
+    };
+    let (c, l) = (core.clone(), line.clone());
+    let mut call = tokio::spawn(async move { exchange::call(&c, l, false, true, limit, "initialize").await });
+    let signing_in = async {
+        tokio::time::sleep(SIGN_IN_GRACE).await;
+        core.link.sign_in_going().await;
+    };
+    let early = tokio::select! {
+        joined = &mut call => Some(joined),
+        () = signing_in => None,
+    };
+    let joined = match early {
+        Some(joined) => joined,
+        None => match answer_while_signing_in(core, client_id, &call) {
+            Some(kept) => {
+                let core = core.clone();
+                tokio::spawn(async move {
+                    let answered = match call.await {
+                        Ok(Ok(bytes)) => {
+                            era::response_error(&bytes).map_or(Ok(()), |e| Err(format!("error {}", e.code)))
+                        }
+                        Ok(Err(err)) => Err(err.message),
+                        Err(_) => Err("it was stopped".into()),
+                    };
+                    core.link.paid_late(answered, core.limits.request_timeout).await;
+                    drop(paying);
+                });
+                return Ok(kept);
+            }
+            None => call.await,
+        },
+    };
+    let answer = joined.unwrap_or_else(|_| Err(bad_response("the initialize was stopped".into())));
+    answer.or_else(|err| kept_handshake(core, client_id, err))
+}
+
+/// Issue 24.5: the client's `initialize` answered from what was kept while a sign-in goes on;
+/// its exchange, `call`, is disowned (its answer captured, never written, nor at shutdown).
+fn answer_while_signing_in<T>(
+    core: &Core,
+    client_id: Option<&RawValue>,
+    call: &tokio::task::JoinHandle<T>,
+) -> Option<Bytes> {
+    let (id, kept) = (client_id?, core.policies.kept.as_ref()?);
+    if call.is_finished() {
+        return None;
+    }
+    let (result, _) = kept.stale("initialize")?;
+    if let Some(key) = IdKey::new(id) {
+        core.ledger.disown(&key);
+    }
+    warn!(
+        "the sign-in to {} goes on; the client's initialize was answered from what was kept, and its requests wait for the sign-in",
+        core.link.up.host()
+    );
+    core.link.owe_handshake();
+    Some(era::response_with_id(id, "result", &result).into())
 }
 
 /// Issue 24.5: a client's `initialize` the server cannot answer now (rate-limited past

@@ -213,6 +213,14 @@ impl Ledger {
         self.table.locked().remove(key);
     }
 
+    /// Issue 24.5: a client request answered otherwise (its `initialize`, from what was kept)
+    /// whose exchange goes on: its answer stays captured, and shutdown answers it no more.
+    pub(super) fn disown(&self, key: &IdKey) {
+        if let Some(entry) = self.table.locked().get_mut(key) {
+            entry.flags.internal = true;
+        }
+    }
+
     pub(super) fn is_open(&self, key: &IdKey) -> bool {
         self.table.locked().contains_key(key)
     }

@@ -7,7 +7,7 @@
 //! client's `initialize` line with the lock that makes concurrent 404s start one new session.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
@@ -126,6 +126,12 @@ pub(super) struct Link {
     owed: AtomicBool,
     /// Told when the owed handshake was paid (the lists served stale are asked again).
     on_paid: OnceLock<Box<dyn Fn() + Send + Sync>>,
+    /// Issue 24.5: held by the client's `initialize` while it goes on behind an answer from
+    /// what was kept (a sign-in outlasted the client's patience); the owed handshake waits for
+    /// it instead of starting a second session.
+    paying: Arc<tokio::sync::Mutex<()>>,
+    /// Token renewals going on now (a refresh or a sign-in), for [`Link::sign_in_going`].
+    renewing_token: tokio::sync::watch::Sender<usize>,
     /// The server has answered once (any HTTP status): from then on a refused connection is a
     /// server restarting, worth the usual retries; before, a wrong URL or a server that is down,
     /// said at once (issue 23.4).
@@ -153,6 +159,8 @@ impl Link {
             on_renewed: OnceLock::new(),
             owed: AtomicBool::new(false),
             on_paid: OnceLock::new(),
+            paying: Arc::new(tokio::sync::Mutex::new(())),
+            renewing_token: tokio::sync::watch::Sender::new(0),
             reached: AtomicBool::new(false),
             one_shot: config.one_shot,
             limits_given: !config.rate_limits.is_empty(),
@@ -187,6 +195,52 @@ impl Link {
     /// Whether the server's handshake is owed (no session yet).
     pub(super) fn owes_handshake(&self) -> bool {
         self.owed.load(Ordering::Relaxed)
+    }
+
+    /// Issue 24.5: the lock the client's `initialize` holds while it goes on in the background
+    /// (taken before it starts: nothing else holds it then).
+    pub(super) fn paying(&self) -> Option<tokio::sync::OwnedMutexGuard<()>> {
+        self.paying.clone().try_lock_owned().ok()
+    }
+
+    /// Returns once a token renewal (a refresh or a sign-in) is going on.
+    pub(super) async fn sign_in_going(&self) {
+        let mut going = self.renewing_token.subscribe();
+        if going.wait_for(|n| *n > 0).await.is_err() {
+            std::future::pending::<()>().await; // the link is gone: never
+        }
+    }
+
+    /// Issue 24.5: the client's `initialize`, gone on in the background after the client was
+    /// answered from what was kept, came back (`answered`: with a result): the session it
+    /// started is completed with `notifications/initialized`, and the handshake is paid.
+    /// Otherwise it stays owed, for the next request to pay.
+    pub(super) async fn paid_late(&self, answered: Result<(), String>, limit: Duration) {
+        if let Err(detail) = answered {
+            warn!(
+                "the server's initialize after the sign-in failed ({detail}); the next request starts the session"
+            );
+            return;
+        }
+        let (request, _) = self.up.post(initialized(), &MessageHeaders::default(), Some(&self.up.session()));
+        match timeout(limit, request.send()).await {
+            Ok(Ok(r)) if r.status().is_success() => {}
+            Ok(Ok(r)) => debug!("notifications/initialized: HTTP {}", r.status().as_u16()),
+            _ => debug!("notifications/initialized was not delivered"),
+        }
+        self.paid();
+    }
+
+    /// The owed handshake is paid: the GET stream opens, the lists served stale are asked again.
+    fn paid(&self) {
+        self.owed.store(false, Ordering::Relaxed);
+        info!("the server answers again: the MCP session is started, and requests go on");
+        if let Some(renewed) = self.on_renewed.get() {
+            renewed();
+        }
+        if let Some(paid) = self.on_paid.get() {
+            paid();
+        }
     }
 
     /// Told when the owed handshake is paid.
@@ -381,6 +435,7 @@ impl Link {
         };
         tries.tell(false); // refused, so not processed: it waits for a token now
         progress::held(|| format!("a new token for {} (a refresh, or a sign-in)", self.up.host()), None);
+        let _renewing = Renewing::new(&self.renewing_token);
         if Box::pin(renew_token(o, token, challenge.as_ref(), how, limit, status)).await? {
             tries.authorizations += 1;
             tries.sign_ins = MAX_SIGN_INS; // a fresh sign-in that is refused is not retried
@@ -579,6 +634,11 @@ impl Link {
         limit: Duration,
         tries: &mut Tries<'_>,
     ) -> Result<(), LocalError> {
+        if self.paying.try_lock().is_err() {
+            progress::held(|| format!("the sign-in to {} to finish", self.up.host()), None);
+        }
+        // The client's `initialize` going on behind a kept answer (a sign-in) pays it, or not.
+        drop(self.paying.lock().await);
         let _one_at_a_time = self.renewing.lock().await;
         loop {
             let Some(line) = self.init_line().filter(|_| self.owes_handshake()) else { return Ok(()) };
@@ -588,14 +648,7 @@ impl Link {
             self.gate.answered(&admitted, None).await;
             let detail = match started {
                 Ok(()) => {
-                    self.owed.store(false, Ordering::Relaxed);
-                    info!("the server answers again: the MCP session is started, and requests go on");
-                    if let Some(renewed) = self.on_renewed.get() {
-                        renewed();
-                    }
-                    if let Some(paid) = self.on_paid.get() {
-                        paid();
-                    }
+                    self.paid();
                     return Ok(());
                 }
                 Err(detail) => detail,
@@ -659,6 +712,22 @@ impl Link {
                 Err(_) => debug!("replaying the handshake timed out"),
             }
         }
+    }
+}
+
+/// A token renewal going on, counted while it lives.
+struct Renewing<'a>(&'a tokio::sync::watch::Sender<usize>);
+
+impl<'a> Renewing<'a> {
+    fn new(count: &'a tokio::sync::watch::Sender<usize>) -> Renewing<'a> {
+        count.send_modify(|n| *n += 1);
+        Renewing(count)
+    }
+}
+
+impl Drop for Renewing<'_> {
+    fn drop(&mut self) {
+        self.0.send_modify(|n| *n = n.saturating_sub(1));
     }
 }
 

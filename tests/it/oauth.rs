@@ -598,6 +598,8 @@ async fn idp_token(State(st): State<Shared>, Form(f): Form<HashMap<String, Strin
 struct Browser {
     script: String,
     opened: Arc<Mutex<Vec<String>>>,
+    /// `Agent::Held`: one permit per sign-in the person finishes.
+    finish: Arc<tokio::sync::Semaphore>,
 }
 
 /// What the user agent does with a callback.
@@ -609,6 +611,8 @@ enum Agent {
     ForgedFirst,
     /// Never answers (the user walked away).
     Ignore,
+    /// Follows once the test lets the person finish ([`Browser::finish_one`]).
+    Held,
 }
 
 impl Browser {
@@ -628,6 +632,8 @@ impl Browser {
         std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
         let opened = Arc::new(Mutex::new(Vec::new()));
         let log = opened.clone();
+        let finish = Arc::new(tokio::sync::Semaphore::new(0));
+        let may_finish = finish.clone();
         tokio::spawn(async move {
             let http =
                 reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
@@ -641,7 +647,11 @@ impl Browser {
                 if agent == Agent::Ignore {
                     continue;
                 }
+                let may_finish = may_finish.clone();
                 tokio::spawn(async move {
+                    if agent == Agent::Held {
+                        may_finish.acquire().await.unwrap().forget();
+                    }
                     let r = http.get(&url).send().await.unwrap();
                     let Some(location) = r.headers().get("location").map(|l| l.to_str().unwrap().to_owned())
                     else {
@@ -667,7 +677,12 @@ impl Browser {
                 });
             }
         });
-        Browser { script: script.to_string_lossy().into_owned(), opened }
+        Browser { script: script.to_string_lossy().into_owned(), opened, finish }
+    }
+
+    /// `Agent::Held`: the person finishes one sign-in (now, or the next one when it opens).
+    fn finish_one(&self) {
+        self.finish.add_permits(1);
     }
 
     /// Runs `mcp-sidecar ARGS` (a command, not the proxy) with this browser, to completion.
@@ -1313,4 +1328,70 @@ async fn a_renewal_waits_for_another_process_at_most_the_requests_time() {
     assert!(started.elapsed() < std::time::Duration::from_secs(15), "{:?}", started.elapsed());
     finish_checked(sc, &auth).await;
     drop(lock);
+}
+
+/// Issue 24.5: a sign-in that takes longer than a client waits for its `initialize` (60 s for
+/// most). The first run signs in and keeps the handshake and the list; the tokens are then
+/// refused and the refresh revoked, so the next run's `initialize` needs a new sign-in, which
+/// the person finishes only later (the browser is held). The client's `initialize` is answered
+/// from what was kept once the sign-in has gone on for the grace, its list too; its call waits
+/// for the sign-in and goes into the one session that `initialize` started.
+#[tokio::test]
+async fn issue24_5_a_sign_in_longer_than_the_client_waits_is_answered_from_what_was_kept() {
+    let auth = AuthServer::start(|_| {}).await;
+    let server = auth.protect().await;
+    let dir = temp_dir("issue24-5-sign-in");
+    let browser = Browser::start(&dir, Agent::Held).await;
+    let state = dir.join("state");
+    browser.finish_one();
+    let mut sc = sidecar(&server, &state, &browser, &[]);
+    let fresh_init = sc.handshake().await;
+    sc.send_json(&request(1, "tools/list", json!({}))).await;
+    let fresh = sc.recv().await;
+    assert!(fresh["result"]["tools"].is_array(), "{fresh}");
+    finish_checked(sc, &auth).await;
+    {
+        let mut st = auth.s();
+        st.access.clear();
+        st.revoked = true;
+    }
+    let before = (server.posts("initialize").len(), server.posts("notifications/initialized").len());
+
+    let mut sc = sidecar(&server, &state, &browser, &[]);
+    let init = sc.handshake_within(std::time::Duration::from_secs(40)).await;
+    assert_eq!(init["result"], fresh_init["result"]);
+    assert_eq!((browser.opened(), auth.authorizes()), (2, 1), "answered while the sign-in goes on");
+    sc.send_json(&request(2, "tools/list", json!({}))).await;
+    let stale = sc.recv().await;
+    assert_eq!(stale["result"]["tools"], fresh["result"]["tools"], "{stale}");
+    let params = json!({"name":"echo","arguments":{"text":"signed in"},"_meta":{"progressToken":"t"}});
+    sc.send_json(&json!({"jsonrpc":"2.0","id":3,"method":"tools/call","params":params})).await;
+    // The call waits for the sign-in, with progress that says so (issue 24.4).
+    let note = sc.recv().await;
+    assert_eq!(note["method"], "notifications/progress", "{note}");
+    let message = note["params"]["message"].as_str().unwrap_or_default();
+    assert!(message.starts_with("waiting for the sign-in to 127.0.0.1"), "{note}");
+    browser.finish_one();
+    let answer = loop {
+        let line = sc.recv().await;
+        if line["method"] != "notifications/progress" {
+            break line;
+        }
+    };
+    assert_eq!(answer["id"], 3, "{answer}");
+    assert_eq!(answer["result"]["content"][0]["text"], "signed in", "{answer}");
+    assert_eq!(auth.authorizes(), 2);
+    // One session: the 401 and the signed-in `initialize`, no second one from the call; the
+    // call and our `notifications/initialized` went into it.
+    assert_eq!(server.posts("initialize").len() - before.0, 2, "one initialize after the sign-in");
+    let initialized = server.posts("notifications/initialized");
+    assert_eq!(initialized.len() - before.1, 1, "ours, once");
+    let session = initialized.last().unwrap().header("mcp-session-id").map(str::to_owned);
+    assert!(session.is_some());
+    assert_eq!(server.posts("tools/call").last().unwrap().header("mcp-session-id"), session.as_deref());
+    let out = finish_checked(sc, &auth).await;
+    assert!(out.stderr.contains("the client's initialize was answered from what was kept"), "{}", out.stderr);
+    // The `initialize` was answered once: its late answer stays here.
+    let answers = out.messages().into_iter().filter(|m| m["id"] == 0).count();
+    assert_eq!(answers, 1, "{}", out.stdout);
 }

@@ -3,7 +3,7 @@
 //! lists, one page) are kept in the state dir, per endpoint and key (owner-only, at most
 //! [`MAX_KEPT_BYTES`]), as the server sent them: filters, names and pins apply when they are
 //! served, as to a fresh answer. When at start the server is rate-limited past `--max-wait` or
-//! unreachable, the client's `initialize` and those lists are answered from what was kept (the
+//! unreachable, or a sign-in outlasts the grace a client's `initialize` gets, the client's `initialize` and those lists are answered from what was kept (the
 //! log says they are stale and how old); the handshake is owed to the server and paid by the
 //! first request that goes to it (waiting with progress, issue 24.4); then the lists served
 //! stale are asked again, and one that differs is announced with its `list_changed`
@@ -116,6 +116,11 @@ impl Kept {
         drop(state);
         self.write(file, version);
         served
+    }
+
+    /// Whether a result of `method` is kept (nothing is logged or remembered).
+    pub(in crate::proxy) fn holds(&self, method: &str) -> bool {
+        self.state.locked().file.results.contains_key(method)
     }
 
     /// The kept result of `method` and its age, for an answer while the server cannot give
