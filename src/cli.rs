@@ -408,6 +408,32 @@ pub struct Args {
     #[arg(help_heading = SIGN_IN, long, value_name = "SECS", env = "MCP_SIDECAR_AUTH_TIMEOUT", default_value = "300")]
     pub auth_timeout: f64,
 
+    /// OAuth: the scopes to ask for (space-separated), instead of those the server names
+    /// (Entra: 'api://APP-ID/.default offline_access').
+    #[arg(help_heading = SIGN_IN, long, value_name = "SCOPES", env = "MCP_SIDECAR_SCOPE")]
+    pub scope: Option<String>,
+
+    /// OAuth: the resource indicator (RFC 8707) to send instead of the server's URL (Entra: its
+    /// 'api://APP-ID').
+    #[arg(help_heading = SIGN_IN, long, value_name = "URI", env = "MCP_SIDECAR_OAUTH_RESOURCE", conflicts_with = "no_resource_indicator")]
+    pub oauth_resource: Option<String>,
+
+    /// OAuth: send no resource parameter on the authorization, token and refresh requests (for
+    /// authorization servers that refuse it, as Microsoft Entra does: AADSTS9010010).
+    #[arg(help_heading = SIGN_IN, long, env = "MCP_SIDECAR_NO_RESOURCE_INDICATOR", value_parser = clap::builder::BoolishValueParser::new())]
+    pub no_resource_indicator: bool,
+
+    /// OAuth: an extra parameter of the authorization request, KEY=VALUE (repeatable: Google's
+    /// access_type=offline, Auth0's audience=…); not one the sign-in sets itself (state,
+    /// redirect_uri, code_challenge, scope, resource, …).
+    #[arg(help_heading = SIGN_IN, long = "authorize-param", value_name = "KEY=VALUE", env = "MCP_SIDECAR_AUTHORIZE_PARAM", value_delimiter = ',')]
+    pub authorize_params: Vec<String>,
+
+    /// OAuth: send the OpenID Connect ID token as the bearer instead of the access token, and
+    /// refresh it (Amazon Cognito, Bedrock AgentCore); asks for the openid scope.
+    #[arg(help_heading = SIGN_IN, long, env = "MCP_SIDECAR_USE_ID_TOKEN", value_parser = clap::builder::BoolishValueParser::new())]
+    pub use_id_token: bool,
+
     /// An extra header 'Name: value' (repeatable); ${VAR} in the value is read from the
     /// environment. In MCP_SIDECAR_HEADER, separate several headers with newlines.
     #[arg(

@@ -251,7 +251,7 @@ pub async fn exchange_id_token(
     via: &Via<'_>,
     e: &Enterprise,
     audience: &str,
-    resource: &str,
+    resource: Option<&str>,
     scope: Option<&str>,
 ) -> Result<SecretString, AuthError> {
     let id_token = e.id_token.read().await?;
@@ -259,10 +259,12 @@ pub async fn exchange_id_token(
         ("grant_type", TOKEN_EXCHANGE.to_owned()),
         ("requested_token_type", ID_JAG.to_owned()),
         ("audience", audience.to_owned()),
-        ("resource", resource.to_owned()),
         ("subject_token", id_token.expose_secret().to_owned()),
         ("subject_token_type", ID_TOKEN.to_owned()),
     ];
+    if let Some(resource) = resource {
+        form.push(("resource", resource.to_owned()));
+    }
     if let Some(s) = scope {
         form.push(("scope", s.to_owned()));
     }

@@ -6,6 +6,8 @@ use serde::Deserialize;
 use tracing::{debug, warn};
 use url::Url;
 
+use crate::config::auth::Resource;
+
 use super::common::AuthError;
 use super::discovery::{
     authorization_server_urls, canonical_resource, protected_resource_urls, resource_allowed,
@@ -47,8 +49,9 @@ pub struct AuthServer {
 /// What discovery found for one MCP server.
 #[derive(Debug, Clone)]
 pub struct Discovered {
-    /// The RFC 8707 `resource` value: the PRM's `resource`, else our canonical URL.
-    pub resource: String,
+    /// The RFC 8707 `resource` value: the PRM's `resource`, else our canonical URL;
+    /// `--oauth-resource` instead, none with `--no-resource-indicator` (issue 25.1).
+    pub resource: Option<String>,
     /// The PRM's `scopes_supported`, if a PRM was found.
     pub scopes_supported: Option<Vec<String>>,
     pub server: AuthServer,
@@ -61,6 +64,7 @@ pub async fn discover(
     http: &AuthHttp,
     mcp: &Url,
     resource_metadata: Option<&str>,
+    knob: &Resource,
 ) -> Result<Discovered, AuthError> {
     let prm = protected_resource(http, mcp, resource_metadata).await?;
     let legacy = prm.is_none();
@@ -91,6 +95,11 @@ pub async fn discover(
         }
     };
     check_url(&issuer)?;
+    let resource = match knob {
+        Resource::Discovered => Some(resource),
+        Resource::Given(given) => Some(given.clone()),
+        Resource::Omitted => None,
+    };
     match authorization_server(http, &issuer, legacy).await? {
         Some(server) => Ok(Discovered { resource, scopes_supported, server, from_metadata: true }),
         None if legacy => {

@@ -29,7 +29,7 @@ use std::io::IsTerminal;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use oauth2::basic::{BasicClient, BasicErrorResponseType};
+use oauth2::basic::BasicErrorResponseType;
 use oauth2::{
     AuthType, AuthUrl, AuthorizationCode, ClientId, ClientSecret, CsrfToken, DeviceAuthorizationUrl,
     PkceCodeChallenge, RedirectUrl, RefreshToken, RequestTokenError, Scope, TokenResponse, TokenUrl,
@@ -96,6 +96,9 @@ pub struct OAuth {
     known: std::sync::Mutex<Option<Discovered>>,
     /// Where a machine grant's authorization server is pinned at first sight (issue 21.8).
     issuer_pin: std::path::PathBuf,
+    /// Issue 25.1: a token answer carried an ID token that is not the bearer (a 401 then
+    /// suggests `--use-id-token`).
+    id_token_unused: std::sync::atomic::AtomicBool,
 }
 
 impl OAuth {
@@ -128,6 +131,7 @@ impl OAuth {
             dpop: RwLock::new(None),
             known: std::sync::Mutex::new(None),
             issuer_pin,
+            id_token_unused: std::sync::atomic::AtomicBool::new(false),
         };
         // Issue 14: a machine grant keeps its tokens in memory only (no person is needed to get
         // new ones), and never adopts what a browser sign-in stored for the same server.
@@ -150,6 +154,14 @@ impl OAuth {
     /// The `Authorization` header value to send, if signed in.
     pub fn header(&self) -> Option<HeaderValue> {
         self.current.reading().header.clone()
+    }
+
+    /// Issue 25.1: the fix for a server that refuses the access token of a fresh sign-in, when
+    /// the sign-in also brought an ID token (Amazon Cognito, Bedrock AgentCore want that one).
+    pub fn refused_hint(&self) -> Option<&'static str> {
+        self.id_token_unused.load(std::sync::atomic::Ordering::Relaxed).then_some(
+            "the sign-in also brought an ID token, which servers behind Amazon Cognito or Bedrock AgentCore take as the bearer: add --use-id-token",
+        )
     }
 
     /// Whether the token in use is DPoP-bound (each request carries a proof naming its URL).
@@ -322,7 +334,7 @@ impl OAuth {
         entry.dpop_key = self.dpop.reading().as_ref().filter(|_| tokens.dpop).map(|k| k.stored().clone());
         entry.issuer = Some(discovered.server.issuer.clone());
         entry.token_endpoint = discovered.server.token_endpoint.clone();
-        entry.resource = Some(discovered.resource.clone());
+        entry.resource = discovered.resource.clone();
         // A pre-registered client's secret stays in its variable; the rest (the token-endpoint
         // authentication chosen from the metadata) is kept for refreshes.
         let pre_registered = self.settings.client_id.is_some();
@@ -469,7 +481,24 @@ impl OAuth {
                 }
                 (!all.is_empty()).then(|| all.join(" "))
             }
-            _ => challenged,
+            // Issue 25.1: `--scope` replaces what the server names.
+            _ => self.settings.idp.scope.clone().or(challenged),
+        }
+    }
+
+    /// [`scope_to_ask`], with `--scope` as given and `openid` for `--use-id-token` (issue 25.1).
+    fn scope_to_ask(&self, discovered: &Discovered, scope: Option<String>, offline: bool) -> Option<String> {
+        let scope = match &self.settings.idp.scope {
+            Some(_) => scope,
+            None => scope_to_ask(discovered, scope, offline),
+        };
+        if !self.settings.idp.use_id_token {
+            return scope;
+        }
+        match scope {
+            Some(s) if s.split_whitespace().any(|w| w == "openid") => Some(s),
+            Some(s) if !s.trim().is_empty() => Some(format!("openid {s}")),
+            _ => Some("openid".into()),
         }
     }
 
@@ -483,9 +512,13 @@ impl OAuth {
         scope: Option<String>,
         device: bool,
     ) -> Result<(Tokens, Discovered, Client, &'static str), AuthError> {
-        let discovered =
-            metadata::discover(&self.http, &self.mcp, challenge.and_then(|c| c.resource_metadata.as_deref()))
-                .await?;
+        let discovered = metadata::discover(
+            &self.http,
+            &self.mcp,
+            challenge.and_then(|c| c.resource_metadata.as_deref()),
+            &self.settings.idp.resource,
+        )
+        .await?;
         let server = &discovered.server;
         self.check_pinned_issuer(entry, &server.issuer)?;
         if device || (self.settings.headless && server.device_authorization_endpoint.is_some()) {
@@ -496,7 +529,7 @@ impl OAuth {
             return Ok((tokens, discovered, client, Grant::Device.kind()));
         }
         metadata::check_pkce(&discovered)?;
-        let scope = scope_to_ask(&discovered, scope, true);
+        let scope = self.scope_to_ask(&discovered, scope, true);
         let dpop = self.dpop_for(server)?;
         let (auth_url, token_url) = match (&server.authorization_endpoint, &server.token_endpoint) {
             (Some(a), Some(t)) => (a.clone(), t.clone()),
@@ -514,7 +547,7 @@ impl OAuth {
         let redirect_uri = listener.redirect_uri();
         let client = self.client_identity(server, reuse, Some((&redirect_uri, listener.port))).await?;
 
-        let oauth = BasicClient::new(ClientId::new(client.client_id.clone()))
+        let oauth = OidcClient::new(ClientId::new(client.client_id.clone()))
             .set_auth_uri(
                 AuthUrl::new(auth_url).map_err(|e| AuthError(format!("bad authorization endpoint: {e}")))?,
             )
@@ -526,34 +559,47 @@ impl OAuth {
             );
         let oauth = authenticated(oauth, &client);
         let (challenge_pkce, verifier) = PkceCodeChallenge::new_random_sha256();
-        let mut request = oauth
-            .authorize_url(CsrfToken::new_random)
-            .set_pkce_challenge(challenge_pkce)
-            .add_extra_param("resource", discovered.resource.clone());
-        if let Some(scope) = &scope {
-            request = request.add_scopes(scope.split_whitespace().map(|s| Scope::new(s.to_owned())));
-        }
-        let (url, state) = request.url();
+        let request = oauth.authorize_url(CsrfToken::new_random).set_pkce_challenge(challenge_pkce);
+        let (url, state) = self.authorize_extras(request, discovered.resource.as_ref(), scope.as_ref()).url();
         metadata::check_url(&url)?;
 
         let callback = self.ask_the_browser(listener, &url, state.secret().clone()).await?;
         check_issuer(server, discovered.from_metadata, callback.get("iss"))?;
         let code = code_of(&callback)?;
-        let response = oauth
-            .exchange_code(AuthorizationCode::new(code.to_owned()))
-            .set_pkce_verifier(verifier)
-            .add_extra_param("resource", discovered.resource.clone())
-            .request_async(&Via { http: &self.http, dpop: dpop.as_deref() })
-            .await
-            .map_err(|e| {
+        let mut exchange =
+            oauth.exchange_code(AuthorizationCode::new(code.to_owned())).set_pkce_verifier(verifier);
+        if let Some(resource) = &discovered.resource {
+            exchange = exchange.add_extra_param("resource", resource.clone());
+        }
+        let response =
+            exchange.request_async(&Via { http: &self.http, dpop: dpop.as_deref() }).await.map_err(|e| {
                 AuthError(format!(
                     "the authorization server refused the sign-in code ({}): sign in again",
                     token_error(&e)
                 ))
             })?;
-        let tokens = tokens_from(&response, None, scope);
+        let tokens = self.bearer(&response, tokens_from(&response, None, scope))?;
         info!("signed in to {}", self.mcp.host_str().unwrap_or("the server"));
         Ok((tokens, discovered, client, Grant::Browser.kind()))
+    }
+
+    /// The authorization request's `resource` (RFC 8707), scope, and `--authorize-param`s.
+    fn authorize_extras<'a>(
+        &self,
+        mut request: oauth2::AuthorizationRequest<'a>,
+        resource: Option<&String>,
+        scope: Option<&String>,
+    ) -> oauth2::AuthorizationRequest<'a> {
+        if let Some(resource) = resource {
+            request = request.add_extra_param("resource", resource.clone());
+        }
+        for (key, value) in &self.settings.idp.authorize_params {
+            request = request.add_extra_param(key.clone(), value.clone());
+        }
+        if let Some(scope) = scope {
+            request = request.add_scopes(scope.split_whitespace().map(|s| Scope::new(s.to_owned())));
+        }
+        request
     }
 
     /// Shows the sign-in URL on stderr (and opens a browser on it), then waits for the browser's
@@ -601,14 +647,14 @@ impl OAuth {
                 server.issuer
             )));
         };
-        let scope = scope_to_ask(discovered, scope, true);
+        let scope = self.scope_to_ask(discovered, scope, true);
         let dpop = self.dpop_for(server)?;
         let reuse = entry
             .client
             .clone()
             .filter(|c| entry.issuer.as_deref() == Some(server.issuer.as_str()) && c.port.is_none());
         let client = self.client_identity(server, reuse, None).await?;
-        let oauth = BasicClient::new(ClientId::new(client.client_id.clone()))
+        let oauth = OidcClient::new(ClientId::new(client.client_id.clone()))
             .set_device_authorization_url(
                 DeviceAuthorizationUrl::new(device_url.clone())
                     .map_err(|e| AuthError(format!("bad device authorization endpoint: {e}")))?,
@@ -619,7 +665,10 @@ impl OAuth {
             );
         let oauth = authenticated(oauth, &client);
         let via = Via { http: &self.http, dpop: dpop.as_deref() };
-        let mut ask = oauth.exchange_device_code().add_extra_param("resource", discovered.resource.clone());
+        let mut ask = oauth.exchange_device_code();
+        if let Some(resource) = &discovered.resource {
+            ask = ask.add_extra_param("resource", resource.clone());
+        }
         if let Some(scope) = &scope {
             ask = ask.add_scopes(scope.split_whitespace().map(|s| Scope::new(s.to_owned())));
         }
@@ -636,9 +685,11 @@ impl OAuth {
         let wait = details.expires_in().min(self.settings.timeout);
         let deadline = crate::retry::deadline_after(wait);
         self.show_device_code(&details, wait)?;
-        let response = oauth
-            .exchange_device_access_token(&details)
-            .add_extra_param("resource", discovered.resource.clone())
+        let mut poll = oauth.exchange_device_access_token(&details);
+        if let Some(resource) = &discovered.resource {
+            poll = poll.add_extra_param("resource", resource.clone());
+        }
+        let response = poll
             .request_async(
                 &via,
                 |d: Duration| {
@@ -648,7 +699,7 @@ impl OAuth {
             )
             .await
             .map_err(|e| self.device_error(&e))?;
-        let tokens = tokens_from(&response, None, scope);
+        let tokens = self.bearer(&response, tokens_from(&response, None, scope))?;
         info!("signed in to {}", self.mcp.host_str().unwrap_or("the server"));
         Ok((tokens, client))
     }
@@ -725,10 +776,11 @@ impl OAuth {
                 server.issuer
             )));
         };
-        let scope = scope_to_ask(&discovered, scope, false);
+        let scope = self.scope_to_ask(&discovered, scope, false);
         let dpop = self.dpop_for(server)?;
         let via = Via { http: &self.http, dpop: dpop.as_deref() };
-        let mut form = vec![("resource", discovered.resource.clone())];
+        let mut form: Vec<(&str, String)> =
+            discovered.resource.iter().map(|r| ("resource", r.clone())).collect();
         if let Some(s) = &scope {
             form.push(("scope", s.clone()));
         }
@@ -765,7 +817,7 @@ impl OAuth {
         if let Some(d) = self.known.locked().clone().filter(|_| named.is_none()) {
             return Ok(d);
         }
-        let d = metadata::discover(&self.http, &self.mcp, named).await?;
+        let d = metadata::discover(&self.http, &self.mcp, named, &self.settings.idp.resource).await?;
         self.pin_machine_issuer(&d.server.issuer).await?;
         *self.known.locked() = Some(d.clone());
         Ok(d)
@@ -818,7 +870,8 @@ impl OAuth {
             }
             Grant::Enterprise(e) => {
                 let jag =
-                    grants::exchange_id_token(via, e, &server.issuer, &discovered.resource, scope).await?;
+                    grants::exchange_id_token(via, e, &server.issuer, discovered.resource.as_deref(), scope)
+                        .await?;
                 form.push(("grant_type", grants::JWT_BEARER.into()));
                 form.push(("assertion", jag.expose_secret().to_owned()));
                 format!(
@@ -957,12 +1010,17 @@ impl OAuth {
         let token_url = TokenUrl::new(token_url.clone())
             .map_err(|e| Refresh::Failed(AuthError(format!("bad token endpoint: {e}"))))?;
         let oauth = authenticated(
-            BasicClient::new(ClientId::new(client.client_id.clone())).set_token_uri(token_url),
+            OidcClient::new(ClientId::new(client.client_id.clone())).set_token_uri(token_url),
             client,
         );
         let refresh_token = RefreshToken::new(refresh.expose_secret().to_owned());
         let mut request = oauth.exchange_refresh_token(&refresh_token);
-        if let Some(resource) = &entry.resource {
+        let resource = match &self.settings.idp.resource {
+            crate::config::auth::Resource::Discovered => entry.resource.as_ref(),
+            crate::config::auth::Resource::Given(given) => Some(given),
+            crate::config::auth::Resource::Omitted => None,
+        };
+        if let Some(resource) = resource {
             request = request.add_extra_param("resource", resource.clone());
         }
         // RFC 9449 §5: a bound token's refresh carries a proof with the same key.
@@ -970,7 +1028,8 @@ impl OAuth {
         match request.request_async(&Via { http: &self.http, dpop: dpop.as_deref() }).await {
             Ok(response) => {
                 let old_scope = entry.tokens.as_ref().and_then(|t| t.scope.clone());
-                Ok(tokens_from(&response, Some(refresh), old_scope))
+                self.bearer(&response, tokens_from(&response, Some(refresh), old_scope))
+                    .map_err(Refresh::Failed)
             }
             Err(RequestTokenError::ServerResponse(e))
                 if matches!(
@@ -1038,8 +1097,9 @@ fn registration(redirect: Option<(&str, u16)>) -> serde_json::Value {
 fn code_of(callback: &callback::Callback) -> Result<&str, AuthError> {
     if let Some(error) = callback.get("error") {
         let said = callback.get("error_description").map(|d| format!(": {}", clean(d))).unwrap_or_default();
+        let fix = idp_fix(&said).unwrap_or("sign in again and approve the request");
         return Err(AuthError(format!(
-            "the authorization server did not grant access ({}{said}): sign in again and approve the request",
+            "the authorization server did not grant access ({}{said}): {fix}",
             clean(error)
         )));
     }
@@ -1048,8 +1108,18 @@ fn code_of(callback: &callback::Callback) -> Result<&str, AuthError> {
     })
 }
 
-/// Runs blocking store work (file I/O with fsync, the OS keyring) on tokio's blocking pool, so
-/// that the one runtime thread keeps answering, timing out and handling signals meanwhile.
+/// Issue 25.1: the flag that cures an identity provider's known refusal, from its words.
+pub fn idp_fix(said: &str) -> Option<&'static str> {
+    if said.contains("AADSTS9010010") || said.contains("AADSTS901002") {
+        // Microsoft Entra: "The resource parameter provided in the request doesn't match with
+        // the requested scopes" (Entra v2 takes the resource from the scope instead).
+        return Some(
+            "Microsoft Entra refuses the resource parameter: add --no-resource-indicator, with --scope 'api://APP-ID/.default offline_access'",
+        );
+    }
+    None
+}
+
 /// Where a machine grant's authorization server for `mcp` and `client` is pinned.
 fn issuer_pin_file(state_dir: &std::path::Path, mcp: &Url, client: &str) -> std::path::PathBuf {
     state_dir.join("issuers").join(crate::statedir::state_name(mcp.as_str(), client))
@@ -1127,6 +1197,81 @@ fn pick_auth(supported: Option<&[String]>, has_secret: bool) -> TokenAuth {
     TokenAuth::None
 }
 
+/// OpenID Connect's `id_token` in a token answer (issue 25.1, `--use-id-token`).
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+struct OidcFields {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    id_token: Option<String>,
+}
+
+impl oauth2::ExtraTokenFields for OidcFields {}
+
+/// A token answer, with the ID token when there is one.
+type TokenAnswer = oauth2::StandardTokenResponse<OidcFields, oauth2::basic::BasicTokenType>;
+
+/// [`oauth2::basic::BasicClient`] whose token answers keep the ID token.
+type OidcClient<
+    A = oauth2::EndpointNotSet,
+    D = oauth2::EndpointNotSet,
+    I = oauth2::EndpointNotSet,
+    R = oauth2::EndpointNotSet,
+    T = oauth2::EndpointNotSet,
+> = oauth2::Client<
+    oauth2::basic::BasicErrorResponse,
+    TokenAnswer,
+    oauth2::basic::BasicTokenIntrospectionResponse,
+    oauth2::StandardRevocableToken,
+    oauth2::basic::BasicRevocationErrorResponse,
+    A,
+    D,
+    I,
+    R,
+    T,
+>;
+
+impl OAuth {
+    /// Issue 25.1, `--use-id-token`: the ID token of `response` becomes the bearer, until its own
+    /// `exp` (or the access token's end, if sooner); without one, the fix.
+    fn bearer(&self, response: &TokenAnswer, tokens: Tokens) -> Result<Tokens, AuthError> {
+        if !self.settings.idp.use_id_token {
+            if response.extra_fields().id_token.is_some() {
+                self.id_token_unused.store(true, std::sync::atomic::Ordering::Relaxed);
+            }
+            return Ok(tokens);
+        }
+        let Some(id_token) = response.extra_fields().id_token.as_deref().filter(|t| !t.is_empty()) else {
+            return Err(AuthError(format!(
+                "the authorization server {} sent no ID token (--use-id-token): ask for the openid scope (--scope 'openid …'), or drop --use-id-token",
+                redact_url(&self.mcp)
+            )));
+        };
+        let exp = jwt_exp(id_token);
+        let expires_at = match (exp, tokens.expires_at) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        Ok(Tokens {
+            access_token: SecretString::from(id_token.to_owned()),
+            expires_at,
+            dpop: false,
+            ..tokens
+        })
+    }
+}
+
+/// The `exp` claim of a JWT (unverified: the token is only passed on), if it has one.
+fn jwt_exp(jwt: &str) -> Option<u64> {
+    use base64::Engine;
+    let payload = jwt.split('.').nth(1)?;
+    let bytes =
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload.trim_end_matches('=')).ok()?;
+    #[derive(serde::Deserialize)]
+    struct Claims {
+        exp: Option<u64>,
+    }
+    serde_json::from_slice::<Claims>(&bytes).ok()?.exp
+}
+
 fn tokens_from<R: TokenResponse<TokenType = oauth2::basic::BasicTokenType>>(
     response: &R,
     old_refresh: Option<&SecretString>,
@@ -1199,9 +1344,9 @@ fn sane_interval(
 
 /// A-22: the client's authentication at the token endpoint, on an [`oauth2`] client.
 fn authenticated<A, D, I, R, T>(
-    oauth: BasicClient<A, D, I, R, T>,
+    oauth: OidcClient<A, D, I, R, T>,
     client: &Client,
-) -> BasicClient<A, D, I, R, T>
+) -> OidcClient<A, D, I, R, T>
 where
     A: oauth2::EndpointState,
     D: oauth2::EndpointState,
@@ -1228,7 +1373,11 @@ fn token_error<RE: std::error::Error + 'static, T: oauth2::ErrorResponseType + s
     match e {
         RequestTokenError::ServerResponse(r) => {
             let d = r.error_description().map(|d| format!(": {}", clean(d))).unwrap_or_default();
-            format!("{}{d}", r.error())
+            match idp_fix(&d) {
+                // Issue 25.1: a refusal that names its cure says it first.
+                Some(fix) => format!("{}{d}; {fix}", r.error()),
+                None => format!("{}{d}", r.error()),
+            }
         }
         RequestTokenError::Request(e) => e.to_string(),
         RequestTokenError::Parse(_, _) => "the answer is not an OAuth token response".into(),
@@ -1340,5 +1489,28 @@ mod tests {
     fn server_text_is_cleaned() {
         assert_eq!(clean("a\nb\x1b[31m"), "ab[31m");
         assert_eq!(clean(&"x".repeat(500)).len(), 200);
+    }
+
+    /// Issue 25.1: an ID token's `exp`, read without trusting it (a hostile value is only a
+    /// time to refresh at, and `bearer` keeps the sooner of it and the access token's end).
+    #[test]
+    fn an_id_token_s_exp_is_read_and_garbage_is_none() {
+        use base64::Engine;
+        let b64 = |s: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s);
+        let jwt = |claims: &str| format!("{}.{}.sig", b64(r#"{"alg":"RS256"}"#), b64(claims));
+        assert_eq!(jwt_exp(&jwt(r#"{"exp":1767225600}"#)), Some(1_767_225_600));
+        assert_eq!(jwt_exp(&jwt(r#"{"exp":18446744073709551615}"#)), Some(u64::MAX));
+        assert_eq!(jwt_exp(&jwt(r#"{"exp":-1}"#)), None);
+        assert_eq!(jwt_exp(&jwt(r#"{"exp":"soon"}"#)), None);
+        assert_eq!(jwt_exp(&jwt(r#"{"sub":"x"}"#)), None);
+        assert_eq!(jwt_exp("not a jwt"), None);
+        assert_eq!(jwt_exp("a.%%%.c"), None);
+    }
+
+    #[test]
+    fn entra_s_refusal_names_its_flag() {
+        let said = ": AADSTS9010010: The resource parameter provided in the request doesn't match";
+        assert!(idp_fix(said).is_some_and(|f| f.contains("--no-resource-indicator")));
+        assert_eq!(idp_fix(": invalid_grant"), None);
     }
 }

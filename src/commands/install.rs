@@ -180,6 +180,12 @@ pub fn server_args(a: &Args, config: &Config) -> Vec<String> {
     opt("--state-dir", state_dir.map(|d| absolute(&d).display().to_string()));
     opt("--token-store", (a.token_store != TokenStoreKind::File).then(|| name_of(a.token_store)));
     opt("--callback-port", a.callback_port.map(|p| p.to_string()));
+    // Issue 25.1: the identity provider's knobs (none is a secret).
+    opt("--scope", a.scope.clone());
+    opt("--oauth-resource", a.oauth_resource.clone());
+    for p in &a.authorize_params {
+        opt("--authorize-param", Some(p.clone()));
+    }
     // The proxy's default stays out (one-shot commands have their own, issue 23.3).
     let timeout = a.request_timeout.filter(|&s| s != crate::cli::DEFAULT_REQUEST_TIMEOUT);
     opt("--request-timeout", timeout.map(|s| s.to_string()));
@@ -206,10 +212,40 @@ pub fn server_args(a: &Args, config: &Config) -> Vec<String> {
     opt("--plan", a.plan.map(name_of));
     opt("--rate-limit-store", a.rate_limit_store.clone());
     opt("--rate-limit-store-password-env", a.rate_limit_store_password_env.clone());
-    if a.allow_http {
-        out.push("--allow-http".into());
-    }
+    tool_args(a, &mut out);
     out
+}
+
+/// Issue 24: what reaches the model travels too; and the switches.
+fn tool_args(a: &Args, out: &mut Vec<String>) {
+    let lists = [
+        ("--allow-tools", &a.allow_tools),
+        ("--deny-tools", &a.deny_tools),
+        ("--allow-prompts", &a.allow_prompts),
+        ("--deny-prompts", &a.deny_prompts),
+        ("--deny-resources", &a.deny_resources),
+    ];
+    for (flag, globs) in lists.into_iter().filter(|(_, g)| !g.is_empty()) {
+        out.extend([flag.to_owned(), globs.join(",")]);
+    }
+    if let Some(prefix) = &a.tool_prefix {
+        out.extend(["--tool-prefix".to_owned(), prefix.clone()]);
+    }
+    for r in &a.rename_tool {
+        out.extend(["--rename-tool".to_owned(), r.clone()]);
+    }
+    let switches = [
+        ("--allow-http", a.allow_http),
+        ("--no-resource-indicator", a.no_resource_indicator),
+        ("--use-id-token", a.use_id_token),
+        ("--no-list-cache", a.no_list_cache),
+    ];
+    out.extend(switches.into_iter().filter(|(_, on)| *on).map(|(flag, _)| flag.to_owned()));
+    match a.pin_tools {
+        Some(crate::cli::PinMode::Strict) => out.push("--pin-tools".into()),
+        Some(crate::cli::PinMode::NewOk) => out.push("--pin-tools=new-ok".into()),
+        None => {}
+    }
 }
 
 /// `path` made absolute against the current directory (the client starts us elsewhere).

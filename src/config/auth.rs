@@ -37,7 +37,51 @@ pub struct Settings {
     pub headless: bool,
     /// `--client-key-file`: the client authenticates with signed assertions.
     pub client_key: Option<ClientKey>,
+    /// Issue 25.1, the identity provider's knobs.
+    pub idp: Knobs,
 }
+
+/// Issue 25.1: what identity providers need beyond the standard flow.
+#[derive(Debug, Clone, Default)]
+pub struct Knobs {
+    /// `--scope`: the scopes asked for, instead of those the server names.
+    pub scope: Option<String>,
+    /// `--oauth-resource`, `--no-resource-indicator`.
+    pub resource: Resource,
+    /// `--authorize-param KEY=VALUE`: extra parameters of the authorization request.
+    pub authorize_params: Vec<(String, String)>,
+    /// `--use-id-token`: the ID token is the bearer.
+    pub use_id_token: bool,
+}
+
+/// The RFC 8707 `resource` parameter sent with sign-in, token and refresh requests.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub enum Resource {
+    /// The one the server's metadata names (else its canonical URL).
+    #[default]
+    Discovered,
+    /// `--oauth-resource`.
+    Given(String),
+    /// `--no-resource-indicator`.
+    Omitted,
+}
+
+/// The parameters of the authorization request the sign-in sets itself: `--authorize-param`
+/// may not set them (a `redirect_uri` of someone else's would send the code there).
+pub const OWN_AUTHORIZE_PARAMS: [&str; 12] = [
+    "response_type",
+    "client_id",
+    "redirect_uri",
+    "state",
+    "code_challenge",
+    "code_challenge_method",
+    "scope",
+    "resource",
+    "request",
+    "request_uri",
+    "code_verifier",
+    "client_secret",
+];
 
 /// How tokens are obtained (`--auth`).
 #[derive(Debug, Clone, Default)]

@@ -308,15 +308,7 @@ impl Config {
         let oauth = if api_key.is_none() && cli.auth != Some(AuthMethod::None) {
             Some(oauth_settings(&cli, env)?)
         } else {
-            if cli.client_id.is_some()
-                || cli.client_secret_env.is_some()
-                || cli.client_metadata_url.is_some()
-                || cli.client_key_file.is_some()
-            {
-                warnings.push(
-                    "--client-id, --client-secret-env, --client-key-file and --client-metadata-url are for OAuth; they are ignored with an API key or --auth none".into(),
-                );
-            }
+            warn_oauth_flags_ignored(&cli, &mut warnings);
             None
         };
         if let Some(key) = &api_key
@@ -545,7 +537,85 @@ fn oauth_settings(
         grant,
         client_key,
         headless: false,
+        idp: idp_knobs(cli)?,
     })
+}
+
+/// The OAuth flags given with an API key or `--auth none`: ignored, and said so.
+fn warn_oauth_flags_ignored(cli: &Args, warnings: &mut Vec<String>) {
+    if cli.client_id.is_some()
+        || cli.client_secret_env.is_some()
+        || cli.client_metadata_url.is_some()
+        || cli.client_key_file.is_some()
+    {
+        warnings.push(
+            "--client-id, --client-secret-env, --client-key-file and --client-metadata-url are for OAuth; they are ignored with an API key or --auth none".into(),
+        );
+    }
+    // Issue 25.1's identity-provider flags.
+    if cli.scope.is_some()
+        || cli.oauth_resource.is_some()
+        || cli.no_resource_indicator
+        || !cli.authorize_params.is_empty()
+        || cli.use_id_token
+    {
+        warnings.push(
+            "--scope, --oauth-resource, --no-resource-indicator, --authorize-param and --use-id-token are for OAuth; they are ignored with an API key or --auth none".into(),
+        );
+    }
+}
+
+/// Issue 25.1: `--scope`, `--oauth-resource`, `--no-resource-indicator`, `--authorize-param`,
+/// `--use-id-token`, checked.
+fn idp_knobs(cli: &Args) -> Result<self::auth::Knobs, ConfigError> {
+    let scope = match cli.scope.as_deref().map(str::split_whitespace) {
+        Some(words) => {
+            let words: Vec<&str> = words.collect();
+            if words.is_empty()
+                || words.iter().any(|w| w.chars().any(|c| c == '"' || c == '\\' || c.is_control()))
+            {
+                return Err(ConfigError(format!(
+                    "--scope {:?} is not a list of scopes: give them separated by spaces, e.g. --scope 'openid offline_access'",
+                    cli.scope.as_deref().unwrap_or_default()
+                )));
+            }
+            Some(words.join(" "))
+        }
+        None => None,
+    };
+    let resource = match (&cli.oauth_resource, cli.no_resource_indicator) {
+        (Some(r), _) => match Url::parse(r) {
+            Ok(u) if u.fragment().is_none() => self::auth::Resource::Given(r.clone()),
+            _ => {
+                return Err(ConfigError(format!(
+                    "--oauth-resource {r:?} is not an absolute URI without a fragment (RFC 8707): give the server's resource, e.g. api://00000000-0000-0000-0000-000000000000 or https://mcp.example.com"
+                )));
+            }
+        },
+        (None, true) => self::auth::Resource::Omitted,
+        (None, false) => self::auth::Resource::Discovered,
+    };
+    let mut authorize_params = Vec::new();
+    for p in &cli.authorize_params {
+        let Some((key, value)) = p.split_once('=').filter(|(k, _)| !k.trim().is_empty()) else {
+            return Err(ConfigError(format!(
+                "--authorize-param {p:?} is not KEY=VALUE: write it as e.g. --authorize-param access_type=offline"
+            )));
+        };
+        let key = key.trim();
+        if self::auth::OWN_AUTHORIZE_PARAMS.iter().any(|own| own.eq_ignore_ascii_case(key)) {
+            let instead = match key.to_ascii_lowercase().as_str() {
+                "scope" => ": use --scope",
+                "resource" => ": use --oauth-resource or --no-resource-indicator",
+                _ => "",
+            };
+            return Err(ConfigError(format!(
+                "--authorize-param {key}=…: the sign-in sets {key} itself, and it cannot be replaced{instead}"
+            )));
+        }
+        authorize_params.push((key.to_owned(), value.to_owned()));
+    }
+    Ok(self::auth::Knobs { scope, resource, authorize_params, use_id_token: cli.use_id_token })
 }
 
 /// `--client-secret-env`: the variable's value, read here like the key.

@@ -381,10 +381,15 @@ impl Upstream {
     /// What a 401 means, by the credential in use (`said`: what the server said, if anything).
     fn unauthorized_message(&self, said: &str) -> String {
         match &self.api_key {
-            None if self.oauth.is_some() => format!(
-                "the server did not accept the OAuth sign-in (HTTP 401{said}): run mcp-sidecar login {} to sign in again",
-                self.shown_url
-            ),
+            None if self.oauth.is_some() => match self.oauth.as_ref().and_then(|o| o.refused_hint()) {
+                Some(hint) => {
+                    format!("the server did not accept the OAuth access token (HTTP 401{said}): {hint}")
+                }
+                None => format!(
+                    "the server did not accept the OAuth sign-in (HTTP 401{said}): run mcp-sidecar login {} to sign in again",
+                    self.shown_url
+                ),
+            },
             Some(key) => format!(
                 "the server rejected the API key in {} (HTTP 401{said}): check that it is current and complete, or create a new key, then restart the client",
                 key.env_name

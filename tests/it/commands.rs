@@ -810,14 +810,25 @@ async fn install_carries_the_options_the_sign_in_state_depends_on() {
         ("--request-timeout", "120"),
         ("--connect-timeout", "5"),
         ("--max-wait", "30"),
+        // Issue 25.1, the identity provider's knobs; issue 24, what reaches the model.
+        ("--scope", "api://app/.default offline_access"),
+        ("--authorize-param", "domain_hint=example.com"),
+        ("--deny-tools", "delete_*,admin_*"),
+        ("--tool-prefix", "ex_"),
+        ("--rename-tool", "search=find"),
     ];
-    let line: Vec<&str> = install.iter().copied().chain(given.iter().flat_map(|(f, v)| [*f, *v])).collect();
+    let switches = ["--no-resource-indicator", "--use-id-token", "--no-list-cache", "--pin-tools=new-ok"];
+    let line: Vec<&str> =
+        install.iter().copied().chain(given.iter().flat_map(|(f, v)| [*f, *v])).chain(switches).collect();
     let (code, _, stderr) = run_command(&line, &[]).await;
     assert_eq!(code, 0, "{stderr}");
     let args = entry_args(&file, "example");
     for (flag, value) in given {
         let at = args.iter().position(|a| a == flag).unwrap_or_else(|| panic!("{flag} missing: {args:?}"));
         assert_eq!(args[at + 1], value, "{args:?}");
+    }
+    for switch in switches {
+        assert!(args.iter().any(|a| a == switch), "{switch} missing: {args:?}");
     }
     // Defaults stay out; without --state-dir, an OAuth entry still names the directory this
     // shell resolves (the client's environment may resolve another).

@@ -102,6 +102,14 @@ struct AsState {
     expires_in: Option<u64>,
     /// A hostile token endpoint: refuses with the DPoP proof echoed in its description.
     echo_proof: bool,
+    // Issue 25.1, the identity providers' modes:
+    /// Microsoft Entra: a `resource` on a token request is refused with AADSTS9010010.
+    entra: bool,
+    /// Amazon Cognito: tokens come with an ID token (for the openid scope), and the MCP server
+    /// takes only ID tokens as the bearer.
+    cognito: bool,
+    /// The ID tokens issued (Cognito mode) and their scope.
+    oidc: HashMap<String, String>,
 }
 
 type Shared = Arc<Mutex<AsState>>;
@@ -218,7 +226,8 @@ impl AuthServer {
                 }
             }
             let token = s.header("authorization").and_then(|h| h.strip_prefix("Bearer "));
-            if token.and_then(|t| st.access.get(t)).is_none() {
+            let accepted = if st.cognito { &st.oidc } else { &st.access };
+            if token.and_then(|t| accepted.get(t)).is_none() {
                 st.rejected += 1;
             }
             let prm_at = if st.foreign_prm { format!("{}/prm", st.base) } else { format!("{origin}/prm") };
@@ -230,7 +239,8 @@ impl AuthServer {
                 format!("Bearer resource_metadata=\"{prm_at}\", scope=\"mcp:read\"{extra}")
             };
             let token = s.header("authorization").and_then(|h| h.strip_prefix("Bearer "));
-            match token.and_then(|t| st.access.get(t)) {
+            let accepted = if st.cognito { &st.oidc } else { &st.access };
+            match token.and_then(|t| accepted.get(t)) {
                 None => Action::Respond(
                     Response::builder()
                         .status(401)
@@ -351,6 +361,14 @@ async fn token(
             .unwrap();
     }
     let bad = |e: &str| (StatusCode::BAD_REQUEST, Json(json!({"error": e}))).into_response();
+    if st.entra && f.contains_key("resource") {
+        let said = "AADSTS9010010: The resource parameter provided in the request doesn't match with the requested scopes. Trace ID: 0000";
+        return (
+            StatusCode::BAD_REQUEST,
+            Json(json!({"error": "invalid_target", "error_description": said})),
+        )
+            .into_response();
+    }
     // RFC 9449 §5: a proof of the key the token will be bound to; a nonce first if demanded.
     let mut jkt = None;
     if st.dpop && st.echo_proof {
@@ -437,7 +455,7 @@ async fn token(
             let verifier = f.get("code_verifier").cloned().unwrap_or_default();
             let computed =
                 base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(Sha256::digest(verifier.as_bytes()));
-            if computed != challenge || f.get("resource") != Some(&resource) {
+            if computed != challenge || f.get("resource").cloned().unwrap_or_default() != resource {
                 return bad("invalid_grant");
             }
             scope
@@ -482,6 +500,14 @@ async fn token(
         grant.as_str(),
         "authorization_code" | "refresh_token" | "urn:ietf:params:oauth:grant-type:device_code"
     );
+    if st.cognito && for_a_person && scope.split(' ').any(|s| s == "openid") {
+        let b64 = |v: Value| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string());
+        let exp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() + 600;
+        let claims = json!({"sub": "user", "exp": exp, "n": st.n});
+        let id_token = format!("{}.{}.SECRET-sig", b64(json!({"alg": "RS256"})), b64(claims));
+        st.oidc.insert(id_token.clone(), scope.clone());
+        body["id_token"] = json!(id_token);
+    }
     if st.refresh && for_a_person {
         let rt = format!("rt-SECRET-{}", st.n);
         st.refresh_tokens.insert(rt.clone(), scope);
@@ -724,7 +750,7 @@ async fn call(sc: &mut Sidecar, id: u64, tool: &str, args: Value) -> Value {
 
 fn tokens_issued(auth: &AuthServer) -> Vec<String> {
     let st = auth.s();
-    st.access.keys().chain(st.refresh_tokens.keys()).cloned().collect()
+    st.access.keys().chain(st.refresh_tokens.keys()).chain(st.oidc.keys()).cloned().collect()
 }
 
 async fn finish_checked(sc: Sidecar, auth: &AuthServer) -> Outcome {
@@ -1394,4 +1420,130 @@ async fn issue24_5_a_sign_in_longer_than_the_client_waits_is_answered_from_what_
     // The `initialize` was answered once: its late answer stays here.
     let answers = out.messages().into_iter().filter(|m| m["id"] == 0).count();
     assert_eq!(answers, 1, "{}", out.stdout);
+}
+
+/// Issue 25.1, Microsoft Entra: its token endpoint refuses the `resource` parameter
+/// (AADSTS9010010). `login` as usual fails with the fix in its words; with
+/// `--no-resource-indicator` and `--scope` no request carries `resource` (authorize, code,
+/// refresh), the scope is the one given, and the proxy with the same flags works, a refresh
+/// included.
+#[tokio::test]
+async fn issue25_1_entra_refuses_the_resource_parameter_and_no_resource_indicator_gets_through() {
+    let auth = AuthServer::start(|st| st.entra = true).await;
+    let server = auth.protect().await;
+    let dir = temp_dir("entra");
+    let browser = Browser::start(&dir, Agent::Follow).await;
+    let state = dir.join("state").to_string_lossy().into_owned();
+    let out = browser.run(vec!["login", &server.url, "--state-dir", &state]).await.unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("AADSTS9010010") && stderr.contains("add --no-resource-indicator"), "{stderr}");
+
+    let scope = "api://app-1/.default offline_access";
+    let flags = ["--no-resource-indicator", "--scope", scope];
+    let mut args = vec!["login", &server.url, "--state-dir", &state];
+    args.extend(flags);
+    let out = browser.run(args).await.unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    {
+        let st = auth.s();
+        let a = st.authorizes.last().unwrap();
+        assert_eq!(a.get("resource"), None, "{a:?}");
+        assert_eq!(a["scope"], scope, "--scope replaces the server's mcp:read");
+        assert_eq!(st.tokens.last().unwrap().get("resource"), None);
+    }
+    let mut sc = sidecar(&server, std::path::Path::new(&state), &browser, &flags);
+    sc.handshake().await;
+    auth.s().access.clear();
+    let r = call(&mut sc, 1, "echo", json!({"text": "refreshed"})).await;
+    assert_eq!(r["result"]["content"][0]["text"], "refreshed", "{r}");
+    let last = auth.s().tokens.last().unwrap().clone();
+    assert_eq!((last["grant_type"].as_str(), last.get("resource")), ("refresh_token", None));
+    finish_checked(sc, &auth).await;
+    assert_eq!(browser.opened(), 2);
+}
+
+/// Issue 25.1, `--oauth-resource`: the resource given goes on the authorization, code and
+/// refresh requests instead of the server's URL.
+#[tokio::test]
+async fn issue25_1_oauth_resource_replaces_the_server_url() {
+    let auth = AuthServer::start(|_| {}).await;
+    let server = auth.protect().await;
+    let dir = temp_dir("oauth-resource");
+    let browser = Browser::start(&dir, Agent::Follow).await;
+    let state = dir.join("state");
+    let flags =
+        ["--oauth-resource", "api://app-2", "--authorize-param", "access_type=offline,prompt=consent"];
+    let mut sc = sidecar(&server, &state, &browser, &flags);
+    sc.handshake().await;
+    auth.s().access.clear();
+    let r = call(&mut sc, 1, "echo", json!({"text": "again"})).await;
+    assert_eq!(r["result"]["content"][0]["text"], "again", "{r}");
+    finish_checked(sc, &auth).await;
+    let st = auth.s();
+    let a = &st.authorizes[0];
+    assert_eq!(a["resource"], "api://app-2");
+    assert_eq!(
+        (a["access_type"].as_str(), a["prompt"].as_str()),
+        ("offline", "consent"),
+        "--authorize-param"
+    );
+    assert_eq!(a["scope"], "mcp:read", "without --scope, the server's");
+    assert!(st.tokens.iter().all(|t| t["resource"] == "api://app-2"), "{:?}", st.tokens);
+    assert_eq!(st.tokens.last().unwrap()["grant_type"], "refresh_token");
+}
+
+/// Issue 25.1: `--authorize-param` may not set what the sign-in sets itself (a `redirect_uri`
+/// would send the code elsewhere); said at start, before any request.
+#[tokio::test]
+async fn issue25_1_authorize_params_the_flow_owns_are_refused() {
+    for (param, says) in [
+        ("redirect_uri=http://evil.example/cb", "sets redirect_uri itself"),
+        ("STATE=x", "sets STATE itself"),
+        ("scope=admin", "use --scope"),
+        ("resource=x", "use --oauth-resource"),
+        ("noequals", "is not KEY=VALUE"),
+    ] {
+        let args = ["http://127.0.0.1:9/mcp", "--authorize-param", param];
+        let (code, _, stderr) = run_command(&args, &[]).await;
+        assert_eq!(code, 2, "{param}: {stderr}");
+        assert!(stderr.contains(says), "{param}: {stderr}");
+    }
+    let (code, _, stderr) =
+        run_command(&["http://127.0.0.1:9/mcp", "--oauth-resource", "not a uri"], &[]).await;
+    assert_eq!(code, 2);
+    assert!(stderr.contains("--oauth-resource"), "{stderr}");
+}
+
+/// Issue 25.1, Amazon Cognito: the MCP server takes only the ID token. Signed in as usual,
+/// the access token is refused and the error says to add `--use-id-token` (`check` too); with
+/// it, `openid` is asked for, the ID token is the bearer, and a refresh brings the next one.
+#[tokio::test]
+async fn issue25_1_cognito_wants_the_id_token() {
+    let auth = AuthServer::start(|st| st.cognito = true).await;
+    let server = auth.protect().await;
+    let dir = temp_dir("cognito");
+    let browser = Browser::start(&dir, Agent::Follow).await;
+    let state = dir.join("state").to_string_lossy().into_owned();
+    let scope = ["--scope", "openid mcp:read"];
+    let mut args = vec!["login", &server.url, "--state-dir", &state];
+    args.extend(scope);
+    assert!(browser.run(args).await.unwrap().status.success());
+    let mut args = vec!["check", &server.url, "--state-dir", &state];
+    args.extend(scope);
+    let out = browser.run(args).await.unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(stdout.contains("add --use-id-token"), "{stdout}");
+    assert!(!stdout.contains("SECRET"), "{stdout}");
+
+    let state = dir.join("state-2");
+    let mut sc = sidecar(&server, &state, &browser, &["--use-id-token"]);
+    sc.handshake().await;
+    assert_eq!(auth.s().authorizes.last().unwrap()["scope"], "openid mcp:read", "openid added");
+    auth.s().oidc.clear();
+    let r = call(&mut sc, 1, "echo", json!({"text": "id token"})).await;
+    assert_eq!(r["result"]["content"][0]["text"], "id token", "{r}");
+    assert_eq!(auth.s().tokens.last().unwrap()["grant_type"], "refresh_token");
+    finish_checked(sc, &auth).await;
 }
