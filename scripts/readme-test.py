@@ -58,6 +58,7 @@ PLAN = [
     ("$ mcp-sidecar check", {"mode": "console"}),
     ("$ mcp-sidecar --preset investra      # a tools/call", {"mode": "console"}),
     ("mcp-sidecar --preset investra --no-list-cache", {"mode": "run"}),
+    ("mcp-sidecar check --preset investra --log-file", {"mode": "run", "expect": ["mcp-sidecar.20"]}),
     ("mcp-sidecar login https://", {"mode": "cli"}),
     ("{ \"mcpServers\"", {"mode": "json"}),
     ("mcp-sidecar login --device", {"mode": "cli"}),

@@ -611,6 +611,12 @@ pub struct Args {
     /// Log line format on stderr.
     #[arg(help_heading = LOGGING, long, value_name = "FORMAT", env = "MCP_SIDECAR_LOG_FORMAT", default_value = "text")]
     pub log_format: LogFormat,
+
+    /// Also write the log lines to this file (the owner's only): one file a day, the date before
+    /// its extension (mcp-sidecar.log → mcp-sidecar.2026-12-07.log), the last 7 kept. For
+    /// clients that hide a server's stderr.
+    #[arg(help_heading = LOGGING, long, value_name = "PATH", env = "MCP_SIDECAR_LOG_FILE")]
+    pub log_file: Option<PathBuf>,
 }
 
 /// Known services, from their published authentication docs.

@@ -35,6 +35,7 @@ pub mod config;
 pub mod envelope;
 pub mod era;
 pub mod keyfile;
+pub mod logfile;
 pub mod net;
 pub mod platform;
 pub mod proxy;

@@ -126,6 +126,15 @@ fn configure(args: Args) -> Result<Config, ExitCode> {
         ExitCode::from(2)
     })?;
     config.remember_secrets();
+    if let Some(path) = &config.log_file
+        && let Err(e) = mcp_sidecar::logfile::install(path)
+    {
+        eprintln!(
+            "mcp-sidecar: --log-file {}: cannot write the log there ({e}): give a file in a directory you can write to",
+            path.display()
+        );
+        return Err(ExitCode::from(2));
+    }
     init_logging(config.log_level, config.log_format);
     for warning in &config.warnings {
         // Issue 23.11: one-shot commands log errors only, and the warning (a key without its
@@ -188,7 +197,7 @@ fn proxy(args: Args) -> ExitCode {
         // Issue 23.1: the reason was answered to the client and said once on stderr already.
         Err(mcp_sidecar::RunError::Handshake) => ExitCode::from(1),
         Err(e) => {
-            eprintln!("mcp-sidecar: {e}");
+            mcp_sidecar::logfile::eprintln(&format!("mcp-sidecar: {e}"));
             ExitCode::from(1)
         }
     }
@@ -210,7 +219,10 @@ fn init_logging(level: LogLevel, format: LogFormat) {
     let filter = Targets::new().with_default(deps).with_target("mcp_sidecar", level);
     // Every line passes the redaction of the secrets this process holds (issue 10.9).
     let fmt = tracing_subscriber::fmt::layer()
-        .with_writer(|| mcp_sidecar::secrets::RedactingWriter(std::io::stderr()))
+        .with_writer(|| {
+            // Issue 25.4: `--log-file` gets each line too, redacted.
+            mcp_sidecar::secrets::RedactingWriter(mcp_sidecar::logfile::AlsoToFile(std::io::stderr()))
+        })
         .with_target(false);
     let registry = tracing_subscriber::registry().with(filter);
     match format {

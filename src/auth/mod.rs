@@ -617,10 +617,8 @@ impl OAuth {
         } else {
             "open this URL in a browser"
         };
-        #[allow(clippy::print_stderr)]
-        {
-            eprintln!("mcp-sidecar: {host} needs you to sign in: {how}:\n\n  {url}\n");
-        }
+        // The log file too (issue 25.4): where a client hides stderr, the URL is found there.
+        crate::logfile::eprintln(&format!("mcp-sidecar: {host} needs you to sign in: {how}:\n\n  {url}\n"));
         tokio::time::timeout(self.settings.timeout, listener.wait(state)).await.map_err(|_| {
             AuthError(format!(
                 "no sign-in answer from the browser within {} s (--auth-timeout): run mcp-sidecar login {} in a terminal, or try again",
@@ -725,14 +723,11 @@ impl OAuth {
                 format!("\n\nor open this link, which carries the code (for a phone):\n\n  {}", clean(&c))
             })
             .unwrap_or_default();
-        #[allow(clippy::print_stderr)]
-        {
-            eprintln!(
-                "mcp-sidecar: {host} needs you to sign in. On any device, open\n\n  {}\n\nand enter the code  {code}{link}\n\n(waiting up to {} s)",
-                clean(&uri),
-                wait.as_secs()
-            );
-        }
+        crate::logfile::eprintln(&format!(
+            "mcp-sidecar: {host} needs you to sign in. On any device, open\n\n  {}\n\nand enter the code  {code}{link}\n\n(waiting up to {} s)",
+            clean(&uri),
+            wait.as_secs()
+        ));
         Ok(())
     }
 

@@ -171,6 +171,8 @@ pub fn server_args(a: &Args, config: &Config) -> Vec<String> {
     opt("--idp-client-id", a.idp_client_id.clone());
     opt("--idp-client-secret-env", a.idp_client_secret_env.clone());
     opt("--ca-file", a.ca_file.as_ref().map(|p| absolute(p).display().to_string()));
+    // Issue 25.4: the log file, by absolute path (the client starts us elsewhere).
+    opt("--log-file", a.log_file.as_ref().map(|p| absolute(p).display().to_string()));
     opt("--transport", (a.transport != Transport::Auto).then(|| name_of(a.transport)));
     // Issue 21.16: the era, when told, travels too.
     opt("--protocol-era", (a.protocol_era != crate::cli::ProtocolEra::Auto).then(|| name_of(a.protocol_era)));

@@ -166,6 +166,8 @@ pub struct Config {
     pub log_level: LogLevel,
     /// `--log-format`.
     pub log_format: LogFormat,
+    /// `--log-file` (issue 25.4).
+    pub log_file: Option<std::path::PathBuf>,
     /// Warnings found while resolving (a key without the expected prefix …), logged once at start.
     pub warnings: Vec<String>,
 }
@@ -354,6 +356,7 @@ impl Config {
             rate_limit_store,
             log_level: adjust_level(cli.log_level, cli.verbose, cli.quiet),
             log_format: cli.log_format,
+            log_file: cli.log_file,
             warnings,
         })
     }

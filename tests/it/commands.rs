@@ -800,6 +800,7 @@ async fn install_carries_the_options_the_sign_in_state_depends_on() {
     let dir = temp("state-options");
     let file = dir.join("claude_desktop_config.json").to_string_lossy().into_owned();
     let state = dir.join("state").to_string_lossy().into_owned();
+    let log = dir.join("logs").join("mcp.log").to_string_lossy().into_owned();
     let install =
         ["install", "--client", "claude-desktop", "--config-file", &file, "https://mcp.example.com/mcp"];
     let given = [
@@ -816,6 +817,7 @@ async fn install_carries_the_options_the_sign_in_state_depends_on() {
         ("--deny-tools", "delete_*,admin_*"),
         ("--tool-prefix", "ex_"),
         ("--rename-tool", "search=find"),
+        ("--log-file", log.as_str()),
     ];
     let switches = ["--no-resource-indicator", "--use-id-token", "--no-list-cache", "--pin-tools=new-ok"];
     let line: Vec<&str> =

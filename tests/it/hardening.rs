@@ -533,3 +533,65 @@ async fn a_secret_of_digits_does_not_cut_a_number_in_an_error() {
     assert!(!answer["error"]["message"].as_str().unwrap().contains("100234"), "{answer}");
     s.finish().await;
 }
+
+/// Issue 25.4: `--log-file` gets the lines stderr gets, redacted (a server that echoes the key
+/// in an error), in a file of the owner's only named for the day; a second process appends to
+/// the same file; JSON lines with `--log-format json`; a path that cannot be written is said at
+/// start (exit 2).
+#[tokio::test]
+async fn issue25_4_the_log_file_has_stderr_s_lines_redacted_and_private() {
+    let hook: Hook = Arc::new(|seen: &Seen| match seen.json["params"]["name"].as_str() {
+        Some("leak") => {
+            let key = seen.header("x-api-key").or(seen.header("authorization")).unwrap_or_default();
+            let said = format!("no tenant for key {}", key.trim_start_matches("Bearer "));
+            Action::Respond(respond(500, "application/json", json!({"error": {"message": said}}).to_string()))
+        }
+        _ => Action::Pass,
+    });
+    let server = Server::start(generic(), Some(hook)).await;
+    let dir = scratch_dir("issue25-4-log-file");
+    let path = dir.join("logs").join("mcp.log");
+    let log = path.to_string_lossy().into_owned();
+    let mut s = sidecar_for(&server, &["--log-file", &log, "--log-level", "debug"]);
+    s.handshake().await;
+    s.send_json(&call(1, "leak", json!({}))).await;
+    assert!(s.recv().await.get("error").is_some());
+    let first = s.finish().await;
+    let mut s = sidecar_for(&server, &["--log-file", &log, "--log-format", "json", "--log-level", "debug"]);
+    s.handshake().await;
+    let second = s.finish().await;
+
+    let files: Vec<_> = std::fs::read_dir(dir.join("logs")).unwrap().map(|e| e.unwrap().path()).collect();
+    assert_eq!(files.len(), 1, "{files:?}");
+    let name = files[0].file_name().unwrap().to_string_lossy().into_owned();
+    assert!(
+        name.starts_with("mcp.20") && name.ends_with(".log") && name.len() == "mcp.2026-12-07.log".len(),
+        "{name}"
+    );
+    let text = std::fs::read_to_string(&files[0]).unwrap();
+    assert!(!text.contains(KEY), "{text}");
+    assert!(text.contains("no tenant for key [redacted]"), "{text}");
+    let logged: Vec<&str> = first.stderr.lines().filter(|l| l.starts_with("20")).collect();
+    assert!(logged.len() > 2, "{}", first.stderr);
+    for line in &logged {
+        assert!(text.contains(line), "missing from the file: {line}\n{text}");
+    }
+    let json_lines: Vec<&str> = second.stderr.lines().filter(|l| l.starts_with('{')).collect();
+    assert!(!json_lines.is_empty(), "{}", second.stderr);
+    for line in json_lines {
+        assert!(text.contains(line), "{line}");
+        serde_json::from_str::<serde_json::Value>(line).unwrap();
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(std::fs::metadata(&files[0]).unwrap().permissions().mode() & 0o777, 0o600);
+    }
+    let not_a_dir = dir.join("logs").join(&name).join("x.log");
+    let mut args = args_for(&server);
+    args.extend(["--log-file".into(), not_a_dir.to_string_lossy().into_owned()]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (code, _, stderr) = run_command(&args, ENV).await;
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("--log-file") && stderr.contains("cannot write the log there"), "{stderr}");
+}
