@@ -471,6 +471,12 @@ pub struct Args {
     #[arg(help_heading = CONNECTION, long, env = "MCP_SIDECAR_ALLOW_HTTP")]
     pub allow_http: bool,
 
+    /// Send a ping after this many seconds without a request, to keep the MCP session alive
+    /// through a load balancer or proxy whose idle timeout would drop it [default: off]. Each
+    /// ping is a request the server may count.
+    #[arg(help_heading = CONNECTION, long, value_name = "SECS", env = "MCP_SIDECAR_PING_INTERVAL")]
+    pub ping_interval: Option<f64>,
+
     /// Seconds to wait for a TCP/TLS connection to the server.
     #[arg(help_heading = CONNECTION, long, value_name = "SECS", env = "MCP_SIDECAR_CONNECT_TIMEOUT", default_value = "10")]
     pub connect_timeout: f64,

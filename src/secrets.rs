@@ -31,6 +31,8 @@ pub enum Slot {
     Assertion,
     ClientSecret,
     DpopKey,
+    /// The server's cookies (issue 25.6), by their place in the jar.
+    Cookie(u8),
 }
 
 /// The secrets: those of the configuration (a fixed few), the latest of each [`Slot`], and the

@@ -182,6 +182,7 @@ pub fn server_args(a: &Args, config: &Config) -> Vec<String> {
     opt("--state-dir", state_dir.map(|d| absolute(&d).display().to_string()));
     opt("--token-store", (a.token_store != TokenStoreKind::File).then(|| name_of(a.token_store)));
     opt("--callback-port", a.callback_port.map(|p| p.to_string()));
+    opt("--ping-interval", a.ping_interval.map(|s| s.to_string()));
     // Issue 25.1: the identity provider's knobs (none is a secret).
     opt("--scope", a.scope.clone());
     opt("--oauth-resource", a.oauth_resource.clone());

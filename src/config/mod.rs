@@ -168,6 +168,8 @@ pub struct Config {
     pub log_format: LogFormat,
     /// `--log-file` (issue 25.4).
     pub log_file: Option<std::path::PathBuf>,
+    /// `--ping-interval` (issue 25.6); `None`: no pings.
+    pub ping_interval: Option<Duration>,
     /// Warnings found while resolving (a key without the expected prefix …), logged once at start.
     pub warnings: Vec<String>,
 }
@@ -357,6 +359,7 @@ impl Config {
             log_level: adjust_level(cli.log_level, cli.verbose, cli.quiet),
             log_format: cli.log_format,
             log_file: cli.log_file,
+            ping_interval: ping_interval(cli.ping_interval)?,
             warnings,
         })
     }
@@ -542,6 +545,18 @@ fn oauth_settings(
         headless: false,
         idp: idp_knobs(cli)?,
     })
+}
+
+/// `--ping-interval`: at least a second (0 turns it off), at most a day.
+fn ping_interval(given: Option<f64>) -> Result<Option<Duration>, ConfigError> {
+    match given {
+        None => Ok(None),
+        Some(0.0) => Ok(None),
+        Some(s) if (1.0..=86_400.0).contains(&s) => Ok(Some(Duration::from_secs_f64(s))),
+        Some(s) => Err(ConfigError(format!(
+            "--ping-interval {s} is not a number of seconds from 1 to 86400 (0 turns pings off): give e.g. --ping-interval 240, under the idle timeout in front of the server"
+        ))),
+    }
 }
 
 /// The OAuth flags given with an API key or `--auth none`: ignored, and said so.

@@ -499,7 +499,9 @@ impl Link {
 
     /// Gives the gate what an answer says of the server's budget, and the unit the request took
     /// from it (issue 11); a spent budget's headers are kept for the error that may follow.
+    /// Issue 25.6: the cookies it sets are kept (every answer of the server passes here).
     pub(super) async fn answered(&self, admitted: &Admission<'_>, headers: &reqwest::header::HeaderMap) {
+        self.up.take_cookies(headers);
         let budget = retry::budget(headers, SystemTime::now());
         if budget.is_none() && !admitted.tracked() {
             return;
@@ -675,9 +677,14 @@ impl Link {
     /// Sends the client's `initialize` line and `notifications/initialized` for a new session,
     /// taking its id and negotiated version; what failed, for people.
     async fn start_session(&self, line: Bytes, deadline: Instant) -> Result<(), String> {
+        // Issue 25.6: the old session's cookies pinned it to a backend; the new one gets its own.
+        self.up.drop_cookies();
         let (request, _) = self.up.post(line, &MessageHeaders::default(), None);
         let response = match timeout_at(deadline, request.send()).await {
-            Ok(Ok(r)) if r.status().is_success() => r,
+            Ok(Ok(r)) if r.status().is_success() => {
+                self.up.take_cookies(r.headers());
+                r
+            }
             Ok(Ok(r)) => return Err(format!("HTTP {}", r.status().as_u16())),
             Ok(Err(e)) => return Err(self.up.send_error(&e).message),
             Err(_) => return Err("no answer".into()),

@@ -18,6 +18,7 @@ mod bridge;
 mod core;
 mod eras;
 mod exchange;
+mod keepalive;
 mod ledger;
 mod link;
 mod policy;
@@ -110,6 +111,9 @@ impl Proxy {
                 exchange::refresh_kept(&core);
             }
         }));
+        if let Some(every) = config.ping_interval.filter(|_| !config.one_shot) {
+            keepalive::start(&core, every);
+        }
         Arc::new(Proxy { core, front: OnceLock::new() })
     }
 

@@ -160,6 +160,9 @@ impl Streams {
             }
         };
         let response = link.up.legacy_stream().send().await;
+        if let (Ok(r), None) = (&response, &admitted) {
+            link.up.take_cookies(r.headers()); // `answered` takes them otherwise (issue 25.6)
+        }
         if let Some(admitted) = &admitted {
             // Issue 21.5: the unit goes back, with the answer's word or as not sent.
             match &response {

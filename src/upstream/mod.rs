@@ -8,6 +8,7 @@
 //! are 307/308 to the same scheme, host and port (T-52; reqwest's own policy would carry a custom
 //! `X-API-Key` to another host).
 
+pub mod cookies;
 pub mod headers;
 pub mod sse;
 
@@ -24,6 +25,7 @@ use url::Url;
 use crate::config::{ApiKey, Config};
 use crate::envelope::{AUTH_ERROR, ErrorKind, LocalError, REQUEST_TIMEOUT, UPSTREAM_ERROR};
 use crate::net::{cut, error_chain, redact_url, server_message};
+use crate::sync::Locked;
 use headers::MessageHeaders;
 
 /// How many same-origin 307/308 redirects are followed.
@@ -60,6 +62,10 @@ pub struct Upstream {
     /// The POST endpoint the 2024-11-05 HTTP+SSE transport announced (T-61); `None` for
     /// Streamable HTTP, where messages go to the URL itself.
     endpoint: RwLock<Option<Url>>,
+    /// Issue 25.6: the origin's cookies (sticky sessions), and the `Cookie` header they make.
+    jar: std::sync::Mutex<cookies::Jar>,
+    cookie: RwLock<Option<HeaderValue>>,
+    has_cookie: std::sync::atomic::AtomicBool,
 }
 
 impl Upstream {
@@ -116,6 +122,9 @@ impl Upstream {
             extra: config.headers.clone(),
             session: RwLock::new(Session::default()),
             endpoint: RwLock::new(None),
+            jar: std::sync::Mutex::new(cookies::Jar::default()),
+            cookie: RwLock::new(None),
+            has_cookie: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -134,10 +143,44 @@ impl Upstream {
         self.session.read().map(|s| s.clone()).unwrap_or_default()
     }
 
-    /// Forgets the session: a new `initialize` starts a new one, without a session id (T-12).
+    /// Forgets the session: a new `initialize` starts a new one, without a session id (T-12),
+    /// and without the old one's cookies.
     pub fn reset_session(&self) {
         if let Ok(mut s) = self.session.write() {
             *s = Session::default();
+        }
+        self.drop_cookies();
+    }
+
+    /// Issue 25.6: keeps the cookies a response of the server sets (only what carries
+    /// `Set-Cookie` costs more than one lookup).
+    pub fn take_cookies(&self, headers: &HeaderMap) {
+        if !headers.contains_key(reqwest::header::SET_COOKIE) {
+            return;
+        }
+        let mut jar = self.jar.locked();
+        if !jar.take(headers, self.url.scheme() == "https", std::time::SystemTime::now()) {
+            return;
+        }
+        for (i, value) in jar.values().enumerate() {
+            crate::secrets::remember_as(crate::secrets::Slot::Cookie(i as u8), value);
+        }
+        let header = jar.header();
+        drop(jar);
+        self.has_cookie.store(header.is_some(), std::sync::atomic::Ordering::Relaxed);
+        if let Ok(mut c) = self.cookie.write() {
+            *c = header;
+        }
+    }
+
+    /// Forgets the cookies (the session they pinned is over).
+    pub fn drop_cookies(&self) {
+        if !self.has_cookie.swap(false, std::sync::atomic::Ordering::Relaxed) {
+            return;
+        }
+        *self.jar.locked() = cookies::Jar::default();
+        if let Ok(mut c) = self.cookie.write() {
+            *c = None;
         }
     }
 
@@ -176,6 +219,11 @@ impl Upstream {
         // Issue 14: a DPoP-bound token goes with a fresh proof of this request (RFC 9449 §7.1).
         if let Some(proof) = proof {
             req = req.header(crate::net::DPOP.clone(), proof);
+        }
+        if self.has_cookie.load(std::sync::atomic::Ordering::Relaxed)
+            && let Some(cookie) = self.cookie.read().ok().and_then(|c| c.clone())
+        {
+            req = req.header(reqwest::header::COOKIE, cookie);
         }
         req
     }

@@ -66,6 +66,9 @@ pub enum Action {
     Respond(Response),
     /// Wait until notified, then hand it to the server.
     Hold(Arc<Notify>),
+    /// Hand it to the server, and add these headers to its response (a load balancer's
+    /// cookie, issue 25.6).
+    PassWith(Vec<(&'static str, String)>),
 }
 
 /// Decides, per request, whether to inject a fault.
@@ -157,14 +160,20 @@ async fn record(State(rec): State<Recorder>, request: Request, next: Next) -> Re
         at: std::time::Instant::now(),
     };
     rec.seen.lock().unwrap().push(seen.clone());
+    let mut added = Vec::new();
     if let Some(hook) = &rec.hook {
         match hook(&seen) {
             Action::Pass => {}
             Action::Respond(r) => return r,
             Action::Hold(n) => n.notified().await,
+            Action::PassWith(headers) => added = headers,
         }
     }
-    next.run(Request::from_parts(parts, Body::from(body))).await
+    let mut response = next.run(Request::from_parts(parts, Body::from(body))).await;
+    for (name, value) in added {
+        response.headers_mut().append(name, value.parse().unwrap());
+    }
+    response
 }
 
 /// A response with a status, a content type and a body.

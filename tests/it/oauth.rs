@@ -110,6 +110,10 @@ struct AsState {
     cognito: bool,
     /// The ID tokens issued (Cognito mode) and their scope.
     oidc: HashMap<String, String>,
+    /// Issue 25.6: the MCP server's 401 sets a load balancer's cookie; requests that came to
+    /// this (another origin) with any cookie.
+    mcp_cookie: bool,
+    cookies_here: usize,
 }
 
 type Shared = Arc<Mutex<AsState>>;
@@ -133,6 +137,7 @@ impl AuthServer {
             .route("/token", post(token))
             .route("/device", post(device))
             .route("/idp/token", post(idp_token))
+            .layer(axum::middleware::from_fn_with_state(state.clone(), count_cookies))
             .with_state(state.clone());
         let ct = tokio_util::sync::CancellationToken::new();
         let stop = ct.clone();
@@ -241,13 +246,15 @@ impl AuthServer {
             let token = s.header("authorization").and_then(|h| h.strip_prefix("Bearer "));
             let accepted = if st.cognito { &st.oidc } else { &st.access };
             match token.and_then(|t| accepted.get(t)) {
-                None => Action::Respond(
-                    Response::builder()
+                None => {
+                    let mut r = Response::builder()
                         .status(401)
-                        .header("www-authenticate", challenge(", error=\"invalid_token\""))
-                        .body(axum::body::Body::from("{\"error\":\"invalid_token\"}"))
-                        .unwrap(),
-                ),
+                        .header("www-authenticate", challenge(", error=\"invalid_token\""));
+                    if st.mcp_cookie {
+                        r = r.header("set-cookie", "AWSALB=sticky-0123456789abcdef; Path=/");
+                    }
+                    Action::Respond(r.body(axum::body::Body::from("{\"error\":\"invalid_token\"}")).unwrap())
+                }
                 Some(scope)
                     if s.rpc_method() == Some("tools/call")
                         && s.json["params"]["name"] == "place_order"
@@ -286,6 +293,18 @@ impl AuthServer {
     fn authorizes(&self) -> usize {
         self.s().authorizes.len()
     }
+}
+
+/// Issue 25.6: counts the requests that bring a cookie here.
+async fn count_cookies(
+    State(st): State<Shared>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    if request.headers().contains_key("cookie") {
+        st.lock().unwrap().cookies_here += 1;
+    }
+    next.run(request).await
 }
 
 async fn as_metadata(State(st): State<Shared>) -> Json<Value> {
@@ -1546,4 +1565,23 @@ async fn issue25_1_cognito_wants_the_id_token() {
     assert_eq!(r["result"]["content"][0]["text"], "id token", "{r}");
     assert_eq!(auth.s().tokens.last().unwrap()["grant_type"], "refresh_token");
     finish_checked(sc, &auth).await;
+}
+
+/// Issue 25.6: the MCP server's cookie (set on its 401) goes back to the MCP server only:
+/// the authorization server, another origin, never sees a cookie (its own client does the
+/// sign-in's requests).
+#[tokio::test]
+async fn issue25_6_the_mcp_server_s_cookie_never_goes_to_the_authorization_server() {
+    let auth = AuthServer::start(|st| st.mcp_cookie = true).await;
+    let server = auth.protect().await;
+    let dir = temp_dir("cookie-origin");
+    let browser = Browser::start(&dir, Agent::Follow).await;
+    let mut sc = sidecar(&server, &dir.join("state"), &browser, &[]);
+    sc.handshake().await;
+    let r = call(&mut sc, 1, "echo", json!({"text": "x"})).await;
+    assert_eq!(r["result"]["content"][0]["text"], "x", "{r}");
+    finish_checked(sc, &auth).await;
+    assert_eq!(auth.s().cookies_here, 0);
+    let calls = server.posts("tools/call");
+    assert_eq!(calls.last().unwrap().header("cookie"), Some("AWSALB=sticky-0123456789abcdef"));
 }

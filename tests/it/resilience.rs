@@ -353,3 +353,74 @@ async fn issue24_5_kept_lists_answer_at_start_while_the_server_is_down() {
     );
     assert_eq!(posts.iter().filter(|m| *m == "tools/call").count(), 1, "{posts:?}");
 }
+
+/// Issue 25.6: a load balancer's sticky-session cookie (set on the `initialize` answer, as AWS
+/// ALB does) goes back on every request of that session (POSTs, the GET stream, the DELETE),
+/// never into the log, even at trace level; a new session (the old one expired: 404) starts
+/// without it and keeps the one its own answer sets.
+#[tokio::test]
+async fn issue25_6_a_sticky_cookie_goes_back_for_its_session_only() {
+    let inits = AtomicUsize::new(0);
+    let calls = AtomicUsize::new(0);
+    let hook: Hook = Arc::new(move |s: &Seen| match s.rpc_method() {
+        Some("initialize") => {
+            let n = inits.fetch_add(1, Ordering::SeqCst);
+            let cookie =
+                format!("AWSALB=backend-{n}-0123456789abcdef; Expires=Thu, 14 Jan 2100 10:00:00 GMT; Path=/");
+            Action::PassWith(vec![("set-cookie", cookie), ("set-cookie", "gone=x; Max-Age=0".into())])
+        }
+        Some("tools/call") if calls.fetch_add(1, Ordering::SeqCst) == 1 => Action::Respond(respond(
+            404,
+            "application/json",
+            r#"{"jsonrpc":"2.0","error":{"code":-32001,"message":"Session not found"},"id":null}"#,
+        )),
+        _ => Action::Pass,
+    });
+    let server = Server::start(generic(), Some(hook)).await;
+    let mut s = sidecar_for(&server, &["--log-level", "trace"]);
+    s.handshake().await;
+    s.send_json(&call(1, "sum", json!({"a": 1, "b": 2}))).await;
+    assert_eq!(s.recv().await["result"]["content"][0]["text"], "3");
+    until("the GET stream", || server.seen().iter().any(|r| r.method == axum::http::Method::GET)).await;
+    s.send_json(&call(2, "sum", json!({"a": 2, "b": 2}))).await;
+    assert_eq!(s.recv().await["result"]["content"][0]["text"], "4", "the session renewed");
+    let outcome = s.finish().await;
+    assert!(!outcome.stderr.contains("backend-0-0123456789abcdef"), "{}", outcome.stderr);
+    assert!(!outcome.stderr.contains("backend-1-0123456789abcdef"), "{}", outcome.stderr);
+    let seen = server.seen();
+    let cookie = |r: &Seen| r.header("cookie").map(str::to_owned);
+    let inits: Vec<&Seen> = seen.iter().filter(|r| r.rpc_method() == Some("initialize")).collect();
+    assert_eq!(inits.len(), 2);
+    assert!(inits.iter().all(|r| cookie(r).is_none()), "a new session starts without the old cookie");
+    let first = seen.iter().position(|r| r.rpc_method() == Some("initialize")).unwrap();
+    let second = seen.iter().rposition(|r| r.rpc_method() == Some("initialize")).unwrap();
+    for (at, r) in seen.iter().enumerate().filter(|(at, _)| *at != first && *at != second) {
+        let expected = if at < second {
+            "AWSALB=backend-0-0123456789abcdef"
+        } else {
+            "AWSALB=backend-1-0123456789abcdef"
+        };
+        assert_eq!(cookie(r).as_deref(), Some(expected), "{} {:?} {}", r.method, r.rpc_method(), at);
+    }
+    assert!(seen.iter().any(|r| r.method == axum::http::Method::DELETE && cookie(r).is_some()));
+}
+
+/// Issue 25.6: `--ping-interval` sends `ping` in an idle session (with its session id), and
+/// the session goes on.
+#[tokio::test]
+async fn issue25_6_an_idle_session_is_pinged() {
+    let server = Server::start(generic(), None).await;
+    let mut s = sidecar_for(&server, &["--ping-interval", "1"]);
+    s.handshake().await;
+    until("a ping", || !server.posts("ping").is_empty()).await;
+    let ping = &server.posts("ping")[0];
+    assert!(ping.header("mcp-session-id").is_some());
+    assert!(ping.json["id"].as_str().is_some_and(|id| id.starts_with("mcp-sidecar-")), "{}", ping.json);
+    s.send_json(&call(1, "sum", json!({"a": 1, "b": 2}))).await;
+    assert_eq!(s.recv().await["result"]["content"][0]["text"], "3");
+    let outcome = s.finish().await;
+    assert_eq!(outcome.messages().len(), 2, "the pings' answers stay here: {}", outcome.stdout);
+    let (code, _, stderr) = run_command(&[&server.url, "--ping-interval", "0.5"], ENV).await;
+    assert_eq!(code, 2);
+    assert!(stderr.contains("--ping-interval"), "{stderr}");
+}
