@@ -11,7 +11,7 @@ fresh HOME, a bundled example server playing Investra (MCP_SIDECAR_URL points at
 README's `--preset investra` commands reach it), the variables the README names set to
 plausible values, and stand-ins for programs the README names but this machine need not have
 (`claude` runs the command after `--` the way Claude Code would start it; `docker` and `sudo`
-only record). Every `mcp-sidecar` a block runs goes through a wrapper that records its exit
+only record; `op` and `security` print the key as a vault would). Every `mcp-sidecar` a block runs goes through a wrapper that records its exit
 status. How each block is judged is in PLAN, keyed by the block's first line: a block PLAN does
 not know fails the run, so a new block must say how it is tested.
 
@@ -58,6 +58,7 @@ PLAN = [
     ("$ mcp-sidecar check", {"mode": "console"}),
     ("$ mcp-sidecar --preset investra      # a tools/call", {"mode": "console"}),
     ("mcp-sidecar --preset investra --no-list-cache", {"mode": "run"}),
+    ("mcp-sidecar check --preset investra --api-key-command", {"mode": "run"}),
     ("mcp-sidecar check --preset investra --log-file", {"mode": "run", "expect": ["mcp-sidecar.20"]}),
     ("mcp-sidecar login https://", {"mode": "cli"}),
     ("{ \"mcpServers\"", {"mode": "json"}),
@@ -147,6 +148,9 @@ class Sandbox:
                       'exec "$@" </dev/null\n',
             "docker": 'echo "docker (stand-in): $*" >&2\n',
             "sudo": 'echo "sudo (stand-in): $*" >&2\n',
+            # Vaults that print the key (issue 25.2's --api-key-command).
+            "op": 'echo "$INVESTRA_API_KEY"\n',
+            "security": 'echo "$INVESTRA_API_KEY"\n',
         }
         for name, body in scripts.items():
             path = self.bin / name

@@ -337,6 +337,11 @@ pub struct Args {
     #[arg(help_heading = SERVER, long, value_name = "NAME", env = "MCP_SIDECAR_API_KEY_ENV")]
     pub api_key_env: Option<String>,
 
+    /// A command that prints the API key, run without a shell (e.g. "op read
+    /// op://Private/Investra/key"): at start, and once more after a 401 for a rotated key.
+    #[arg(help_heading = SERVER, long, value_name = "COMMAND", env = "MCP_SIDECAR_API_KEY_COMMAND", conflicts_with = "api_key_env")]
+    pub api_key_command: Option<String>,
+
     /// How the key is sent: bearer (Authorization: Bearer KEY), x-api-key, or a header name.
     #[arg(help_heading = SERVER, long, value_name = "STYLE", env = "MCP_SIDECAR_AUTH_HEADER")]
     pub auth_header: Option<String>,

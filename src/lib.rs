@@ -34,6 +34,7 @@ pub mod commands;
 pub mod config;
 pub mod envelope;
 pub mod era;
+pub mod keycmd;
 pub mod keyfile;
 pub mod logfile;
 pub mod net;

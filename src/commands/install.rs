@@ -158,6 +158,7 @@ pub fn server_args(a: &Args, config: &Config) -> Vec<String> {
     };
     opt("--preset", a.preset.map(name_of));
     opt("--api-key-env", a.api_key_env.clone());
+    opt("--api-key-command", a.api_key_command.clone());
     opt("--auth-header", a.auth_header.clone());
     opt("--auth", a.auth.map(name_of));
     opt("--client-id", a.client_id.clone());
@@ -259,7 +260,8 @@ fn absolute(path: &Path) -> PathBuf {
 /// The entry's `env`: the key's variable, the client secret's, and those `${VAR}` headers use.
 fn env_block(config: &Config, a: &Args) -> Map<String, Value> {
     let mut env = Map::new();
-    if let Some(key) = &config.api_key {
+    // Issue 25.2: a key a command prints stays where it is; the entry runs the command.
+    if let Some(key) = config.api_key.as_ref().filter(|k| k.command.is_none()) {
         env.insert(key.env_name.clone(), json!(key.secret.expose_secret()));
     }
     for n in secret_vars(a) {

@@ -109,6 +109,8 @@ pub struct ApiKey {
     pub header: HeaderName,
     /// The header value, marked sensitive.
     pub value: HeaderValue,
+    /// Issue 25.2: `--api-key-command`'s argv, run again after a 401 (a rotated key).
+    pub command: Option<Vec<String>>,
 }
 
 /// A configuration problem, as one sentence for people.
@@ -258,7 +260,10 @@ fn resolve_api_key(
             None
         }
     };
-    if cli.auth == Some(AuthMethod::ApiKey) && key_env.is_none() {
+    if cli.api_key_command.is_some() && !matches!(cli.auth, None | Some(AuthMethod::ApiKey)) {
+        return Err(ConfigError("--api-key-command is for an API key: drop --auth, or the command".into()));
+    }
+    if cli.auth == Some(AuthMethod::ApiKey) && key_env.is_none() && cli.api_key_command.is_none() {
         return Err(ConfigError(
             "--auth api-key needs a key: name the variable that holds it with --api-key-env (or use --preset)"
                 .into(),
@@ -269,6 +274,9 @@ fn resolve_api_key(
         (None, Some(p)) => p.auth.clone(),
         (None, None) => AuthStyle::Bearer,
     };
+    if let Some(command) = &cli.api_key_command {
+        return key_from_command(command, style).map(Some);
+    }
     match key_env {
         Some(name) => {
             let key = read_key(&name, env, cli.preset, cli.installing)?;
@@ -1070,8 +1078,20 @@ fn api_key(env_name: String, secret: SecretString, style: AuthStyle) -> Result<A
         ))
     })?;
     value.set_sensitive(true);
-    Ok(ApiKey { env_name, secret, header, value })
+    Ok(ApiKey { env_name, secret, header, value, command: None })
 }
+
+/// Issue 25.2: the key `--api-key-command` prints (run now: a command that fails is said at
+/// start), kept with its argv for a rerun after a 401.
+fn key_from_command(command: &str, style: AuthStyle) -> Result<ApiKey, ConfigError> {
+    let argv = crate::keycmd::split(command).map_err(ConfigError)?;
+    let secret = crate::keycmd::run(&argv, crate::keycmd::TIMEOUT).map_err(ConfigError)?;
+    let key = api_key(KEY_COMMAND.into(), secret, style)?;
+    Ok(ApiKey { command: Some(argv), ..key })
+}
+
+/// What an API key from `--api-key-command` is called in messages ("the API key in …").
+pub const KEY_COMMAND: &str = "the output of --api-key-command";
 
 /// Parses `Name: value` headers, expanding `${VAR}` from the environment; the values the
 /// variables held go to `secrets`.

@@ -82,6 +82,8 @@ struct Tries<'a> {
     sign_ins: u32,
     authorizations: u32,
     nonce_retried: bool,
+    /// Issue 25.2: `--api-key-command` was run again for this request.
+    key_rerun: bool,
 }
 
 impl Tries<'_> {
@@ -130,6 +132,8 @@ pub(super) struct Link {
     /// what was kept (a sign-in outlasted the client's patience); the owed handshake waits for
     /// it instead of starting a second session.
     paying: Arc<tokio::sync::Mutex<()>>,
+    /// Issue 25.2: one rerun of `--api-key-command` at a time.
+    renewing_key: tokio::sync::Mutex<()>,
     /// Token renewals going on now (a refresh or a sign-in), for [`Link::sign_in_going`].
     renewing_token: tokio::sync::watch::Sender<usize>,
     /// The server has answered once (any HTTP status): from then on a refused connection is a
@@ -161,6 +165,7 @@ impl Link {
             on_paid: OnceLock::new(),
             paying: Arc::new(tokio::sync::Mutex::new(())),
             renewing_token: tokio::sync::watch::Sender::new(0),
+            renewing_key: tokio::sync::Mutex::new(()),
             reached: AtomicBool::new(false),
             one_shot: config.one_shot,
             limits_given: !config.rate_limits.is_empty(),
@@ -318,6 +323,7 @@ impl Link {
             Box::pin(o.refresh_ahead()).await;
         }
         let token = oauth.and_then(|o| o.header());
+        let key_generation = self.up.key_generation();
         let session = if initialize { None } else { Some(self.up.session()) };
         let (request, sent_session) = self.up.post(body.clone(), headers, session.as_ref());
         // The timeout measures the server, not the time spent waiting for the gate.
@@ -340,16 +346,8 @@ impl Link {
         // Issue 11: what the answer says of the server's budget (and the unit this request took
         // from it) goes back to the gate, whatever the status.
         self.answered(&admitted, response.headers()).await;
-        if let Some(o) = oauth {
-            // Issue 14: a DPoP nonce the server hands out goes into the next proofs.
-            let nonce = response.headers().get(&crate::net::DPOP_NONCE).and_then(|n| n.to_str().ok());
-            let nonce_given = nonce.is_some_and(|n| o.dpop_nonce(response.url(), n));
-            if matches!(response.status(), StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN)
-                && Box::pin(self.token_refused(o, &response, nonce_given, token.as_ref(), tries, limit))
-                    .await?
-            {
-                return Ok(Next::Again);
-            }
+        if self.credential_refused(&response, token.as_ref(), key_generation, tries, limit).await? {
+            return Ok(Next::Again);
         }
         // T-12: a 404 for a request that carried the session id means the session is gone.
         // A request in flight may meet several expiries under load; a server that drops every
@@ -441,6 +439,64 @@ impl Link {
             tries.sign_ins = MAX_SIGN_INS; // a fresh sign-in that is refused is not retried
         }
         Ok(true)
+    }
+
+    /// Whether a refused credential was dealt with so that the request goes again: a DPoP nonce
+    /// or a new token (OAuth, issues 5 and 14), or a new key from `--api-key-command` (issue
+    /// 25.2). Every answer passes here: a DPoP nonce handed out goes into the next proofs.
+    async fn credential_refused(
+        &self,
+        response: &reqwest::Response,
+        token: Option<&reqwest::header::HeaderValue>,
+        key_generation: u64,
+        tries: &mut Tries<'_>,
+        limit: Duration,
+    ) -> Result<bool, LocalError> {
+        let status = response.status();
+        if let Some(o) = self.up.oauth() {
+            let nonce = response.headers().get(&crate::net::DPOP_NONCE).and_then(|n| n.to_str().ok());
+            let nonce_given = nonce.is_some_and(|n| o.dpop_nonce(response.url(), n));
+            if matches!(status, StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN)
+                && Box::pin(self.token_refused(o, response, nonce_given, token, tries, limit)).await?
+            {
+                return Ok(true);
+            }
+        }
+        Ok(status == StatusCode::UNAUTHORIZED
+            && !tries.key_rerun
+            && self.up.key_command().is_some()
+            && Box::pin(self.key_refused(key_generation, tries)).await)
+    }
+
+    /// Issue 25.2: a 401 for a key from `--api-key-command`: the command runs once more (off
+    /// the runtime thread, one request at a time), and a new key sends the request again (a 401
+    /// was not processed). A key another request renewed meanwhile is used without a rerun.
+    async fn key_refused(&self, sent_with: u64, tries: &mut Tries<'_>) -> bool {
+        tries.key_rerun = true;
+        let _one_at_a_time = self.renewing_key.lock().await;
+        if self.up.key_generation() != sent_with {
+            tries.tell(false);
+            return true;
+        }
+        let Some(argv) = self.up.key_command().map(<[String]>::to_vec) else { return false };
+        progress::held(|| "a new key from --api-key-command".into(), None);
+        let run =
+            tokio::task::spawn_blocking(move || crate::keycmd::run(&argv, crate::keycmd::TIMEOUT)).await;
+        match run {
+            Ok(Ok(secret)) if self.up.rotate_key(&secret) => {
+                info!(
+                    "the server refused the key; --api-key-command printed a new one, and the request goes again"
+                );
+                tries.tell(false);
+                true
+            }
+            Ok(Ok(_)) => false,
+            Ok(Err(why)) => {
+                warn!("{why}");
+                false
+            }
+            Err(_) => false,
+        }
     }
 
     /// A success lifts a deadline set meanwhile (issue 10.1); `check` keeps its headers.

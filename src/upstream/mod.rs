@@ -66,6 +66,10 @@ pub struct Upstream {
     jar: std::sync::Mutex<cookies::Jar>,
     cookie: RwLock<Option<HeaderValue>>,
     has_cookie: std::sync::atomic::AtomicBool,
+    /// Issue 25.2: the key header value `--api-key-command` printed after a 401, and how many
+    /// times it changed (0: the one read at start).
+    rotated: RwLock<Option<HeaderValue>>,
+    key_generation: std::sync::atomic::AtomicU64,
 }
 
 impl Upstream {
@@ -125,6 +129,8 @@ impl Upstream {
             jar: std::sync::Mutex::new(cookies::Jar::default()),
             cookie: RwLock::new(None),
             has_cookie: std::sync::atomic::AtomicBool::new(false),
+            rotated: RwLock::new(None),
+            key_generation: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
@@ -210,8 +216,8 @@ impl Upstream {
         };
         let proof = self.oauth.as_ref().and_then(|o| o.proof(&method, &url));
         let mut req = self.client.request(method, url).headers(self.extra.clone());
-        if let Some(key) = &self.api_key {
-            req = req.header(key.header.clone(), key.value.clone());
+        if let Some((name, value)) = self.key_header() {
+            req = req.header(name, value);
         }
         if let Some(token) = self.oauth.as_ref().and_then(|o| o.header()) {
             req = req.header(AUTHORIZATION, token);
@@ -226,6 +232,52 @@ impl Upstream {
             req = req.header(reqwest::header::COOKIE, cookie);
         }
         req
+    }
+
+    /// The API key's header and value: the one read at start, or the one its command printed
+    /// after a 401 (issue 25.2).
+    fn key_header(&self) -> Option<(reqwest::header::HeaderName, HeaderValue)> {
+        let key = self.api_key.as_ref()?;
+        if self.key_generation.load(std::sync::atomic::Ordering::Relaxed) > 0
+            && let Some(value) = self.rotated.read().ok().and_then(|v| v.clone())
+        {
+            return Some((key.header.clone(), value));
+        }
+        Some((key.header.clone(), key.value.clone()))
+    }
+
+    /// Issue 25.2: `--api-key-command`'s argv, when that is where the key comes from.
+    pub fn key_command(&self) -> Option<&[String]> {
+        self.api_key.as_ref()?.command.as_deref()
+    }
+
+    /// How many times the key changed (a request sent with one generation and refused need not
+    /// run the command again once another request has).
+    pub fn key_generation(&self) -> u64 {
+        self.key_generation.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Issue 25.2: uses `secret` as the key from now on, in the header style of the one read at
+    /// start; returns whether it differs from the key in use.
+    pub fn rotate_key(&self, secret: &secrecy::SecretString) -> bool {
+        use secrecy::ExposeSecret;
+        let Some(key) = &self.api_key else { return false };
+        let Some((_, current)) = self.key_header() else { return false };
+        let first = key.value.to_str().unwrap_or_default();
+        let prefix = first.strip_suffix(key.secret.expose_secret()).unwrap_or_default();
+        let Ok(mut value) = HeaderValue::from_str(&format!("{prefix}{}", secret.expose_secret())) else {
+            return false;
+        };
+        if value == current {
+            return false;
+        }
+        value.set_sensitive(true);
+        crate::secrets::remember(secret.expose_secret());
+        if let Ok(mut r) = self.rotated.write() {
+            *r = Some(value);
+        }
+        self.key_generation.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        true
     }
 
     /// The OAuth sign-in, when that is the credential.
@@ -301,7 +353,7 @@ impl Upstream {
             .request(Method::GET, self.url.clone())
             .headers(self.extra.clone())
             .header(ACCEPT, ACCEPT_SSE.clone())
-            .headers(self.api_key.iter().map(|k| (k.header.clone(), k.value.clone())).collect())
+            .headers(self.key_header().into_iter().collect())
             .headers(self.oauth.iter().filter_map(|o| o.header()).map(|v| (AUTHORIZATION, v)).collect())
             .headers(
                 self.oauth

@@ -595,3 +595,49 @@ async fn issue25_4_the_log_file_has_stderr_s_lines_redacted_and_private() {
     assert_eq!(code, 2, "{stderr}");
     assert!(stderr.contains("--log-file") && stderr.contains("cannot write the log there"), "{stderr}");
 }
+
+/// Issue 25.2: `--api-key-command` prints the key (here from a file, as `op read` would from a
+/// vault): used at start; after the key is rotated and the server refuses the old one (401),
+/// the command runs once more and the request goes again with the new key, once; the new key
+/// is redacted like the first. A command that fails at start is exit 2 with what it said.
+#[cfg(unix)]
+#[tokio::test]
+async fn issue25_2_a_key_command_is_run_at_start_and_again_after_a_401() {
+    const NEW: &str = "inv_test_SECRET_rotated_0123456789";
+    let rotated = Arc::new(AtomicBool::new(false));
+    let flag = rotated.clone();
+    let hook: Hook = Arc::new(move |seen: &Seen| {
+        let old = seen.header("authorization").is_some_and(|a| a.contains(KEY));
+        if flag.load(Ordering::SeqCst) && old {
+            return Action::Respond(respond(401, "application/json", r#"{"error":"invalid key"}"#));
+        }
+        Action::Pass
+    });
+    let opts = Options { keys: vec![KEY.to_owned(), NEW.to_owned()], ..Options::default() };
+    let server = Server::start(opts, Some(hook)).await;
+    let dir = scratch_dir("issue25-2-key-command");
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("key");
+    std::fs::write(&file, format!("{KEY}\n")).unwrap();
+    let command = format!("cat '{}'", file.display());
+    let mut s = Sidecar::spawn(&[&server.url, "--api-key-command", &command], &[]).secret(NEW);
+    s.handshake().await;
+    s.send_json(&call(1, "sum", json!({"a": 1, "b": 2}))).await;
+    assert_eq!(s.recv().await["result"]["content"][0]["text"], "3");
+    std::fs::write(&file, format!("{NEW}\n")).unwrap();
+    rotated.store(true, Ordering::SeqCst);
+    s.send_json(&call(2, "sum", json!({"a": 2, "b": 2}))).await;
+    assert_eq!(s.recv().await["result"]["content"][0]["text"], "4", "sent again with the new key");
+    s.send_json(&call(3, "sum", json!({"a": 3, "b": 3}))).await;
+    assert_eq!(s.recv().await["result"]["content"][0]["text"], "6");
+    let out = s.finish().await;
+    assert!(out.stderr.contains("printed a new one"), "{}", out.stderr);
+    let calls = server.posts("tools/call");
+    let keys: Vec<bool> = calls.iter().map(|c| c.header("authorization").unwrap().contains(NEW)).collect();
+    assert_eq!(keys, [false, false, true, true], "the refused call once with the old key, then the new");
+
+    std::fs::remove_file(&file).unwrap();
+    let (code, _, stderr) = run_command(&[&server.url, "--api-key-command", &command], &[]).await;
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("--api-key-command (cat) failed") && stderr.contains("No such file"), "{stderr}");
+}
