@@ -472,6 +472,19 @@ pub struct Args {
     #[arg(help_heading = CONNECTION, long, value_name = "FILE", env = "MCP_SIDECAR_CA_FILE")]
     pub ca_file: Option<PathBuf>,
 
+    /// A client certificate (PEM: the certificate, then its intermediates) for servers that
+    /// require one (mTLS); with --client-key.
+    #[arg(help_heading = CONNECTION, long, value_name = "PEM", env = "MCP_SIDECAR_CLIENT_CERT", requires = "client_key")]
+    pub client_cert: Option<PathBuf>,
+
+    /// The client certificate's private key (PEM; readable by you alone).
+    #[arg(help_heading = CONNECTION, long, value_name = "PEM", env = "MCP_SIDECAR_CLIENT_KEY", requires = "client_cert")]
+    pub client_key: Option<PathBuf>,
+
+    /// The environment variable that holds the passphrase of an encrypted --client-key.
+    #[arg(help_heading = CONNECTION, long, value_name = "NAME", env = "MCP_SIDECAR_CLIENT_KEY_PASSWORD_ENV", requires = "client_key")]
+    pub client_key_password_env: Option<String>,
+
     /// Allow plain http:// to hosts other than loopback (credentials would travel unencrypted).
     #[arg(help_heading = CONNECTION, long, env = "MCP_SIDECAR_ALLOW_HTTP")]
     pub allow_http: bool,

@@ -265,6 +265,9 @@ pub struct LocalError {
     pub retry_after: Option<std::time::Duration>,
     /// `data.rateLimitHeaders`: the rate-limit headers seen.
     pub rate_limit_headers: Vec<(String, String)>,
+    /// Not said on the wire: a failure that trying again will not mend (TLS: a certificate
+    /// refused or untrusted), which no answer kept from a bad minute may hide (issue 24.5).
+    pub lasting: bool,
 }
 
 impl LocalError {
@@ -279,7 +282,14 @@ impl LocalError {
             server_body: None,
             retry_after: None,
             rate_limit_headers: Vec::new(),
+            lasting: false,
         }
+    }
+
+    /// Whether what was kept from the server may answer instead (issue 24.5): it cannot
+    /// answer now (rate-limited, unreachable), for a reason that may pass.
+    pub fn passing(&self) -> bool {
+        matches!(self.kind, ErrorKind::RateLimited | ErrorKind::Unreachable) && !self.lasting
     }
 
     /// The complete error response for `id` (raw JSON, `null` when unknown), without a newline.

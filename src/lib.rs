@@ -30,6 +30,7 @@
 pub mod auth;
 pub mod cli;
 pub mod client;
+pub mod clientcert;
 pub mod commands;
 pub mod config;
 pub mod envelope;

@@ -33,6 +33,8 @@ pub struct AuthHttp {
     direct: std::sync::OnceLock<Result<reqwest::Client, String>>,
     connect_timeout: Duration,
     ca_certs: Vec<reqwest::Certificate>,
+    /// Issue 25.3: offered to a token endpoint that asks for a client certificate.
+    client_cert: Option<std::sync::Arc<crate::clientcert::ClientCert>>,
     policy: RetryPolicy,
 }
 
@@ -65,6 +67,7 @@ impl AuthHttp {
             direct: std::sync::OnceLock::new(),
             connect_timeout: config.connect_timeout,
             ca_certs: config.ca_certs.clone(),
+            client_cert: config.client_cert.clone(),
             policy: config.retry.clone(),
         }
     }
@@ -86,7 +89,10 @@ impl AuthHttp {
     ) -> Result<&'a reqwest::Client, AuthError> {
         slot.get_or_init(|| {
             let builder = reqwest::Client::builder();
-            let builder = if direct { builder.no_proxy() } else { builder };
+            let mut builder = if direct { builder.no_proxy() } else { builder };
+            if let Some(cert) = &self.client_cert {
+                builder = builder.identity(cert.identity().map_err(|e| e.to_string())?);
+            }
             builder
                 .redirect(reqwest::redirect::Policy::none())
                 .connect_timeout(self.connect_timeout)

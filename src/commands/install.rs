@@ -172,6 +172,10 @@ pub fn server_args(a: &Args, config: &Config) -> Vec<String> {
     opt("--idp-client-id", a.idp_client_id.clone());
     opt("--idp-client-secret-env", a.idp_client_secret_env.clone());
     opt("--ca-file", a.ca_file.as_ref().map(|p| absolute(p).display().to_string()));
+    // Issue 25.3: the client certificate by absolute path; its passphrase by variable name.
+    opt("--client-cert", a.client_cert.as_ref().map(|p| absolute(p).display().to_string()));
+    opt("--client-key", a.client_key.as_ref().map(|p| absolute(p).display().to_string()));
+    opt("--client-key-password-env", a.client_key_password_env.clone());
     // Issue 25.4: the log file, by absolute path (the client starts us elsewhere).
     opt("--log-file", a.log_file.as_ref().map(|p| absolute(p).display().to_string()));
     opt("--transport", (a.transport != Transport::Auto).then(|| name_of(a.transport)));
@@ -281,6 +285,7 @@ fn secret_vars(a: &Args) -> Vec<String> {
         &a.identity_token_env,
         &a.idp_client_secret_env,
         &a.rate_limit_store_password_env,
+        &a.client_key_password_env,
     ]
     .into_iter()
     .flatten()

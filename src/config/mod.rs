@@ -150,6 +150,8 @@ pub struct Config {
     pub protocol_era: ProtocolEra,
     /// Extra trusted CA certificates (`--ca-file`).
     pub ca_certs: Vec<reqwest::Certificate>,
+    /// `--client-cert`/`--client-key` (issue 25.3).
+    pub client_cert: Option<std::sync::Arc<crate::clientcert::ClientCert>>,
     /// `--state-dir` or the XDG state dir; not created until needed.
     pub state_dir: Option<PathBuf>,
     /// `--connect-timeout`.
@@ -345,6 +347,7 @@ impl Config {
             header_secrets,
             transport: cli.transport,
             protocol_era: cli.protocol_era,
+            client_cert: client_cert(&cli, env, &mut warnings)?,
             ca_certs: match &cli.ca_file {
                 Some(path) => read_ca_file(path)?,
                 None => Vec::new(),
@@ -553,6 +556,38 @@ fn oauth_settings(
         headless: false,
         idp: idp_knobs(cli)?,
     })
+}
+
+/// Issue 25.3: `--client-cert` and `--client-key`, read and checked now (the passphrase from
+/// the variable `--client-key-password-env` names).
+fn client_cert(
+    cli: &Args,
+    env: &dyn Fn(&str) -> Option<String>,
+    warnings: &mut Vec<String>,
+) -> Result<Option<std::sync::Arc<crate::clientcert::ClientCert>>, ConfigError> {
+    let (Some(cert), Some(key)) = (&cli.client_cert, &cli.client_key) else { return Ok(None) };
+    let password = match &cli.client_key_password_env {
+        Some(name) => match env(name) {
+            Some(v) if !v.is_empty() => Some(SecretString::from(v)),
+            _ => {
+                return Err(ConfigError(format!(
+                    "{name} (--client-key-password-env) is not set: export it with the key's passphrase"
+                )));
+            }
+        },
+        None => None,
+    };
+    if let Some(p) = &password {
+        crate::secrets::remember(p.expose_secret());
+    }
+    let loaded = crate::clientcert::ClientCert::load(cert, key, password.as_ref()).map_err(ConfigError)?;
+    if let Some(expired) = loaded.expired() {
+        warnings.push(format!(
+            "the client certificate {} {expired}: servers that check it will refuse it; get a current one",
+            loaded.shown
+        ));
+    }
+    Ok(Some(std::sync::Arc::new(loaded)))
 }
 
 /// `--ping-interval`: at least a second (0 turns it off), at most a day.

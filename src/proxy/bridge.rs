@@ -327,7 +327,7 @@ fn answer_while_signing_in<T>(
 /// `--max-wait`, unreachable) is answered from the last one kept, if any; the server's
 /// handshake is then owed, paid by the first request that goes to it.
 fn kept_handshake(core: &Core, client_id: Option<&RawValue>, err: LocalError) -> Result<Bytes, LocalError> {
-    if !matches!(err.kind, ErrorKind::RateLimited | ErrorKind::Unreachable) {
+    if !err.passing() {
         return Err(err);
     }
     let (Some(id), Some(kept)) = (client_id, core.policies.kept.as_ref()) else { return Err(err) };

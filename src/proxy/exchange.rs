@@ -76,7 +76,7 @@ pub(super) async fn run_request(
 /// is answered from the one kept, in any era (a stateless client has no handshake to answer
 /// stale); its next listing asks the server again. `None` for anything else.
 fn stale_list(core: &Core, body: &[u8], err: &LocalError) -> Option<Bytes> {
-    if !matches!(err.kind, ErrorKind::RateLimited | ErrorKind::Unreachable) {
+    if !err.passing() {
         return None;
     }
     core.policies.kept.as_ref()?;

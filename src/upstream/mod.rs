@@ -70,6 +70,8 @@ pub struct Upstream {
     /// times it changed (0: the one read at start).
     rotated: RwLock<Option<HeaderValue>>,
     key_generation: std::sync::atomic::AtomicU64,
+    /// Issue 25.3: the client certificate, for what a refused handshake means.
+    client_cert: Option<std::sync::Arc<crate::clientcert::ClientCert>>,
 }
 
 impl Upstream {
@@ -103,6 +105,9 @@ impl Upstream {
             // load the system's CA store, which costs a file read per certificate at startup.
             builder = builder.tls_certs_only(Vec::new());
         }
+        if let Some(cert) = &config.client_cert {
+            builder = builder.identity(cert.identity()?);
+        }
         let client = builder
             .redirect(policy)
             .connect_timeout(config.connect_timeout)
@@ -131,6 +136,7 @@ impl Upstream {
             has_cookie: std::sync::atomic::AtomicBool::new(false),
             rotated: RwLock::new(None),
             key_generation: std::sync::atomic::AtomicU64::new(0),
+            client_cert: config.client_cert.clone(),
         })
     }
 
@@ -401,7 +407,7 @@ impl Upstream {
         let chain = error_chain(e);
         let lower = chain.to_ascii_lowercase();
         let (message, sent) = if let Some(tls) = tls_error(e) {
-            (tls_message(tls, host, port), false)
+            (tls_message(tls, host, port, self.client_cert.as_deref()), false)
         } else if e.is_connect() || lower.contains("dns error") {
             let m = if lower.contains("dns error")
                 || lower.contains("lookup")
@@ -441,6 +447,7 @@ impl Upstream {
         };
         let mut err = LocalError::new(UPSTREAM_ERROR, ErrorKind::Unreachable, message);
         err.request_sent = Some(sent);
+        err.lasting = tls_error(e).is_some();
         err
     }
 
@@ -681,9 +688,42 @@ fn revocation_unknown(host: &str) -> String {
 
 /// One sentence per TLS failure users meet: not TLS at all, untrusted, expired, wrong host,
 /// revoked or not checkable for revocation.
-fn tls_message(e: &rustls::Error, host: &str, port: u16) -> String {
-    use rustls::{CertificateError, Error};
+fn tls_message(
+    e: &rustls::Error,
+    host: &str,
+    port: u16,
+    cert: Option<&crate::clientcert::ClientCert>,
+) -> String {
+    use rustls::{AlertDescription as Alert, CertificateError, Error};
     match e {
+        // Issue 25.3: the server's word on the client certificate (mTLS).
+        Error::AlertReceived(Alert::CertificateRequired | Alert::HandshakeFailure) if cert.is_none() => {
+            format!(
+                "{host} asked for a client certificate and none was given: give yours with --client-cert and --client-key"
+            )
+        }
+        Error::AlertReceived(
+            alert @ (Alert::CertificateExpired
+            | Alert::BadCertificate
+            | Alert::UnknownCA
+            | Alert::CertificateUnknown
+            | Alert::UnsupportedCertificate
+            | Alert::CertificateRevoked
+            | Alert::AccessDenied
+            | Alert::CertificateRequired),
+        ) => {
+            let expired = cert.and_then(crate::clientcert::ClientCert::expired);
+            let cert = cert.map_or("the client certificate", |c| c.shown.as_str());
+            let why = match (alert, expired) {
+                (_, Some(expired)) => format!(": it {expired}"),
+                (Alert::UnknownCA, None) => ": it is not signed by an authority the server trusts".into(),
+                (Alert::CertificateRevoked, None) => ": it has been revoked".into(),
+                (other, None) => format!(" ({other:?})"),
+            };
+            format!(
+                "{host} refused the client certificate ({cert}){why}: get a current one from whoever issues them"
+            )
+        }
         Error::InvalidCertificate(CertificateError::UnknownIssuer | CertificateError::BadSignature) => {
             format!(
                 "the TLS certificate of {host} is not signed by an authority this machine trusts (self-signed, or a private CA): pass that CA's certificate with --ca-file"
@@ -775,7 +815,7 @@ mod tests {
             os(-2146885613),
             Error::InvalidCertificate(CertificateError::UnknownRevocationStatus),
         ] {
-            let said = tls_message(&e, "mcp.example.com", 443);
+            let said = tls_message(&e, "mcp.example.com", 443, None);
             assert!(
                 said.contains(
                     "could not check whether the TLS certificate of mcp.example.com has been revoked"
@@ -783,9 +823,9 @@ mod tests {
                 "{said}"
             );
         }
-        let revoked = tls_message(&Error::InvalidCertificate(CertificateError::Revoked), "h", 443);
+        let revoked = tls_message(&Error::InvalidCertificate(CertificateError::Revoked), "h", 443, None);
         assert!(revoked.contains("has been revoked by its authority"), "{revoked}");
-        let other = tls_message(&os(-2146762495), "h", 443);
+        let other = tls_message(&os(-2146762495), "h", 443, None);
         assert!(other.starts_with("the TLS handshake with h failed"), "another code stays as it is: {other}");
     }
 
