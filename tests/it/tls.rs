@@ -23,27 +23,44 @@ pub(crate) struct Pki {
 }
 
 pub(crate) fn pki(names: &[&str], expired: bool) -> Pki {
+    test_ca("mcp-sidecar test CA").leaf(names, expired)
+}
+
+/// A CA of the tests, and what it signs.
+struct TestCa {
+    cert: rcgen::Certificate,
+    issuer: Issuer<'static, KeyPair>,
+}
+
+fn test_ca(name: &str) -> TestCa {
     let ca_key = KeyPair::generate().unwrap();
     let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
     ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::DigitalSignature];
-    ca.distinguished_name.push(rcgen::DnType::CommonName, "mcp-sidecar test CA");
-    let ca_cert = ca.self_signed(&ca_key).unwrap();
-    let issuer = Issuer::new(ca, ca_key);
-    let key = KeyPair::generate().unwrap();
-    let mut leaf = CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>()).unwrap();
-    if expired {
-        leaf.not_before = rcgen::date_time_ymd(2020, 1, 1);
-        leaf.not_after = rcgen::date_time_ymd(2021, 1, 1);
-    }
-    let cert = leaf.signed_by(&key, &issuer).unwrap();
-    Pki {
-        ca_pem: ca_cert.pem(),
-        ca_der: ca_cert.der().to_vec(),
-        cert_der: cert.der().to_vec(),
-        key_der: key.serialize_der(),
-        cert_pem: cert.pem(),
-        key_pem: key.serialize_pem(),
+    ca.distinguished_name.push(rcgen::DnType::CommonName, name);
+    let cert = ca.self_signed(&ca_key).unwrap();
+    TestCa { cert, issuer: Issuer::new(ca, ca_key) }
+}
+
+impl TestCa {
+    /// A leaf for `names`, current or expired in 2021.
+    fn leaf(&self, names: &[&str], expired: bool) -> Pki {
+        let key = KeyPair::generate().unwrap();
+        let mut leaf =
+            CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>()).unwrap();
+        if expired {
+            leaf.not_before = rcgen::date_time_ymd(2020, 1, 1);
+            leaf.not_after = rcgen::date_time_ymd(2021, 1, 1);
+        }
+        let cert = leaf.signed_by(&key, &self.issuer).unwrap();
+        Pki {
+            ca_pem: self.cert.pem(),
+            ca_der: self.cert.der().to_vec(),
+            cert_der: cert.der().to_vec(),
+            key_der: key.serialize_der(),
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+        }
     }
 }
 
@@ -270,31 +287,8 @@ async fn issue25_3_client_certificates_accepted_refused_and_expired() {
 
 /// A client CA with two leaves: a current one and an expired one.
 fn client_pkis() -> (Pki, Pki) {
-    let ca_key = KeyPair::generate().unwrap();
-    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::DigitalSignature];
-    ca.distinguished_name.push(rcgen::DnType::CommonName, "mcp-sidecar test client CA");
-    let ca_cert = ca.self_signed(&ca_key).unwrap();
-    let issuer = Issuer::new(ca, ca_key);
-    let leaf = |expired: bool| {
-        let key = KeyPair::generate().unwrap();
-        let mut params = CertificateParams::new(vec!["client.example".to_string()]).unwrap();
-        if expired {
-            params.not_before = rcgen::date_time_ymd(2020, 1, 1);
-            params.not_after = rcgen::date_time_ymd(2021, 1, 1);
-        }
-        let cert = params.signed_by(&key, &issuer).unwrap();
-        Pki {
-            ca_pem: ca_cert.pem(),
-            ca_der: ca_cert.der().to_vec(),
-            cert_der: cert.der().to_vec(),
-            key_der: key.serialize_der(),
-            cert_pem: cert.pem(),
-            key_pem: key.serialize_pem(),
-        }
-    };
-    (leaf(false), leaf(true))
+    let ca = test_ca("mcp-sidecar test client CA");
+    (ca.leaf(&["client.example"], false), ca.leaf(&["client.example"], true))
 }
 
 /// Issue 25.3, careless users: a key others can read, a key of another certificate, a chain of
