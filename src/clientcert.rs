@@ -87,12 +87,12 @@ impl ClientCert {
         let end = self.not_after?;
         let now = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).ok()?.as_secs();
         let now = i64::try_from(now).ok()?;
-        (end < now).then(|| {
-            let date = httpdate::fmt_http_date(
-                SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(u64::try_from(end).unwrap_or(0)),
-            );
-            format!("expired on {date}")
-        })
+        if end >= now {
+            return None;
+        }
+        let end =
+            SystemTime::UNIX_EPOCH.checked_add(std::time::Duration::from_secs(u64::try_from(end).ok()?))?;
+        Some(format!("expired on {}", httpdate::fmt_http_date(end)))
     }
 }
 
