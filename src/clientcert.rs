@@ -111,15 +111,7 @@ fn read(path: &Path, flag: &str) -> Result<Vec<u8>, String> {
 /// the passphrase when it is encrypted.
 fn private_key(path: &Path, password: Option<&SecretString>) -> Result<PrivateKeyDer<'static>, String> {
     let shown = path.display();
-    let meta = std::fs::metadata(path)
-        .map_err(|e| format!("--client-key {shown} cannot be read ({e}): check the path"))?;
-    if crate::statedir::exposed(path, &meta) {
-        return Err(format!(
-            "--client-key {shown} is readable by other users: run {}",
-            crate::statedir::fix_command(path)
-        ));
-    }
-    let pem = read(path, "--client-key")?;
+    let pem = crate::keyfile::read_private(path, "--client-key")?;
     let text = String::from_utf8_lossy(&pem);
     if text.contains("-----BEGIN ENCRYPTED PRIVATE KEY-----") {
         let Some(password) = password else {

@@ -4,6 +4,24 @@
 
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 
+/// A private key file given with `flag`, refused when others can read it (like ssh); the errors
+/// say what to fix; at most 1 MiB (no key file is larger). Also `--client-key`'s (issue 25.3).
+pub(crate) fn read_private(path: &std::path::Path, flag: &str) -> Result<Vec<u8>, String> {
+    let shown = path.display();
+    let meta = std::fs::metadata(path)
+        .map_err(|e| format!("{flag} {shown} cannot be read ({e}): check the path"))?;
+    if crate::statedir::exposed(path, &meta) {
+        return Err(format!(
+            "{flag} {shown} is readable by other users: run {}",
+            crate::statedir::fix_command(path)
+        ));
+    }
+    if meta.len() > 1 << 20 {
+        return Err(format!("{flag} {shown} is larger than a key file can be (1 MiB)"));
+    }
+    std::fs::read(path).map_err(|e| format!("{flag} {shown} cannot be read ({e}): check the path"))
+}
+
 /// A private key for `private_key_jwt` (`--client-key-file`), PEM.
 #[derive(Clone)]
 pub struct ClientKey {
@@ -21,17 +39,7 @@ impl ClientKey {
     /// Reads a PEM private key (EC P-256, RSA or Ed25519), refusing a file others may read.
     pub fn load(path: &std::path::Path) -> Result<ClientKey, String> {
         let shown = path.display();
-        let meta = std::fs::metadata(path)
-            .map_err(|e| format!("--client-key-file {shown} cannot be read ({e}): check the path"))?;
-        // Like ssh: a private key others can read is not used.
-        if crate::statedir::exposed(path, &meta) {
-            return Err(format!(
-                "--client-key-file {shown} is readable by other users: run {}",
-                crate::statedir::fix_command(path)
-            ));
-        }
-        let pem = std::fs::read(path)
-            .map_err(|e| format!("--client-key-file {shown} cannot be read ({e}): check the path"))?;
+        let pem = read_private(path, "--client-key-file")?;
         let tried = [
             (EncodingKey::from_ec_pem(&pem), Algorithm::ES256),
             (EncodingKey::from_rsa_pem(&pem), Algorithm::RS256),

@@ -446,17 +446,12 @@ pub fn rate_limit_store(
             "--rate-limit-store holds a password, which any local user could read in the process list: take it out of the URL and name the variable that holds it with --rate-limit-store-password-env".into(),
         ));
     }
-    let password = match &cli.rate_limit_store_password_env {
-        Some(name) => match env(name) {
-            Some(v) if !v.is_empty() => Some(SecretString::from(v)),
-            _ => {
-                return Err(ConfigError(format!(
-                    "{name} (--rate-limit-store-password-env) is not set: export the store's password in it"
-                )));
-            }
-        },
-        None => None,
-    };
+    let password = secret_from_env(
+        cli.rate_limit_store_password_env.as_deref(),
+        env,
+        "--rate-limit-store-password-env",
+        "export the store's password in it",
+    )?;
     let ca_pem = match &cli.ca_file {
         Some(path) => Some(std::fs::read(path).map_err(|e| {
             ConfigError(format!(
@@ -558,6 +553,21 @@ fn oauth_settings(
     })
 }
 
+/// The value of the variable a `flag` names (`None` when no variable is named); an unset or
+/// empty one is an error that says `fix`.
+fn secret_from_env(
+    name: Option<&str>,
+    env: &dyn Fn(&str) -> Option<String>,
+    flag: &str,
+    fix: &str,
+) -> Result<Option<SecretString>, ConfigError> {
+    let Some(name) = name else { return Ok(None) };
+    match env(name) {
+        Some(v) if !v.is_empty() => Ok(Some(SecretString::from(v))),
+        _ => Err(ConfigError(format!("{name} ({flag}) is not set: {fix}"))),
+    }
+}
+
 /// Issue 25.3: `--client-cert` and `--client-key`, read and checked now (the passphrase from
 /// the variable `--client-key-password-env` names).
 fn client_cert(
@@ -566,17 +576,12 @@ fn client_cert(
     warnings: &mut Vec<String>,
 ) -> Result<Option<std::sync::Arc<crate::clientcert::ClientCert>>, ConfigError> {
     let (Some(cert), Some(key)) = (&cli.client_cert, &cli.client_key) else { return Ok(None) };
-    let password = match &cli.client_key_password_env {
-        Some(name) => match env(name) {
-            Some(v) if !v.is_empty() => Some(SecretString::from(v)),
-            _ => {
-                return Err(ConfigError(format!(
-                    "{name} (--client-key-password-env) is not set: export it with the key's passphrase"
-                )));
-            }
-        },
-        None => None,
-    };
+    let password = secret_from_env(
+        cli.client_key_password_env.as_deref(),
+        env,
+        "--client-key-password-env",
+        "export it with the key's passphrase",
+    )?;
     if let Some(p) = &password {
         crate::secrets::remember(p.expose_secret());
     }
